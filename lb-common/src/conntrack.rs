@@ -1,0 +1,44 @@
+//! The connection table: which real server each flow was given.
+
+use bytemuck::{Pod, Zeroable};
+
+/// A flow: the 5-tuple of a packet as the client sent it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FlowKey {
+    /// Client address, network byte order; IPv4 uses `src[0]`.
+    pub src: [u32; 4],
+    /// VIP, network byte order; IPv4 uses `dst[0]`.
+    pub dst: [u32; 4],
+    /// Client port, network byte order.
+    pub sport: u16,
+    /// Service port, network byte order.
+    pub dport: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// [`crate::FAMILY_V4`] or [`crate::FAMILY_V6`].
+    pub family: u8,
+    /// Padding made explicit so that the type is `Pod`.
+    pub _pad: [u8; 2],
+}
+
+/// The connection has seen a TCP FIN or RST: ipvsadm counts it as inactive.
+pub const CONN_F_CLOSING: u32 = 1 << 0;
+
+/// What the connection table remembers about a flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Connection {
+    /// The real server the flow was given.
+    pub real: u32,
+    /// The service the flow belongs to.
+    pub service: u32,
+    /// `bpf_ktime_get_ns()` of the flow's last packet, for idle accounting in userspace.
+    pub last_seen_ns: u64,
+    /// `CONN_F_*` bits.
+    pub flags: u32,
+    /// Padding made explicit so that the type is `Pod`.
+    pub _pad: u32,
+}
+
+crate::user_pod!(FlowKey, Connection);

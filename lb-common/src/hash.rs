@@ -1,0 +1,98 @@
+//! The flow hash that picks a Maglev slot.
+//!
+//! Every balancer must pick the same slot for the same flow (so that ECMP'd balancers agree without
+//! sharing state) and userspace must be able to predict the data path's choice in tests, so the
+//! hash is defined once, here, as MurmurHash3's x86_32 mixing over the key's words. It is written
+//! without loops or tables so that the eBPF verifier accepts it as straight-line code.
+
+use crate::FlowKey;
+
+const SEED: u32 = 0x786c_6221; // "xlb!"
+
+#[inline(always)]
+const fn mix(h: u32, k: u32) -> u32 {
+    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+const fn finish(mut h: u32, len: u32) -> u32 {
+    h ^= len;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// Hash of the whole 5-tuple: each flow is scheduled on its own.
+#[inline(always)]
+pub const fn flow_hash(key: &FlowKey) -> u32 {
+    let mut h = SEED;
+    h = mix(h, key.src[0]);
+    h = mix(h, key.src[1]);
+    h = mix(h, key.src[2]);
+    h = mix(h, key.src[3]);
+    h = mix(h, key.dst[0]);
+    h = mix(h, key.dst[1]);
+    h = mix(h, key.dst[2]);
+    h = mix(h, key.dst[3]);
+    h = mix(h, ((key.sport as u32) << 16) | key.dport as u32);
+    h = mix(h, ((key.family as u32) << 8) | key.proto as u32);
+    finish(h, 40)
+}
+
+/// Hash of the client address alone: all of a client's flows go to one real server (persistence).
+#[inline(always)]
+pub const fn source_hash(key: &FlowKey) -> u32 {
+    let mut h = SEED;
+    h = mix(h, key.src[0]);
+    h = mix(h, key.src[1]);
+    h = mix(h, key.src[2]);
+    h = mix(h, key.src[3]);
+    h = mix(h, key.family as u32);
+    finish(h, 20)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(src: u32, sport: u16) -> FlowKey {
+        FlowKey {
+            src: [src.to_be(), 0, 0, 0],
+            dst: [0x0a00_0064u32.to_be(), 0, 0, 0],
+            sport: sport.to_be(),
+            dport: 80u16.to_be(),
+            proto: crate::PROTO_TCP,
+            family: crate::FAMILY_V4,
+            _pad: [0; 2],
+        }
+    }
+
+    #[test]
+    fn the_hash_is_a_fixed_function_of_the_key() {
+        // Pinned so that a change to the hash, which would move flows between balancers running
+        // different versions, cannot go unnoticed.
+        assert_eq!(flow_hash(&flow(0x0a00_0001, 40000)), flow_hash(&flow(0x0a00_0001, 40000)));
+        assert_eq!(flow_hash(&flow(0x0a00_0001, 40000)), 0xcde6_a86c);
+    }
+
+    #[test]
+    fn ports_spread_over_maglev_slots() {
+        let mut buckets = [0u32; 16];
+        for port in 0..16_000u16 {
+            let slot = flow_hash(&flow(0x0a00_0001, port)) % crate::limits::MAGLEV_TABLE_SIZE;
+            buckets[(slot % 16) as usize] += 1;
+        }
+        for b in buckets {
+            assert!((900..1100).contains(&b), "uneven spread: {buckets:?}");
+        }
+    }
+
+    #[test]
+    fn source_hash_ignores_ports() {
+        assert_eq!(source_hash(&flow(7, 1)), source_hash(&flow(7, 2)));
+        assert_ne!(source_hash(&flow(7, 1)), source_hash(&flow(8, 1)));
+    }
+}

@@ -1,0 +1,27 @@
+//! Names of the maps and programs in the object, as userspace looks them up (and as they are pinned
+//! under the pin directory). BPF object names are limited to 15 characters.
+
+/// Program: the balancer, attached to the interfaces that receive traffic for the VIPs.
+pub const PROG_BALANCER: &str = "xlb_balancer";
+
+/// (VIP, port, proto) → [`crate::Service`]. Written by userspace.
+pub const SERVICES: &str = "XLB_SERVICES";
+/// VIP address (a [`crate::ServiceKey`] with port and proto zero) → number of services on it.
+/// Written by userspace; lets the data path pass everything that is not for a VIP after one lookup.
+pub const VIP_ADDRS: &str = "XLB_VIP_ADDRS";
+/// Maglev table slot → real-server id, `MAGLEV_TABLES` tables of `MAGLEV_TABLE_SIZE` slots each,
+/// laid end to end. Written by userspace.
+pub const MAGLEV: &str = "XLB_MAGLEV";
+/// Real-server id → [`crate::RealServer`]. Written by userspace.
+pub const REALS: &str = "XLB_REALS";
+/// [`crate::FlowKey`] → [`crate::Connection`]: the connection table. Written by the data path,
+/// read and flushed by userspace.
+pub const CONNTRACK: &str = "XLB_CONNTRACK";
+/// Service id → per-CPU [`crate::Counters`]. Written by the data path.
+pub const SERVICE_STATS: &str = "XLB_SVC_STATS";
+/// Real-server id → per-CPU [`crate::Counters`]. Written by the data path.
+pub const REAL_STATS: &str = "XLB_REAL_STATS";
+/// [`crate::GlobalStat`] → per-CPU packet count. Written by the data path.
+pub const GLOBAL_STATS: &str = "XLB_GLOBAL";
+/// Index 0 → [`crate::DataplaneConfig`]. Written by userspace.
+pub const CONFIG: &str = "XLB_CONFIG";

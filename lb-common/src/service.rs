@@ -1,0 +1,117 @@
+//! Virtual services: the key the data path looks up and what it finds.
+
+use bytemuck::{Pod, Zeroable};
+
+/// A virtual service as the data path looks it up: (VIP, port, protocol).
+///
+/// With `port == 0` the key names the "all ports" service of the VIP, the fallback when no service
+/// has the packet's port. With `port == 0 && proto == 0` it is the key of [`crate::maps::VIP_ADDRS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ServiceKey {
+    /// The VIP, network byte order as in the packet. IPv4 uses `addr[0]` and leaves the rest zero.
+    pub addr: [u32; 4],
+    /// Destination port, network byte order; 0 for the "all ports" service.
+    pub port: u16,
+    /// IP protocol number ([`crate::PROTO_TCP`], [`crate::PROTO_UDP`]).
+    pub proto: u8,
+    /// [`crate::FAMILY_V4`] or [`crate::FAMILY_V6`].
+    pub family: u8,
+}
+
+impl ServiceKey {
+    /// The key of an IPv4 service. `addr` and `port` are given in host order.
+    pub const fn v4(addr: u32, port: u16, proto: u8) -> Self {
+        Self {
+            addr: [addr.to_be(), 0, 0, 0],
+            port: port.to_be(),
+            proto,
+            family: crate::FAMILY_V4,
+        }
+    }
+
+    /// The key of an IPv6 service, from the address's 16 bytes and the port in host order.
+    pub fn v6(addr: [u8; 16], port: u16, proto: u8) -> Self {
+        Self {
+            addr: bytemuck::cast(addr),
+            port: port.to_be(),
+            proto,
+            family: crate::FAMILY_V6,
+        }
+    }
+
+    /// The key of this VIP's address alone, as held in [`crate::maps::VIP_ADDRS`].
+    pub const fn vip_only(self) -> Self {
+        Self {
+            addr: self.addr,
+            port: 0,
+            proto: 0,
+            family: self.family,
+        }
+    }
+
+    /// The key of this VIP's "all ports" service for the same protocol.
+    pub const fn all_ports(self) -> Self {
+        Self {
+            addr: self.addr,
+            port: 0,
+            proto: self.proto,
+            family: self.family,
+        }
+    }
+}
+
+/// Hash flows on the source address only, so that every connection of a client goes to the same
+/// real server (ipvsadm's `-p`, persistence).
+pub const SERVICE_F_SOURCE_HASH: u32 = 1 << 0;
+
+/// What the data path knows about a virtual service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Service {
+    /// Index of the service's counters, and of its pair of Maglev tables (`2 * id` and `2 * id + 1`).
+    pub id: u32,
+    /// Which of the two tables is live, 0 or 1. Userspace rewrites the other one whole and then
+    /// flips this field with one map update, so the data path never sees a half-written table.
+    pub table: u32,
+    /// `SERVICE_F_*` bits.
+    pub flags: u32,
+    /// Padding made explicit so that the type is `Pod`.
+    pub _pad: u32,
+}
+
+impl Service {
+    /// Index in [`crate::maps::MAGLEV`] of the first slot of the live table.
+    pub const fn live_table_base(&self) -> u32 {
+        (self.id * 2 + (self.table & 1)) * crate::limits::MAGLEV_TABLE_SIZE
+    }
+}
+
+crate::user_pod!(ServiceKey, Service);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_keys_hold_address_and_port_in_network_order() {
+        let key = ServiceKey::v4(0x0a00_0001, 80, crate::PROTO_TCP);
+        let bytes: [u8; 20] = bytemuck::cast(key);
+        assert_eq!(&bytes[0..4], &[10, 0, 0, 1]);
+        assert_eq!(&bytes[4..16], &[0; 12]);
+        assert_eq!(&bytes[16..18], &[0, 80]);
+        assert_eq!(bytes[18], 6);
+        assert_eq!(bytes[19], 4);
+    }
+
+    #[test]
+    fn the_live_table_alternates_between_the_services_two_slots() {
+        let mut svc = Service {
+            id: 3,
+            ..Service::default()
+        };
+        assert_eq!(svc.live_table_base(), 6 * crate::limits::MAGLEV_TABLE_SIZE);
+        svc.table = 1;
+        assert_eq!(svc.live_table_base(), 7 * crate::limits::MAGLEV_TABLE_SIZE);
+    }
+}

@@ -1,0 +1,114 @@
+//! Counters: per service, per real server, and global by verdict and reason.
+
+use bytemuck::{Pod, Zeroable};
+
+/// Per-CPU counters of one service or one real server.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Counters {
+    /// Packets forwarded.
+    pub packets: u64,
+    /// Bytes forwarded, counted from the start of the Ethernet header as received.
+    pub bytes: u64,
+    /// New connections scheduled (connection-table misses that were forwarded).
+    pub conns: u64,
+}
+
+impl Counters {
+    /// Field-wise sum, for adding up the per-CPU values.
+    pub const fn add(self, other: Self) -> Self {
+        Self {
+            packets: self.packets.wrapping_add(other.packets),
+            bytes: self.bytes.wrapping_add(other.bytes),
+            conns: self.conns.wrapping_add(other.conns),
+        }
+    }
+}
+
+crate::user_pod!(Counters);
+
+macro_rules! global_stats {
+    ($($(#[doc = $doc:literal])* $variant:ident = $name:literal,)+) => {
+        /// Index of a global counter: every verdict, and every reason a packet was passed or
+        /// dropped instead of forwarded.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum GlobalStat {
+            $($(#[doc = $doc])* $variant,)+
+        }
+
+        impl GlobalStat {
+            /// Every counter, in index order.
+            pub const ALL: &'static [GlobalStat] = &[$(GlobalStat::$variant,)+];
+
+            /// The counter's name, as the daemon exports it (prefixed `xlb_`).
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(GlobalStat::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+global_stats! {
+    /// Verdict: handed to the kernel's stack.
+    VerdictPass = "verdict_pass",
+    /// Verdict: sent back out of the interface it came in on.
+    VerdictTx = "verdict_tx",
+    /// Verdict: redirected to another interface.
+    VerdictRedirect = "verdict_redirect",
+    /// Verdict: dropped.
+    VerdictDrop = "verdict_drop",
+    /// Passed: neither IPv4 nor IPv6 (ARP, LLDP, ...).
+    PassNotIp = "pass_not_ip",
+    /// Passed: the Ethernet, VLAN or IP header is cut short; the kernel drops it with its own count.
+    PassMalformed = "pass_malformed",
+    /// Passed: IPv4 header length below 5 words or beyond the packet.
+    PassBadIhl = "pass_bad_ihl",
+    /// Passed: the destination is not a VIP.
+    PassNotVip = "pass_not_vip",
+    /// Passed: for a VIP, but no service has this port and protocol (and no "all ports" service).
+    PassNoService = "pass_no_service",
+    /// Passed: for a VIP, but neither TCP nor UDP (ping to the VIP, ...).
+    PassOtherProto = "pass_other_proto",
+    /// Passed: IPv6 (no IPv6 services yet).
+    PassIpv6 = "pass_ipv6",
+    /// Counted, not a verdict: IPv4 packets for a service that carry IP options (forwarded).
+    SeenIpOptions = "seen_ip_options",
+    /// Dropped: for a VIP, with the TCP or UDP header cut short.
+    DropTruncatedL4 = "drop_truncated_l4",
+    /// Dropped: the first fragment of a fragmented packet for a VIP.
+    DropFragmentFirst = "drop_fragment_first",
+    /// Dropped: a later fragment of a fragmented packet for a VIP.
+    DropFragment = "drop_fragment",
+    /// Dropped: TTL 0 on a packet for a VIP.
+    DropTtl = "drop_ttl",
+    /// Dropped: the service has no real server available (all quiescent or removed).
+    DropNoReal = "drop_no_real",
+    /// Dropped: the kernel has no neighbour entry for the real server yet (userspace keeps one).
+    DropNoNeighbour = "drop_no_neighbour",
+    /// Dropped: the kernel has no route to the real server.
+    DropNoRoute = "drop_no_route",
+    /// Dropped: the real server's forwarding method is not supported by this data path.
+    DropUnsupportedForward = "drop_unsupported_forward",
+    /// Counted, not a verdict: connection-table hits.
+    ConntrackHit = "conntrack_hit",
+    /// Counted, not a verdict: connection-table misses (new flows scheduled).
+    ConntrackMiss = "conntrack_miss",
+}
+
+/// Number of global counters (the size of [`crate::maps::GLOBAL_STATS`]).
+pub const GLOBAL_STATS_LEN: u32 = GlobalStat::ALL.len() as u32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_stats_are_indexed_in_declaration_order() {
+        for (i, stat) in GlobalStat::ALL.iter().enumerate() {
+            assert_eq!(*stat as usize, i, "{}", stat.name());
+        }
+    }
+}

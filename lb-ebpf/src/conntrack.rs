@@ -1,0 +1,44 @@
+//! The connection table: a flow that has a real server keeps it, whatever happens to the
+//! service's Maglev table afterwards (weights, servers added or removed).
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use lb_common::{conntrack::CONN_F_CLOSING, Connection, GlobalStat};
+
+use crate::{maps, parse::Packet, stats};
+
+/// The real server of a known flow, refreshing its entry. A flow whose server has been removed
+/// since is treated as new.
+#[inline(always)]
+pub fn lookup(packet: &Packet) -> Option<u32> {
+    let conn = maps::CONNTRACK.get_ptr_mut(&packet.flow)?;
+    // SAFETY: the pointer comes from the map lookup and stays valid for this program run; racing
+    // writers only ever store whole, valid values.
+    let conn = unsafe { &mut *conn };
+    maps::real(conn.real)?;
+    // SAFETY: a helper without arguments.
+    conn.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+    if packet.closing {
+        conn.flags |= CONN_F_CLOSING;
+    }
+    stats::count(GlobalStat::ConntrackHit);
+    Some(conn.real)
+}
+
+/// Remember the real server chosen for a new flow.
+#[inline(always)]
+pub fn remember(ctx: &XdpContext, packet: &Packet, service: u32, real: u32) {
+    let conn = Connection {
+        real,
+        service,
+        // SAFETY: a helper without arguments.
+        last_seen_ns: unsafe { bpf_ktime_get_ns() },
+        flags: if packet.closing { CONN_F_CLOSING } else { 0 },
+        _pad: 0,
+    };
+    stats::count(GlobalStat::ConntrackMiss);
+    // A full table evicts its least recently used flow, so the insert only fails on a kernel
+    // allocation failure; the flow is then scheduled again by Maglev on its next packet.
+    if maps::CONNTRACK.insert(&packet.flow, &conn, 0).is_err() && maps::debug_events() {
+        aya_log_ebpf::warn!(ctx, "connection table insert failed");
+    }
+}

@@ -1,0 +1,86 @@
+//! xlb's XDP balancer: forwards each flow for a virtual service to one real server.
+//!
+//! Per packet, in this order (see ../shared/DESIGN.md): parse ([`parse`]), find the service
+//! ([`service`]), find or make the connection ([`conntrack`]), on a new flow choose a real server by
+//! Maglev ([`schedule`]), forward ([`forward`]), count ([`stats`]). Every packet that is not for a
+//! service is passed to the kernel untouched; every packet that is passed or dropped instead of
+//! forwarded is counted by reason ([`verdict`]).
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod conntrack;
+#[cfg(target_arch = "bpf")]
+mod forward;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod parse;
+#[cfg(target_arch = "bpf")]
+mod schedule;
+#[cfg(target_arch = "bpf")]
+mod service;
+#[cfg(target_arch = "bpf")]
+mod stats;
+#[cfg(target_arch = "bpf")]
+mod verdict;
+
+#[cfg(target_arch = "bpf")]
+mod program {
+    use aya_ebpf::{macros::xdp, programs::XdpContext};
+
+    use crate::{conntrack, forward, maps, parse, schedule, service, stats, verdict::Verdict};
+
+    /// The balancer's entry point: decide, count the verdict, return it.
+    #[xdp]
+    pub fn xlb_balancer(ctx: XdpContext) -> u32 {
+        let verdict = balance(&ctx);
+        stats::count_verdict(&ctx, &verdict);
+        verdict.action()
+    }
+
+    #[inline(always)]
+    fn balance(ctx: &XdpContext) -> Verdict {
+        let packet = match parse::parse(ctx) {
+            Ok(packet) => packet,
+            Err(verdict) => return verdict,
+        };
+        let svc = match service::lookup(&packet.flow) {
+            Some(svc) => svc,
+            None => return Verdict::pass(lb_common::GlobalStat::PassNoService),
+        };
+        let (real_id, new_flow) = match conntrack::lookup(&packet) {
+            Some(real_id) => (real_id, false),
+            None => match schedule::choose(&svc, &packet.flow) {
+                Some(real_id) => (real_id, true),
+                None => return Verdict::drop(lb_common::GlobalStat::DropNoReal),
+            },
+        };
+        let Some(real) = maps::real(real_id) else {
+            return Verdict::drop(lb_common::GlobalStat::DropNoReal);
+        };
+        let verdict = forward::forward(ctx, &packet, &real);
+        if verdict.is_forwarded() {
+            if new_flow {
+                conntrack::remember(ctx, &packet, svc.id, real_id);
+            }
+            stats::count_forwarded(svc.id, real_id, packet.len, new_flow);
+        }
+        verdict
+    }
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach this.
+    loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

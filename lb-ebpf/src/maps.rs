@@ -1,0 +1,68 @@
+//! The maps, each with what it maps and who writes it. Names come from `lb_common::maps`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    limits::{MAGLEV_TABLES, MAGLEV_TABLE_SIZE, MAX_CONNECTIONS, MAX_REALS, MAX_SERVICES},
+    stats::GLOBAL_STATS_LEN,
+    Connection, Counters, DataplaneConfig, FlowKey, RealServer, Service, ServiceKey,
+};
+
+/// Keep an LRU free list per CPU instead of one shared list, so that CPUs inserting new flows do
+/// not contend on one lock (Katran's lesson about a shared LRU). The key space stays shared, so a
+/// flow whose packets arrive on several CPUs (generic XDP, no RSS) still finds its entry.
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
+/// (VIP, port, proto) → service. Written by userspace.
+#[map(name = "XLB_SERVICES")]
+pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// VIP address → number of services on it. Written by userspace.
+#[map(name = "XLB_VIP_ADDRS")]
+pub static VIP_ADDRS: HashMap<ServiceKey, u32> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Maglev slots → real-server id, two tables per service end to end. Written by userspace.
+#[map(name = "XLB_MAGLEV")]
+pub static MAGLEV: Array<u32> = Array::with_max_entries(MAGLEV_TABLES * MAGLEV_TABLE_SIZE, 0);
+
+/// Real-server id → real server. Written by userspace.
+#[map(name = "XLB_REALS")]
+pub static REALS: Array<RealServer> = Array::with_max_entries(MAX_REALS, 0);
+
+/// Flow → connection. Written by the data path; read and flushed by userspace.
+#[map(name = "XLB_CONNTRACK")]
+pub static CONNTRACK: LruHashMap<FlowKey, Connection> =
+    LruHashMap::with_max_entries(MAX_CONNECTIONS, BPF_F_NO_COMMON_LRU);
+
+/// Service id → per-CPU counters. Written by the data path.
+#[map(name = "XLB_SVC_STATS")]
+pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// Real-server id → per-CPU counters. Written by the data path.
+#[map(name = "XLB_REAL_STATS")]
+pub static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_REALS, 0);
+
+/// Global counter index → per-CPU packet count. Written by the data path.
+#[map(name = "XLB_GLOBAL")]
+pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GLOBAL_STATS_LEN, 0);
+
+/// Index 0 → run-time settings. Written by userspace.
+#[map(name = "XLB_CONFIG")]
+pub static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
+
+/// The real server with this id, if the entry is in use.
+#[inline(always)]
+pub fn real(id: u32) -> Option<RealServer> {
+    let real = *REALS.get(id)?;
+    real.is_used().then_some(real)
+}
+
+/// Whether data-path debug events are switched on.
+#[inline(always)]
+pub fn debug_events() -> bool {
+    CONFIG
+        .get(0)
+        .is_some_and(|c| c.flags & lb_common::config::CONFIG_F_DEBUG_EVENTS != 0)
+}

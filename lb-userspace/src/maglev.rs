@@ -1,0 +1,202 @@
+//! The Maglev lookup-table builder (Eisenbud et al., NSDI'16, section 3.4), with weights.
+//!
+//! Each real server walks its own permutation of the table's slots, `offset + j * skip (mod M)`,
+//! where `offset` and `skip` come from a hash of the server's identity (its address and port, not
+//! its id or its place in the configuration). Servers take turns claiming the next free slot of their
+//! permutation until the table is full. Because the permutations depend only on the identities, two
+//! balancers with the same servers build the same table byte for byte, and removing a server
+//! mostly moves only the slots it held.
+//!
+//! Weights: in each round every server adds its weight to a credit and claims one slot per
+//! `max_weight` of credit, so that shares follow the weights to within one slot per server
+//! (NSDI'16 leaves the weighting open; this is the credit form of its "turns").
+
+use lb_common::limits::MAGLEV_TABLE_SIZE;
+
+/// One real server as the builder sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backend<'a> {
+    /// What makes the server the same server on every balancer: its address and port, as bytes.
+    pub identity: &'a [u8],
+    /// The value its slots get: the real-server id in the data path (never 0, which means "none").
+    pub id: u32,
+    /// Its weight. 0 = quiescent: it gets no slot.
+    pub weight: u32,
+}
+
+/// Builds a table of [`MAGLEV_TABLE_SIZE`] slots.
+pub fn build(backends: &[Backend<'_>]) -> Vec<u32> {
+    build_sized(backends, MAGLEV_TABLE_SIZE)
+}
+
+/// Builds a table of `size` slots (`size` must be prime for every slot to be reachable). Slots are
+/// 0 when no backend has a weight.
+pub fn build_sized(backends: &[Backend<'_>], size: u32) -> Vec<u32> {
+    let mut table = vec![0u32; size as usize];
+    let mut live: Vec<&Backend<'_>> = backends.iter().filter(|b| b.weight > 0).collect();
+    if live.is_empty() || size == 0 {
+        return table;
+    }
+    // The order of turns decides contested slots, so make it independent of configuration order.
+    live.sort_by(|a, b| a.identity.cmp(b.identity).then(a.id.cmp(&b.id)));
+
+    let m = u64::from(size);
+    let perms: Vec<(u64, u64)> = live
+        .iter()
+        .map(|b| {
+            let offset = fnv1a64(b.identity, 0xcbf2_9ce4_8422_2325) % m;
+            let skip = fnv1a64(b.identity, 0x8422_2325_cbf2_9ce4) % (m - 1).max(1) + 1;
+            (offset, skip)
+        })
+        .collect();
+    let max_weight = u64::from(live.iter().map(|b| b.weight).max().unwrap_or(1));
+    let mut next = vec![0u64; live.len()];
+    let mut credit = vec![0u64; live.len()];
+    let mut claimed = vec![false; size as usize];
+    let mut filled = 0u64;
+
+    while filled < m {
+        for (i, backend) in live.iter().enumerate() {
+            credit[i] += u64::from(backend.weight);
+            while credit[i] >= max_weight {
+                credit[i] -= max_weight;
+                let (offset, skip) = perms[i];
+                let slot = loop {
+                    let c = ((offset + next[i] * skip) % m) as usize;
+                    next[i] += 1;
+                    if !claimed[c] {
+                        break c;
+                    }
+                };
+                claimed[slot] = true;
+                table[slot] = backend.id;
+                filled += 1;
+                if filled == m {
+                    return table;
+                }
+            }
+        }
+    }
+    table
+}
+
+/// FNV-1a, 64 bits, from a given basis: two bases give the two independent hashes Maglev needs.
+/// Fixed forever: a change would move flows between balancers running different versions.
+fn fnv1a64(bytes: &[u8], basis: u64) -> u64 {
+    bytes.iter().fold(basis, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn identities(n: usize) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| {
+                let mut id = vec![10, 1, (i / 250) as u8, (i % 250) as u8 + 1];
+                id.extend_from_slice(&80u16.to_be_bytes());
+                id
+            })
+            .collect()
+    }
+
+    fn backends<'a>(ids: &'a [Vec<u8>], weights: &[u32]) -> Vec<Backend<'a>> {
+        ids.iter()
+            .zip(weights)
+            .enumerate()
+            .map(|(i, (identity, &weight))| Backend {
+                identity,
+                id: i as u32 + 1,
+                weight,
+            })
+            .collect()
+    }
+
+    fn shares(table: &[u32]) -> HashMap<u32, usize> {
+        let mut counts = HashMap::new();
+        for &id in table {
+            *counts.entry(id).or_default() += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn two_builds_from_the_same_servers_agree_byte_for_byte() {
+        let ids = identities(7);
+        let a = build(&backends(&ids, &[1, 2, 3, 1, 1, 5, 2]));
+        let mut reordered = backends(&ids, &[1, 2, 3, 1, 1, 5, 2]);
+        reordered.reverse();
+        let b = build(&reordered);
+        assert_eq!(a, b, "configuration order must not change the table");
+    }
+
+    #[test]
+    fn shares_follow_the_weights_within_one_percent() {
+        let ids = identities(4);
+        let weights = [1, 1, 2, 4];
+        let table = build(&backends(&ids, &weights));
+        let counts = shares(&table);
+        let total: u32 = weights.iter().sum();
+        for (i, &w) in weights.iter().enumerate() {
+            let expected = f64::from(MAGLEV_TABLE_SIZE) * f64::from(w) / f64::from(total);
+            let got = counts[&(i as u32 + 1)] as f64;
+            assert!(
+                (got - expected).abs() / expected < 0.01,
+                "server {i}: {got} slots, expected {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn equal_weights_give_equal_shares_for_many_servers() {
+        let ids = identities(100);
+        let table = build(&backends(&ids, &[1; 100]));
+        let counts = shares(&table);
+        assert_eq!(counts.len(), 100);
+        for (&id, &n) in &counts {
+            assert!((655..=656).contains(&n), "server {id} has {n} slots");
+        }
+    }
+
+    #[test]
+    fn removing_one_server_moves_only_its_slots_and_at_most_one_percent_of_the_rest() {
+        let ids = identities(10);
+        let before = build(&backends(&ids, &[1; 10]));
+        let mut after_backends = backends(&ids, &[1; 10]);
+        let removed = after_backends.remove(3).id;
+        let after = build(&after_backends);
+        let others_moved = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| **b != removed && b != a)
+            .count();
+        let limit = MAGLEV_TABLE_SIZE as usize / 100;
+        assert!(others_moved <= limit, "{others_moved} slots of other servers moved");
+        assert!(!after.contains(&removed));
+    }
+
+    #[test]
+    fn a_quiescent_server_owns_no_slot() {
+        let ids = identities(3);
+        let table = build(&backends(&ids, &[1, 0, 1]));
+        assert!(!table.contains(&2));
+        assert!(!table.contains(&0), "every slot has a server");
+    }
+
+    #[test]
+    fn no_server_with_a_weight_leaves_every_slot_empty() {
+        let ids = identities(2);
+        assert!(build(&backends(&ids, &[0, 0])).iter().all(|&s| s == 0));
+        assert!(build(&[]).iter().all(|&s| s == 0));
+    }
+
+    #[test]
+    fn a_single_server_gets_every_slot() {
+        let ids = identities(1);
+        assert!(build(&backends(&ids, &[7])).iter().all(|&s| s == 1));
+    }
+}
