@@ -11,8 +11,14 @@ const SEED: u32 = 0x786c_6221; // "xlb!"
 
 #[inline(always)]
 const fn mix(h: u32, k: u32) -> u32 {
-    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]
@@ -74,7 +80,10 @@ mod tests {
     fn the_hash_is_a_fixed_function_of_the_key() {
         // Pinned so that a change to the hash, which would move flows between balancers running
         // different versions, cannot go unnoticed.
-        assert_eq!(flow_hash(&flow(0x0a00_0001, 40000)), flow_hash(&flow(0x0a00_0001, 40000)));
+        assert_eq!(
+            flow_hash(&flow(0x0a00_0001, 40000)),
+            flow_hash(&flow(0x0a00_0001, 40000))
+        );
         assert_eq!(flow_hash(&flow(0x0a00_0001, 40000)), 0xcde6_a86c);
     }
 

@@ -90,6 +90,9 @@ global_stats! {
     DropNoNeighbour = "drop_no_neighbour",
     /// Dropped: the kernel has no route to the real server.
     DropNoRoute = "drop_no_route",
+    /// Dropped: IPv4 forwarding is off on the ingress interface, so the kernel's FIB does not
+    /// answer for it.
+    DropForwardingDisabled = "drop_forwarding_disabled",
     /// Dropped: the real server's forwarding method is not supported by this data path.
     DropUnsupportedForward = "drop_unsupported_forward",
     /// Counted, not a verdict: connection-table hits.

@@ -7,13 +7,17 @@
 //! next hop yet, the packet is dropped and counted (`drop_no_neighbour`): passing it up would make
 //! the balancer's own stack answer for the VIP. Userspace keeps a managed neighbour entry for each
 //! real server so that this only happens before the first resolution.
+//!
+//! The kernel answers FIB lookups only for an ingress interface with IPv4 forwarding on, so the
+//! dataplane turns `net.ipv4.conf.<iface>.forwarding` on where it attaches; when it is off the
+//! packet is dropped and counted (`drop_forwarding_disabled`).
 
 use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT,
+        BPF_FIB_LKUP_RET_SUCCESS,
     },
     helpers::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
@@ -48,12 +52,11 @@ fn direct_route(ctx: &XdpContext, packet: &Packet, real: &RealServer) -> Verdict
     params.__bindgen_anon_3.ipv4_src = packet.flow.src[0];
     params.__bindgen_anon_4.ipv4_dst = real.addr[0];
 
-    let mut rc = fib_lookup(ctx, &mut params, 0);
+    let rc = fib_lookup(ctx, &mut params);
     if rc == BPF_FIB_LKUP_RET_FWD_DISABLED as i64 {
-        // IP forwarding is off on the ingress interface. Direct routing does not route (LVS-DR
-        // needs no ip_forward either), so look the server up as locally sent traffic instead.
-        params.ifindex = ctx.ingress_ifindex() as u32;
-        rc = fib_lookup(ctx, &mut params, BPF_FIB_LOOKUP_OUTPUT);
+        // The kernel answers FIB lookups only for interfaces with forwarding on (even for an
+        // egress-perspective lookup); the dataplane switches it on where it attaches.
+        return Verdict::drop(GlobalStat::DropForwardingDisabled);
     }
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         return Verdict::drop(GlobalStat::DropNoNeighbour);
@@ -78,14 +81,14 @@ fn direct_route(ctx: &XdpContext, packet: &Packet, real: &RealServer) -> Verdict
 }
 
 #[inline(always)]
-fn fib_lookup(ctx: &XdpContext, params: &mut FibParams, flags: u32) -> i64 {
+fn fib_lookup(ctx: &XdpContext, params: &mut FibParams) -> i64 {
     // SAFETY: params points to a live FibParams of the size given.
     unsafe {
         bpf_fib_lookup(
             ctx.as_ptr(),
             params as *mut FibParams,
             size_of::<FibParams>() as i32,
-            flags,
+            0,
         )
     }
 }

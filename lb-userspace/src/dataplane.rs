@@ -1,1 +1,631 @@
+//! The dataplane: the only code that touches xlb's BPF maps.
+//!
+//! It loads the XDP object, attaches the balancer, and offers a small typed API over the maps:
+//! services, real servers, Maglev tables (rewritten whole and swapped with one update, never
+//! half-written), counters, and the connection table. Ids of services and real servers are
+//! allocated here; on a load that adopts pinned maps they are recovered from the maps' contents.
 
+use std::{
+    collections::{BTreeSet, HashMap as StdHashMap},
+    os::fd::{AsFd as _, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    programs::{ProgramError, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use lb_common::{
+    limits::{MAGLEV_TABLE_SIZE, MAX_REALS, MAX_SERVICES},
+    maps as names, Connection, Counters, DataplaneConfig, FlowKey, GlobalStat, RealServer, Service,
+    ServiceKey,
+};
+use thiserror::Error;
+
+use crate::{batch, program};
+
+/// What went wrong in the dataplane.
+#[derive(Debug, Error)]
+pub enum DataplaneError {
+    /// The embedded object could not be loaded (verifier, missing BTF, not root, ...).
+    #[error("loading the XDP object failed (is this root, on a kernel with BTF?)")]
+    Load {
+        /// The loader's error.
+        #[source]
+        source: aya::EbpfError,
+    },
+    /// The object was built without its programs (`AYA_BUILD_SKIP=1`).
+    #[error("this binary was built with AYA_BUILD_SKIP=1 and holds no XDP object")]
+    NoObject,
+    /// A program or map the object should hold is missing.
+    #[error("the XDP object has no {what} named {name}")]
+    Missing {
+        /// "program" or "map".
+        what: &'static str,
+        /// Its name.
+        name: &'static str,
+    },
+    /// Loading or attaching the program failed.
+    #[error("{action} the balancer program failed")]
+    Program {
+        /// What was being done.
+        action: &'static str,
+        /// The error.
+        #[source]
+        source: ProgramError,
+    },
+    /// A map operation failed.
+    #[error("{action} failed")]
+    Map {
+        /// What was being done.
+        action: String,
+        /// The error.
+        #[source]
+        source: MapError,
+    },
+    /// All service or real-server ids are taken.
+    #[error("no free {what} id: at most {max} are supported")]
+    Full {
+        /// "service" or "real server".
+        what: &'static str,
+        /// The limit.
+        max: u32,
+    },
+    /// The service is not in the data path.
+    #[error("no such service in the data path: {key:?}")]
+    NoSuchService {
+        /// Its key.
+        key: ServiceKey,
+    },
+    /// A Maglev table of the wrong size was given.
+    #[error("a Maglev table has {expected} slots, not {got}")]
+    TableSize {
+        /// MAGLEV_TABLE_SIZE.
+        expected: u32,
+        /// What was given.
+        got: usize,
+    },
+    /// A map's descriptor could not be duplicated.
+    #[error("duplicating a map descriptor")]
+    Dup {
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Per-CPU values could not be prepared (the number of possible CPUs is unreadable).
+    #[error("preparing per-CPU values")]
+    Cpus {
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A sysctl could not be written.
+    #[error("writing {path}")]
+    Sysctl {
+        /// The file under /proc/sys.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A pin directory could not be prepared.
+    #[error("preparing the pin directory {path}")]
+    PinDir {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+fn map_err(action: impl Into<String>) -> impl FnOnce(MapError) -> DataplaneError {
+    let action = action.into();
+    move |source| DataplaneError::Map { action, source }
+}
+
+/// How to load the data path.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Pin (or adopt already pinned) maps in this directory on bpffs. `None`: maps live as long as
+    /// this process.
+    pub pin_dir: Option<PathBuf>,
+    /// Connection-table size; `None` keeps the compiled default.
+    pub max_connections: Option<u32>,
+    /// Size of the services' Maglev tables in services; `None` keeps the compiled default
+    /// ([`MAX_SERVICES`]). Each service costs two tables of 65537 slots (512 KiB).
+    pub max_services: Option<u32>,
+}
+
+/// A real server's id in the data path (index into the real-server map, never 0).
+pub type RealId = u32;
+
+/// The loaded data path and typed handles on its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    services: HashMap<MapData, ServiceKey, Service>,
+    vip_addrs: HashMap<MapData, ServiceKey, u32>,
+    maglev: Array<MapData, u32>,
+    /// A second descriptor of the Maglev map for batch updates, which aya does not offer.
+    maglev_fd: OwnedFd,
+    reals: Array<MapData, RealServer>,
+    conntrack: HashMap<MapData, FlowKey, Connection>,
+    service_stats: PerCpuArray<MapData, Counters>,
+    real_stats: PerCpuArray<MapData, Counters>,
+    global_stats: PerCpuArray<MapData, u64>,
+    config: Array<MapData, DataplaneConfig>,
+    max_services: u32,
+    free_service_ids: BTreeSet<u32>,
+    free_real_ids: BTreeSet<u32>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DataplaneError::Missing { what: "map", name })?;
+    T::try_from(map).map_err(map_err(format!("opening map {name}")))
+}
+
+impl Dataplane {
+    /// Loads the object and its balancer program (not attached yet).
+    pub fn load(options: &LoadOptions) -> Result<Self> {
+        let object = program::object();
+        if object.is_empty() {
+            return Err(DataplaneError::NoObject);
+        }
+        let max_services = options.max_services.unwrap_or(MAX_SERVICES);
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(names::SERVICES, max_services)
+            .map_max_entries(names::VIP_ADDRS, max_services)
+            .map_max_entries(names::SERVICE_STATS, max_services)
+            .map_max_entries(names::MAGLEV, max_services * 2 * MAGLEV_TABLE_SIZE);
+        if let Some(n) = options.max_connections {
+            loader.map_max_entries(names::CONNTRACK, n);
+        }
+        if let Some(dir) = &options.pin_dir {
+            std::fs::create_dir_all(dir).map_err(|source| DataplaneError::PinDir {
+                path: dir.clone(),
+                source,
+            })?;
+            for name in ALL_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader
+            .load(object)
+            .map_err(|source| DataplaneError::Load { source })?;
+        let program: &mut Xdp = ebpf
+            .program_mut(names::PROG_BALANCER)
+            .ok_or(DataplaneError::Missing {
+                what: "program",
+                name: names::PROG_BALANCER,
+            })?
+            .try_into()
+            .map_err(|source| DataplaneError::Program {
+                action: "finding",
+                source,
+            })?;
+        program.load().map_err(|source| DataplaneError::Program {
+            action: "loading",
+            source,
+        })?;
+
+        let maglev_map = ebpf.map(names::MAGLEV).ok_or(DataplaneError::Missing {
+            what: "map",
+            name: names::MAGLEV,
+        })?;
+        let maglev_fd = match maglev_map {
+            aya::maps::Map::Array(data) => data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| DataplaneError::Dup { source })?,
+            _ => {
+                return Err(DataplaneError::Missing {
+                    what: "array map",
+                    name: names::MAGLEV,
+                })
+            }
+        };
+        let mut dataplane = Self {
+            maglev_fd,
+            services: take(&mut ebpf, names::SERVICES)?,
+            vip_addrs: take(&mut ebpf, names::VIP_ADDRS)?,
+            maglev: take(&mut ebpf, names::MAGLEV)?,
+            reals: take(&mut ebpf, names::REALS)?,
+            conntrack: take(&mut ebpf, names::CONNTRACK)?,
+            service_stats: take(&mut ebpf, names::SERVICE_STATS)?,
+            real_stats: take(&mut ebpf, names::REAL_STATS)?,
+            global_stats: take(&mut ebpf, names::GLOBAL_STATS)?,
+            config: take(&mut ebpf, names::CONFIG)?,
+            ebpf,
+            max_services,
+            free_service_ids: BTreeSet::new(),
+            free_real_ids: BTreeSet::new(),
+        };
+        dataplane.recover_ids()?;
+        Ok(dataplane)
+    }
+
+    /// Rebuilds the free-id sets from the maps (empty on a fresh load; populated when pinned
+    /// maps were adopted).
+    fn recover_ids(&mut self) -> Result<()> {
+        let mut used_services = BTreeSet::new();
+        for entry in self.services.iter() {
+            let (_, svc) = entry.map_err(map_err("reading the services"))?;
+            used_services.insert(svc.id);
+        }
+        self.free_service_ids = (0..self.max_services)
+            .filter(|id| !used_services.contains(id))
+            .collect();
+        let mut free_reals = BTreeSet::new();
+        for id in 1..MAX_REALS {
+            let real = self
+                .reals
+                .get(&id, 0)
+                .map_err(map_err("reading the real servers"))?;
+            if !real.is_used() {
+                free_reals.insert(id);
+            }
+        }
+        self.free_real_ids = free_reals;
+        Ok(())
+    }
+
+    /// The balancer program, e.g. for `test_run`.
+    pub fn program(&self) -> Result<&Xdp> {
+        self.ebpf
+            .program(names::PROG_BALANCER)
+            .ok_or(DataplaneError::Missing {
+                what: "program",
+                name: names::PROG_BALANCER,
+            })?
+            .try_into()
+            .map_err(|source| DataplaneError::Program {
+                action: "finding",
+                source,
+            })
+    }
+
+    /// Attaches the balancer to an interface (in the calling thread's network namespace) and
+    /// turns IPv4 forwarding on for it: the kernel's FIB, which gives the data path its next hops,
+    /// answers only for interfaces that forward. The attachment lasts as long as this value.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<()> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(names::PROG_BALANCER)
+            .ok_or(DataplaneError::Missing {
+                what: "program",
+                name: names::PROG_BALANCER,
+            })?
+            .try_into()
+            .map_err(|source| DataplaneError::Program {
+                action: "finding",
+                source,
+            })?;
+        enable_forwarding(iface)?;
+        program
+            .attach(iface, mode)
+            .map_err(|source| DataplaneError::Program {
+                action: "attaching",
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Adds a service, or updates the flags of an existing one, keeping its id and its table.
+    /// A new service has an empty table (no server) until [`Dataplane::set_maglev_table`].
+    pub fn upsert_service(&mut self, key: ServiceKey, flags: u32) -> Result<u32> {
+        if let Ok(mut svc) = self.services.get(&key, 0) {
+            svc.flags = flags;
+            self.services
+                .insert(key, svc, 0)
+                .map_err(map_err("updating a service"))?;
+            return Ok(svc.id);
+        }
+        let id = *self.free_service_ids.first().ok_or(DataplaneError::Full {
+            what: "service",
+            max: self.max_services,
+        })?;
+        // Start from an empty live table: the slots may hold a removed service's servers.
+        let svc = Service {
+            id,
+            table: 0,
+            flags,
+            _pad: 0,
+        };
+        self.write_table(svc.live_table_base(), |_| 0)?;
+        self.service_stats
+            .set(id, zeroed_per_cpu()?, 0)
+            .map_err(map_err("zeroing a service's counters"))?;
+        self.services
+            .insert(key, svc, 0)
+            .map_err(map_err("adding a service"))?;
+        let vip = key.vip_only();
+        let count = self.vip_addrs.get(&vip, 0).unwrap_or(0);
+        if let Err(e) = self.vip_addrs.insert(vip, count + 1, 0) {
+            let _ = self.services.remove(&key);
+            return Err(map_err("adding a VIP address")(e));
+        }
+        self.free_service_ids.remove(&id);
+        Ok(id)
+    }
+
+    /// Removes a service. Its connections stay in the table until they age out, but no longer
+    /// match: packets of the service are passed from now on.
+    pub fn remove_service(&mut self, key: ServiceKey) -> Result<()> {
+        let svc = self
+            .services
+            .get(&key, 0)
+            .map_err(|_| DataplaneError::NoSuchService { key })?;
+        self.services
+            .remove(&key)
+            .map_err(map_err("removing a service"))?;
+        let vip = key.vip_only();
+        match self.vip_addrs.get(&vip, 0) {
+            Ok(n) if n > 1 => self
+                .vip_addrs
+                .insert(vip, n - 1, 0)
+                .map_err(map_err("updating a VIP address"))?,
+            _ => {
+                let _ = self.vip_addrs.remove(&vip);
+            }
+        }
+        self.free_service_ids.insert(svc.id);
+        Ok(())
+    }
+
+    /// The data path's entry for a service.
+    pub fn service(&self, key: &ServiceKey) -> Option<Service> {
+        self.services.get(key, 0).ok()
+    }
+
+    /// Adds a real server and returns its id.
+    pub fn add_real(&mut self, real: RealServer) -> Result<RealId> {
+        let id = *self.free_real_ids.first().ok_or(DataplaneError::Full {
+            what: "real server",
+            max: MAX_REALS - 1,
+        })?;
+        self.real_stats
+            .set(id, zeroed_per_cpu()?, 0)
+            .map_err(map_err("zeroing a real server's counters"))?;
+        self.reals
+            .set(id, real, 0)
+            .map_err(map_err("adding a real server"))?;
+        self.free_real_ids.remove(&id);
+        Ok(id)
+    }
+
+    /// Changes a real server's entry in place (e.g. its forwarding method).
+    pub fn update_real(&mut self, id: RealId, real: RealServer) -> Result<()> {
+        self.reals
+            .set(id, real, 0)
+            .map_err(map_err("updating a real server"))
+    }
+
+    /// Removes a real server. Take it out of every Maglev table first. Its connections are
+    /// forgotten, so that their next packets are scheduled anew and a later server given the same
+    /// id does not inherit them.
+    pub fn remove_real(&mut self, id: RealId) -> Result<()> {
+        self.reals
+            .set(id, RealServer::default(), 0)
+            .map_err(map_err("removing a real server"))?;
+        self.flush_connections_where(|c| c.real == id)?;
+        self.free_real_ids.insert(id);
+        Ok(())
+    }
+
+    /// Replaces the service's Maglev table: writes the standby table whole, then makes it live
+    /// with one update of the service entry.
+    pub fn set_maglev_table(&mut self, key: ServiceKey, table: &[u32]) -> Result<()> {
+        if table.len() != MAGLEV_TABLE_SIZE as usize {
+            return Err(DataplaneError::TableSize {
+                expected: MAGLEV_TABLE_SIZE,
+                got: table.len(),
+            });
+        }
+        let mut svc = self
+            .services
+            .get(&key, 0)
+            .map_err(|_| DataplaneError::NoSuchService { key })?;
+        let standby = Service {
+            table: svc.table ^ 1,
+            ..svc
+        };
+        self.write_table(standby.live_table_base(), |i| table[i])?;
+        svc.table = standby.table;
+        self.services
+            .insert(key, svc, 0)
+            .map_err(map_err("swapping in a Maglev table"))
+    }
+
+    /// The live Maglev table of a service.
+    pub fn maglev_table(&self, key: &ServiceKey) -> Result<Vec<u32>> {
+        let svc = self
+            .services
+            .get(key, 0)
+            .map_err(|_| DataplaneError::NoSuchService { key: *key })?;
+        let base = svc.live_table_base();
+        (0..MAGLEV_TABLE_SIZE)
+            .map(|i| {
+                self.maglev
+                    .get(&(base + i), 0)
+                    .map_err(map_err("reading a Maglev table"))
+            })
+            .collect()
+    }
+
+    fn write_table(&mut self, base: u32, slot: impl Fn(usize) -> u32) -> Result<()> {
+        let keys: Vec<u32> = (base..base + MAGLEV_TABLE_SIZE).collect();
+        let values: Vec<u32> = (0..MAGLEV_TABLE_SIZE as usize).map(slot).collect();
+        // One BPF_MAP_UPDATE_BATCH instead of 65537 updates; the element-wise path remains for
+        // kernels without batch support for arrays (before 5.6).
+        if batch::update_u32(self.maglev_fd.as_fd(), &keys, &values).is_ok() {
+            return Ok(());
+        }
+        for (key, value) in keys.into_iter().zip(values) {
+            self.maglev
+                .set(key, value, 0)
+                .map_err(map_err("writing a Maglev table"))?;
+        }
+        Ok(())
+    }
+
+    /// Packets, bytes and new connections of a service, summed over the CPUs.
+    pub fn service_counters(&self, id: u32) -> Result<Counters> {
+        sum_counters(&self.service_stats, id)
+    }
+
+    /// Packets, bytes and new connections sent to a real server, summed over the CPUs.
+    pub fn real_counters(&self, id: RealId) -> Result<Counters> {
+        sum_counters(&self.real_stats, id)
+    }
+
+    /// Every global counter, summed over the CPUs.
+    pub fn global_counters(&self) -> Result<Vec<(GlobalStat, u64)>> {
+        GlobalStat::ALL
+            .iter()
+            .map(|&stat| {
+                let values = self
+                    .global_stats
+                    .get(&(stat as u32), 0)
+                    .map_err(map_err("reading the global counters"))?;
+                Ok((stat, values.iter().copied().fold(0u64, u64::wrapping_add)))
+            })
+            .collect()
+    }
+
+    /// One global counter, summed over the CPUs.
+    pub fn global_counter(&self, stat: GlobalStat) -> Result<u64> {
+        let values = self
+            .global_stats
+            .get(&(stat as u32), 0)
+            .map_err(map_err("reading the global counters"))?;
+        Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
+    }
+
+    /// The connection table's entries.
+    pub fn connections(&self) -> Result<Vec<(FlowKey, Connection)>> {
+        self.conntrack
+            .iter()
+            .map(|r| r.map_err(map_err("reading the connection table")))
+            .collect()
+    }
+
+    /// Forgets every connection (ipvsadm's flush of the connection table).
+    pub fn flush_connections(&mut self) -> Result<usize> {
+        self.flush_connections_where(|_| true)
+    }
+
+    /// Forgets the connections that match.
+    pub fn flush_connections_where(
+        &mut self,
+        mut matches: impl FnMut(&Connection) -> bool,
+    ) -> Result<usize> {
+        let doomed: Vec<FlowKey> = self
+            .connections()?
+            .into_iter()
+            .filter(|(_, c)| matches(c))
+            .map(|(k, _)| k)
+            .collect();
+        for key in &doomed {
+            match self.conntrack.remove(key) {
+                // Evicted or removed by someone else meanwhile: gone either way.
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err("flushing the connection table")(e)),
+            }
+        }
+        Ok(doomed.len())
+    }
+
+    /// Switches the data path's debug events (aya-log) on or off.
+    pub fn set_debug_events(&mut self, on: bool) -> Result<()> {
+        let mut config = self.config.get(&0, 0).unwrap_or_default();
+        if on {
+            config.flags |= lb_common::config::CONFIG_F_DEBUG_EVENTS;
+        } else {
+            config.flags &= !lb_common::config::CONFIG_F_DEBUG_EVENTS;
+        }
+        self.config
+            .set(0, config, 0)
+            .map_err(map_err("writing the data-path settings"))
+    }
+
+    /// The underlying object, for the logger (`aya_log::EbpfLogger::init`).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Every service in the data path with its entry.
+    pub fn services(&self) -> Result<StdHashMap<ServiceKey, Service>> {
+        self.services
+            .iter()
+            .map(|r| r.map_err(map_err("reading the services")))
+            .collect()
+    }
+
+    /// The real server with this id, if the entry is in use.
+    pub fn real(&self, id: RealId) -> Option<RealServer> {
+        self.reals.get(&id, 0).ok().filter(RealServer::is_used)
+    }
+
+    /// Removes the pins in `dir` (the maps themselves live on while anything still uses them).
+    pub fn unpin(dir: &Path) -> std::io::Result<()> {
+        for name in ALL_MAPS {
+            match std::fs::remove_file(dir.join(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        match std::fs::remove_dir(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Sets `net.ipv4.conf.<iface>.forwarding` to 1 (in the calling thread's network namespace).
+fn enable_forwarding(iface: &str) -> Result<()> {
+    let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"));
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    tracing::info!(
+        iface,
+        "turning IPv4 forwarding on for the interface (the FIB needs it)"
+    );
+    std::fs::write(&path, "1").map_err(|source| DataplaneError::Sysctl { path, source })
+}
+
+/// Every map of the object, as pinned.
+const ALL_MAPS: [&str; 9] = [
+    names::SERVICES,
+    names::VIP_ADDRS,
+    names::MAGLEV,
+    names::REALS,
+    names::CONNTRACK,
+    names::SERVICE_STATS,
+    names::REAL_STATS,
+    names::GLOBAL_STATS,
+    names::CONFIG,
+];
+
+fn zeroed_per_cpu<T: aya::Pod + Default + Clone>() -> Result<aya::maps::PerCpuValues<T>> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, source)| DataplaneError::Cpus { source })?;
+    aya::maps::PerCpuValues::try_from(vec![T::default(); cpus])
+        .map_err(|source| DataplaneError::Cpus { source })
+}
+
+fn sum_counters(map: &PerCpuArray<MapData, Counters>, id: u32) -> Result<Counters> {
+    let values = map.get(&id, 0).map_err(map_err("reading counters"))?;
+    Ok(values
+        .iter()
+        .fold(Counters::default(), |acc, c| acc.add(*c)))
+}

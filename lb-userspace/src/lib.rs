@@ -5,6 +5,7 @@
 //! - [`maglev`]: the Maglev lookup-table builder (pure).
 //! - [`dataplane`]: the only code that touches the BPF maps; a typed API over them.
 
+mod batch;
 pub mod dataplane;
 pub mod maglev;
 pub mod program;

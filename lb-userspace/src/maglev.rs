@@ -175,7 +175,10 @@ mod tests {
             .filter(|(b, a)| **b != removed && b != a)
             .count();
         let limit = MAGLEV_TABLE_SIZE as usize / 100;
-        assert!(others_moved <= limit, "{others_moved} slots of other servers moved");
+        assert!(
+            others_moved <= limit,
+            "{others_moved} slots of other servers moved"
+        );
         assert!(!after.contains(&removed));
     }
 

@@ -1,1 +1,30 @@
+//! The test harness shared by xlb's data-path and end-to-end tests.
+//!
+//! Layout:
+//! - [`netns`]: network namespaces and veth links, removed even when a test panics.
+//! - [`packet`]: test packets built byte by byte.
+//! - [`fixture`]: running the XDP program through `BPF_PROG_TEST_RUN`.
+//! - [`services`]: services and real servers set up through the dataplane API.
+//! - [`root`]: the guard that root-only tests call first.
 
+pub mod fixture;
+pub mod netns;
+pub mod packet;
+pub mod services;
+
+/// Root-only tests are `#[ignore]`d so that a plain `cargo test` (as any user) runs the unit tests;
+/// `cargo xtask test` runs them as root with `--ignored`. This guard turns a non-root run into a
+/// clear failure instead of a confusing permission error.
+pub mod root {
+    /// Panics with a clear message unless the process runs as root.
+    pub fn require() {
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(
+            euid, 0,
+            "this test loads XDP programs and creates network namespaces: run it as root \
+             (cargo xtask test does)"
+        );
+        super::netns::sweep_stale();
+    }
+}

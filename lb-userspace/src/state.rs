@@ -1,0 +1,731 @@
+//! The desired state: which virtual services xlb balances and to which real servers, as ipvsadm
+//! models them, with ipvsadm's operations on it.
+//!
+//! Pure: no I/O. `xlbadm` commands and `-R` restores become [`Change`]s applied here; the daemon
+//! then diffs the result against the BPF maps. Every operation either succeeds whole or leaves the
+//! state untouched, and its errors print as ipvsadm prints the kernel's answer (libipvs'
+//! `ipvs_strerror` table), so that scripts that grep for them keep working.
+//!
+//! Services are kept sorted the way `ipvsadm -L` and `-S` sort them (IPv4 before IPv6, then
+//! protocol, address, port) and real servers by address and port, so that two states with the same
+//! content compare equal and serialize the same whatever order they were built in.
+
+use std::{
+    cmp::Ordering,
+    fmt,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// ipvsadm's persistence timeout when `-p` has no value: libipvs' `IPVS_SVC_PERSISTENT_TIMEOUT`
+/// (6*60). The man page says 300 s, but ipvsadm and `ipvsadm -S` really use 360, and we follow the
+/// program so that saved configurations compare equal.
+pub const DEFAULT_PERSISTENCE_TIMEOUT_SECS: u32 = 360;
+
+/// The longest persistence timeout ipvsadm accepts: `MAX_TIMEOUT`, 31 days.
+pub const MAX_PERSISTENCE_TIMEOUT_SECS: u32 = 86_400 * 31;
+
+/// The weight a real server gets without `-w`, as in ipvsadm.
+pub const DEFAULT_WEIGHT: u32 = 1;
+
+/// The largest weight ipvsadm accepts (`-w` is 0..=65535; 0 means quiescent).
+pub const MAX_WEIGHT: u32 = 65_535;
+
+/// The largest connection threshold ipvsadm accepts (`-x`/`-y` are parsed up to `INT_MAX`).
+pub const MAX_THRESHOLD: u32 = 0x7fff_ffff;
+
+/// The transport protocol of a virtual service (`-t` or `-u`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// `-t`, `--tcp-service`.
+    Tcp,
+    /// `-u`, `--udp-service`.
+    Udp,
+}
+
+/// What identifies a virtual service: protocol, address and port, as ipvsadm's service-address.
+/// Port 0 is ipvsadm's "all ports" service, which must be persistent.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceAddr {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The virtual IP.
+    pub addr: IpAddr,
+    /// The virtual port; 0 = every port of the VIP.
+    pub port: u16,
+}
+
+impl fmt::Display for ServiceAddr {
+    /// As ipvsadm prints an address and port: `10.0.0.1:80`, `[2001:db8::1]:80`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        SocketAddr::new(self.addr, self.port).fmt(f)
+    }
+}
+
+impl Ord for ServiceAddr {
+    /// ipvsadm's listing order (libipvs `ipvs_cmp_services`): address family first, so that all
+    /// IPv4 services come before IPv6 ones, then protocol (TCP before UDP), address and port.
+    fn cmp(&self, other: &Self) -> Ordering {
+        let key = |s: &Self| (s.addr.is_ipv6(), s.protocol, s.addr, s.port);
+        key(self).cmp(&key(other))
+    }
+}
+
+impl PartialOrd for ServiceAddr {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// How a service picks the real server for a new flow (`-s`).
+///
+/// xlb has only Maglev for now, so it is also the default, where ipvsadm's default is `wlc`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Scheduler {
+    /// Maglev consistent hashing (ipvsadm's `mh`): every balancer with the same servers picks the
+    /// same server for a flow, so ECMP'd balancers agree without sharing state.
+    #[default]
+    #[serde(rename = "mh")]
+    Maglev,
+}
+
+impl Scheduler {
+    /// Every scheduler xlb implements, in the order `-h` and error messages list them.
+    pub const ALL: &'static [Scheduler] = &[Scheduler::Maglev];
+
+    /// The ipvsadm name, as given to `-s` and printed by `-L` and `-S`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheduler::Maglev => "mh",
+        }
+    }
+
+    /// The scheduler that ipvsadm calls `name`.
+    pub fn from_name(name: &str) -> Result<Self, UnknownScheduler> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| UnknownScheduler { name: name.to_owned() })
+    }
+
+    /// The supported names separated by `|`, as ipvsadm's usage lists them.
+    pub fn supported_names() -> String {
+        Self::ALL
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join("|")
+    }
+}
+
+/// A scheduler name that xlb does not implement.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("Scheduler not found: '{name}' (xlb supports: {})", Scheduler::supported_names())]
+pub struct UnknownScheduler {
+    /// The name as given.
+    pub name: String,
+}
+
+/// The granularity of persistence (`-M`): clients whose source addresses agree under this mask
+/// stick to the same real server.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Netmask {
+    /// A dotted IPv4 mask, as ipvsadm takes it for IPv4 services (it need not be contiguous).
+    V4(Ipv4Addr),
+    /// A prefix length 1..=128, as ipvsadm takes it for IPv6 services.
+    V6Prefix(u8),
+}
+
+impl Netmask {
+    /// The mask that makes every client host its own group: ipvsadm's default,
+    /// 255.255.255.255 or /128.
+    pub fn host(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => Netmask::V4(Ipv4Addr::BROADCAST),
+            IpAddr::V6(_) => Netmask::V6Prefix(128),
+        }
+    }
+}
+
+/// Persistence (`-p [timeout] [-M netmask]`): a client keeps its real server across connections
+/// for `timeout_secs` after its last one.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Persistence {
+    /// Seconds, 1..=[`MAX_PERSISTENCE_TIMEOUT_SECS`].
+    pub timeout_secs: u32,
+    /// Which source addresses count as the same client.
+    pub netmask: Netmask,
+}
+
+impl Persistence {
+    /// What a bare `-p` means for a service on `addr`: ipvsadm's default timeout, per-host mask.
+    pub fn default_for(addr: IpAddr) -> Self {
+        Persistence { timeout_secs: DEFAULT_PERSISTENCE_TIMEOUT_SECS, netmask: Netmask::host(addr) }
+    }
+}
+
+/// How packets reach a real server. Both leave the reply to go straight back to the client; NAT
+/// (ipvsadm's `-m`) is not supported because the balancer never sees replies.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Forwarding {
+    /// `-g`: rewrite the destination MAC (LVS-DR); ipvsadm prints it as "Route".
+    DirectRoute,
+    /// `-i`: IP-in-IP encapsulation (LVS-TUN); ipvsadm prints it as "Tunnel".
+    Tunnel,
+}
+
+/// One real server of a virtual service.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RealServer {
+    /// Its address; with [`Forwarding::Tunnel`] it may be of the other family than the VIP.
+    pub addr: IpAddr,
+    /// Its port: always the service's port, since DR and TUN cannot rewrite ports.
+    pub port: u16,
+    /// DR or TUN.
+    pub forwarding: Forwarding,
+    /// Its share of new flows relative to the others, 0..=[`MAX_WEIGHT`]; 0 = no new flows.
+    pub weight: u32,
+    /// ipvsadm's `-x`: no new connections above this many; 0 = unset.
+    pub upper_threshold: u32,
+    /// ipvsadm's `-y`: new connections again below this many; 0 = unset.
+    pub lower_threshold: u32,
+}
+
+/// A virtual service and its real servers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct VirtualService {
+    /// What clients connect to.
+    pub addr: ServiceAddr,
+    /// How it picks a real server.
+    pub scheduler: Scheduler,
+    /// Whether clients stick to their real server, and how.
+    pub persistence: Option<Persistence>,
+    /// Its real servers, sorted by address and port.
+    pub reals: Vec<RealServer>,
+}
+
+/// Everything xlb should be balancing.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    /// The virtual services, in ipvsadm's listing order.
+    pub services: Vec<VirtualService>,
+}
+
+/// One ipvsadm operation on the desired state, as `xlbadm` sends it to `xlbd` and `-R` applies it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// `-A`: a new virtual service without real servers.
+    AddService {
+        /// Its address.
+        service: ServiceAddr,
+        /// Its scheduler.
+        scheduler: Scheduler,
+        /// Its persistence, if any.
+        persistence: Option<Persistence>,
+    },
+    /// `-E`: replace a service's scheduler and persistence (as ipvsadm, options left out go back to
+    /// their defaults); its real servers stay.
+    EditService {
+        /// Which service.
+        service: ServiceAddr,
+        /// Its new scheduler.
+        scheduler: Scheduler,
+        /// Its new persistence.
+        persistence: Option<Persistence>,
+    },
+    /// `-D`: remove a service and its real servers.
+    DeleteService {
+        /// Which service.
+        service: ServiceAddr,
+    },
+    /// `-a`: add a real server to a service.
+    AddReal {
+        /// To which service.
+        service: ServiceAddr,
+        /// The new server.
+        real: RealServer,
+    },
+    /// `-e`: replace the settings of the real server with the same address and port.
+    EditReal {
+        /// In which service.
+        service: ServiceAddr,
+        /// The server's new settings.
+        real: RealServer,
+    },
+    /// `-d`: remove a real server from a service.
+    DeleteReal {
+        /// From which service.
+        service: ServiceAddr,
+        /// The server's address.
+        addr: IpAddr,
+        /// The server's port.
+        port: u16,
+    },
+    /// `-C`: remove every service.
+    Clear,
+}
+
+/// Why an operation was refused. Display strings are ipvsadm's own messages where it has one.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StateError {
+    /// `-A` of a service that exists.
+    #[error("Service already exists")]
+    ServiceExists,
+    /// `-E` or `-D` of a service that does not exist.
+    #[error("No such service")]
+    NoSuchService,
+    /// `-a`, `-e` or `-d` on a service that does not exist (ipvsadm words this one differently
+    /// from [`StateError::NoSuchService`]).
+    #[error("Service not defined")]
+    ServiceNotDefined,
+    /// `-a` of a real server that the service already has.
+    #[error("Destination already exists")]
+    DestinationExists,
+    /// `-e` or `-d` of a real server that the service does not have.
+    #[error("No such destination")]
+    NoSuchDestination,
+    /// A port-0 ("all ports") service without persistence, which ipvsadm refuses.
+    #[error("Zero port specified for non-persistent service")]
+    ZeroPortNotPersistent,
+    /// A persistence timeout outside 1..=[`MAX_PERSISTENCE_TIMEOUT_SECS`].
+    #[error("invalid timeout value `{timeout_secs}' specified")]
+    InvalidTimeout {
+        /// The timeout given.
+        timeout_secs: u32,
+    },
+    /// An IPv4 mask on an IPv6 service.
+    #[error("illegal virtual server persistent mask specified")]
+    IllegalNetmask,
+    /// An IPv6 prefix outside 1..=128, or on an IPv4 service.
+    #[error("illegal ipv6 netmask specified")]
+    IllegalIpv6Netmask,
+    /// A weight above [`MAX_WEIGHT`].
+    #[error("illegal weight specified")]
+    IllegalWeight {
+        /// The weight given.
+        weight: u32,
+    },
+    /// An upper threshold above [`MAX_THRESHOLD`].
+    #[error("illegal u_threshold specified")]
+    IllegalUpperThreshold {
+        /// The threshold given.
+        threshold: u32,
+    },
+    /// A lower threshold above [`MAX_THRESHOLD`].
+    #[error("illegal l_threshold specified")]
+    IllegalLowerThreshold {
+        /// The threshold given.
+        threshold: u32,
+    },
+    /// A real server port that differs from the service's: DR and TUN deliver the packet as the
+    /// client sent it, so they cannot change its port (ipvsadm silently overrides it instead).
+    #[error(
+        "real server port {real_port} differs from the service port {service_port}: direct routing and tunneling cannot change the port"
+    )]
+    PortMismatch {
+        /// The service's port.
+        service_port: u16,
+        /// The real server's port.
+        real_port: u16,
+    },
+    /// An IPv4 service with an IPv6 real server or the reverse, with direct routing: only a
+    /// tunnel can carry one family inside the other.
+    #[error("Different address family is allowed only for tunneling servers")]
+    AddressFamilyMismatch,
+}
+
+impl Change {
+    /// Checks what can be checked without the current state (ranges, ports, families), so that
+    /// `xlbadm` can refuse a bad command before it reaches the daemon.
+    pub fn validate(&self) -> Result<(), StateError> {
+        match self {
+            Change::AddService { service, persistence, .. } | Change::EditService { service, persistence, .. } => {
+                validate_service(service, persistence.as_ref())
+            }
+            Change::AddReal { service, real } | Change::EditReal { service, real } => validate_real(service, real),
+            Change::DeleteService { .. } | Change::DeleteReal { .. } | Change::Clear => Ok(()),
+        }
+    }
+}
+
+impl DesiredState {
+    /// The service at `addr`, if any.
+    pub fn service(&self, addr: &ServiceAddr) -> Option<&VirtualService> {
+        self.services.iter().find(|s| s.addr == *addr)
+    }
+
+    /// Applies one [`Change`]; on error the state is unchanged.
+    pub fn apply(&mut self, change: &Change) -> Result<(), StateError> {
+        match change {
+            Change::AddService { service, scheduler, persistence } => {
+                self.add_service(*service, *scheduler, *persistence)
+            }
+            Change::EditService { service, scheduler, persistence } => {
+                self.edit_service(service, *scheduler, *persistence)
+            }
+            Change::DeleteService { service } => self.delete_service(service),
+            Change::AddReal { service, real } => self.add_real(service, *real),
+            Change::EditReal { service, real } => self.edit_real(service, *real),
+            Change::DeleteReal { service, addr, port } => self.delete_real(service, *addr, *port),
+            Change::Clear => {
+                self.clear();
+                Ok(())
+            }
+        }
+    }
+
+    /// ipvsadm `-A`: adds a service without real servers.
+    pub fn add_service(
+        &mut self,
+        addr: ServiceAddr,
+        scheduler: Scheduler,
+        persistence: Option<Persistence>,
+    ) -> Result<(), StateError> {
+        validate_service(&addr, persistence.as_ref())?;
+        match self.services.binary_search_by(|s| s.addr.cmp(&addr)) {
+            Ok(_) => Err(StateError::ServiceExists),
+            Err(at) => {
+                self.services.insert(at, VirtualService { addr, scheduler, persistence, reals: Vec::new() });
+                Ok(())
+            }
+        }
+    }
+
+    /// ipvsadm `-E`: replaces a service's scheduler and persistence, keeping its real servers.
+    pub fn edit_service(
+        &mut self,
+        addr: &ServiceAddr,
+        scheduler: Scheduler,
+        persistence: Option<Persistence>,
+    ) -> Result<(), StateError> {
+        let service = self.service_mut(addr).ok_or(StateError::NoSuchService)?;
+        validate_service(addr, persistence.as_ref())?;
+        service.scheduler = scheduler;
+        service.persistence = persistence;
+        Ok(())
+    }
+
+    /// ipvsadm `-D`: removes a service and its real servers.
+    pub fn delete_service(&mut self, addr: &ServiceAddr) -> Result<(), StateError> {
+        let at = self.services.iter().position(|s| s.addr == *addr).ok_or(StateError::NoSuchService)?;
+        self.services.remove(at);
+        Ok(())
+    }
+
+    /// ipvsadm `-a`: adds a real server to a service.
+    pub fn add_real(&mut self, service: &ServiceAddr, real: RealServer) -> Result<(), StateError> {
+        let vs = self.service_mut(service).ok_or(StateError::ServiceNotDefined)?;
+        validate_real(service, &real)?;
+        match vs.reals.binary_search_by(|r| (r.addr, r.port).cmp(&(real.addr, real.port))) {
+            Ok(_) => Err(StateError::DestinationExists),
+            Err(at) => {
+                vs.reals.insert(at, real);
+                Ok(())
+            }
+        }
+    }
+
+    /// ipvsadm `-e`: replaces the settings of the real server with `real`'s address and port.
+    pub fn edit_real(&mut self, service: &ServiceAddr, real: RealServer) -> Result<(), StateError> {
+        let vs = self.service_mut(service).ok_or(StateError::ServiceNotDefined)?;
+        let existing = vs
+            .reals
+            .iter_mut()
+            .find(|r| r.addr == real.addr && r.port == real.port)
+            .ok_or(StateError::NoSuchDestination)?;
+        validate_real(service, &real)?;
+        *existing = real;
+        Ok(())
+    }
+
+    /// ipvsadm `-d`: removes a real server from a service.
+    pub fn delete_real(&mut self, service: &ServiceAddr, addr: IpAddr, port: u16) -> Result<(), StateError> {
+        let vs = self.service_mut(service).ok_or(StateError::ServiceNotDefined)?;
+        let at = vs
+            .reals
+            .iter()
+            .position(|r| r.addr == addr && r.port == port)
+            .ok_or(StateError::NoSuchDestination)?;
+        vs.reals.remove(at);
+        Ok(())
+    }
+
+    /// ipvsadm `-C`: removes every service.
+    pub fn clear(&mut self) {
+        self.services.clear();
+    }
+
+    fn service_mut(&mut self, addr: &ServiceAddr) -> Option<&mut VirtualService> {
+        self.services.iter_mut().find(|s| s.addr == *addr)
+    }
+}
+
+fn validate_service(addr: &ServiceAddr, persistence: Option<&Persistence>) -> Result<(), StateError> {
+    let Some(persistence) = persistence else {
+        return if addr.port == 0 { Err(StateError::ZeroPortNotPersistent) } else { Ok(()) };
+    };
+    if !(1..=MAX_PERSISTENCE_TIMEOUT_SECS).contains(&persistence.timeout_secs) {
+        return Err(StateError::InvalidTimeout { timeout_secs: persistence.timeout_secs });
+    }
+    match (addr.addr, persistence.netmask) {
+        (IpAddr::V4(_), Netmask::V4(_)) => Ok(()),
+        (IpAddr::V6(_), Netmask::V6Prefix(1..=128)) => Ok(()),
+        (IpAddr::V6(_), Netmask::V4(_)) => Err(StateError::IllegalNetmask),
+        (_, Netmask::V6Prefix(_)) => Err(StateError::IllegalIpv6Netmask),
+    }
+}
+
+fn validate_real(service: &ServiceAddr, real: &RealServer) -> Result<(), StateError> {
+    if real.weight > MAX_WEIGHT {
+        return Err(StateError::IllegalWeight { weight: real.weight });
+    }
+    if real.upper_threshold > MAX_THRESHOLD {
+        return Err(StateError::IllegalUpperThreshold { threshold: real.upper_threshold });
+    }
+    if real.lower_threshold > MAX_THRESHOLD {
+        return Err(StateError::IllegalLowerThreshold { threshold: real.lower_threshold });
+    }
+    if real.port != service.port {
+        return Err(StateError::PortMismatch { service_port: service.port, real_port: real.port });
+    }
+    if real.forwarding == Forwarding::DirectRoute && real.addr.is_ipv6() != service.addr.is_ipv6() {
+        return Err(StateError::AddressFamilyMismatch);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(addr: &str, port: u16) -> ServiceAddr {
+        ServiceAddr { protocol: Protocol::Tcp, addr: addr.parse().expect("test address"), port }
+    }
+
+    fn real(addr: &str, port: u16) -> RealServer {
+        RealServer {
+            addr: addr.parse().expect("test address"),
+            port,
+            forwarding: Forwarding::DirectRoute,
+            weight: DEFAULT_WEIGHT,
+            upper_threshold: 0,
+            lower_threshold: 0,
+        }
+    }
+
+    fn one_service() -> DesiredState {
+        let mut state = DesiredState::default();
+        state.add_service(tcp("10.0.0.1", 80), Scheduler::Maglev, None).expect("add service");
+        state
+    }
+
+    #[test]
+    fn service_addresses_print_as_ipvsadm_prints_them() {
+        assert_eq!(tcp("10.0.0.1", 80).to_string(), "10.0.0.1:80");
+        assert_eq!(tcp("2001:db8::1", 80).to_string(), "[2001:db8::1]:80");
+    }
+
+    #[test]
+    fn the_only_scheduler_is_maglev_under_its_ipvsadm_name() {
+        assert_eq!(Scheduler::from_name("mh"), Ok(Scheduler::Maglev));
+        assert_eq!(Scheduler::Maglev.name(), "mh");
+        assert_eq!(Scheduler::default(), Scheduler::Maglev);
+    }
+
+    #[test]
+    fn an_unknown_scheduler_names_the_supported_ones() {
+        let err = Scheduler::from_name("wlc").expect_err("wlc is not implemented");
+        assert_eq!(err.to_string(), "Scheduler not found: 'wlc' (xlb supports: mh)");
+    }
+
+    #[test]
+    fn a_second_add_of_the_same_service_is_rejected() {
+        let mut state = one_service();
+        let before = state.clone();
+        assert_eq!(
+            state.add_service(tcp("10.0.0.1", 80), Scheduler::Maglev, None),
+            Err(StateError::ServiceExists)
+        );
+        assert_eq!(StateError::ServiceExists.to_string(), "Service already exists");
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn the_same_address_and_port_over_udp_is_another_service() {
+        let mut state = one_service();
+        let udp = ServiceAddr { protocol: Protocol::Udp, ..tcp("10.0.0.1", 80) };
+        state.add_service(udp, Scheduler::Maglev, None).expect("udp service");
+        assert_eq!(state.services.len(), 2);
+    }
+
+    #[test]
+    fn services_are_kept_in_ipvsadm_order_whatever_the_order_they_were_added_in() {
+        let udp = ServiceAddr { protocol: Protocol::Udp, ..tcp("10.0.0.1", 53) };
+        let addrs = [tcp("2001:db8::1", 80), udp, tcp("10.0.0.2", 80), tcp("10.0.0.1", 443), tcp("10.0.0.1", 80)];
+        let mut state = DesiredState::default();
+        for addr in addrs {
+            state.add_service(addr, Scheduler::Maglev, None).expect("add");
+        }
+        let order: Vec<String> = state.services.iter().map(|s| s.addr.to_string()).collect();
+        assert_eq!(order, ["10.0.0.1:80", "10.0.0.1:443", "10.0.0.2:80", "10.0.0.1:53", "[2001:db8::1]:80"]);
+    }
+
+    #[test]
+    fn editing_a_service_replaces_its_settings_and_keeps_its_real_servers() {
+        let mut state = one_service();
+        let svc = tcp("10.0.0.1", 80);
+        state.add_real(&svc, real("10.0.0.2", 80)).expect("add real");
+        let persistence = Persistence { timeout_secs: 60, netmask: Netmask::V4(Ipv4Addr::new(255, 255, 255, 0)) };
+        state.edit_service(&svc, Scheduler::Maglev, Some(persistence)).expect("edit");
+        let vs = state.service(&svc).expect("service");
+        assert_eq!(vs.persistence, Some(persistence));
+        assert_eq!(vs.reals.len(), 1);
+    }
+
+    #[test]
+    fn editing_or_deleting_a_missing_service_is_rejected() {
+        let mut state = one_service();
+        let before = state.clone();
+        let missing = tcp("10.0.0.9", 80);
+        assert_eq!(state.edit_service(&missing, Scheduler::Maglev, None), Err(StateError::NoSuchService));
+        assert_eq!(state.delete_service(&missing), Err(StateError::NoSuchService));
+        assert_eq!(StateError::NoSuchService.to_string(), "No such service");
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn deleting_a_service_removes_its_real_servers_with_it() {
+        let mut state = one_service();
+        let svc = tcp("10.0.0.1", 80);
+        state.add_real(&svc, real("10.0.0.2", 80)).expect("add real");
+        state.delete_service(&svc).expect("delete");
+        assert_eq!(state, DesiredState::default());
+    }
+
+    #[test]
+    fn a_real_server_needs_its_service_to_exist() {
+        let mut state = DesiredState::default();
+        let svc = tcp("10.0.0.1", 80);
+        assert_eq!(state.add_real(&svc, real("10.0.0.2", 80)), Err(StateError::ServiceNotDefined));
+        assert_eq!(state.edit_real(&svc, real("10.0.0.2", 80)), Err(StateError::ServiceNotDefined));
+        assert_eq!(state.delete_real(&svc, "10.0.0.2".parse().expect("ip"), 80), Err(StateError::ServiceNotDefined));
+        assert_eq!(StateError::ServiceNotDefined.to_string(), "Service not defined");
+    }
+
+    #[test]
+    fn a_second_add_of_the_same_real_server_is_rejected() {
+        let mut state = one_service();
+        let svc = tcp("10.0.0.1", 80);
+        state.add_real(&svc, real("10.0.0.2", 80)).expect("first add");
+        let before = state.clone();
+        assert_eq!(state.add_real(&svc, real("10.0.0.2", 80)), Err(StateError::DestinationExists));
+        assert_eq!(StateError::DestinationExists.to_string(), "Destination already exists");
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn editing_a_real_server_replaces_its_weight_and_forwarding() {
+        let mut state = one_service();
+        let svc = tcp("10.0.0.1", 80);
+        state.add_real(&svc, real("10.0.0.2", 80)).expect("add");
+        let edited = RealServer { weight: 0, forwarding: Forwarding::Tunnel, ..real("10.0.0.2", 80) };
+        state.edit_real(&svc, edited).expect("edit");
+        assert_eq!(state.service(&svc).expect("service").reals, [edited]);
+    }
+
+    #[test]
+    fn editing_or_deleting_a_missing_real_server_is_rejected() {
+        let mut state = one_service();
+        let svc = tcp("10.0.0.1", 80);
+        let before = state.clone();
+        assert_eq!(state.edit_real(&svc, real("10.0.0.2", 80)), Err(StateError::NoSuchDestination));
+        assert_eq!(state.delete_real(&svc, "10.0.0.2".parse().expect("ip"), 80), Err(StateError::NoSuchDestination));
+        assert_eq!(StateError::NoSuchDestination.to_string(), "No such destination");
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn a_real_server_on_another_port_than_its_service_is_rejected() {
+        let mut state = one_service();
+        let before = state.clone();
+        assert_eq!(
+            state.add_real(&tcp("10.0.0.1", 80), real("10.0.0.2", 8080)),
+            Err(StateError::PortMismatch { service_port: 80, real_port: 8080 })
+        );
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn an_ipv6_real_server_of_an_ipv4_service_needs_a_tunnel() {
+        let mut state = one_service();
+        let svc = tcp("10.0.0.1", 80);
+        assert_eq!(state.add_real(&svc, real("2001:db8::2", 80)), Err(StateError::AddressFamilyMismatch));
+        let tunneled = RealServer { forwarding: Forwarding::Tunnel, ..real("2001:db8::2", 80) };
+        state.add_real(&svc, tunneled).expect("a tunnel may cross families");
+    }
+
+    #[test]
+    fn a_weight_above_ipvsadms_range_is_rejected() {
+        let mut state = one_service();
+        let heavy = RealServer { weight: MAX_WEIGHT + 1, ..real("10.0.0.2", 80) };
+        assert_eq!(state.add_real(&tcp("10.0.0.1", 80), heavy), Err(StateError::IllegalWeight { weight: 65_536 }));
+        let max = RealServer { weight: MAX_WEIGHT, ..real("10.0.0.2", 80) };
+        state.add_real(&tcp("10.0.0.1", 80), max).expect("65535 is allowed");
+    }
+
+    #[test]
+    fn a_port_zero_service_must_be_persistent() {
+        let mut state = DesiredState::default();
+        let all_ports = tcp("10.0.0.1", 0);
+        assert_eq!(state.add_service(all_ports, Scheduler::Maglev, None), Err(StateError::ZeroPortNotPersistent));
+        let persistence = Persistence::default_for(all_ports.addr);
+        state.add_service(all_ports, Scheduler::Maglev, Some(persistence)).expect("persistent all-ports service");
+    }
+
+    #[test]
+    fn persistence_must_match_the_service_family_and_ranges() {
+        let mut state = DesiredState::default();
+        let v4 = tcp("10.0.0.1", 80);
+        let v6 = tcp("2001:db8::1", 80);
+        let with = |timeout_secs, netmask| Some(Persistence { timeout_secs, netmask });
+        let v4_mask = Netmask::V4(Ipv4Addr::BROADCAST);
+        assert_eq!(
+            state.add_service(v4, Scheduler::Maglev, with(0, v4_mask)),
+            Err(StateError::InvalidTimeout { timeout_secs: 0 })
+        );
+        assert_eq!(
+            state.add_service(v4, Scheduler::Maglev, with(60, Netmask::V6Prefix(64))),
+            Err(StateError::IllegalIpv6Netmask)
+        );
+        assert_eq!(state.add_service(v6, Scheduler::Maglev, with(60, v4_mask)), Err(StateError::IllegalNetmask));
+        assert_eq!(
+            state.add_service(v6, Scheduler::Maglev, with(60, Netmask::V6Prefix(129))),
+            Err(StateError::IllegalIpv6Netmask)
+        );
+        assert_eq!(state, DesiredState::default());
+        state.add_service(v6, Scheduler::Maglev, with(60, Netmask::V6Prefix(64))).expect("a /64 is fine");
+    }
+
+    #[test]
+    fn clear_removes_every_service() {
+        let mut state = one_service();
+        state.apply(&Change::Clear).expect("clear");
+        assert!(state.services.is_empty());
+    }
+
+    #[test]
+    fn a_rejected_change_leaves_the_state_unchanged() {
+        let mut state = one_service();
+        let before = state.clone();
+        let change = Change::AddReal { service: tcp("10.0.0.1", 80), real: real("10.0.0.2", 81) };
+        assert!(state.apply(&change).is_err());
+        assert_eq!(state, before);
+    }
+}

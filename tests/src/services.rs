@@ -1,0 +1,106 @@
+//! A minimal owner of services for tests that drive the dataplane directly (before the daemon):
+//! keeps each service's real servers and weights and rebuilds its Maglev table on every change.
+
+use std::net::Ipv4Addr;
+
+use lb_common::{Forwarding, RealServer, ServiceKey};
+use lb_userspace::{
+    dataplane::{Dataplane, RealId},
+    maglev,
+};
+
+/// One real server of a [`TestService`].
+#[derive(Clone, Debug)]
+pub struct TestReal {
+    /// Its address.
+    pub addr: Ipv4Addr,
+    /// Its id in the data path.
+    pub id: RealId,
+    /// Its weight.
+    pub weight: u32,
+}
+
+/// A service and its real servers.
+pub struct TestService {
+    /// The service's key.
+    pub key: ServiceKey,
+    /// Its port, host order (the real servers' identity includes it).
+    pub port: u16,
+    /// Its real servers.
+    pub reals: Vec<TestReal>,
+}
+
+impl TestService {
+    /// Adds the service (with no server) to the data path.
+    pub fn add(dp: &mut Dataplane, vip: Ipv4Addr, port: u16, proto: u8) -> Self {
+        let key = ServiceKey::v4(u32::from(vip), port, proto);
+        dp.upsert_service(key, 0).expect("add service");
+        Self {
+            key,
+            port,
+            reals: Vec::new(),
+        }
+    }
+
+    /// Adds a direct-routing real server and rebuilds the table.
+    pub fn add_real(&mut self, dp: &mut Dataplane, addr: Ipv4Addr, weight: u32) -> RealId {
+        let id = dp
+            .add_real(RealServer::v4(u32::from(addr), Forwarding::DirectRoute))
+            .expect("add real");
+        self.reals.push(TestReal { addr, id, weight });
+        self.rebuild(dp);
+        id
+    }
+
+    /// Changes a real server's weight and rebuilds the table.
+    pub fn set_weight(&mut self, dp: &mut Dataplane, addr: Ipv4Addr, weight: u32) {
+        let real = self
+            .reals
+            .iter_mut()
+            .find(|r| r.addr == addr)
+            .expect("known real");
+        real.weight = weight;
+        self.rebuild(dp);
+    }
+
+    /// Removes a real server: out of the table first, then out of the data path.
+    pub fn remove_real(&mut self, dp: &mut Dataplane, addr: Ipv4Addr) {
+        let pos = self
+            .reals
+            .iter()
+            .position(|r| r.addr == addr)
+            .expect("known real");
+        let real = self.reals.remove(pos);
+        self.rebuild(dp);
+        dp.remove_real(real.id).expect("remove real");
+    }
+
+    /// The real server with this id.
+    pub fn real(&self, id: RealId) -> Option<&TestReal> {
+        self.reals.iter().find(|r| r.id == id)
+    }
+
+    fn rebuild(&self, dp: &mut Dataplane) {
+        let identities: Vec<Vec<u8>> = self
+            .reals
+            .iter()
+            .map(|r| {
+                let mut v = r.addr.octets().to_vec();
+                v.extend_from_slice(&self.port.to_be_bytes());
+                v
+            })
+            .collect();
+        let backends: Vec<maglev::Backend<'_>> = self
+            .reals
+            .iter()
+            .zip(&identities)
+            .map(|(r, identity)| maglev::Backend {
+                identity,
+                id: r.id,
+                weight: r.weight,
+            })
+            .collect();
+        dp.set_maglev_table(self.key, &maglev::build(&backends))
+            .expect("set maglev table");
+    }
+}

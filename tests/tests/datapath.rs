@@ -1,0 +1,538 @@
+//! Data-path tests through BPF_PROG_TEST_RUN: fixtures of packet in → verdict, packet out and the
+//! counter that says why.
+//!
+//! Each test builds a namespace with one veth interface (fx0, our MAC 02:00:00:00:00:aa,
+//! 10.10.0.1/24) and permanent neighbour entries for the real servers, so that the program's FIB
+//! lookup resolves them to known MACs; the packets are run as if received on fx0.
+
+use std::{cell::RefCell, net::Ipv4Addr};
+
+use lb_common::{
+    hash::flow_hash, limits::MAGLEV_TABLE_SIZE, FlowKey, GlobalStat, ServiceKey, PROTO_TCP,
+    PROTO_UDP,
+};
+use lb_userspace::dataplane::{Dataplane, LoadOptions};
+use xlb_tests::{
+    fixture::{self, action, action_name, hex},
+    netns::Netns,
+    packet::{self, Ipv4Packet, ACK, FIN, L4, SYN},
+    root,
+    services::TestService,
+};
+
+const OUR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
+const CLIENT: [u8; 4] = [10, 10, 0, 50];
+const VIP: [u8; 4] = [10, 10, 0, 100];
+const VIP_EMPTY: [u8; 4] = [10, 10, 0, 101];
+const VIP_UNRESOLVED: [u8; 4] = [10, 10, 0, 102];
+const VIP_ALL_PORTS: [u8; 4] = [10, 10, 0, 103];
+const RS: [[u8; 4]; 3] = [[10, 10, 0, 11], [10, 10, 0, 12], [10, 10, 0, 13]];
+const RS_UNRESOLVED: [u8; 4] = [10, 10, 0, 14];
+
+fn rs_mac(addr: [u8; 4]) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0x01, addr[3]]
+}
+
+struct Bench {
+    ns: Netns,
+    dp: Dataplane,
+    ifindex: u32,
+    web: TestService,
+    dns: TestService,
+    table_cache: RefCell<Option<(ServiceKey, Vec<(u32, u32)>, Vec<u32>)>>,
+}
+
+fn bench() -> Bench {
+    root::require();
+    let ns = Netns::new("fix");
+    ns.sh(
+        "ip link add fx0 type veth peer name fx1 && ip link set fx0 address 02:00:00:00:00:aa && \
+         ip link set fx0 up && ip link set fx1 up && ip addr add 10.10.0.1/24 dev fx0 && sysctl -qw net.ipv4.conf.fx0.forwarding=1",
+    );
+    for rs in RS {
+        let [a, b, c, d] = rs;
+        let [m0, m1, m2, m3, m4, m5] = rs_mac(rs);
+        ns.sh(&format!(
+            "ip neigh replace {a}.{b}.{c}.{d} lladdr \
+             {m0:02x}:{m1:02x}:{m2:02x}:{m3:02x}:{m4:02x}:{m5:02x} dev fx0 nud permanent"
+        ));
+    }
+    let ifindex = ns.ifindex("fx0");
+    let mut dp = Dataplane::load(&LoadOptions {
+        max_services: Some(8),
+        max_connections: Some(4096),
+        ..LoadOptions::default()
+    })
+    .expect("load the data path");
+    let mut web = TestService::add(&mut dp, VIP.into(), 80, PROTO_TCP);
+    web.add_real(&mut dp, RS[0].into(), 1);
+    web.add_real(&mut dp, RS[1].into(), 1);
+    let mut dns = TestService::add(&mut dp, VIP.into(), 53, PROTO_UDP);
+    dns.add_real(&mut dp, RS[2].into(), 1);
+    TestService::add(&mut dp, VIP_EMPTY.into(), 80, PROTO_TCP);
+    let mut unresolved = TestService::add(&mut dp, VIP_UNRESOLVED.into(), 80, PROTO_TCP);
+    unresolved.add_real(&mut dp, RS_UNRESOLVED.into(), 1);
+    let mut all_ports = TestService::add(&mut dp, VIP_ALL_PORTS.into(), 0, PROTO_TCP);
+    all_ports.add_real(&mut dp, RS[2].into(), 1);
+    Bench {
+        ns,
+        dp,
+        ifindex,
+        web,
+        dns,
+        table_cache: RefCell::new(None),
+    }
+}
+
+impl Bench {
+    fn run(&self, packet: &[u8]) -> fixture::Outcome {
+        let program = self.dp.program().expect("program");
+        self.ns
+            .enter(|| fixture::run(program, packet, self.ifindex))
+    }
+
+    fn counter(&self, stat: GlobalStat) -> u64 {
+        self.dp.global_counter(stat).expect("read counter")
+    }
+
+    /// The real server the data path's Maglev table gives a new flow of `service`.
+    fn maglev_choice(&self, service: &TestService, flow: &FlowKey) -> [u8; 4] {
+        // Reading a table takes 65537 lookups: keep the last one while the service is unchanged.
+        let version: Vec<(u32, u32)> = service.reals.iter().map(|r| (r.id, r.weight)).collect();
+        let mut cache = self.table_cache.borrow_mut();
+        if cache
+            .as_ref()
+            .is_none_or(|(k, v, _)| *k != service.key || *v != version)
+        {
+            let table = self.dp.maglev_table(&service.key).expect("table");
+            *cache = Some((service.key, version, table));
+        }
+        let table = &cache.as_ref().expect("cached").2;
+        let id = table[(flow_hash(flow) % MAGLEV_TABLE_SIZE) as usize];
+        service.real(id).expect("a real server").addr.octets()
+    }
+}
+
+fn flow(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, proto: u8) -> FlowKey {
+    FlowKey {
+        src: [u32::from_ne_bytes(src), 0, 0, 0],
+        dst: [u32::from_ne_bytes(dst), 0, 0, 0],
+        sport: sport.to_be(),
+        dport: dport.to_be(),
+        proto,
+        family: lb_common::FAMILY_V4,
+        _pad: [0; 2],
+    }
+}
+
+/// The packet as it should leave for `real`: new MACs, every other byte unchanged.
+fn rewritten(input: &[u8], real: [u8; 4]) -> Vec<u8> {
+    let mut out = input.to_vec();
+    out[0..6].copy_from_slice(&rs_mac(real));
+    out[6..12].copy_from_slice(&OUR_MAC);
+    out
+}
+
+struct Case {
+    description: &'static str,
+    packet: Vec<u8>,
+    action: u32,
+    /// `None`: the packet must come out unchanged.
+    output: Option<Vec<u8>>,
+    counter: GlobalStat,
+}
+
+fn check(bench: &Bench, cases: Vec<Case>) {
+    let mut failures = Vec::new();
+    for case in cases {
+        let before = bench.counter(case.counter);
+        let out = bench.run(&case.packet);
+        let after = bench.counter(case.counter);
+        let expected_packet = case.output.as_ref().unwrap_or(&case.packet);
+        if out.action != case.action {
+            failures.push(format!(
+                "{}: verdict {} instead of {}",
+                case.description,
+                action_name(out.action),
+                action_name(case.action)
+            ));
+        }
+        if &out.packet != expected_packet {
+            failures.push(format!(
+                "{}: packet out differs\n got:\n{}\n expected:\n{}",
+                case.description,
+                hex(&out.packet),
+                hex(expected_packet)
+            ));
+        }
+        if after != before + 1 {
+            failures.push(format!(
+                "{}: counter {} went from {before} to {after}",
+                case.description,
+                case.counter.name()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn packets_for_services_are_forwarded_by_mac_rewrite_and_the_rest_pass_untouched() {
+    let bench = bench();
+    let syn = Ipv4Packet::tcp(CLIENT, 40000, VIP, 80, SYN).build();
+    let syn_rs = bench.maglev_choice(&bench.web, &flow(CLIENT, 40000, VIP, 80, PROTO_TCP));
+    let udp = Ipv4Packet::udp(CLIENT, 40001, VIP, 53).build();
+    let mut tagged = Ipv4Packet::tcp(CLIENT, 40002, VIP, 80, SYN);
+    tagged.vlan = Some(42);
+    let tagged = tagged.build();
+    let tagged_rs = bench.maglev_choice(&bench.web, &flow(CLIENT, 40002, VIP, 80, PROTO_TCP));
+    let mut with_options = Ipv4Packet::tcp(CLIENT, 40003, VIP, 80, SYN);
+    with_options.options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
+    let with_options = with_options.build();
+    let options_rs = bench.maglev_choice(&bench.web, &flow(CLIENT, 40003, VIP, 80, PROTO_TCP));
+    let any_port = Ipv4Packet::tcp(CLIENT, 40004, VIP_ALL_PORTS, 8443, SYN).build();
+
+    check(
+        &bench,
+        vec![
+            Case {
+                description: "TCP SYN to the VIP",
+                output: Some(rewritten(&syn, syn_rs)),
+                packet: syn,
+                action: action::TX,
+                counter: GlobalStat::VerdictTx,
+            },
+            Case {
+                description: "UDP to the VIP's UDP service",
+                output: Some(rewritten(&udp, RS[2])),
+                packet: udp,
+                action: action::TX,
+                counter: GlobalStat::VerdictTx,
+            },
+            Case {
+                description: "VLAN-tagged TCP to the VIP keeps its tag",
+                output: Some(rewritten(&tagged, tagged_rs)),
+                packet: tagged,
+                action: action::TX,
+                counter: GlobalStat::VerdictTx,
+            },
+            Case {
+                description: "IPv4 options are skipped over",
+                output: Some(rewritten(&with_options, options_rs)),
+                packet: with_options,
+                action: action::TX,
+                counter: GlobalStat::SeenIpOptions,
+            },
+            Case {
+                description: "any port of an all-ports service",
+                output: Some(rewritten(&any_port, RS[2])),
+                packet: any_port,
+                action: action::TX,
+                counter: GlobalStat::VerdictTx,
+            },
+            Case {
+                description: "TCP to an address that is not a VIP",
+                packet: Ipv4Packet::tcp(CLIENT, 40000, [10, 10, 0, 99], 80, SYN).build(),
+                action: action::PASS,
+                output: None,
+                counter: GlobalStat::PassNotVip,
+            },
+            Case {
+                description: "TCP to the VIP on a port without a service",
+                packet: Ipv4Packet::tcp(CLIENT, 40000, VIP, 8080, SYN).build(),
+                action: action::PASS,
+                output: None,
+                counter: GlobalStat::PassNoService,
+            },
+            Case {
+                description: "UDP to the VIP's TCP-only port",
+                packet: Ipv4Packet::udp(CLIENT, 40000, VIP, 80).build(),
+                action: action::PASS,
+                output: None,
+                counter: GlobalStat::PassNoService,
+            },
+            Case {
+                description: "ARP for the VIP",
+                packet: packet::arp_request(CLIENT, VIP),
+                action: action::PASS,
+                output: None,
+                counter: GlobalStat::PassNotIp,
+            },
+            Case {
+                description: "IPv6",
+                packet: packet::ipv6_udp(
+                    [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                    53,
+                ),
+                action: action::PASS,
+                output: None,
+                counter: GlobalStat::PassIpv6,
+            },
+            Case {
+                description: "ICMP echo to the VIP",
+                packet: Ipv4Packet::new(
+                    CLIENT,
+                    VIP,
+                    L4::Raw {
+                        proto: 1,
+                        bytes: vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0],
+                    },
+                )
+                .build(),
+                action: action::PASS,
+                output: None,
+                counter: GlobalStat::PassOtherProto,
+            },
+        ],
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn malformed_and_unusual_packets_get_their_documented_verdict_and_counter() {
+    let bench = bench();
+    let syn = Ipv4Packet::tcp(CLIENT, 41000, VIP, 80, SYN);
+    let full = syn.build();
+    let mut bad_ihl = syn.clone();
+    bad_ihl.ihl_override = Some(4);
+    let mut ihl_beyond = full.clone();
+    ihl_beyond[14] = 0x4f; // IHL 15 = 60 bytes of header in a 59-byte IP packet
+    ihl_beyond.truncate(14 + 59);
+    let mut first_fragment = syn.clone();
+    first_fragment.frag = 0x2000;
+    let mut later_fragment = syn.clone();
+    later_fragment.frag = 100;
+    let mut ttl0 = syn.clone();
+    ttl0.ttl = 0;
+    let mut truncated_tcp = full.clone();
+    truncated_tcp.truncate(14 + 20 + 10);
+    let mut truncated_ip = full.clone();
+    truncated_ip.truncate(14 + 12);
+    let mut not_v4 = full.clone();
+    not_v4[14] = 0x65;
+
+    check(
+        &bench,
+        vec![
+            Case {
+                description: "IPv4 header cut short",
+                packet: truncated_ip,
+                action: action::PASS,
+                output: None,
+                counter: GlobalStat::PassMalformed,
+            },
+            Case {
+                description: "IPv4 ethertype with IP version 6",
+                packet: not_v4,
+                action: action::PASS,
+                output: None,
+                counter: GlobalStat::PassMalformed,
+            },
+            Case {
+                description: "IHL below 5",
+                packet: bad_ihl.build(),
+                action: action::PASS,
+                output: None,
+                counter: GlobalStat::PassBadIhl,
+            },
+            Case {
+                description: "IHL beyond the end of the packet",
+                packet: ihl_beyond,
+                action: action::PASS,
+                output: None,
+                counter: GlobalStat::PassBadIhl,
+            },
+            Case {
+                description: "first fragment for the VIP",
+                packet: first_fragment.build(),
+                action: action::DROP,
+                output: None,
+                counter: GlobalStat::DropFragmentFirst,
+            },
+            Case {
+                description: "later fragment for the VIP",
+                packet: later_fragment.build(),
+                action: action::DROP,
+                output: None,
+                counter: GlobalStat::DropFragment,
+            },
+            Case {
+                description: "TTL 0 for the VIP",
+                packet: ttl0.build(),
+                action: action::DROP,
+                output: None,
+                counter: GlobalStat::DropTtl,
+            },
+            Case {
+                description: "TCP header cut short",
+                packet: truncated_tcp,
+                action: action::DROP,
+                output: None,
+                counter: GlobalStat::DropTruncatedL4,
+            },
+            Case {
+                description: "a service without any real server",
+                packet: Ipv4Packet::tcp(CLIENT, 41001, VIP_EMPTY, 80, SYN).build(),
+                action: action::DROP,
+                output: None,
+                counter: GlobalStat::DropNoReal,
+            },
+            Case {
+                description: "a real server the kernel has no neighbour entry for",
+                packet: Ipv4Packet::tcp(CLIENT, 41002, VIP_UNRESOLVED, 80, SYN).build(),
+                action: action::DROP,
+                output: None,
+                counter: GlobalStat::DropNoNeighbour,
+            },
+        ],
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn forwarded_packets_are_counted_for_their_service_and_real_server() {
+    let bench = bench();
+    let syn = Ipv4Packet::tcp(CLIENT, 42000, VIP, 80, SYN).build();
+    let ack = Ipv4Packet::tcp(CLIENT, 42000, VIP, 80, ACK).build();
+    let rs = bench.maglev_choice(&bench.web, &flow(CLIENT, 42000, VIP, 80, PROTO_TCP));
+    let real_id = bench
+        .web
+        .reals
+        .iter()
+        .find(|r| r.addr == Ipv4Addr::from(rs))
+        .expect("chosen real")
+        .id;
+    let svc_id = bench.dp.service(&bench.web.key).expect("service").id;
+    assert_eq!(bench.run(&syn).action, action::TX);
+    assert_eq!(bench.run(&ack).action, action::TX);
+    let svc = bench.dp.service_counters(svc_id).expect("counters");
+    let real = bench.dp.real_counters(real_id).expect("counters");
+    let bytes = (syn.len() + ack.len()) as u64;
+    for c in [svc, real] {
+        assert_eq!((c.packets, c.bytes, c.conns), (2, bytes, 1), "{c:?}");
+    }
+    let dns_id = bench.dp.service(&bench.dns.key).expect("service").id;
+    assert_eq!(
+        bench.dp.service_counters(dns_id).expect("counters").packets,
+        0
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_known_flow_keeps_its_server_when_that_server_is_quiesced_or_another_is_added() {
+    let mut bench = bench();
+    // A flow, and the server Maglev gives it now.
+    let sport = 43000;
+    let first = bench.run(&Ipv4Packet::tcp(CLIENT, sport, VIP, 80, SYN).build());
+    assert_eq!(first.action, action::TX);
+    let owner_mac = first.packet[0..6].to_vec();
+    let owner = *RS
+        .iter()
+        .find(|rs| rs_mac(**rs).to_vec() == owner_mac)
+        .expect("a real's MAC");
+
+    // Weight 0 on its server: no new flow goes there, the known flow still does.
+    bench.web.set_weight(&mut bench.dp, owner.into(), 0);
+    let ack = bench.run(&Ipv4Packet::tcp(CLIENT, sport, VIP, 80, ACK).build());
+    assert_eq!(ack.action, action::TX);
+    assert_eq!(
+        ack.packet[0..6],
+        owner_mac[..],
+        "the known flow moved off its quiesced server"
+    );
+    for new_port in 44000..44050 {
+        let out = bench.run(&Ipv4Packet::tcp(CLIENT, new_port, VIP, 80, SYN).build());
+        assert_eq!(out.action, action::TX);
+        assert_ne!(
+            out.packet[0..6],
+            owner_mac[..],
+            "a new flow went to a quiesced server"
+        );
+    }
+
+    // Back to weight 1, then a third server: find a known flow whose Maglev slot moves to the new
+    // server, and check that it stays where it was.
+    bench.web.set_weight(&mut bench.dp, owner.into(), 1);
+    let known: Vec<(u16, [u8; 4])> = (45000..45200)
+        .map(|port| {
+            let rs = bench.maglev_choice(&bench.web, &flow(CLIENT, port, VIP, 80, PROTO_TCP));
+            let out = bench.run(&Ipv4Packet::tcp(CLIENT, port, VIP, 80, SYN).build());
+            assert_eq!(out.packet[0..6], rs_mac(rs)[..]);
+            (port, rs)
+        })
+        .collect();
+    bench.web.add_real(&mut bench.dp, RS[2].into(), 1);
+    let moved: Vec<&(u16, [u8; 4])> = known
+        .iter()
+        .filter(|(port, _)| {
+            bench.maglev_choice(&bench.web, &flow(CLIENT, *port, VIP, 80, PROTO_TCP)) == RS[2]
+        })
+        .collect();
+    assert!(!moved.is_empty(), "no flow's slot moved to the new server");
+    for (port, rs) in moved {
+        let out = bench.run(&Ipv4Packet::tcp(CLIENT, *port, VIP, 80, ACK).build());
+        assert_eq!(
+            out.packet[0..6],
+            rs_mac(*rs)[..],
+            "flow {port} left its server"
+        );
+    }
+    // A new flow whose slot is the new server's goes there.
+    let port = (46000..47000)
+        .find(|p| bench.maglev_choice(&bench.web, &flow(CLIENT, *p, VIP, 80, PROTO_TCP)) == RS[2])
+        .expect("a slot of the new server");
+    let out = bench.run(&Ipv4Packet::tcp(CLIENT, port, VIP, 80, SYN).build());
+    assert_eq!(out.packet[0..6], rs_mac(RS[2])[..]);
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn removing_a_server_forgets_its_flows_and_the_connection_table_can_be_flushed() {
+    let mut bench = bench();
+    for port in 47000..47020 {
+        bench.run(&Ipv4Packet::tcp(CLIENT, port, VIP, 80, SYN).build());
+    }
+    let fin = bench.run(&Ipv4Packet::tcp(CLIENT, 47000, VIP, 80, FIN | ACK).build());
+    assert_eq!(fin.action, action::TX);
+    let conns = bench.dp.connections().expect("connections");
+    assert_eq!(conns.len(), 20);
+    let closing = conns
+        .iter()
+        .filter(|(_, c)| c.flags & lb_common::conntrack::CONN_F_CLOSING != 0)
+        .count();
+    assert_eq!(closing, 1, "the FIN marks its connection closing");
+
+    let victim = bench.web.reals[0].clone();
+    let victims = conns.iter().filter(|(_, c)| c.real == victim.id).count();
+    bench.web.remove_real(&mut bench.dp, victim.addr);
+    let left = bench.dp.connections().expect("connections");
+    assert_eq!(left.len(), 20 - victims);
+    assert!(left.iter().all(|(_, c)| c.real != victim.id));
+    // Its former flows now go to the remaining server.
+    let survivor = bench.web.reals[0].addr.octets();
+    for port in 47000..47020 {
+        let out = bench.run(&Ipv4Packet::tcp(CLIENT, port, VIP, 80, ACK).build());
+        assert_eq!(out.packet[0..6], rs_mac(survivor)[..]);
+    }
+    assert_eq!(bench.dp.flush_connections().expect("flush"), 20);
+    assert!(bench.dp.connections().expect("connections").is_empty());
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn without_forwarding_on_the_interface_packets_for_services_are_dropped_and_counted() {
+    let bench = bench();
+    bench.ns.sh("sysctl -qw net.ipv4.conf.fx0.forwarding=0");
+    check(
+        &bench,
+        vec![Case {
+            description: "TCP SYN to the VIP, forwarding off",
+            packet: Ipv4Packet::tcp(CLIENT, 48000, VIP, 80, SYN).build(),
+            action: action::DROP,
+            output: None,
+            counter: GlobalStat::DropForwardingDisabled,
+        }],
+    );
+}
