@@ -109,7 +109,9 @@ impl Scheduler {
             .iter()
             .copied()
             .find(|s| s.name() == name)
-            .ok_or_else(|| UnknownScheduler { name: name.to_owned() })
+            .ok_or_else(|| UnknownScheduler {
+                name: name.to_owned(),
+            })
     }
 
     /// The supported names separated by `|`, as ipvsadm's usage lists them.
@@ -124,7 +126,10 @@ impl Scheduler {
 
 /// A scheduler name that xlb does not implement.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("Scheduler not found: '{name}' (xlb supports: {})", Scheduler::supported_names())]
+#[error(
+    "Scheduler not found: '{name}' (xlb supports: {})",
+    Scheduler::supported_names()
+)]
 pub struct UnknownScheduler {
     /// The name as given.
     pub name: String,
@@ -165,7 +170,10 @@ pub struct Persistence {
 impl Persistence {
     /// What a bare `-p` means for a service on `addr`: ipvsadm's default timeout, per-host mask.
     pub fn default_for(addr: IpAddr) -> Self {
-        Persistence { timeout_secs: DEFAULT_PERSISTENCE_TIMEOUT_SECS, netmask: Netmask::host(addr) }
+        Persistence {
+            timeout_secs: DEFAULT_PERSISTENCE_TIMEOUT_SECS,
+            netmask: Netmask::host(addr),
+        }
     }
 }
 
@@ -346,10 +354,19 @@ impl Change {
     /// `xlbadm` can refuse a bad command before it reaches the daemon.
     pub fn validate(&self) -> Result<(), StateError> {
         match self {
-            Change::AddService { service, persistence, .. } | Change::EditService { service, persistence, .. } => {
-                validate_service(service, persistence.as_ref())
+            Change::AddService {
+                service,
+                persistence,
+                ..
             }
-            Change::AddReal { service, real } | Change::EditReal { service, real } => validate_real(service, real),
+            | Change::EditService {
+                service,
+                persistence,
+                ..
+            } => validate_service(service, persistence.as_ref()),
+            Change::AddReal { service, real } | Change::EditReal { service, real } => {
+                validate_real(service, real)
+            }
             Change::DeleteService { .. } | Change::DeleteReal { .. } | Change::Clear => Ok(()),
         }
     }
@@ -364,16 +381,24 @@ impl DesiredState {
     /// Applies one [`Change`]; on error the state is unchanged.
     pub fn apply(&mut self, change: &Change) -> Result<(), StateError> {
         match change {
-            Change::AddService { service, scheduler, persistence } => {
-                self.add_service(*service, *scheduler, *persistence)
-            }
-            Change::EditService { service, scheduler, persistence } => {
-                self.edit_service(service, *scheduler, *persistence)
-            }
+            Change::AddService {
+                service,
+                scheduler,
+                persistence,
+            } => self.add_service(*service, *scheduler, *persistence),
+            Change::EditService {
+                service,
+                scheduler,
+                persistence,
+            } => self.edit_service(service, *scheduler, *persistence),
             Change::DeleteService { service } => self.delete_service(service),
             Change::AddReal { service, real } => self.add_real(service, *real),
             Change::EditReal { service, real } => self.edit_real(service, *real),
-            Change::DeleteReal { service, addr, port } => self.delete_real(service, *addr, *port),
+            Change::DeleteReal {
+                service,
+                addr,
+                port,
+            } => self.delete_real(service, *addr, *port),
             Change::Clear => {
                 self.clear();
                 Ok(())
@@ -392,7 +417,15 @@ impl DesiredState {
         match self.services.binary_search_by(|s| s.addr.cmp(&addr)) {
             Ok(_) => Err(StateError::ServiceExists),
             Err(at) => {
-                self.services.insert(at, VirtualService { addr, scheduler, persistence, reals: Vec::new() });
+                self.services.insert(
+                    at,
+                    VirtualService {
+                        addr,
+                        scheduler,
+                        persistence,
+                        reals: Vec::new(),
+                    },
+                );
                 Ok(())
             }
         }
@@ -414,16 +447,25 @@ impl DesiredState {
 
     /// ipvsadm `-D`: removes a service and its real servers.
     pub fn delete_service(&mut self, addr: &ServiceAddr) -> Result<(), StateError> {
-        let at = self.services.iter().position(|s| s.addr == *addr).ok_or(StateError::NoSuchService)?;
+        let at = self
+            .services
+            .iter()
+            .position(|s| s.addr == *addr)
+            .ok_or(StateError::NoSuchService)?;
         self.services.remove(at);
         Ok(())
     }
 
     /// ipvsadm `-a`: adds a real server to a service.
     pub fn add_real(&mut self, service: &ServiceAddr, real: RealServer) -> Result<(), StateError> {
-        let vs = self.service_mut(service).ok_or(StateError::ServiceNotDefined)?;
+        let vs = self
+            .service_mut(service)
+            .ok_or(StateError::ServiceNotDefined)?;
         validate_real(service, &real)?;
-        match vs.reals.binary_search_by(|r| (r.addr, r.port).cmp(&(real.addr, real.port))) {
+        match vs
+            .reals
+            .binary_search_by(|r| (r.addr, r.port).cmp(&(real.addr, real.port)))
+        {
             Ok(_) => Err(StateError::DestinationExists),
             Err(at) => {
                 vs.reals.insert(at, real);
@@ -434,7 +476,9 @@ impl DesiredState {
 
     /// ipvsadm `-e`: replaces the settings of the real server with `real`'s address and port.
     pub fn edit_real(&mut self, service: &ServiceAddr, real: RealServer) -> Result<(), StateError> {
-        let vs = self.service_mut(service).ok_or(StateError::ServiceNotDefined)?;
+        let vs = self
+            .service_mut(service)
+            .ok_or(StateError::ServiceNotDefined)?;
         let existing = vs
             .reals
             .iter_mut()
@@ -446,8 +490,15 @@ impl DesiredState {
     }
 
     /// ipvsadm `-d`: removes a real server from a service.
-    pub fn delete_real(&mut self, service: &ServiceAddr, addr: IpAddr, port: u16) -> Result<(), StateError> {
-        let vs = self.service_mut(service).ok_or(StateError::ServiceNotDefined)?;
+    pub fn delete_real(
+        &mut self,
+        service: &ServiceAddr,
+        addr: IpAddr,
+        port: u16,
+    ) -> Result<(), StateError> {
+        let vs = self
+            .service_mut(service)
+            .ok_or(StateError::ServiceNotDefined)?;
         let at = vs
             .reals
             .iter()
@@ -467,12 +518,21 @@ impl DesiredState {
     }
 }
 
-fn validate_service(addr: &ServiceAddr, persistence: Option<&Persistence>) -> Result<(), StateError> {
+fn validate_service(
+    addr: &ServiceAddr,
+    persistence: Option<&Persistence>,
+) -> Result<(), StateError> {
     let Some(persistence) = persistence else {
-        return if addr.port == 0 { Err(StateError::ZeroPortNotPersistent) } else { Ok(()) };
+        return if addr.port == 0 {
+            Err(StateError::ZeroPortNotPersistent)
+        } else {
+            Ok(())
+        };
     };
     if !(1..=MAX_PERSISTENCE_TIMEOUT_SECS).contains(&persistence.timeout_secs) {
-        return Err(StateError::InvalidTimeout { timeout_secs: persistence.timeout_secs });
+        return Err(StateError::InvalidTimeout {
+            timeout_secs: persistence.timeout_secs,
+        });
     }
     match (addr.addr, persistence.netmask) {
         (IpAddr::V4(_), Netmask::V4(_)) => Ok(()),
@@ -484,16 +544,25 @@ fn validate_service(addr: &ServiceAddr, persistence: Option<&Persistence>) -> Re
 
 fn validate_real(service: &ServiceAddr, real: &RealServer) -> Result<(), StateError> {
     if real.weight > MAX_WEIGHT {
-        return Err(StateError::IllegalWeight { weight: real.weight });
+        return Err(StateError::IllegalWeight {
+            weight: real.weight,
+        });
     }
     if real.upper_threshold > MAX_THRESHOLD {
-        return Err(StateError::IllegalUpperThreshold { threshold: real.upper_threshold });
+        return Err(StateError::IllegalUpperThreshold {
+            threshold: real.upper_threshold,
+        });
     }
     if real.lower_threshold > MAX_THRESHOLD {
-        return Err(StateError::IllegalLowerThreshold { threshold: real.lower_threshold });
+        return Err(StateError::IllegalLowerThreshold {
+            threshold: real.lower_threshold,
+        });
     }
     if real.port != service.port {
-        return Err(StateError::PortMismatch { service_port: service.port, real_port: real.port });
+        return Err(StateError::PortMismatch {
+            service_port: service.port,
+            real_port: real.port,
+        });
     }
     if real.forwarding == Forwarding::DirectRoute && real.addr.is_ipv6() != service.addr.is_ipv6() {
         return Err(StateError::AddressFamilyMismatch);
@@ -506,7 +575,11 @@ mod tests {
     use super::*;
 
     fn tcp(addr: &str, port: u16) -> ServiceAddr {
-        ServiceAddr { protocol: Protocol::Tcp, addr: addr.parse().expect("test address"), port }
+        ServiceAddr {
+            protocol: Protocol::Tcp,
+            addr: addr.parse().expect("test address"),
+            port,
+        }
     }
 
     fn real(addr: &str, port: u16) -> RealServer {
@@ -522,7 +595,9 @@ mod tests {
 
     fn one_service() -> DesiredState {
         let mut state = DesiredState::default();
-        state.add_service(tcp("10.0.0.1", 80), Scheduler::Maglev, None).expect("add service");
+        state
+            .add_service(tcp("10.0.0.1", 80), Scheduler::Maglev, None)
+            .expect("add service");
         state
     }
 
@@ -542,7 +617,10 @@ mod tests {
     #[test]
     fn an_unknown_scheduler_names_the_supported_ones() {
         let err = Scheduler::from_name("wlc").expect_err("wlc is not implemented");
-        assert_eq!(err.to_string(), "Scheduler not found: 'wlc' (xlb supports: mh)");
+        assert_eq!(
+            err.to_string(),
+            "Scheduler not found: 'wlc' (xlb supports: mh)"
+        );
     }
 
     #[test]
@@ -553,37 +631,72 @@ mod tests {
             state.add_service(tcp("10.0.0.1", 80), Scheduler::Maglev, None),
             Err(StateError::ServiceExists)
         );
-        assert_eq!(StateError::ServiceExists.to_string(), "Service already exists");
+        assert_eq!(
+            StateError::ServiceExists.to_string(),
+            "Service already exists"
+        );
         assert_eq!(state, before);
     }
 
     #[test]
     fn the_same_address_and_port_over_udp_is_another_service() {
         let mut state = one_service();
-        let udp = ServiceAddr { protocol: Protocol::Udp, ..tcp("10.0.0.1", 80) };
-        state.add_service(udp, Scheduler::Maglev, None).expect("udp service");
+        let udp = ServiceAddr {
+            protocol: Protocol::Udp,
+            ..tcp("10.0.0.1", 80)
+        };
+        state
+            .add_service(udp, Scheduler::Maglev, None)
+            .expect("udp service");
         assert_eq!(state.services.len(), 2);
     }
 
     #[test]
     fn services_are_kept_in_ipvsadm_order_whatever_the_order_they_were_added_in() {
-        let udp = ServiceAddr { protocol: Protocol::Udp, ..tcp("10.0.0.1", 53) };
-        let addrs = [tcp("2001:db8::1", 80), udp, tcp("10.0.0.2", 80), tcp("10.0.0.1", 443), tcp("10.0.0.1", 80)];
+        let udp = ServiceAddr {
+            protocol: Protocol::Udp,
+            ..tcp("10.0.0.1", 53)
+        };
+        let addrs = [
+            tcp("2001:db8::1", 80),
+            udp,
+            tcp("10.0.0.2", 80),
+            tcp("10.0.0.1", 443),
+            tcp("10.0.0.1", 80),
+        ];
         let mut state = DesiredState::default();
         for addr in addrs {
-            state.add_service(addr, Scheduler::Maglev, None).expect("add");
+            state
+                .add_service(addr, Scheduler::Maglev, None)
+                .expect("add");
         }
         let order: Vec<String> = state.services.iter().map(|s| s.addr.to_string()).collect();
-        assert_eq!(order, ["10.0.0.1:80", "10.0.0.1:443", "10.0.0.2:80", "10.0.0.1:53", "[2001:db8::1]:80"]);
+        assert_eq!(
+            order,
+            [
+                "10.0.0.1:80",
+                "10.0.0.1:443",
+                "10.0.0.2:80",
+                "10.0.0.1:53",
+                "[2001:db8::1]:80"
+            ]
+        );
     }
 
     #[test]
     fn editing_a_service_replaces_its_settings_and_keeps_its_real_servers() {
         let mut state = one_service();
         let svc = tcp("10.0.0.1", 80);
-        state.add_real(&svc, real("10.0.0.2", 80)).expect("add real");
-        let persistence = Persistence { timeout_secs: 60, netmask: Netmask::V4(Ipv4Addr::new(255, 255, 255, 0)) };
-        state.edit_service(&svc, Scheduler::Maglev, Some(persistence)).expect("edit");
+        state
+            .add_real(&svc, real("10.0.0.2", 80))
+            .expect("add real");
+        let persistence = Persistence {
+            timeout_secs: 60,
+            netmask: Netmask::V4(Ipv4Addr::new(255, 255, 255, 0)),
+        };
+        state
+            .edit_service(&svc, Scheduler::Maglev, Some(persistence))
+            .expect("edit");
         let vs = state.service(&svc).expect("service");
         assert_eq!(vs.persistence, Some(persistence));
         assert_eq!(vs.reals.len(), 1);
@@ -594,8 +707,14 @@ mod tests {
         let mut state = one_service();
         let before = state.clone();
         let missing = tcp("10.0.0.9", 80);
-        assert_eq!(state.edit_service(&missing, Scheduler::Maglev, None), Err(StateError::NoSuchService));
-        assert_eq!(state.delete_service(&missing), Err(StateError::NoSuchService));
+        assert_eq!(
+            state.edit_service(&missing, Scheduler::Maglev, None),
+            Err(StateError::NoSuchService)
+        );
+        assert_eq!(
+            state.delete_service(&missing),
+            Err(StateError::NoSuchService)
+        );
         assert_eq!(StateError::NoSuchService.to_string(), "No such service");
         assert_eq!(state, before);
     }
@@ -604,7 +723,9 @@ mod tests {
     fn deleting_a_service_removes_its_real_servers_with_it() {
         let mut state = one_service();
         let svc = tcp("10.0.0.1", 80);
-        state.add_real(&svc, real("10.0.0.2", 80)).expect("add real");
+        state
+            .add_real(&svc, real("10.0.0.2", 80))
+            .expect("add real");
         state.delete_service(&svc).expect("delete");
         assert_eq!(state, DesiredState::default());
     }
@@ -613,20 +734,40 @@ mod tests {
     fn a_real_server_needs_its_service_to_exist() {
         let mut state = DesiredState::default();
         let svc = tcp("10.0.0.1", 80);
-        assert_eq!(state.add_real(&svc, real("10.0.0.2", 80)), Err(StateError::ServiceNotDefined));
-        assert_eq!(state.edit_real(&svc, real("10.0.0.2", 80)), Err(StateError::ServiceNotDefined));
-        assert_eq!(state.delete_real(&svc, "10.0.0.2".parse().expect("ip"), 80), Err(StateError::ServiceNotDefined));
-        assert_eq!(StateError::ServiceNotDefined.to_string(), "Service not defined");
+        assert_eq!(
+            state.add_real(&svc, real("10.0.0.2", 80)),
+            Err(StateError::ServiceNotDefined)
+        );
+        assert_eq!(
+            state.edit_real(&svc, real("10.0.0.2", 80)),
+            Err(StateError::ServiceNotDefined)
+        );
+        assert_eq!(
+            state.delete_real(&svc, "10.0.0.2".parse().expect("ip"), 80),
+            Err(StateError::ServiceNotDefined)
+        );
+        assert_eq!(
+            StateError::ServiceNotDefined.to_string(),
+            "Service not defined"
+        );
     }
 
     #[test]
     fn a_second_add_of_the_same_real_server_is_rejected() {
         let mut state = one_service();
         let svc = tcp("10.0.0.1", 80);
-        state.add_real(&svc, real("10.0.0.2", 80)).expect("first add");
+        state
+            .add_real(&svc, real("10.0.0.2", 80))
+            .expect("first add");
         let before = state.clone();
-        assert_eq!(state.add_real(&svc, real("10.0.0.2", 80)), Err(StateError::DestinationExists));
-        assert_eq!(StateError::DestinationExists.to_string(), "Destination already exists");
+        assert_eq!(
+            state.add_real(&svc, real("10.0.0.2", 80)),
+            Err(StateError::DestinationExists)
+        );
+        assert_eq!(
+            StateError::DestinationExists.to_string(),
+            "Destination already exists"
+        );
         assert_eq!(state, before);
     }
 
@@ -635,7 +776,11 @@ mod tests {
         let mut state = one_service();
         let svc = tcp("10.0.0.1", 80);
         state.add_real(&svc, real("10.0.0.2", 80)).expect("add");
-        let edited = RealServer { weight: 0, forwarding: Forwarding::Tunnel, ..real("10.0.0.2", 80) };
+        let edited = RealServer {
+            weight: 0,
+            forwarding: Forwarding::Tunnel,
+            ..real("10.0.0.2", 80)
+        };
         state.edit_real(&svc, edited).expect("edit");
         assert_eq!(state.service(&svc).expect("service").reals, [edited]);
     }
@@ -645,9 +790,18 @@ mod tests {
         let mut state = one_service();
         let svc = tcp("10.0.0.1", 80);
         let before = state.clone();
-        assert_eq!(state.edit_real(&svc, real("10.0.0.2", 80)), Err(StateError::NoSuchDestination));
-        assert_eq!(state.delete_real(&svc, "10.0.0.2".parse().expect("ip"), 80), Err(StateError::NoSuchDestination));
-        assert_eq!(StateError::NoSuchDestination.to_string(), "No such destination");
+        assert_eq!(
+            state.edit_real(&svc, real("10.0.0.2", 80)),
+            Err(StateError::NoSuchDestination)
+        );
+        assert_eq!(
+            state.delete_real(&svc, "10.0.0.2".parse().expect("ip"), 80),
+            Err(StateError::NoSuchDestination)
+        );
+        assert_eq!(
+            StateError::NoSuchDestination.to_string(),
+            "No such destination"
+        );
         assert_eq!(state, before);
     }
 
@@ -657,7 +811,10 @@ mod tests {
         let before = state.clone();
         assert_eq!(
             state.add_real(&tcp("10.0.0.1", 80), real("10.0.0.2", 8080)),
-            Err(StateError::PortMismatch { service_port: 80, real_port: 8080 })
+            Err(StateError::PortMismatch {
+                service_port: 80,
+                real_port: 8080
+            })
         );
         assert_eq!(state, before);
     }
@@ -666,27 +823,51 @@ mod tests {
     fn an_ipv6_real_server_of_an_ipv4_service_needs_a_tunnel() {
         let mut state = one_service();
         let svc = tcp("10.0.0.1", 80);
-        assert_eq!(state.add_real(&svc, real("2001:db8::2", 80)), Err(StateError::AddressFamilyMismatch));
-        let tunneled = RealServer { forwarding: Forwarding::Tunnel, ..real("2001:db8::2", 80) };
-        state.add_real(&svc, tunneled).expect("a tunnel may cross families");
+        assert_eq!(
+            state.add_real(&svc, real("2001:db8::2", 80)),
+            Err(StateError::AddressFamilyMismatch)
+        );
+        let tunneled = RealServer {
+            forwarding: Forwarding::Tunnel,
+            ..real("2001:db8::2", 80)
+        };
+        state
+            .add_real(&svc, tunneled)
+            .expect("a tunnel may cross families");
     }
 
     #[test]
     fn a_weight_above_ipvsadms_range_is_rejected() {
         let mut state = one_service();
-        let heavy = RealServer { weight: MAX_WEIGHT + 1, ..real("10.0.0.2", 80) };
-        assert_eq!(state.add_real(&tcp("10.0.0.1", 80), heavy), Err(StateError::IllegalWeight { weight: 65_536 }));
-        let max = RealServer { weight: MAX_WEIGHT, ..real("10.0.0.2", 80) };
-        state.add_real(&tcp("10.0.0.1", 80), max).expect("65535 is allowed");
+        let heavy = RealServer {
+            weight: MAX_WEIGHT + 1,
+            ..real("10.0.0.2", 80)
+        };
+        assert_eq!(
+            state.add_real(&tcp("10.0.0.1", 80), heavy),
+            Err(StateError::IllegalWeight { weight: 65_536 })
+        );
+        let max = RealServer {
+            weight: MAX_WEIGHT,
+            ..real("10.0.0.2", 80)
+        };
+        state
+            .add_real(&tcp("10.0.0.1", 80), max)
+            .expect("65535 is allowed");
     }
 
     #[test]
     fn a_port_zero_service_must_be_persistent() {
         let mut state = DesiredState::default();
         let all_ports = tcp("10.0.0.1", 0);
-        assert_eq!(state.add_service(all_ports, Scheduler::Maglev, None), Err(StateError::ZeroPortNotPersistent));
+        assert_eq!(
+            state.add_service(all_ports, Scheduler::Maglev, None),
+            Err(StateError::ZeroPortNotPersistent)
+        );
         let persistence = Persistence::default_for(all_ports.addr);
-        state.add_service(all_ports, Scheduler::Maglev, Some(persistence)).expect("persistent all-ports service");
+        state
+            .add_service(all_ports, Scheduler::Maglev, Some(persistence))
+            .expect("persistent all-ports service");
     }
 
     #[test]
@@ -694,7 +875,12 @@ mod tests {
         let mut state = DesiredState::default();
         let v4 = tcp("10.0.0.1", 80);
         let v6 = tcp("2001:db8::1", 80);
-        let with = |timeout_secs, netmask| Some(Persistence { timeout_secs, netmask });
+        let with = |timeout_secs, netmask| {
+            Some(Persistence {
+                timeout_secs,
+                netmask,
+            })
+        };
         let v4_mask = Netmask::V4(Ipv4Addr::BROADCAST);
         assert_eq!(
             state.add_service(v4, Scheduler::Maglev, with(0, v4_mask)),
@@ -704,13 +890,18 @@ mod tests {
             state.add_service(v4, Scheduler::Maglev, with(60, Netmask::V6Prefix(64))),
             Err(StateError::IllegalIpv6Netmask)
         );
-        assert_eq!(state.add_service(v6, Scheduler::Maglev, with(60, v4_mask)), Err(StateError::IllegalNetmask));
+        assert_eq!(
+            state.add_service(v6, Scheduler::Maglev, with(60, v4_mask)),
+            Err(StateError::IllegalNetmask)
+        );
         assert_eq!(
             state.add_service(v6, Scheduler::Maglev, with(60, Netmask::V6Prefix(129))),
             Err(StateError::IllegalIpv6Netmask)
         );
         assert_eq!(state, DesiredState::default());
-        state.add_service(v6, Scheduler::Maglev, with(60, Netmask::V6Prefix(64))).expect("a /64 is fine");
+        state
+            .add_service(v6, Scheduler::Maglev, with(60, Netmask::V6Prefix(64)))
+            .expect("a /64 is fine");
     }
 
     #[test]
@@ -724,7 +915,10 @@ mod tests {
     fn a_rejected_change_leaves_the_state_unchanged() {
         let mut state = one_service();
         let before = state.clone();
-        let change = Change::AddReal { service: tcp("10.0.0.1", 80), real: real("10.0.0.2", 81) };
+        let change = Change::AddReal {
+            service: tcp("10.0.0.1", 80),
+            real: real("10.0.0.2", 81),
+        };
         assert!(state.apply(&change).is_err());
         assert_eq!(state, before);
     }

@@ -13,15 +13,25 @@ const WELL_KNOWN: &[(&str, u16)] = &[
 
 /// The port called `name`, if it is one of [`WELL_KNOWN`].
 pub(crate) fn port_by_name(name: &str) -> Option<u16> {
-    WELL_KNOWN.iter().find(|(n, _)| *n == name).map(|(_, port)| *port)
+    WELL_KNOWN
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, port)| *port)
 }
 
 /// The name of `port`, if it is one of [`WELL_KNOWN`].
 pub(crate) fn name_by_port(port: u16) -> Option<&'static str> {
-    WELL_KNOWN.iter().find(|(_, p)| *p == port).map(|(name, _)| *name)
+    WELL_KNOWN
+        .iter()
+        .find(|(_, p)| *p == port)
+        .map(|(name, _)| *name)
 }
 
 /// The known names, for error messages.
 pub(crate) fn names() -> String {
-    WELL_KNOWN.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
+    WELL_KNOWN
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -1,0 +1,379 @@
+//! `-S` output and `-R` input: the table as ipvsadm command lines, and back.
+//!
+//! `-S` prints what ipvsadm 1.31's `ipvsadm -S -n` prints (ipvsadm.c `print_service_entry` with
+//! `FMT_RULE`), one `-A` line per service followed by its `-a` lines, sorted as ipvsadm sorts:
+//!
+//! ```text
+//! -A -t 10.0.0.1:80 -s mh -p 360 -M 255.255.255.0
+//! -a -t 10.0.0.1:80 -r 10.0.0.2:80 -g -w 1
+//! -a -t 10.0.0.1:80 -r 10.0.0.3:80 -i -w 2 --tun-type ipip
+//! ```
+//!
+//! Two departures, both so that a save restores to the same state: it is always numeric (xlbadm
+//! does not resolve names when restoring), and it appends `-x`/`-y` when a real server has
+//! thresholds, which ipvsadm's save drops. `--tun-type ipip` is what ipvsadm 1.31 prints for every
+//! `-i` server; older ipvsadm releases print `-i -w N` alone, and `-R` takes both.
+//!
+//! `-R` reads such lines (blank lines and `#` comments skipped, a leading `ipvsadm` or `xlbadm`
+//! word dropped, as ipvsadm drops its own name) and applies them to a copy of the state. Unlike
+//! ipvsadm, which applies the lines one by one and stops at the first failure, it is
+//! all-or-nothing: the caller gets the new state or the first error and its line number.
+
+use thiserror::Error;
+
+use super::parse::{parse, Command, ParseError};
+use crate::state::{DesiredState, Forwarding, Netmask, Protocol, StateError};
+
+/// Why `-R` input was refused, and on which line.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("line {line}: {failure}")]
+pub struct RestoreError {
+    /// 1-based line number in the input.
+    pub line: usize,
+    /// What went wrong there (printed as part of this error, so not a `source`).
+    pub failure: RestoreFailure,
+}
+
+/// What went wrong on one line of `-R` input.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RestoreFailure {
+    /// The line is not a valid command.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    /// The command does not apply to the state as the lines before left it.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A valid command that does not change the table, such as `-L`.
+    #[error("the '{command}' command cannot be used in restore input")]
+    NotAChange {
+        /// ipvsadm's name of the command.
+        command: &'static str,
+    },
+    /// `--socket` inside restore input, where it would mean nothing.
+    #[error("--socket cannot be used in restore input")]
+    Socket,
+}
+
+/// The `-S` text for `state`.
+pub fn save(state: &DesiredState) -> String {
+    let mut services: Vec<_> = state.services.iter().collect();
+    services.sort_by_key(|s| s.addr);
+    let mut out = String::new();
+    for service in services {
+        let name = format!(
+            "{} {}",
+            protocol_switch(service.addr.protocol),
+            service.addr
+        );
+        out.push_str(&format!("-A {name} -s {}", service.scheduler.name()));
+        if let Some(persistence) = &service.persistence {
+            out.push_str(&format!(" -p {}", persistence.timeout_secs));
+            if persistence.netmask != Netmask::host(service.addr.addr) {
+                match persistence.netmask {
+                    Netmask::V4(mask) => out.push_str(&format!(" -M {mask}")),
+                    Netmask::V6Prefix(prefix) => out.push_str(&format!(" -M {prefix}")),
+                }
+            }
+        }
+        out.push('\n');
+
+        let mut reals: Vec<_> = service.reals.iter().collect();
+        reals.sort_by_key(|r| (r.addr, r.port));
+        for real in reals {
+            let addr = std::net::SocketAddr::new(real.addr, real.port);
+            let switch = match real.forwarding {
+                Forwarding::DirectRoute => "-g",
+                Forwarding::Tunnel => "-i",
+            };
+            out.push_str(&format!("-a {name} -r {addr} {switch} -w {}", real.weight));
+            if real.forwarding == Forwarding::Tunnel {
+                out.push_str(" --tun-type ipip");
+            }
+            if real.upper_threshold != 0 {
+                out.push_str(&format!(" -x {}", real.upper_threshold));
+            }
+            if real.lower_threshold != 0 {
+                out.push_str(&format!(" -y {}", real.lower_threshold));
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Applies `-R` input to a copy of `state`: the new state, or the first error and its line.
+pub fn restore(state: &DesiredState, input: &str) -> Result<DesiredState, RestoreError> {
+    let mut restored = state.clone();
+    for (index, raw) in input.lines().enumerate() {
+        let at = |failure: RestoreFailure| RestoreError {
+            line: index + 1,
+            failure,
+        };
+        let text = raw.split_once('#').map_or(raw, |(before, _)| before);
+        let mut words: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+        if words
+            .first()
+            .is_some_and(|w| w == "ipvsadm" || w == "xlbadm")
+        {
+            words.remove(0);
+        }
+        if words.is_empty() {
+            continue;
+        }
+        let invocation = parse(&words).map_err(|e| at(e.into()))?;
+        if invocation.socket.is_some() {
+            return Err(at(RestoreFailure::Socket));
+        }
+        let change = match invocation.command {
+            Command::Change(change) => change,
+            other => {
+                return Err(at(RestoreFailure::NotAChange {
+                    command: command_name(&other),
+                }))
+            }
+        };
+        restored.apply(&change).map_err(|e| at(e.into()))?;
+    }
+    Ok(restored)
+}
+
+/// `-t` or `-u`, as a service is named in `-S` lines.
+fn protocol_switch(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "-t",
+        Protocol::Udp => "-u",
+    }
+}
+
+/// ipvsadm's name of a command that is not a change.
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Change(_) => "change",
+        Command::List(_) => "list",
+        Command::Zero { .. } => "zero",
+        Command::Save => "save",
+        Command::Restore => "restore",
+        Command::Help => "help",
+        Command::Version => "version",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::state::{Persistence, RealServer, Scheduler, ServiceAddr};
+
+    fn service(protocol: Protocol, addr: &str, port: u16) -> ServiceAddr {
+        ServiceAddr {
+            protocol,
+            addr: addr.parse().expect("test address"),
+            port,
+        }
+    }
+
+    fn real(addr: &str, port: u16, forwarding: Forwarding, weight: u32) -> RealServer {
+        RealServer {
+            addr: addr.parse().expect("test address"),
+            port,
+            forwarding,
+            weight,
+            upper_threshold: 0,
+            lower_threshold: 0,
+        }
+    }
+
+    /// Services and servers added out of order, with every kind of option.
+    fn sample() -> DesiredState {
+        let web = service(Protocol::Tcp, "10.0.0.1", 80);
+        let tls = service(Protocol::Tcp, "10.0.0.1", 443);
+        let dns6 = service(Protocol::Udp, "2001:db8::1", 53);
+        let mut state = DesiredState::default();
+        state
+            .add_service(
+                dns6,
+                Scheduler::Maglev,
+                Some(Persistence {
+                    timeout_secs: 60,
+                    netmask: Netmask::V6Prefix(64),
+                }),
+            )
+            .expect("dns6");
+        state
+            .add_service(
+                tls,
+                Scheduler::Maglev,
+                Some(Persistence {
+                    timeout_secs: 360,
+                    netmask: Netmask::V4(Ipv4Addr::new(255, 255, 255, 0)),
+                }),
+            )
+            .expect("tls");
+        state
+            .add_service(web, Scheduler::Maglev, None)
+            .expect("web");
+        state
+            .add_real(&web, real("10.0.0.3", 80, Forwarding::Tunnel, 2))
+            .expect("web 3");
+        state
+            .add_real(&web, real("10.0.0.2", 80, Forwarding::DirectRoute, 1))
+            .expect("web 2");
+        state
+            .add_real(&tls, real("10.0.0.4", 443, Forwarding::DirectRoute, 0))
+            .expect("tls 4");
+        state
+            .add_real(&dns6, real("2001:db8::2", 53, Forwarding::DirectRoute, 1))
+            .expect("dns6 2");
+        state
+            .add_real(&dns6, real("192.0.2.7", 53, Forwarding::Tunnel, 1))
+            .expect("dns6 v4 tunnel");
+        state
+    }
+
+    #[test]
+    fn save_prints_what_ipvsadm_save_numeric_prints() {
+        assert_eq!(
+            save(&sample()),
+            "-A -t 10.0.0.1:80 -s mh\n\
+             -a -t 10.0.0.1:80 -r 10.0.0.2:80 -g -w 1\n\
+             -a -t 10.0.0.1:80 -r 10.0.0.3:80 -i -w 2 --tun-type ipip\n\
+             -A -t 10.0.0.1:443 -s mh -p 360 -M 255.255.255.0\n\
+             -a -t 10.0.0.1:443 -r 10.0.0.4:443 -g -w 0\n\
+             -A -u [2001:db8::1]:53 -s mh -p 60 -M 64\n\
+             -a -u [2001:db8::1]:53 -r 192.0.2.7:53 -i -w 1 --tun-type ipip\n\
+             -a -u [2001:db8::1]:53 -r [2001:db8::2]:53 -g -w 1\n"
+        );
+    }
+
+    #[test]
+    fn save_leaves_out_the_default_netmask_as_ipvsadm_does() {
+        let mut state = DesiredState::default();
+        let v4 = service(Protocol::Tcp, "10.0.0.1", 80);
+        let v6 = service(Protocol::Tcp, "2001:db8::1", 80);
+        state
+            .add_service(
+                v4,
+                Scheduler::Maglev,
+                Some(Persistence::default_for(v4.addr)),
+            )
+            .expect("v4");
+        state
+            .add_service(
+                v6,
+                Scheduler::Maglev,
+                Some(Persistence::default_for(v6.addr)),
+            )
+            .expect("v6");
+        assert_eq!(
+            save(&state),
+            "-A -t 10.0.0.1:80 -s mh -p 360\n-A -t [2001:db8::1]:80 -s mh -p 360\n"
+        );
+    }
+
+    #[test]
+    fn save_of_an_empty_table_is_empty() {
+        assert_eq!(save(&DesiredState::default()), "");
+    }
+
+    #[test]
+    fn save_then_restore_gives_the_same_state() {
+        let original = sample();
+        let restored = restore(&DesiredState::default(), &save(&original)).expect("restore");
+        assert_eq!(restored, original);
+    }
+
+    #[test]
+    fn thresholds_survive_a_save_and_restore() {
+        let mut state = DesiredState::default();
+        let web = service(Protocol::Tcp, "10.0.0.1", 80);
+        state
+            .add_service(web, Scheduler::Maglev, None)
+            .expect("web");
+        let limited = RealServer {
+            upper_threshold: 100,
+            lower_threshold: 50,
+            ..real("10.0.0.2", 80, Forwarding::DirectRoute, 1)
+        };
+        state.add_real(&web, limited).expect("real");
+        let text = save(&state);
+        assert_eq!(
+            text,
+            "-A -t 10.0.0.1:80 -s mh\n-a -t 10.0.0.1:80 -r 10.0.0.2:80 -g -w 1 -x 100 -y 50\n"
+        );
+        assert_eq!(
+            restore(&DesiredState::default(), &text).expect("restore"),
+            state
+        );
+    }
+
+    #[test]
+    fn restore_skips_blank_lines_comments_and_the_program_name() {
+        let input = "# saved by hand\n\
+                     \n\
+                     ipvsadm -A -t 10.0.0.1:80 -s mh   # the web service\n\
+                     xlbadm -a -t 10.0.0.1:80 -r 10.0.0.2:80 -g -w 1\n\
+                     \t-a -t 10.0.0.1:80 -r 10.0.0.3 -i -w 2\n";
+        let restored = restore(&DesiredState::default(), input).expect("restore");
+        let web = service(Protocol::Tcp, "10.0.0.1", 80);
+        let reals = &restored.service(&web).expect("web").reals;
+        assert_eq!(
+            reals,
+            &[
+                real("10.0.0.2", 80, Forwarding::DirectRoute, 1),
+                real("10.0.0.3", 80, Forwarding::Tunnel, 2)
+            ]
+        );
+    }
+
+    #[test]
+    fn restore_applies_on_top_of_the_current_state() {
+        let current = sample();
+        let restored = restore(&current, "-a -t 10.0.0.1:443 -r 10.0.0.5:443\n").expect("restore");
+        let tls = service(Protocol::Tcp, "10.0.0.1", 443);
+        assert_eq!(restored.service(&tls).expect("tls").reals.len(), 2);
+        assert_eq!(
+            restore(&current, "-C\n").expect("clear"),
+            DesiredState::default()
+        );
+    }
+
+    #[test]
+    fn restore_is_all_or_nothing_and_names_the_failing_line() {
+        let input = "-A -t 10.0.0.9:80\n\
+                     -a -t 10.0.0.9:80 -r 10.0.0.2\n\
+                     -A -t 10.0.0.1:80\n\
+                     -a -t 10.0.0.9:80 -r 10.0.0.3\n";
+        let err = restore(&sample(), input).expect_err("line 3 adds an existing service");
+        assert_eq!(
+            err,
+            RestoreError {
+                line: 3,
+                failure: RestoreFailure::State(StateError::ServiceExists)
+            }
+        );
+        assert_eq!(err.to_string(), "line 3: Service already exists");
+    }
+
+    #[test]
+    fn restore_reports_bad_syntax_with_its_line() {
+        let err =
+            restore(&DesiredState::default(), "\n-A -t 10.0.0.1:80 -s wlc\n").expect_err("wlc");
+        assert_eq!(err.line, 2);
+        assert_eq!(
+            err.to_string(),
+            "line 2: Scheduler not found: 'wlc' (xlb supports: mh)"
+        );
+    }
+
+    #[test]
+    fn restore_refuses_commands_that_change_nothing() {
+        let err = restore(&DesiredState::default(), "-L -n\n").expect_err("list");
+        assert_eq!(
+            err.to_string(),
+            "line 1: the 'list' command cannot be used in restore input"
+        );
+        let err = restore(&DesiredState::default(), "-C --socket /tmp/x\n").expect_err("socket");
+        assert_eq!(err.failure, RestoreFailure::Socket);
+    }
+}
