@@ -63,6 +63,16 @@ mod program {
         if verdict.is_forwarded() {
             if new_flow {
                 conntrack::remember(ctx, &packet, svc.id, real_id);
+                if maps::debug_events() {
+                    aya_log_ebpf::debug!(
+                        ctx,
+                        "new flow {:i}:{} -> service {} real server {}",
+                        u32::from_be(packet.flow.src[0]),
+                        u16::from_be(packet.flow.sport),
+                        svc.id,
+                        real_id
+                    );
+                }
             }
             stats::count_forwarded(svc.id, real_id, packet.len, new_flow);
         }

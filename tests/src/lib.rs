@@ -2,12 +2,14 @@
 //!
 //! Layout:
 //! - [`netns`]: network namespaces and veth links, removed even when a test panics.
+//! - [`lab`]: the direct-routing lab of namespaces with real web servers.
 //! - [`packet`]: test packets built byte by byte.
 //! - [`fixture`]: running the XDP program through `BPF_PROG_TEST_RUN`.
 //! - [`services`]: services and real servers set up through the dataplane API.
 //! - [`root`]: the guard that root-only tests call first.
 
 pub mod fixture;
+pub mod lab;
 pub mod netns;
 pub mod packet;
 pub mod services;

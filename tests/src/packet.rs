@@ -149,7 +149,7 @@ impl Ipv4Packet {
         }
 
         let mut options = self.options.clone();
-        while options.len() % 4 != 0 {
+        while !options.len().is_multiple_of(4) {
             options.push(0);
         }
         let ihl = self.ihl_override.unwrap_or((5 + options.len() / 4) as u8);

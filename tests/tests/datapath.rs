@@ -33,13 +33,16 @@ fn rs_mac(addr: [u8; 4]) -> [u8; 6] {
     [0x02, 0, 0, 0, 0x01, addr[3]]
 }
 
+/// A service's Maglev table, with the service and its (real id, weight) list it was read for.
+type CachedTable = (ServiceKey, Vec<(u32, u32)>, Vec<u32>);
+
 struct Bench {
     ns: Netns,
     dp: Dataplane,
     ifindex: u32,
     web: TestService,
     dns: TestService,
-    table_cache: RefCell<Option<(ServiceKey, Vec<(u32, u32)>, Vec<u32>)>>,
+    table_cache: RefCell<Option<CachedTable>>,
 }
 
 fn bench() -> Bench {
@@ -534,5 +537,60 @@ fn without_forwarding_on_the_interface_packets_for_services_are_dropped_and_coun
             output: None,
             counter: GlobalStat::DropForwardingDisabled,
         }],
+    );
+}
+
+/// Collects the data path's debug events.
+#[derive(Clone, Default)]
+struct Events(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl log::Log for Events {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        self.0
+            .lock()
+            .expect("events")
+            .push(record.args().to_string());
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn debug_events_say_why_packets_were_passed_or_dropped_only_when_switched_on() {
+    let mut bench = bench();
+    let events = Events::default();
+    let mut logger = aya_log::EbpfLogger::init_with_logger(bench.dp.ebpf_mut(), events.clone())
+        .expect("event reader");
+    let not_vip = Ipv4Packet::tcp(CLIENT, 49000, [10, 10, 0, 99], 80, SYN).build();
+    let syn = Ipv4Packet::tcp(CLIENT, 49001, VIP, 80, SYN).build();
+
+    bench.run(&not_vip);
+    logger.flush();
+    assert!(
+        events.0.lock().expect("events").is_empty(),
+        "events while switched off"
+    );
+
+    bench.dp.set_debug_events(true).expect("switch on");
+    bench.run(&not_vip);
+    bench.run(&syn);
+    logger.flush();
+    let seen = events.0.lock().expect("events").clone();
+    assert!(
+        seen.iter().any(|e| e.contains("pass: pass_not_vip")),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|e| e.contains("new flow")), "{seen:?}");
+
+    bench.dp.set_debug_events(false).expect("switch off");
+    events.0.lock().expect("events").clear();
+    bench.run(&not_vip);
+    logger.flush();
+    assert!(
+        events.0.lock().expect("events").is_empty(),
+        "events after switching off"
     );
 }

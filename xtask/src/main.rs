@@ -1,1 +1,143 @@
-fn main() {}
+//! `cargo xtask`: xlb's developer commands. Every command installs what it needs first, so a fresh
+//! machine needs no manual preparation, and a second run installs nothing.
+//!
+//! - `setup`: nightly's rust-src, bpf-linker (built against rustc's own libLLVM), Debian packages.
+//! - `build`: setup, then build the workspace (the XDP object through lb-userspace's build script).
+//! - `run -- ARGS`: build, then run `xlbd ARGS` as root.
+//! - `test`: setup, unit tests, then as root the data-path (BPF_PROG_TEST_RUN) and
+//!   network-namespace end-to-end tests.
+
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+/// xlb's developer commands.
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (idempotent, quick when all is there).
+    Setup {
+        /// Only the toolchain pieces, no Debian packages.
+        #[arg(long)]
+        toolchain_only: bool,
+    },
+    /// Build xlb: the XDP programs, xlbd and xlbadm.
+    Build {
+        /// Build with optimisations.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build and run the daemon, xlbd, as root; arguments after `--` go to xlbd.
+    Run {
+        /// Build with optimisations.
+        #[arg(long)]
+        release: bool,
+        /// Arguments for xlbd (e.g. `-- --iface eth0 --config /etc/xlb/xlb.toml`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit tests, then (as root) data-path and end-to-end tests.
+    Test {
+        /// Only the unit tests, which need no root.
+        #[arg(long)]
+        unit_only: bool,
+        /// Passed to the test binaries as a name filter.
+        filter: Option<String>,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Setup { toolchain_only } => {
+            setup::toolchain()?;
+            if !toolchain_only {
+                setup::packages()?;
+            }
+            Ok(())
+        }
+        Cmd::Build { release } => {
+            setup::toolchain()?;
+            cargo(&["build"], release)
+        }
+        Cmd::Run { release, args } => {
+            setup::toolchain()?;
+            setup::require_root("xlbd loads XDP programs")?;
+            setup::require_btf()?;
+            cargo(&["build", "--bin", "xlbd"], release)?;
+            let profile = if release { "release" } else { "debug" };
+            let xlbd = setup::target_dir()?.join(profile).join("xlbd");
+            let status = Command::new(&xlbd)
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {}", xlbd.display()))?;
+            if !status.success() {
+                bail!("xlbd exited with {status}");
+            }
+            Ok(())
+        }
+        Cmd::Test { unit_only, filter } => test(unit_only, filter),
+    }
+}
+
+fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
+    setup::toolchain()?;
+    if !unit_only {
+        setup::require_root(
+            "the data-path and end-to-end tests load XDP programs and create network namespaces \
+             (use --unit-only for the unit tests alone)",
+        )?;
+        setup::require_btf()?;
+        setup::packages()?;
+    }
+    let mut args = vec!["test", "--workspace", "--no-fail-fast"];
+    if let Some(f) = &filter {
+        args.extend(["--", f.as_str()]);
+    }
+    println!("xtask: unit tests");
+    cargo(&args, false)?;
+    if unit_only {
+        return Ok(());
+    }
+    println!("xtask: data-path and end-to-end tests (root)");
+    let mut args = vec!["test", "--workspace", "--no-fail-fast", "--", "--ignored"];
+    if let Some(f) = &filter {
+        args.push(f.as_str());
+    }
+    cargo(&args, false)
+}
+
+/// Runs cargo with the workspace's toolchain from the workspace root.
+fn cargo(args: &[&str], release: bool) -> Result<()> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args).current_dir(setup::workspace_root()?);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
