@@ -13,7 +13,11 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray},
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::XdpLink,
+        ProgramError, Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use lb_common::{
@@ -100,6 +104,20 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    /// A link is not the kind that can be pinned (the kernel attached XDP without bpf_link).
+    #[error("the XDP attachment is not a bpf_link and cannot be pinned (Linux >= 5.9 needed)")]
+    Link {
+        /// The error.
+        #[source]
+        source: LinkError,
+    },
+    /// Pinning failed.
+    #[error("pinning on bpffs failed")]
+    Pin {
+        /// The error.
+        #[source]
+        source: aya::pin::PinError,
+    },
     /// A sysctl could not be written.
     #[error("writing {path}")]
     Sysctl {
@@ -158,6 +176,8 @@ pub struct Dataplane {
     global_stats: PerCpuArray<MapData, u64>,
     config: Array<MapData, DataplaneConfig>,
     max_services: u32,
+    /// Links pinned by this process (their pins keep them after it exits).
+    pinned_links: Vec<PinnedLink>,
     free_service_ids: BTreeSet<u32>,
     free_real_ids: BTreeSet<u32>,
 }
@@ -247,6 +267,7 @@ impl Dataplane {
             config: take(&mut ebpf, names::CONFIG)?,
             ebpf,
             max_services,
+            pinned_links: Vec::new(),
             free_service_ids: BTreeSet::new(),
             free_real_ids: BTreeSet::new(),
         };
@@ -318,6 +339,87 @@ impl Dataplane {
                 source,
             })?;
         Ok(())
+    }
+
+    /// Attaches the balancer to an interface through a bpf_link pinned at `pin_dir/link_<iface>`,
+    /// so that it keeps forwarding after this process exits. When that pin exists (a daemon ran
+    /// before), the program in the pinned link is replaced atomically by this one: not one packet
+    /// meets an interface without the balancer. The program itself is pinned at `pin_dir/prog`.
+    pub fn attach_pinned(&mut self, iface: &str, mode: XdpMode, pin_dir: &Path) -> Result<()> {
+        enable_forwarding(iface)?;
+        let link_path = pin_dir.join(format!("link_{iface}"));
+        let program = self.program_mut()?;
+        let mut replaced = false;
+        if link_path.exists() {
+            let adopted = PinnedLink::from_pin(&link_path)
+                .map_err(|e| e.to_string())
+                .and_then(|pinned| {
+                    XdpLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())
+                })
+                .and_then(|link| program.attach_to_link(link).map_err(|e| e.to_string()));
+            match adopted {
+                Ok(_) => replaced = true,
+                Err(error) => {
+                    tracing::warn!(iface, %error, "cannot take over the pinned link: attaching anew");
+                    let _ = std::fs::remove_file(&link_path);
+                }
+            }
+        }
+        if !replaced {
+            let id = program
+                .attach(iface, mode)
+                .map_err(|source| DataplaneError::Program {
+                    action: "attaching",
+                    source,
+                })?;
+            let link = program
+                .take_link(id)
+                .map_err(|source| DataplaneError::Program {
+                    action: "taking the link of",
+                    source,
+                })?;
+            let fd_link =
+                FdLink::try_from(link).map_err(|source| DataplaneError::Link { source })?;
+            let pinned = fd_link
+                .pin(&link_path)
+                .map_err(|source| DataplaneError::Pin { source })?;
+            self.pinned_links.push(pinned);
+        }
+        let prog_path = pin_dir.join("prog");
+        let _ = std::fs::remove_file(&prog_path);
+        self.program_mut()?
+            .pin(&prog_path)
+            .map_err(|source| DataplaneError::Pin { source })?;
+        tracing::info!(iface, replaced, "balancer attached through a pinned link");
+        Ok(())
+    }
+
+    /// Removes every pin under `pin_dir` (links, program, maps): once this process exits, the
+    /// balancer is detached and its maps are freed.
+    pub fn remove_pins(pin_dir: &Path) -> std::io::Result<()> {
+        if let Ok(entries) = std::fs::read_dir(pin_dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with("link_") || name == "prog" {
+                    std::fs::remove_file(entry.path())?;
+                }
+            }
+        }
+        Self::unpin(pin_dir)
+    }
+
+    fn program_mut(&mut self) -> Result<&mut Xdp> {
+        self.ebpf
+            .program_mut(names::PROG_BALANCER)
+            .ok_or(DataplaneError::Missing {
+                what: "program",
+                name: names::PROG_BALANCER,
+            })?
+            .try_into()
+            .map_err(|source| DataplaneError::Program {
+                action: "finding",
+                source,
+            })
     }
 
     /// Adds a service, or updates the flags of an existing one, keeping its id and its table.
@@ -476,6 +578,20 @@ impl Dataplane {
                 .map_err(map_err("writing a Maglev table"))?;
         }
         Ok(())
+    }
+
+    /// Zeroes a service's counters.
+    pub fn zero_service_counters(&mut self, id: u32) -> Result<()> {
+        self.service_stats
+            .set(id, zeroed_per_cpu()?, 0)
+            .map_err(map_err("zeroing a service's counters"))
+    }
+
+    /// Zeroes a real server's counters.
+    pub fn zero_real_counters(&mut self, id: RealId) -> Result<()> {
+        self.real_stats
+            .set(id, zeroed_per_cpu()?, 0)
+            .map_err(map_err("zeroing a real server's counters"))
     }
 
     /// Packets, bytes and new connections of a service, summed over the CPUs.

@@ -7,13 +7,19 @@
 //! - [`state`]: the desired state (virtual services, real servers) and ipvsadm's operations on it (pure).
 //! - [`ipvsadm`]: xlbadm's ipvsadm-compatible command line, listings and save/restore format (pure).
 //! - [`neighbour`]: keeping real servers' next hops resolved in the kernel.
-//! - [`sync`]: installing a desired state into the data path.
+//! - [`convert`]: conversions from the desired state to data-path keys and entries.
+//! - [`plan`]: the steps between two desired states (pure).
+//! - [`runtime`]: the daemon's state; applies changes whole or not at all, saves them.
+//! - [`control`]: the control socket between xlbadm and xlbd.
 
 mod batch;
+pub mod control;
+pub mod convert;
 pub mod dataplane;
 pub mod ipvsadm;
 pub mod maglev;
 pub mod neighbour;
+pub mod plan;
 pub mod program;
+pub mod runtime;
 pub mod state;
-pub mod sync;

@@ -1,20 +1,34 @@
-//! xlbd, the xlb daemon: loads the XDP balancer, attaches it to the given interfaces, installs the
-//! services of its configuration, and reports the data path's counters until SIGINT or SIGTERM.
+//! xlbd, the xlb daemon: loads the XDP balancer, attaches it to the given interfaces through
+//! pinned links, installs the configured services, and serves xlbadm on its control socket until
+//! SIGINT or SIGTERM.
+//!
+//! Restarts do not interrupt traffic: the program, its maps and its links are pinned under the pin
+//! directory, and a daemon that finds them (with its state file) adopts them: same maps, same
+//! connection table, and the program in each link is replaced atomically by its own. By default
+//! the balancer keeps forwarding after the daemon exits; `--detach-on-exit` removes everything.
 //!
 //! SIGUSR1 switches the data path's debug events on, SIGUSR2 off; they are logged through
-//! `tracing` (target `lb_ebpf`).
+//! `tracing`.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use aya::programs::XdpMode;
 use clap::{Parser, ValueEnum};
 use lb_userspace::{
+    control::{self, Shared, DEFAULT_SOCKET},
     dataplane::{Dataplane, LoadOptions},
+    runtime::{RateEstimator, Runtime},
     state::DesiredState,
-    sync,
 };
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::Mutex,
+};
 
 /// xlb's daemon: an XDP layer-4 load balancer.
 #[derive(Parser, Debug)]
@@ -27,14 +41,27 @@ struct Args {
     /// falling back to generic with a log line).
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     xdp_mode: Mode,
-    /// The configuration: virtual services and their real servers (TOML).
+    /// The configuration: virtual services and their real servers (TOML), used when there is no
+    /// running state to adopt.
     #[arg(long, default_value = "/etc/xlb/xlb.toml")]
     config: PathBuf,
+    /// The control socket xlbadm talks to.
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Where the program, its maps and links are pinned (on bpffs).
+    #[arg(long, default_value = "/sys/fs/bpf/xlb")]
+    pin_dir: PathBuf,
+    /// Where the desired state and its data-path ids are saved after every change.
+    #[arg(long, default_value = "/run/xlb/state.json")]
+    state_file: PathBuf,
+    /// On exit, detach from the interfaces and remove every pin (default: keep forwarding).
+    #[arg(long)]
+    detach_on_exit: bool,
     /// Start with the data path's debug events on.
     #[arg(long)]
     debug_events: bool,
     /// Seconds between two counter reports in the log; 0 = none.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 60)]
     report_every: u64,
 }
 
@@ -52,58 +79,163 @@ async fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
 
-    let state = load_config(&args.config)?;
-    let mut dp = Dataplane::load(&LoadOptions::default()).context("loading the data path")?;
+    ensure_bpffs(&args.pin_dir)?;
+    let saved = Runtime::read_state_file(&args.state_file);
+    let pinned = args.pin_dir.join(lb_common::maps::SERVICES).exists();
+    if pinned && saved.is_none() {
+        tracing::warn!(
+            pin_dir = %args.pin_dir.display(),
+            "pinned maps without a state file: starting from empty maps"
+        );
+        Dataplane::unpin(&args.pin_dir).context("removing the old map pins")?;
+    }
+    let mut dp = Dataplane::load(&LoadOptions {
+        pin_dir: Some(args.pin_dir.clone()),
+        ..LoadOptions::default()
+    })
+    .context("loading the data path")?;
     let mut logger = aya_log::EbpfLogger::init(dp.ebpf_mut())
         .context("starting the reader of the data path's debug events")?;
     for iface in &args.ifaces {
-        attach(&mut dp, iface, args.xdp_mode)?;
+        attach(&mut dp, iface, args.xdp_mode, &args.pin_dir)?;
     }
-    sync::install(&mut dp, &state).context("installing the configured services")?;
     dp.set_debug_events(args.debug_events)
         .context("setting the debug events")?;
+
+    let runtime = match saved.filter(|_| pinned) {
+        Some(saved) => {
+            tracing::info!(
+                services = saved.desired.services.len(),
+                "adopted the running state and its connection table"
+            );
+            Runtime::adopt(dp, saved, Some(args.state_file.clone()))
+        }
+        None => {
+            let mut runtime = Runtime::new(dp, Some(args.state_file.clone()));
+            let config = load_config(&args.config)?;
+            runtime
+                .change_to(config)
+                .context("installing the configured services")?;
+            runtime
+        }
+    };
+    let shared = Arc::new(Mutex::new(Shared {
+        runtime,
+        rates: RateEstimator::default(),
+    }));
+    let listener = control::bind(&args.socket)
+        .with_context(|| format!("binding the control socket {}", args.socket.display()))?;
+    let server = tokio::spawn(control::serve(listener, shared.clone()));
 
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigusr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
     let mut sigusr2 = signal(SignalKind::user_defined2()).context("SIGUSR2 handler")?;
     let mut logs = tokio::time::interval(Duration::from_millis(200));
-    let report_period = Duration::from_secs(args.report_every.max(1));
-    let mut report = tokio::time::interval(report_period);
-    tracing::info!(ifaces = ?args.ifaces, services = state.services.len(), "xlbd is balancing");
+    let mut rates = tokio::time::interval(Duration::from_secs(2));
+    let mut report = tokio::time::interval(Duration::from_secs(args.report_every.max(1)));
+    tracing::info!(ifaces = ?args.ifaces, socket = %args.socket.display(), "xlbd is balancing");
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = sigusr1.recv() => {
-                dp.set_debug_events(true).context("switching debug events on")?;
-                tracing::info!("data-path debug events on");
-            }
-            _ = sigusr2.recv() => {
-                dp.set_debug_events(false).context("switching debug events off")?;
-                tracing::info!("data-path debug events off");
-            }
+            _ = sigusr1.recv() => debug_events(&shared, true).await,
+            _ = sigusr2.recv() => debug_events(&shared, false).await,
             _ = logs.tick() => logger.flush(),
+            _ = rates.tick() => {
+                let mut guard = shared.lock().await;
+                let Shared { runtime, rates } = &mut *guard;
+                runtime.sample(rates);
+            }
             _ = report.tick(), if args.report_every > 0 => {
-                let counters = dp.global_counters().context("reading counters")?;
-                let nonzero: Vec<String> = counters
-                    .iter()
-                    .filter(|(_, v)| *v > 0)
-                    .map(|(s, v)| format!("{}={v}", s.name()))
-                    .collect();
-                tracing::info!(counters = %nonzero.join(" "), "data path");
+                let mut guard = shared.lock().await;
+                match guard.runtime.dataplane().global_counters() {
+                    Ok(counters) => {
+                        let nonzero: Vec<String> = counters
+                            .iter()
+                            .filter(|(_, v)| *v > 0)
+                            .map(|(s, v)| format!("{}={v}", s.name()))
+                            .collect();
+                        tracing::info!(counters = %nonzero.join(" "), "data path");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reading the counters"),
+                }
             }
         }
     }
-    tracing::info!("shutting down: detaching from every interface");
+    server.abort();
+    let _ = std::fs::remove_file(&args.socket);
+    if args.detach_on_exit {
+        tracing::info!("detaching and removing every pin");
+        Dataplane::remove_pins(&args.pin_dir).context("removing the pins")?;
+        let _ = std::fs::remove_file(&args.state_file);
+    } else {
+        tracing::info!("exiting; the balancer keeps forwarding (pinned)");
+    }
     Ok(())
 }
 
-fn load_config(path: &std::path::Path) -> Result<DesiredState> {
+async fn debug_events(shared: &Mutex<Shared>, on: bool) {
+    match shared.lock().await.runtime.dataplane().set_debug_events(on) {
+        Ok(()) => tracing::info!(on, "data-path debug events"),
+        Err(e) => tracing::warn!(error = %e, "switching the debug events"),
+    }
+}
+
+fn on_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs on a NUL-terminated path into a zeroed struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
+    rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// Mounts bpffs on /sys/fs/bpf when the pin directory is under it and it is not mounted;
+/// refuses a pin directory elsewhere that is not on a bpffs.
+fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    if !pin_dir.starts_with(root) {
+        let existing = pin_dir.ancestors().find(|p| p.exists()).unwrap_or(pin_dir);
+        if !on_bpffs(existing) {
+            anyhow::bail!(
+                "the pin directory {} is not on a bpffs (mount -t bpf bpf DIR)",
+                pin_dir.display()
+            );
+        }
+        return Ok(());
+    }
+    if on_bpffs(root) {
+        return Ok(());
+    }
+    let c_root = std::ffi::CString::new("/sys/fs/bpf").context("path")?;
+    tracing::info!("mounting bpffs on /sys/fs/bpf");
+    let fstype = std::ffi::CString::new("bpf").context("fstype")?;
+    // SAFETY: mount with NUL-terminated strings and no data.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            c_root.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("mounting bpffs on /sys/fs/bpf");
+    }
+    Ok(())
+}
+
+fn load_config(path: &Path) -> Result<DesiredState> {
     if !path.exists() {
         tracing::warn!(config = %path.display(), "no configuration: starting with no service");
         return Ok(DesiredState::default());
@@ -112,6 +244,7 @@ fn load_config(path: &std::path::Path) -> Result<DesiredState> {
         .with_context(|| format!("reading the configuration {}", path.display()))?;
     let state: DesiredState = toml::from_str(&text)
         .with_context(|| format!("parsing the configuration {}", path.display()))?;
+    // Rebuild it through the same checks as xlbadm's commands.
     let mut checked = DesiredState::default();
     for service in &state.services {
         checked
@@ -132,15 +265,15 @@ fn load_config(path: &std::path::Path) -> Result<DesiredState> {
     Ok(checked)
 }
 
-fn attach(dp: &mut Dataplane, iface: &str, mode: Mode) -> Result<()> {
+fn attach(dp: &mut Dataplane, iface: &str, mode: Mode, pin_dir: &Path) -> Result<()> {
     match mode {
-        Mode::Native => dp.attach(iface, XdpMode::Driver),
-        Mode::Generic => dp.attach(iface, XdpMode::Skb),
-        Mode::Auto => match dp.attach(iface, XdpMode::Driver) {
+        Mode::Native => dp.attach_pinned(iface, XdpMode::Driver, pin_dir),
+        Mode::Generic => dp.attach_pinned(iface, XdpMode::Skb, pin_dir),
+        Mode::Auto => match dp.attach_pinned(iface, XdpMode::Driver, pin_dir) {
             Ok(()) => Ok(()),
             Err(e) => {
                 tracing::warn!(iface, error = %e, "native XDP refused: falling back to generic mode");
-                dp.attach(iface, XdpMode::Skb)
+                dp.attach_pinned(iface, XdpMode::Skb, pin_dir)
             }
         },
     }

@@ -1,0 +1,248 @@
+//! The control API between `xlbadm` and `xlbd`: one JSON request per line on a Unix socket, one
+//! JSON response per line. The socket is root-only (mode 0600) and the daemon also checks each
+//! peer's uid (SO_PEERCRED).
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::Mutex,
+};
+
+use crate::{
+    ipvsadm::{format::Listing, save},
+    runtime::{RateEstimator, Runtime},
+    state::{Change, DesiredState, ServiceAddr},
+};
+
+/// The default control socket.
+pub const DEFAULT_SOCKET: &str = "/run/xlb/xlb.sock";
+
+/// A request to the daemon.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    /// Apply one change (`-A -E -D -a -e -d -C`).
+    Change(Change),
+    /// Apply `-R` input (ipvsadm save format), all lines or none.
+    Restore {
+        /// The rules.
+        rules: String,
+    },
+    /// The desired state (for `-S`).
+    State,
+    /// The listing with counters (for `-L`).
+    List,
+    /// Zero the counters of one service or of all (`-Z`).
+    Zero {
+        /// The service, or all.
+        service: Option<ServiceAddr>,
+    },
+    /// Forget every tracked connection.
+    FlushConnections,
+    /// Switch the data path's debug events on or off.
+    DebugEvents {
+        /// On or off.
+        on: bool,
+    },
+}
+
+/// The daemon's answer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// Done.
+    Ok,
+    /// The desired state.
+    State(DesiredState),
+    /// The listing.
+    Listing(Listing),
+    /// Refused; nothing changed.
+    Error {
+        /// What to print.
+        message: String,
+        /// The exit code xlbadm should return (ipvsadm's: 255 for a refused operation).
+        exit_code: i32,
+    },
+}
+
+impl Response {
+    fn error(message: impl std::fmt::Display) -> Self {
+        Self::Error {
+            message: message.to_string(),
+            exit_code: 255,
+        }
+    }
+}
+
+/// What the server shares between connections.
+pub struct Shared {
+    /// The daemon's state and data path.
+    pub runtime: Runtime,
+    /// Rates from the periodic counter samples.
+    pub rates: RateEstimator,
+}
+
+/// Handles one request.
+pub fn handle(shared: &mut Shared, request: Request) -> Response {
+    let runtime = &mut shared.runtime;
+    match request {
+        Request::Change(change) => {
+            if let Err(e) = change.validate() {
+                return Response::error(e);
+            }
+            let mut new = runtime.desired().clone();
+            if let Err(e) = new.apply(&change) {
+                return Response::error(e);
+            }
+            match runtime.change_to(new) {
+                Ok(()) => Response::Ok,
+                Err(e) => Response::error(format!("{e:#}")),
+            }
+        }
+        Request::Restore { rules } => match save::restore(runtime.desired(), &rules) {
+            Ok(new) => match runtime.change_to(new) {
+                Ok(()) => Response::Ok,
+                Err(e) => Response::error(e),
+            },
+            Err(e) => Response::error(e),
+        },
+        Request::State => Response::State(runtime.desired().clone()),
+        Request::List => match runtime.listing(&shared.rates) {
+            Ok(listing) => Response::Listing(listing),
+            Err(e) => Response::error(e),
+        },
+        Request::Zero { service } => {
+            if let Some(s) = &service {
+                if runtime.desired().service(s).is_none() {
+                    return Response::error("No such service");
+                }
+            }
+            match runtime.zero(service.as_ref()) {
+                Ok(()) => Response::Ok,
+                Err(e) => Response::error(e),
+            }
+        }
+        Request::FlushConnections => match runtime.flush_connections() {
+            Ok(_) => Response::Ok,
+            Err(e) => Response::error(e),
+        },
+        Request::DebugEvents { on } => match runtime.dataplane().set_debug_events(on) {
+            Ok(()) => Response::Ok,
+            Err(e) => Response::error(e),
+        },
+    }
+}
+
+/// Binds the control socket: removes a stale one, creates the directory, mode 0600.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves requests until the listener fails; each connection may send several requests.
+pub async fn serve(listener: UnixListener, shared: Arc<Mutex<Shared>>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, shared).await {
+                tracing::debug!(error = %e, "control connection ended");
+            }
+        });
+    }
+}
+
+async fn connection(stream: UnixStream, shared: Arc<Mutex<Shared>>) -> std::io::Result<()> {
+    let uid = stream.peer_cred()?.uid();
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        let response = if uid != 0 {
+            Response::error("permission denied: only root may control xlbd")
+        } else {
+            match serde_json::from_str::<Request>(&line) {
+                Ok(request) => {
+                    tracing::debug!(?request, "control request");
+                    handle(&mut *shared.lock().await, request)
+                }
+                Err(e) => Response::error(format!("malformed request: {e}")),
+            }
+        };
+        let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
+        out.push(b'\n');
+        write.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+/// Client side: sends one request and reads the response (blocking; for xlbadm).
+pub fn call(socket: &Path, request: &Request) -> Result<Response, CallError> {
+    use std::io::{BufRead as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|source| {
+        if matches!(
+            source.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+        ) {
+            CallError::NotRunning {
+                socket: socket.to_path_buf(),
+            }
+        } else {
+            CallError::Io {
+                socket: socket.to_path_buf(),
+                source,
+            }
+        }
+    })?;
+    let io = |source| CallError::Io {
+        socket: socket.to_path_buf(),
+        source,
+    };
+    let mut line = serde_json::to_vec(request).map_err(|e| io(std::io::Error::other(e)))?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io)?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut answer = String::new();
+    reader.read_line(&mut answer).map_err(io)?;
+    serde_json::from_str(&answer).map_err(|e| io(std::io::Error::other(e)))
+}
+
+/// Why a request could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Nothing listens on the socket.
+    #[error("xlbd is not running (no daemon at {})", socket.display())]
+    NotRunning {
+        /// The socket.
+        socket: PathBuf,
+    },
+    /// The exchange failed.
+    #[error("talking to xlbd at {}", socket.display())]
+    Io {
+        /// The socket.
+        socket: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,304 @@
+//! The difference between two desired states, as the steps that take the data path from one to
+//! the other (pure: computed without touching anything, and unit-tested).
+//!
+//! A change touches only what it concerns: a service whose servers and weights are the same in
+//! both states gets no step at all, so its table is not even rewritten. Steps come in an order
+//! that never leaves a live table pointing at a missing server: new services and servers first,
+//! then the rebuilt tables, then the servers and services that are gone.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use crate::state::{DesiredState, RealServer, ServiceAddr, VirtualService};
+
+/// One step of a plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Add the service (with an empty table).
+    AddService {
+        /// The service.
+        service: ServiceAddr,
+        /// Whether it is persistent (source hashing).
+        persistent: bool,
+    },
+    /// Change the service's data-path flags.
+    SetPersistence {
+        /// The service.
+        service: ServiceAddr,
+        /// Whether it is persistent.
+        persistent: bool,
+    },
+    /// Add a real server to the service's set (not yet to its table).
+    AddReal {
+        /// The service.
+        service: ServiceAddr,
+        /// The server.
+        real: RealServer,
+    },
+    /// Rewrite a real server's data-path entry (its forwarding method changed).
+    UpdateReal {
+        /// The service.
+        service: ServiceAddr,
+        /// The server as it is now.
+        real: RealServer,
+    },
+    /// Rebuild the service's Maglev table from its servers and weights and swap it in.
+    RebuildTable {
+        /// The service.
+        service: ServiceAddr,
+    },
+    /// Remove a real server (already out of the table).
+    RemoveReal {
+        /// The service.
+        service: ServiceAddr,
+        /// Its address.
+        addr: IpAddr,
+        /// Its port.
+        port: u16,
+    },
+    /// Remove the service.
+    RemoveService {
+        /// The service.
+        service: ServiceAddr,
+    },
+}
+
+type RealKey = (IpAddr, u16);
+
+fn reals(service: &VirtualService) -> BTreeMap<RealKey, &RealServer> {
+    service
+        .reals
+        .iter()
+        .map(|r| ((r.addr, r.port), r))
+        .collect()
+}
+
+/// The steps from `old` to `new`.
+pub fn plan(old: &DesiredState, new: &DesiredState) -> Vec<Step> {
+    let old_services: BTreeMap<ServiceAddr, &VirtualService> =
+        old.services.iter().map(|s| (s.addr, s)).collect();
+    let new_services: BTreeMap<ServiceAddr, &VirtualService> =
+        new.services.iter().map(|s| (s.addr, s)).collect();
+    let mut adds = Vec::new();
+    let mut rebuilds = Vec::new();
+    let mut removals = Vec::new();
+
+    for (addr, svc) in &new_services {
+        let persistent = svc.persistence.is_some();
+        let new_reals = reals(svc);
+        match old_services.get(addr) {
+            None => {
+                adds.push(Step::AddService {
+                    service: *addr,
+                    persistent,
+                });
+                adds.extend(new_reals.values().map(|r| Step::AddReal {
+                    service: *addr,
+                    real: **r,
+                }));
+                rebuilds.push(Step::RebuildTable { service: *addr });
+            }
+            Some(old_svc) => {
+                if old_svc.persistence.is_some() != persistent {
+                    adds.push(Step::SetPersistence {
+                        service: *addr,
+                        persistent,
+                    });
+                }
+                let old_reals = reals(old_svc);
+                let mut table_changed = false;
+                for (key, real) in &new_reals {
+                    match old_reals.get(key) {
+                        None => {
+                            adds.push(Step::AddReal {
+                                service: *addr,
+                                real: **real,
+                            });
+                            table_changed |= real.weight > 0;
+                        }
+                        Some(old_real) => {
+                            if old_real.forwarding != real.forwarding {
+                                adds.push(Step::UpdateReal {
+                                    service: *addr,
+                                    real: **real,
+                                });
+                            }
+                            table_changed |= old_real.weight != real.weight;
+                        }
+                    }
+                }
+                for (key, old_real) in &old_reals {
+                    if !new_reals.contains_key(key) {
+                        removals.push(Step::RemoveReal {
+                            service: *addr,
+                            addr: key.0,
+                            port: key.1,
+                        });
+                        table_changed |= old_real.weight > 0;
+                    }
+                }
+                if table_changed {
+                    rebuilds.push(Step::RebuildTable { service: *addr });
+                }
+            }
+        }
+    }
+    for (addr, old_svc) in &old_services {
+        if !new_services.contains_key(addr) {
+            removals.push(Step::RemoveService { service: *addr });
+            removals.extend(old_svc.reals.iter().map(|r| Step::RemoveReal {
+                service: *addr,
+                addr: r.addr,
+                port: r.port,
+            }));
+        }
+    }
+    adds.extend(rebuilds);
+    adds.extend(removals);
+    adds
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::state::{Forwarding, Persistence, Protocol, Scheduler};
+
+    fn svc(last: u8) -> ServiceAddr {
+        ServiceAddr {
+            protocol: Protocol::Tcp,
+            addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)),
+            port: 80,
+        }
+    }
+
+    fn real(last: u8, weight: u32) -> RealServer {
+        RealServer {
+            addr: IpAddr::V4(Ipv4Addr::new(10, 0, 1, last)),
+            port: 80,
+            forwarding: Forwarding::DirectRoute,
+            weight,
+            upper_threshold: 0,
+            lower_threshold: 0,
+        }
+    }
+
+    fn state(services: &[(u8, &[RealServer])]) -> DesiredState {
+        let mut s = DesiredState::default();
+        for (last, reals) in services {
+            s.add_service(svc(*last), Scheduler::Maglev, None)
+                .expect("add service");
+            for r in *reals {
+                s.add_real(&svc(*last), *r).expect("add real");
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn the_same_state_needs_no_step() {
+        let s = state(&[(1, &[real(1, 1), real(2, 2)])]);
+        assert!(plan(&s, &s).is_empty());
+    }
+
+    #[test]
+    fn a_weight_change_rebuilds_only_that_services_table() {
+        let old = state(&[(1, &[real(1, 1), real(2, 1)]), (2, &[real(3, 1)])]);
+        let new = state(&[(1, &[real(1, 1), real(2, 0)]), (2, &[real(3, 1)])]);
+        assert_eq!(
+            plan(&old, &new),
+            vec![Step::RebuildTable { service: svc(1) }]
+        );
+    }
+
+    #[test]
+    fn a_new_service_is_added_with_its_servers_before_its_table() {
+        let old = state(&[]);
+        let new = state(&[(1, &[real(1, 1)])]);
+        assert_eq!(
+            plan(&old, &new),
+            vec![
+                Step::AddService {
+                    service: svc(1),
+                    persistent: false
+                },
+                Step::AddReal {
+                    service: svc(1),
+                    real: real(1, 1)
+                },
+                Step::RebuildTable { service: svc(1) },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_removed_server_leaves_the_table_before_the_data_path() {
+        let old = state(&[(1, &[real(1, 1), real(2, 1)])]);
+        let new = state(&[(1, &[real(1, 1)])]);
+        assert_eq!(
+            plan(&old, &new),
+            vec![
+                Step::RebuildTable { service: svc(1) },
+                Step::RemoveReal {
+                    service: svc(1),
+                    addr: real(2, 1).addr,
+                    port: 80
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn adding_a_quiescent_server_does_not_rewrite_the_table() {
+        let old = state(&[(1, &[real(1, 1)])]);
+        let new = state(&[(1, &[real(1, 1), real(2, 0)])]);
+        assert_eq!(
+            plan(&old, &new),
+            vec![Step::AddReal {
+                service: svc(1),
+                real: real(2, 0)
+            }]
+        );
+    }
+
+    #[test]
+    fn a_removed_service_goes_before_its_servers_and_others_are_untouched() {
+        let old = state(&[(1, &[real(1, 1)]), (2, &[real(2, 1)])]);
+        let new = state(&[(2, &[real(2, 1)])]);
+        assert_eq!(
+            plan(&old, &new),
+            vec![
+                Step::RemoveService { service: svc(1) },
+                Step::RemoveReal {
+                    service: svc(1),
+                    addr: real(1, 1).addr,
+                    port: 80
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn persistence_and_forwarding_changes_update_in_place() {
+        let old = state(&[(1, &[real(1, 1)])]);
+        let mut new = old.clone();
+        new.services[0].persistence = Some(Persistence::default_for(svc(1).addr));
+        new.services[0].reals[0].forwarding = Forwarding::Tunnel;
+        assert_eq!(
+            plan(&old, &new),
+            vec![
+                Step::SetPersistence {
+                    service: svc(1),
+                    persistent: true
+                },
+                Step::UpdateReal {
+                    service: svc(1),
+                    real: RealServer {
+                        forwarding: Forwarding::Tunnel,
+                        ..real(1, 1)
+                    }
+                },
+            ]
+        );
+    }
+}

@@ -1,0 +1,501 @@
+//! The daemon's state: the desired state, which data-path ids it was given, and the loaded data
+//! path. Every change goes through [`Runtime::change_to`]: the plan from the current desired state
+//! to the new one is applied step by step, and when a step fails, the steps already done are
+//! undone, so that a request applies whole or not at all.
+//!
+//! The desired state and its ids are saved to a state file after every change, so that a daemon
+//! restarted on the pinned maps knows what they hold.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::{
+    convert::{identity, real_entry, service_key},
+    dataplane::{Dataplane, DataplaneError, RealId},
+    ipvsadm::format::{Listing, Rates, Stats},
+    maglev, neighbour,
+    plan::{plan, Step},
+    state::{DesiredState, ServiceAddr},
+};
+
+/// Why a change could not be applied.
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    /// The data path refused a step (the change was rolled back).
+    #[error("the data path refused the change: {step}")]
+    Dataplane {
+        /// The step.
+        step: String,
+        /// The error.
+        #[source]
+        source: Box<DataplaneError>,
+    },
+    /// The state file could not be written.
+    #[error("saving the state to {path}")]
+    Save {
+        /// The state file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Data-path ids of what is installed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Installed {
+    /// Per service (in the desired state's form), its real servers' ids by (address, port).
+    pub services: BTreeMap<String, BTreeMap<String, RealId>>,
+}
+
+fn real_key(addr: IpAddr, port: u16) -> String {
+    format!("{addr}#{port}")
+}
+
+fn service_name(addr: &ServiceAddr) -> String {
+    format!("{:?}/{}", addr.protocol, addr)
+}
+
+/// What the state file holds.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Saved {
+    /// The desired state.
+    pub desired: DesiredState,
+    /// The ids it was given.
+    pub installed: Installed,
+}
+
+/// The daemon's state and its data path.
+pub struct Runtime {
+    dp: Dataplane,
+    desired: DesiredState,
+    installed: Installed,
+    state_file: Option<PathBuf>,
+}
+
+impl Runtime {
+    /// A runtime over a freshly loaded (empty) data path.
+    pub fn new(dp: Dataplane, state_file: Option<PathBuf>) -> Self {
+        Self {
+            dp,
+            desired: DesiredState::default(),
+            installed: Installed::default(),
+            state_file,
+        }
+    }
+
+    /// A runtime over adopted (pinned) maps that hold `saved`.
+    pub fn adopt(dp: Dataplane, saved: Saved, state_file: Option<PathBuf>) -> Self {
+        Self {
+            dp,
+            desired: saved.desired,
+            installed: saved.installed,
+            state_file,
+        }
+    }
+
+    /// Reads a state file; `None` when there is none or it cannot be understood.
+    pub fn read_state_file(path: &Path) -> Option<Saved> {
+        let text = std::fs::read_to_string(path).ok()?;
+        match serde_json::from_str(&text) {
+            Ok(saved) => Some(saved),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "unreadable state file");
+                None
+            }
+        }
+    }
+
+    /// The desired state.
+    pub fn desired(&self) -> &DesiredState {
+        &self.desired
+    }
+
+    /// The data path.
+    pub fn dataplane(&mut self) -> &mut Dataplane {
+        &mut self.dp
+    }
+
+    /// Takes the data path to `new`, whole or not at all.
+    pub fn change_to(&mut self, new: DesiredState) -> Result<(), RuntimeError> {
+        let steps = plan(&self.desired, &new);
+        let old = std::mem::replace(&mut self.desired, new);
+        for step in &steps {
+            if let Err(source) = self.execute(step) {
+                tracing::warn!(?step, error = %source, "change refused: rolling back");
+                // Undo with the plan from the new state back to the old one: its steps are
+                // idempotent, so those for parts of the change that never happened do nothing.
+                let partial = self.desired.clone();
+                self.desired = old.clone();
+                let back = plan(&partial, &old);
+                for undo in &back {
+                    if let Err(e) = self.execute(undo) {
+                        tracing::error!(step = ?undo, error = %e, "rollback step failed");
+                    }
+                }
+                return Err(RuntimeError::Dataplane {
+                    step: format!("{step:?}"),
+                    source: Box::new(source),
+                });
+            }
+        }
+        tracing::info!(steps = steps.len(), "change applied");
+        self.save()
+    }
+
+    fn execute(&mut self, step: &Step) -> Result<(), DataplaneError> {
+        match step {
+            Step::AddService {
+                service,
+                persistent,
+            }
+            | Step::SetPersistence {
+                service,
+                persistent,
+            } => {
+                let flags = if *persistent {
+                    lb_common::service::SERVICE_F_SOURCE_HASH
+                } else {
+                    0
+                };
+                self.dp.upsert_service(service_key(service), flags)?;
+                self.installed
+                    .services
+                    .entry(service_name(service))
+                    .or_default();
+            }
+            Step::AddReal { service, real } => {
+                let reals = self
+                    .installed
+                    .services
+                    .entry(service_name(service))
+                    .or_default();
+                if let std::collections::btree_map::Entry::Vacant(slot) =
+                    reals.entry(real_key(real.addr, real.port))
+                {
+                    slot.insert(self.dp.add_real(real_entry(real))?);
+                }
+                if let Err(e) = neighbour::keep_resolved(real.addr) {
+                    tracing::warn!(real = %real.addr, error = %e, "cannot keep the real server's next hop resolved");
+                }
+            }
+            Step::UpdateReal { service, real } => {
+                if let Some(id) = self.real_id(service, real.addr, real.port) {
+                    self.dp.update_real(id, real_entry(real))?;
+                }
+            }
+            Step::RebuildTable { service } => self.rebuild(service)?,
+            Step::RemoveReal {
+                service,
+                addr,
+                port,
+            } => {
+                if let Some(reals) = self.installed.services.get_mut(&service_name(service)) {
+                    if let Some(id) = reals.remove(&real_key(*addr, *port)) {
+                        self.dp.remove_real(id)?;
+                    }
+                }
+            }
+            Step::RemoveService { service } => {
+                let key = service_key(service);
+                if self.dp.service(&key).is_some() {
+                    self.dp.remove_service(key)?;
+                }
+                // Its real servers are removed by the steps that follow; keep their ids until then.
+                if self
+                    .installed
+                    .services
+                    .get(&service_name(service))
+                    .is_some_and(BTreeMap::is_empty)
+                {
+                    self.installed.services.remove(&service_name(service));
+                }
+            }
+        }
+        if let Step::RemoveReal { service, .. } = step {
+            let name = service_name(service);
+            let gone = self.desired.service(service).is_none();
+            if gone
+                && self
+                    .installed
+                    .services
+                    .get(&name)
+                    .is_some_and(BTreeMap::is_empty)
+            {
+                self.installed.services.remove(&name);
+            }
+        }
+        Ok(())
+    }
+
+    fn real_id(&self, service: &ServiceAddr, addr: IpAddr, port: u16) -> Option<RealId> {
+        self.installed
+            .services
+            .get(&service_name(service))?
+            .get(&real_key(addr, port))
+            .copied()
+    }
+
+    fn rebuild(&mut self, service: &ServiceAddr) -> Result<(), DataplaneError> {
+        let Some(svc) = self.desired.service(service) else {
+            return Ok(());
+        };
+        let identities: Vec<Vec<u8>> = svc.reals.iter().map(identity).collect();
+        let mut backends = Vec::with_capacity(svc.reals.len());
+        for (real, identity) in svc.reals.iter().zip(&identities) {
+            if let Some(id) = self.real_id(service, real.addr, real.port) {
+                backends.push(maglev::Backend {
+                    identity,
+                    id,
+                    weight: real.weight,
+                });
+            }
+        }
+        let table = maglev::build(&backends);
+        self.dp.set_maglev_table(service_key(service), &table)
+    }
+
+    fn save(&self) -> Result<(), RuntimeError> {
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        let saved = Saved {
+            desired: self.desired.clone(),
+            installed: self.installed.clone(),
+        };
+        let text = serde_json::to_string_pretty(&saved).map_err(|e| RuntimeError::Save {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let tmp = path.with_extension("tmp");
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|source| RuntimeError::Save {
+            path: path.clone(),
+            source,
+        })
+    }
+
+    /// Zeroes the counters of one service (and its servers) or of all.
+    pub fn zero(&mut self, service: Option<&ServiceAddr>) -> Result<(), DataplaneError> {
+        let services: Vec<ServiceAddr> = match service {
+            Some(s) => vec![*s],
+            None => self.desired.services.iter().map(|s| s.addr).collect(),
+        };
+        for addr in services {
+            if let Some(svc) = self.dp.service(&service_key(&addr)) {
+                self.dp.zero_service_counters(svc.id)?;
+            }
+            let ids: Vec<RealId> = self
+                .installed
+                .services
+                .get(&service_name(&addr))
+                .map(|r| r.values().copied().collect())
+                .unwrap_or_default();
+            for id in ids {
+                self.dp.zero_real_counters(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The listing of every service with counters, connection counts and the given rates.
+    pub fn listing(&self, rates: &RateEstimator) -> Result<Listing, DataplaneError> {
+        let mut listing = Listing::from_state(&self.desired);
+        let conns = self.connection_counts()?;
+        for svc in &mut listing.services {
+            if let Some(entry) = self.dp.service(&service_key(&svc.addr)) {
+                let c = self.dp.service_counters(entry.id)?;
+                svc.stats = stats(c);
+                svc.rates = rates.service(entry.id);
+            }
+            for real in &mut svc.reals {
+                let Some(id) = self.real_id(&svc.addr, real.addr, real.port) else {
+                    continue;
+                };
+                real.stats = stats(self.dp.real_counters(id)?);
+                real.rates = rates.real(id);
+                let (active, inactive) = conns.get(&id).copied().unwrap_or((0, 0));
+                real.active_conns = active;
+                real.inactive_conns = inactive;
+            }
+        }
+        Ok(listing)
+    }
+
+    /// Active and inactive connections per real server, as ipvsadm counts them: a TCP
+    /// connection is active until it closes or idles out; closing TCP and UDP flows are inactive.
+    fn connection_counts(&self) -> Result<BTreeMap<RealId, (u32, u32)>, DataplaneError> {
+        const TCP_IDLE_NS: u64 = 900 * 1_000_000_000;
+        const CLOSING_IDLE_NS: u64 = 120 * 1_000_000_000;
+        const UDP_IDLE_NS: u64 = 300 * 1_000_000_000;
+        let now = monotonic_ns();
+        let mut counts: BTreeMap<RealId, (u32, u32)> = BTreeMap::new();
+        for (flow, conn) in self.dp.connections()? {
+            let idle = now.saturating_sub(conn.last_seen_ns);
+            let closing = conn.flags & lb_common::conntrack::CONN_F_CLOSING != 0;
+            let entry = counts.entry(conn.real).or_default();
+            if flow.proto == lb_common::PROTO_TCP && !closing {
+                if idle < TCP_IDLE_NS {
+                    entry.0 += 1;
+                }
+            } else if idle
+                < if closing {
+                    CLOSING_IDLE_NS
+                } else {
+                    UDP_IDLE_NS
+                }
+            {
+                entry.1 += 1;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Forgets every tracked connection.
+    pub fn flush_connections(&mut self) -> Result<usize, DataplaneError> {
+        self.dp.flush_connections()
+    }
+
+    /// Takes a sample of every counter for the rate estimator.
+    pub fn sample(&self, rates: &mut RateEstimator) {
+        let mut services = BTreeMap::new();
+        let mut reals = BTreeMap::new();
+        for svc in &self.desired.services {
+            if let Some(entry) = self.dp.service(&service_key(&svc.addr)) {
+                if let Ok(c) = self.dp.service_counters(entry.id) {
+                    services.insert(entry.id, c);
+                }
+            }
+            for id in self
+                .installed
+                .services
+                .get(&service_name(&svc.addr))
+                .into_iter()
+                .flat_map(|r| r.values())
+            {
+                if let Ok(c) = self.dp.real_counters(*id) {
+                    reals.insert(*id, c);
+                }
+            }
+        }
+        rates.update(monotonic_ns(), services, reals);
+    }
+}
+
+fn stats(c: lb_common::Counters) -> Stats {
+    Stats {
+        conns: c.conns,
+        in_pkts: c.packets,
+        out_pkts: 0,
+        in_bytes: c.bytes,
+        out_bytes: 0,
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+type Samples = BTreeMap<u32, lb_common::Counters>;
+
+/// Per-second rates from two samples of the counters, as ipvsadm's `--rate` shows them.
+#[derive(Default)]
+pub struct RateEstimator {
+    last: Option<(u64, Samples, Samples)>,
+    services: BTreeMap<u32, Rates>,
+    reals: BTreeMap<u32, Rates>,
+}
+
+impl RateEstimator {
+    /// Records a sample taken at `now_ns`; rates are over the time since the previous one.
+    pub fn update(&mut self, now_ns: u64, services: Samples, reals: Samples) {
+        if let Some((then, old_services, old_reals)) = &self.last {
+            let secs = (now_ns.saturating_sub(*then)) as f64 / 1e9;
+            if secs > 0.0 {
+                self.services = rates_between(old_services, &services, secs);
+                self.reals = rates_between(old_reals, &reals, secs);
+            }
+        }
+        self.last = Some((now_ns, services, reals));
+    }
+
+    /// A service's rates.
+    pub fn service(&self, id: u32) -> Rates {
+        self.services.get(&id).copied().unwrap_or_default()
+    }
+
+    /// A real server's rates.
+    pub fn real(&self, id: RealId) -> Rates {
+        self.reals.get(&id).copied().unwrap_or_default()
+    }
+}
+
+fn rates_between(old: &Samples, new: &Samples, secs: f64) -> BTreeMap<u32, Rates> {
+    new.iter()
+        .map(|(id, n)| {
+            let o = old.get(id).copied().unwrap_or_default();
+            let per_sec = |a: u64, b: u64| (b.saturating_sub(a) as f64 / secs).round() as u64;
+            (
+                *id,
+                Rates {
+                    cps: per_sec(o.conns, n.conns),
+                    in_pps: per_sec(o.packets, n.packets),
+                    out_pps: 0,
+                    in_bps: per_sec(o.bytes, n.bytes),
+                    out_bps: 0,
+                },
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_the_counter_deltas_per_second() {
+        let mut est = RateEstimator::default();
+        let c = |conns, packets, bytes| lb_common::Counters {
+            packets,
+            bytes,
+            conns,
+        };
+        est.update(0, BTreeMap::from([(1, c(0, 0, 0))]), BTreeMap::new());
+        est.update(
+            2_000_000_000,
+            BTreeMap::from([(1, c(10, 100, 6000))]),
+            BTreeMap::new(),
+        );
+        assert_eq!(
+            est.service(1),
+            Rates {
+                cps: 5,
+                in_pps: 50,
+                out_pps: 0,
+                in_bps: 3000,
+                out_bps: 0
+            }
+        );
+        assert_eq!(est.service(2), Rates::default());
+    }
+}
