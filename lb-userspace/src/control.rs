@@ -16,7 +16,10 @@ use tokio::{
 };
 
 use crate::{
-    ipvsadm::{format::Listing, save},
+    ipvsadm::{
+        format::{ConnectionListing, Listing},
+        save,
+    },
     runtime::{RateEstimator, Runtime},
     state::{Change, DesiredState, ServiceAddr},
 };
@@ -39,6 +42,8 @@ pub enum Request {
     State,
     /// The listing with counters (for `-L`).
     List,
+    /// The connection table (for `-L -c`).
+    Connections,
     /// Zero the counters of one service or of all (`-Z`).
     Zero {
         /// The service, or all.
@@ -63,6 +68,8 @@ pub enum Response {
     State(DesiredState),
     /// The listing.
     Listing(Listing),
+    /// The connection table.
+    Connections(Vec<ConnectionListing>),
     /// Refused; nothing changed.
     Error {
         /// What to print.
@@ -116,6 +123,10 @@ pub fn handle(shared: &mut Shared, request: Request) -> Response {
         Request::State => Response::State(runtime.desired().clone()),
         Request::List => match runtime.listing(&shared.rates) {
             Ok(listing) => Response::Listing(listing),
+            Err(e) => Response::error(e),
+        },
+        Request::Connections => match runtime.connections() {
+            Ok(conns) => Response::Connections(conns),
             Err(e) => Response::error(e),
         },
         Request::Zero { service } => {

@@ -8,7 +8,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -18,7 +18,7 @@ use thiserror::Error;
 use crate::{
     convert::{identity, real_entry, service_key},
     dataplane::{Dataplane, DataplaneError, RealId},
-    ipvsadm::format::{Listing, Rates, Stats},
+    ipvsadm::format::{ConnectionListing, Listing, Rates, Stats},
     maglev, neighbour,
     plan::{plan, Step},
     state::{DesiredState, ServiceAddr},
@@ -337,30 +337,53 @@ impl Runtime {
     /// Active and inactive connections per real server, as ipvsadm counts them: a TCP
     /// connection is active until it closes or idles out; closing TCP and UDP flows are inactive.
     fn connection_counts(&self) -> Result<BTreeMap<RealId, (u32, u32)>, DataplaneError> {
-        const TCP_IDLE_NS: u64 = 900 * 1_000_000_000;
-        const CLOSING_IDLE_NS: u64 = 120 * 1_000_000_000;
-        const UDP_IDLE_NS: u64 = 300 * 1_000_000_000;
         let now = monotonic_ns();
         let mut counts: BTreeMap<RealId, (u32, u32)> = BTreeMap::new();
         for (flow, conn) in self.dp.connections()? {
-            let idle = now.saturating_sub(conn.last_seen_ns);
-            let closing = conn.flags & lb_common::conntrack::CONN_F_CLOSING != 0;
+            let Some(state) = ConnState::of(&flow, &conn, now) else {
+                continue;
+            };
             let entry = counts.entry(conn.real).or_default();
-            if flow.proto == lb_common::PROTO_TCP && !closing {
-                if idle < TCP_IDLE_NS {
-                    entry.0 += 1;
-                }
-            } else if idle
-                < if closing {
-                    CLOSING_IDLE_NS
-                } else {
-                    UDP_IDLE_NS
-                }
-            {
+            if state.active {
+                entry.0 += 1;
+            } else {
                 entry.1 += 1;
             }
         }
         Ok(counts)
+    }
+
+    /// The connection table as `-L -c` lists it (entries that have not idled out).
+    pub fn connections(&self) -> Result<Vec<ConnectionListing>, DataplaneError> {
+        let now = monotonic_ns();
+        let mut reals: BTreeMap<RealId, (ServiceAddr, IpAddr, u16)> = BTreeMap::new();
+        for svc in &self.desired.services {
+            for real in &svc.reals {
+                if let Some(id) = self.real_id(&svc.addr, real.addr, real.port) {
+                    reals.insert(id, (svc.addr, real.addr, real.port));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (flow, conn) in self.dp.connections()? {
+            let (Some(state), Some((service, addr, port))) =
+                (ConnState::of(&flow, &conn, now), reals.get(&conn.real))
+            else {
+                continue;
+            };
+            out.push(ConnectionListing {
+                protocol: service.protocol,
+                expire_secs: state.expire_secs,
+                state: state.name.to_owned(),
+                source: SocketAddr::new(
+                    flow_addr(&flow.src, flow.family),
+                    u16::from_be(flow.sport),
+                ),
+                virtual_addr: SocketAddr::new(service.addr, u16::from_be(flow.dport)),
+                destination: SocketAddr::new(*addr, *port),
+            });
+        }
+        Ok(out)
     }
 
     /// Forgets every tracked connection.
@@ -391,6 +414,44 @@ impl Runtime {
             }
         }
         rates.update(monotonic_ns(), services, reals);
+    }
+}
+
+/// How ipvsadm would see a tracked connection.
+struct ConnState {
+    active: bool,
+    name: &'static str,
+    expire_secs: u32,
+}
+
+impl ConnState {
+    /// `None` once the entry has idled out (it stays in the LRU table until evicted).
+    fn of(flow: &lb_common::FlowKey, conn: &lb_common::Connection, now_ns: u64) -> Option<Self> {
+        // IPVS's default timeouts: TCP established 900 s, closing 120 s, UDP 300 s.
+        let closing = conn.flags & lb_common::conntrack::CONN_F_CLOSING != 0;
+        let (active, name, timeout) = if flow.proto != lb_common::PROTO_TCP {
+            (false, "UDP", 300)
+        } else if closing {
+            (false, "FIN_WAIT", 120)
+        } else {
+            (true, "ESTABLISHED", 900)
+        };
+        let idle = now_ns.saturating_sub(conn.last_seen_ns) / 1_000_000_000;
+        (idle < timeout).then(|| Self {
+            active,
+            name,
+            expire_secs: (timeout - idle) as u32,
+        })
+    }
+}
+
+fn flow_addr(words: &[u32; 4], family: u8) -> IpAddr {
+    if family == lb_common::FAMILY_V6 {
+        IpAddr::V6(std::net::Ipv6Addr::from(
+            bytemuck::cast::<[u32; 4], [u8; 16]>(*words),
+        ))
+    } else {
+        IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(words[0])))
     }
 }
 

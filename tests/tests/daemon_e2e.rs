@@ -65,6 +65,10 @@ impl<'a> Daemon<'a> {
     }
 
     fn spawn(&mut self) {
+        self.spawn_with(&[]);
+    }
+
+    fn spawn_with(&mut self, extra: &[&str]) {
         let _ = std::fs::remove_file(self.socket());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -90,6 +94,7 @@ impl<'a> Daemon<'a> {
             .arg(&self.pin_dir)
             .arg("--state-file")
             .arg(self.dir.join("state.json"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -281,6 +286,14 @@ fn xlbadm_configures_xlbd_which_survives_a_restart_without_losing_a_request() {
         })
         .sum();
     assert!(active >= 1, "the connection table was lost:\n{listing}");
+    let conns = daemon.adm_ok(&["-L", "-c", "-n"]);
+    let owner_addr = real_addr(owner[2..].parse::<usize>().expect("rsN") - 1);
+    assert!(
+        conns
+            .lines()
+            .any(|l| l.contains("ESTABLISHED") && l.ends_with(&format!("{owner_addr}:80"))),
+        "the kept connection is not listed:\n{conns}"
+    );
 
     // -C clears: nothing listed, nothing forwarded.
     daemon.adm_ok(&["-C"]);
@@ -291,4 +304,19 @@ fn xlbadm_configures_xlbd_which_survives_a_restart_without_losing_a_request() {
         .client
         .run(&format!("curl -s --max-time 2 http://{VIP}/"));
     assert!(!out.status.success(), "a cleared service still answered");
+
+    // --detach-on-exit leaves nothing behind.
+    daemon.stop();
+    daemon.spawn_with(&["--detach-on-exit"]);
+    assert!(lab.balancer.sh("ip link show dev eth0").contains("xdp"));
+    daemon.stop();
+    let left: Vec<_> = std::fs::read_dir(&daemon.pin_dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "pins left after --detach-on-exit: {left:?}"
+    );
+    let link = lab.balancer.sh("ip link show dev eth0");
+    assert!(!link.contains("xdp"), "still attached:\n{link}");
 }

@@ -6,7 +6,7 @@ use std::{io::Read as _, net::IpAddr, path::PathBuf, process::ExitCode};
 use lb_userspace::{
     control::{self, CallError, Request, Response, DEFAULT_SOCKET},
     ipvsadm::{
-        format::format_listing,
+        format::{format_connections, format_listing},
         parse::{self, Command},
         save,
     },
@@ -39,8 +39,13 @@ fn main() -> ExitCode {
         Command::Zero { service } => Request::Zero { service },
         Command::Save => Request::State,
         Command::List(options) => {
+            let request = if options.connections {
+                Request::Connections
+            } else {
+                Request::List
+            };
             list_options = Some(options);
-            Request::List
+            request
         }
         Command::Restore => {
             let mut rules = String::new();
@@ -75,6 +80,14 @@ fn main() -> ExitCode {
         Response::Ok => ExitCode::SUCCESS,
         Response::State(state) => {
             print!("{}", save::save(&state));
+            ExitCode::SUCCESS
+        }
+        Response::Connections(conns) => {
+            let Some(options) = list_options else {
+                eprintln!("xlbd sent a connection table that was not asked for");
+                return exit(1);
+            };
+            print!("{}", format_connections(&conns, &options, reverse_lookup));
             ExitCode::SUCCESS
         }
         Response::Listing(listing) => {

@@ -12,7 +12,7 @@
 //! K, M, G, T (powers of 1000) above 8 digits unless `--exact`. `OutPkts` and `OutBytes` are 0 for
 //! direct routing and tunneling, since replies go straight to the client, as with ipvsadm.
 //!
-//! `-c` (the connection table) is not listed yet: [`ListError::Connections`].
+//! `-c` lists the connection table as ipvsadm's `print_conn` does, from [`ConnectionListing`]s.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -114,8 +114,8 @@ pub enum ListError {
     /// `-L -t VIP:PORT` of a service that does not exist (ipvsadm's message).
     #[error("No such service")]
     NoSuchService,
-    /// `-L -c`: xlbd's connection table cannot be listed yet.
-    #[error("xlb cannot list the connection table yet (-c)")]
+    /// `-L -c` was given to the service formatter: use [`format_connections`].
+    #[error("the connection table is listed by format_connections")]
     Connections,
 }
 
@@ -195,6 +195,76 @@ pub fn format_listing(
         out.push_str(&service_entry(service, options, &names));
     }
     Ok(out)
+}
+
+/// One tracked connection, as `-L -c` shows it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionListing {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// Seconds until the entry counts as expired.
+    pub expire_secs: u32,
+    /// ipvsadm's state name: ESTABLISHED, FIN_WAIT (a FIN or RST was seen) or UDP.
+    pub state: String,
+    /// The client.
+    pub source: SocketAddr,
+    /// The virtual service.
+    pub virtual_addr: SocketAddr,
+    /// The real server.
+    pub destination: SocketAddr,
+}
+
+/// The text `-L -c` prints, in ipvsadm's `print_conn` layout (`%-3s %02d:%02d  %-11s %-18s
+/// %-18s %s`, wider address columns when any address is IPv6).
+pub fn format_connections(
+    connections: &[ConnectionListing],
+    options: &ListOptions,
+    resolve: impl Fn(IpAddr) -> Option<String>,
+) -> String {
+    let names = Names {
+        numeric: options.numeric,
+        resolve,
+    };
+    let width = if connections
+        .iter()
+        .any(|c| c.source.is_ipv6() || c.virtual_addr.is_ipv6())
+    {
+        46
+    } else {
+        18
+    };
+    let mut out = String::from("IPVS connection entries\n");
+    out.push_str(&format!(
+        "pro expire {:<11} {:<width$} {:<width$} {}\n",
+        "state", "source", "virtual", "destination"
+    ));
+    let mut sorted: Vec<&ConnectionListing> = connections
+        .iter()
+        .filter(|c| {
+            options.service.is_none_or(|only| {
+                only.protocol == c.protocol
+                    && only.addr == c.virtual_addr.ip()
+                    && only.port == c.virtual_addr.port()
+            })
+        })
+        .collect();
+    sorted.sort_by_key(|c| (c.virtual_addr, c.source));
+    for c in sorted {
+        let proto = match c.protocol {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        };
+        out.push_str(&format!(
+            "{proto:<3} {:02}:{:02}  {:<11} {:<width$} {:<width$} {}\n",
+            c.expire_secs / 60,
+            c.expire_secs % 60,
+            c.state,
+            names.addr_port(c.source.ip(), c.source.port()),
+            names.addr_port(c.virtual_addr.ip(), c.virtual_addr.port()),
+            names.addr_port(c.destination.ip(), c.destination.port()),
+        ));
+    }
+    out
 }
 
 /// Turns addresses and ports into what ipvsadm prints.
@@ -565,7 +635,7 @@ mod tests {
     }
 
     #[test]
-    fn the_connection_table_is_not_listed_yet() {
+    fn the_connection_table_is_listed_in_ipvsadms_layout() {
         let options = ListOptions {
             connections: true,
             ..numeric()
@@ -573,6 +643,20 @@ mod tests {
         assert_eq!(
             format_listing(&sample(), &options, no_names),
             Err(ListError::Connections)
+        );
+        let conns = [ConnectionListing {
+            protocol: Protocol::Tcp,
+            expire_secs: 899,
+            state: "ESTABLISHED".into(),
+            source: "10.0.0.2:45678".parse().expect("addr"),
+            virtual_addr: "10.0.0.100:80".parse().expect("addr"),
+            destination: "10.0.0.11:80".parse().expect("addr"),
+        }];
+        assert_eq!(
+            format_connections(&conns, &options, no_names),
+            "IPVS connection entries\n\
+             pro expire state       source             virtual            destination\n\
+             TCP 14:59  ESTABLISHED 10.0.0.2:45678     10.0.0.100:80      10.0.0.11:80\n"
         );
     }
 
