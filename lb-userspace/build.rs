@@ -13,6 +13,7 @@ fn main() -> anyhow::Result<()> {
         std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
         std::fs::write(out_dir.join("lb-ebpf"), [])?;
+        std::fs::write(out_dir.join("lb-decap"), [])?;
     }
     let ebpf_dir = Path::new(&manifest_dir).join("../lb-ebpf");
     let ebpf_dir = ebpf_dir

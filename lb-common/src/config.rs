@@ -12,8 +12,10 @@ pub const CONFIG_F_DEBUG_EVENTS: u32 = 1 << 0;
 pub struct DataplaneConfig {
     /// `CONFIG_F_*` bits.
     pub flags: u32,
-    /// Padding made explicit so that the type is `Pod`.
-    pub _pad: u32,
+    /// Source address of IPv4 tunnels, network order; 0: the egress interface's, from the FIB.
+    pub tunnel_src_v4: u32,
+    /// Source address of IPv6 tunnels, network order; all zero: the egress interface's.
+    pub tunnel_src_v6: [u32; 4],
 }
 
 crate::user_pod!(DataplaneConfig);

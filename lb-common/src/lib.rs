@@ -64,7 +64,7 @@ mod layout {
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<Connection>(), 24);
         assert_eq!(size_of::<Counters>(), 24);
-        assert_eq!(size_of::<DataplaneConfig>(), 8);
+        assert_eq!(size_of::<DataplaneConfig>(), 24);
         assert!(align_of::<Connection>() <= 8);
     }
 }

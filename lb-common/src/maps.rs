@@ -25,3 +25,11 @@ pub const REAL_STATS: &str = "XLB_REAL_STATS";
 pub const GLOBAL_STATS: &str = "XLB_GLOBAL";
 /// Index 0 → [`crate::DataplaneConfig`]. Written by userspace.
 pub const CONFIG: &str = "XLB_CONFIG";
+
+/// Program: the real-server decapsulator, attached to a real server's interface.
+pub const PROG_DECAP: &str = "xlb_decap";
+/// Local address (a [`crate::ServiceKey`] with port and proto zero) → 1: the tunnel endpoints
+/// whose packets the decapsulator strips. Written by userspace.
+pub const DECAP_ADDRS: &str = "XLB_DECAP_ADDRS";
+/// [`crate::stats::DecapStat`] → per-CPU packet count. Written by the decapsulator.
+pub const DECAP_STATS: &str = "XLB_DECAP_STATS";

@@ -72,8 +72,6 @@ global_stats! {
     PassNoService = "pass_no_service",
     /// Passed: for a VIP, but neither TCP nor UDP (ping to the VIP, ...).
     PassOtherProto = "pass_other_proto",
-    /// Passed: IPv6 (no IPv6 services yet).
-    PassIpv6 = "pass_ipv6",
     /// Counted, not a verdict: IPv4 packets for a service that carry IP options (forwarded).
     SeenIpOptions = "seen_ip_options",
     /// Dropped: for a VIP, with the TCP or UDP header cut short.
@@ -82,6 +80,8 @@ global_stats! {
     DropFragmentFirst = "drop_fragment_first",
     /// Dropped: a later fragment of a fragmented packet for a VIP.
     DropFragment = "drop_fragment",
+    /// Dropped: an IPv6 packet for a VIP with extension headers (they are not walked).
+    DropIpv6ExtHeaders = "drop_ipv6_ext_headers",
     /// Dropped: TTL 0 on a packet for a VIP.
     DropTtl = "drop_ttl",
     /// Dropped: the service has no real server available (all quiescent or removed).
@@ -93,6 +93,17 @@ global_stats! {
     /// Dropped: IPv4 forwarding is off on the ingress interface, so the kernel's FIB does not
     /// answer for it.
     DropForwardingDisabled = "drop_forwarding_disabled",
+    /// Dropped: too big for the tunnel, and an ICMP reply was not possible (IPv4 without DF, or
+    /// an ICMP error itself).
+    DropTooBig = "drop_too_big",
+    /// Dropped: the kernel has no source address for the tunnel towards the real server.
+    DropNoTunnelSource = "drop_no_tunnel_source",
+    /// Dropped: the packet could not be grown or shrunk (no headroom).
+    DropAdjustFailed = "drop_adjust_failed",
+    /// Counted, not a verdict: "fragmentation needed" / "packet too big" sent to a client.
+    IcmpTooBigSent = "icmp_too_big_sent",
+    /// Counted, not a verdict: ICMP errors about a flow forwarded to the flow's real server.
+    SeenIcmpErrorForwarded = "seen_icmp_error_forwarded",
     /// Dropped: the real server's forwarding method is not supported by this data path.
     DropUnsupportedForward = "drop_unsupported_forward",
     /// Counted, not a verdict: connection-table hits.
@@ -112,6 +123,40 @@ mod tests {
     fn global_stats_are_indexed_in_declaration_order() {
         for (i, stat) in GlobalStat::ALL.iter().enumerate() {
             assert_eq!(*stat as usize, i, "{}", stat.name());
+        }
+    }
+}
+
+/// Counters of the real-server decapsulator; every packet is passed to the stack.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecapStat {
+    /// An IPIP / IP6IP6 packet for one of our addresses, passed on without its outer header.
+    Decapsulated,
+    /// Not a tunnel packet: passed untouched.
+    PassNotTunnel,
+    /// A tunnel packet for an address that is not ours: passed untouched.
+    PassNotOurs,
+    /// Cut short, fragmented outer header or IPv4 options: passed untouched to the kernel.
+    PassMalformed,
+}
+
+impl DecapStat {
+    /// Every counter, in index order.
+    pub const ALL: &'static [DecapStat] = &[
+        DecapStat::Decapsulated,
+        DecapStat::PassNotTunnel,
+        DecapStat::PassNotOurs,
+        DecapStat::PassMalformed,
+    ];
+
+    /// The counter's name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DecapStat::Decapsulated => "decapsulated",
+            DecapStat::PassNotTunnel => "pass_not_tunnel",
+            DecapStat::PassNotOurs => "pass_not_ours",
+            DecapStat::PassMalformed => "pass_malformed",
         }
     }
 }

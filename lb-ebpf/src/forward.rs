@@ -1,94 +1,334 @@
-//! Forwarding to the chosen real server.
+//! Forwarding to the chosen real server: direct routing or IP-in-IP tunneling.
 //!
-//! Direct routing rewrites the Ethernet addresses only: the destination becomes the next hop
-//! towards the real server (the server itself on a flat L2), the source the egress interface's own
-//! address. Both come from the kernel's FIB and neighbour table through `bpf_fib_lookup`, so routes
-//! and neighbour changes need no copy in our maps. When the kernel has no neighbour entry for the
-//! next hop yet, the packet is dropped and counted (`drop_no_neighbour`): passing it up would make
-//! the balancer's own stack answer for the VIP. Userspace keeps a managed neighbour entry for each
-//! real server so that this only happens before the first resolution.
+//! The next hop comes from the kernel's FIB and neighbour table through `bpf_fib_lookup`, so
+//! routes, a second egress interface (XDP_REDIRECT) and neighbour changes need no copy in our
+//! maps. When the kernel has no neighbour entry for the next hop yet, the packet is dropped and
+//! counted (`drop_no_neighbour`): passing it up would make the balancer's own stack answer for the
+//! VIP. Userspace keeps a managed neighbour entry for each real server so that this only happens
+//! before the first resolution.
 //!
-//! The kernel answers FIB lookups only for an ingress interface with IPv4 forwarding on, so the
-//! dataplane turns `net.ipv4.conf.<iface>.forwarding` on where it attaches; when it is off the
-//! packet is dropped and counted (`drop_forwarding_disabled`).
+//! The kernel answers FIB lookups only for an ingress interface with forwarding on, so the
+//! dataplane turns it on where it attaches; when it is off the packet is dropped and counted
+//! (`drop_forwarding_disabled`).
+//!
+//! Direct routing rewrites the Ethernet addresses only. Tunneling prepends an outer IPv4 header
+//! (protocol 4, RFC 2003: TOS copied, DF copied from the inner header, TTL 64) or IPv6 header
+//! (next header 41, RFC 2473: traffic class copied, hop limit 64, a flow label from the flow hash)
+//! addressed to the real server, from the balancer's address on the egress interface (or the one
+//! configured). When the result would not fit the egress MTU, the client gets an ICMP
+//! "fragmentation needed" / ICMPv6 "packet too big" from the VIP with the MTU less the tunnel's
+//! overhead; an IPv4 packet without DF is dropped and counted instead (`drop_too_big`).
 
 use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NO_SRC_ADDR, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_FIB_LOOKUP_SRC,
     },
-    helpers::{bpf_fib_lookup, bpf_redirect},
+    helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
     EbpfContext as _,
 };
-use lb_common::{Forwarding, GlobalStat, RealServer};
-use network_types::eth::EthHdr;
+use lb_common::{hash::flow_hash, Forwarding, GlobalStat, RealServer, FAMILY_V4, FAMILY_V6};
 
-use crate::{parse::ptr_at, parse::Packet, verdict::Verdict};
+use crate::{
+    csum, icmp, maps,
+    parse::{ptr_at, Packet},
+    verdict::Verdict,
+};
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const IPV4_HDR_LEN: usize = 20;
+const IPV6_HDR_LEN: usize = 40;
+const PROTO_IPIP: u8 = 4;
+const PROTO_IPV6: u8 = 41;
+const TUNNEL_TTL: u8 = 64;
 
 /// Send the packet to `real` by its forwarding method.
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, packet: &Packet, real: &RealServer) -> Verdict {
+    if real.family != packet.flow.family {
+        // No tunneling between address families.
+        return Verdict::drop(GlobalStat::DropUnsupportedForward);
+    }
     match Forwarding::from_u8(real.forward) {
         Some(Forwarding::DirectRoute) => direct_route(ctx, packet, real),
-        _ => Verdict::drop(GlobalStat::DropUnsupportedForward),
+        Some(Forwarding::Tunnel) => tunnel(ctx, packet, real),
+        None => Verdict::drop(GlobalStat::DropUnsupportedForward),
+    }
+}
+
+/// Why a route lookup gave no next hop.
+enum NoRoute {
+    /// Drop or pass with this verdict.
+    Verdict(Verdict),
+    /// The packet (with `overhead` more bytes) would not fit: the egress MTU.
+    TooBig(u16),
+}
+
+/// The FIB's answer for a packet of `ip_len` bytes to `real`: next-hop MAC, our MAC, egress
+/// interface, and (with `want_source`) our source address towards it.
+#[inline(always)]
+fn route(
+    ctx: &XdpContext,
+    packet: &Packet,
+    real: &RealServer,
+    ip_len: u16,
+    l4_protocol: u8,
+    want_source: bool,
+) -> Result<FibParams, NoRoute> {
+    // SAFETY: FibParams is a plain C struct for which all zeroes is a valid value.
+    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    params.l4_protocol = l4_protocol;
+    if l4_protocol == packet.flow.proto {
+        params.sport = packet.flow.sport;
+        params.dport = packet.flow.dport;
+    }
+    params.__bindgen_anon_1.tot_len = ip_len;
+    params.ifindex = ctx.ingress_ifindex() as u32;
+    let mut flags = 0;
+    let config = maps::CONFIG.get(0);
+    if real.family == FAMILY_V4 {
+        params.family = AF_INET;
+        params.__bindgen_anon_4.ipv4_dst = real.addr[0];
+        let configured = config.map_or(0, |c| c.tunnel_src_v4);
+        if !want_source {
+            params.__bindgen_anon_3.ipv4_src = packet.flow.src[0];
+        } else if configured != 0 {
+            params.__bindgen_anon_3.ipv4_src = configured;
+        } else {
+            flags = BPF_FIB_LOOKUP_SRC;
+        }
+    } else {
+        params.family = AF_INET6;
+        params.__bindgen_anon_4.ipv6_dst = real.addr;
+        let configured = config.map_or([0; 4], |c| c.tunnel_src_v6);
+        if !want_source {
+            params.__bindgen_anon_3.ipv6_src = packet.flow.src;
+        } else if configured != [0; 4] {
+            params.__bindgen_anon_3.ipv6_src = configured;
+        } else {
+            flags = BPF_FIB_LOOKUP_SRC;
+        }
+    }
+    // SAFETY: params points to a live FibParams of the size given.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut params as *mut FibParams,
+            size_of::<FibParams>() as i32,
+            flags,
+        )
+    };
+    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return Ok(params);
+    }
+    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+        // SAFETY: the kernel wrote the MTU into the union for this return code.
+        return Err(NoRoute::TooBig(unsafe {
+            params.__bindgen_anon_1.mtu_result
+        }));
+    }
+    let reason = if rc == BPF_FIB_LKUP_RET_FWD_DISABLED as i64 {
+        GlobalStat::DropForwardingDisabled
+    } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        GlobalStat::DropNoNeighbour
+    } else if rc == BPF_FIB_LKUP_RET_NO_SRC_ADDR as i64 {
+        GlobalStat::DropNoTunnelSource
+    } else {
+        GlobalStat::DropNoRoute
+    };
+    Err(NoRoute::Verdict(Verdict::drop(reason)))
+}
+
+/// What to do when the packet, grown by `overhead`, does not fit the egress `mtu`.
+#[inline(always)]
+fn too_big(ctx: &XdpContext, packet: &Packet, mtu: u16, overhead: u16) -> Verdict {
+    if packet.icmp_error || !packet.dont_fragment {
+        return Verdict::drop(GlobalStat::DropTooBig);
+    }
+    let mtu = mtu.saturating_sub(overhead);
+    if packet.flow.family == FAMILY_V6 {
+        icmp::packet_too_big_v6(ctx, packet, mtu)
+    } else {
+        icmp::fragmentation_needed_v4(ctx, packet, mtu)
+    }
+}
+
+/// Leaves through the FIB's interface: back out of the ingress one, or redirected.
+#[inline(always)]
+fn send(ctx: &XdpContext, ifindex: u32) -> Verdict {
+    if ifindex == ctx.ingress_ifindex() as u32 {
+        Verdict::Tx
+    } else {
+        // SAFETY: a helper taking plain integers.
+        Verdict::Redirect(unsafe { bpf_redirect(ifindex, 0) } as u32)
     }
 }
 
 #[inline(always)]
 fn direct_route(ctx: &XdpContext, packet: &Packet, real: &RealServer) -> Verdict {
-    // SAFETY: FibParams is a plain C struct for which all zeroes is a valid value.
-    let mut params: FibParams = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = packet.flow.proto;
-    params.sport = packet.flow.sport;
-    params.dport = packet.flow.dport;
-    params.__bindgen_anon_1.tot_len = packet.ip_tot_len;
-    params.ifindex = ctx.ingress_ifindex() as u32;
-    params.__bindgen_anon_3.ipv4_src = packet.flow.src[0];
-    params.__bindgen_anon_4.ipv4_dst = real.addr[0];
-
-    let rc = fib_lookup(ctx, &mut params);
-    if rc == BPF_FIB_LKUP_RET_FWD_DISABLED as i64 {
-        // The kernel answers FIB lookups only for interfaces with forwarding on (even for an
-        // egress-perspective lookup); the dataplane switches it on where it attaches.
-        return Verdict::drop(GlobalStat::DropForwardingDisabled);
-    }
-    if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        return Verdict::drop(GlobalStat::DropNoNeighbour);
-    }
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return Verdict::drop(GlobalStat::DropNoRoute);
-    }
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+    let params = match route(ctx, packet, real, packet.ip_len, packet.flow.proto, false) {
+        Ok(params) => params,
+        Err(NoRoute::Verdict(v)) => return v,
+        Err(NoRoute::TooBig(mtu)) => return too_big(ctx, packet, mtu, 0),
+    };
+    let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else {
         return Verdict::drop(GlobalStat::DropNoRoute);
     };
-    // SAFETY: ptr_at checked that the header lies inside the packet.
-    unsafe {
-        (*eth).dst_addr = params.dmac;
-        (*eth).src_addr = params.smac;
-    }
-    if params.ifindex == ctx.ingress_ifindex() as u32 {
-        Verdict::Tx
-    } else {
-        // SAFETY: a helper taking plain integers.
-        Verdict::Redirect(unsafe { bpf_redirect(params.ifindex, 0) } as u32)
-    }
+    // SAFETY: ptr_at checked that the bytes lie inside the packet.
+    let eth = unsafe { &mut *eth };
+    eth[0..6].copy_from_slice(&params.dmac);
+    eth[6..12].copy_from_slice(&params.smac);
+    send(ctx, params.ifindex)
 }
 
 #[inline(always)]
-fn fib_lookup(ctx: &XdpContext, params: &mut FibParams) -> i64 {
-    // SAFETY: params points to a live FibParams of the size given.
-    unsafe {
-        bpf_fib_lookup(
-            ctx.as_ptr(),
-            params as *mut FibParams,
-            size_of::<FibParams>() as i32,
-            0,
-        )
+fn tunnel(ctx: &XdpContext, packet: &Packet, real: &RealServer) -> Verdict {
+    let (overhead, proto) = if real.family == FAMILY_V4 {
+        (IPV4_HDR_LEN, PROTO_IPIP)
+    } else {
+        (IPV6_HDR_LEN, PROTO_IPV6)
+    };
+    let outer_len = packet.ip_len.wrapping_add(overhead as u16);
+    let params = match route(ctx, packet, real, outer_len, proto, true) {
+        Ok(params) => params,
+        Err(NoRoute::Verdict(v)) => return v,
+        Err(NoRoute::TooBig(mtu)) => return too_big(ctx, packet, mtu, overhead as u16),
+    };
+    // The VLAN tag, if any, before the new header overwrites where it was.
+    let tag = if packet.l3_off == 18 {
+        match ptr_at::<[u8; 4]>(ctx, 12) {
+            // SAFETY: ptr_at checked that the bytes lie inside the packet.
+            Some(tag) => Some(unsafe { *tag }),
+            None => return Verdict::drop(GlobalStat::DropNoRoute),
+        }
+    } else {
+        None
+    };
+    // SAFETY: the context pointer is this program's; the helper checks the headroom.
+    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, -(overhead as i32)) } != 0 {
+        return Verdict::drop(GlobalStat::DropAdjustFailed);
     }
+    let ether_type: u16 = if real.family == FAMILY_V4 {
+        0x0800
+    } else {
+        0x86dd
+    };
+    let l3 = if write_l2(ctx, &params.dmac, &params.smac, tag, ether_type) {
+        packet.l3_off
+    } else {
+        return Verdict::drop(GlobalStat::DropAdjustFailed);
+    };
+    let written = if real.family == FAMILY_V4 {
+        // SAFETY: the params union holds IPv4 addresses for an AF_INET lookup.
+        let src = unsafe { params.__bindgen_anon_3.ipv4_src };
+        write_outer_v4(ctx, l3, packet, src, real.addr[0], outer_len)
+    } else {
+        // SAFETY: the params union holds IPv6 addresses for an AF_INET6 lookup.
+        let src = unsafe { params.__bindgen_anon_3.ipv6_src };
+        write_outer_v6(ctx, l3, packet, src, real.addr)
+    };
+    if !written {
+        return Verdict::drop(GlobalStat::DropAdjustFailed);
+    }
+    send(ctx, params.ifindex)
+}
+
+/// Writes an Ethernet header (with the VLAN tag, when there is one) at the start of the packet.
+#[inline(always)]
+pub fn write_l2(
+    ctx: &XdpContext,
+    dst: &[u8; 6],
+    src: &[u8; 6],
+    tag: Option<[u8; 4]>,
+    ether_type: u16,
+) -> bool {
+    let Some(eth) = ptr_at::<[u8; 14]>(ctx, 0) else {
+        return false;
+    };
+    // SAFETY: ptr_at checked that the bytes lie inside the packet.
+    let eth = unsafe { &mut *eth };
+    eth[0..6].copy_from_slice(dst);
+    eth[6..12].copy_from_slice(src);
+    match tag {
+        None => eth[12..14].copy_from_slice(&ether_type.to_be_bytes()),
+        Some(tag) => {
+            eth[12..14].copy_from_slice(&[tag[0], tag[1]]);
+            let Some(rest) = ptr_at::<[u8; 4]>(ctx, 14) else {
+                return false;
+            };
+            // SAFETY: as above.
+            let rest = unsafe { &mut *rest };
+            rest[0..2].copy_from_slice(&[tag[2], tag[3]]);
+            rest[2..4].copy_from_slice(&ether_type.to_be_bytes());
+        }
+    }
+    true
+}
+
+#[inline(always)]
+fn write_outer_v4(
+    ctx: &XdpContext,
+    l3: usize,
+    packet: &Packet,
+    src: u32,
+    dst: u32,
+    total_len: u16,
+) -> bool {
+    let Some(ip) = ptr_at::<[u8; IPV4_HDR_LEN]>(ctx, l3) else {
+        return false;
+    };
+    // SAFETY: ptr_at checked that the header lies inside the packet.
+    let ip = unsafe { &mut *ip };
+    // With DF the id is unused (RFC 6864); without it, a random id keeps fragments apart.
+    // SAFETY: a helper without arguments.
+    let id = if packet.dont_fragment {
+        0
+    } else {
+        (unsafe { bpf_get_prandom_u32() }) as u16
+    };
+    let frags: u16 = if packet.dont_fragment { 0x4000 } else { 0 };
+    ip[0] = 0x45;
+    ip[1] = packet.tos;
+    ip[2..4].copy_from_slice(&total_len.to_be_bytes());
+    ip[4..6].copy_from_slice(&id.to_be_bytes());
+    ip[6..8].copy_from_slice(&frags.to_be_bytes());
+    ip[8] = TUNNEL_TTL;
+    ip[9] = PROTO_IPIP;
+    ip[10..12].copy_from_slice(&[0, 0]);
+    ip[12..16].copy_from_slice(&src.to_ne_bytes());
+    ip[16..20].copy_from_slice(&dst.to_ne_bytes());
+    let check = csum::finish(csum::sum(ip));
+    ip[10..12].copy_from_slice(&check.to_be_bytes());
+    true
+}
+
+#[inline(always)]
+fn write_outer_v6(
+    ctx: &XdpContext,
+    l3: usize,
+    packet: &Packet,
+    src: [u32; 4],
+    dst: [u32; 4],
+) -> bool {
+    let Some(ip) = ptr_at::<[u8; IPV6_HDR_LEN]>(ctx, l3) else {
+        return false;
+    };
+    // SAFETY: ptr_at checked that the header lies inside the packet.
+    let ip = unsafe { &mut *ip };
+    let label = flow_hash(&packet.flow) & 0x000f_ffff;
+    let vcf = (6u32 << 28) | (u32::from(packet.tos) << 20) | label;
+    ip[0..4].copy_from_slice(&vcf.to_be_bytes());
+    ip[4..6].copy_from_slice(&packet.ip_len.to_be_bytes());
+    ip[6] = PROTO_IPV6;
+    ip[7] = TUNNEL_TTL;
+    for i in 0..4 {
+        ip[8 + i * 4..12 + i * 4].copy_from_slice(&src[i].to_ne_bytes());
+        ip[24 + i * 4..28 + i * 4].copy_from_slice(&dst[i].to_ne_bytes());
+    }
+    true
 }

@@ -2,7 +2,8 @@
 //!
 //! Per packet, in this order (see ../shared/DESIGN.md): parse ([`parse`]), find the service
 //! ([`service`]), find or make the connection ([`conntrack`]), on a new flow choose a real server by
-//! Maglev ([`schedule`]), forward ([`forward`]), count ([`stats`]). Every packet that is not for a
+//! Maglev ([`schedule`]), forward by direct routing or tunneling ([`forward`]) or answer "too big"
+//! ([`icmp`]), count ([`stats`]). Every packet that is not for a
 //! service is passed to the kernel untouched; every packet that is passed or dropped instead of
 //! forwarded is counted by reason ([`verdict`]).
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -11,7 +12,11 @@
 #[cfg(target_arch = "bpf")]
 mod conntrack;
 #[cfg(target_arch = "bpf")]
+mod csum;
+#[cfg(target_arch = "bpf")]
 mod forward;
+#[cfg(target_arch = "bpf")]
+mod icmp;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
@@ -61,20 +66,21 @@ mod program {
         };
         let verdict = forward::forward(ctx, &packet, &real);
         if verdict.is_forwarded() {
-            if new_flow {
+            if packet.icmp_error {
+                stats::count(lb_common::GlobalStat::SeenIcmpErrorForwarded);
+            } else if new_flow {
                 conntrack::remember(ctx, &packet, svc.id, real_id);
                 if maps::debug_events() {
                     aya_log_ebpf::debug!(
                         ctx,
-                        "new flow {:i}:{} -> service {} real server {}",
-                        u32::from_be(packet.flow.src[0]),
+                        "new flow from port {} -> service {} real server {}",
                         u16::from_be(packet.flow.sport),
                         svc.id,
                         real_id
                     );
                 }
             }
-            stats::count_forwarded(svc.id, real_id, packet.len, new_flow);
+            stats::count_forwarded(svc.id, real_id, packet.len, new_flow && !packet.icmp_error);
         }
         verdict
     }

@@ -33,7 +33,7 @@ pub fn count_verdict(ctx: &XdpContext, verdict: &Verdict) {
                 aya_log_ebpf::debug!(ctx, "drop: {}", reason.name());
             }
         }
-        Verdict::Tx => count(GlobalStat::VerdictTx),
+        Verdict::Tx | Verdict::Reply => count(GlobalStat::VerdictTx),
         Verdict::Redirect(_) => count(GlobalStat::VerdictRedirect),
     }
 }

@@ -11,6 +11,8 @@ pub enum Verdict {
     Drop(GlobalStat),
     /// Send the rewritten packet back out of the interface it came in on.
     Tx,
+    /// Send a reply of our own (an ICMP error) back out of the interface it came in on.
+    Reply,
     /// The packet was redirected to another interface; holds the helper's return value.
     Redirect(u32),
 }
@@ -32,7 +34,7 @@ impl Verdict {
         match self {
             Self::Pass(_) => xdp_action::XDP_PASS,
             Self::Drop(_) => xdp_action::XDP_DROP,
-            Self::Tx => xdp_action::XDP_TX,
+            Self::Tx | Self::Reply => xdp_action::XDP_TX,
             Self::Redirect(action) => *action,
         }
     }

@@ -13,11 +13,7 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray},
-    programs::{
-        links::{FdLink, LinkError, PinnedLink},
-        xdp::XdpLink,
-        ProgramError, Xdp, XdpMode,
-    },
+    programs::{ProgramError, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
@@ -27,7 +23,7 @@ use lb_common::{
 };
 use thiserror::Error;
 
-use crate::{batch, program};
+use crate::{batch, links, program};
 
 /// What went wrong in the dataplane.
 #[derive(Debug, Error)]
@@ -104,12 +100,12 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
-    /// A link is not the kind that can be pinned (the kernel attached XDP without bpf_link).
-    #[error("the XDP attachment is not a bpf_link and cannot be pinned (Linux >= 5.9 needed)")]
-    Link {
+    /// Attaching through a pinned link failed.
+    #[error("attaching through a pinned link")]
+    PinnedLink {
         /// The error.
         #[source]
-        source: LinkError,
+        source: links::PinnedLinkError,
     },
     /// Pinning failed.
     #[error("pinning on bpffs failed")]
@@ -176,8 +172,6 @@ pub struct Dataplane {
     global_stats: PerCpuArray<MapData, u64>,
     config: Array<MapData, DataplaneConfig>,
     max_services: u32,
-    /// Links pinned by this process (their pins keep them after it exits).
-    pinned_links: Vec<PinnedLink>,
     free_service_ids: BTreeSet<u32>,
     free_real_ids: BTreeSet<u32>,
 }
@@ -267,7 +261,6 @@ impl Dataplane {
             config: take(&mut ebpf, names::CONFIG)?,
             ebpf,
             max_services,
-            pinned_links: Vec::new(),
             free_service_ids: BTreeSet::new(),
             free_real_ids: BTreeSet::new(),
         };
@@ -348,43 +341,8 @@ impl Dataplane {
     pub fn attach_pinned(&mut self, iface: &str, mode: XdpMode, pin_dir: &Path) -> Result<()> {
         enable_forwarding(iface)?;
         let link_path = pin_dir.join(format!("link_{iface}"));
-        let program = self.program_mut()?;
-        let mut replaced = false;
-        if link_path.exists() {
-            let adopted = PinnedLink::from_pin(&link_path)
-                .map_err(|e| e.to_string())
-                .and_then(|pinned| {
-                    XdpLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())
-                })
-                .and_then(|link| program.attach_to_link(link).map_err(|e| e.to_string()));
-            match adopted {
-                Ok(_) => replaced = true,
-                Err(error) => {
-                    tracing::warn!(iface, %error, "cannot take over the pinned link: attaching anew");
-                    let _ = std::fs::remove_file(&link_path);
-                }
-            }
-        }
-        if !replaced {
-            let id = program
-                .attach(iface, mode)
-                .map_err(|source| DataplaneError::Program {
-                    action: "attaching",
-                    source,
-                })?;
-            let link = program
-                .take_link(id)
-                .map_err(|source| DataplaneError::Program {
-                    action: "taking the link of",
-                    source,
-                })?;
-            let fd_link =
-                FdLink::try_from(link).map_err(|source| DataplaneError::Link { source })?;
-            let pinned = fd_link
-                .pin(&link_path)
-                .map_err(|source| DataplaneError::Pin { source })?;
-            self.pinned_links.push(pinned);
-        }
+        let replaced = links::attach_pinned(self.program_mut()?, iface, mode, &link_path)
+            .map_err(|source| DataplaneError::PinnedLink { source })?;
         let prog_path = pin_dir.join("prog");
         let _ = std::fs::remove_file(&prog_path);
         self.program_mut()?
@@ -707,17 +665,24 @@ impl Dataplane {
     }
 }
 
-/// Sets `net.ipv4.conf.<iface>.forwarding` to 1 (in the calling thread's network namespace).
+/// Sets `net.ipv4.conf.<iface>.forwarding` and `net.ipv6.conf.<iface>.forwarding` to 1 (in the
+/// calling thread's network namespace; IPv6 only where the interface has it).
 fn enable_forwarding(iface: &str) -> Result<()> {
-    let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"));
-    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
-        return Ok(());
+    for family in ["ipv4", "ipv6"] {
+        let path = PathBuf::from(format!("/proc/sys/net/{family}/conf/{iface}/forwarding"));
+        match std::fs::read_to_string(&path) {
+            Ok(v) if v.trim() == "1" => continue,
+            Err(_) if family == "ipv6" => continue,
+            _ => {}
+        }
+        tracing::info!(
+            iface,
+            family,
+            "turning forwarding on for the interface (the FIB needs it)"
+        );
+        std::fs::write(&path, "1").map_err(|source| DataplaneError::Sysctl { path, source })?;
     }
-    tracing::info!(
-        iface,
-        "turning IPv4 forwarding on for the interface (the FIB needs it)"
-    );
-    std::fs::write(&path, "1").map_err(|source| DataplaneError::Sysctl { path, source })
+    Ok(())
 }
 
 /// Every map of the object, as pinned.

@@ -3,7 +3,9 @@
 //! Layout:
 //! - [`program`]: the compiled XDP object and loading it.
 //! - [`maglev`]: the Maglev lookup-table builder (pure).
-//! - [`dataplane`]: the only code that touches the BPF maps; a typed API over them.
+//! - [`dataplane`]: the only code that touches the balancer's BPF maps; a typed API over them.
+//! - [`decap`]: the real-server decapsulator (`xlbd decap`).
+//! - [`links`]: attaching XDP programs through pinned bpf_links.
 //! - [`state`]: the desired state (virtual services, real servers) and ipvsadm's operations on it (pure).
 //! - [`ipvsadm`]: xlbadm's ipvsadm-compatible command line, listings and save/restore format (pure).
 //! - [`neighbour`]: keeping real servers' next hops resolved in the kernel.
@@ -16,7 +18,9 @@ mod batch;
 pub mod control;
 pub mod convert;
 pub mod dataplane;
+pub mod decap;
 pub mod ipvsadm;
+pub mod links;
 pub mod maglev;
 pub mod neighbour;
 pub mod plan;

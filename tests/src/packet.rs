@@ -99,8 +99,16 @@ impl Ipv4Packet {
         }
     }
 
-    /// The packet's bytes.
+    /// The frame's bytes.
     pub fn build(&self) -> Vec<u8> {
+        let ip = self.ip_bytes();
+        let mut frame = ethernet(self.eth_dst, self.eth_src, self.vlan, 0x0800);
+        frame.extend_from_slice(&ip);
+        frame
+    }
+
+    /// The IPv4 packet's bytes, without the Ethernet header.
+    pub fn ip_bytes(&self) -> Vec<u8> {
         let mut l4 = match &self.l4 {
             L4::Tcp {
                 sport,
@@ -166,10 +174,117 @@ impl Ipv4Packet {
         ip.extend_from_slice(&options);
         let c = checksum(&ip);
         ip[10..12].copy_from_slice(&c.to_be_bytes());
+        ip.extend_from_slice(&l4);
+        ip
+    }
+}
 
-        let mut frame = ethernet(self.eth_dst, self.eth_src, self.vlan, 0x0800);
-        frame.extend_from_slice(&ip);
-        frame.extend_from_slice(&l4);
+/// An IPv6 test packet, built by [`Ipv6Packet::build`].
+#[derive(Clone, Debug)]
+pub struct Ipv6Packet {
+    /// Destination MAC.
+    pub eth_dst: [u8; 6],
+    /// Source MAC.
+    pub eth_src: [u8; 6],
+    /// Source address.
+    pub src: [u8; 16],
+    /// Destination address.
+    pub dst: [u8; 16],
+    /// Hop limit.
+    pub hop_limit: u8,
+    /// Traffic class.
+    pub traffic_class: u8,
+    /// The next-header value to write instead of the L4 protocol (for extension-header cases).
+    pub next_header_override: Option<u8>,
+    /// L4 header.
+    pub l4: L4,
+    /// Payload after the L4 header.
+    pub payload: Vec<u8>,
+}
+
+impl Ipv6Packet {
+    /// A TCP packet with default MACs and hop limit 64.
+    pub fn tcp(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, flags: u8) -> Self {
+        Self::new(
+            src,
+            dst,
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            },
+        )
+    }
+
+    /// A packet with the given L4 part.
+    pub fn new(src: [u8; 16], dst: [u8; 16], l4: L4) -> Self {
+        Self {
+            eth_dst: [0x02, 0, 0, 0, 0, 0xaa],
+            eth_src: [0x02, 0, 0, 0, 0, 0xcc],
+            src,
+            dst,
+            hop_limit: 64,
+            traffic_class: 0,
+            next_header_override: None,
+            l4,
+            payload: b"hello".to_vec(),
+        }
+    }
+
+    /// The IPv6 packet's bytes, without the Ethernet header.
+    pub fn ip_bytes(&self) -> Vec<u8> {
+        let (mut l4, proto, csum_at) = match &self.l4 {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
+                let mut h = vec![0u8; 20];
+                h[0..2].copy_from_slice(&sport.to_be_bytes());
+                h[2..4].copy_from_slice(&dport.to_be_bytes());
+                h[12] = 5 << 4;
+                h[13] = *flags;
+                h[14..16].copy_from_slice(&64800u16.to_be_bytes());
+                (h, 6u8, Some(16))
+            }
+            L4::Udp { sport, dport } => {
+                let mut h = vec![0u8; 8];
+                h[0..2].copy_from_slice(&sport.to_be_bytes());
+                h[2..4].copy_from_slice(&dport.to_be_bytes());
+                h[4..6].copy_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
+                (h, 17u8, Some(6))
+            }
+            L4::Raw { proto, bytes } => (bytes.clone(), *proto, None),
+        };
+        l4.extend_from_slice(&self.payload);
+        let l4_csum_at = if proto == 58 { Some(2) } else { csum_at };
+        if let Some(at) = l4_csum_at {
+            let mut pseudo = Vec::new();
+            pseudo.extend_from_slice(&self.src);
+            pseudo.extend_from_slice(&self.dst);
+            pseudo.extend_from_slice(&(l4.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, proto]);
+            l4[at..at + 2].copy_from_slice(&[0, 0]);
+            pseudo.extend_from_slice(&l4);
+            let c = checksum(&pseudo);
+            l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        }
+        let mut ip = vec![0u8; 40];
+        let vcf = (6u32 << 28) | (u32::from(self.traffic_class) << 20);
+        ip[0..4].copy_from_slice(&vcf.to_be_bytes());
+        ip[4..6].copy_from_slice(&(l4.len() as u16).to_be_bytes());
+        ip[6] = self.next_header_override.unwrap_or(proto);
+        ip[7] = self.hop_limit;
+        ip[8..24].copy_from_slice(&self.src);
+        ip[24..40].copy_from_slice(&self.dst);
+        ip.extend_from_slice(&l4);
+        ip
+    }
+
+    /// The frame's bytes.
+    pub fn build(&self) -> Vec<u8> {
+        let mut frame = ethernet(self.eth_dst, self.eth_src, None, 0x86dd);
+        frame.extend_from_slice(&self.ip_bytes());
         frame
     }
 }

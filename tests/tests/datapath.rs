@@ -263,14 +263,14 @@ fn packets_for_services_are_forwarded_by_mac_rewrite_and_the_rest_pass_untouched
                 counter: GlobalStat::PassNotIp,
             },
             Case {
-                description: "IPv6",
+                description: "IPv6 to an address that is not a VIP",
                 packet: packet::ipv6_udp(
                     [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
                     53,
                 ),
                 action: action::PASS,
                 output: None,
-                counter: GlobalStat::PassIpv6,
+                counter: GlobalStat::PassNotVip,
             },
             Case {
                 description: "ICMP echo to the VIP",

@@ -11,6 +11,7 @@
 //! `tracing`.
 
 use std::{
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -18,10 +19,11 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::programs::XdpMode;
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use lb_userspace::{
     control::{self, Shared, DEFAULT_SOCKET},
     dataplane::{Dataplane, LoadOptions},
+    decap,
     runtime::{RateEstimator, Runtime},
     state::DesiredState,
 };
@@ -32,8 +34,11 @@ use tokio::{
 
 /// xlb's daemon: an XDP layer-4 load balancer.
 #[derive(Parser, Debug)]
-#[command(name = "xlbd", version)]
+#[command(name = "xlbd", version, subcommand_negates_reqs = true)]
 struct Args {
+    /// Run a real-server command instead of the daemon.
+    #[command(subcommand)]
+    command: Option<Sub>,
     /// Interface to balance on (repeat for several).
     #[arg(long = "iface", required = true)]
     ifaces: Vec<String>,
@@ -49,7 +54,7 @@ struct Args {
     #[arg(long, default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
     /// Where the program, its maps and links are pinned (on bpffs).
-    #[arg(long, default_value = "/sys/fs/bpf/xlb")]
+    #[arg(long, env = "XLB_PIN_DIR", default_value = "/sys/fs/bpf/xlb")]
     pin_dir: PathBuf,
     /// Where the desired state and its data-path ids are saved after every change.
     #[arg(long, default_value = "/run/xlb/state.json")]
@@ -63,6 +68,34 @@ struct Args {
     /// Seconds between two counter reports in the log; 0 = none.
     #[arg(long, default_value_t = 60)]
     report_every: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// On a real server: strip the outer header of IPIP / IP6IP6 packets for this host's tunnel
+    /// endpoints (xlb's own decapsulation, for kernels without the ipip module). The program stays
+    /// attached after the command exits; `--remove` detaches it.
+    Decap {
+        /// The interface the tunneled packets arrive on.
+        #[arg(long)]
+        iface: String,
+        /// Detach from the interface instead.
+        #[arg(long)]
+        remove: bool,
+        /// A tunnel endpoint address (repeat for several); default: the interface's addresses.
+        #[arg(long = "addr")]
+        addrs: Vec<IpAddr>,
+        /// XDP attachment mode.
+        #[arg(long, value_enum, default_value_t = Mode::Auto)]
+        xdp_mode: Mode,
+        /// Where its program, maps and links are pinned (on bpffs).
+        #[arg(
+            long,
+            env = "XLB_DECAP_PIN_DIR",
+            default_value = "/sys/fs/bpf/xlb-decap"
+        )]
+        pin_dir: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -83,6 +116,16 @@ async fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    if let Some(Sub::Decap {
+        iface,
+        remove,
+        addrs,
+        xdp_mode,
+        pin_dir,
+    }) = args.command
+    {
+        return decap(&iface, remove, addrs, xdp_mode, &pin_dir);
+    }
 
     ensure_bpffs(&args.pin_dir)?;
     let saved = Runtime::read_state_file(&args.state_file);
@@ -263,6 +306,40 @@ fn load_config(path: &Path) -> Result<DesiredState> {
         }
     }
     Ok(checked)
+}
+
+fn decap(iface: &str, remove: bool, addrs: Vec<IpAddr>, mode: Mode, pin_dir: &Path) -> Result<()> {
+    ensure_bpffs(pin_dir)?;
+    if remove {
+        decap::remove(iface, pin_dir).with_context(|| format!("detaching from {iface}"))?;
+        tracing::info!(iface, "decapsulator removed");
+        return Ok(());
+    }
+    let addrs = if addrs.is_empty() {
+        decap::interface_addresses(iface)?
+    } else {
+        addrs
+    };
+    if addrs.is_empty() {
+        anyhow::bail!("{iface} has no address to be a tunnel endpoint for: give --addr");
+    }
+    let attach = |mode| decap::attach(iface, mode, &addrs, pin_dir);
+    let report = match mode {
+        Mode::Native => attach(XdpMode::Driver),
+        Mode::Generic => attach(XdpMode::Skb),
+        Mode::Auto => attach(XdpMode::Driver).or_else(|e| {
+            tracing::warn!(iface, error = %e, "native XDP refused: falling back to generic mode");
+            attach(XdpMode::Skb)
+        }),
+    }
+    .with_context(|| format!("attaching the decapsulator to {iface}"))?;
+    tracing::info!(
+        iface,
+        endpoints = ?report.endpoints,
+        replaced = report.replaced,
+        "decapsulator attached"
+    );
+    Ok(())
 }
 
 fn attach(dp: &mut Dataplane, iface: &str, mode: Mode, pin_dir: &Path) -> Result<()> {

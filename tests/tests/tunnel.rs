@@ -1,0 +1,508 @@
+//! Data-path fixtures for tunneling, IPv6, path MTU, ICMP steering and the real-server
+//! decapsulator, through BPF_PROG_TEST_RUN: exact bytes out.
+//!
+//! The namespace has one veth interface fx0 (our MAC 02:00:00:00:00:aa, 10.10.0.1/24 and
+//! fd00:10::1/64, MTU 1500, forwarding on) and permanent neighbours for the real servers.
+
+use std::net::IpAddr;
+
+use lb_common::{
+    hash::flow_hash, FlowKey, Forwarding, GlobalStat, RealServer, ServiceKey, FAMILY_V6, PROTO_TCP,
+    PROTO_UDP,
+};
+use lb_userspace::{
+    dataplane::{Dataplane, LoadOptions},
+    decap::Decapsulator,
+    maglev,
+};
+use xlb_tests::{
+    fixture::{self, action, action_name, hex},
+    netns::Netns,
+    packet::{checksum, ethernet, Ipv4Packet, Ipv6Packet, ACK, L4, SYN},
+    root,
+};
+
+const OUR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xcc];
+const OUR_V4: [u8; 4] = [10, 10, 0, 1];
+const CLIENT: [u8; 4] = [10, 10, 0, 50];
+const VIP: [u8; 4] = [10, 10, 0, 100];
+const TUN_RS: [u8; 4] = [10, 10, 0, 21];
+const DR_RS: [u8; 4] = [10, 10, 0, 22];
+const RS_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x21];
+const DR_RS_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x22];
+
+fn v6(last: u16) -> [u8; 16] {
+    let mut a = [0xfd, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    a[14..16].copy_from_slice(&last.to_be_bytes());
+    a
+}
+
+struct Bench {
+    ns: Netns,
+    dp: Dataplane,
+    ifindex: u32,
+}
+
+fn add_service(dp: &mut Dataplane, key: ServiceKey, real: RealServer, identity: &[u8]) {
+    dp.upsert_service(key, 0).expect("service");
+    let id = dp.add_real(real).expect("real");
+    let table = maglev::build(&[maglev::Backend {
+        identity,
+        id,
+        weight: 1,
+    }]);
+    dp.set_maglev_table(key, &table).expect("table");
+}
+
+fn real_v6(addr: [u8; 16], forward: Forwarding) -> RealServer {
+    RealServer {
+        addr: bytemuck::cast(addr),
+        family: FAMILY_V6,
+        forward: forward as u8,
+        _pad: [0; 2],
+    }
+}
+
+fn bench() -> Bench {
+    root::require();
+    let ns = Netns::new("tun");
+    ns.sh(
+        "ip link add fx0 type veth peer name fx1 && ip link set fx0 address 02:00:00:00:00:aa && \
+         ip link set fx0 up && ip link set fx1 up && ip addr add 10.10.0.1/24 dev fx0 && \
+         ip addr add fd00:10::1/64 dev fx0 nodad && \
+         sysctl -qw net.ipv4.conf.fx0.forwarding=1 net.ipv6.conf.fx0.forwarding=1 && \
+         ip neigh replace 10.10.0.21 lladdr 02:00:00:00:01:21 dev fx0 nud permanent && \
+         ip neigh replace 10.10.0.22 lladdr 02:00:00:00:01:22 dev fx0 nud permanent && \
+         ip neigh replace fd00:10::21 lladdr 02:00:00:00:01:21 dev fx0 nud permanent && \
+         ip neigh replace fd00:10::22 lladdr 02:00:00:00:01:22 dev fx0 nud permanent",
+    );
+    let ifindex = ns.ifindex("fx0");
+    let mut dp = Dataplane::load(&LoadOptions {
+        max_services: Some(8),
+        max_connections: Some(4096),
+        ..LoadOptions::default()
+    })
+    .expect("load the data path");
+    let tun = |a: [u8; 4]| RealServer::v4(u32::from_be_bytes(a), Forwarding::Tunnel);
+    add_service(
+        &mut dp,
+        ServiceKey::v4(u32::from_be_bytes(VIP), 80, PROTO_TCP),
+        tun(TUN_RS),
+        &TUN_RS,
+    );
+    add_service(
+        &mut dp,
+        ServiceKey::v4(u32::from_be_bytes(VIP), 53, PROTO_UDP),
+        tun(TUN_RS),
+        &TUN_RS,
+    );
+    add_service(
+        &mut dp,
+        ServiceKey::v4(u32::from_be_bytes(VIP), 8080, PROTO_TCP),
+        RealServer::v4(u32::from_be_bytes(DR_RS), Forwarding::DirectRoute),
+        &DR_RS,
+    );
+    add_service(
+        &mut dp,
+        ServiceKey::v6(v6(0x100), 80, PROTO_TCP),
+        real_v6(v6(0x21), Forwarding::Tunnel),
+        &v6(0x21),
+    );
+    add_service(
+        &mut dp,
+        ServiceKey::v6(v6(0x100), 8080, PROTO_TCP),
+        real_v6(v6(0x22), Forwarding::DirectRoute),
+        &v6(0x22),
+    );
+    Bench { ns, dp, ifindex }
+}
+
+impl Bench {
+    fn run(&self, packet: &[u8]) -> fixture::Outcome {
+        let program = self.dp.program().expect("program");
+        self.ns
+            .enter(|| fixture::run(program, packet, self.ifindex))
+    }
+
+    fn counter(&self, stat: GlobalStat) -> u64 {
+        self.dp.global_counter(stat).expect("counter")
+    }
+
+    fn expect(&self, what: &str, input: &[u8], verdict: u32, output: &[u8], stat: GlobalStat) {
+        let before = self.counter(stat);
+        let out = self.run(input);
+        assert_eq!(
+            out.action,
+            verdict,
+            "{what}: {} instead of {}",
+            action_name(out.action),
+            action_name(verdict)
+        );
+        assert!(
+            out.packet == output,
+            "{what}: packet out differs\n got:\n{}\n expected:\n{}",
+            hex(&out.packet),
+            hex(output)
+        );
+        assert_eq!(
+            self.counter(stat),
+            before + 1,
+            "{what}: counter {}",
+            stat.name()
+        );
+    }
+}
+
+/// An IPv4 packet from the client with DF set and an IP packet of exactly `ip_len` bytes.
+fn v4_of_len(sport: u16, dport: u16, ip_len: usize, df: bool) -> Ipv4Packet {
+    let mut p = Ipv4Packet::tcp(CLIENT, sport, VIP, dport, ACK);
+    p.eth_dst = OUR_MAC;
+    p.eth_src = CLIENT_MAC;
+    p.frag = if df { 0x4000 } else { 0 };
+    p.payload = vec![0x5a; ip_len - 40];
+    p
+}
+
+/// The frame the balancer sends to the tunnel real server for `inner` (an IPv4 packet).
+fn ipip(inner: &[u8]) -> Vec<u8> {
+    let mut outer = vec![0u8; 20];
+    outer[0] = 0x45;
+    outer[1] = inner[1];
+    outer[2..4].copy_from_slice(&((inner.len() + 20) as u16).to_be_bytes());
+    outer[6..8].copy_from_slice(&(u16::from_be_bytes([inner[6], inner[7]]) & 0x4000).to_be_bytes());
+    outer[8] = 64;
+    outer[9] = 4;
+    outer[12..16].copy_from_slice(&OUR_V4);
+    outer[16..20].copy_from_slice(&TUN_RS);
+    let c = checksum(&outer);
+    outer[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut frame = ethernet(RS_MAC, OUR_MAC, None, 0x0800);
+    frame.extend_from_slice(&outer);
+    frame.extend_from_slice(inner);
+    frame
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn ipv4_in_ipv4_has_the_exact_outer_header_and_the_inner_packet_untouched() {
+    let bench = bench();
+    let syn = {
+        let mut p = Ipv4Packet::tcp(CLIENT, 40000, VIP, 80, SYN);
+        p.frag = 0x4000;
+        p.eth_dst = OUR_MAC;
+        p
+    };
+    bench.expect(
+        "TCP SYN to a tunnel service",
+        &syn.build(),
+        action::TX,
+        &ipip(&syn.ip_bytes()),
+        GlobalStat::VerdictTx,
+    );
+    let mut udp = Ipv4Packet::udp(CLIENT, 40001, VIP, 53);
+    udp.frag = 0x4000;
+    udp.eth_dst = OUR_MAC;
+    bench.expect(
+        "UDP to a tunnel service",
+        &udp.build(),
+        action::TX,
+        &ipip(&udp.ip_bytes()),
+        GlobalStat::VerdictTx,
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn ipv6_in_ipv6_and_ipv6_direct_routing_are_exact() {
+    let bench = bench();
+    let mut syn = Ipv6Packet::tcp(v6(0x50), 40000, v6(0x100), 80, SYN);
+    syn.eth_dst = OUR_MAC;
+    syn.traffic_class = 0x28;
+    let inner = syn.ip_bytes();
+    let flow = FlowKey {
+        src: bytemuck::cast(v6(0x50)),
+        dst: bytemuck::cast(v6(0x100)),
+        sport: 40000u16.to_be(),
+        dport: 80u16.to_be(),
+        proto: PROTO_TCP,
+        family: FAMILY_V6,
+        _pad: [0; 2],
+    };
+    let mut outer = vec![0u8; 40];
+    let vcf = (6u32 << 28) | (0x28 << 20) | (flow_hash(&flow) & 0xf_ffff);
+    outer[0..4].copy_from_slice(&vcf.to_be_bytes());
+    outer[4..6].copy_from_slice(&(inner.len() as u16).to_be_bytes());
+    outer[6] = 41;
+    outer[7] = 64;
+    outer[8..24].copy_from_slice(&v6(1));
+    outer[24..40].copy_from_slice(&v6(0x21));
+    let mut expected = ethernet(RS_MAC, OUR_MAC, None, 0x86dd);
+    expected.extend_from_slice(&outer);
+    expected.extend_from_slice(&inner);
+    bench.expect(
+        "IPv6 TCP SYN to a tunnel service",
+        &syn.build(),
+        action::TX,
+        &expected,
+        GlobalStat::VerdictTx,
+    );
+
+    let mut dr = Ipv6Packet::tcp(v6(0x50), 40001, v6(0x100), 8080, SYN);
+    dr.eth_dst = OUR_MAC;
+    let input = dr.build();
+    let mut expected = input.clone();
+    expected[0..6].copy_from_slice(&DR_RS_MAC);
+    expected[6..12].copy_from_slice(&OUR_MAC);
+    bench.expect(
+        "IPv6 TCP SYN to a direct-routing service",
+        &input,
+        action::TX,
+        &expected,
+        GlobalStat::VerdictTx,
+    );
+
+    let mut ext = Ipv6Packet::tcp(v6(0x50), 40002, v6(0x100), 80, SYN);
+    ext.next_header_override = Some(0); // hop-by-hop options
+    let input = ext.build();
+    bench.expect(
+        "IPv6 with an extension header",
+        &input,
+        action::DROP,
+        &input,
+        GlobalStat::DropIpv6ExtHeaders,
+    );
+    // A fragment header (next header TCP, offset 0, more fragments) and the start of TCP.
+    let mut header = vec![6u8, 0, 0x00, 0x01, 0, 0, 0x12, 0x34];
+    header.extend_from_slice(&[0x9c, 0x43, 0x00, 0x50, 0, 0, 0, 1]);
+    let frag = Ipv6Packet::new(
+        v6(0x50),
+        v6(0x100),
+        L4::Raw {
+            proto: 44,
+            bytes: header,
+        },
+    );
+    let input = frag.build();
+    bench.expect(
+        "IPv6 first fragment",
+        &input,
+        action::DROP,
+        &input,
+        GlobalStat::DropFragmentFirst,
+    );
+}
+
+/// The "fragmentation needed" the client gets for `input` (a frame from the client).
+fn frag_needed(input: &[u8], mtu: u16) -> Vec<u8> {
+    let quote = &input[14..14 + 64];
+    let mut icmp = vec![3u8, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&mtu.to_be_bytes());
+    icmp.extend_from_slice(quote);
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 1;
+    ip[12..16].copy_from_slice(&VIP);
+    ip[16..20].copy_from_slice(&CLIENT);
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut frame = ethernet(CLIENT_MAC, OUR_MAC, None, 0x0800);
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&icmp);
+    frame
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn the_largest_packet_that_fits_the_tunnel_goes_and_one_byte_more_gets_fragmentation_needed() {
+    let bench = bench();
+    let fits = v4_of_len(41000, 80, 1480, true);
+    bench.expect(
+        "a 1480-byte packet (1500 with the tunnel)",
+        &fits.build(),
+        action::TX,
+        &ipip(&fits.ip_bytes()),
+        GlobalStat::VerdictTx,
+    );
+    let too_big = v4_of_len(41001, 80, 1481, true).build();
+    bench.expect(
+        "a 1481-byte packet with DF",
+        &too_big,
+        action::TX,
+        &frag_needed(&too_big, 1480),
+        GlobalStat::IcmpTooBigSent,
+    );
+    let no_df = v4_of_len(41002, 80, 1481, false).build();
+    bench.expect(
+        "a 1481-byte packet without DF",
+        &no_df,
+        action::DROP,
+        &no_df,
+        GlobalStat::DropTooBig,
+    );
+
+    // IPv6: 1460 + 40 fits, one more byte gets "packet too big" with MTU 1460.
+    let of_len = |sport: u16, len: usize| {
+        let mut p = Ipv6Packet::tcp(v6(0x50), sport, v6(0x100), 80, ACK);
+        p.eth_dst = OUR_MAC;
+        p.eth_src = CLIENT_MAC;
+        p.payload = vec![0x5a; len - 60];
+        p.build()
+    };
+    let fits = of_len(41003, 1460);
+    let out = bench.run(&fits);
+    assert_eq!(out.action, action::TX);
+    assert_eq!(out.packet.len(), fits.len() + 40);
+    let too_big = of_len(41004, 1461);
+    let quote = &too_big[14..14 + 64];
+    let mut icmp = vec![2u8, 0, 0, 0];
+    icmp.extend_from_slice(&1460u32.to_be_bytes());
+    icmp.extend_from_slice(quote);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&v6(0x100));
+    pseudo.extend_from_slice(&v6(0x50));
+    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    pseudo.extend_from_slice(&icmp);
+    let c = checksum(&pseudo);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut expected = ethernet(CLIENT_MAC, OUR_MAC, None, 0x86dd);
+    expected.extend_from_slice(&[0x60, 0, 0, 0]);
+    expected.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    expected.extend_from_slice(&[58, 64]);
+    expected.extend_from_slice(&v6(0x100));
+    expected.extend_from_slice(&v6(0x50));
+    expected.extend_from_slice(&icmp);
+    bench.expect(
+        "a 1461-byte IPv6 packet",
+        &too_big,
+        action::TX,
+        &expected,
+        GlobalStat::IcmpTooBigSent,
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn icmp_errors_about_a_flow_go_to_the_flows_real_server() {
+    let bench = bench();
+    // The flow exists (DR service on 8080), then a router tells the VIP that the real server's
+    // reply to the client was too big: it quotes VIP:8080 -> CLIENT:42000.
+    let syn = Ipv4Packet::tcp(CLIENT, 42000, VIP, 8080, SYN).build();
+    assert_eq!(bench.run(&syn).action, action::TX);
+    let quoted = Ipv4Packet::tcp(VIP, 8080, CLIENT, 42000, ACK).ip_bytes();
+    let mut body = vec![3u8, 4, 0, 0, 0, 0, 0x05, 0x00];
+    body.extend_from_slice(&quoted[..28]);
+    let error = Ipv4Packet::new(
+        [10, 10, 0, 254],
+        VIP,
+        L4::Raw {
+            proto: 1,
+            bytes: body,
+        },
+    );
+    let mut error = error;
+    error.payload.clear();
+    let input = error.build();
+    let mut expected = input.clone();
+    expected[0..6].copy_from_slice(&DR_RS_MAC);
+    expected[6..12].copy_from_slice(&OUR_MAC);
+    bench.expect(
+        "ICMP fragmentation needed quoting a flow",
+        &input,
+        action::TX,
+        &expected,
+        GlobalStat::SeenIcmpErrorForwarded,
+    );
+    // An echo request to the VIP is the VIP's own business.
+    let echo = Ipv4Packet::new(
+        CLIENT,
+        VIP,
+        L4::Raw {
+            proto: 1,
+            bytes: vec![8, 0, 0, 0, 0, 1, 0, 1],
+        },
+    )
+    .build();
+    bench.expect(
+        "ICMP echo",
+        &echo,
+        action::PASS,
+        &echo,
+        GlobalStat::PassOtherProto,
+    );
+
+    // IPv6: "packet too big" quoting VIP6:8080 -> client.
+    let quoted = Ipv6Packet::tcp(v6(0x100), 8080, v6(0x50), 42001, ACK).ip_bytes();
+    let mut body = vec![2u8, 0, 0, 0, 0, 0, 0x05, 0x00];
+    body.extend_from_slice(&quoted[..48]);
+    let mut error = Ipv6Packet::new(
+        v6(0xfe),
+        v6(0x100),
+        L4::Raw {
+            proto: 58,
+            bytes: body,
+        },
+    );
+    error.payload.clear();
+    let input = error.build();
+    let mut expected = input.clone();
+    expected[0..6].copy_from_slice(&DR_RS_MAC);
+    expected[6..12].copy_from_slice(&OUR_MAC);
+    bench.expect(
+        "ICMPv6 packet too big quoting a flow",
+        &input,
+        action::TX,
+        &expected,
+        GlobalStat::SeenIcmpErrorForwarded,
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn the_decapsulator_strips_only_tunnels_addressed_to_us() {
+    root::require();
+    let ns = Netns::new("decap");
+    ns.sh("ip link add dx0 type veth peer name dx1 && ip link set dx0 up && ip link set dx1 up");
+    let ifindex = ns.ifindex("dx0");
+    let ours: Vec<IpAddr> = vec![IpAddr::from(TUN_RS), IpAddr::from(v6(0x21))];
+    let decap = Decapsulator::load(&ours, None).expect("load the decapsulator");
+    let program = decap.program().expect("program");
+    let run = |p: &[u8]| ns.enter(|| fixture::run(program, p, ifindex));
+
+    let inner = Ipv4Packet::tcp(CLIENT, 40000, VIP, 80, SYN).ip_bytes();
+    let tunneled = ipip(&inner);
+    let out = run(&tunneled);
+    assert_eq!(out.action, action::PASS);
+    let mut expected = ethernet(RS_MAC, OUR_MAC, None, 0x0800);
+    expected.extend_from_slice(&inner);
+    assert_eq!(out.packet, expected, "IPIP for us:\n{}", hex(&out.packet));
+
+    // The same for another host, and a plain packet: untouched.
+    let mut other = tunneled.clone();
+    other[14 + 19] = 99;
+    assert_eq!(run(&other).packet, other);
+    let plain = Ipv4Packet::tcp(CLIENT, 40000, TUN_RS, 80, SYN).build();
+    assert_eq!(run(&plain).packet, plain);
+
+    // IPv6 in IPv6, behind a VLAN tag.
+    let inner6 = Ipv6Packet::tcp(v6(0x50), 40000, v6(0x100), 80, SYN).ip_bytes();
+    let mut frame = ethernet(RS_MAC, OUR_MAC, Some(7), 0x86dd);
+    let mut outer = vec![0u8; 40];
+    outer[0] = 0x60;
+    outer[4..6].copy_from_slice(&(inner6.len() as u16).to_be_bytes());
+    outer[6] = 41;
+    outer[7] = 64;
+    outer[8..24].copy_from_slice(&v6(1));
+    outer[24..40].copy_from_slice(&v6(0x21));
+    frame.extend_from_slice(&outer);
+    frame.extend_from_slice(&inner6);
+    let out = run(&frame);
+    let mut expected = ethernet(RS_MAC, OUR_MAC, Some(7), 0x86dd);
+    expected.extend_from_slice(&inner6);
+    assert_eq!(out.packet, expected, "IP6IP6 for us:\n{}", hex(&out.packet));
+}
