@@ -632,6 +632,20 @@ impl Dataplane {
             .map_err(map_err("writing the data-path settings"))
     }
 
+    /// Sets the source addresses of tunnels; `None` lets the FIB choose the egress interface's.
+    pub fn set_tunnel_source(
+        &mut self,
+        v4: Option<std::net::Ipv4Addr>,
+        v6: Option<std::net::Ipv6Addr>,
+    ) -> Result<()> {
+        let mut config = self.config.get(&0, 0).unwrap_or_default();
+        config.tunnel_src_v4 = v4.map_or(0, |a| u32::from(a).to_be());
+        config.tunnel_src_v6 = v6.map_or([0; 4], |a| bytemuck::cast(a.octets()));
+        self.config
+            .set(0, config, 0)
+            .map_err(map_err("writing the data-path settings"))
+    }
+
     /// The underlying object, for the logger (`aya_log::EbpfLogger::init`).
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf

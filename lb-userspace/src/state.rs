@@ -347,6 +347,10 @@ pub enum StateError {
     /// tunnel can carry one family inside the other.
     #[error("Different address family is allowed only for tunneling servers")]
     AddressFamilyMismatch,
+    /// A tunnel between address families (IPv4 in IPv6 or the reverse): ipvsadm allows it, xlb's
+    /// data path does not encapsulate across families.
+    #[error("xlb does not tunnel across address families: the real server must have the service's family")]
+    TunnelAcrossFamilies,
 }
 
 impl Change {
@@ -564,8 +568,11 @@ fn validate_real(service: &ServiceAddr, real: &RealServer) -> Result<(), StateEr
             real_port: real.port,
         });
     }
-    if real.forwarding == Forwarding::DirectRoute && real.addr.is_ipv6() != service.addr.is_ipv6() {
-        return Err(StateError::AddressFamilyMismatch);
+    if real.addr.is_ipv6() != service.addr.is_ipv6() {
+        return Err(match real.forwarding {
+            Forwarding::DirectRoute => StateError::AddressFamilyMismatch,
+            Forwarding::Tunnel => StateError::TunnelAcrossFamilies,
+        });
     }
     Ok(())
 }
@@ -820,8 +827,9 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_real_server_of_an_ipv4_service_needs_a_tunnel() {
+    fn an_ipv6_real_server_of_an_ipv4_service_is_refused_with_either_method() {
         let mut state = one_service();
+        let before = state.clone();
         let svc = tcp("10.0.0.1", 80);
         assert_eq!(
             state.add_real(&svc, real("2001:db8::2", 80)),
@@ -831,9 +839,11 @@ mod tests {
             forwarding: Forwarding::Tunnel,
             ..real("2001:db8::2", 80)
         };
-        state
-            .add_real(&svc, tunneled)
-            .expect("a tunnel may cross families");
+        assert_eq!(
+            state.add_real(&svc, tunneled),
+            Err(StateError::TunnelAcrossFamilies)
+        );
+        assert_eq!(state, before);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     process::{Child, ChildStdin, ChildStdout, Stdio},
     time::{Duration, Instant},
 };
@@ -19,6 +19,13 @@ use crate::netns::{veth, Netns};
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
 /// The client's address.
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+/// The IPv6 VIP of the lab.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 0x100);
+
+/// The IPv6 address of real server `i` (0-based).
+pub fn real_addr6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 0x11 + i as u16)
+}
 
 /// The address of real server `i` (0-based).
 pub fn real_addr(i: usize) -> Ipv4Addr {
@@ -50,18 +57,32 @@ impl DrLab {
             .map(|i| Netns::new(&format!("rs{}", i + 1)))
             .collect();
 
-        let plug = |host: &Netns, port: &str, addr: Ipv4Addr| {
+        let plug = |host: &Netns, port: &str, addr: Ipv4Addr, addr6: Ipv6Addr| {
             veth(host, "eth0", &switch, port);
             switch.sh(&format!("ip link set {port} master br0"));
-            host.sh(&format!("ip addr add {addr}/24 dev eth0"));
+            host.sh(&format!(
+                "ip addr add {addr}/24 dev eth0 && ip addr add {addr6}/64 dev eth0 nodad"
+            ));
         };
-        plug(&client, "pclient", CLIENT);
-        plug(&balancer, "plb", Ipv4Addr::new(10, 77, 0, 1));
-        balancer.sh(&format!("ip addr add {VIP}/32 dev eth0"));
+        plug(
+            &client,
+            "pclient",
+            CLIENT,
+            Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 2),
+        );
+        plug(
+            &balancer,
+            "plb",
+            Ipv4Addr::new(10, 77, 0, 1),
+            Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 1),
+        );
+        balancer.sh(&format!(
+            "ip addr add {VIP}/32 dev eth0 && ip addr add {VIP6}/128 dev eth0 nodad"
+        ));
         for (i, rs) in reals.iter().enumerate() {
-            plug(rs, &format!("prs{}", i + 1), real_addr(i));
+            plug(rs, &format!("prs{}", i + 1), real_addr(i), real_addr6(i));
             rs.sh(&format!(
-                "ip addr add {VIP}/32 dev lo && \
+                "ip addr add {VIP}/32 dev lo && ip addr add {VIP6}/128 dev lo nodad && \
                  sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2 \
                  net.ipv4.conf.eth0.arp_ignore=1 net.ipv4.conf.eth0.arp_announce=2"
             ));
@@ -93,7 +114,8 @@ impl DrLab {
                  h.SimpleHTTPRequestHandler.protocol_version = 'HTTP/1.1'\n\
                  h.SimpleHTTPRequestHandler.log_message = lambda *a: None\n\
                  handler = functools.partial(h.SimpleHTTPRequestHandler, directory=sys.argv[1])\n\
-                 h.ThreadingHTTPServer(('0.0.0.0', 80), handler).serve_forever()",
+                 class S(h.ThreadingHTTPServer): address_family = __import__('socket').AF_INET6\n\
+                 S(('::', 80), handler).serve_forever()",
                 &dir,
             ])
             .stdin(Stdio::null())

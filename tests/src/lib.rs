@@ -4,14 +4,18 @@
 //! - [`netns`]: network namespaces and veth links, removed even when a test panics.
 //! - [`lab`]: the direct-routing lab of namespaces with real web servers.
 //! - [`packet`]: test packets built byte by byte.
+//! - [`routed`]: the routed tunneling lab (client, router, balancer, real servers behind it).
+//! - [`daemon`]: running xlbd and xlbadm in a test namespace.
 //! - [`fixture`]: running the XDP program through `BPF_PROG_TEST_RUN`.
 //! - [`services`]: services and real servers set up through the dataplane API.
 //! - [`root`]: the guard that root-only tests call first.
 
+pub mod daemon;
 pub mod fixture;
 pub mod lab;
 pub mod netns;
 pub mod packet;
+pub mod routed;
 pub mod services;
 
 /// Root-only tests are `#[ignore]`d so that a plain `cargo test` (as any user) runs the unit tests;

@@ -65,6 +65,10 @@ struct Args {
     /// Start with the data path's debug events on.
     #[arg(long)]
     debug_events: bool,
+    /// Source address of tunneled packets (one IPv4 and/or one IPv6); default: the egress
+    /// interface's address, as the kernel's FIB gives it.
+    #[arg(long = "tunnel-source")]
+    tunnel_sources: Vec<IpAddr>,
     /// Seconds between two counter reports in the log; 0 = none.
     #[arg(long, default_value_t = 60)]
     report_every: u64,
@@ -149,6 +153,16 @@ async fn main() -> Result<()> {
     }
     dp.set_debug_events(args.debug_events)
         .context("setting the debug events")?;
+    let v4 = args.tunnel_sources.iter().find_map(|a| match a {
+        IpAddr::V4(v4) => Some(*v4),
+        IpAddr::V6(_) => None,
+    });
+    let v6 = args.tunnel_sources.iter().find_map(|a| match a {
+        IpAddr::V6(v6) => Some(*v6),
+        IpAddr::V4(_) => None,
+    });
+    dp.set_tunnel_source(v4, v6)
+        .context("setting the tunnel source")?;
 
     let runtime = match saved.filter(|_| pinned) {
         Some(saved) => {

@@ -1654,12 +1654,15 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_real_server_of_an_ipv4_service_is_rejected_for_direct_routing() {
+    fn an_ipv6_real_server_of_an_ipv4_service_is_rejected() {
         assert_eq!(
             message("-a -t 10.0.0.1:80 -r [2001:db8::2]:80 -g"),
             "Different address family is allowed only for tunneling servers"
         );
-        assert!(parse(&args("-a -t 10.0.0.1:80 -r [2001:db8::2]:80 -i")).is_ok());
+        assert_eq!(
+            message("-a -t 10.0.0.1:80 -r [2001:db8::2]:80 -i"),
+            "xlb does not tunnel across address families: the real server must have the service's family"
+        );
     }
 
     #[test]

@@ -226,8 +226,8 @@ mod tests {
             .add_real(&dns6, real("2001:db8::2", 53, Forwarding::DirectRoute, 1))
             .expect("dns6 2");
         state
-            .add_real(&dns6, real("192.0.2.7", 53, Forwarding::Tunnel, 1))
-            .expect("dns6 v4 tunnel");
+            .add_real(&dns6, real("2001:db8::7", 53, Forwarding::Tunnel, 1))
+            .expect("dns6 tunnel");
         state
     }
 
@@ -241,8 +241,8 @@ mod tests {
              -A -t 10.0.0.1:443 -s mh -p 360 -M 255.255.255.0\n\
              -a -t 10.0.0.1:443 -r 10.0.0.4:443 -g -w 0\n\
              -A -u [2001:db8::1]:53 -s mh -p 60 -M 64\n\
-             -a -u [2001:db8::1]:53 -r 192.0.2.7:53 -i -w 1 --tun-type ipip\n\
-             -a -u [2001:db8::1]:53 -r [2001:db8::2]:53 -g -w 1\n"
+             -a -u [2001:db8::1]:53 -r [2001:db8::2]:53 -g -w 1\n\
+             -a -u [2001:db8::1]:53 -r [2001:db8::7]:53 -i -w 1 --tun-type ipip\n"
         );
     }
 

@@ -1,0 +1,165 @@
+//! Running xlbd (and xlbadm against it) inside a test namespace, with its own socket, state file
+//! and a bpffs of its own for the pins.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use lb_userspace::dataplane::Dataplane;
+
+use crate::netns::{run_sh, sh, Netns};
+
+/// The workspace's binaries, next to this test's executable's directory.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (cargo xtask test does)",
+        path.display()
+    );
+    path
+}
+
+/// A running xlbd with its own socket, pins and state file; stopped and unpinned when dropped.
+pub struct Daemon<'a> {
+    ns: &'a Netns,
+    dir: PathBuf,
+    /// Where its program, maps and links are pinned.
+    pub pin_dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl<'a> Daemon<'a> {
+    /// Starts xlbd on the namespace's eth0 (generic mode) with no configuration.
+    pub fn start(ns: &'a Netns) -> Self {
+        let dir = PathBuf::from(format!("/tmp/{}-xlbd", ns.name()));
+        std::fs::create_dir_all(&dir).expect("daemon directory");
+        // `ip netns exec` gives the daemon a mount namespace of its own with a fresh /sys, so pins
+        // under its /sys/fs/bpf would vanish with it: pin on a bpffs mounted here instead.
+        let bpffs = dir.join("bpffs");
+        std::fs::create_dir_all(&bpffs).expect("bpffs mount point");
+        sh(&format!("mount -t bpf bpf {}", bpffs.display()));
+        let pin_dir = bpffs.join("xlb");
+        let mut daemon = Self {
+            ns,
+            dir,
+            pin_dir,
+            child: None,
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    /// Its control socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("xlb.sock")
+    }
+
+    /// Starts the process (again).
+    pub fn spawn(&mut self) {
+        self.spawn_with(&[]);
+    }
+
+    /// Starts the process (again) with extra arguments.
+    pub fn spawn_with(&mut self, extra: &[&str]) {
+        let _ = std::fs::remove_file(self.socket());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("xlbd.log"))
+            .expect("log file");
+        let child = self
+            .ns
+            .command(binary("xlbd").to_str().expect("path"))
+            .args([
+                "--iface",
+                "eth0",
+                "--xdp-mode",
+                "generic",
+                "--report-every",
+                "0",
+            ])
+            .arg("--config")
+            .arg(self.dir.join("none.toml"))
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--state-file")
+            .arg(self.dir.join("state.json"))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start xlbd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.socket().exists() {
+            assert!(
+                Instant::now() < deadline,
+                "xlbd did not open its socket; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("xlbd.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM, and waits for the exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill on the pid of a child we own.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let status = child.wait().expect("wait for xlbd");
+            assert!(
+                status.success(),
+                "xlbd exited with {status}; log:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    /// Runs xlbadm against it.
+    pub fn adm(&self, args: &[&str]) -> Output {
+        Command::new(binary("xlbadm"))
+            .args(args)
+            .env("XLB_SOCKET", self.socket())
+            .output()
+            .expect("run xlbadm")
+    }
+
+    /// Runs xlbadm against it and panics when it fails.
+    pub fn adm_ok(&self, args: &[&str]) -> String {
+        let out = self.adm(args);
+        assert!(
+            out.status.success(),
+            "xlbadm {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Daemon<'_> {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Dataplane::remove_pins(&self.pin_dir);
+        let _ = run_sh(&format!("umount {}/bpffs", self.dir.display()));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
