@@ -40,6 +40,7 @@ fn the_shell_scripts_are_shellcheck_clean() {
     root::require();
     let out = Command::new("shellcheck")
         .arg(repo().join("scripts/xlb-realserver"))
+        .arg(repo().join("scripts/xlb-demo"))
         .arg(repo().join("tests/realserver/test-xlb-realserver.sh"))
         .output()
         .expect("run shellcheck (cargo xtask setup installs it)");

@@ -4,6 +4,7 @@
 //! - `setup`: nightly's rust-src, bpf-linker (built against rustc's own libLLVM), Debian packages.
 //! - `build`: setup, then build the workspace (the XDP object through lb-userspace's build script).
 //! - `run -- ARGS`: build, then run `xlbd ARGS` as root.
+//! - `demo [--down]`: a lab of network namespaces showing xlb at work, left running.
 //! - `test`: setup, unit tests, then as root the data-path (BPF_PROG_TEST_RUN) and
 //!   network-namespace end-to-end tests.
 
@@ -48,6 +49,13 @@ enum Cmd {
         /// Arguments for xlbd (e.g. `-- --iface eth0 --config /etc/xlb/xlb.toml`).
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Build a lab of network namespaces on this machine (a client, xlbd, three real servers)
+    /// with a direct-routing and a tunnel service, send traffic, and leave it running.
+    Demo {
+        /// Remove the lab instead.
+        #[arg(long)]
+        down: bool,
     },
     /// Run every test: unit tests, then (as root) data-path and end-to-end tests.
     Test {
@@ -95,8 +103,33 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Demo { down } => demo(down),
         Cmd::Test { unit_only, filter } => test(unit_only, filter),
     }
+}
+
+fn demo(down: bool) -> Result<()> {
+    setup::require_root("the demo lab creates network namespaces and loads XDP programs")?;
+    let root = setup::workspace_root()?;
+    let script = root.join("scripts/xlb-demo");
+    if !down {
+        setup::toolchain()?;
+        setup::require_btf()?;
+        setup::packages()?;
+        cargo(&["build", "--bins"], false)?;
+    }
+    let bin = setup::target_dir()?.join("debug");
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg(if down { "down" } else { "up" })
+        .env("XLBD", bin.join("xlbd"))
+        .env("XLBADM", bin.join("xlbadm"))
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !status.success() {
+        bail!("the demo lab script failed ({status})");
+    }
+    Ok(())
 }
 
 fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
