@@ -5,6 +5,7 @@
 //! - `build`: setup, then build the workspace (the XDP object through lb-userspace's build script).
 //! - `run -- ARGS`: build, then run `xlbd ARGS` as root.
 //! - `demo [--down]`: a lab of network namespaces showing xlb at work, left running.
+//! - `bench`: the benchmarks, as ratios against baselines measured in the same run.
 //! - `test`: setup, unit tests, then as root the data-path (BPF_PROG_TEST_RUN) and
 //!   network-namespace end-to-end tests.
 
@@ -57,6 +58,8 @@ enum Cmd {
         #[arg(long)]
         down: bool,
     },
+    /// Run the benchmarks (as root): each reports ratios against a baseline of the same run.
+    Bench,
     /// Run every test: unit tests, then (as root) data-path and end-to-end tests.
     Test {
         /// Only the unit tests, which need no root.
@@ -104,6 +107,20 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Demo { down } => demo(down),
+        Cmd::Bench => {
+            setup::toolchain()?;
+            setup::require_root("the benchmarks load XDP programs")?;
+            setup::require_btf()?;
+            cargo(&["build", "-p", "xlb-tests", "--bin", "xlb-bench"], true)?;
+            let bench = setup::target_dir()?.join("release").join("xlb-bench");
+            let status = Command::new(&bench)
+                .status()
+                .with_context(|| format!("running {}", bench.display()))?;
+            if !status.success() {
+                bail!("the benchmarks failed ({status})");
+            }
+            Ok(())
+        }
         Cmd::Test { unit_only, filter } => test(unit_only, filter),
     }
 }
