@@ -13,12 +13,14 @@
 //! - [`plan`]: the steps between two desired states (pure).
 //! - [`runtime`]: the daemon's state; applies changes whole or not at all, saves them.
 //! - [`control`]: the control socket between xlbadm and xlbd.
+//! - [`health`]: health checks of real servers and what they mean for the tables.
 
 mod batch;
 pub mod control;
 pub mod convert;
 pub mod dataplane;
 pub mod decap;
+pub mod health;
 pub mod ipvsadm;
 pub mod links;
 pub mod maglev;

@@ -1,0 +1,1933 @@
+//! What to check on a real server, how often, and what a service does about failures: the
+//! `--check*` flags and their config-file form, a parser for each flag's value, and the
+//! validation of the whole (pure).
+//!
+//! Options come in two layers. [`CheckOptions`] is what the user wrote, every field optional, on a
+//! service (the default for its real servers) and on a real server (overriding the service's
+//! default field by field); [`CheckOptions::build`] fills in the defaults and validates the result
+//! into a [`CheckSpec`], which is what the checker runs. Store the options (so that `-S` can print
+//! them back with [`CheckOptions::flags`]) and build the spec when the targets are computed.
+//!
+//! Value syntax, as `xlbadm` takes it:
+//! - durations: a whole number and a unit, `500ms`, `2s`, `1m` (also `us`, `ns`, `h`); a bare
+//!   number is seconds;
+//! - `--check-status`: a code (`200`), a range (`200-299`) or a list of them (`200,301-302`);
+//! - `--check-expect`: the text the HTTP body (or the send/expect reply) must contain; a value
+//!   starting with `~` is a regular expression instead (`~^OK\b`). To look for a text that itself
+//!   starts with `~`, write it as a regular expression: `~~text` (a `~` is no special character
+//!   in a regular expression);
+//! - `--check-send`: the bytes to send, with the escapes `\r`, `\n`, `\t`, `\0`, `\\` and `\xHH`;
+//! - `--sorry-server`: `RIP` or `RIP:PORT` (`[RIP6]:PORT` for IPv6).
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+    time::Duration,
+};
+
+use regex::bytes::{Regex, RegexBuilder};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::state::{Forwarding, ServiceAddr};
+
+/// How long between two checks of a target without `--check-interval` (HAProxy's `inter`).
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long a check may take without `--check-timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How many good checks in a row bring a failed server back without `--rise` (HAProxy's).
+pub const DEFAULT_RISE: u32 = 2;
+
+/// How many failed checks in a row take a server out without `--fall` (HAProxy's).
+pub const DEFAULT_FALL: u32 = 3;
+
+/// The path an HTTP check asks for without `--check-path`.
+pub const DEFAULT_HTTP_PATH: &str = "/";
+
+/// The smallest live weight a service needs without `--quorum`: one, so that a sorry server stands
+/// in when no real server is left (keepalived's default).
+pub const DEFAULT_QUORUM: u32 = 1;
+
+/// The largest pattern a `~` expectation may compile to, so that a typo cannot eat the daemon's
+/// memory.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// Why a check or service configuration was refused. Each message names what is wrong and, where
+/// it helps, what would be right; callers prefix the flag when they parse one.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    /// `--check` with a kind that does not exist.
+    #[error("unknown check '{name}' (expected one of: {})", CheckKind::names())]
+    UnknownKind {
+        /// The kind as given.
+        name: String,
+    },
+    /// `--check-start` with a value that does not exist.
+    #[error("unknown start state '{value}' (expected first, up or down)")]
+    UnknownStart {
+        /// The value as given.
+        value: String,
+    },
+    /// A duration that does not parse.
+    #[error(
+        "invalid duration '{value}': expected a whole number and a unit, like 500ms, 2s or 1m"
+    )]
+    BadDuration {
+        /// The value as given.
+        value: String,
+    },
+    /// A number that does not parse or is out of its range.
+    #[error("invalid {what} '{value}': expected {expected}")]
+    BadNumber {
+        /// What the number is (port, rise, fall, quorum).
+        what: &'static str,
+        /// The value as given.
+        value: String,
+        /// The accepted range, in words.
+        expected: &'static str,
+    },
+    /// `--check-status` that does not parse.
+    #[error("invalid status '{value}': {reason} (expected a code, a range or a list, like 200, 200-299 or 200,301)")]
+    BadStatus {
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `--check-expect` with nothing to look for.
+    #[error("empty expectation: --check-expect needs a text, or ~ and a regular expression")]
+    EmptyExpect,
+    /// `--check-expect ~...` whose regular expression does not compile.
+    #[error("invalid regular expression '{pattern}': {reason}")]
+    BadRegex {
+        /// The pattern, without its `~`.
+        pattern: String,
+        /// The regex crate's message.
+        reason: String,
+    },
+    /// `--check-send` with a malformed escape.
+    #[error("invalid send text '{value}': {reason}")]
+    BadEscape {
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `--check-path` that is not an absolute path, or holds spaces or line breaks.
+    #[error("invalid check path '{path}': it must start with / and hold no spaces or line breaks")]
+    BadPath {
+        /// The path as given.
+        path: String,
+    },
+    /// `--check-host` that is empty or holds spaces or line breaks, or (for HTTPS) is not a
+    /// name or address that a certificate can be checked against.
+    #[error("invalid check host '{host}': {reason}")]
+    BadHost {
+        /// The host as given.
+        host: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// `--sorry-server` that is not `RIP` or `RIP:PORT`.
+    #[error("invalid sorry server '{value}': expected an address, optionally with a port (10.0.0.9, 10.0.0.9:80, [2001:db8::9]:80)")]
+    BadSorryServer {
+        /// The value as given.
+        value: String,
+    },
+    /// A zero interval or timeout.
+    #[error("the check {what} must be longer than zero")]
+    ZeroDuration {
+        /// `interval` or `timeout`.
+        what: &'static str,
+    },
+    /// A timeout that is not shorter than the interval, so that checks of one target would overlap.
+    #[error("the check timeout ({}) must be shorter than the interval ({})", format_duration(*timeout), format_duration(*interval))]
+    TimeoutNotBelowInterval {
+        /// The timeout.
+        timeout: Duration,
+        /// The interval.
+        interval: Duration,
+    },
+    /// An exec check without `--check-command`, or a notify hook that is empty.
+    #[error("{what} needs a command")]
+    MissingCommand {
+        /// What needs it.
+        what: &'static str,
+    },
+    /// A send/expect check that neither sends nor expects anything (that is a TCP check).
+    #[error("--check send-expect needs --check-send, --check-expect or both")]
+    EmptySendExpect,
+    /// An option that the check kind does not use, such as `--check-path` with `--check tcp`.
+    #[error("{flag} does not apply to --check {kind}")]
+    NotForKind {
+        /// The flag.
+        flag: &'static str,
+        /// The check kind.
+        kind: CheckKind,
+    },
+    /// A sorry server on another port than its service: direct routing and tunneling cannot
+    /// change the port.
+    #[error("sorry server port {sorry_port} differs from the service port {service_port}: direct routing and tunneling cannot change the port")]
+    SorryPortMismatch {
+        /// The service's port.
+        service_port: u16,
+        /// The sorry server's port.
+        sorry_port: u16,
+    },
+    /// A sorry server of the other address family than its service, with direct routing.
+    #[error("a sorry server of another address family than the service needs tunneling")]
+    SorryFamilyMismatch,
+    /// A flag that is not a health-check flag.
+    #[error("unknown health-check option {flag}")]
+    UnknownFlag {
+        /// The flag as given.
+        flag: String,
+    },
+    /// A flag that needs a value, given without one.
+    #[error("{flag} needs a value")]
+    MissingValue {
+        /// The flag.
+        flag: &'static str,
+    },
+}
+
+/// What a check does (`--check`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckKind {
+    /// No check: the server is always taken as up.
+    None,
+    /// A TCP connection is accepted.
+    Tcp,
+    /// An HTTP/1.0 GET answers with an expected status (and body).
+    Http,
+    /// The same over TLS.
+    Https,
+    /// Bytes sent over TCP get a reply that contains the expected text.
+    SendExpect,
+    /// A command exits with 0.
+    Exec,
+}
+
+impl CheckKind {
+    /// Every kind, in the order that `--help` and error messages list them.
+    pub const ALL: &'static [CheckKind] = &[
+        CheckKind::Tcp,
+        CheckKind::Http,
+        CheckKind::Https,
+        CheckKind::SendExpect,
+        CheckKind::Exec,
+        CheckKind::None,
+    ];
+
+    /// The name `--check` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckKind::None => "none",
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http => "http",
+            CheckKind::Https => "https",
+            CheckKind::SendExpect => "send-expect",
+            CheckKind::Exec => "exec",
+        }
+    }
+
+    /// The names separated by `|`, as a usage line lists them.
+    pub fn names() -> String {
+        Self::ALL
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join("|")
+    }
+}
+
+impl fmt::Display for CheckKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for CheckKind {
+    type Err = ConfigError;
+
+    /// Parses `--check`'s value.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| ConfigError::UnknownKind { name: s.to_owned() })
+    }
+}
+
+/// Where a target starts before its checks have said anything (`--check-start`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartState {
+    /// Unknown (and taking traffic, as a server without checks) until the first result, which
+    /// alone decides up or down.
+    #[default]
+    First,
+    /// Up: `fall` failures take it out, as if it had been up for long.
+    Up,
+    /// Down: it takes no traffic until `rise` good checks (keepalived's `alpha`).
+    Down,
+}
+
+impl FromStr for StartState {
+    type Err = ConfigError;
+
+    /// Parses `--check-start`'s value: `first`, `up` or `down`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "first" => Ok(StartState::First),
+            "up" => Ok(StartState::Up),
+            "down" => Ok(StartState::Down),
+            _ => Err(ConfigError::UnknownStart {
+                value: s.to_owned(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for StartState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StartState::First => "first",
+            StartState::Up => "up",
+            StartState::Down => "down",
+        })
+    }
+}
+
+/// The HTTP status codes that count as a good answer (`--check-status`), as inclusive ranges.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(try_from = "String", into = "String")]
+pub struct StatusRanges(Vec<(u16, u16)>);
+
+impl StatusRanges {
+    /// Whether `code` is one of them.
+    pub fn contains(&self, code: u16) -> bool {
+        self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&code))
+    }
+}
+
+impl Default for StatusRanges {
+    /// 200-399: any success or redirect, as HAProxy's `httpchk` takes it.
+    fn default() -> Self {
+        StatusRanges(vec![(200, 399)])
+    }
+}
+
+impl FromStr for StatusRanges {
+    type Err = ConfigError;
+
+    /// Parses `200`, `200-299` or a comma-separated list of them; codes are 100..=599.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |reason: String| ConfigError::BadStatus {
+            value: s.to_owned(),
+            reason,
+        };
+        let code = |text: &str| -> Result<u16, ConfigError> {
+            match text.trim().parse::<u16>() {
+                Ok(c) if (100..=599).contains(&c) => Ok(c),
+                _ => Err(bad(format!(
+                    "'{}' is not a status code 100..599",
+                    text.trim()
+                ))),
+            }
+        };
+        let mut ranges = Vec::new();
+        for part in s.split(',') {
+            let range = match part.split_once('-') {
+                Some((lo, hi)) => (code(lo)?, code(hi)?),
+                None => {
+                    let c = code(part)?;
+                    (c, c)
+                }
+            };
+            if range.0 > range.1 {
+                return Err(bad(format!("{}-{} is an empty range", range.0, range.1)));
+            }
+            ranges.push(range);
+        }
+        Ok(StatusRanges(ranges))
+    }
+}
+
+impl fmt::Display for StatusRanges {
+    /// As `--check-status` takes it: `200-299,301`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, &(lo, hi)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if lo == hi {
+                write!(f, "{lo}")?;
+            } else {
+                write!(f, "{lo}-{hi}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TryFrom<String> for StatusRanges {
+    type Error = ConfigError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<StatusRanges> for String {
+    fn from(s: StatusRanges) -> Self {
+        s.to_string()
+    }
+}
+
+/// What an HTTP body or a send/expect reply must contain (`--check-expect`): a text, or with a
+/// leading `~` a regular expression. Kept as written, so that it prints back the same.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(try_from = "String", into = "String")]
+pub struct Expect(String);
+
+impl Expect {
+    /// Whether it is a regular expression (written with a leading `~`).
+    pub fn is_regex(&self) -> bool {
+        self.0.starts_with('~')
+    }
+
+    /// The matcher: the regular expression, or the text escaped into one (which the regex crate
+    /// turns into a plain substring search).
+    pub fn matcher(&self) -> Result<Regex, ConfigError> {
+        let pattern = match self.0.strip_prefix('~') {
+            Some(pattern) => pattern.to_owned(),
+            None => regex::escape(&self.0),
+        };
+        RegexBuilder::new(&pattern)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+            .map_err(|e| ConfigError::BadRegex {
+                pattern: self.0.trim_start_matches('~').to_owned(),
+                reason: e.to_string(),
+            })
+    }
+}
+
+impl FromStr for Expect {
+    type Err = ConfigError;
+
+    /// Parses `--check-expect`'s value, compiling a `~` expression to refuse a bad one now.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() || s == "~" {
+            return Err(ConfigError::EmptyExpect);
+        }
+        let expect = Expect(s.to_owned());
+        expect.matcher()?;
+        Ok(expect)
+    }
+}
+
+impl fmt::Display for Expect {
+    /// As written: `OK`, `~^OK\b`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for Expect {
+    type Error = ConfigError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Expect> for String {
+    fn from(e: Expect) -> Self {
+        e.0
+    }
+}
+
+/// What a send/expect check sends (`--check-send`), kept with its escapes as written.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(try_from = "String", into = "String")]
+pub struct SendText(String);
+
+impl SendText {
+    /// The bytes to send, escapes decoded.
+    pub fn bytes(&self) -> Vec<u8> {
+        // Validated when parsed, so decoding cannot fail here; an empty send is the fallback
+        // that keeps this total.
+        unescape(&self.0).unwrap_or_default()
+    }
+}
+
+impl FromStr for SendText {
+    type Err = ConfigError;
+
+    /// Parses `--check-send`'s value: text with `\r`, `\n`, `\t`, `\0`, `\\` and `\xHH`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        unescape(s).map_err(|reason| ConfigError::BadEscape {
+            value: s.to_owned(),
+            reason,
+        })?;
+        Ok(SendText(s.to_owned()))
+    }
+}
+
+impl fmt::Display for SendText {
+    /// As written, escapes included.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for SendText {
+    type Error = ConfigError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<SendText> for String {
+    fn from(s: SendText) -> Self {
+        s.0
+    }
+}
+
+fn unescape(s: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        match bytes.next() {
+            Some(b'r') => out.push(b'\r'),
+            Some(b'n') => out.push(b'\n'),
+            Some(b't') => out.push(b'\t'),
+            Some(b'0') => out.push(0),
+            Some(b'\\') => out.push(b'\\'),
+            Some(b'x') => {
+                let hex = [bytes.next(), bytes.next()];
+                let digits: Option<Vec<u8>> = hex.into_iter().collect();
+                let value = digits
+                    .and_then(|d| std::str::from_utf8(&d).ok().map(str::to_owned))
+                    .and_then(|d| u8::from_str_radix(&d, 16).ok())
+                    .ok_or("\\x needs two hexadecimal digits")?;
+                out.push(value);
+            }
+            Some(other) => return Err(format!("unknown escape \\{}", char::from(other))),
+            None => return Err("a lone \\ at the end".to_owned()),
+        }
+    }
+    Ok(out)
+}
+
+/// The server that takes a service's new flows while it has lost its quorum (`--sorry-server`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SorryServer {
+    /// Its address.
+    pub addr: IpAddr,
+    /// Its port, if given; it must then be the service's (DR and TUN keep the port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// How packets reach it; `--sorry-server` gives direct routing, the config file may say
+    /// `tunnel`.
+    #[serde(default = "direct_route")]
+    pub forwarding: Forwarding,
+}
+
+fn direct_route() -> Forwarding {
+    Forwarding::DirectRoute
+}
+
+impl FromStr for SorryServer {
+    type Err = ConfigError;
+
+    /// Parses `RIP`, `RIP:PORT` or `[RIP6]:PORT`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, port) = match (s.parse::<IpAddr>(), s.parse::<SocketAddr>()) {
+            (Ok(addr), _) => (addr, None),
+            (_, Ok(sa)) if sa.port() != 0 => (sa.ip(), Some(sa.port())),
+            _ => {
+                return Err(ConfigError::BadSorryServer {
+                    value: s.to_owned(),
+                })
+            }
+        };
+        Ok(SorryServer {
+            addr,
+            port,
+            forwarding: Forwarding::DirectRoute,
+        })
+    }
+}
+
+impl fmt::Display for SorryServer {
+    /// As `--sorry-server` takes it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(port) => SocketAddr::new(self.addr, port).fmt(f),
+            None => self.addr.fmt(f),
+        }
+    }
+}
+
+/// Parses a duration: a whole number and a unit (`ns`, `us`, `ms`, `s`, `m`, `h`), or a bare
+/// number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
+    let bad = || ConfigError::BadDuration {
+        value: s.to_owned(),
+    };
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let per_unit = match unit {
+        "ns" => Duration::from_nanos(1),
+        "us" => Duration::from_micros(1),
+        "ms" => Duration::from_millis(1),
+        "" | "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        _ => return Err(bad()),
+    };
+    u32::try_from(n)
+        .ok()
+        .and_then(|n| per_unit.checked_mul(n))
+        .ok_or_else(bad)
+}
+
+/// Prints a duration in the largest unit that holds it exactly, as [`parse_duration`] reads it
+/// back: `2s`, `500ms`, `1m`, `1500us`.
+pub fn format_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    const UNITS: [(u128, &str); 6] = [
+        (3_600_000_000_000, "h"),
+        (60_000_000_000, "m"),
+        (1_000_000_000, "s"),
+        (1_000_000, "ms"),
+        (1_000, "us"),
+        (1, "ns"),
+    ];
+    if nanos == 0 {
+        return "0s".to_owned();
+    }
+    let (size, unit) = UNITS
+        .iter()
+        .copied()
+        .find(|(size, _)| nanos.is_multiple_of(*size))
+        .unwrap_or((1, "ns"));
+    format!("{}{unit}", nanos / size)
+}
+
+/// Parses `--check-port` or a port: 1..=65535.
+pub fn parse_port(s: &str) -> Result<u16, ConfigError> {
+    match s.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(ConfigError::BadNumber {
+            what: "port",
+            value: s.to_owned(),
+            expected: "a number 1..65535",
+        }),
+    }
+}
+
+/// Parses `--rise` or `--fall` (`what` names which): at least 1.
+pub fn parse_count(what: &'static str, s: &str) -> Result<u32, ConfigError> {
+    match s.parse::<u32>() {
+        Ok(n) if n != 0 => Ok(n),
+        _ => Err(ConfigError::BadNumber {
+            what,
+            value: s.to_owned(),
+            expected: "a whole number of checks, at least 1",
+        }),
+    }
+}
+
+/// Parses `--quorum`: a total weight, 0 meaning that the quorum is never lost.
+pub fn parse_quorum(s: &str) -> Result<u32, ConfigError> {
+    s.parse::<u32>().map_err(|_| ConfigError::BadNumber {
+        what: "quorum",
+        value: s.to_owned(),
+        expected: "a total weight, 0 or more",
+    })
+}
+
+/// Parses `--check-address`: a numeric IPv4 or IPv6 address.
+pub fn parse_addr(s: &str) -> Result<IpAddr, ConfigError> {
+    s.parse().map_err(|_| ConfigError::BadNumber {
+        what: "address",
+        value: s.to_owned(),
+        expected: "a numeric IPv4 or IPv6 address",
+    })
+}
+
+/// The timing of a target's checks and of its state machine.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Timing {
+    /// From one check's start to the next.
+    #[serde(with = "duration_text")]
+    pub interval: Duration,
+    /// How long one check may take; shorter than the interval.
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+    /// Good checks in a row that bring a down server up.
+    pub rise: u32,
+    /// Failed checks in a row that take an up server down.
+    pub fall: u32,
+    /// Over how long a server that comes back ramps up to its weight; zero is at once.
+    #[serde(with = "duration_text")]
+    pub slow_start: Duration,
+    /// Its state before the first result.
+    pub start: StartState,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            interval: DEFAULT_INTERVAL,
+            timeout: DEFAULT_TIMEOUT,
+            rise: DEFAULT_RISE,
+            fall: DEFAULT_FALL,
+            slow_start: Duration::ZERO,
+            start: StartState::First,
+        }
+    }
+}
+
+/// An HTTP or HTTPS check's request and what a good answer is.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HttpCheck {
+    /// The path to GET.
+    pub path: String,
+    /// The Host header (and the TLS server name); the checked address when unset.
+    pub host: Option<String>,
+    /// The status codes that are good.
+    pub status: StatusRanges,
+    /// What the body must contain, if anything.
+    pub expect: Option<Expect>,
+}
+
+/// A check, with the parameters of its kind.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Check {
+    /// A TCP connection is accepted.
+    Tcp,
+    /// An HTTP/1.0 GET.
+    Http(HttpCheck),
+    /// An HTTP/1.0 GET over TLS.
+    Https {
+        /// The request and the expected answer.
+        #[serde(flatten)]
+        http: HttpCheck,
+        /// Whether the certificate must be valid for the host (against the system's CAs);
+        /// off for self-signed backends.
+        verify: bool,
+    },
+    /// Bytes sent over TCP and a reply expected.
+    SendExpect {
+        /// What to send first, if anything.
+        send: Option<SendText>,
+        /// What the reply must contain, if anything.
+        expect: Option<Expect>,
+    },
+    /// A command run by `sh -c`: exit 0 is up.
+    Exec {
+        /// The command line.
+        command: String,
+        /// keepalived's `misc_dynamic`: exit 2..=255 is up too, with weight exit - 2 (so 2 is
+        /// quiescent, weight 0); exit 0 keeps the configured weight, exit 1 is down.
+        dynamic_weight: bool,
+    },
+}
+
+impl Check {
+    /// Its kind.
+    pub fn kind(&self) -> CheckKind {
+        match self {
+            Check::Tcp => CheckKind::Tcp,
+            Check::Http(_) => CheckKind::Http,
+            Check::Https { .. } => CheckKind::Https,
+            Check::SendExpect { .. } => CheckKind::SendExpect,
+            Check::Exec { .. } => CheckKind::Exec,
+        }
+    }
+}
+
+/// Everything needed to check one real server: what, where and when.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CheckSpec {
+    /// What to check.
+    pub check: Check,
+    /// The address to check, if not the real server's.
+    pub addr: Option<IpAddr>,
+    /// The port to check, if not the real server's.
+    pub port: Option<u16>,
+    /// How often, how long, and how many results make a change.
+    pub timing: Timing,
+}
+
+impl CheckSpec {
+    /// A check with the default timing, on the real server's own address and port.
+    pub fn new(check: Check) -> Self {
+        CheckSpec {
+            check,
+            addr: None,
+            port: None,
+            timing: Timing::default(),
+        }
+    }
+
+    /// Where to check a real server at `real`: its own address and port unless overridden.
+    pub fn target(&self, real: SocketAddr) -> SocketAddr {
+        SocketAddr::new(
+            self.addr.unwrap_or(real.ip()),
+            self.port.unwrap_or(real.port()),
+        )
+    }
+
+    /// Checks that the spec can run: the timing is sane, the kind has what it needs, and its
+    /// patterns and names are valid.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let t = &self.timing;
+        if t.interval.is_zero() {
+            return Err(ConfigError::ZeroDuration { what: "interval" });
+        }
+        if t.timeout.is_zero() {
+            return Err(ConfigError::ZeroDuration { what: "timeout" });
+        }
+        if t.timeout >= t.interval {
+            return Err(ConfigError::TimeoutNotBelowInterval {
+                timeout: t.timeout,
+                interval: t.interval,
+            });
+        }
+        for (what, n) in [("rise", t.rise), ("fall", t.fall)] {
+            if n == 0 {
+                return Err(ConfigError::BadNumber {
+                    what,
+                    value: "0".to_owned(),
+                    expected: "a whole number of checks, at least 1",
+                });
+            }
+        }
+        if self.port == Some(0) {
+            return Err(ConfigError::BadNumber {
+                what: "port",
+                value: "0".to_owned(),
+                expected: "a number 1..65535",
+            });
+        }
+        match &self.check {
+            Check::Tcp => Ok(()),
+            Check::Http(http) => validate_http(http, false),
+            Check::Https { http, verify } => validate_http(http, *verify),
+            Check::SendExpect { send, expect } => {
+                if send.is_none() && expect.is_none() {
+                    return Err(ConfigError::EmptySendExpect);
+                }
+                expect.as_ref().map(Expect::matcher).transpose()?;
+                Ok(())
+            }
+            Check::Exec { command, .. } => {
+                if command.trim().is_empty() {
+                    Err(ConfigError::MissingCommand {
+                        what: "--check exec",
+                    })
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+fn validate_http(http: &HttpCheck, verify: bool) -> Result<(), ConfigError> {
+    let clean = |s: &str| !s.is_empty() && !s.contains(|c: char| c.is_whitespace());
+    if !http.path.starts_with('/') || !clean(&http.path) {
+        return Err(ConfigError::BadPath {
+            path: http.path.clone(),
+        });
+    }
+    if let Some(host) = &http.host {
+        if !clean(host) {
+            return Err(ConfigError::BadHost {
+                host: host.clone(),
+                reason: "it must not be empty or hold spaces or line breaks",
+            });
+        }
+        if verify && rustls::pki_types::ServerName::try_from(host.as_str()).is_err() {
+            return Err(ConfigError::BadHost {
+                host: host.clone(),
+                reason: "a verified HTTPS check needs a DNS name or an address, without a port",
+            });
+        }
+    }
+    http.expect.as_ref().map(Expect::matcher).transpose()?;
+    Ok(())
+}
+
+/// A health-check flag, as `xlbadm` takes it and `-S` prints it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flag {
+    /// The long option, with its dashes.
+    pub name: &'static str,
+    /// The value's placeholder in a usage line; `None` for a switch.
+    pub value: Option<&'static str>,
+    /// One line for `--help`.
+    pub help: &'static str,
+}
+
+const fn flag(name: &'static str, value: Option<&'static str>, help: &'static str) -> Flag {
+    Flag { name, value, help }
+}
+
+/// The check flags, accepted on a service (the default for its real servers) and on a real server.
+pub const CHECK_FLAGS: &[Flag] = &[
+    flag(
+        "--check",
+        Some("tcp|http|https|send-expect|exec|none"),
+        "what to check (tcp when only other check options are given)",
+    ),
+    flag(
+        "--check-address",
+        Some("IP"),
+        "check this address rather than the real server's",
+    ),
+    flag(
+        "--check-port",
+        Some("PORT"),
+        "check this port rather than the real server's",
+    ),
+    flag(
+        "--check-path",
+        Some("PATH"),
+        "http(s): the path to GET (default /)",
+    ),
+    flag(
+        "--check-host",
+        Some("HOST"),
+        "http(s): the Host header and TLS server name",
+    ),
+    flag(
+        "--check-status",
+        Some("CODES"),
+        "http(s): good status codes, like 200, 200-299 or 200,301 (default 200-399)",
+    ),
+    flag(
+        "--check-expect",
+        Some("TEXT"),
+        "http(s): text the body must contain; send-expect: text the reply must contain; ~REGEX for a regular expression",
+    ),
+    flag(
+        "--check-send",
+        Some("TEXT"),
+        "send-expect: what to send, with \\r \\n \\t \\0 \\\\ \\xHH escapes",
+    ),
+    flag(
+        "--check-command",
+        Some("CMD"),
+        "exec: the command, run by sh -c; exit 0 is up",
+    ),
+    flag(
+        "--check-dynamic-weight",
+        None,
+        "exec: exit 2..255 is up with weight exit-2 (keepalived's misc_dynamic)",
+    ),
+    flag(
+        "--check-insecure",
+        None,
+        "https: do not verify the certificate (self-signed backends)",
+    ),
+    flag(
+        "--check-interval",
+        Some("DURATION"),
+        "time between checks, like 500ms, 2s, 1m (default 2s)",
+    ),
+    flag(
+        "--check-timeout",
+        Some("DURATION"),
+        "time a check may take, below the interval (default 1s)",
+    ),
+    flag(
+        "--rise",
+        Some("N"),
+        "good checks in a row that bring a server back (default 2)",
+    ),
+    flag(
+        "--fall",
+        Some("N"),
+        "failed checks in a row that take a server out (default 3)",
+    ),
+    flag(
+        "--slow-start",
+        Some("DURATION"),
+        "ramp a returning server's weight up over this time",
+    ),
+    flag(
+        "--check-start",
+        Some("first|up|down"),
+        "state before the first result (default: the first result decides)",
+    ),
+];
+
+/// The flags that only a service takes.
+pub const SERVICE_FLAGS: &[Flag] = &[
+    flag(
+        "--inhibit-on-failure",
+        None,
+        "give failed servers weight 0 rather than removing them",
+    ),
+    flag(
+        "--quorum",
+        Some("WEIGHT"),
+        "the live weight below which the sorry server takes over (default 1)",
+    ),
+    flag(
+        "--sorry-server",
+        Some("RIP[:PORT]"),
+        "the server that takes new flows while the quorum is lost",
+    ),
+    flag(
+        "--check-notify",
+        Some("CMD"),
+        "run CMD SERVICE REAL STATE on every health change of a real server",
+    ),
+];
+
+fn known_flag(flags: &[Flag], name: &str) -> Option<Flag> {
+    flags.iter().copied().find(|f| f.name == name)
+}
+
+/// The value of a flag that needs one.
+fn value_of(flag: Flag, value: Option<&str>) -> Result<&str, ConfigError> {
+    match (flag.value, value) {
+        (Some(_), Some(v)) => Ok(v),
+        (Some(_), None) => Err(ConfigError::MissingValue { flag: flag.name }),
+        (None, _) => Ok(""),
+    }
+}
+
+/// The check options as written, every one optional: on a service, the default for its real
+/// servers; on a real server, what it overrides. See [`CheckOptions::build`] for the rules.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(default)]
+pub struct CheckOptions {
+    /// `--check`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<CheckKind>,
+    /// `--check-address`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<IpAddr>,
+    /// `--check-port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `--check-path`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `--check-host`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// `--check-status`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<StatusRanges>,
+    /// `--check-expect`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Expect>,
+    /// `--check-send`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send: Option<SendText>,
+    /// `--check-command`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// `--check-dynamic-weight`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dynamic_weight: Option<bool>,
+    /// `--check-insecure`: `Some(true)` turns certificate verification off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
+    /// `--check-interval`.
+    #[serde(skip_serializing_if = "Option::is_none", with = "option_duration_text")]
+    pub interval: Option<Duration>,
+    /// `--check-timeout`.
+    #[serde(skip_serializing_if = "Option::is_none", with = "option_duration_text")]
+    pub timeout: Option<Duration>,
+    /// `--rise`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rise: Option<u32>,
+    /// `--fall`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fall: Option<u32>,
+    /// `--slow-start`.
+    #[serde(skip_serializing_if = "Option::is_none", with = "option_duration_text")]
+    pub slow_start: Option<Duration>,
+    /// `--check-start`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<StartState>,
+}
+
+impl CheckOptions {
+    /// Applies one flag of [`CHECK_FLAGS`] with its value (`None` for a switch), parsing the
+    /// value; on error the options are unchanged.
+    pub fn set(&mut self, name: &str, value: Option<&str>) -> Result<(), ConfigError> {
+        let flag = known_flag(CHECK_FLAGS, name).ok_or_else(|| ConfigError::UnknownFlag {
+            flag: name.to_owned(),
+        })?;
+        let v = value_of(flag, value)?;
+        match flag.name {
+            "--check" => self.kind = Some(v.parse()?),
+            "--check-address" => self.addr = Some(parse_addr(v)?),
+            "--check-port" => self.port = Some(parse_port(v)?),
+            "--check-path" => self.path = Some(v.to_owned()),
+            "--check-host" => self.host = Some(v.to_owned()),
+            "--check-status" => self.status = Some(v.parse()?),
+            "--check-expect" => self.expect = Some(v.parse()?),
+            "--check-send" => self.send = Some(v.parse()?),
+            "--check-command" => self.command = Some(v.to_owned()),
+            "--check-dynamic-weight" => self.dynamic_weight = Some(true),
+            "--check-insecure" => self.insecure = Some(true),
+            "--check-interval" => self.interval = Some(parse_duration(v)?),
+            "--check-timeout" => self.timeout = Some(parse_duration(v)?),
+            "--rise" => self.rise = Some(parse_count("rise", v)?),
+            "--fall" => self.fall = Some(parse_count("fall", v)?),
+            "--slow-start" => self.slow_start = Some(parse_duration(v)?),
+            "--check-start" => self.start = Some(v.parse()?),
+            _ => {
+                return Err(ConfigError::UnknownFlag {
+                    flag: name.to_owned(),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// The flags that give these options, in [`CHECK_FLAGS`] order, each with its value (`None`
+    /// for a switch); [`CheckOptions::set`] reads them back to the same options. Quoting values
+    /// for a shell is the caller's business.
+    pub fn flags(&self) -> Vec<(&'static str, Option<String>)> {
+        // Per flag: None = not set; Some(None) = a switch that is on; Some(Some(v)) = a value.
+        let text = |v: &Option<String>| v.clone().map(Some);
+        let shown = |v: Option<String>| v.map(Some);
+        let duration = |d: Option<Duration>| shown(d.map(format_duration));
+        let switch = |on: Option<bool>| (on == Some(true)).then_some(None);
+        let entries: [(&'static str, Option<Option<String>>); 17] = [
+            ("--check", shown(self.kind.map(|k| k.to_string()))),
+            ("--check-address", shown(self.addr.map(|a| a.to_string()))),
+            ("--check-port", shown(self.port.map(|p| p.to_string()))),
+            ("--check-path", text(&self.path)),
+            ("--check-host", text(&self.host)),
+            (
+                "--check-status",
+                shown(self.status.as_ref().map(|s| s.to_string())),
+            ),
+            (
+                "--check-expect",
+                shown(self.expect.as_ref().map(|e| e.to_string())),
+            ),
+            (
+                "--check-send",
+                shown(self.send.as_ref().map(|s| s.to_string())),
+            ),
+            ("--check-command", text(&self.command)),
+            ("--check-dynamic-weight", switch(self.dynamic_weight)),
+            ("--check-insecure", switch(self.insecure)),
+            ("--check-interval", duration(self.interval)),
+            ("--check-timeout", duration(self.timeout)),
+            ("--rise", shown(self.rise.map(|n| n.to_string()))),
+            ("--fall", shown(self.fall.map(|n| n.to_string()))),
+            ("--slow-start", duration(self.slow_start)),
+            ("--check-start", shown(self.start.map(|s| s.to_string()))),
+        ];
+        entries
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|v| (name, v)))
+            .collect()
+    }
+
+    /// These options over `base` (a real server's over its service's): each field set here wins.
+    /// When this sets another kind than `base`, `base`'s options of its own kind are dropped, so
+    /// that a real server can say `--check tcp` under a service whose default is an HTTP check
+    /// with a path.
+    pub fn over(&self, base: &CheckOptions) -> CheckOptions {
+        let mut base = base.clone();
+        if self.kind.is_some() && self.kind != base.kind {
+            base = CheckOptions {
+                kind: None,
+                path: None,
+                host: None,
+                status: None,
+                expect: None,
+                send: None,
+                command: None,
+                dynamic_weight: None,
+                insecure: None,
+                ..base
+            };
+        }
+        CheckOptions {
+            kind: self.kind.or(base.kind),
+            addr: self.addr.or(base.addr),
+            port: self.port.or(base.port),
+            path: self.path.clone().or(base.path),
+            host: self.host.clone().or(base.host),
+            status: self.status.clone().or(base.status),
+            expect: self.expect.clone().or(base.expect),
+            send: self.send.clone().or(base.send),
+            command: self.command.clone().or(base.command),
+            dynamic_weight: self.dynamic_weight.or(base.dynamic_weight),
+            insecure: self.insecure.or(base.insecure),
+            interval: self.interval.or(base.interval),
+            timeout: self.timeout.or(base.timeout),
+            rise: self.rise.or(base.rise),
+            fall: self.fall.or(base.fall),
+            slow_start: self.slow_start.or(base.slow_start),
+            start: self.start.or(base.start),
+        }
+    }
+
+    /// The spec these options describe, defaults filled in and validated; `None` for no check.
+    ///
+    /// The kind is `--check`'s, or `tcp` when only other check options are given, or none when
+    /// nothing is. An option that the kind does not use is refused rather than ignored, and so
+    /// is an exec check without a command; an HTTP check without a path asks for `/`.
+    pub fn build(&self) -> Result<Option<CheckSpec>, ConfigError> {
+        let kind = match self.kind {
+            Some(kind) => kind,
+            None if *self == CheckOptions::default() => return Ok(None),
+            None => CheckKind::Tcp,
+        };
+        self.refuse_foreign_options(kind)?;
+        let http = || HttpCheck {
+            path: self
+                .path
+                .clone()
+                .unwrap_or_else(|| DEFAULT_HTTP_PATH.to_owned()),
+            host: self.host.clone(),
+            status: self.status.clone().unwrap_or_default(),
+            expect: self.expect.clone(),
+        };
+        let check = match kind {
+            CheckKind::None => return Ok(None),
+            CheckKind::Tcp => Check::Tcp,
+            CheckKind::Http => Check::Http(http()),
+            CheckKind::Https => Check::Https {
+                http: http(),
+                verify: self.insecure != Some(true),
+            },
+            CheckKind::SendExpect => Check::SendExpect {
+                send: self.send.clone(),
+                expect: self.expect.clone(),
+            },
+            CheckKind::Exec => Check::Exec {
+                command: self.command.clone().ok_or(ConfigError::MissingCommand {
+                    what: "--check exec",
+                })?,
+                dynamic_weight: self.dynamic_weight == Some(true),
+            },
+        };
+        let defaults = Timing::default();
+        let spec = CheckSpec {
+            check,
+            addr: self.addr,
+            port: self.port,
+            timing: Timing {
+                interval: self.interval.unwrap_or(defaults.interval),
+                timeout: self.timeout.unwrap_or(defaults.timeout),
+                rise: self.rise.unwrap_or(defaults.rise),
+                fall: self.fall.unwrap_or(defaults.fall),
+                slow_start: self.slow_start.unwrap_or(defaults.slow_start),
+                start: self.start.unwrap_or(defaults.start),
+            },
+        };
+        spec.validate()?;
+        Ok(Some(spec))
+    }
+
+    fn refuse_foreign_options(&self, kind: CheckKind) -> Result<(), ConfigError> {
+        use CheckKind::{Exec, Http, Https, SendExpect, Tcp};
+        let uses: [(&'static str, bool, &[CheckKind]); 9] = [
+            ("--check-path", self.path.is_some(), &[Http, Https]),
+            ("--check-host", self.host.is_some(), &[Http, Https]),
+            ("--check-status", self.status.is_some(), &[Http, Https]),
+            (
+                "--check-expect",
+                self.expect.is_some(),
+                &[Http, Https, SendExpect],
+            ),
+            ("--check-send", self.send.is_some(), &[SendExpect]),
+            ("--check-command", self.command.is_some(), &[Exec]),
+            (
+                "--check-dynamic-weight",
+                self.dynamic_weight.is_some(),
+                &[Exec],
+            ),
+            ("--check-insecure", self.insecure.is_some(), &[Https]),
+            (
+                "--check-address, --check-port or a timing option",
+                self.addr.is_some()
+                    || self.port.is_some()
+                    || self.interval.is_some()
+                    || self.timeout.is_some()
+                    || self.rise.is_some()
+                    || self.fall.is_some()
+                    || self.slow_start.is_some()
+                    || self.start.is_some(),
+                &[Tcp, Http, Https, SendExpect, Exec],
+            ),
+        ];
+        match uses
+            .into_iter()
+            .find(|(_, set, kinds)| *set && !kinds.contains(&kind))
+        {
+            Some((flag, ..)) => Err(ConfigError::NotForKind { flag, kind }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A service's health settings: the default check of its real servers and what it does when
+/// they fail.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(default)]
+pub struct ServiceHealth {
+    /// The check options of real servers that say nothing else (their own options override
+    /// these field by field).
+    pub check: CheckOptions,
+    /// `--inhibit-on-failure`: a failed server stays in the table with weight 0 (no new flows,
+    /// and it keeps its place in the Maglev permutation) rather than leaving it.
+    pub inhibit_on_failure: bool,
+    /// `--quorum`: when the live weight falls below this, the sorry server (if any) takes every
+    /// new flow; 0 never loses the quorum.
+    pub quorum: u32,
+    /// `--sorry-server`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sorry_server: Option<SorryServer>,
+    /// `--check-notify`: a command run on every health change of one of the service's real
+    /// servers, with the service, the server and the new state appended as arguments and also
+    /// in the environment (`XLB_SERVICE`, `XLB_REAL`, `XLB_STATE`, `XLB_PREVIOUS_STATE`,
+    /// `XLB_REASON`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
+}
+
+impl Default for ServiceHealth {
+    fn default() -> Self {
+        ServiceHealth {
+            check: CheckOptions::default(),
+            inhibit_on_failure: false,
+            quorum: DEFAULT_QUORUM,
+            sorry_server: None,
+            notify: None,
+        }
+    }
+}
+
+impl ServiceHealth {
+    /// Applies one flag of [`SERVICE_FLAGS`] or [`CHECK_FLAGS`] (the latter to the default
+    /// check) with its value; on error nothing changes.
+    pub fn set(&mut self, name: &str, value: Option<&str>) -> Result<(), ConfigError> {
+        let Some(flag) = known_flag(SERVICE_FLAGS, name) else {
+            return self.check.set(name, value);
+        };
+        let v = value_of(flag, value)?;
+        match flag.name {
+            "--inhibit-on-failure" => self.inhibit_on_failure = true,
+            "--quorum" => self.quorum = parse_quorum(v)?,
+            "--sorry-server" => self.sorry_server = Some(v.parse()?),
+            "--check-notify" => {
+                if v.trim().is_empty() {
+                    return Err(ConfigError::MissingCommand {
+                        what: "--check-notify",
+                    });
+                }
+                self.notify = Some(v.to_owned());
+            }
+            _ => {
+                return Err(ConfigError::UnknownFlag {
+                    flag: name.to_owned(),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// The flags that give these settings (service flags, then the default check's), each with
+    /// its value (`None` for a switch). Defaults are left out.
+    pub fn flags(&self) -> Vec<(&'static str, Option<String>)> {
+        let mut flags = Vec::new();
+        if self.inhibit_on_failure {
+            flags.push(("--inhibit-on-failure", None));
+        }
+        if self.quorum != DEFAULT_QUORUM {
+            flags.push(("--quorum", Some(self.quorum.to_string())));
+        }
+        if let Some(sorry) = &self.sorry_server {
+            flags.push(("--sorry-server", Some(sorry.to_string())));
+        }
+        if let Some(notify) = &self.notify {
+            flags.push(("--check-notify", Some(notify.clone())));
+        }
+        flags.extend(self.check.flags());
+        flags
+    }
+
+    /// Checks the settings against the service: the sorry server's port and family, the notify
+    /// command, and the default check (which must be complete, since real servers without
+    /// options of their own use it as it is).
+    pub fn validate(&self, service: &ServiceAddr) -> Result<(), ConfigError> {
+        if let Some(sorry) = &self.sorry_server {
+            if let Some(port) = sorry.port.filter(|&p| p != service.port) {
+                return Err(ConfigError::SorryPortMismatch {
+                    service_port: service.port,
+                    sorry_port: port,
+                });
+            }
+            if sorry.forwarding == Forwarding::DirectRoute
+                && sorry.addr.is_ipv6() != service.addr.is_ipv6()
+            {
+                return Err(ConfigError::SorryFamilyMismatch);
+            }
+        }
+        if self.notify.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(ConfigError::MissingCommand {
+                what: "--check-notify",
+            });
+        }
+        self.check.build().map(drop)
+    }
+
+    /// The spec for a real server with options `real` (empty for none): its options over the
+    /// service's default, built; `None` when it is not checked.
+    pub fn spec_for(&self, real: &CheckOptions) -> Result<Option<CheckSpec>, ConfigError> {
+        real.over(&self.check).build()
+    }
+}
+
+/// Serde for a `Duration` as [`format_duration`] text (`"2s"`).
+pub(super) mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Serde for an `Option<Duration>` as [`format_duration`] text.
+mod option_duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&super::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| super::parse_duration(&text).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Protocol;
+
+    fn options(flags: &[(&str, Option<&str>)]) -> CheckOptions {
+        let mut options = CheckOptions::default();
+        for (name, value) in flags {
+            options
+                .set(name, *value)
+                .unwrap_or_else(|e| panic!("{name} {value:?}: {e}"));
+        }
+        options
+    }
+
+    fn service(addr: &str, port: u16) -> ServiceAddr {
+        ServiceAddr {
+            protocol: Protocol::Tcp,
+            addr: addr.parse().expect("test address"),
+            port,
+        }
+    }
+
+    #[test]
+    fn durations_take_a_unit_and_a_bare_number_is_seconds() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        for bad in ["", "s", "2x", "1.5s", "-1s", "2 s", "99999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn durations_print_in_the_largest_exact_unit_and_read_back_the_same() {
+        for (d, text) in [
+            (Duration::from_secs(2), "2s"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_secs(120), "2m"),
+            (Duration::from_micros(1234), "1234us"),
+            (Duration::ZERO, "0s"),
+        ] {
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration(text), Ok(d));
+        }
+    }
+
+    #[test]
+    fn status_takes_a_code_a_range_or_a_list() {
+        let one: StatusRanges = "200".parse().expect("a code");
+        assert!(one.contains(200) && !one.contains(201));
+        let range: StatusRanges = "200-299".parse().expect("a range");
+        assert!(range.contains(204) && !range.contains(301));
+        let list: StatusRanges = "200,301-302".parse().expect("a list");
+        assert!(list.contains(302) && !list.contains(300));
+        assert_eq!(list.to_string(), "200,301-302");
+        assert!(StatusRanges::default().contains(302));
+        assert!(!StatusRanges::default().contains(404));
+    }
+
+    #[test]
+    fn bad_statuses_are_refused_with_the_reason() {
+        let err = "299-200".parse::<StatusRanges>().expect_err("empty range");
+        assert_eq!(
+            err.to_string(),
+            "invalid status '299-200': 299-200 is an empty range (expected a code, a range or a list, like 200, 200-299 or 200,301)"
+        );
+        for bad in ["", "abc", "99", "600", "200-", "200,,301"] {
+            assert!(bad.parse::<StatusRanges>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_expectation_starting_with_a_tilde_is_a_regular_expression() {
+        let text: Expect = "a.c".parse().expect("text");
+        assert!(!text.is_regex());
+        let m = text.matcher().expect("matcher");
+        assert!(m.is_match(b"xa.cx") && !m.is_match(b"abc"));
+        let regex: Expect = "~a.c".parse().expect("regex");
+        assert!(regex.is_regex());
+        assert!(regex.matcher().expect("matcher").is_match(b"abc"));
+        let tilde: Expect = "~~ok".parse().expect("a literal tilde");
+        assert!(tilde.matcher().expect("matcher").is_match(b"is ~ok"));
+    }
+
+    #[test]
+    fn a_bad_regular_expression_or_an_empty_expectation_is_refused() {
+        assert!(matches!(
+            "~(".parse::<Expect>(),
+            Err(ConfigError::BadRegex { pattern, .. }) if pattern == "("
+        ));
+        assert_eq!("".parse::<Expect>(), Err(ConfigError::EmptyExpect));
+        assert_eq!("~".parse::<Expect>(), Err(ConfigError::EmptyExpect));
+    }
+
+    #[test]
+    fn send_text_decodes_its_escapes() {
+        let send: SendText = r"PING\r\n\x00\t\\".parse().expect("send text");
+        assert_eq!(send.bytes(), b"PING\r\n\0\t\\");
+        assert_eq!(send.to_string(), r"PING\r\n\x00\t\\");
+        for bad in [r"\q", r"\x4", r"\xzz", "end\\"] {
+            assert!(bad.parse::<SendText>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_sorry_server_is_an_address_with_an_optional_port() {
+        let bare: SorryServer = "10.0.0.9".parse().expect("bare");
+        assert_eq!(
+            (bare.addr.to_string(), bare.port),
+            ("10.0.0.9".into(), None)
+        );
+        let with_port: SorryServer = "10.0.0.9:80".parse().expect("with port");
+        assert_eq!(with_port.port, Some(80));
+        let v6: SorryServer = "[2001:db8::9]:80".parse().expect("v6");
+        assert_eq!(v6.to_string(), "[2001:db8::9]:80");
+        assert!("2001:db8::9".parse::<SorryServer>().is_ok());
+        for bad in ["", "host", "10.0.0.9:0", "10.0.0.9:x"] {
+            assert!(bad.parse::<SorryServer>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn counts_and_ports_must_be_at_least_one() {
+        assert_eq!(parse_count("rise", "2"), Ok(2));
+        assert_eq!(
+            parse_count("rise", "0").expect_err("zero").to_string(),
+            "invalid rise '0': expected a whole number of checks, at least 1"
+        );
+        assert!(parse_port("0").is_err());
+        assert!(parse_port("65536").is_err());
+        assert_eq!(parse_port("8080"), Ok(8080));
+        assert_eq!(parse_quorum("0"), Ok(0));
+    }
+
+    #[test]
+    fn no_options_means_no_check_and_timing_alone_means_tcp() {
+        assert_eq!(CheckOptions::default().build(), Ok(None));
+        let spec = options(&[("--check-interval", Some("5s"))])
+            .build()
+            .expect("valid")
+            .expect("a check");
+        assert_eq!(spec.check, Check::Tcp);
+        assert_eq!(spec.timing.interval, Duration::from_secs(5));
+        assert_eq!(
+            options(&[("--check", Some("none"))]).build(),
+            Ok(None),
+            "--check none turns checks off"
+        );
+    }
+
+    #[test]
+    fn defaults_are_haproxys_timing() {
+        let spec = options(&[("--check", Some("tcp"))])
+            .build()
+            .expect("valid")
+            .expect("a check");
+        assert_eq!(spec.timing, Timing::default());
+        assert_eq!(
+            (
+                spec.timing.interval,
+                spec.timing.timeout,
+                spec.timing.rise,
+                spec.timing.fall
+            ),
+            (Duration::from_secs(2), Duration::from_secs(1), 2, 3)
+        );
+    }
+
+    #[test]
+    fn an_http_check_without_a_path_asks_for_the_root() {
+        let spec = options(&[("--check", Some("http"))])
+            .build()
+            .expect("valid")
+            .expect("a check");
+        assert_eq!(
+            spec.check,
+            Check::Http(HttpCheck {
+                path: "/".into(),
+                host: None,
+                status: StatusRanges::default(),
+                expect: None,
+            })
+        );
+    }
+
+    #[test]
+    fn an_https_check_verifies_unless_told_otherwise() {
+        let verify = |flags: &[(&str, Option<&str>)]| match options(flags).build() {
+            Ok(Some(CheckSpec {
+                check: Check::Https { verify, .. },
+                ..
+            })) => verify,
+            other => panic!("expected an https check, got {other:?}"),
+        };
+        assert!(verify(&[("--check", Some("https"))]));
+        assert!(!verify(&[
+            ("--check", Some("https")),
+            ("--check-insecure", None)
+        ]));
+    }
+
+    #[test]
+    fn a_timeout_not_below_the_interval_is_refused() {
+        let err = options(&[
+            ("--check-interval", Some("1s")),
+            ("--check-timeout", Some("1s")),
+        ])
+        .build()
+        .expect_err("timeout == interval");
+        assert_eq!(
+            err.to_string(),
+            "the check timeout (1s) must be shorter than the interval (1s)"
+        );
+    }
+
+    #[test]
+    fn rise_or_fall_of_zero_is_refused() {
+        let mut options = CheckOptions::default();
+        assert!(options.set("--rise", Some("0")).is_err());
+        let spec = CheckSpec {
+            timing: Timing {
+                fall: 0,
+                ..Timing::default()
+            },
+            ..CheckSpec::new(Check::Tcp)
+        };
+        assert!(matches!(
+            spec.validate(),
+            Err(ConfigError::BadNumber { what: "fall", .. })
+        ));
+    }
+
+    #[test]
+    fn an_exec_check_without_a_command_is_refused() {
+        let err = options(&[("--check", Some("exec"))])
+            .build()
+            .expect_err("no command");
+        assert_eq!(err.to_string(), "--check exec needs a command");
+    }
+
+    #[test]
+    fn a_send_expect_check_needs_something_to_send_or_expect() {
+        assert_eq!(
+            options(&[("--check", Some("send-expect"))]).build(),
+            Err(ConfigError::EmptySendExpect)
+        );
+        assert!(options(&[
+            ("--check", Some("send-expect")),
+            ("--check-send", Some(r"PING\r\n"))
+        ])
+        .build()
+        .is_ok());
+    }
+
+    #[test]
+    fn an_option_that_the_kind_does_not_use_is_refused() {
+        let err = options(&[("--check", Some("tcp")), ("--check-path", Some("/x"))])
+            .build()
+            .expect_err("a path on a tcp check");
+        assert_eq!(
+            err.to_string(),
+            "--check-path does not apply to --check tcp"
+        );
+        assert!(
+            options(&[("--check", Some("none")), ("--check-port", Some("81"))])
+                .build()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn bad_paths_and_hosts_are_refused() {
+        for (flag, value) in [
+            ("--check-path", "health"),
+            ("--check-path", "/a b"),
+            ("--check-host", "a\r\nX-Injected: 1"),
+        ] {
+            let built = options(&[("--check", Some("http")), (flag, Some(value))]).build();
+            assert!(built.is_err(), "{flag} {value:?} should be refused");
+        }
+        let https = options(&[
+            ("--check", Some("https")),
+            ("--check-host", Some("example.com:8443")),
+        ])
+        .build();
+        assert!(matches!(https, Err(ConfigError::BadHost { .. })));
+    }
+
+    #[test]
+    fn unknown_flags_kinds_and_missing_values_are_refused() {
+        let mut options = CheckOptions::default();
+        assert_eq!(
+            options
+                .set("--check", Some("ping"))
+                .expect_err("unknown kind")
+                .to_string(),
+            "unknown check 'ping' (expected one of: tcp|http|https|send-expect|exec|none)"
+        );
+        assert!(matches!(
+            options.set("--check-bogus", Some("x")),
+            Err(ConfigError::UnknownFlag { .. })
+        ));
+        assert_eq!(
+            options.set("--check-path", None),
+            Err(ConfigError::MissingValue {
+                flag: "--check-path"
+            })
+        );
+        assert_eq!(options, CheckOptions::default());
+    }
+
+    #[test]
+    fn a_real_servers_options_override_its_services_field_by_field() {
+        let service = options(&[
+            ("--check", Some("http")),
+            ("--check-path", Some("/health")),
+            ("--check-interval", Some("5s")),
+        ]);
+        let real = options(&[("--check-port", Some("8080"))]);
+        let spec = real
+            .over(&service)
+            .build()
+            .expect("valid")
+            .expect("a check");
+        assert_eq!(spec.port, Some(8080));
+        assert_eq!(spec.timing.interval, Duration::from_secs(5));
+        assert!(matches!(spec.check, Check::Http(HttpCheck { ref path, .. }) if path == "/health"));
+    }
+
+    #[test]
+    fn another_kind_on_a_real_server_drops_the_services_options_of_its_kind() {
+        let service = options(&[
+            ("--check", Some("http")),
+            ("--check-path", Some("/health")),
+            ("--check-interval", Some("5s")),
+        ]);
+        let real = options(&[("--check", Some("tcp"))]);
+        let spec = real
+            .over(&service)
+            .build()
+            .expect("valid")
+            .expect("a check");
+        assert_eq!(spec.check, Check::Tcp);
+        assert_eq!(spec.timing.interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn options_print_as_flags_that_read_back_the_same() {
+        let flags: &[(&str, Option<&str>)] = &[
+            ("--check", Some("https")),
+            ("--check-port", Some("8443")),
+            ("--check-path", Some("/status")),
+            ("--check-host", Some("www.example.com")),
+            ("--check-status", Some("200,301-302")),
+            ("--check-expect", Some("~^ok")),
+            ("--check-insecure", None),
+            ("--check-interval", Some("500ms")),
+            ("--check-timeout", Some("200ms")),
+            ("--rise", Some("1")),
+            ("--fall", Some("5")),
+            ("--slow-start", Some("30s")),
+            ("--check-start", Some("down")),
+        ];
+        let written = options(flags);
+        let printed = written.flags();
+        let expected: Vec<(&str, Option<String>)> = flags
+            .iter()
+            .map(|(n, v)| (*n, v.map(str::to_owned)))
+            .collect();
+        assert_eq!(printed, expected);
+        let mut read_back = CheckOptions::default();
+        for (name, value) in &printed {
+            read_back.set(name, value.as_deref()).expect("reads back");
+        }
+        assert_eq!(read_back, written);
+        written.build().expect("valid").expect("a check");
+    }
+
+    #[test]
+    fn check_options_serialize_with_durations_as_text() {
+        let written = options(&[
+            ("--check", Some("exec")),
+            ("--check-command", Some("/usr/local/bin/ok --quiet")),
+            ("--check-dynamic-weight", None),
+            ("--check-interval", Some("10s")),
+        ]);
+        let json = serde_json::to_value(&written).expect("serialize");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "kind": "exec",
+                "command": "/usr/local/bin/ok --quiet",
+                "dynamic_weight": true,
+                "interval": "10s",
+            })
+        );
+        let back: CheckOptions = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(back, written);
+        let spec = written.build().expect("valid").expect("a check");
+        let spec_json = serde_json::to_string(&spec).expect("serialize spec");
+        let spec_back: CheckSpec = serde_json::from_str(&spec_json).expect("deserialize spec");
+        assert_eq!(spec_back, spec);
+        let https = options(&[
+            ("--check", Some("https")),
+            ("--check-expect", Some("~ok")),
+            ("--check-insecure", None),
+        ])
+        .build()
+        .expect("valid")
+        .expect("a check");
+        let https_json = serde_json::to_value(&https).expect("serialize https");
+        assert_eq!(https_json["check"]["kind"], "https");
+        assert_eq!(https_json["check"]["verify"], false);
+        assert_eq!(https_json["check"]["status"], "200-399");
+        let https_back: CheckSpec = serde_json::from_value(https_json).expect("deserialize https");
+        assert_eq!(https_back, https);
+    }
+
+    #[test]
+    fn service_flags_set_the_service_and_its_default_check() {
+        let mut health = ServiceHealth::default();
+        for (name, value) in [
+            ("--inhibit-on-failure", None),
+            ("--quorum", Some("3")),
+            ("--sorry-server", Some("10.0.0.9:80")),
+            ("--check-notify", Some("logger -t xlb")),
+            ("--check", Some("tcp")),
+        ] {
+            health.set(name, value).expect("service flag");
+        }
+        assert!(health.inhibit_on_failure);
+        assert_eq!(health.quorum, 3);
+        assert_eq!(health.check.kind, Some(CheckKind::Tcp));
+        health.validate(&service("10.0.0.1", 80)).expect("valid");
+        let mut read_back = ServiceHealth::default();
+        for (name, value) in health.flags() {
+            read_back.set(name, value.as_deref()).expect("reads back");
+        }
+        assert_eq!(read_back, health);
+    }
+
+    #[test]
+    fn a_sorry_server_on_another_port_or_family_is_refused() {
+        let with = |sorry: &str| ServiceHealth {
+            sorry_server: Some(sorry.parse().expect("sorry server")),
+            ..ServiceHealth::default()
+        };
+        assert_eq!(
+            with("10.0.0.9:81").validate(&service("10.0.0.1", 80)),
+            Err(ConfigError::SorryPortMismatch {
+                service_port: 80,
+                sorry_port: 81
+            })
+        );
+        assert_eq!(
+            with("2001:db8::9").validate(&service("10.0.0.1", 80)),
+            Err(ConfigError::SorryFamilyMismatch)
+        );
+        let tunneled = ServiceHealth {
+            sorry_server: Some(SorryServer {
+                forwarding: Forwarding::Tunnel,
+                ..with("2001:db8::9").sorry_server.expect("set")
+            }),
+            ..ServiceHealth::default()
+        };
+        assert_eq!(tunneled.validate(&service("10.0.0.1", 80)), Ok(()));
+    }
+
+    #[test]
+    fn a_services_default_check_must_be_complete_on_its_own() {
+        let health = ServiceHealth {
+            check: options(&[("--check", Some("exec"))]),
+            ..ServiceHealth::default()
+        };
+        assert!(health.validate(&service("10.0.0.1", 80)).is_err());
+        let real = options(&[("--check-command", Some("true"))]);
+        assert!(health.spec_for(&real).expect("valid").is_some());
+    }
+}

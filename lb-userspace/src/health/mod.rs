@@ -1,0 +1,26 @@
+//! Health checks of real servers (issue 6): what to check, what the results mean for the
+//! tables, and the engine that runs the checks.
+//!
+//! Layout:
+//! - [`config`]: the check and service settings, the `--check*` flags' parsers and validation.
+//! - [`machine`]: the per-target state machine (rise, fall, slow start) and the per-service
+//!   weights with quorum and sorry server (pure).
+//! - [`checker`]: the checks: TCP, HTTP(S), send/expect, exec.
+//! - [`engine`]: runs the checks on schedule, records the results, reports the changes.
+//! - [`bench`]: the engine's cost for many targets, for `cargo xtask bench`.
+//!
+//! Wiring in the daemon: keep a [`config::ServiceHealth`] per service and the
+//! [`config::CheckOptions`] of each real server that has its own; after every change of either
+//! or of the desired state, build the targets with [`engine::Target::for_service`] (refusing
+//! the change on error) and pass all of them to [`engine::Engine::update_targets`], then build
+//! every service's table from [`engine::Engine::effective_service`] rather than from its
+//! configured weights (a target may start down, and has no event for that). On each
+//! [`engine::HealthEvent`], rebuild the event's service the same way; while its `ramp_ends` is
+//! set, rebuild it again about every second.
+
+pub mod bench;
+pub mod checker;
+pub mod config;
+pub mod engine;
+pub mod machine;
+mod process;
