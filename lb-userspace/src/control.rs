@@ -30,6 +30,10 @@ pub const DEFAULT_SOCKET: &str = "/run/xlb/xlb.sock";
 /// A request to the daemon.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one value per command line or request: boxing the change would only add noise"
+)]
 pub enum Request {
     /// Apply one change (`-A -E -D -a -e -d -C`).
     Change(Change),

@@ -12,13 +12,16 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::time::Instant;
+
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::{
     convert::{identity, real_entry, service_key},
     dataplane::{Dataplane, DataplaneError, RealId},
-    ipvsadm::format::{ConnectionListing, Listing, Rates, Stats},
+    health::engine::{Engine, Target},
+    ipvsadm::format::{ConnectionListing, Listing, Rates, RealHealth, Stats},
     maglev, neighbour,
     plan::{plan, Step},
     state::{DesiredState, ServiceAddr},
@@ -35,6 +38,12 @@ pub enum RuntimeError {
         /// The error.
         #[source]
         source: Box<DataplaneError>,
+    },
+    /// Health-check settings the engine refused.
+    #[error("{message}")]
+    Health {
+        /// What is wrong.
+        message: String,
     },
     /// The state file could not be written.
     #[error("saving the state to {path}")]
@@ -67,6 +76,11 @@ fn service_name(addr: &ServiceAddr) -> String {
 pub struct Saved {
     /// The desired state.
     pub desired: DesiredState,
+    /// What the data path holds: the desired state as health checks leave it (failed servers
+    /// out or at weight 0, slow starts, the sorry server). Missing in older files: the desired
+    /// state.
+    #[serde(default)]
+    pub applied: Option<DesiredState>,
     /// The ids it was given.
     pub installed: Installed,
 }
@@ -74,9 +88,13 @@ pub struct Saved {
 /// The daemon's state and its data path.
 pub struct Runtime {
     dp: Dataplane,
+    /// What the operator asked for.
     desired: DesiredState,
+    /// What the data path holds (the desired state as the health checks leave it).
+    applied: DesiredState,
     installed: Installed,
     state_file: Option<PathBuf>,
+    health: Option<Engine>,
 }
 
 impl Runtime {
@@ -85,18 +103,35 @@ impl Runtime {
         Self {
             dp,
             desired: DesiredState::default(),
+            applied: DesiredState::default(),
             installed: Installed::default(),
             state_file,
+            health: None,
         }
+    }
+
+    /// Checks the real servers' health with `engine`, and gives the data path only the ones
+    /// that pass.
+    pub fn with_health(mut self, engine: Engine) -> Result<Self, RuntimeError> {
+        engine
+            .update_targets(targets(&self.desired)?)
+            .map_err(|e| RuntimeError::Health {
+                message: e.to_string(),
+            })?;
+        self.health = Some(engine);
+        Ok(self)
     }
 
     /// A runtime over adopted (pinned) maps that hold `saved`.
     pub fn adopt(dp: Dataplane, saved: Saved, state_file: Option<PathBuf>) -> Self {
+        let applied = saved.applied.unwrap_or_else(|| saved.desired.clone());
         Self {
             dp,
             desired: saved.desired,
+            applied,
             installed: saved.installed,
             state_file,
+            health: None,
         }
     }
 
@@ -122,20 +157,62 @@ impl Runtime {
         &mut self.dp
     }
 
-    /// Takes the data path to `new`, whole or not at all.
+    /// Takes the desired state to `new` and the data path with it, whole or not at all.
     pub fn change_to(&mut self, new: DesiredState) -> Result<(), RuntimeError> {
-        let steps = plan(&self.desired, &new);
-        let old = std::mem::replace(&mut self.desired, new);
+        if let Some(engine) = &self.health {
+            engine
+                .update_targets(targets(&new)?)
+                .map_err(|e| RuntimeError::Health {
+                    message: e.to_string(),
+                })?;
+        }
+        let effective = self.effective(&new);
+        if let Err(e) = self.transition(effective) {
+            if let Some(engine) = &self.health {
+                // Put the checks back as they were; the old targets were valid.
+                let _ = targets(&self.desired).map(|t| engine.update_targets(t));
+            }
+            return Err(e);
+        }
+        self.desired = new;
+        self.save()
+    }
+
+    /// Brings the data path in line with the health checks' latest results (after a state change
+    /// of a server, and every second or so during slow starts). Returns whether anything changed.
+    pub fn refresh(&mut self) -> Result<bool, RuntimeError> {
+        let effective = self.effective(&self.desired);
+        if effective == self.applied {
+            return Ok(false);
+        }
+        self.transition(effective)?;
+        self.save()?;
+        Ok(true)
+    }
+
+    /// The desired state as the health checks leave it now.
+    fn effective(&self, desired: &DesiredState) -> DesiredState {
+        let Some(engine) = &self.health else {
+            return desired.clone();
+        };
+        let now = Instant::now();
+        let mut effective = desired.clone();
+        for svc in &mut effective.services {
+            svc.reals = engine.effective_service(svc, &svc.health, now).reals;
+        }
+        effective
+    }
+
+    /// Takes the data path from what it holds to `to`, step by step; when a step fails, undoes
+    /// the steps done (the plan back is idempotent) and leaves `applied` as it was.
+    fn transition(&mut self, to: DesiredState) -> Result<(), RuntimeError> {
+        let steps = plan(&self.applied, &to);
         for step in &steps {
-            if let Err(source) = self.execute(step) {
+            if let Err(source) = self.execute(step, &to) {
                 tracing::warn!(?step, error = %source, "change refused: rolling back");
-                // Undo with the plan from the new state back to the old one: its steps are
-                // idempotent, so those for parts of the change that never happened do nothing.
-                let partial = self.desired.clone();
-                self.desired = old.clone();
-                let back = plan(&partial, &old);
-                for undo in &back {
-                    if let Err(e) = self.execute(undo) {
+                let old = self.applied.clone();
+                for undo in &plan(&to, &old) {
+                    if let Err(e) = self.execute(undo, &old) {
                         tracing::error!(step = ?undo, error = %e, "rollback step failed");
                     }
                 }
@@ -145,11 +222,14 @@ impl Runtime {
                 });
             }
         }
-        tracing::info!(steps = steps.len(), "change applied");
-        self.save()
+        if !steps.is_empty() {
+            tracing::info!(steps = steps.len(), "data path updated");
+        }
+        self.applied = to;
+        Ok(())
     }
 
-    fn execute(&mut self, step: &Step) -> Result<(), DataplaneError> {
+    fn execute(&mut self, step: &Step, target: &DesiredState) -> Result<(), DataplaneError> {
         match step {
             Step::AddService {
                 service,
@@ -190,7 +270,7 @@ impl Runtime {
                     self.dp.update_real(id, real_entry(real))?;
                 }
             }
-            Step::RebuildTable { service } => self.rebuild(service)?,
+            Step::RebuildTable { service } => self.rebuild(service, target)?,
             Step::RemoveReal {
                 service,
                 addr,
@@ -220,7 +300,7 @@ impl Runtime {
         }
         if let Step::RemoveReal { service, .. } = step {
             let name = service_name(service);
-            let gone = self.desired.service(service).is_none();
+            let gone = target.service(service).is_none();
             if gone
                 && self
                     .installed
@@ -242,8 +322,12 @@ impl Runtime {
             .copied()
     }
 
-    fn rebuild(&mut self, service: &ServiceAddr) -> Result<(), DataplaneError> {
-        let Some(svc) = self.desired.service(service) else {
+    fn rebuild(
+        &mut self,
+        service: &ServiceAddr,
+        target: &DesiredState,
+    ) -> Result<(), DataplaneError> {
+        let Some(svc) = target.service(service) else {
             return Ok(());
         };
         let identities: Vec<Vec<u8>> = svc.reals.iter().map(identity).collect();
@@ -267,6 +351,7 @@ impl Runtime {
         };
         let saved = Saved {
             desired: self.desired.clone(),
+            applied: Some(self.applied.clone()),
             installed: self.installed.clone(),
         };
         let text = serde_json::to_string_pretty(&saved).map_err(|e| RuntimeError::Save {
@@ -314,13 +399,42 @@ impl Runtime {
     pub fn listing(&self, rates: &RateEstimator) -> Result<Listing, DataplaneError> {
         let mut listing = Listing::from_state(&self.desired);
         let conns = self.connection_counts()?;
+        let health: BTreeMap<(ServiceAddr, SocketAddr), RealHealth> = self
+            .health
+            .iter()
+            .flat_map(|engine| engine.snapshot())
+            .map(|status| {
+                (
+                    (status.service, status.real),
+                    RealHealth {
+                        state: status.health.to_string(),
+                        check: format!("{} {}", status.kind, status.checked),
+                        last_ok: status.last.as_ref().map(|r| r.ok),
+                        latency_us: status.last.as_ref().map(|r| r.latency.as_micros() as u64),
+                        last_failure: status.last_failure,
+                    },
+                )
+            })
+            .collect();
         for svc in &mut listing.services {
             if let Some(entry) = self.dp.service(&service_key(&svc.addr)) {
                 let c = self.dp.service_counters(entry.id)?;
                 svc.stats = stats(c);
                 svc.rates = rates.service(entry.id);
             }
+            let applied = self.applied.service(&svc.addr);
             for real in &mut svc.reals {
+                // The weight in force: 0 while the health checks hold the server out.
+                real.weight = applied
+                    .and_then(|a| {
+                        a.reals
+                            .iter()
+                            .find(|r| r.addr == real.addr && r.port == real.port)
+                    })
+                    .map_or(0, |r| r.weight);
+                real.health = health
+                    .get(&(svc.addr, SocketAddr::new(real.addr, real.port)))
+                    .cloned();
                 let Some(id) = self.real_id(&svc.addr, real.addr, real.port) else {
                     continue;
                 };
@@ -453,6 +567,21 @@ fn flow_addr(words: &[u32; 4], family: u8) -> IpAddr {
     } else {
         IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(words[0])))
     }
+}
+
+/// The health-check targets of every service of `state`.
+fn targets(state: &DesiredState) -> Result<Vec<Target>, RuntimeError> {
+    let mut all = Vec::new();
+    for svc in &state.services {
+        all.extend(
+            Target::for_service(svc, &svc.health, &svc.real_checks).map_err(|e| {
+                RuntimeError::Health {
+                    message: e.to_string(),
+                }
+            })?,
+        );
+    }
+    Ok(all)
 }
 
 fn stats(c: lb_common::Counters) -> Stats {

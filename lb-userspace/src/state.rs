@@ -12,12 +12,15 @@
 
 use std::{
     cmp::Ordering,
+    collections::BTreeMap,
     fmt,
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::health::config::{CheckOptions, ConfigError, ServiceHealth};
 
 /// ipvsadm's persistence timeout when `-p` has no value: libipvs' `IPVS_SVC_PERSISTENT_TIMEOUT`
 /// (6*60). The man page says 300 s, but ipvsadm and `ipvsadm -S` really use 360, and we follow the
@@ -216,6 +219,17 @@ pub struct VirtualService {
     pub persistence: Option<Persistence>,
     /// Its real servers, sorted by address and port.
     pub reals: Vec<RealServer>,
+    /// Health checking of its real servers: the default check, inhibit-on-failure, quorum,
+    /// sorry server.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub health: ServiceHealth,
+    /// Check options of single real servers, overriding the service's default field by field.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub real_checks: BTreeMap<SocketAddr, CheckOptions>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// Everything xlb should be balancing.
@@ -237,6 +251,9 @@ pub enum Change {
         scheduler: Scheduler,
         /// Its persistence, if any.
         persistence: Option<Persistence>,
+        /// Its health-check settings.
+        #[serde(default)]
+        health: ServiceHealth,
     },
     /// `-E`: replace a service's scheduler and persistence (as ipvsadm, options left out go back to
     /// their defaults); its real servers stay.
@@ -247,6 +264,9 @@ pub enum Change {
         scheduler: Scheduler,
         /// Its new persistence.
         persistence: Option<Persistence>,
+        /// Its new health-check settings.
+        #[serde(default)]
+        health: ServiceHealth,
     },
     /// `-D`: remove a service and its real servers.
     DeleteService {
@@ -259,6 +279,9 @@ pub enum Change {
         service: ServiceAddr,
         /// The new server.
         real: RealServer,
+        /// Its own check options.
+        #[serde(default)]
+        check: CheckOptions,
     },
     /// `-e`: replace the settings of the real server with the same address and port.
     EditReal {
@@ -266,6 +289,9 @@ pub enum Change {
         service: ServiceAddr,
         /// The server's new settings.
         real: RealServer,
+        /// Its new check options.
+        #[serde(default)]
+        check: CheckOptions,
     },
     /// `-d`: remove a real server from a service.
     DeleteReal {
@@ -351,6 +377,20 @@ pub enum StateError {
     /// data path does not encapsulate across families.
     #[error("xlb does not tunnel across address families: the real server must have the service's family")]
     TunnelAcrossFamilies,
+    /// Health-check settings that do not hold together.
+    #[error("{message}")]
+    Check {
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl StateError {
+    fn check(error: ConfigError) -> Self {
+        Self::Check {
+            message: error.to_string(),
+        }
+    }
 }
 
 impl Change {
@@ -368,7 +408,7 @@ impl Change {
                 persistence,
                 ..
             } => validate_service(service, persistence.as_ref()),
-            Change::AddReal { service, real } | Change::EditReal { service, real } => {
+            Change::AddReal { service, real, .. } | Change::EditReal { service, real, .. } => {
                 validate_real(service, real)
             }
             Change::DeleteService { .. } | Change::DeleteReal { .. } | Change::Clear => Ok(()),
@@ -384,30 +424,91 @@ impl DesiredState {
 
     /// Applies one [`Change`]; on error the state is unchanged.
     pub fn apply(&mut self, change: &Change) -> Result<(), StateError> {
+        let mut next = self.clone();
         match change {
             Change::AddService {
                 service,
                 scheduler,
                 persistence,
-            } => self.add_service(*service, *scheduler, *persistence),
+                health,
+            } => {
+                next.add_service(*service, *scheduler, *persistence)?;
+                next.set_health(service, health.clone())?;
+            }
             Change::EditService {
                 service,
                 scheduler,
                 persistence,
-            } => self.edit_service(service, *scheduler, *persistence),
-            Change::DeleteService { service } => self.delete_service(service),
-            Change::AddReal { service, real } => self.add_real(service, *real),
-            Change::EditReal { service, real } => self.edit_real(service, *real),
+                health,
+            } => {
+                next.edit_service(service, *scheduler, *persistence)?;
+                next.set_health(service, health.clone())?;
+            }
+            Change::DeleteService { service } => next.delete_service(service)?,
+            Change::AddReal {
+                service,
+                real,
+                check,
+            } => {
+                next.add_real(service, *real)?;
+                next.set_real_check(service, real, check.clone())?;
+            }
+            Change::EditReal {
+                service,
+                real,
+                check,
+            } => {
+                next.edit_real(service, *real)?;
+                next.set_real_check(service, real, check.clone())?;
+            }
             Change::DeleteReal {
                 service,
                 addr,
                 port,
-            } => self.delete_real(service, *addr, *port),
-            Change::Clear => {
-                self.clear();
-                Ok(())
-            }
+            } => next.delete_real(service, *addr, *port)?,
+            Change::Clear => next.clear(),
         }
+        *self = next;
+        Ok(())
+    }
+
+    /// Replaces a service's health-check settings, checking that they and every real server's
+    /// resulting check are valid.
+    pub fn set_health(
+        &mut self,
+        service: &ServiceAddr,
+        health: ServiceHealth,
+    ) -> Result<(), StateError> {
+        let vs = self.service_mut(service).ok_or(StateError::NoSuchService)?;
+        health.validate(service).map_err(StateError::check)?;
+        health
+            .spec_for(&CheckOptions::default())
+            .map_err(StateError::check)?;
+        for options in vs.real_checks.values() {
+            health.spec_for(options).map_err(StateError::check)?;
+        }
+        vs.health = health;
+        Ok(())
+    }
+
+    /// Replaces a real server's own check options (the default ones remove the override).
+    pub fn set_real_check(
+        &mut self,
+        service: &ServiceAddr,
+        real: &RealServer,
+        check: CheckOptions,
+    ) -> Result<(), StateError> {
+        let vs = self
+            .service_mut(service)
+            .ok_or(StateError::ServiceNotDefined)?;
+        vs.health.spec_for(&check).map_err(StateError::check)?;
+        let key = SocketAddr::new(real.addr, real.port);
+        if check == CheckOptions::default() {
+            vs.real_checks.remove(&key);
+        } else {
+            vs.real_checks.insert(key, check);
+        }
+        Ok(())
     }
 
     /// ipvsadm `-A`: adds a service without real servers.
@@ -428,6 +529,8 @@ impl DesiredState {
                         scheduler,
                         persistence,
                         reals: Vec::new(),
+                        health: ServiceHealth::default(),
+                        real_checks: BTreeMap::new(),
                     },
                 );
                 Ok(())
@@ -509,6 +612,7 @@ impl DesiredState {
             .position(|r| r.addr == addr && r.port == port)
             .ok_or(StateError::NoSuchDestination)?;
         vs.reals.remove(at);
+        vs.real_checks.remove(&SocketAddr::new(addr, port));
         Ok(())
     }
 
@@ -928,6 +1032,7 @@ mod tests {
         let change = Change::AddReal {
             service: tcp("10.0.0.1", 80),
             real: real("10.0.0.2", 81),
+            check: Default::default(),
         };
         assert!(state.apply(&change).is_err());
         assert_eq!(state, before);

@@ -42,8 +42,8 @@ pub struct DrLab {
     pub balancer: Netns,
     /// The real servers, named `rs1`, `rs2`, ... by their web servers.
     pub reals: Vec<Netns>,
-    /// The web servers' processes, stopped when the lab is dropped.
-    web_servers: std::sync::Mutex<Vec<Child>>,
+    /// The web servers' processes by real server, stopped when the lab is dropped.
+    web_servers: std::sync::Mutex<std::collections::HashMap<usize, Child>>,
 }
 
 impl DrLab {
@@ -92,7 +92,7 @@ impl DrLab {
             client,
             balancer,
             reals,
-            web_servers: std::sync::Mutex::new(Vec::new()),
+            web_servers: std::sync::Mutex::new(std::collections::HashMap::new()),
         };
         for i in 0..n {
             lab.start_web_server(i);
@@ -123,7 +123,10 @@ impl DrLab {
             .stderr(Stdio::null())
             .spawn()
             .expect("start python http.server");
-        self.web_servers.lock().expect("web servers").push(child);
+        self.web_servers
+            .lock()
+            .expect("web servers")
+            .insert(i, child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let out = rs.run("curl -s --max-time 1 http://127.0.0.1/");
@@ -137,6 +140,20 @@ impl DrLab {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Stops the HTTP server of real server `i` (its host stays up).
+    pub fn stop_web_server(&self, i: usize) {
+        if let Some(mut child) = self.web_servers.lock().expect("web servers").remove(&i) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Replaces the page real server `i` serves.
+    pub fn set_page(&self, i: usize, text: &str) {
+        let dir = format!("/tmp/{}-www", self.reals[i].name());
+        std::fs::write(format!("{dir}/index.html"), text).expect("write the page");
     }
 
     /// Sends `n` requests to the VIP from the client, each on a new connection, and returns
@@ -234,7 +251,7 @@ impl Drop for KeepAliveClient {
 
 impl Drop for DrLab {
     fn drop(&mut self) {
-        for child in self.web_servers.lock().expect("web servers").iter_mut() {
+        for child in self.web_servers.lock().expect("web servers").values_mut() {
             let _ = child.kill();
             let _ = child.wait();
         }

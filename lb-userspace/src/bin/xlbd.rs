@@ -24,8 +24,9 @@ use lb_userspace::{
     control::{self, Shared, DEFAULT_SOCKET},
     dataplane::{Dataplane, LoadOptions},
     decap,
+    health::engine::{Engine, DEFAULT_MAX_CONCURRENT_CHECKS},
     runtime::{RateEstimator, Runtime},
-    state::DesiredState,
+    state::{Change, DesiredState},
 };
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -69,6 +70,9 @@ struct Args {
     /// interface's address, as the kernel's FIB gives it.
     #[arg(long = "tunnel-source")]
     tunnel_sources: Vec<IpAddr>,
+    /// At most this many health checks run at once.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONCURRENT_CHECKS)]
+    max_concurrent_checks: usize,
     /// Seconds between two counter reports in the log; 0 = none.
     #[arg(long, default_value_t = 60)]
     report_every: u64,
@@ -181,6 +185,13 @@ async fn main() -> Result<()> {
             runtime
         }
     };
+    let (engine, mut health_events) = Engine::new(
+        tokio::runtime::Handle::current(),
+        args.max_concurrent_checks,
+    );
+    let runtime = runtime
+        .with_health(engine)
+        .context("starting the health checks")?;
     let shared = Arc::new(Mutex::new(Shared {
         runtime,
         rates: RateEstimator::default(),
@@ -195,6 +206,9 @@ async fn main() -> Result<()> {
     let mut sigusr2 = signal(SignalKind::user_defined2()).context("SIGUSR2 handler")?;
     let mut logs = tokio::time::interval(Duration::from_millis(200));
     let mut rates = tokio::time::interval(Duration::from_secs(2));
+    // Slow starts ramp weights up: bring the tables along every second (no step when nothing
+    // changed).
+    let mut ramps = tokio::time::interval(Duration::from_secs(1));
     let mut report = tokio::time::interval(Duration::from_secs(args.report_every.max(1)));
     tracing::info!(ifaces = ?args.ifaces, socket = %args.socket.display(), "xlbd is balancing");
     loop {
@@ -204,6 +218,8 @@ async fn main() -> Result<()> {
             _ = sigusr1.recv() => debug_events(&shared, true).await,
             _ = sigusr2.recv() => debug_events(&shared, false).await,
             _ = logs.tick() => logger.flush(),
+            Some(_event) = health_events.recv() => refresh(&shared).await,
+            _ = ramps.tick() => refresh(&shared).await,
             _ = rates.tick() => {
                 let mut guard = shared.lock().await;
                 let Shared { runtime, rates } = &mut *guard;
@@ -235,6 +251,13 @@ async fn main() -> Result<()> {
         tracing::info!("exiting; the balancer keeps forwarding (pinned)");
     }
     Ok(())
+}
+
+/// Brings the data path in line with the health checks.
+async fn refresh(shared: &Mutex<Shared>) {
+    if let Err(e) = shared.lock().await.runtime.refresh() {
+        tracing::error!(error = %e, "applying health-check results to the data path");
+    }
 }
 
 async fn debug_events(shared: &Mutex<Shared>, on: bool) {
@@ -305,18 +328,34 @@ fn load_config(path: &Path) -> Result<DesiredState> {
     let mut checked = DesiredState::default();
     for service in &state.services {
         checked
-            .add_service(service.addr, service.scheduler, service.persistence)
+            .apply(&Change::AddService {
+                service: service.addr,
+                scheduler: service.scheduler,
+                persistence: service.persistence,
+                health: service.health.clone(),
+            })
             .with_context(|| format!("{}: service {}", path.display(), service.addr))?;
         for real in &service.reals {
-            checked.add_real(&service.addr, *real).with_context(|| {
-                format!(
-                    "{}: real server {}:{} of {}",
-                    path.display(),
-                    real.addr,
-                    real.port,
-                    service.addr
-                )
-            })?;
+            let check = service
+                .real_checks
+                .get(&std::net::SocketAddr::new(real.addr, real.port))
+                .cloned()
+                .unwrap_or_default();
+            checked
+                .apply(&Change::AddReal {
+                    service: service.addr,
+                    real: *real,
+                    check,
+                })
+                .with_context(|| {
+                    format!(
+                        "{}: real server {}:{} of {}",
+                        path.display(),
+                        real.addr,
+                        real.port,
+                        service.addr
+                    )
+                })?;
         }
     }
     Ok(checked)

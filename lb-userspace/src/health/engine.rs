@@ -648,6 +648,8 @@ mod tests {
                     lower_threshold: 0,
                 })
                 .collect(),
+            health: Default::default(),
+            real_checks: Default::default(),
         };
         let effective = engine.effective_service(&vs, &ServiceHealth::default(), Instant::now());
         assert_eq!(effective.reals.len(), 2);
@@ -856,6 +858,8 @@ mod tests {
             scheduler: Scheduler::Maglev,
             persistence: None,
             reals: reals.to_vec(),
+            health: Default::default(),
+            real_checks: Default::default(),
         };
         let mut health = ServiceHealth::default();
         health.set("--check", Some("http")).expect("flag");

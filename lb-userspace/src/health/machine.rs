@@ -313,6 +313,8 @@ mod tests {
             scheduler: Scheduler::Maglev,
             persistence: None,
             reals,
+            health: Default::default(),
+            real_checks: Default::default(),
         }
     }
 

@@ -76,6 +76,24 @@ pub struct RealListing {
     pub stats: Stats,
     /// Its rates.
     pub rates: Rates,
+    /// Its health, when it is checked.
+    #[serde(default)]
+    pub health: Option<RealHealth>,
+}
+
+/// A real server's health, as `-L` and `-L --health` show it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RealHealth {
+    /// up, down or unknown (not checked yet).
+    pub state: String,
+    /// The check: its kind and the address it checks.
+    pub check: String,
+    /// Whether the last check passed; `None` before the first.
+    pub last_ok: Option<bool>,
+    /// How long the last check took, in microseconds.
+    pub latency_us: Option<u64>,
+    /// Why the last failed check failed.
+    pub last_failure: Option<String>,
 }
 
 /// Totals, as `--stats` shows them.
@@ -153,6 +171,7 @@ impl RealListing {
             persistent_conns: 0,
             stats: Stats::default(),
             rates: Rates::default(),
+            health: None,
         }
     }
 }
@@ -167,6 +186,9 @@ pub fn format_listing(
 ) -> Result<String, ListError> {
     if options.connections {
         return Err(ListError::Connections);
+    }
+    if options.health {
+        return Ok(format_health(listing, options, resolve));
     }
     let mut services: Vec<&ServiceListing> = listing
         .services
@@ -263,6 +285,64 @@ pub fn format_connections(
             names.addr_port(c.virtual_addr.ip(), c.virtual_addr.port()),
             names.addr_port(c.destination.ip(), c.destination.port()),
         ));
+    }
+    out
+}
+
+/// The `-L --health` listing: every real server's health state, check, last result, its latency
+/// and the reason of the last failure.
+fn format_health(
+    listing: &Listing,
+    options: &ListOptions,
+    resolve: impl Fn(IpAddr) -> Option<String>,
+) -> String {
+    let names = Names {
+        numeric: options.numeric,
+        resolve,
+    };
+    let mut out = format!(
+        "Prot LocalAddress:Port\n  -> {:<28} {:<7} {:<28} {:<6} {:<9} {}\n",
+        "RemoteAddress:Port", "State", "Check", "Last", "Latency", "LastFailure"
+    );
+    let mut services: Vec<&ServiceListing> = listing
+        .services
+        .iter()
+        .filter(|s| options.service.is_none_or(|only| s.addr == only))
+        .collect();
+    services.sort_by_key(|s| s.addr);
+    for service in services {
+        let proto = match service.addr.protocol {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        };
+        out.push_str(&format!(
+            "{proto}  {}\n",
+            names.addr_port(service.addr.addr, service.addr.port)
+        ));
+        for real in &service.reals {
+            let dname = names.addr_port(real.addr, real.port);
+            let line = match &real.health {
+                None => format!("  -> {dname:<28} {:<7} {:<28}\n", "up", "none"),
+                Some(h) => {
+                    let last = match h.last_ok {
+                        None => "-",
+                        Some(true) => "ok",
+                        Some(false) => "failed",
+                    };
+                    let latency = h.latency_us.map_or_else(
+                        || "-".to_owned(),
+                        |us| format!("{:.1}ms", us as f64 / 1000.0),
+                    );
+                    format!(
+                        "  -> {dname:<28} {:<7} {:<28} {last:<6} {latency:<9} {}\n",
+                        h.state,
+                        h.check,
+                        h.last_failure.as_deref().unwrap_or("-")
+                    )
+                }
+            };
+            out.push_str(&line);
+        }
     }
     out
 }
@@ -393,8 +473,13 @@ fn service_entry<R: Fn(IpAddr) -> Option<String>>(
                 Forwarding::DirectRoute => "Route",
                 Forwarding::Tunnel => "Tunnel",
             };
+            // Checked servers get their health state after ipvsadm's columns.
+            let state = real
+                .health
+                .as_ref()
+                .map_or(String::new(), |h| format!(" {}", h.state));
             format!(
-                "  -> {dname:<28} {forward:<7} {:<6} {:<10} {:<10}\n",
+                "  -> {dname:<28} {forward:<7} {:<6} {:<10} {:<10}{state}\n",
                 real.weight, real.active_conns, real.inactive_conns
             )
         };

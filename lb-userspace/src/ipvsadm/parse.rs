@@ -46,6 +46,10 @@ pub struct Invocation {
 /// What `xlbadm` was asked to do.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one value per command line or request: boxing the change would only add noise"
+)]
 pub enum Command {
     /// `-A -E -D -a -e -d -C`: change the desired state.
     Change(Change),
@@ -88,6 +92,9 @@ pub struct ListOptions {
     pub exact: bool,
     /// Sorted as ipvsadm sorts (the default; `--nosort` turns it off).
     pub sort: bool,
+    /// `--health`: the health-check listing (state, check, last result, latency, reason).
+    #[serde(default)]
+    pub health: bool,
 }
 
 impl Default for ListOptions {
@@ -102,6 +109,7 @@ impl Default for ListOptions {
             persistent_conn: false,
             exact: false,
             sort: true,
+            health: false,
         }
     }
 }
@@ -256,6 +264,12 @@ pub enum ParseError {
         /// The feature, in words.
         feature: &'static str,
     },
+    /// A health-check option with a bad value, on the wrong command, or not holding together.
+    #[error("{message}")]
+    Check {
+        /// What is wrong.
+        message: String,
+    },
     /// A well-formed command that the desired state would refuse whatever it holds, such as a
     /// port-0 service without persistence.
     #[error(transparent)]
@@ -298,7 +312,118 @@ pub enum AddressError {
 }
 
 /// Parses the arguments after the program name.
+///
+/// Health-check options (`--check ...`, `--rise`, `--quorum`, ..., see
+/// [`crate::health::config::CHECK_FLAGS`] and [`crate::health::config::SERVICE_FLAGS`]) are
+/// xlb's own: they are taken out first and attached to the `-A`/`-E` (service default) or
+/// `-a`/`-e` (one real server) command; `--health` goes with `-L`.
 pub fn parse(args: &[String]) -> Result<Invocation, ParseError> {
+    let (rest, flags, health_listing) = split_health_flags(args)?;
+    let mut invocation = parse_ipvsadm(&rest)?;
+    let misplaced = |what: &str| ParseError::Check {
+        message: format!("{what} go with -A/-E (the service's default) or -a/-e (one real server)"),
+    };
+    let bad = |e: crate::health::config::ConfigError| ParseError::Check {
+        message: e.to_string(),
+    };
+    match &mut invocation.command {
+        Command::Change(Change::AddService {
+            service, health, ..
+        })
+        | Command::Change(Change::EditService {
+            service, health, ..
+        }) => {
+            for (name, value) in &flags {
+                health.set(name, value.as_deref()).map_err(bad)?;
+            }
+            health.validate(service).map_err(bad)?;
+            health
+                .spec_for(&crate::health::config::CheckOptions::default())
+                .map_err(bad)?;
+        }
+        Command::Change(Change::AddReal { check, .. })
+        | Command::Change(Change::EditReal { check, .. }) => {
+            for (name, value) in &flags {
+                if crate::health::config::SERVICE_FLAGS
+                    .iter()
+                    .any(|f| f.name == *name)
+                {
+                    return Err(ParseError::Check {
+                        message: format!("{name} is a service option: it goes with -A/-E"),
+                    });
+                }
+                check.set(name, value.as_deref()).map_err(bad)?;
+            }
+        }
+        Command::List(options) => {
+            if !flags.is_empty() {
+                return Err(misplaced("health-check options"));
+            }
+            options.health = health_listing;
+        }
+        _ if !flags.is_empty() => return Err(misplaced("health-check options")),
+        _ => {}
+    }
+    if health_listing && !matches!(invocation.command, Command::List(_)) {
+        return Err(ParseError::Check {
+            message: "--health goes with -L".to_owned(),
+        });
+    }
+    Ok(invocation)
+}
+
+/// A health-check option and its value, as given.
+type HealthFlag = (&'static str, Option<String>);
+
+/// Separates xlb's health-check options (and `--health`) from ipvsadm's.
+fn split_health_flags(args: &[String]) -> Result<(Vec<String>, Vec<HealthFlag>, bool), ParseError> {
+    use crate::health::config::{CHECK_FLAGS, SERVICE_FLAGS};
+    let mut rest = Vec::with_capacity(args.len());
+    let mut flags = Vec::new();
+    let mut health_listing = false;
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        i += 1;
+        if arg == "--health" {
+            health_listing = true;
+            continue;
+        }
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) => (name, Some(value.to_owned())),
+            None => (arg.as_str(), None),
+        };
+        let Some(flag) = CHECK_FLAGS
+            .iter()
+            .chain(SERVICE_FLAGS)
+            .find(|f| f.name == name)
+        else {
+            rest.push(arg.clone());
+            continue;
+        };
+        let value = match (flag.value, inline) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(ParseError::Check {
+                    message: format!("{} takes no value", flag.name),
+                })
+            }
+            (Some(_), Some(v)) => Some(v),
+            (Some(_), None) => {
+                let v = args.get(i).cloned().ok_or_else(|| ParseError::Check {
+                    message: format!("{} needs a value", flag.name),
+                })?;
+                i += 1;
+                Some(v)
+            }
+        };
+        flags.push((flag.name, value));
+    }
+    Ok((rest, flags, health_listing))
+}
+
+/// Parses ipvsadm's own syntax.
+fn parse_ipvsadm(args: &[String]) -> Result<Invocation, ParseError> {
     let mut line = Line::default();
     let mut tokens = Tokens {
         args,
@@ -389,7 +514,27 @@ Options:
         scheds = Scheduler::supported_names(),
         default = Scheduler::default().name(),
         timeout = DEFAULT_PERSISTENCE_TIMEOUT_SECS,
-    )
+    ) + &health_usage()
+}
+
+/// The health-check options, from their tables.
+fn health_usage() -> String {
+    use crate::health::config::{Flag, CHECK_FLAGS, SERVICE_FLAGS};
+    let row = |f: &Flag| {
+        let left = match f.value {
+            Some(v) => format!("{} {v}", f.name),
+            None => f.name.to_owned(),
+        };
+        format!("  {left:<36} {}\n", f.help)
+    };
+    let mut out = String::from(
+        "\nHealth checks (xlb), with -A/-E for the service's default and -a/-e for one server:\n",
+    );
+    out.extend(CHECK_FLAGS.iter().map(row));
+    out.push_str("Service options, with -A/-E:\n");
+    out.extend(SERVICE_FLAGS.iter().map(row));
+    out.push_str("  --health                             with -L: each server's check and state\n");
+    out
 }
 
 /// The commands, with ipvsadm's names for them in messages.
@@ -1158,17 +1303,20 @@ impl Line {
                 let service = service()?;
                 let scheduler = self.scheduler.unwrap_or_default();
                 let persistence = self.persistence(service.addr)?;
+                let health = crate::health::config::ServiceHealth::default();
                 Command::Change(if verb == Verb::AddService {
                     Change::AddService {
                         service,
                         scheduler,
                         persistence,
+                        health,
                     }
                 } else {
                     Change::EditService {
                         service,
                         scheduler,
                         persistence,
+                        health,
                     }
                 })
             }
@@ -1190,10 +1338,19 @@ impl Line {
                     upper_threshold: self.upper_threshold.unwrap_or(0),
                     lower_threshold: self.lower_threshold.unwrap_or(0),
                 };
+                let check = crate::health::config::CheckOptions::default();
                 Command::Change(if verb == Verb::AddServer {
-                    Change::AddReal { service, real }
+                    Change::AddReal {
+                        service,
+                        real,
+                        check,
+                    }
                 } else {
-                    Change::EditReal { service, real }
+                    Change::EditReal {
+                        service,
+                        real,
+                        check,
+                    }
                 })
             }
             Verb::DeleteServer => {
@@ -1214,6 +1371,7 @@ impl Line {
                 persistent_conn: self.has(Opt::PersistentConn),
                 exact: self.has(Opt::Exact),
                 sort: !self.has(Opt::NoSort),
+                health: false,
             }),
             Verb::Zero => Command::Zero {
                 service: self.service,
@@ -1359,7 +1517,8 @@ mod tests {
             Command::Change(Change::AddService {
                 service: tcp("10.0.0.1", 80),
                 scheduler: Scheduler::Maglev,
-                persistence: None
+                persistence: None,
+                health: Default::default(),
             })
         );
     }
@@ -1407,7 +1566,8 @@ mod tests {
                 real: RealServer {
                     weight: 3,
                     ..dr("2001:db8::2", 80)
-                }
+                },
+                check: Default::default(),
             })
         );
     }
@@ -1623,7 +1783,8 @@ mod tests {
             command("-a -t 10.0.0.1:80 -r 10.0.0.2"),
             Command::Change(Change::AddReal {
                 service: tcp("10.0.0.1", 80),
-                real: dr("10.0.0.2", 80)
+                real: dr("10.0.0.2", 80),
+                check: Default::default(),
             })
         );
     }
@@ -1640,7 +1801,8 @@ mod tests {
                     upper_threshold: 100,
                     lower_threshold: 50,
                     ..dr("10.0.0.2", 80)
-                }
+                },
+                check: Default::default(),
             })
         );
     }
@@ -1663,6 +1825,44 @@ mod tests {
             message("-a -t 10.0.0.1:80 -r [2001:db8::2]:80 -i"),
             "xlb does not tunnel across address families: the real server must have the service's family"
         );
+    }
+
+    #[test]
+    fn health_check_options_attach_to_the_service_or_the_real_server() {
+        let Command::Change(Change::AddService { health, .. }) =
+            command("-A -t 10.0.0.1:80 --check http --check-path /health --fall 3 --quorum 2")
+        else {
+            panic!("not an add-service");
+        };
+        assert_eq!(health.quorum, 2);
+        assert!(health.check != crate::health::config::CheckOptions::default());
+        let Command::Change(Change::AddReal { check, .. }) =
+            command("-a -t 10.0.0.1:80 -r 10.0.0.2 --check tcp --check-port 8080")
+        else {
+            panic!("not an add-server");
+        };
+        assert_eq!(check.port, Some(8080));
+        let Command::List(options) = command("-L -n --health") else {
+            panic!("not a list");
+        };
+        assert!(options.health);
+    }
+
+    #[test]
+    fn bad_or_misplaced_health_check_options_exit_2_with_a_message() {
+        for line in [
+            "-a -t 10.0.0.1:80 -r 10.0.0.2 --quorum 2",
+            "-D -t 10.0.0.1:80 --check tcp",
+            "-A -t 10.0.0.1:80 --check bogus",
+            "-A -t 10.0.0.1:80 --check-interval 1s --check-timeout 2s",
+            "-A -t 10.0.0.1:80 --check exec",
+            "-A -t 10.0.0.1:80 --rise",
+            "-A -t 10.0.0.1:80 --health",
+        ] {
+            let e = err(line);
+            assert_eq!(e.exit_code(), 2, "{line}: {e}");
+            assert!(!e.to_string().is_empty(), "{line}");
+        }
     }
 
     #[test]
@@ -1910,7 +2110,8 @@ mod tests {
                 persistence: Some(Persistence {
                     timeout_secs: 60,
                     netmask: Netmask::V4(Ipv4Addr::BROADCAST)
-                })
+                }),
+                health: Default::default(),
             })
         );
         assert_eq!(
@@ -1920,7 +2121,8 @@ mod tests {
                 real: RealServer {
                     weight: 0,
                     ..dr("10.0.0.2", 80)
-                }
+                },
+                check: Default::default(),
             })
         );
         assert_eq!(

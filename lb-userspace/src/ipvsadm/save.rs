@@ -52,6 +52,12 @@ pub enum RestoreFailure {
     /// `--socket` inside restore input, where it would mean nothing.
     #[error("--socket cannot be used in restore input")]
     Socket,
+    /// Quotes that do not close.
+    #[error("{message}")]
+    Quoting {
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// The `-S` text for `state`.
@@ -75,6 +81,7 @@ pub fn save(state: &DesiredState) -> String {
                 }
             }
         }
+        push_flags(&mut out, service.health.flags());
         out.push('\n');
 
         let mut reals: Vec<_> = service.reals.iter().collect();
@@ -95,6 +102,9 @@ pub fn save(state: &DesiredState) -> String {
             if real.lower_threshold != 0 {
                 out.push_str(&format!(" -y {}", real.lower_threshold));
             }
+            if let Some(check) = service.real_checks.get(&addr) {
+                push_flags(&mut out, check.flags());
+            }
             out.push('\n');
         }
     }
@@ -109,8 +119,8 @@ pub fn restore(state: &DesiredState, input: &str) -> Result<DesiredState, Restor
             line: index + 1,
             failure,
         };
-        let text = raw.split_once('#').map_or(raw, |(before, _)| before);
-        let mut words: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+        let mut words =
+            shell_words(raw).map_err(|message| at(RestoreFailure::Quoting { message }))?;
         if words
             .first()
             .is_some_and(|w| w == "ipvsadm" || w == "xlbadm")
@@ -135,6 +145,89 @@ pub fn restore(state: &DesiredState, input: &str) -> Result<DesiredState, Restor
         restored.apply(&change).map_err(|e| at(e.into()))?;
     }
     Ok(restored)
+}
+
+/// Appends health-check options, quoting values as a shell would need them.
+fn push_flags(out: &mut String, flags: Vec<(&'static str, Option<String>)>) {
+    for (name, value) in flags {
+        out.push(' ');
+        out.push_str(name);
+        if let Some(value) = value {
+            out.push(' ');
+            out.push_str(&quote(&value));
+        }
+    }
+}
+
+/// `value` as one shell word: as it is when it is plain, else in single quotes.
+fn quote(value: &str) -> String {
+    let plain = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./:@%+=,-~[]".contains(c));
+    if plain {
+        value.to_owned()
+    } else {
+        format!("'{}'", value.replace('\'', r"'\''"))
+    }
+}
+
+/// Splits a line into words as a POSIX shell would: blanks separate words, single quotes keep
+/// everything, double quotes keep everything but `\"` and `\\`, a backslash outside quotes
+/// escapes the next character, and `#` at the start of a word starts a comment.
+fn shell_words(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {
+                if let Some(w) = word.take() {
+                    words.push(w);
+                }
+            }
+            '#' if word.is_none() => break,
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => w.push(c),
+                        None => return Err("unterminated single quote".to_owned()),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => w.push(c),
+                            Some(c) => {
+                                w.push('\\');
+                                w.push(c);
+                            }
+                            None => return Err("unterminated double quote".to_owned()),
+                        },
+                        Some(c) => w.push(c),
+                        None => return Err("unterminated double quote".to_owned()),
+                    }
+                }
+            }
+            '\\' => {
+                let escaped = chars
+                    .next()
+                    .ok_or_else(|| "a backslash at the end of the line".to_owned())?;
+                word.get_or_insert_with(String::new).push(escaped);
+            }
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    if let Some(w) = word {
+        words.push(w);
+    }
+    Ok(words)
 }
 
 /// `-t` or `-u`, as a service is named in `-S` lines.
@@ -244,6 +337,36 @@ mod tests {
              -a -u [2001:db8::1]:53 -r [2001:db8::2]:53 -g -w 1\n\
              -a -u [2001:db8::1]:53 -r [2001:db8::7]:53 -i -w 1 --tun-type ipip\n"
         );
+    }
+
+    #[test]
+    fn health_check_options_survive_a_save_and_restore_with_their_quoting() {
+        let rules = "-A -t 10.0.0.1:80 -s mh --check http --check-path /health \
+                     --check-expect 'Database connection OK' --check-interval 2s --rise 2 --fall 3 \
+                     --inhibit-on-failure --quorum 2 --sorry-server 10.0.0.9:80\n\
+                     -a -t 10.0.0.1:80 -r 10.0.0.2:80 -g -w 1\n\
+                     -a -t 10.0.0.1:80 -r 10.0.0.3:80 -g -w 1 --check send-expect \
+                     --check-send 'GET / HTTP/1.0\\r\\n\\r\\n' --check-expect \"it's up\"\n\
+                     -a -t 10.0.0.1:80 -r 10.0.0.4:80 -g -w 1 --check exec \
+                     --check-command '/usr/local/bin/probe --deep # not a comment'\n";
+        let state = restore(&DesiredState::default(), rules).expect("restore");
+        let svc = &state.services[0];
+        assert!(svc.health.inhibit_on_failure);
+        assert_eq!(svc.real_checks.len(), 2);
+        let saved = save(&state);
+        let again = restore(&DesiredState::default(), &saved).expect("restore the save");
+        assert_eq!(again, state, "{saved}");
+        assert!(saved.contains("'Database connection OK'"), "{saved}");
+    }
+
+    #[test]
+    fn unterminated_quotes_are_reported_with_their_line() {
+        let err = restore(
+            &DesiredState::default(),
+            "-A -t 10.0.0.1:80 --check-expect 'oops\n",
+        )
+        .expect_err("unterminated quote");
+        assert_eq!(err.line, 1);
     }
 
     #[test]

@@ -1,0 +1,189 @@
+//! Health checks end to end: xlbd checks three real servers by HTTP (status and a keyword in the
+//! page) while a client requests continuously. A stopped web server, and then a page without the
+//! keyword (port still open), take a server out within fall × interval + timeout; restored, it
+//! comes back after rise × interval. The client sees failures only while a dead server is being
+//! detected, and only for that server; nothing else is disturbed.
+
+use std::{
+    process::Stdio,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use xlb_tests::{
+    daemon::Daemon,
+    lab::{real_addr, DrLab, VIP},
+    root,
+};
+
+const INTERVAL: f64 = 0.5;
+const TIMEOUT: f64 = 0.3;
+const RISE: f64 = 2.0;
+const FALL: f64 = 2.0;
+/// Slack for scheduling in a loaded test machine.
+const SLACK: f64 = 1.5;
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64()
+}
+
+/// Waits until `-L -n` shows real server `i` in `state` ("up"/"down"); returns when it did.
+fn wait_for(daemon: &Daemon<'_>, i: usize, state: &str, within: f64) -> f64 {
+    let start = Instant::now();
+    let addr = format!("{}:80", real_addr(i));
+    loop {
+        let listing = daemon.adm_ok(&["-L", "-n"]);
+        let line = listing
+            .lines()
+            .find(|l| l.contains(&addr))
+            .unwrap_or_default()
+            .to_owned();
+        if line.trim_end().ends_with(state) {
+            return now();
+        }
+        assert!(
+            start.elapsed().as_secs_f64() < within,
+            "rs{} not {state} after {within:.1}s: {line}\n{}",
+            i + 1,
+            daemon.adm_ok(&["-L", "-n", "--health"])
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn failed_servers_leave_and_come_back_while_a_client_keeps_requesting() {
+    root::require();
+    let lab = DrLab::new(3);
+    let daemon = Daemon::start(&lab.balancer);
+    let vip = format!("{VIP}:80");
+    daemon.adm_ok(&[
+        "-A",
+        "-t",
+        &vip,
+        "-s",
+        "mh",
+        "--check",
+        "http",
+        "--check-path",
+        "/",
+        "--check-expect",
+        "rs",
+        "--check-interval",
+        "500ms",
+        "--check-timeout",
+        "300ms",
+        "--rise",
+        "2",
+        "--fall",
+        "2",
+    ]);
+    for i in 0..3 {
+        daemon.adm_ok(&[
+            "-a",
+            "-t",
+            &vip,
+            "-r",
+            &format!("{}:80", real_addr(i)),
+            "-g",
+        ]);
+    }
+    for i in 0..3 {
+        wait_for(&daemon, i, "up", 5.0);
+    }
+    // The check settings are saved with the service.
+    let saved = daemon.adm_ok(&["-S", "-n"]);
+    assert!(
+        saved.contains("--check http") && saved.contains("--fall 2"),
+        "{saved}"
+    );
+
+    // A client requesting continuously, each answer stamped with its time.
+    let client = lab
+        .client
+        .command("sh")
+        .args([
+            "-c",
+            &format!(
+                "end=$(( $(date +%s) + 14 )); while [ $(date +%s) -lt $end ]; do \
+                 printf '%s ' $(date +%s.%N); curl -s --max-time 1 http://{VIP}/ || echo FAILED; \
+                 sleep 0.02; done"
+            ),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the client");
+    std::thread::sleep(Duration::from_secs(2));
+
+    // rs1's web server stops.
+    let stopped = now();
+    lab.stop_web_server(0);
+    let rs1_down = wait_for(&daemon, 0, "down", FALL * INTERVAL + TIMEOUT + SLACK);
+    std::thread::sleep(Duration::from_secs(2));
+    lab.start_web_server(0);
+    let rs1_restarted = now();
+    let rs1_up = wait_for(&daemon, 0, "up", RISE * INTERVAL + TIMEOUT + SLACK);
+
+    // rs2's page loses the keyword; the port stays open.
+    std::thread::sleep(Duration::from_millis(500));
+    let changed = now();
+    lab.set_page(1, "maintenance\n");
+    let rs2_down = wait_for(&daemon, 1, "down", FALL * INTERVAL + TIMEOUT + SLACK);
+    std::thread::sleep(Duration::from_secs(1));
+    lab.set_page(1, "rs2\n");
+    let rs2_up = wait_for(&daemon, 1, "up", RISE * INTERVAL + TIMEOUT + SLACK);
+
+    let health = daemon.adm_ok(&["-L", "-n", "--health"]);
+    assert!(health.contains("http"), "{health}");
+    let out = client.wait_with_output().expect("client");
+    let answers = String::from_utf8_lossy(&out.stdout).into_owned();
+
+    let mut seen_after = [0usize; 3];
+    for line in answers.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(t), Some(who)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let t: f64 = t.parse().expect("a time stamp");
+        let in_rs1_window = t >= stopped - 0.2 && t <= rs1_down + 0.2;
+        let in_rs2_window = t >= changed - 0.2 && t <= rs2_down + 0.2;
+        match who {
+            "FAILED" => assert!(
+                in_rs1_window,
+                "a request failed at {t:.2} outside rs1's detection window \
+                 ({stopped:.2}..{rs1_down:.2}):\n{answers}"
+            ),
+            "maintenance" => assert!(
+                in_rs2_window,
+                "rs2's maintenance page served at {t:.2} outside its detection window \
+                 ({changed:.2}..{rs2_down:.2})"
+            ),
+            "rs1" => {
+                assert!(
+                    !(t > rs1_down + 0.2 && t < rs1_restarted),
+                    "rs1 got a request at {t:.2}, after it was taken out at {rs1_down:.2}"
+                );
+                if t > rs1_up + 0.5 {
+                    seen_after[0] += 1;
+                }
+            }
+            "rs2" => {
+                assert!(
+                    !(t > rs2_down + 0.2 && t < rs2_up - 0.2),
+                    "rs2 got a request at {t:.2}, while out ({rs2_down:.2}..{rs2_up:.2})"
+                );
+                if t > rs2_up + 0.5 {
+                    seen_after[1] += 1;
+                }
+            }
+            "rs3" => seen_after[2] += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert!(seen_after[0] > 0, "rs1 never came back:\n{answers}");
+    assert!(seen_after[1] > 0, "rs2 never came back:\n{answers}");
+    assert!(seen_after[2] > 0, "rs3 never answered");
+}
