@@ -23,6 +23,9 @@ pub const SERVICE_STATS: &str = "XLB_SVC_STATS";
 pub const REAL_STATS: &str = "XLB_REAL_STATS";
 /// [`crate::GlobalStat`] → per-CPU packet count. Written by the data path.
 pub const GLOBAL_STATS: &str = "XLB_GLOBAL";
+/// Interface index → the same interface: the devmap of XDP_REDIRECT. Written by userspace with
+/// the interfaces of the balancer's network namespace.
+pub const EGRESS: &str = "XLB_EGRESS";
 /// Index 0 → [`crate::DataplaneConfig`]. Written by userspace.
 pub const CONFIG: &str = "XLB_CONFIG";
 

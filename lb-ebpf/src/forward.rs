@@ -1,8 +1,8 @@
 //! Forwarding to the chosen real server: direct routing or IP-in-IP tunneling.
 //!
 //! The next hop comes from the kernel's FIB and neighbour table through `bpf_fib_lookup`, so
-//! routes, a second egress interface (XDP_REDIRECT) and neighbour changes need no copy in our
-//! maps. When the kernel has no neighbour entry for the next hop yet, the packet is dropped and
+//! routes, a second egress interface (XDP_REDIRECT, through the `XLB_EGRESS` devmap) and
+//! neighbour changes need no copy in our maps. When the kernel has no neighbour entry for the next hop yet, the packet is dropped and
 //! counted (`drop_no_neighbour`): passing it up would make the balancer's own stack answer for the
 //! VIP. Userspace keeps a managed neighbour entry for each real server so that this only happens
 //! before the first resolution.
@@ -162,10 +162,12 @@ fn too_big(ctx: &XdpContext, packet: &Packet, mtu: u16, overhead: u16) -> Verdic
 #[inline(always)]
 fn send(ctx: &XdpContext, ifindex: u32) -> Verdict {
     if ifindex == ctx.ingress_ifindex() as u32 {
-        Verdict::Tx
-    } else {
+        return Verdict::Tx;
+    }
+    match maps::EGRESS.redirect(ifindex, 0) {
+        Ok(action) => Verdict::Redirect(action),
         // SAFETY: a helper taking plain integers.
-        Verdict::Redirect(unsafe { bpf_redirect(ifindex, 0) } as u32)
+        Err(_) => Verdict::Redirect(unsafe { bpf_redirect(ifindex, 0) } as u32),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     limits::{MAGLEV_TABLES, MAGLEV_TABLE_SIZE, MAX_CONNECTIONS, MAX_REALS, MAX_SERVICES},
@@ -47,6 +47,12 @@ pub static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX
 /// Global counter index → per-CPU packet count. Written by the data path.
 #[map(name = "XLB_GLOBAL")]
 pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GLOBAL_STATS_LEN, 0);
+
+/// Egress interface index → the same interface, for XDP_REDIRECT through a devmap (the kernel
+/// bulks such frames). Written by userspace with the interfaces where it attaches; an interface
+/// not in it is reached with a plain `bpf_redirect`.
+#[map(name = "XLB_EGRESS")]
+pub static EGRESS: DevMapHash = DevMapHash::with_max_entries(256, 0);
 
 /// Index 0 → run-time settings. Written by userspace.
 #[map(name = "XLB_CONFIG")]

@@ -12,7 +12,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray},
     programs::{ProgramError, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
@@ -171,6 +171,7 @@ pub struct Dataplane {
     real_stats: PerCpuArray<MapData, Counters>,
     global_stats: PerCpuArray<MapData, u64>,
     config: Array<MapData, DataplaneConfig>,
+    egress: DevMapHash<MapData>,
     max_services: u32,
     free_service_ids: BTreeSet<u32>,
     free_real_ids: BTreeSet<u32>,
@@ -215,21 +216,12 @@ impl Dataplane {
         let mut ebpf = loader
             .load(object)
             .map_err(|source| DataplaneError::Load { source })?;
-        let program: &mut Xdp = ebpf
-            .program_mut(names::PROG_BALANCER)
-            .ok_or(DataplaneError::Missing {
-                what: "program",
-                name: names::PROG_BALANCER,
-            })?
-            .try_into()
+        balancer_mut(&mut ebpf)?
+            .load()
             .map_err(|source| DataplaneError::Program {
-                action: "finding",
+                action: "loading",
                 source,
             })?;
-        program.load().map_err(|source| DataplaneError::Program {
-            action: "loading",
-            source,
-        })?;
 
         let maglev_map = ebpf.map(names::MAGLEV).ok_or(DataplaneError::Missing {
             what: "map",
@@ -259,6 +251,7 @@ impl Dataplane {
             real_stats: take(&mut ebpf, names::REAL_STATS)?,
             global_stats: take(&mut ebpf, names::GLOBAL_STATS)?,
             config: take(&mut ebpf, names::CONFIG)?,
+            egress: take(&mut ebpf, names::EGRESS)?,
             ebpf,
             max_services,
             free_service_ids: BTreeSet::new(),
@@ -312,20 +305,9 @@ impl Dataplane {
     /// turns IPv4 forwarding on for it: the kernel's FIB, which gives the data path its next hops,
     /// answers only for interfaces that forward. The attachment lasts as long as this value.
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<()> {
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(names::PROG_BALANCER)
-            .ok_or(DataplaneError::Missing {
-                what: "program",
-                name: names::PROG_BALANCER,
-            })?
-            .try_into()
-            .map_err(|source| DataplaneError::Program {
-                action: "finding",
-                source,
-            })?;
         enable_forwarding(iface)?;
-        program
+        self.fill_egress()?;
+        self.program_mut()?
             .attach(iface, mode)
             .map_err(|source| DataplaneError::Program {
                 action: "attaching",
@@ -340,6 +322,7 @@ impl Dataplane {
     /// meets an interface without the balancer. The program itself is pinned at `pin_dir/prog`.
     pub fn attach_pinned(&mut self, iface: &str, mode: XdpMode, pin_dir: &Path) -> Result<()> {
         enable_forwarding(iface)?;
+        self.fill_egress()?;
         let link_path = pin_dir.join(format!("link_{iface}"));
         let replaced = links::attach_pinned(self.program_mut()?, iface, mode, &link_path)
             .map_err(|source| DataplaneError::PinnedLink { source })?;
@@ -349,6 +332,20 @@ impl Dataplane {
             .pin(&prog_path)
             .map_err(|source| DataplaneError::Pin { source })?;
         tracing::info!(iface, replaced, "balancer attached through a pinned link");
+        Ok(())
+    }
+
+    /// Puts every interface of the calling thread's network namespace in the redirect devmap.
+    fn fill_egress(&mut self) -> Result<()> {
+        for ifindex in interface_indexes() {
+            if self.egress.get(ifindex, 0).is_ok() {
+                continue;
+            }
+            if let Err(e) = self.egress.insert(ifindex, ifindex, None, 0) {
+                // Some devices cannot be redirect targets; bpf_redirect still reaches them.
+                tracing::debug!(ifindex, error = %e, "interface left out of the redirect devmap");
+            }
+        }
         Ok(())
     }
 
@@ -367,17 +364,7 @@ impl Dataplane {
     }
 
     fn program_mut(&mut self) -> Result<&mut Xdp> {
-        self.ebpf
-            .program_mut(names::PROG_BALANCER)
-            .ok_or(DataplaneError::Missing {
-                what: "program",
-                name: names::PROG_BALANCER,
-            })?
-            .try_into()
-            .map_err(|source| DataplaneError::Program {
-                action: "finding",
-                source,
-            })
+        balancer_mut(&mut self.ebpf)
     }
 
     /// Adds a service, or updates the flags of an existing one, keeping its id and its table.
@@ -699,8 +686,41 @@ fn enable_forwarding(iface: &str) -> Result<()> {
     Ok(())
 }
 
+/// The indexes of the interfaces of the calling thread's network namespace.
+fn interface_indexes() -> Vec<u32> {
+    let mut out = Vec::new();
+    // SAFETY: if_nameindex returns an array ended by a zero entry, freed below.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return out;
+        }
+        let mut entry = list;
+        while (*entry).if_index != 0 {
+            out.push((*entry).if_index);
+            entry = entry.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    out
+}
+
+/// The balancer program of a loaded object.
+fn balancer_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    ebpf.program_mut(names::PROG_BALANCER)
+        .ok_or(DataplaneError::Missing {
+            what: "program",
+            name: names::PROG_BALANCER,
+        })?
+        .try_into()
+        .map_err(|source| DataplaneError::Program {
+            action: "finding",
+            source,
+        })
+}
+
 /// Every map of the object, as pinned.
-const ALL_MAPS: [&str; 9] = [
+const ALL_MAPS: [&str; 10] = [
     names::SERVICES,
     names::VIP_ADDRS,
     names::MAGLEV,
@@ -710,6 +730,7 @@ const ALL_MAPS: [&str; 9] = [
     names::REAL_STATS,
     names::GLOBAL_STATS,
     names::CONFIG,
+    names::EGRESS,
 ];
 
 fn zeroed_per_cpu<T: aya::Pod + Default + Clone>() -> Result<aya::maps::PerCpuValues<T>> {

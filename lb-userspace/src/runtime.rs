@@ -24,7 +24,7 @@ use crate::{
     ipvsadm::format::{ConnectionListing, Listing, Rates, RealHealth, Stats},
     maglev, neighbour,
     plan::{plan, Step},
-    state::{DesiredState, ServiceAddr},
+    state::{DesiredState, RealServer, ServiceAddr},
 };
 
 /// Why a change could not be applied.
@@ -198,7 +198,20 @@ impl Runtime {
         let now = Instant::now();
         let mut effective = desired.clone();
         for svc in &mut effective.services {
-            svc.reals = engine.effective_service(svc, &svc.health, now).reals;
+            let mut reals = engine.effective_service(svc, &svc.health, now).reals;
+            // A failed server leaves the table but stays in the data path at weight 0, so that
+            // the flows it still has keep reaching it (a server failing its keyword check may
+            // well finish them); only new flows avoid it.
+            for real in &svc.reals {
+                if !reals
+                    .iter()
+                    .any(|r| r.addr == real.addr && r.port == real.port)
+                {
+                    reals.push(RealServer { weight: 0, ..*real });
+                }
+            }
+            reals.sort_by_key(|r| (r.addr, r.port));
+            svc.reals = reals;
         }
         effective
     }

@@ -20,7 +20,7 @@ const TIMEOUT: f64 = 0.3;
 const RISE: f64 = 2.0;
 const FALL: f64 = 2.0;
 /// Slack for scheduling in a loaded test machine.
-const SLACK: f64 = 1.5;
+const SLACK: f64 = 2.5;
 
 fn now() -> f64 {
     SystemTime::now()
@@ -148,9 +148,10 @@ fn failed_servers_leave_and_come_back_while_a_client_keeps_requesting() {
             continue;
         };
         let t: f64 = t.parse().expect("a time stamp");
-        let in_rs1_window = t >= stopped - 0.2 && t <= rs1_down + 0.2;
-        let in_rs2_window = t >= changed - 0.2 && t <= rs2_down + 0.2;
+        let in_rs1_window = t >= stopped - 0.2 && t <= rs1_down + 0.5;
+        let in_rs2_window = t >= changed - 0.2 && t <= rs2_down + 0.5;
         match who {
+            // Connections to rs1 fail while its death is being detected.
             "FAILED" => assert!(
                 in_rs1_window,
                 "a request failed at {t:.2} outside rs1's detection window \
