@@ -12,10 +12,12 @@
 //! - [`convert`]: conversions from the desired state to data-path keys and entries.
 //! - [`plan`]: the steps between two desired states (pure).
 //! - [`runtime`]: the daemon's state; applies changes whole or not at all, saves them.
+//! - [`config`]: the configuration file, checked by xlbadm's rules.
 //! - [`control`]: the control socket between xlbadm and xlbd.
 //! - [`health`]: health checks of real servers and what they mean for the tables.
 
 mod batch;
+pub mod config;
 pub mod control;
 pub mod convert;
 pub mod dataplane;

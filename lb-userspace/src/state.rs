@@ -52,6 +52,7 @@ pub enum Protocol {
 /// What identifies a virtual service: protocol, address and port, as ipvsadm's service-address.
 /// Port 0 is ipvsadm's "all ports" service, which must be persistent.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
 pub struct ServiceAddr {
     /// TCP or UDP.
     pub protocol: Protocol,
@@ -163,6 +164,7 @@ impl Netmask {
 /// Persistence (`-p [timeout] [-M netmask]`): a client keeps its real server across connections
 /// for `timeout_secs` after its last one.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
 pub struct Persistence {
     /// Seconds, 1..=[`MAX_PERSISTENCE_TIMEOUT_SECS`].
     pub timeout_secs: u32,
@@ -182,10 +184,12 @@ impl Persistence {
 
 /// How packets reach a real server. Both leave the reply to go straight back to the client; NAT
 /// (ipvsadm's `-m`) is not supported because the balancer never sees replies.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum Forwarding {
-    /// `-g`: rewrite the destination MAC (LVS-DR); ipvsadm prints it as "Route".
+    /// `-g`: rewrite the destination MAC (LVS-DR); ipvsadm prints it as "Route". The default,
+    /// as in ipvsadm.
+    #[default]
     DirectRoute,
     /// `-i`: IP-in-IP encapsulation (LVS-TUN); ipvsadm prints it as "Tunnel".
     Tunnel,
@@ -193,31 +197,39 @@ pub enum Forwarding {
 
 /// One real server of a virtual service.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
 pub struct RealServer {
     /// Its address; with [`Forwarding::Tunnel`] it may be of the other family than the VIP.
     pub addr: IpAddr,
     /// Its port: always the service's port, since DR and TUN cannot rewrite ports.
     pub port: u16,
     /// DR or TUN.
+    #[serde(default)]
     pub forwarding: Forwarding,
     /// Its share of new flows relative to the others, 0..=[`MAX_WEIGHT`]; 0 = no new flows.
+    #[serde(default = "default_weight")]
     pub weight: u32,
     /// ipvsadm's `-x`: no new connections above this many; 0 = unset.
+    #[serde(default)]
     pub upper_threshold: u32,
     /// ipvsadm's `-y`: new connections again below this many; 0 = unset.
+    #[serde(default)]
     pub lower_threshold: u32,
 }
 
 /// A virtual service and its real servers.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct VirtualService {
     /// What clients connect to.
     pub addr: ServiceAddr,
     /// How it picks a real server.
+    #[serde(default)]
     pub scheduler: Scheduler,
     /// Whether clients stick to their real server, and how.
     pub persistence: Option<Persistence>,
     /// Its real servers, sorted by address and port.
+    #[serde(default)]
     pub reals: Vec<RealServer>,
     /// Health checking of its real servers: the default check, inhibit-on-failure, quorum,
     /// sorry server.
@@ -228,12 +240,17 @@ pub struct VirtualService {
     pub real_checks: BTreeMap<SocketAddr, CheckOptions>,
 }
 
+fn default_weight() -> u32 {
+    DEFAULT_WEIGHT
+}
+
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
 }
 
 /// Everything xlb should be balancing.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct DesiredState {
     /// The virtual services, in ipvsadm's listing order.
     pub services: Vec<VirtualService>,

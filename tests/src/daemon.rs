@@ -39,8 +39,16 @@ pub struct Daemon<'a> {
 impl<'a> Daemon<'a> {
     /// Starts xlbd on the namespace's eth0 (generic mode) with no configuration.
     pub fn start(ns: &'a Netns) -> Self {
+        Self::start_with_config(ns, None)
+    }
+
+    /// Starts xlbd with `config` as its configuration file (none when `None`).
+    pub fn start_with_config(ns: &'a Netns, config: Option<&str>) -> Self {
         let dir = PathBuf::from(format!("/tmp/{}-xlbd", ns.name()));
         std::fs::create_dir_all(&dir).expect("daemon directory");
+        if let Some(text) = config {
+            std::fs::write(dir.join("config.toml"), text).expect("write the configuration");
+        }
         // `ip netns exec` gives the daemon a mount namespace of its own with a fresh /sys, so pins
         // under its /sys/fs/bpf would vanish with it: pin on a bpffs mounted here instead.
         let bpffs = dir.join("bpffs");
@@ -87,7 +95,7 @@ impl<'a> Daemon<'a> {
                 "0",
             ])
             .arg("--config")
-            .arg(self.dir.join("none.toml"))
+            .arg(self.dir.join("config.toml"))
             .arg("--socket")
             .arg(self.socket())
             .arg("--pin-dir")

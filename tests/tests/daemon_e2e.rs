@@ -170,3 +170,65 @@ fn xlbadm_configures_xlbd_which_survives_a_restart_without_losing_a_request() {
     let link = lab.balancer.sh("ip link show dev eth0");
     assert!(!link.contains("xdp"), "still attached:\n{link}");
 }
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn xlbd_installs_its_configuration_file_and_refuses_a_bad_one() {
+    root::require();
+    let lab = DrLab::new(2);
+    let config = format!(
+        "[[services]]\n[services.addr]\nprotocol = \"tcp\"\naddr = \"{VIP}\"\nport = 80\n\
+         [[services.reals]]\naddr = \"{}\"\nport = 80\n\
+         [[services.reals]]\naddr = \"{}\"\nport = 80\nweight = 2\n",
+        real_addr(0),
+        real_addr(1)
+    );
+    {
+        let daemon = Daemon::start_with_config(&lab.balancer, Some(&config));
+        let saved = daemon.adm_ok(&["-S", "-n"]);
+        assert_eq!(
+            saved,
+            format!(
+                "-A -t {VIP}:80 -s mh\n-a -t {VIP}:80 -r {}:80 -g -w 1\n\
+                 -a -t {VIP}:80 -r {}:80 -g -w 2\n",
+                real_addr(0),
+                real_addr(1)
+            )
+        );
+        let (counts, failed) = lab.spread(30);
+        assert_eq!(failed, 0, "{counts:?}");
+    }
+
+    // A real server on another port than its service's: refused, with the reason, at start.
+    let bad = config.replace(
+        &format!("addr = \"{}\"\nport = 80", real_addr(1)),
+        &format!("addr = \"{}\"\nport = 81", real_addr(1)),
+    );
+    let dir = std::env::temp_dir().join(format!("{}-bad", lab.balancer.name()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("xlb.toml"), bad).expect("bad config");
+    let out = lab
+        .balancer
+        .command("timeout")
+        .arg("20")
+        .arg(xlb_tests::daemon::binary("xlbd"))
+        .args(["--iface", "eth0", "--xdp-mode", "generic"])
+        .arg("--config")
+        .arg(dir.join("xlb.toml"))
+        .arg("--socket")
+        .arg(dir.join("xlb.sock"))
+        .arg("--pin-dir")
+        .arg(format!("/sys/fs/bpf/{}", lab.balancer.name()))
+        .arg("--state-file")
+        .arg(dir.join("state.json"))
+        .arg("--detach-on-exit")
+        .output()
+        .expect("run xlbd");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "xlbd accepted a bad configuration");
+    assert!(
+        stderr.contains("in the configuration") && stderr.contains(":81"),
+        "unclear error: {stderr}"
+    );
+}

@@ -21,12 +21,13 @@ use anyhow::{Context as _, Result};
 use aya::programs::XdpMode;
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_userspace::{
+    config,
     control::{self, Shared, DEFAULT_SOCKET},
     dataplane::{Dataplane, LoadOptions},
     decap,
     health::engine::{Engine, DEFAULT_MAX_CONCURRENT_CHECKS},
     runtime::{RateEstimator, Runtime},
-    state::{Change, DesiredState},
+    state::DesiredState,
 };
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -135,6 +136,8 @@ async fn main() -> Result<()> {
         return decap(&iface, remove, addrs, xdp_mode, &pin_dir);
     }
 
+    // A bad configuration is refused before anything is touched.
+    let config = load_config(&args.config)?;
     ensure_bpffs(&args.pin_dir)?;
     let saved = Runtime::read_state_file(&args.state_file);
     let pinned = args.pin_dir.join(lb_common::maps::SERVICES).exists();
@@ -178,7 +181,6 @@ async fn main() -> Result<()> {
         }
         None => {
             let mut runtime = Runtime::new(dp, Some(args.state_file.clone()));
-            let config = load_config(&args.config)?;
             runtime
                 .change_to(config)
                 .context("installing the configured services")?;
@@ -322,43 +324,7 @@ fn load_config(path: &Path) -> Result<DesiredState> {
     }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the configuration {}", path.display()))?;
-    let state: DesiredState = toml::from_str(&text)
-        .with_context(|| format!("parsing the configuration {}", path.display()))?;
-    // Rebuild it through the same checks as xlbadm's commands.
-    let mut checked = DesiredState::default();
-    for service in &state.services {
-        checked
-            .apply(&Change::AddService {
-                service: service.addr,
-                scheduler: service.scheduler,
-                persistence: service.persistence,
-                health: service.health.clone(),
-            })
-            .with_context(|| format!("{}: service {}", path.display(), service.addr))?;
-        for real in &service.reals {
-            let check = service
-                .real_checks
-                .get(&std::net::SocketAddr::new(real.addr, real.port))
-                .cloned()
-                .unwrap_or_default();
-            checked
-                .apply(&Change::AddReal {
-                    service: service.addr,
-                    real: *real,
-                    check,
-                })
-                .with_context(|| {
-                    format!(
-                        "{}: real server {}:{} of {}",
-                        path.display(),
-                        real.addr,
-                        real.port,
-                        service.addr
-                    )
-                })?;
-        }
-    }
-    Ok(checked)
+    config::parse(&text).with_context(|| format!("in the configuration {}", path.display()))
 }
 
 fn decap(iface: &str, remove: bool, addrs: Vec<IpAddr>, mode: Mode, pin_dir: &Path) -> Result<()> {

@@ -1021,7 +1021,7 @@ fn value_of(flag: Flag, value: Option<&str>) -> Result<&str, ConfigError> {
 /// The check options as written, every one optional: on a service, the default for its real
 /// servers; on a real server, what it overrides. See [`CheckOptions::build`] for the rules.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct CheckOptions {
     /// `--check`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1298,7 +1298,7 @@ impl CheckOptions {
 /// A service's health settings: the default check of its real servers and what it does when
 /// they fail.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServiceHealth {
     /// The check options of real servers that say nothing else (their own options override
     /// these field by field).
