@@ -23,7 +23,7 @@ pub mod stats;
 
 pub use config::DataplaneConfig;
 pub use conntrack::{Connection, FlowKey};
-pub use real::{Forwarding, RealServer};
+pub use real::{Forwarding, NextHop, RealServer};
 pub use service::{Service, ServiceKey};
 pub use stats::{Counters, GlobalStat};
 
@@ -65,6 +65,7 @@ mod layout {
         assert_eq!(size_of::<Connection>(), 24);
         assert_eq!(size_of::<Counters>(), 24);
         assert_eq!(size_of::<DataplaneConfig>(), 24);
+        assert_eq!(size_of::<NextHop>(), 48);
         assert!(align_of::<Connection>() <= 8);
     }
 }

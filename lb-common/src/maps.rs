@@ -14,6 +14,9 @@ pub const VIP_ADDRS: &str = "XLB_VIP_ADDRS";
 pub const MAGLEV: &str = "XLB_MAGLEV";
 /// Real-server id → [`crate::RealServer`]. Written by userspace.
 pub const REALS: &str = "XLB_REALS";
+/// Real-server id → per-CPU [`crate::NextHop`]: the FIB's answer, reused briefly. Written by the
+/// data path; cleared by userspace when a real server changes.
+pub const NEXT_HOPS: &str = "XLB_NEXT_HOPS";
 /// [`crate::FlowKey`] → [`crate::Connection`]: the connection table. Written by the data path,
 /// read and flushed by userspace.
 pub const CONNTRACK: &str = "XLB_CONNTRACK";

@@ -57,3 +57,26 @@ impl RealServer {
 }
 
 crate::user_pod!(RealServer);
+
+/// The next hop towards a real server, as the kernel's FIB last gave it: reused for a short time
+/// (see `NEXT_HOP_TTL_NS` in the data path) instead of a FIB lookup per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NextHop {
+    /// `bpf_ktime_get_ns()` after which the entry must be looked up again; 0 = empty.
+    pub expires_ns: u64,
+    /// The interface packets leave through.
+    pub ifindex: u32,
+    /// The interface the packets that made the lookup came in on (the lookup depends on it).
+    pub ingress_ifindex: u32,
+    /// The egress MTU; 0 when the kernel did not say (the entry is then not reused).
+    pub mtu: u32,
+    /// Our source address towards the server (tunnels), network order; IPv4 uses `src[0]`.
+    pub src: [u32; 4],
+    /// The next hop's MAC address.
+    pub dmac: [u8; 6],
+    /// Our MAC address on the egress interface.
+    pub smac: [u8; 6],
+}
+
+crate::user_pod!(NextHop);

@@ -27,11 +27,15 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NO_SRC_ADDR, BPF_FIB_LKUP_RET_SUCCESS,
         BPF_FIB_LOOKUP_SRC,
     },
-    helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::{
+        bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_xdp_adjust_head,
+    },
     programs::XdpContext,
     EbpfContext as _,
 };
-use lb_common::{hash::flow_hash, Forwarding, GlobalStat, RealServer, FAMILY_V4, FAMILY_V6};
+use lb_common::{
+    hash::flow_hash, Forwarding, GlobalStat, NextHop, RealServer, FAMILY_V4, FAMILY_V6,
+};
 
 use crate::{
     csum, icmp, maps,
@@ -49,14 +53,14 @@ const TUNNEL_TTL: u8 = 64;
 
 /// Send the packet to `real` by its forwarding method.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, packet: &Packet, real: &RealServer) -> Verdict {
+pub fn forward(ctx: &XdpContext, packet: &Packet, real_id: u32, real: &RealServer) -> Verdict {
     if real.family != packet.flow.family {
         // No tunneling between address families.
         return Verdict::drop(GlobalStat::DropUnsupportedForward);
     }
     match Forwarding::from_u8(real.forward) {
-        Some(Forwarding::DirectRoute) => direct_route(ctx, packet, real),
-        Some(Forwarding::Tunnel) => tunnel(ctx, packet, real),
+        Some(Forwarding::DirectRoute) => direct_route(ctx, packet, real_id, real),
+        Some(Forwarding::Tunnel) => tunnel(ctx, packet, real_id, real),
         None => Verdict::drop(GlobalStat::DropUnsupportedForward),
     }
 }
@@ -144,6 +148,62 @@ fn route(
     Err(NoRoute::Verdict(Verdict::drop(reason)))
 }
 
+/// How long a next hop from the FIB is reused before it is looked up again: routes and
+/// neighbours that change are followed within this time, and the FIB is asked about once per
+/// real server and CPU in it instead of once per packet.
+const NEXT_HOP_TTL_NS: u64 = 100_000_000;
+
+/// The next hop for a packet of `ip_len` bytes to real server `real_id`: the cached one when it
+/// is fresh, was looked up for the same ingress interface and knows the MTU; else the FIB's.
+#[inline(always)]
+fn next_hop(
+    ctx: &XdpContext,
+    packet: &Packet,
+    real_id: u32,
+    real: &RealServer,
+    ip_len: u16,
+    l4_protocol: u8,
+    want_source: bool,
+) -> Result<NextHop, NoRoute> {
+    let ingress = ctx.ingress_ifindex() as u32;
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let cache = maps::NEXT_HOPS.get_ptr_mut(real_id);
+    if let Some(cached) = cache {
+        // SAFETY: a per-CPU slot, written by this CPU only.
+        let cached = unsafe { &*cached };
+        if cached.expires_ns > now && cached.ingress_ifindex == ingress && cached.mtu != 0 {
+            if u32::from(ip_len) > cached.mtu {
+                return Err(NoRoute::TooBig(cached.mtu as u16));
+            }
+            return Ok(*cached);
+        }
+    }
+    let params = route(ctx, packet, real, ip_len, l4_protocol, want_source)?;
+    // SAFETY: after a successful lookup the union holds the egress MTU (or still our length,
+    // when the kernel does not report it: then the entry is not reused).
+    let mtu = u32::from(unsafe { params.__bindgen_anon_1.mtu_result });
+    let hop = NextHop {
+        expires_ns: now + NEXT_HOP_TTL_NS,
+        ifindex: params.ifindex,
+        ingress_ifindex: ingress,
+        mtu: if mtu == u32::from(ip_len) { 0 } else { mtu },
+        // SAFETY: the union holds the address family the lookup was made for.
+        src: if real.family == FAMILY_V4 {
+            [unsafe { params.__bindgen_anon_3.ipv4_src }, 0, 0, 0]
+        } else {
+            unsafe { params.__bindgen_anon_3.ipv6_src }
+        },
+        dmac: params.dmac,
+        smac: params.smac,
+    };
+    if let Some(cached) = cache {
+        // SAFETY: as above.
+        unsafe { *cached = hop };
+    }
+    Ok(hop)
+}
+
 /// What to do when the packet, grown by `overhead`, does not fit the egress `mtu`.
 #[inline(always)]
 fn too_big(ctx: &XdpContext, packet: &Packet, mtu: u16, overhead: u16) -> Verdict {
@@ -172,8 +232,16 @@ fn send(ctx: &XdpContext, ifindex: u32) -> Verdict {
 }
 
 #[inline(always)]
-fn direct_route(ctx: &XdpContext, packet: &Packet, real: &RealServer) -> Verdict {
-    let params = match route(ctx, packet, real, packet.ip_len, packet.flow.proto, false) {
+fn direct_route(ctx: &XdpContext, packet: &Packet, real_id: u32, real: &RealServer) -> Verdict {
+    let params = match next_hop(
+        ctx,
+        packet,
+        real_id,
+        real,
+        packet.ip_len,
+        packet.flow.proto,
+        false,
+    ) {
         Ok(params) => params,
         Err(NoRoute::Verdict(v)) => return v,
         Err(NoRoute::TooBig(mtu)) => return too_big(ctx, packet, mtu, 0),
@@ -189,14 +257,14 @@ fn direct_route(ctx: &XdpContext, packet: &Packet, real: &RealServer) -> Verdict
 }
 
 #[inline(always)]
-fn tunnel(ctx: &XdpContext, packet: &Packet, real: &RealServer) -> Verdict {
+fn tunnel(ctx: &XdpContext, packet: &Packet, real_id: u32, real: &RealServer) -> Verdict {
     let (overhead, proto) = if real.family == FAMILY_V4 {
         (IPV4_HDR_LEN, PROTO_IPIP)
     } else {
         (IPV6_HDR_LEN, PROTO_IPV6)
     };
     let outer_len = packet.ip_len.wrapping_add(overhead as u16);
-    let params = match route(ctx, packet, real, outer_len, proto, true) {
+    let params = match next_hop(ctx, packet, real_id, real, outer_len, proto, true) {
         Ok(params) => params,
         Err(NoRoute::Verdict(v)) => return v,
         Err(NoRoute::TooBig(mtu)) => return too_big(ctx, packet, mtu, overhead as u16),
@@ -226,13 +294,9 @@ fn tunnel(ctx: &XdpContext, packet: &Packet, real: &RealServer) -> Verdict {
         return Verdict::drop(GlobalStat::DropAdjustFailed);
     };
     let written = if real.family == FAMILY_V4 {
-        // SAFETY: the params union holds IPv4 addresses for an AF_INET lookup.
-        let src = unsafe { params.__bindgen_anon_3.ipv4_src };
-        write_outer_v4(ctx, l3, packet, src, real.addr[0], outer_len)
+        write_outer_v4(ctx, l3, packet, params.src[0], real.addr[0], outer_len)
     } else {
-        // SAFETY: the params union holds IPv6 addresses for an AF_INET6 lookup.
-        let src = unsafe { params.__bindgen_anon_3.ipv6_src };
-        write_outer_v6(ctx, l3, packet, src, real.addr)
+        write_outer_v6(ctx, l3, packet, params.src, real.addr)
     };
     if !written {
         return Verdict::drop(GlobalStat::DropAdjustFailed);

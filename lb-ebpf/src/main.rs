@@ -64,7 +64,7 @@ mod program {
         let Some(real) = maps::real(real_id) else {
             return Verdict::drop(lb_common::GlobalStat::DropNoReal);
         };
-        let verdict = forward::forward(ctx, &packet, &real);
+        let verdict = forward::forward(ctx, &packet, real_id, &real);
         if verdict.is_forwarded() {
             if packet.icmp_error {
                 stats::count(lb_common::GlobalStat::SeenIcmpErrorForwarded);

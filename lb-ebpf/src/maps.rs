@@ -7,7 +7,7 @@ use aya_ebpf::{
 use lb_common::{
     limits::{MAGLEV_TABLES, MAGLEV_TABLE_SIZE, MAX_CONNECTIONS, MAX_REALS, MAX_SERVICES},
     stats::GLOBAL_STATS_LEN,
-    Connection, Counters, DataplaneConfig, FlowKey, RealServer, Service, ServiceKey,
+    Connection, Counters, DataplaneConfig, FlowKey, NextHop, RealServer, Service, ServiceKey,
 };
 
 /// Keep an LRU free list per CPU instead of one shared list, so that CPUs inserting new flows do
@@ -30,6 +30,11 @@ pub static MAGLEV: Array<u32> = Array::with_max_entries(MAGLEV_TABLES * MAGLEV_T
 /// Real-server id → real server. Written by userspace.
 #[map(name = "XLB_REALS")]
 pub static REALS: Array<RealServer> = Array::with_max_entries(MAX_REALS, 0);
+
+/// Real-server id → per-CPU next hop, the FIB's last answer. Written by the data path; cleared
+/// by userspace when a real server changes.
+#[map(name = "XLB_NEXT_HOPS")]
+pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_REALS, 0);
 
 /// Flow → connection. Written by the data path; read and flushed by userspace.
 #[map(name = "XLB_CONNTRACK")]

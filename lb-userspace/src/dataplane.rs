@@ -18,8 +18,8 @@ use aya::{
 };
 use lb_common::{
     limits::{MAGLEV_TABLE_SIZE, MAX_REALS, MAX_SERVICES},
-    maps as names, Connection, Counters, DataplaneConfig, FlowKey, GlobalStat, RealServer, Service,
-    ServiceKey,
+    maps as names, Connection, Counters, DataplaneConfig, FlowKey, GlobalStat, NextHop, RealServer,
+    Service, ServiceKey,
 };
 use thiserror::Error;
 
@@ -166,6 +166,7 @@ pub struct Dataplane {
     /// A second descriptor of the Maglev map for batch updates, which aya does not offer.
     maglev_fd: OwnedFd,
     reals: Array<MapData, RealServer>,
+    next_hops: PerCpuArray<MapData, NextHop>,
     conntrack: HashMap<MapData, FlowKey, Connection>,
     service_stats: PerCpuArray<MapData, Counters>,
     real_stats: PerCpuArray<MapData, Counters>,
@@ -246,6 +247,7 @@ impl Dataplane {
             vip_addrs: take(&mut ebpf, names::VIP_ADDRS)?,
             maglev: take(&mut ebpf, names::MAGLEV)?,
             reals: take(&mut ebpf, names::REALS)?,
+            next_hops: take(&mut ebpf, names::NEXT_HOPS)?,
             conntrack: take(&mut ebpf, names::CONNTRACK)?,
             service_stats: take(&mut ebpf, names::SERVICE_STATS)?,
             real_stats: take(&mut ebpf, names::REAL_STATS)?,
@@ -443,6 +445,7 @@ impl Dataplane {
         self.real_stats
             .set(id, zeroed_per_cpu()?, 0)
             .map_err(map_err("zeroing a real server's counters"))?;
+        self.forget_next_hop(id)?;
         self.reals
             .set(id, real, 0)
             .map_err(map_err("adding a real server"))?;
@@ -454,7 +457,16 @@ impl Dataplane {
     pub fn update_real(&mut self, id: RealId, real: RealServer) -> Result<()> {
         self.reals
             .set(id, real, 0)
-            .map_err(map_err("updating a real server"))
+            .map_err(map_err("updating a real server"))?;
+        self.forget_next_hop(id)
+    }
+
+    /// Empties the data path's cached next hop of a real-server id, so that a server given the
+    /// id (or changed) is looked up afresh.
+    fn forget_next_hop(&mut self, id: RealId) -> Result<()> {
+        self.next_hops
+            .set(id, zeroed_per_cpu()?, 0)
+            .map_err(map_err("clearing a cached next hop"))
     }
 
     /// Removes a real server. Take it out of every Maglev table first. Its connections are
@@ -464,6 +476,7 @@ impl Dataplane {
         self.reals
             .set(id, RealServer::default(), 0)
             .map_err(map_err("removing a real server"))?;
+        self.forget_next_hop(id)?;
         self.flush_connections_where(|c| c.real == id)?;
         self.free_real_ids.insert(id);
         Ok(())
@@ -720,7 +733,7 @@ fn balancer_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
 }
 
 /// Every map of the object, as pinned.
-const ALL_MAPS: [&str; 10] = [
+const ALL_MAPS: [&str; 11] = [
     names::SERVICES,
     names::VIP_ADDRS,
     names::MAGLEV,
@@ -731,6 +744,7 @@ const ALL_MAPS: [&str; 10] = [
     names::GLOBAL_STATS,
     names::CONFIG,
     names::EGRESS,
+    names::NEXT_HOPS,
 ];
 
 fn zeroed_per_cpu<T: aya::Pod + Default + Clone>() -> Result<aya::maps::PerCpuValues<T>> {

@@ -594,3 +594,23 @@ fn debug_events_say_why_packets_were_passed_or_dropped_only_when_switched_on() {
         "events after switching off"
     );
 }
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_real_server_id_given_to_another_server_does_not_keep_the_old_next_hop() {
+    let mut bench = bench();
+    let mut svc = TestService::add(&mut bench.dp, Ipv4Addr::new(10, 10, 0, 104), 80, PROTO_TCP);
+    let first = svc.add_real(&mut bench.dp, RS[0].into(), 1);
+    let vip = [10, 10, 0, 104];
+    let out = bench.run(&Ipv4Packet::tcp(CLIENT, 50000, vip, 80, SYN).build());
+    assert_eq!(out.packet[0..6], rs_mac(RS[0])[..]);
+    svc.remove_real(&mut bench.dp, RS[0].into());
+    let second = svc.add_real(&mut bench.dp, RS[1].into(), 1);
+    assert_eq!(first, second, "the id is reused");
+    let out = bench.run(&Ipv4Packet::tcp(CLIENT, 50001, vip, 80, SYN).build());
+    assert_eq!(
+        out.packet[0..6],
+        rs_mac(RS[1])[..],
+        "a stale next hop was used"
+    );
+}
