@@ -292,15 +292,9 @@ impl Dataplane {
     pub fn program(&self) -> Result<&Xdp> {
         self.ebpf
             .program(names::PROG_BALANCER)
-            .ok_or(DataplaneError::Missing {
-                what: "program",
-                name: names::PROG_BALANCER,
-            })?
+            .ok_or_else(no_balancer)?
             .try_into()
-            .map_err(|source| DataplaneError::Program {
-                action: "finding",
-                source,
-            })
+            .map_err(not_xdp)
     }
 
     /// Attaches the balancer to an interface (in the calling thread's network namespace) and
@@ -721,15 +715,23 @@ fn interface_indexes() -> Vec<u32> {
 /// The balancer program of a loaded object.
 fn balancer_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     ebpf.program_mut(names::PROG_BALANCER)
-        .ok_or(DataplaneError::Missing {
-            what: "program",
-            name: names::PROG_BALANCER,
-        })?
+        .ok_or_else(no_balancer)?
         .try_into()
-        .map_err(|source| DataplaneError::Program {
-            action: "finding",
-            source,
-        })
+        .map_err(not_xdp)
+}
+
+fn no_balancer() -> DataplaneError {
+    DataplaneError::Missing {
+        what: "program",
+        name: names::PROG_BALANCER,
+    }
+}
+
+fn not_xdp(source: ProgramError) -> DataplaneError {
+    DataplaneError::Program {
+        action: "finding",
+        source,
+    }
 }
 
 /// Every map of the object, as pinned.
