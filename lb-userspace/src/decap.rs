@@ -186,26 +186,18 @@ impl Decapsulator {
     fn program_mut(&mut self) -> Result<&mut Xdp, DecapError> {
         self.ebpf
             .program_mut(names::PROG_DECAP)
-            .ok_or_else(|| DecapError::Object {
-                what: format!("no program {}", names::PROG_DECAP),
-            })?
+            .ok_or_else(no_program)?
             .try_into()
-            .map_err(|e: aya::programs::ProgramError| DecapError::Object {
-                what: e.to_string(),
-            })
+            .map_err(not_xdp)
     }
 
     /// The program, e.g. for `test_run`.
     pub fn program(&self) -> Result<&Xdp, DecapError> {
         self.ebpf
             .program(names::PROG_DECAP)
-            .ok_or_else(|| DecapError::Object {
-                what: format!("no program {}", names::PROG_DECAP),
-            })?
+            .ok_or_else(no_program)?
             .try_into()
-            .map_err(|e: aya::programs::ProgramError| DecapError::Object {
-                what: e.to_string(),
-            })
+            .map_err(not_xdp)
     }
 
     /// Attaches through the link pinned at `pin_dir/link_<iface>` (taking an existing one over).
@@ -223,6 +215,18 @@ impl Decapsulator {
                 source,
             }
         })
+    }
+}
+
+fn no_program() -> DecapError {
+    DecapError::Object {
+        what: format!("no program {}", names::PROG_DECAP),
+    }
+}
+
+fn not_xdp(e: aya::programs::ProgramError) -> DecapError {
+    DecapError::Object {
+        what: e.to_string(),
     }
 }
 
