@@ -36,6 +36,39 @@ pub enum L4 {
     },
 }
 
+impl L4 {
+    /// The L4 header followed by `payload`, the IP protocol number, and the offset of the
+    /// checksum to fill in (`None` for raw bytes).
+    fn segment(&self, payload: &[u8]) -> (Vec<u8>, u8, Option<usize>) {
+        let (mut bytes, proto, checksum_at) = match self {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
+                let mut h = vec![0u8; 20];
+                h[0..2].copy_from_slice(&sport.to_be_bytes());
+                h[2..4].copy_from_slice(&dport.to_be_bytes());
+                h[4..8].copy_from_slice(&1u32.to_be_bytes());
+                h[12] = 5 << 4;
+                h[13] = *flags;
+                h[14..16].copy_from_slice(&64240u16.to_be_bytes());
+                (h, 6, Some(16))
+            }
+            L4::Udp { sport, dport } => {
+                let mut h = vec![0u8; 8];
+                h[0..2].copy_from_slice(&sport.to_be_bytes());
+                h[2..4].copy_from_slice(&dport.to_be_bytes());
+                h[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+                (h, 17, Some(6))
+            }
+            L4::Raw { proto, bytes } => (bytes.clone(), *proto, None),
+        };
+        bytes.extend_from_slice(payload);
+        (bytes, proto, checksum_at)
+    }
+}
+
 /// An IPv4 test packet, built by [`Ipv4Packet::build`].
 #[derive(Clone, Debug)]
 pub struct Ipv4Packet {
@@ -109,42 +142,7 @@ impl Ipv4Packet {
 
     /// The IPv4 packet's bytes, without the Ethernet header.
     pub fn ip_bytes(&self) -> Vec<u8> {
-        let mut l4 = match &self.l4 {
-            L4::Tcp {
-                sport,
-                dport,
-                flags,
-            } => {
-                let mut h = vec![0u8; 20];
-                h[0..2].copy_from_slice(&sport.to_be_bytes());
-                h[2..4].copy_from_slice(&dport.to_be_bytes());
-                h[4..8].copy_from_slice(&1u32.to_be_bytes());
-                h[12] = 5 << 4;
-                h[13] = *flags;
-                h[14..16].copy_from_slice(&64240u16.to_be_bytes());
-                h
-            }
-            L4::Udp { sport, dport } => {
-                let mut h = vec![0u8; 8];
-                h[0..2].copy_from_slice(&sport.to_be_bytes());
-                h[2..4].copy_from_slice(&dport.to_be_bytes());
-                let len = (8 + self.payload.len()) as u16;
-                h[4..6].copy_from_slice(&len.to_be_bytes());
-                h
-            }
-            L4::Raw { bytes, .. } => bytes.clone(),
-        };
-        l4.extend_from_slice(&self.payload);
-        let proto = match &self.l4 {
-            L4::Tcp { .. } => 6,
-            L4::Udp { .. } => 17,
-            L4::Raw { proto, .. } => *proto,
-        };
-        let l4_csum_at = match &self.l4 {
-            L4::Tcp { .. } => Some(16),
-            L4::Udp { .. } => Some(6),
-            L4::Raw { .. } => None,
-        };
+        let (mut l4, proto, l4_csum_at) = self.l4.segment(&self.payload);
         if let Some(at) = l4_csum_at {
             let mut pseudo = Vec::new();
             pseudo.extend_from_slice(&self.src);
@@ -233,30 +231,7 @@ impl Ipv6Packet {
 
     /// The IPv6 packet's bytes, without the Ethernet header.
     pub fn ip_bytes(&self) -> Vec<u8> {
-        let (mut l4, proto, csum_at) = match &self.l4 {
-            L4::Tcp {
-                sport,
-                dport,
-                flags,
-            } => {
-                let mut h = vec![0u8; 20];
-                h[0..2].copy_from_slice(&sport.to_be_bytes());
-                h[2..4].copy_from_slice(&dport.to_be_bytes());
-                h[12] = 5 << 4;
-                h[13] = *flags;
-                h[14..16].copy_from_slice(&64800u16.to_be_bytes());
-                (h, 6u8, Some(16))
-            }
-            L4::Udp { sport, dport } => {
-                let mut h = vec![0u8; 8];
-                h[0..2].copy_from_slice(&sport.to_be_bytes());
-                h[2..4].copy_from_slice(&dport.to_be_bytes());
-                h[4..6].copy_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
-                (h, 17u8, Some(6))
-            }
-            L4::Raw { proto, bytes } => (bytes.clone(), *proto, None),
-        };
-        l4.extend_from_slice(&self.payload);
+        let (mut l4, proto, csum_at) = self.l4.segment(&self.payload);
         let l4_csum_at = if proto == 58 { Some(2) } else { csum_at };
         if let Some(at) = l4_csum_at {
             let mut pseudo = Vec::new();
