@@ -115,4 +115,18 @@ mod tests {
         let message = error(&format!("{SERVICE}{check}"));
         assert!(message.contains("command"), "{message}");
     }
+
+    #[test]
+    fn a_half_open_check_is_configured_by_its_kind() {
+        let check = "[services.health.check]\nkind = \"tcp-half-open\"\nport = 8080\n";
+        let state = parse(&format!("{SERVICE}{check}")).expect("valid");
+        let health = &state.services[0].health;
+        assert_eq!(
+            health.check.kind,
+            Some(crate::health::config::CheckKind::TcpHalfOpen)
+        );
+        let check = "[services.health.check]\nkind = \"tcp-half-open\"\npath = \"/\"\n";
+        let message = error(&format!("{SERVICE}{check}"));
+        assert!(message.contains("--check-path"), "{message}");
+    }
 }

@@ -188,3 +188,97 @@ fn failed_servers_leave_and_come_back_while_a_client_keeps_requesting() {
     assert!(seen_after[1] > 0, "rs2 never came back:\n{answers}");
     assert!(seen_after[2] > 0, "rs3 never answered");
 }
+
+/// The value of a kernel SNMP counter in `ns` (`nstat` names, e.g. `TcpAttemptFails`).
+fn tcp_counter(ns: &xlb_tests::netns::Netns, name: &str) -> u64 {
+    let out = ns.sh(&format!("nstat -asz {name}"));
+    out.lines()
+        .find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some(name)).then(|| words.next()?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no {name} in {out}"))
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn half_open_checks_take_out_closed_and_silent_servers_without_connecting() {
+    root::require();
+    let lab = DrLab::new(3);
+    let daemon = Daemon::start(&lab.balancer);
+    let vip = format!("{VIP}:80");
+    daemon.adm_ok(&[
+        "-A",
+        "-t",
+        &vip,
+        "-s",
+        "mh",
+        "--check",
+        "tcp-half-open",
+        "--check-interval",
+        "500ms",
+        "--check-timeout",
+        "300ms",
+        "--rise",
+        "2",
+        "--fall",
+        "2",
+    ]);
+    for i in 0..3 {
+        daemon.adm_ok(&[
+            "-a",
+            "-t",
+            &vip,
+            "-r",
+            &format!("{}:80", real_addr(i)),
+            "-g",
+        ]);
+    }
+    for i in 0..3 {
+        wait_for(&daemon, i, "up", 5.0);
+    }
+    assert!(
+        daemon
+            .adm_ok(&["-S", "-n"])
+            .contains("--check tcp-half-open"),
+        "the check kind is saved"
+    );
+
+    // Every check is a SYN that the server answers and the balancer's kernel resets: rs3 counts
+    // one reset of an embryonic (SYN-RECV) connection per check, and opens none.
+    let (resets, opens) = (
+        tcp_counter(&lab.reals[2], "TcpExtEmbryonicRsts"),
+        tcp_counter(&lab.reals[2], "TcpPassiveOpens"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let checks = tcp_counter(&lab.reals[2], "TcpExtEmbryonicRsts") - resets;
+    let opened = tcp_counter(&lab.reals[2], "TcpPassiveOpens") - opens;
+    assert!(
+        (3..=6).contains(&checks),
+        "{checks} checks in 2 s at 500 ms"
+    );
+    assert_eq!(opened, 0, "a half-open check completed a connection");
+    let established = lab.reals[2].sh("ss -Htn state established '( sport = :80 )'");
+    assert!(established.trim().is_empty(), "{established}");
+
+    // A closed port answers with a reset: down.
+    lab.stop_web_server(0);
+    wait_for(&daemon, 0, "down", FALL * INTERVAL + TIMEOUT + SLACK);
+    let health = daemon.adm_ok(&["-L", "-n", "--health"]);
+    assert!(health.contains("refused"), "{health}");
+    lab.start_web_server(0);
+    wait_for(&daemon, 0, "up", RISE * INTERVAL + TIMEOUT + SLACK);
+
+    // A server that drops SYNs is silent: down after the timeouts.
+    lab.reals[1].sh("nft add table inet xlbtest && \
+         nft add chain inet xlbtest input '{ type filter hook input priority 0; }' && \
+         nft add rule inet xlbtest input tcp dport 80 drop");
+    wait_for(&daemon, 1, "down", FALL * (INTERVAL + TIMEOUT) + SLACK);
+    let health = daemon.adm_ok(&["-L", "-n", "--health"]);
+    assert!(health.contains("timed out after 300ms"), "{health}");
+    lab.reals[1].sh("nft delete table inet xlbtest");
+    wait_for(&daemon, 1, "up", RISE * INTERVAL + TIMEOUT + SLACK);
+    // rs3 was never disturbed.
+    let listing = daemon.adm_ok(&["-L", "-n"]);
+    assert_eq!(listing.matches(" up").count(), 3, "{listing}");
+}

@@ -7,8 +7,8 @@
 //! [`RESPONSE_CAP`]: an expected body text must be within that much of the response.
 
 use std::{
-    net::SocketAddr,
-    sync::{Arc, OnceLock},
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -28,6 +28,7 @@ use tokio_rustls::TlsConnector;
 
 use super::{
     config::{format_duration, Check, CheckSpec, ConfigError, Expect, HttpCheck, StatusRanges},
+    half_open::{self, Answer, Prober},
     process::{run_shell, Outcome},
 };
 
@@ -61,6 +62,13 @@ type Reason = String;
 
 enum ProbeKind {
     Tcp,
+    TcpHalfOpen {
+        /// The namespace's prober for the target's family, or why there is none.
+        prober: Result<&'static Prober, Reason>,
+        /// The address SYNs to the target leave from, once known; forgotten when a check
+        /// fails, in case the route changed.
+        source: Mutex<Option<IpAddr>>,
+    },
     Http {
         request: Vec<u8>,
         /// The connector (or why there is none) and the server name, for HTTPS.
@@ -92,6 +100,10 @@ impl Probe {
         };
         let kind = match &spec.check {
             Check::Tcp => ProbeKind::Tcp,
+            Check::TcpHalfOpen => ProbeKind::TcpHalfOpen {
+                prober: Prober::for_target(target.ip()).map_err(|e| e.to_string()),
+                source: Mutex::new(None),
+            },
             Check::Http(http) => ProbeKind::Http {
                 request: http_request(http, target, 80),
                 tls: None,
@@ -137,6 +149,15 @@ impl Probe {
                 command,
                 dynamic_weight,
             } => self.exec(command, *dynamic_weight).await,
+            ProbeKind::TcpHalfOpen { prober, source } => {
+                let verdict = tokio::time::timeout(self.timeout, self.half_open(prober, source))
+                    .await
+                    .unwrap_or_else(|_| Err(self.timed_out()));
+                if verdict.is_err() {
+                    *source.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                }
+                verdict
+            }
             _ => tokio::time::timeout(self.timeout, self.network())
                 .await
                 .unwrap_or_else(|_| Err(self.timed_out())),
@@ -162,6 +183,29 @@ impl Probe {
         format!("timed out after {}", format_duration(self.timeout))
     }
 
+    async fn half_open(
+        &self,
+        prober: &Result<&'static Prober, Reason>,
+        source: &Mutex<Option<IpAddr>>,
+    ) -> Result<Option<u32>, Reason> {
+        let prober = prober.as_ref().map_err(Clone::clone)?;
+        let known = *source.lock().unwrap_or_else(|p| p.into_inner());
+        let from = match known {
+            Some(from) => from,
+            None => {
+                let from = half_open::source_for(self.target)
+                    .map_err(|e| format!("no route to {}: {e}", self.target.ip()))?;
+                *source.lock().unwrap_or_else(|p| p.into_inner()) = Some(from);
+                from
+            }
+        };
+        match prober.probe(from, self.target).await {
+            Ok(Answer::Open) => Ok(None),
+            Ok(Answer::Refused) => Err("connect: refused (reset)".to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     async fn network(&self) -> Result<Option<u32>, Reason> {
         let stream = TcpStream::connect(self.target)
             .await
@@ -169,7 +213,7 @@ impl Probe {
         // Close with a reset: a check leaves no TIME_WAIT behind.
         let _ = stream.set_zero_linger();
         match &self.kind {
-            ProbeKind::Tcp | ProbeKind::Exec { .. } => Ok(None),
+            ProbeKind::Tcp | ProbeKind::TcpHalfOpen { .. } | ProbeKind::Exec { .. } => Ok(None),
             ProbeKind::Http {
                 request,
                 tls: None,
@@ -556,6 +600,41 @@ mod tests {
         assert!(!result.ok);
         let reason = result.reason.expect("a reason");
         assert!(reason.starts_with("connect: "), "{reason}");
+    }
+
+    #[tokio::test]
+    #[ignore = "needs root (a raw socket)"]
+    async fn a_half_open_check_passes_on_a_listening_port_and_fails_on_a_closed_one() {
+        let (listener, open) = listener().await;
+        let result = run(&[("--check", Some("tcp-half-open"))], open).await;
+        assert!(result.ok, "{result:?}");
+        // The server never saw a connection: the kernel reset the half-open one.
+        let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(accepted.is_err(), "the listener accepted {accepted:?}");
+        drop(listener);
+        let result = run(&[("--check", Some("tcp-half-open"))], closed_port().await).await;
+        assert!(!result.ok);
+        assert_eq!(result.reason.as_deref(), Some("connect: refused (reset)"));
+    }
+
+    #[tokio::test]
+    #[ignore = "needs root (a raw socket)"]
+    async fn a_half_open_check_works_over_ipv6_and_many_at_once() {
+        let listener = TcpListener::bind("[::1]:0").await.expect("listener");
+        let open = listener.local_addr().expect("address");
+        let probe = Arc::new(
+            Probe::new(&spec(&[("--check", Some("tcp-half-open"))]), open).expect("probe"),
+        );
+        let checks: Vec<_> = (0..200)
+            .map(|_| {
+                let probe = probe.clone();
+                tokio::spawn(async move { probe.run().await })
+            })
+            .collect();
+        for check in checks {
+            let result = check.await.expect("check");
+            assert!(result.ok, "{result:?}");
+        }
     }
 
     #[tokio::test]

@@ -202,6 +202,8 @@ pub enum CheckKind {
     None,
     /// A TCP connection is accepted.
     Tcp,
+    /// A SYN gets a SYN-ACK (the handshake is not completed: the kernel resets it).
+    TcpHalfOpen,
     /// An HTTP/1.0 GET answers with an expected status (and body).
     Http,
     /// The same over TLS.
@@ -216,6 +218,7 @@ impl CheckKind {
     /// Every kind, in the order that `--help` and error messages list them.
     pub const ALL: &'static [CheckKind] = &[
         CheckKind::Tcp,
+        CheckKind::TcpHalfOpen,
         CheckKind::Http,
         CheckKind::Https,
         CheckKind::SendExpect,
@@ -228,6 +231,7 @@ impl CheckKind {
         match self {
             CheckKind::None => "none",
             CheckKind::Tcp => "tcp",
+            CheckKind::TcpHalfOpen => "tcp-half-open",
             CheckKind::Http => "http",
             CheckKind::Https => "https",
             CheckKind::SendExpect => "send-expect",
@@ -723,6 +727,8 @@ pub struct HttpCheck {
 pub enum Check {
     /// A TCP connection is accepted.
     Tcp,
+    /// A SYN is answered with a SYN-ACK (sent from a raw socket; needs CAP_NET_RAW).
+    TcpHalfOpen,
     /// An HTTP/1.0 GET.
     Http(HttpCheck),
     /// An HTTP/1.0 GET over TLS.
@@ -756,6 +762,7 @@ impl Check {
     pub fn kind(&self) -> CheckKind {
         match self {
             Check::Tcp => CheckKind::Tcp,
+            Check::TcpHalfOpen => CheckKind::TcpHalfOpen,
             Check::Http(_) => CheckKind::Http,
             Check::Https { .. } => CheckKind::Https,
             Check::SendExpect { .. } => CheckKind::SendExpect,
@@ -829,7 +836,7 @@ impl CheckSpec {
             });
         }
         match &self.check {
-            Check::Tcp => Ok(()),
+            Check::Tcp | Check::TcpHalfOpen => Ok(()),
             Check::Http(http) => validate_http(http, false),
             Check::Https { http, verify } => validate_http(http, *verify),
             Check::SendExpect { send, expect } => {
@@ -896,7 +903,7 @@ const fn flag(name: &'static str, value: Option<&'static str>, help: &'static st
 pub const CHECK_FLAGS: &[Flag] = &[
     flag(
         "--check",
-        Some("tcp|http|https|send-expect|exec|none"),
+        Some("tcp|tcp-half-open|http|https|send-expect|exec|none"),
         "what to check (tcp when only other check options are given)",
     ),
     flag(
@@ -1219,6 +1226,7 @@ impl CheckOptions {
         let check = match kind {
             CheckKind::None => return Ok(None),
             CheckKind::Tcp => Check::Tcp,
+            CheckKind::TcpHalfOpen => Check::TcpHalfOpen,
             CheckKind::Http => Check::Http(http()),
             CheckKind::Https => Check::Https {
                 http: http(),
@@ -1254,7 +1262,7 @@ impl CheckOptions {
     }
 
     fn refuse_foreign_options(&self, kind: CheckKind) -> Result<(), ConfigError> {
-        use CheckKind::{Exec, Http, Https, SendExpect, Tcp};
+        use CheckKind::{Exec, Http, Https, SendExpect, Tcp, TcpHalfOpen};
         let uses: [(&'static str, bool, &[CheckKind]); 9] = [
             ("--check-path", self.path.is_some(), &[Http, Https]),
             ("--check-host", self.host.is_some(), &[Http, Https]),
@@ -1282,7 +1290,7 @@ impl CheckOptions {
                     || self.fall.is_some()
                     || self.slow_start.is_some()
                     || self.start.is_some(),
-                &[Tcp, Http, Https, SendExpect, Exec],
+                &[Tcp, TcpHalfOpen, Http, Https, SendExpect, Exec],
             ),
         ];
         match uses
@@ -1720,6 +1728,28 @@ mod tests {
                 .build()
                 .is_err()
         );
+        let err = options(&[
+            ("--check", Some("tcp-half-open")),
+            ("--check-send", Some("x")),
+        ])
+        .build()
+        .expect_err("send on a half-open check");
+        assert_eq!(
+            err.to_string(),
+            "--check-send does not apply to --check tcp-half-open"
+        );
+        let spec = options(&[
+            ("--check", Some("tcp-half-open")),
+            ("--check-port", Some("8080")),
+            ("--fall", Some("5")),
+        ])
+        .build()
+        .expect("valid")
+        .expect("a check");
+        assert_eq!(
+            (spec.check, spec.port, spec.timing.fall),
+            (Check::TcpHalfOpen, Some(8080), 5)
+        );
     }
 
     #[test]
@@ -1741,6 +1771,15 @@ mod tests {
     }
 
     #[test]
+    fn the_help_lists_every_kind() {
+        let check = CHECK_FLAGS.iter().find(|f| f.name == "--check");
+        assert_eq!(
+            check.and_then(|f| f.value),
+            Some(CheckKind::names().as_str())
+        );
+    }
+
+    #[test]
     fn unknown_flags_kinds_and_missing_values_are_refused() {
         let mut options = CheckOptions::default();
         assert_eq!(
@@ -1748,7 +1787,7 @@ mod tests {
                 .set("--check", Some("ping"))
                 .expect_err("unknown kind")
                 .to_string(),
-            "unknown check 'ping' (expected one of: tcp|http|https|send-expect|exec|none)"
+            "unknown check 'ping' (expected one of: tcp|tcp-half-open|http|https|send-expect|exec|none)"
         );
         assert!(matches!(
             options.set("--check-bogus", Some("x")),

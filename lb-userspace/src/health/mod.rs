@@ -6,6 +6,7 @@
 //! - [`machine`]: the per-target state machine (rise, fall, slow start) and the per-service
 //!   weights with quorum and sorry server (pure).
 //! - [`checker`]: the checks: TCP, HTTP(S), send/expect, exec.
+//! - [`half_open`]: the half-open TCP check's raw-socket SYN prober.
 //! - [`engine`]: runs the checks on schedule, records the results, reports the changes.
 //! - [`bench`]: the engine's cost for many targets, for `cargo xtask bench`.
 //!
@@ -22,5 +23,6 @@ pub mod bench;
 pub mod checker;
 pub mod config;
 pub mod engine;
+pub mod half_open;
 pub mod machine;
 mod process;

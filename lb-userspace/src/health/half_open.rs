@@ -1,0 +1,631 @@
+//! The half-open TCP check (`--check tcp-half-open`): one SYN, and the answer decides. A SYN-ACK
+//! is up, a reset is down (nothing listens), and silence past the timeout is down.
+//!
+//! Nothing on the checker's side owns the probe's port, so the kernel answers the server's SYN-ACK
+//! with a reset and the server drops its half-open connection at once: the server never accepts
+//! anything (no accept, no request in its log), and the checker makes no socket per check (no
+//! connect, no epoll registration, no close). That is what lets one core check tens of thousands
+//! of targets a second; the price is that only the kernel's listen queue is checked, not the
+//! application's accept loop (F5 calls the same monitor "TCP Half Open", nmap a SYN scan).
+//!
+//! One [`Prober`] per network namespace and address family serves every target: a raw TCP
+//! socket sends the SYNs, and a thread receives the answers through a socket filter that lets
+//! only SYN-ACKs and resets to the probe port through. The probe port is reserved by a TCP
+//! socket bound to it (never listening), so that no connection of the host can take it.
+//! Answers are matched by address, port and sequence number, so a stray or forged packet
+//! cannot pass a target that did not answer its own SYN.
+
+use std::{
+    collections::{hash_map::RandomState, HashMap},
+    hash::BuildHasher as _,
+    io,
+    mem::size_of,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Mutex, MutexGuard, OnceLock,
+    },
+};
+
+use tokio::sync::oneshot;
+
+/// TCP header flags.
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+/// The SYN: a 20-byte header and one option, the MSS (servers answer a SYN without options
+/// all the same, but some middleboxes drop it).
+const SYN_LEN: usize = 24;
+const MSS: u16 = 1460;
+const WINDOW: u16 = 64240;
+
+/// Answers read per receive call.
+const BATCH: usize = 64;
+/// Enough for an IPv4 header with options and a TCP header with options.
+const ANSWER_CAP: usize = 120;
+
+/// How a target answered its SYN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// SYN-ACK: something listens.
+    Open,
+    /// Reset: nothing listens.
+    Refused,
+}
+
+/// Why a probe could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The prober could not be set up (no CAP_NET_RAW, say).
+    #[error("half-open prober: {0}")]
+    Setup(String),
+    /// The kernel refused the SYN.
+    #[error("sending the SYN: {0}")]
+    Send(io::Error),
+    /// The receiving side is gone.
+    #[error("the half-open prober's receiver stopped")]
+    Stopped,
+}
+
+/// Where answers are awaited: (target address, target port, the SYN's sequence number).
+type Key = (IpAddr, u16, u32);
+
+/// The SYN sender and answer receiver of one address family in one network namespace.
+pub struct Prober {
+    raw: OwnedFd,
+    /// Held for the reservation of `port`.
+    _reservation: OwnedFd,
+    port: u16,
+    v6: bool,
+    pending: Mutex<HashMap<Key, oneshot::Sender<Answer>>>,
+    /// The next SYN's sequence number; starts at a random value.
+    next_seq: AtomicU32,
+}
+
+/// The probers made so far, by network namespace (its inode) and family. They live as long as
+/// the process, as their receiving threads do.
+static PROBERS: OnceLock<Mutex<HashMap<(u64, bool), &'static Prober>>> = OnceLock::new();
+
+impl Prober {
+    /// The prober for `family_of`'s address family in the calling thread's network namespace,
+    /// made on first use.
+    pub fn for_target(family_of: IpAddr) -> Result<&'static Prober, ProbeError> {
+        let v6 = family_of.is_ipv6();
+        let netns = std::fs::metadata("/proc/thread-self/ns/net")
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .map_err(|e| ProbeError::Setup(format!("reading the network namespace: {e}")))?;
+        let mut probers = PROBERS
+            .get_or_init(|| Mutex::new(HashMap::new()))
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(prober) = probers.get(&(netns, v6)) {
+            return Ok(prober);
+        }
+        let prober: &'static Prober = Box::leak(Box::new(
+            Prober::open(v6).map_err(|e| ProbeError::Setup(e.to_string()))?,
+        ));
+        std::thread::Builder::new()
+            .name(format!("xlb-syn-v{}", if v6 { 6 } else { 4 }))
+            .spawn(move || prober.receive())
+            .map_err(|e| ProbeError::Setup(format!("starting the receiver: {e}")))?;
+        probers.insert((netns, v6), prober);
+        tracing::debug!(v6, port = prober.port, "half-open prober ready");
+        Ok(prober)
+    }
+
+    fn open(v6: bool) -> io::Result<Prober> {
+        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+        let reservation = socket(family, libc::SOCK_STREAM, 0)?;
+        if v6 {
+            setsockopt(&reservation, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+        }
+        let port = bind_any_port(&reservation, v6)?;
+        let raw = socket(family, libc::SOCK_RAW, libc::IPPROTO_TCP).map_err(|e| {
+            io::Error::new(e.kind(), format!("raw TCP socket (needs CAP_NET_RAW): {e}"))
+        })?;
+        if v6 {
+            // The kernel fills in the checksum at this offset of what we send, with the source
+            // address it picks.
+            setsockopt(&raw, libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, 16)?;
+        }
+        // Room for a burst of answers while the receiver is not scheduled, and of SYNs.
+        setsockopt(&raw, libc::SOL_SOCKET, libc::SO_RCVBUF, 4 << 20)?;
+        setsockopt(&raw, libc::SOL_SOCKET, libc::SO_SNDBUF, 4 << 20)?;
+        attach_filter(&raw, &answer_filter(port, v6))?;
+        // Packets that arrived between the socket's creation and its filter are dropped by the
+        // port check in `parse_answer`; nothing else needs draining.
+        let random = RandomState::new().hash_one(port);
+        Ok(Prober {
+            raw,
+            _reservation: reservation,
+            port,
+            v6,
+            pending: Mutex::new(HashMap::new()),
+            next_seq: AtomicU32::new(random as u32),
+        })
+    }
+
+    /// The port the SYNs come from.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn pending(&self) -> MutexGuard<'_, HashMap<Key, oneshot::Sender<Answer>>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends a SYN to `target` from `source` (the address the kernel will send from: it is in
+    /// the IPv4 checksum) and waits for the answer, without a limit: the caller bounds the wait
+    /// and drops the future, which forgets the SYN.
+    pub async fn probe(&self, source: IpAddr, target: SocketAddr) -> Result<Answer, ProbeError> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let key = (target.ip(), target.port(), seq);
+        let (sender, receiver) = oneshot::channel();
+        self.pending().insert(key, sender);
+        let waiting = Waiting { prober: self, key };
+        let segment = syn(source, target, self.port, seq);
+        send_to(&self.raw, &segment, target).map_err(ProbeError::Send)?;
+        let answer = receiver.await.map_err(|_| ProbeError::Stopped);
+        drop(waiting);
+        answer
+    }
+
+    /// The receiving thread: answers in, waiting probes woken.
+    fn receive(&self) {
+        let mut buffers = [[0_u8; ANSWER_CAP]; BATCH];
+        // SAFETY: all zeroes is a valid sockaddr_in6 (and a sockaddr_in fits in it).
+        let mut names: [libc::sockaddr_in6; BATCH] = unsafe { std::mem::zeroed() };
+        loop {
+            let received = match recv_batch(&self.raw, &mut buffers, &mut names) {
+                Ok(lengths) => lengths,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("half-open prober: receiving: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    continue;
+                }
+            };
+            let answers: Vec<(Key, Answer)> = received
+                .iter()
+                .zip(buffers.iter().zip(names.iter()))
+                .filter_map(|(&len, (buffer, name))| {
+                    let packet = &buffer[..len.min(ANSWER_CAP)];
+                    if self.v6 {
+                        let from = Ipv6Addr::from(name.sin6_addr.s6_addr);
+                        parse_answer_v6(packet, from, self.port)
+                    } else {
+                        parse_answer_v4(packet, self.port)
+                    }
+                })
+                .collect();
+            if answers.is_empty() {
+                continue;
+            }
+            let mut pending = self.pending();
+            for (key, answer) in answers {
+                if let Some(waiter) = pending.remove(&key) {
+                    let _ = waiter.send(answer);
+                }
+            }
+        }
+    }
+}
+
+/// Forgets a SYN whose probe ended (answered, failed, or dropped on timeout).
+struct Waiting<'a> {
+    prober: &'a Prober,
+    key: Key,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.prober.pending().remove(&self.key);
+    }
+}
+
+/// The address the kernel sends from to reach `target` (a UDP "connect" picks the route and
+/// sends nothing).
+pub fn source_for(target: SocketAddr) -> io::Result<IpAddr> {
+    let any: SocketAddr = if target.is_ipv6() {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(any)?;
+    socket.connect(target)?;
+    Ok(socket.local_addr()?.ip())
+}
+
+/// A SYN from `port` to `target`, with its checksum for IPv4 (for IPv6 the kernel computes it).
+pub fn syn(source: IpAddr, target: SocketAddr, port: u16, seq: u32) -> [u8; SYN_LEN] {
+    let mut s = [0_u8; SYN_LEN];
+    s[0..2].copy_from_slice(&port.to_be_bytes());
+    s[2..4].copy_from_slice(&target.port().to_be_bytes());
+    s[4..8].copy_from_slice(&seq.to_be_bytes());
+    // Acknowledgment 0; data offset 6 words; SYN.
+    s[12] = 6 << 4;
+    s[13] = SYN;
+    s[14..16].copy_from_slice(&WINDOW.to_be_bytes());
+    // Checksum [16..18] and urgent pointer [18..20] zero; then the MSS option.
+    s[20] = 2;
+    s[21] = 4;
+    s[22..24].copy_from_slice(&MSS.to_be_bytes());
+    if let (IpAddr::V4(source), IpAddr::V4(dest)) = (source, target.ip()) {
+        let checksum = tcp_checksum_v4(source, dest, &s);
+        s[16..18].copy_from_slice(&checksum.to_be_bytes());
+    }
+    s
+}
+
+/// The TCP checksum over the IPv4 pseudo-header and `segment` (whose checksum field is zero).
+fn tcp_checksum_v4(source: Ipv4Addr, dest: Ipv4Addr, segment: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut add = |bytes: &[u8]| {
+        for pair in bytes.chunks(2) {
+            let hi = u32::from(pair[0]) << 8;
+            let lo = pair.get(1).copied().map_or(0, u32::from);
+            sum += hi | lo;
+        }
+    };
+    add(&source.octets());
+    add(&dest.octets());
+    add(&[0, libc::IPPROTO_TCP as u8]);
+    add(&u16::try_from(segment.len())
+        .unwrap_or(u16::MAX)
+        .to_be_bytes());
+    add(segment);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv4 packet (as a raw socket receives it: from the IP header on) that answers a SYN from
+/// `port`: the key of the SYN it answers, and how.
+pub fn parse_answer_v4(packet: &[u8], port: u16) -> Option<(Key, Answer)> {
+    let first = *packet.first()?;
+    if first >> 4 != 4 {
+        return None;
+    }
+    let header = usize::from(first & 0x0f) * 4;
+    // A fragment (offset or more-fragments) is not an answer to a SYN.
+    let fragment = u16::from_be_bytes([*packet.get(6)?, *packet.get(7)?]) & 0x3fff;
+    if header < 20 || fragment != 0 || *packet.get(9)? != libc::IPPROTO_TCP as u8 {
+        return None;
+    }
+    let from: [u8; 4] = packet.get(12..16)?.try_into().ok()?;
+    let from = Ipv4Addr::from(from);
+    parse_segment(packet.get(header..)?, IpAddr::V4(from), port)
+}
+
+/// The same for IPv6, whose raw sockets receive from the TCP header on, the source apart.
+pub fn parse_answer_v6(segment: &[u8], from: Ipv6Addr, port: u16) -> Option<(Key, Answer)> {
+    parse_segment(segment, IpAddr::V6(from), port)
+}
+
+fn parse_segment(tcp: &[u8], from: IpAddr, port: u16) -> Option<(Key, Answer)> {
+    let field = |at: usize| Some(u16::from_be_bytes([*tcp.get(at)?, *tcp.get(at + 1)?]));
+    let source_port = field(0)?;
+    if field(2)? != port {
+        return None;
+    }
+    let ack = u32::from_be_bytes(tcp.get(8..12)?.try_into().ok()?);
+    let flags = *tcp.get(13)?;
+    // Both answers acknowledge the SYN: ack = its sequence + 1 (RFC 9293 3.5.2 for the reset).
+    let answer = match flags & (SYN | ACK | RST | FIN) {
+        f if f == SYN | ACK => Answer::Open,
+        f if f & RST != 0 && f & ACK != 0 => Answer::Refused,
+        _ => return None,
+    };
+    Some(((from, source_port, ack.wrapping_sub(1)), answer))
+}
+
+/// A classic BPF program that lets through only TCP segments to `port` with SYN and ACK, or
+/// with RST: everything else the host receives never wakes the receiver. IPv4 raw sockets see
+/// the IP header first; IPv6 raw sockets see the TCP header first.
+fn answer_filter(port: u16, v6: bool) -> Vec<libc::sock_filter> {
+    const LD_H_ABS: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16;
+    const LD_H_IND: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_IND) as u16;
+    const LD_B_ABS: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
+    const LD_B_IND: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_IND) as u16;
+    const LDX_MSH: u16 = (libc::BPF_LDX | libc::BPF_B | libc::BPF_MSH) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const JSET: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+    const AND: u16 = (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let port = u32::from(port);
+    let mut program = Vec::new();
+    let (load_h, load_b) = if v6 {
+        (LD_H_ABS, LD_B_ABS)
+    } else {
+        // Not a first fragment's tail: fragment offset must be zero. Then X = IP header length.
+        program.push(op(LD_H_ABS, 0, 0, 6));
+        program.push(op(JSET, 8, 0, 0x1fff)); // -> drop
+        program.push(op(LDX_MSH, 0, 0, 0));
+        (LD_H_IND, LD_B_IND)
+    };
+    program.extend([
+        op(load_h, 0, 0, 2),                                   // destination port
+        op(JEQ, 0, 5, port),                                   // not ours -> drop
+        op(load_b, 0, 0, 13),                                  // flags
+        op(JSET, 2, 0, u32::from(RST)),                        // reset -> accept
+        op(AND, 0, 0, u32::from(SYN | ACK)),                   //
+        op(JEQ, 0, 1, u32::from(SYN | ACK)),                   // not SYN-ACK -> drop
+        op(RET, 0, 0, u32::try_from(ANSWER_CAP).unwrap_or(0)), // accept (the head only)
+        op(RET, 0, 0, 0),                                      // drop
+    ]);
+    program
+}
+
+fn socket(family: libc::c_int, kind: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: socket takes no pointers; a non-negative result is a new descriptor we own.
+    let fd = unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, protocol) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn setsockopt(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: the value pointer is valid for the length given.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn attach_filter(fd: &OwnedFd, program: &[libc::sock_filter]) -> io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(program.len()).map_err(io::Error::other)?,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: fprog points at `program`, which outlives the call (the kernel copies it).
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&fprog as *const libc::sock_fprog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Binds a TCP socket to a free port on every address of its family, and says which.
+fn bind_any_port(fd: &OwnedFd, v6: bool) -> io::Result<u16> {
+    // SAFETY: all zeroes is a valid sockaddr_in6: the unspecified address, port 0.
+    let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    let mut len = if v6 {
+        addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        size_of::<libc::sockaddr_in6>()
+    } else {
+        // sockaddr_in's family field is where sockaddr_in6's is; its address is zero already.
+        addr.sin6_family = libc::AF_INET as libc::sa_family_t;
+        size_of::<libc::sockaddr_in>()
+    } as libc::socklen_t;
+    // SAFETY: addr is valid for len bytes.
+    if unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_in6).cast(),
+            len,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: addr and len are valid for the kernel to write the bound address.
+    if unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            (&mut addr as *mut libc::sockaddr_in6).cast(),
+            &mut len,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // The port is at the same offset in both families.
+    Ok(u16::from_be(addr.sin6_port))
+}
+
+fn send_to(fd: &OwnedFd, segment: &[u8], target: SocketAddr) -> io::Result<()> {
+    // The port of a raw socket's destination must be zero (for IPv6 it is the protocol).
+    // SAFETY: all zeroes is a valid sockaddr_in6.
+    let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    let len = match target.ip() {
+        IpAddr::V4(ip) => {
+            // SAFETY: sockaddr_in fits in sockaddr_in6, which is suitably aligned for it.
+            let v4 =
+                unsafe { &mut *(&mut addr as *mut libc::sockaddr_in6).cast::<libc::sockaddr_in>() };
+            v4.sin_family = libc::AF_INET as libc::sa_family_t;
+            v4.sin_addr.s_addr = u32::from_ne_bytes(ip.octets());
+            size_of::<libc::sockaddr_in>()
+        }
+        IpAddr::V6(ip) => {
+            addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            addr.sin6_addr.s6_addr = ip.octets();
+            size_of::<libc::sockaddr_in6>()
+        }
+    } as libc::socklen_t;
+    // SAFETY: segment and addr are valid for their lengths.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            segment.as_ptr().cast(),
+            segment.len(),
+            libc::MSG_DONTWAIT,
+            (&addr as *const libc::sockaddr_in6).cast(),
+            len,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits for at least one packet and reads up to [`BATCH`]; their lengths (the source address
+/// of each is in `names`).
+fn recv_batch(
+    fd: &OwnedFd,
+    buffers: &mut [[u8; ANSWER_CAP]; BATCH],
+    names: &mut [libc::sockaddr_in6; BATCH],
+) -> io::Result<Vec<usize>> {
+    let mut iovecs: Vec<libc::iovec> = buffers
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: ANSWER_CAP,
+        })
+        .collect();
+    // SAFETY: all zeroes is a valid mmsghdr (null pointers, zero lengths); filled in below.
+    let mut messages: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for ((message, iovec), name) in messages
+        .iter_mut()
+        .zip(iovecs.iter_mut())
+        .zip(names.iter_mut())
+    {
+        message.msg_hdr.msg_iov = iovec;
+        message.msg_hdr.msg_iovlen = 1;
+        message.msg_hdr.msg_name = (name as *mut libc::sockaddr_in6).cast();
+        message.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    }
+    // SAFETY: every message points at a buffer and a name valid for the lengths given, which
+    // live until the call returns.
+    let count = unsafe {
+        libc::recvmmsg(
+            fd.as_raw_fd(),
+            messages.as_mut_ptr(),
+            BATCH as libc::c_uint,
+            libc::MSG_WAITFORONE,
+            std::ptr::null_mut(),
+        )
+    };
+    if count < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(messages[..usize::try_from(count).unwrap_or(0)]
+        .iter()
+        .map(|m| m.msg_len as usize)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(flags: u8, source_port: u16, dest_port: u16, ack: u32) -> Vec<u8> {
+        let mut ip = vec![
+            0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 9, 10, 0, 0, 1,
+        ];
+        let mut tcp = [0_u8; 20];
+        tcp[0..2].copy_from_slice(&source_port.to_be_bytes());
+        tcp[2..4].copy_from_slice(&dest_port.to_be_bytes());
+        tcp[8..12].copy_from_slice(&ack.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = flags;
+        ip.extend_from_slice(&tcp);
+        ip
+    }
+
+    #[test]
+    fn a_syn_has_the_ports_sequence_flags_mss_and_a_valid_checksum() {
+        let target: SocketAddr = "10.0.0.9:8080".parse().unwrap();
+        let source = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        let s = syn(source, target, 40000, 0xdead_beef);
+        assert_eq!(&s[0..4], &[0x9c, 0x40, 0x1f, 0x90]);
+        assert_eq!(&s[4..8], &0xdead_beef_u32.to_be_bytes());
+        assert_eq!(s[12], 0x60);
+        assert_eq!(s[13], SYN);
+        assert_eq!(&s[20..24], &[2, 4, 0x05, 0xb4]);
+        // A segment with its checksum in place sums to zero (the checksum of it is 0).
+        assert_eq!(
+            tcp_checksum_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 9), &s),
+            0
+        );
+    }
+
+    #[test]
+    fn an_ipv6_syn_leaves_the_checksum_to_the_kernel() {
+        let target: SocketAddr = "[fd00::9]:80".parse().unwrap();
+        let s = syn("fd00::1".parse().unwrap(), target, 40000, 1);
+        assert_eq!(&s[16..18], &[0, 0]);
+    }
+
+    #[test]
+    fn a_syn_ack_or_a_reset_to_the_probe_port_answers_the_syn_it_acknowledges() {
+        let from = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9));
+        assert_eq!(
+            parse_answer_v4(&answer(SYN | ACK, 80, 40000, 101), 40000),
+            Some(((from, 80, 100), Answer::Open))
+        );
+        assert_eq!(
+            parse_answer_v4(&answer(RST | ACK, 80, 40000, 0), 40000),
+            Some(((from, 80, u32::MAX), Answer::Refused))
+        );
+    }
+
+    #[test]
+    fn anything_else_is_no_answer() {
+        // Another port, a bare ACK, a SYN, a reset without ACK, a SYN-ACK with FIN.
+        assert_eq!(
+            parse_answer_v4(&answer(SYN | ACK, 80, 40001, 1), 40000),
+            None
+        );
+        assert_eq!(parse_answer_v4(&answer(ACK, 80, 40000, 1), 40000), None);
+        assert_eq!(parse_answer_v4(&answer(SYN, 80, 40000, 1), 40000), None);
+        assert_eq!(parse_answer_v4(&answer(RST, 80, 40000, 1), 40000), None);
+        assert_eq!(
+            parse_answer_v4(&answer(SYN | ACK | FIN, 80, 40000, 1), 40000),
+            None
+        );
+        // Truncated, not IPv4, a fragment, not TCP.
+        let good = answer(SYN | ACK, 80, 40000, 1);
+        for cut in 0..good.len() - 6 {
+            assert_eq!(parse_answer_v4(&good[..cut], 40000), None, "cut at {cut}");
+        }
+        let mut v6 = good.clone();
+        v6[0] = 0x65;
+        assert_eq!(parse_answer_v4(&v6, 40000), None);
+        let mut fragment = good.clone();
+        fragment[7] = 1;
+        assert_eq!(parse_answer_v4(&fragment, 40000), None);
+        let mut udp = good;
+        udp[9] = 17;
+        assert_eq!(parse_answer_v4(&udp, 40000), None);
+    }
+
+    #[test]
+    fn an_ipv6_answer_is_read_from_the_tcp_header() {
+        let packet = answer(SYN | ACK, 443, 40000, 8);
+        let from: Ipv6Addr = "fd00::9".parse().unwrap();
+        assert_eq!(
+            parse_answer_v6(&packet[20..], from, 40000),
+            Some(((IpAddr::V6(from), 443, 7), Answer::Open))
+        );
+    }
+}
