@@ -12,6 +12,7 @@
 
 pub mod daemon;
 pub mod fixture;
+pub mod hcbench;
 pub mod lab;
 pub mod netns;
 pub mod packet;
