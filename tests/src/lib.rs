@@ -8,6 +8,7 @@
 //! - [`daemon`]: running xlbd and xlbadm in a test namespace.
 //! - [`fixture`]: running the XDP program through `BPF_PROG_TEST_RUN`.
 //! - [`services`]: services and real servers set up through the dataplane API.
+//! - [`hcbench`]: the health-check benchmark's lab (checker and servers on separate cores).
 //! - [`root`]: the guard that root-only tests call first.
 
 pub mod daemon;

@@ -59,7 +59,10 @@ enum Cmd {
         down: bool,
     },
     /// Run the benchmarks (as root): each reports ratios against a baseline of the same run.
-    Bench,
+    Bench {
+        /// Only these: data-path, maglev, health (all when none is named).
+        only: Vec<String>,
+    },
     /// Run every test: unit tests, then (as root) data-path and end-to-end tests.
     Test {
         /// Only the unit tests, which need no root.
@@ -107,13 +110,14 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Demo { down } => demo(down),
-        Cmd::Bench => {
+        Cmd::Bench { only } => {
             setup::toolchain()?;
             setup::require_root("the benchmarks load XDP programs")?;
             setup::require_btf()?;
             cargo(&["build", "-p", "xlb-tests", "--bin", "xlb-bench"], true)?;
             let bench = setup::target_dir()?.join("release").join("xlb-bench");
             let status = Command::new(&bench)
+                .args(&only)
                 .status()
                 .with_context(|| format!("running {}", bench.display()))?;
             if !status.success() {

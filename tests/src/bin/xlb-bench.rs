@@ -147,7 +147,10 @@ fn maglev_build() {
 /// The check kinds the health-check bench compares: one entry each (their timing is set by the
 /// bench). Each must pass against the lab's servers, which accept TCP connections and close them.
 fn health_check_specs() -> Vec<CheckSpec> {
-    vec![CheckSpec::new(Check::Tcp)]
+    vec![
+        CheckSpec::new(Check::Tcp),
+        CheckSpec::new(Check::TcpHalfOpen),
+    ]
 }
 
 /// `time` over `wall`: 1.0 is one core busy.
@@ -276,9 +279,25 @@ fn health_checks() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `xlb-bench [data-path|maglev|health]...`: the named benchmarks, or all of them.
 fn main() -> anyhow::Result<()> {
     root::require();
-    data_path();
-    maglev_build();
-    health_checks()
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    if let Some(unknown) = only
+        .iter()
+        .find(|o| !["data-path", "maglev", "health"].contains(&o.as_str()))
+    {
+        anyhow::bail!("unknown benchmark {unknown:?} (expected data-path, maglev or health)");
+    }
+    if wanted("data-path") {
+        data_path();
+    }
+    if wanted("maglev") {
+        maglev_build();
+    }
+    if wanted("health") {
+        health_checks()?;
+    }
+    Ok(())
 }
