@@ -427,7 +427,79 @@ impl Lab {
     }
 }
 
-/// What [`Lab::bare_connects`] measured.
+impl Lab {
+    /// Bare half-open probes from the checker's core, over the targets, for about `duration`:
+    /// every `period`, `batch` SYNs sent with one `sendmmsg` and their answers read, with the
+    /// same raw socket and filter as the checker's, then a sleep until the next period. The
+    /// kernel's part of a half-open check at the checker's pace (the core idles between rounds
+    /// and is woken for each, as the checker's is): the SYN out, the SYN-ACK in, the kernel's
+    /// reset out.
+    pub fn bare_half_open(
+        &self,
+        duration: Duration,
+        batch: usize,
+        period: Duration,
+    ) -> anyhow::Result<BareConnects> {
+        use lb_userspace::health::half_open::{self, Outgoing, ProbeSocket, ReceiveBuffers};
+        on_cpu(CHECKER_CPU, &self.checker, || {
+            let socket = ProbeSocket::open(false).context("the raw probe socket")?;
+            socket.set_receive_timeout(Duration::from_secs(1))?;
+            let source = half_open::source_for(self.targets[0]).context("the source address")?;
+            let mut buffers = ReceiveBuffers::default();
+            let mut targets = self.targets.iter().cycle();
+            let mut seq = 0u32;
+            let mut round = |count: usize| -> anyhow::Result<()> {
+                let syns: Vec<Outgoing> = targets
+                    .by_ref()
+                    .take(count)
+                    .map(|&target| {
+                        seq = seq.wrapping_add(1);
+                        Outgoing {
+                            key: (target.ip(), target.port(), seq),
+                            segment: half_open::syn(source, target, socket.port(), seq),
+                        }
+                    })
+                    .collect();
+                let failed = socket.send(&syns);
+                ensure!(failed.is_empty(), "SYNs not sent: {failed:?}");
+                let mut waiting: std::collections::HashSet<_> =
+                    syns.iter().map(|s| s.key).collect();
+                while !waiting.is_empty() {
+                    for (key, answer) in socket.receive(&mut buffers).context("answers")? {
+                        ensure!(
+                            answer == half_open::Answer::Open,
+                            "{key:?} answered {answer:?}"
+                        );
+                        waiting.remove(&key);
+                    }
+                }
+                Ok(())
+            };
+            for _ in 0..50 {
+                round(batch)?;
+            }
+            let before = (CpuTimes::read(CHECKER_CPU)?, thread_runtime()?);
+            let start = Instant::now();
+            let mut next = start;
+            let mut probes = 0u64;
+            while start.elapsed() < duration {
+                round(batch)?;
+                probes += batch as u64;
+                next += period;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            let after = (CpuTimes::read(CHECKER_CPU)?, thread_runtime()?);
+            Ok(BareConnects {
+                connections: probes,
+                wall: after.0.at.saturating_sub(before.0.at),
+                busy: after.0.busy_time().saturating_sub(before.0.busy_time()),
+                thread: after.1.saturating_sub(before.1),
+            })
+        })
+    }
+}
+
+/// What [`Lab::bare_connects`] and [`Lab::bare_half_open`] measured.
 #[derive(Clone, Copy, Debug)]
 pub struct BareConnects {
     /// Connections made.

@@ -57,9 +57,10 @@ pub struct BenchReport {
     /// checker's code and the kernel work done in its threads' context, not the network
     /// interrupts and softirqs that run elsewhere.
     pub threads_cpu: Duration,
-    /// The worst delay between a check's scheduled time and its start, over the whole run
-    /// (warm-up included).
+    /// The worst delay between a check's scheduled time and its start, in the measure.
     pub max_lateness: Duration,
+    /// Checks of the measure that started more than a tenth of the interval late.
+    pub late: u64,
 }
 
 impl BenchReport {
@@ -78,7 +79,7 @@ impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} {} targets every {:?}, measured {:.1?} after {:?}: {} checks ({} failed), CPU {:.3?} = {:.1}% of one core (checker threads {:.1}%, process {:.1}%), worst lateness {:.1?}",
+            "{} {} targets every {:?}, measured {:.1?} after {:?}: {} checks ({} failed), CPU {:.3?} = {:.1}% of one core (checker threads {:.1}%, process {:.1}%), worst lateness {:.1?}, {} checks more than a tenth of the interval late",
             self.targets,
             self.kind,
             self.interval,
@@ -91,6 +92,7 @@ impl fmt::Display for BenchReport {
             self.share(self.threads_cpu) * 100.0,
             self.share(self.process_cpu) * 100.0,
             self.max_lateness,
+            self.late,
         )
     }
 }
@@ -186,6 +188,7 @@ async fn measure(
         .map_err(|e| io::Error::other(e.to_string()))?;
     let warmup = spec.timing.interval;
     tokio::time::sleep(warmup).await;
+    engine.reset_max_lateness();
     let before = (cpu()?, process_cpu_time()?, threads_cpu(), engine.stats());
     let started = Instant::now();
     tokio::time::sleep(duration).await;
@@ -205,6 +208,7 @@ async fn measure(
         process_cpu: after.1.saturating_sub(before.1),
         threads_cpu: after.2.saturating_sub(before.2),
         max_lateness: after.3.max_lateness,
+        late: after.3.late - before.3.late,
     })
 }
 

@@ -143,8 +143,11 @@ pub struct EngineStats {
     pub checks: u64,
     /// Checks failed.
     pub failures: u64,
-    /// The worst delay between a check's scheduled time and its start.
+    /// The worst delay between a check's scheduled time and its start (since the engine
+    /// started, or since [`Engine::reset_max_lateness`]).
     pub max_lateness: Duration,
+    /// Checks that started more than a tenth of their interval late.
+    pub late: u64,
 }
 
 type Key = (ServiceAddr, SocketAddr);
@@ -179,6 +182,7 @@ struct Shared {
     checks: AtomicU64,
     failures: AtomicU64,
     max_lateness_ns: AtomicU64,
+    late: AtomicU64,
 }
 
 impl Shared {
@@ -210,6 +214,7 @@ impl Engine {
             checks: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             max_lateness_ns: AtomicU64::new(0),
+            late: AtomicU64::new(0),
         });
         (Engine { runtime, shared }, receiver)
     }
@@ -347,7 +352,14 @@ impl Engine {
             checks: self.shared.checks.load(Ordering::Relaxed),
             failures: self.shared.failures.load(Ordering::Relaxed),
             max_lateness: Duration::from_nanos(self.shared.max_lateness_ns.load(Ordering::Relaxed)),
+            late: self.shared.late.load(Ordering::Relaxed),
         }
+    }
+
+    /// Starts the worst lateness over (a measure that skips the start-up, when thousands of
+    /// targets are spawned at once, calls it at its start).
+    pub fn reset_max_lateness(&self) {
+        self.shared.max_lateness_ns.store(0, Ordering::Relaxed);
     }
 }
 
@@ -415,6 +427,9 @@ async fn watch(
         let late =
             u64::try_from(started.saturating_duration_since(due).as_nanos()).unwrap_or(u64::MAX);
         shared.max_lateness_ns.fetch_max(late, Ordering::Relaxed);
+        if u128::from(late) > interval.as_nanos() / 10 {
+            shared.late.fetch_add(1, Ordering::Relaxed);
+        }
         // Boxed so that an idle task stays small: the check's state lives only while it runs.
         let result = Box::pin(probe.run()).await;
         drop(permit);

@@ -23,7 +23,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::{
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
         Mutex, MutexGuard, OnceLock,
     },
 };
@@ -70,17 +70,149 @@ pub enum ProbeError {
     Stopped,
 }
 
-/// Where answers are awaited: (target address, target port, the SYN's sequence number).
-type Key = (IpAddr, u16, u32);
+/// What identifies a SYN and its answer: (target address, target port, the SYN's sequence
+/// number).
+pub type Key = (IpAddr, u16, u32);
 
-/// The SYN sender and answer receiver of one address family in one network namespace.
-pub struct Prober {
+/// What a waiting probe learns: the answer, or the error (errno) that sending its SYN met.
+type Outcome = Result<Answer, i32>;
+
+/// A SYN to send: whom it is for, and the segment.
+pub struct Outgoing {
+    /// The target and the sequence number.
+    pub key: Key,
+    /// The TCP segment ([`syn`]).
+    pub segment: [u8; SYN_LEN],
+}
+
+/// A raw TCP socket that sends SYNs from a reserved port and receives only the answers to
+/// that port (SYN-ACKs and resets), with nothing else: the kernel's part of a half-open check.
+pub struct ProbeSocket {
     raw: OwnedFd,
     /// Held for the reservation of `port`.
     _reservation: OwnedFd,
     port: u16,
     v6: bool,
-    pending: Mutex<HashMap<Key, oneshot::Sender<Answer>>>,
+}
+
+/// Buffers for [`ProbeSocket::receive`].
+pub struct ReceiveBuffers {
+    packets: Box<[[u8; ANSWER_CAP]; BATCH]>,
+    names: Box<[libc::sockaddr_in6; BATCH]>,
+}
+
+impl Default for ReceiveBuffers {
+    fn default() -> Self {
+        ReceiveBuffers {
+            packets: Box::new([[0; ANSWER_CAP]; BATCH]),
+            // SAFETY: all zeroes is a valid sockaddr_in6 (and a sockaddr_in fits in it).
+            names: Box::new(unsafe { std::mem::zeroed() }),
+        }
+    }
+}
+
+impl ProbeSocket {
+    /// Opens one for IPv6 or IPv4 in the calling thread's network namespace (needs
+    /// CAP_NET_RAW).
+    pub fn open(v6: bool) -> io::Result<ProbeSocket> {
+        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+        let reservation = socket(family, libc::SOCK_STREAM, 0)?;
+        if v6 {
+            setsockopt(&reservation, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+        }
+        let port = bind_any_port(&reservation, v6)?;
+        let raw = socket(family, libc::SOCK_RAW, libc::IPPROTO_TCP).map_err(|e| {
+            io::Error::new(e.kind(), format!("raw TCP socket (needs CAP_NET_RAW): {e}"))
+        })?;
+        if v6 {
+            // The kernel fills in the checksum at this offset of what we send, with the source
+            // address it picks.
+            setsockopt(&raw, libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, 16)?;
+        }
+        // Room for a burst of answers while the receiver is not scheduled, and of SYNs.
+        setsockopt(&raw, libc::SOL_SOCKET, libc::SO_RCVBUF, 4 << 20)?;
+        setsockopt(&raw, libc::SOL_SOCKET, libc::SO_SNDBUF, 4 << 20)?;
+        attach_filter(&raw, &answer_filter(port, v6))?;
+        // Packets that arrived between the socket's creation and its filter are dropped by the
+        // port check in `parse_answer_*`; nothing else needs draining.
+        Ok(ProbeSocket {
+            raw,
+            _reservation: reservation,
+            port,
+            v6,
+        })
+    }
+
+    /// The port the SYNs come from.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Sends SYNs with as few `sendmmsg` calls as the kernel allows; the ones that could not be
+    /// sent, by index, with their errno.
+    pub fn send(&self, batch: &[Outgoing]) -> Vec<(usize, i32)> {
+        let mut failed = Vec::new();
+        for (start, chunk) in (0..).step_by(BATCH).zip(batch.chunks(BATCH)) {
+            failed.extend(
+                send_batch(&self.raw, chunk)
+                    .into_iter()
+                    .map(|(i, errno)| (start + i, errno)),
+            );
+        }
+        failed
+    }
+
+    /// Makes [`ProbeSocket::receive`] give up (with `WouldBlock`) after `timeout` without an
+    /// answer; it waits forever otherwise.
+    pub fn set_receive_timeout(&self, timeout: std::time::Duration) -> io::Result<()> {
+        let tv = libc::timeval {
+            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_usec: libc::suseconds_t::from(timeout.subsec_micros().max(1)),
+        };
+        // SAFETY: the value pointer is valid for the length given.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.raw.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits for at least one answer and reads up to a batch of them.
+    pub fn receive(&self, buffers: &mut ReceiveBuffers) -> io::Result<Vec<(Key, Answer)>> {
+        let lengths = recv_batch(&self.raw, &mut buffers.packets, &mut buffers.names)?;
+        Ok(lengths
+            .iter()
+            .zip(buffers.packets.iter().zip(buffers.names.iter()))
+            .filter_map(|(&len, (buffer, name))| {
+                let packet = &buffer[..len.min(ANSWER_CAP)];
+                if self.v6 {
+                    let from = Ipv6Addr::from(name.sin6_addr.s6_addr);
+                    parse_answer_v6(packet, from, self.port)
+                } else {
+                    parse_answer_v4(packet, self.port)
+                }
+            })
+            .collect())
+    }
+}
+
+/// The SYN sender and answer receiver of one address family in one network namespace, for
+/// every check there: a [`ProbeSocket`], the probes waiting for answers, and the thread that
+/// receives them.
+pub struct Prober {
+    socket: ProbeSocket,
+    pending: Mutex<HashMap<Key, oneshot::Sender<Outcome>>>,
+    /// SYNs to send at the next flush, and whether one is on its way.
+    outbox: Mutex<Vec<Outgoing>>,
+    flush_scheduled: AtomicBool,
     /// The next SYN's sequence number; starts at a random value.
     next_seq: AtomicU32,
 }
@@ -112,75 +244,89 @@ impl Prober {
             .spawn(move || prober.receive())
             .map_err(|e| ProbeError::Setup(format!("starting the receiver: {e}")))?;
         probers.insert((netns, v6), prober);
-        tracing::debug!(v6, port = prober.port, "half-open prober ready");
+        tracing::debug!(v6, port = prober.port(), "half-open prober ready");
         Ok(prober)
     }
 
     fn open(v6: bool) -> io::Result<Prober> {
-        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
-        let reservation = socket(family, libc::SOCK_STREAM, 0)?;
-        if v6 {
-            setsockopt(&reservation, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
-        }
-        let port = bind_any_port(&reservation, v6)?;
-        let raw = socket(family, libc::SOCK_RAW, libc::IPPROTO_TCP).map_err(|e| {
-            io::Error::new(e.kind(), format!("raw TCP socket (needs CAP_NET_RAW): {e}"))
-        })?;
-        if v6 {
-            // The kernel fills in the checksum at this offset of what we send, with the source
-            // address it picks.
-            setsockopt(&raw, libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, 16)?;
-        }
-        // Room for a burst of answers while the receiver is not scheduled, and of SYNs.
-        setsockopt(&raw, libc::SOL_SOCKET, libc::SO_RCVBUF, 4 << 20)?;
-        setsockopt(&raw, libc::SOL_SOCKET, libc::SO_SNDBUF, 4 << 20)?;
-        attach_filter(&raw, &answer_filter(port, v6))?;
-        // Packets that arrived between the socket's creation and its filter are dropped by the
-        // port check in `parse_answer`; nothing else needs draining.
-        let random = RandomState::new().hash_one(port);
+        let socket = ProbeSocket::open(v6)?;
+        let random = RandomState::new().hash_one(socket.port());
         Ok(Prober {
-            raw,
-            _reservation: reservation,
-            port,
-            v6,
+            socket,
             pending: Mutex::new(HashMap::new()),
+            outbox: Mutex::new(Vec::new()),
+            flush_scheduled: AtomicBool::new(false),
             next_seq: AtomicU32::new(random as u32),
         })
     }
 
     /// The port the SYNs come from.
     pub fn port(&self) -> u16 {
-        self.port
+        self.socket.port()
     }
 
-    fn pending(&self) -> MutexGuard<'_, HashMap<Key, oneshot::Sender<Answer>>> {
+    fn pending(&self) -> MutexGuard<'_, HashMap<Key, oneshot::Sender<Outcome>>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn outbox(&self) -> MutexGuard<'_, Vec<Outgoing>> {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Sends a SYN to `target` from `source` (the address the kernel will send from: it is in
     /// the IPv4 checksum) and waits for the answer, without a limit: the caller bounds the wait
-    /// and drops the future, which forgets the SYN.
-    pub async fn probe(&self, source: IpAddr, target: SocketAddr) -> Result<Answer, ProbeError> {
+    /// and drops the future, which forgets the SYN. Must run on a Tokio runtime.
+    ///
+    /// SYNs go out in batches: the first probe of a round schedules a flush task that yields
+    /// once, so that it runs after the other checks that the same timer tick woke and sends
+    /// all of their SYNs with one `sendmmsg`. A burst also lets the receiving side take the
+    /// answers in one interrupt and one wake-up rather than one per check.
+    pub async fn probe(
+        &'static self,
+        source: IpAddr,
+        target: SocketAddr,
+    ) -> Result<Answer, ProbeError> {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let key = (target.ip(), target.port(), seq);
         let (sender, receiver) = oneshot::channel();
         self.pending().insert(key, sender);
         let waiting = Waiting { prober: self, key };
-        let segment = syn(source, target, self.port, seq);
-        send_to(&self.raw, &segment, target).map_err(ProbeError::Send)?;
-        let answer = receiver.await.map_err(|_| ProbeError::Stopped);
+        let segment = syn(source, target, self.port(), seq);
+        self.outbox().push(Outgoing { key, segment });
+        if !self.flush_scheduled.swap(true, Ordering::AcqRel) {
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                self.flush();
+            });
+        }
+        let outcome = receiver.await.map_err(|_| ProbeError::Stopped)?;
         drop(waiting);
-        answer
+        outcome.map_err(|errno| ProbeError::Send(io::Error::from_raw_os_error(errno)))
+    }
+
+    /// Sends every SYN in the outbox; a SYN that cannot be sent fails its probe at once.
+    fn flush(&self) {
+        // Cleared before the outbox is taken: a SYN queued after the take schedules a new flush.
+        self.flush_scheduled.store(false, Ordering::Release);
+        let batch = std::mem::take(&mut *self.outbox());
+        let failed = self.socket.send(&batch);
+        if failed.is_empty() {
+            return;
+        }
+        let mut pending = self.pending();
+        for (index, errno) in failed {
+            if let Some(waiter) = pending.remove(&batch[index].key) {
+                let _ = waiter.send(Err(errno));
+            }
+        }
     }
 
     /// The receiving thread: answers in, waiting probes woken.
     fn receive(&self) {
-        let mut buffers = [[0_u8; ANSWER_CAP]; BATCH];
-        // SAFETY: all zeroes is a valid sockaddr_in6 (and a sockaddr_in fits in it).
-        let mut names: [libc::sockaddr_in6; BATCH] = unsafe { std::mem::zeroed() };
+        let mut buffers = ReceiveBuffers::default();
         loop {
-            let received = match recv_batch(&self.raw, &mut buffers, &mut names) {
-                Ok(lengths) => lengths,
+            let answers = match self.socket.receive(&mut buffers) {
+                Ok(answers) => answers,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::warn!("half-open prober: receiving: {e}");
@@ -188,26 +334,13 @@ impl Prober {
                     continue;
                 }
             };
-            let answers: Vec<(Key, Answer)> = received
-                .iter()
-                .zip(buffers.iter().zip(names.iter()))
-                .filter_map(|(&len, (buffer, name))| {
-                    let packet = &buffer[..len.min(ANSWER_CAP)];
-                    if self.v6 {
-                        let from = Ipv6Addr::from(name.sin6_addr.s6_addr);
-                        parse_answer_v6(packet, from, self.port)
-                    } else {
-                        parse_answer_v4(packet, self.port)
-                    }
-                })
-                .collect();
             if answers.is_empty() {
                 continue;
             }
             let mut pending = self.pending();
             for (key, answer) in answers {
                 if let Some(waiter) = pending.remove(&key) {
-                    let _ = waiter.send(answer);
+                    let _ = waiter.send(Ok(answer));
                 }
             }
         }
@@ -452,11 +585,12 @@ fn bind_any_port(fd: &OwnedFd, v6: bool) -> io::Result<u16> {
     Ok(u16::from_be(addr.sin6_port))
 }
 
-fn send_to(fd: &OwnedFd, segment: &[u8], target: SocketAddr) -> io::Result<()> {
-    // The port of a raw socket's destination must be zero (for IPv6 it is the protocol).
+/// A raw socket's destination for `ip` (the port must be zero; for IPv6 it means the protocol)
+/// and its length.
+fn destination(ip: IpAddr) -> (libc::sockaddr_in6, libc::socklen_t) {
     // SAFETY: all zeroes is a valid sockaddr_in6.
     let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-    let len = match target.ip() {
+    let len = match ip {
         IpAddr::V4(ip) => {
             // SAFETY: sockaddr_in fits in sockaddr_in6, which is suitably aligned for it.
             let v4 =
@@ -470,22 +604,62 @@ fn send_to(fd: &OwnedFd, segment: &[u8], target: SocketAddr) -> io::Result<()> {
             addr.sin6_addr.s6_addr = ip.octets();
             size_of::<libc::sockaddr_in6>()
         }
-    } as libc::socklen_t;
-    // SAFETY: segment and addr are valid for their lengths.
-    let sent = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            segment.as_ptr().cast(),
-            segment.len(),
-            libc::MSG_DONTWAIT,
-            (&addr as *const libc::sockaddr_in6).cast(),
-            len,
-        )
     };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
+    (addr, len as libc::socklen_t)
+}
+
+/// Sends up to [`BATCH`] SYNs (see [`ProbeSocket::send`]).
+fn send_batch(fd: &OwnedFd, batch: &[Outgoing]) -> Vec<(usize, i32)> {
+    let mut names: Vec<(libc::sockaddr_in6, libc::socklen_t)> =
+        batch.iter().map(|o| destination(o.key.0)).collect();
+    let mut iovecs: Vec<libc::iovec> = batch
+        .iter()
+        .map(|o| libc::iovec {
+            iov_base: o.segment.as_ptr().cast_mut().cast(),
+            iov_len: SYN_LEN,
+        })
+        .collect();
+    // SAFETY: all zeroes is a valid mmsghdr (null pointers, zero lengths); filled in below.
+    let mut messages: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; batch.len()];
+    for ((message, iovec), (name, len)) in messages
+        .iter_mut()
+        .zip(iovecs.iter_mut())
+        .zip(names.iter_mut())
+    {
+        message.msg_hdr.msg_iov = iovec;
+        message.msg_hdr.msg_iovlen = 1;
+        message.msg_hdr.msg_name = (name as *mut libc::sockaddr_in6).cast();
+        message.msg_hdr.msg_namelen = *len;
     }
-    Ok(())
+    let mut failed = Vec::new();
+    let mut next = 0;
+    while next < messages.len() {
+        let rest = &mut messages[next..];
+        // SAFETY: every message points at a segment and a name valid for the lengths given,
+        // which live until the call returns; the kernel only reads them (and writes msg_len).
+        let sent = unsafe {
+            libc::sendmmsg(
+                fd.as_raw_fd(),
+                rest.as_mut_ptr(),
+                rest.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if sent > 0 {
+            next += usize::try_from(sent).unwrap_or(rest.len());
+            continue;
+        }
+        // The first message of the rest failed (a sendmmsg that sent some reports the error
+        // of the next one on the next call): its probe fails, the others are tried again.
+        let errno = io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        if errno != libc::EINTR {
+            failed.push((next, errno));
+            next += 1;
+        }
+    }
+    failed
 }
 
 /// Waits for at least one packet and reads up to [`BATCH`]; their lengths (the source address

@@ -27,7 +27,7 @@ use lb_userspace::{
     decap::Decapsulator,
     health::{
         bench,
-        config::{Check, CheckSpec, Timing},
+        config::{Check, CheckKind, CheckSpec, Timing},
     },
     maglev,
 };
@@ -188,6 +188,22 @@ fn health_checks() -> anyhow::Result<()> {
     let per_connection =
         (bare.busy.as_secs_f64() - idle * bare.wall.as_secs_f64()).max(0.0) / connections;
     let floor = per_connection * rate;
+    // The half-open check's floor: bare SYN probes at the same rate and in the batches the
+    // checker's flushes make at this rate (about 10 per 1 ms timer tick), same raw socket and
+    // filter, without the engine.
+    let per_round = 10;
+    let half = lab.bare_half_open(
+        window,
+        per_round,
+        interval * u32::try_from(per_round).unwrap_or(1) / u32::try_from(TARGETS).unwrap_or(1),
+    )?;
+    let idle_after_half = idle_share(window)?;
+    let idle_half = (idle_after + idle_after_half) / 2.0;
+    let probes = half.connections as f64;
+    let per_probe =
+        (half.busy.as_secs_f64() - idle_half * half.wall.as_secs_f64()).max(0.0) / probes;
+    let half_floor = per_probe * rate;
+    idle_after = idle_after_half;
 
     println!(
         "health checks ({TARGETS} targets every {interval:?}, {window:?} measured; busy share of \
@@ -212,6 +228,17 @@ fn health_checks() -> anyhow::Result<()> {
         per_connection_raw * rate * 100.0,
         bare.thread.as_secs_f64() / connections * rate * 100.0,
     );
+    println!(
+        "  {:<40}  {:>6.1}% of one core   {:.2}   ({} in {:.1?}: {:.1} µs each, raw {:.1}%, its thread {:.1}%)",
+        "floor, half-open: bare SYN probes, same pace",
+        half_floor * 100.0,
+        half_floor / floor,
+        half.connections,
+        half.wall,
+        per_probe * 1e6,
+        half.busy.as_secs_f64() / probes * rate * 100.0,
+        half.thread.as_secs_f64() / probes * rate * 100.0,
+    );
     for spec in health_check_specs() {
         let spec = CheckSpec {
             timing: Timing {
@@ -235,11 +262,17 @@ fn health_checks() -> anyhow::Result<()> {
         let idle = (idle_before + idle_after) / 2.0;
         let raw = report.cpu_share();
         let net = (raw - idle).max(0.0);
+        // Each kind against the bare kernel exchange it makes.
+        let own_floor = match kind {
+            CheckKind::TcpHalfOpen => half_floor,
+            _ => floor,
+        };
         println!(
-            "  {:<40}  {:>6.1}% of one core   {:.2}   (raw {:.1}%, idle after {:.1}%, checker threads {:.1}%, whole process with the servers {:.1}%)",
+            "  {:<40}  {:>6.1}% of one core   {:.2}   ({:.2}× its kernel floor; raw {:.1}%, idle after {:.1}%, checker threads {:.1}%, whole process with the servers {:.1}%)",
             format!("xlbd's checker, {kind}"),
             net * 100.0,
             net / floor,
+            net / own_floor.max(f64::MIN_POSITIVE),
             raw * 100.0,
             idle_after * 100.0,
             report.share(report.threads_cpu) * 100.0,
@@ -271,8 +304,8 @@ fn health_checks() -> anyhow::Result<()> {
             }
         );
         println!(
-            "  on time, {kind}: worst lateness {:.1?}; {} of {} checks failed; {drops} connections dropped by full listen queues",
-            report.max_lateness, report.failures, report.checks
+            "  on time, {kind}: worst lateness {:.1?}, {} of {} checks started more than {:?} late; {} failed; {drops} connections dropped by full listen queues",
+            report.max_lateness, report.late, report.checks, interval / 10, report.failures
         );
         println!("  {report}");
     }
