@@ -294,9 +294,13 @@ impl Prober {
         let segment = syn(source, target, self.port(), seq);
         self.outbox().push(Outgoing { key, segment });
         if !self.flush_scheduled.swap(true, Ordering::AcqRel) {
+            // Should the task never run (its runtime shutting down; the prober serves every
+            // runtime of the process), the guard clears the flag so that the next probe, on
+            // another runtime, schedules a flush that sends what is waiting.
+            let guard = FlushScheduled(self);
             tokio::spawn(async move {
                 tokio::task::yield_now().await;
-                self.flush();
+                guard.0.flush();
             });
         }
         let outcome = receiver.await.map_err(|_| ProbeError::Stopped)?;
@@ -344,6 +348,15 @@ impl Prober {
                 }
             }
         }
+    }
+}
+
+/// Held by a scheduled flush task; clears the flag when the task ends, run or not.
+struct FlushScheduled(&'static Prober);
+
+impl Drop for FlushScheduled {
+    fn drop(&mut self) {
+        self.0.flush_scheduled.store(false, Ordering::Release);
     }
 }
 
@@ -791,6 +804,41 @@ mod tests {
         let mut udp = good;
         udp[9] = 17;
         assert_eq!(parse_answer_v4(&udp, 40000), None);
+    }
+
+    #[test]
+    #[ignore = "needs root (a raw socket)"]
+    fn a_flush_lost_with_its_runtime_does_not_stall_the_next_runtimes_probes() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let target = listener.local_addr().expect("address");
+        let prober = Prober::for_target(target.ip()).expect("prober");
+        let source = source_for(target).expect("source");
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+        };
+        // The probe queues its SYN and schedules the flush, which never runs: the runtime ends.
+        let first = runtime();
+        first.block_on(async {
+            use std::future::Future as _;
+            let mut probe = std::pin::pin!(prober.probe(source, target));
+            let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(probe.as_mut().poll(&mut context).is_pending());
+        });
+        drop(first);
+        let answer = runtime().block_on(async {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                prober.probe(source, target),
+            )
+            .await
+        });
+        assert_eq!(
+            answer.expect("answered in time").expect("sent"),
+            Answer::Open
+        );
     }
 
     #[test]
