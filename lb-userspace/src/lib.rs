@@ -15,6 +15,7 @@
 //! - [`config`]: the configuration file, checked by xlbadm's rules.
 //! - [`control`]: the control socket between xlbadm and xlbd.
 //! - [`health`]: health checks of real servers and what they mean for the tables.
+//! - [`metrics`]: Prometheus metrics and the status page over HTTP.
 
 mod batch;
 pub mod config;
@@ -26,6 +27,7 @@ pub mod health;
 pub mod ipvsadm;
 pub mod links;
 pub mod maglev;
+pub mod metrics;
 pub mod neighbour;
 pub mod plan;
 pub mod program;

@@ -20,7 +20,7 @@ use thiserror::Error;
 use crate::{
     convert::{identity, real_entry, service_key},
     dataplane::{Dataplane, DataplaneError, RealId},
-    health::engine::{Engine, Target},
+    health::engine::{Engine, EngineStats, Target},
     ipvsadm::format::{ConnectionListing, Listing, Rates, RealHealth, Stats},
     maglev, neighbour,
     plan::{plan, Step},
@@ -150,6 +150,11 @@ impl Runtime {
     /// The desired state.
     pub fn desired(&self) -> &DesiredState {
         &self.desired
+    }
+
+    /// The health engine's counters, when it checks the real servers.
+    pub fn health_stats(&self) -> Option<EngineStats> {
+        self.health.as_ref().map(Engine::stats)
     }
 
     /// The data path.

@@ -1,7 +1,8 @@
 //! xlbd and xlbadm end to end: the daemon runs in the balancer's namespace of the DR lab and is
 //! configured only with xlbadm commands; curl requests go through the VIP; the counters of
 //! `-L -n --stats` match what the client sent; a restart of the daemon while the client keeps
-//! requesting loses no request and keeps the connection table; `-C` clears.
+//! requesting loses no request and keeps the connection table; `-C` clears; the Prometheus
+//! metrics on the namespace's loopback agree with `-L -n --stats`.
 
 use std::{process::Stdio, time::Duration};
 
@@ -231,4 +232,110 @@ fn xlbd_installs_its_configuration_file_and_refuses_a_bad_one() {
         stderr.contains("in the configuration") && stderr.contains(":81"),
         "unclear error: {stderr}"
     );
+}
+
+/// The value of `name`'s sample whose labels are exactly `labels` (`{...}` included), in a
+/// Prometheus text exposition.
+fn sample(metrics: &str, name: &str, labels: &str) -> u64 {
+    let prefix = format!("{name}{labels} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}{labels} in:\n{metrics}"))
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn xlbd_serves_prometheus_metrics_and_a_status_page_on_its_loopback() {
+    root::require();
+    let lab = DrLab::new(2);
+    let daemon = Daemon::start(&lab.balancer);
+    let vip = format!("{VIP}:80");
+    daemon.adm_ok(&["-A", "-t", &vip, "-s", "mh"]);
+    for i in 0..2 {
+        let weight = (i + 1).to_string();
+        let real = format!("{}:80", real_addr(i));
+        daemon.adm_ok(&["-a", "-t", &vip, "-r", &real, "-g", "-w", &weight]);
+    }
+    let requests = 20;
+    let (counts, failed) = lab.spread(requests);
+    assert_eq!(failed, 0, "{counts:?}");
+
+    // Inside the balancer's namespace, on its default address.
+    let base = "http://127.0.0.1:9641";
+    let metrics = lab
+        .balancer
+        .sh(&format!("curl -s --fail --max-time 5 {base}/metrics"));
+    let listing = daemon.adm_ok(&["-L", "-n", "--stats", "--exact"]);
+    assert!(metrics.lines().any(|l| l == "xlb_up 1"), "{metrics}");
+
+    let svc = format!("service=\"{vip}\",protocol=\"tcp\"");
+    let svc_packets = sample(&metrics, "xlb_service_packets_total", &format!("{{{svc}}}"));
+    let svc_stats = stats_line(&listing, &vip);
+    assert_eq!(svc_packets, svc_stats[1], "InPkts:\n{listing}\n{metrics}");
+    assert_eq!(
+        sample(
+            &metrics,
+            "xlb_service_connections_total",
+            &format!("{{{svc}}}")
+        ),
+        requests as u64
+    );
+    let mut real_packets = 0;
+    for (i, &answered) in counts.iter().enumerate() {
+        let real = format!("{}:80", real_addr(i));
+        let labels = format!("{{{svc},real=\"{real}\",forwarding=\"dr\"}}");
+        let packets = sample(&metrics, "xlb_real_packets_total", &labels);
+        // The server's line of -L --stats: "-> RIP:PORT Conns InPkts OutPkts InBytes OutBytes".
+        let line = listing
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("-> {real}")))
+            .unwrap_or_else(|| panic!("no line for {real} in:\n{listing}"));
+        let numbers: Vec<u64> = line
+            .split_whitespace()
+            .skip(2)
+            .map(|n| n.parse().expect("a number"))
+            .collect();
+        assert_eq!(packets, numbers[1], "{real}: {line} vs\n{metrics}");
+        assert_eq!(
+            sample(&metrics, "xlb_real_bytes_total", &labels),
+            numbers[3]
+        );
+        assert_eq!(
+            sample(&metrics, "xlb_real_connections_total", &labels),
+            answered as u64,
+            "each request is a new connection to the server that answered it"
+        );
+        assert_eq!(sample(&metrics, "xlb_real_weight", &labels), i as u64 + 1);
+        assert_eq!(sample(&metrics, "xlb_real_up", &labels), 1, "unchecked");
+        real_packets += packets;
+    }
+    assert_eq!(real_packets, svc_packets, "{metrics}");
+    assert!(
+        sample(
+            &metrics,
+            "xlb_datapath_packets_total",
+            "{reason=\"verdict_tx\"}"
+        ) >= svc_packets
+    );
+
+    let content_type = lab.balancer.sh(&format!(
+        "curl -s --max-time 5 -o /dev/null -w %{{content_type}} {base}/metrics"
+    ));
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    let page = lab
+        .balancer
+        .sh(&format!("curl -s --fail --max-time 5 {base}/"));
+    assert!(page.contains(&vip), "{page}");
+    assert!(page.contains(&format!("{}:80", real_addr(1))), "{page}");
+    let status = |args: &str| {
+        lab.balancer.sh(&format!(
+            "curl -s --max-time 5 -o /dev/null -w %{{http_code}} {args}"
+        ))
+    };
+    assert_eq!(status(&format!("{base}/nope")), "404");
+    assert_eq!(status(&format!("-X POST {base}/metrics")), "405");
+    assert_eq!(status(&format!("-I {base}/metrics")), "200");
+    assert!(daemon.log().contains("serving metrics"), "{}", daemon.log());
 }

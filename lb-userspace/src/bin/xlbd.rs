@@ -11,7 +11,7 @@
 //! `tracing`.
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -26,6 +26,7 @@ use lb_userspace::{
     dataplane::{Dataplane, LoadOptions},
     decap,
     health::engine::{Engine, DEFAULT_MAX_CONCURRENT_CHECKS},
+    metrics,
     runtime::{RateEstimator, Runtime},
     state::DesiredState,
 };
@@ -77,6 +78,26 @@ struct Args {
     /// Seconds between two counter reports in the log; 0 = none.
     #[arg(long, default_value_t = 60)]
     report_every: u64,
+    /// Where to serve Prometheus metrics (/metrics) and the status page (/) over HTTP, read-only
+    /// and without authentication: keep it on loopback or a management network. `off` = none.
+    #[arg(long, default_value = metrics::DEFAULT_LISTEN, value_parser = parse_listen)]
+    metrics_listen: Listen,
+}
+
+/// `--metrics-listen`: an address, or off.
+#[derive(Clone, Copy, Debug)]
+enum Listen {
+    Off,
+    At(SocketAddr),
+}
+
+fn parse_listen(text: &str) -> Result<Listen, String> {
+    if text == "off" {
+        return Ok(Listen::Off);
+    }
+    text.parse()
+        .map(Listen::At)
+        .map_err(|_| format!("{text:?} is neither ADDRESS:PORT nor off"))
 }
 
 #[derive(Subcommand, Debug)]
@@ -138,6 +159,14 @@ async fn main() -> Result<()> {
 
     // A bad configuration is refused before anything is touched.
     let config = load_config(&args.config)?;
+    // Bound before the data path is touched, so that a busy port stops the daemon with nothing
+    // attached or pinned.
+    let metrics_listener = match args.metrics_listen {
+        Listen::Off => None,
+        Listen::At(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("listening for metrics on {addr} (--metrics-listen ADDR:PORT or off)")
+        })?),
+    };
     ensure_bpffs(&args.pin_dir)?;
     let saved = Runtime::read_state_file(&args.state_file);
     let pinned = args.pin_dir.join(lb_common::maps::SERVICES).exists();
@@ -201,6 +230,13 @@ async fn main() -> Result<()> {
     let listener = control::bind(&args.socket)
         .with_context(|| format!("binding the control socket {}", args.socket.display()))?;
     let server = tokio::spawn(control::serve(listener, shared.clone()));
+    let metrics_server = metrics_listener.map(|listener| {
+        match listener.local_addr() {
+            Ok(addr) => tracing::info!(%addr, "serving metrics (/metrics) and the status page (/)"),
+            Err(e) => tracing::warn!(error = %e, "the metrics listener has no address"),
+        }
+        tokio::spawn(metrics::serve(listener, shared.clone()))
+    });
 
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -244,6 +280,9 @@ async fn main() -> Result<()> {
         }
     }
     server.abort();
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
+    }
     let _ = std::fs::remove_file(&args.socket);
     if args.detach_on_exit {
         tracing::info!("detaching and removing every pin");
