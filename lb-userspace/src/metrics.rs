@@ -675,15 +675,24 @@ pub async fn serve(listener: TcpListener, shared: Arc<Mutex<Shared>>) {
     .await
 }
 
+/// Connections served at once; more wait in the listen queue, so that a flood of idle
+/// connections cannot pile up tasks (each holds its slot until its 5 s read timeout at most).
+const MAX_CONNECTIONS: usize = 64;
+
 /// Serves pages made from the snapshots `snapshot` takes (one per request), until the task is
-/// dropped. Each connection is its own task; one failing never stops the server.
+/// dropped. Each connection is its own task, at most [`MAX_CONNECTIONS`] at once; one failing
+/// never stops the server.
 pub async fn serve_with<F, Fut>(listener: TcpListener, snapshot: F)
 where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Snapshot, MetricsError>> + Send + 'static,
 {
     let snapshot = Arc::new(snapshot);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
@@ -698,6 +707,7 @@ where
             if let Err(e) = connection(stream, &*snapshot).await {
                 tracing::debug!(%peer, error = %e, "metrics connection ended");
             }
+            drop(slot);
         });
     }
 }
@@ -1207,6 +1217,29 @@ mod tests {
 
         // Only the pages take a snapshot: 404, 405 and 400 do not touch the daemon's state.
         assert_eq!(taken.load(std::sync::atomic::Ordering::Relaxed), 4);
+        server.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_beyond_the_limit_wait_for_a_free_slot() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = tokio::spawn(serve_with(listener, || async { Ok(Snapshot::default()) }));
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        // Every slot is held by a silent client: the next request waits in the listen queue.
+        let waiting = tokio::spawn(exchange(addr, b"GET /metrics HTTP/1.0\r\n\r\n"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "served beyond the limit");
+        // One idle client leaves: its slot serves the waiting request.
+        drop(idle.pop());
+        let answer = tokio::time::timeout(Duration::from_secs(2), waiting)
+            .await
+            .expect("served once a slot was free")
+            .expect("the request task");
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
         server.abort();
     }
 
