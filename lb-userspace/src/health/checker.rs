@@ -158,7 +158,9 @@ impl Probe {
                 }
                 verdict
             }
-            _ => tokio::time::timeout(self.timeout, self.network())
+            // Boxed: the connection checks' state (TLS and all) is large, and a half-open
+            // check, which runs ten thousand times a second, should not carry or move it.
+            _ => tokio::time::timeout(self.timeout, Box::pin(self.network()))
                 .await
                 .unwrap_or_else(|_| Err(self.timed_out())),
         };

@@ -13,7 +13,7 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
     },
     time::{Duration, Instant},
 };
@@ -409,6 +409,23 @@ fn next_due(due: Instant, interval: Duration, now: Instant) -> Instant {
     next + interval * u32::try_from(skipped).unwrap_or(u32::MAX)
 }
 
+/// Where the checks of the whole process start from: the origin of [`on_grid`]'s grid.
+static GRID_ORIGIN: OnceLock<Instant> = OnceLock::new();
+
+/// `due`, rounded up to a grid of a hundredth of `interval` (between 1 and 10 ms): checks due
+/// within one step of each other start together, so that their packets go out in one burst
+/// and their answers come back in one (one wake-up, one `sendmmsg` for half-open checks, one
+/// interrupt for many answers), at the price of starting up to a step late (which the lateness
+/// figures count).
+fn on_grid(due: Instant, interval: Duration) -> Instant {
+    let step = (interval / 100).clamp(Duration::from_millis(1), Duration::from_millis(10));
+    let origin = *GRID_ORIGIN.get_or_init(Instant::now);
+    let since = due.saturating_duration_since(origin).as_nanos();
+    let step = step.as_nanos();
+    let rounded = since.div_ceil(step) * step;
+    origin + Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX))
+}
+
 /// One target's task: check at every round, record, report.
 async fn watch(
     shared: Arc<Shared>,
@@ -419,7 +436,7 @@ async fn watch(
     mut due: Instant,
 ) {
     loop {
-        tokio::time::sleep_until(due.into()).await;
+        tokio::time::sleep_until(on_grid(due, interval).into()).await;
         let Ok(permit) = shared.semaphore.acquire().await else {
             return;
         };
@@ -785,6 +802,35 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn checks_start_on_a_grid_of_a_hundredth_of_their_interval() {
+        let origin = *GRID_ORIGIN.get_or_init(Instant::now);
+        let ms = Duration::from_millis;
+        for (interval, step) in [
+            (Duration::from_secs(1), ms(10)),
+            (Duration::from_secs(60), ms(10)),
+            (ms(500), ms(5)),
+            (ms(50), ms(1)),
+        ] {
+            for offset_us in [0_u64, 1, 999, 4_999, 5_000, 12_345, 1_000_001] {
+                let due = origin + Duration::from_micros(offset_us);
+                let start = on_grid(due, interval);
+                assert!(
+                    start >= due && start - due < step,
+                    "{offset_us} µs at {interval:?}"
+                );
+                let since = start.duration_since(origin).as_nanos();
+                assert_eq!(since % step.as_nanos(), 0, "{offset_us} µs at {interval:?}");
+            }
+        }
+        // Two checks due within one step start together.
+        let a = origin + ms(1001);
+        assert_eq!(
+            on_grid(a, Duration::from_secs(1)),
+            on_grid(a + ms(8), Duration::from_secs(1))
+        );
     }
 
     #[test]

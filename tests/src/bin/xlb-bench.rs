@@ -188,15 +188,14 @@ fn health_checks() -> anyhow::Result<()> {
     let per_connection =
         (bare.busy.as_secs_f64() - idle * bare.wall.as_secs_f64()).max(0.0) / connections;
     let floor = per_connection * rate;
-    // The half-open check's floor: bare SYN probes at the same rate and in the batches the
-    // checker's flushes make at this rate (about 10 per 1 ms timer tick), same raw socket and
-    // filter, without the engine.
-    let per_round = 10;
-    let half = lab.bare_half_open(
-        window,
-        per_round,
-        interval * u32::try_from(per_round).unwrap_or(1) / u32::try_from(TARGETS).unwrap_or(1),
-    )?;
+    // The half-open check's floor: bare SYN probes at the same rate and in the bursts the
+    // checker makes (its checks start on a grid of a hundredth of the interval, at most 10 ms:
+    // 100 SYNs every 10 ms here), same raw socket and filter, without the engine.
+    let step = (interval / 100).clamp(Duration::from_millis(1), Duration::from_millis(10));
+    let per_round =
+        usize::try_from((TARGETS as u128 * step.as_nanos() / interval.as_nanos().max(1)).max(1))
+            .unwrap_or(1);
+    let half = lab.bare_half_open(window, per_round, step)?;
     let idle_after_half = idle_share(window)?;
     let idle_half = (idle_after + idle_after_half) / 2.0;
     let probes = half.connections as f64;
