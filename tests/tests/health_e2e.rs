@@ -53,25 +53,12 @@ fn wait_for(daemon: &Daemon<'_>, i: usize, state: &str, within: f64) -> f64 {
     }
 }
 
-#[test]
-#[ignore = "needs root: run with cargo xtask test"]
-fn failed_servers_leave_and_come_back_while_a_client_keeps_requesting() {
-    root::require();
-    let lab = DrLab::new(3);
-    let daemon = Daemon::start(&lab.balancer);
+/// The VIP's port 80 service, checked with `check` at this file's timing (500 ms interval,
+/// 300 ms timeout, rise 2, fall 2), with the lab's three real servers by direct routing; returns
+/// once all three are up.
+fn service_of_three(daemon: &Daemon<'_>, check: &[&str]) {
     let vip = format!("{VIP}:80");
-    daemon.adm_ok(&[
-        "-A",
-        "-t",
-        &vip,
-        "-s",
-        "mh",
-        "--check",
-        "http",
-        "--check-path",
-        "/",
-        "--check-expect",
-        "rs",
+    let timing = [
         "--check-interval",
         "500ms",
         "--check-timeout",
@@ -80,20 +67,37 @@ fn failed_servers_leave_and_come_back_while_a_client_keeps_requesting() {
         "2",
         "--fall",
         "2",
-    ]);
+    ];
+    let mut add = vec!["-A", "-t", vip.as_str(), "-s", "mh"];
+    add.extend_from_slice(check);
+    add.extend_from_slice(&timing);
+    daemon.adm_ok(&add);
     for i in 0..3 {
-        daemon.adm_ok(&[
-            "-a",
-            "-t",
-            &vip,
-            "-r",
-            &format!("{}:80", real_addr(i)),
-            "-g",
-        ]);
+        let real = format!("{}:80", real_addr(i));
+        daemon.adm_ok(&["-a", "-t", &vip, "-r", &real, "-g"]);
     }
     for i in 0..3 {
-        wait_for(&daemon, i, "up", 5.0);
+        wait_for(daemon, i, "up", 5.0);
     }
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn failed_servers_leave_and_come_back_while_a_client_keeps_requesting() {
+    root::require();
+    let lab = DrLab::new(3);
+    let daemon = Daemon::start(&lab.balancer);
+    service_of_three(
+        &daemon,
+        &[
+            "--check",
+            "http",
+            "--check-path",
+            "/",
+            "--check-expect",
+            "rs",
+        ],
+    );
     // The check settings are saved with the service.
     let saved = daemon.adm_ok(&["-S", "-n"]);
     assert!(
@@ -206,37 +210,7 @@ fn half_open_checks_take_out_closed_and_silent_servers_without_connecting() {
     root::require();
     let lab = DrLab::new(3);
     let daemon = Daemon::start(&lab.balancer);
-    let vip = format!("{VIP}:80");
-    daemon.adm_ok(&[
-        "-A",
-        "-t",
-        &vip,
-        "-s",
-        "mh",
-        "--check",
-        "tcp-half-open",
-        "--check-interval",
-        "500ms",
-        "--check-timeout",
-        "300ms",
-        "--rise",
-        "2",
-        "--fall",
-        "2",
-    ]);
-    for i in 0..3 {
-        daemon.adm_ok(&[
-            "-a",
-            "-t",
-            &vip,
-            "-r",
-            &format!("{}:80", real_addr(i)),
-            "-g",
-        ]);
-    }
-    for i in 0..3 {
-        wait_for(&daemon, i, "up", 5.0);
-    }
+    service_of_three(&daemon, &["--check", "tcp-half-open"]);
     assert!(
         daemon
             .adm_ok(&["-S", "-n"])

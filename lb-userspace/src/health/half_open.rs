@@ -118,7 +118,7 @@ impl ProbeSocket {
         let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
         let reservation = socket(family, libc::SOCK_STREAM, 0)?;
         if v6 {
-            setsockopt(&reservation, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+            setsockopt(&reservation, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &1)?;
         }
         let port = bind_any_port(&reservation, v6)?;
         let raw = socket(family, libc::SOCK_RAW, libc::IPPROTO_TCP).map_err(|e| {
@@ -127,11 +127,11 @@ impl ProbeSocket {
         if v6 {
             // The kernel fills in the checksum at this offset of what we send, with the source
             // address it picks.
-            setsockopt(&raw, libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, 16)?;
+            setsockopt(&raw, libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, &16)?;
         }
         // Room for a burst of answers while the receiver is not scheduled, and of SYNs.
-        setsockopt(&raw, libc::SOL_SOCKET, libc::SO_RCVBUF, 4 << 20)?;
-        setsockopt(&raw, libc::SOL_SOCKET, libc::SO_SNDBUF, 4 << 20)?;
+        setsockopt(&raw, libc::SOL_SOCKET, libc::SO_RCVBUF, &(4 << 20))?;
+        setsockopt(&raw, libc::SOL_SOCKET, libc::SO_SNDBUF, &(4 << 20))?;
         attach_filter(&raw, &answer_filter(port, v6))?;
         // Packets that arrived between the socket's creation and its filter are dropped by the
         // port check in `parse_answer_*`; nothing else needs draining.
@@ -169,20 +169,7 @@ impl ProbeSocket {
             tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
             tv_usec: libc::suseconds_t::from(timeout.subsec_micros().max(1)),
         };
-        // SAFETY: the value pointer is valid for the length given.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.raw.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        setsockopt(&self.raw, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
     }
 
     /// Waits for at least one answer and reads up to a batch of them.
@@ -517,20 +504,16 @@ fn socket(family: libc::c_int, kind: libc::c_int, protocol: libc::c_int) -> io::
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn setsockopt(
-    fd: &OwnedFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: the value pointer is valid for the length given.
+/// Sets a socket option to `value` (any plain C value: an int, a timeval, a sock_fprog).
+fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` is valid for size_of::<T>() bytes; the kernel only reads (copies) them.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             level,
             name,
-            (&value as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
+            (value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
         )
     };
     if rc != 0 {
@@ -542,22 +525,10 @@ fn setsockopt(
 fn attach_filter(fd: &OwnedFd, program: &[libc::sock_filter]) -> io::Result<()> {
     let fprog = libc::sock_fprog {
         len: u16::try_from(program.len()).map_err(io::Error::other)?,
+        // The kernel copies the program during the call, while `program` is borrowed.
         filter: program.as_ptr().cast_mut(),
     };
-    // SAFETY: fprog points at `program`, which outlives the call (the kernel copies it).
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&fprog as *const libc::sock_fprog).cast(),
-            size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
 }
 
 /// Binds a TCP socket to a free port on every address of its family, and says which.
