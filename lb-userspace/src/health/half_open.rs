@@ -603,18 +603,10 @@ fn send_batch(fd: &OwnedFd, batch: &[Outgoing]) -> Vec<(usize, i32)> {
             iov_len: SYN_LEN,
         })
         .collect();
-    // SAFETY: all zeroes is a valid mmsghdr (null pointers, zero lengths); filled in below.
-    let mut messages: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; batch.len()];
-    for ((message, iovec), (name, len)) in messages
-        .iter_mut()
-        .zip(iovecs.iter_mut())
-        .zip(names.iter_mut())
-    {
-        message.msg_hdr.msg_iov = iovec;
-        message.msg_hdr.msg_iovlen = 1;
-        message.msg_hdr.msg_name = (name as *mut libc::sockaddr_in6).cast();
-        message.msg_hdr.msg_namelen = *len;
-    }
+    let mut messages = message_headers(
+        &mut iovecs,
+        names.iter_mut().map(|(name, len)| (name, *len)),
+    );
     let mut failed = Vec::new();
     let mut next = 0;
     while next < messages.len() {
@@ -646,6 +638,26 @@ fn send_batch(fd: &OwnedFd, batch: &[Outgoing]) -> Vec<(usize, i32)> {
     failed
 }
 
+/// One message header per buffer and address, pointing at them (for sendmmsg and recvmmsg).
+fn message_headers<'a>(
+    iovecs: &'a mut [libc::iovec],
+    names: impl Iterator<Item = (&'a mut libc::sockaddr_in6, libc::socklen_t)>,
+) -> Vec<libc::mmsghdr> {
+    iovecs
+        .iter_mut()
+        .zip(names)
+        .map(|(iovec, (name, len))| {
+            // SAFETY: all zeroes is a valid mmsghdr (null pointers, zero lengths).
+            let mut message: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            message.msg_hdr.msg_iov = iovec;
+            message.msg_hdr.msg_iovlen = 1;
+            message.msg_hdr.msg_name = (name as *mut libc::sockaddr_in6).cast();
+            message.msg_hdr.msg_namelen = len;
+            message
+        })
+        .collect()
+}
+
 /// Waits for at least one packet and reads up to [`BATCH`]; their lengths (the source address
 /// of each is in `names`).
 fn recv_batch(
@@ -660,25 +672,15 @@ fn recv_batch(
             iov_len: ANSWER_CAP,
         })
         .collect();
-    // SAFETY: all zeroes is a valid mmsghdr (null pointers, zero lengths); filled in below.
-    let mut messages: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    for ((message, iovec), name) in messages
-        .iter_mut()
-        .zip(iovecs.iter_mut())
-        .zip(names.iter_mut())
-    {
-        message.msg_hdr.msg_iov = iovec;
-        message.msg_hdr.msg_iovlen = 1;
-        message.msg_hdr.msg_name = (name as *mut libc::sockaddr_in6).cast();
-        message.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-    }
+    let full = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    let mut messages = message_headers(&mut iovecs, names.iter_mut().map(|name| (name, full)));
     // SAFETY: every message points at a buffer and a name valid for the lengths given, which
     // live until the call returns.
     let count = unsafe {
         libc::recvmmsg(
             fd.as_raw_fd(),
             messages.as_mut_ptr(),
-            BATCH as libc::c_uint,
+            messages.len() as libc::c_uint,
             libc::MSG_WAITFORONE,
             std::ptr::null_mut(),
         )
