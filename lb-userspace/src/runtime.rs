@@ -21,7 +21,7 @@ use crate::{
     convert::{identity, real_entry, service_key},
     dataplane::{Dataplane, DataplaneError, RealId},
     health::engine::{Engine, EngineStats, Target},
-    ipvsadm::format::{ConnectionListing, Listing, Rates, RealHealth, Stats},
+    ipvsadm::format::{ConnectionListing, Listing, Rates, RealHealth, RealListing, Stats},
     maglev, neighbour,
     plan::{plan, Step},
     state::{DesiredState, RealServer, ServiceAddr},
@@ -453,17 +453,57 @@ impl Runtime {
                 real.health = health
                     .get(&(svc.addr, SocketAddr::new(real.addr, real.port)))
                     .cloned();
-                let Some(id) = self.real_id(&svc.addr, real.addr, real.port) else {
-                    continue;
-                };
-                real.stats = stats(self.dp.real_counters(id)?);
-                real.rates = rates.real(id);
-                let (active, inactive) = conns.get(&id).copied().unwrap_or((0, 0));
-                real.active_conns = active;
-                real.inactive_conns = inactive;
+                self.fill_real(&svc.addr, real, &conns, rates)?;
+            }
+            // A real server in force that is not configured is the sorry server, in use while
+            // the quorum is lost: listed as keepalived's would be (it adds the sorry server to
+            // the IPVS table), with "sorry" for a health state. `-S` saves only what is configured.
+            let extra: Vec<RealServer> = applied
+                .map(|a| {
+                    a.reals
+                        .iter()
+                        .filter(|r| {
+                            !svc.reals
+                                .iter()
+                                .any(|l| (l.addr, l.port) == (r.addr, r.port))
+                        })
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            for sorry in extra {
+                let mut real = RealListing::idle(&sorry);
+                real.health = Some(RealHealth {
+                    state: "sorry".to_owned(),
+                    check: "sorry server: quorum lost".to_owned(),
+                    last_ok: None,
+                    latency_us: None,
+                    last_failure: None,
+                });
+                self.fill_real(&svc.addr, &mut real, &conns, rates)?;
+                svc.reals.push(real);
             }
         }
         Ok(listing)
+    }
+
+    /// A listed real server's counters, rates and connections, when it is in the data path.
+    fn fill_real(
+        &self,
+        service: &ServiceAddr,
+        real: &mut RealListing,
+        conns: &BTreeMap<RealId, (u32, u32)>,
+        rates: &RateEstimator,
+    ) -> Result<(), DataplaneError> {
+        let Some(id) = self.real_id(service, real.addr, real.port) else {
+            return Ok(());
+        };
+        real.stats = stats(self.dp.real_counters(id)?);
+        real.rates = rates.real(id);
+        let (active, inactive) = conns.get(&id).copied().unwrap_or((0, 0));
+        real.active_conns = active;
+        real.inactive_conns = inactive;
+        Ok(())
     }
 
     /// Active and inactive connections per real server, as ipvsadm counts them: a TCP

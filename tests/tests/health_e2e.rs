@@ -256,3 +256,105 @@ fn half_open_checks_take_out_closed_and_silent_servers_without_connecting() {
     let listing = daemon.adm_ok(&["-L", "-n"]);
     assert_eq!(listing.matches(" up").count(), 3, "{listing}");
 }
+
+/// What `n` fresh connections from the client to the VIP got, one answer (the page's first
+/// word) per connection.
+fn answers(lab: &DrLab, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let out = lab
+                .client
+                .run(&format!("curl -s --max-time 2 http://{VIP}/"));
+            let page = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if page.is_empty() {
+                "FAILED".to_owned()
+            } else {
+                page
+            }
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_lost_quorum_sends_new_flows_to_the_sorry_server_until_it_is_back() {
+    root::require();
+    let lab = DrLab::new(3);
+    let daemon = Daemon::start(&lab.balancer);
+    let vip = format!("{VIP}:80");
+    let sorry = format!("{}:80", real_addr(2));
+    daemon.adm_ok(&[
+        "-A",
+        "-t",
+        &vip,
+        "-s",
+        "mh",
+        "--check",
+        "http",
+        "--check-expect",
+        "rs",
+        "--check-interval",
+        "500ms",
+        "--check-timeout",
+        "300ms",
+        "--rise",
+        "2",
+        "--fall",
+        "2",
+        "--quorum",
+        "2",
+        "--sorry-server",
+        &sorry,
+    ]);
+    for i in 0..2 {
+        let real = format!("{}:80", real_addr(i));
+        daemon.adm_ok(&["-a", "-t", &vip, "-r", &real, "-g"]);
+    }
+    for i in 0..2 {
+        wait_for(&daemon, i, "up", 5.0);
+    }
+    let before = answers(&lab, 20);
+    assert!(
+        before.iter().all(|a| a == "rs1" || a == "rs2"),
+        "with the quorum, only the real servers answer: {before:?}"
+    );
+    let listing = daemon.adm_ok(&["-L", "-n"]);
+    assert!(!listing.contains(&sorry), "{listing}");
+
+    // rs1 fails: live weight 1 < quorum 2, so the sorry server takes every new flow.
+    lab.stop_web_server(0);
+    wait_for(&daemon, 0, "down", FALL * INTERVAL + TIMEOUT + SLACK);
+    wait_for(&daemon, 2, "sorry", 2.0);
+    let during = answers(&lab, 20);
+    assert!(
+        during.iter().all(|a| a == "rs3"),
+        "without the quorum, the sorry server answers: {during:?}"
+    );
+    let health = daemon.adm_ok(&["-L", "-n", "--health"]);
+    assert!(health.contains("sorry server: quorum lost"), "{health}");
+    let saved = daemon.adm_ok(&["-S", "-n"]);
+    assert!(
+        saved.contains(&format!("--sorry-server {sorry}"))
+            && !saved.contains(&format!("-r {sorry}")),
+        "the sorry server is saved as such, not as a real server:\n{saved}"
+    );
+
+    // rs1 is back: the quorum holds again and the sorry server leaves.
+    lab.start_web_server(0);
+    wait_for(&daemon, 0, "up", RISE * INTERVAL + TIMEOUT + SLACK);
+    // The table is rebuilt on the health event, right after the state shows.
+    let start = Instant::now();
+    while daemon.adm_ok(&["-L", "-n"]).contains(&sorry) {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "the sorry server is still in use:\n{}",
+            daemon.adm_ok(&["-L", "-n"])
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = answers(&lab, 20);
+    assert!(
+        after.iter().all(|a| a == "rs1" || a == "rs2") && after.iter().any(|a| a == "rs1"),
+        "with the quorum back, the real servers answer again: {after:?}"
+    );
+}
