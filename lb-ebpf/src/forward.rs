@@ -188,10 +188,11 @@ fn next_hop(
         ifindex: params.ifindex,
         ingress_ifindex: ingress,
         mtu: if mtu == u32::from(ip_len) { 0 } else { mtu },
-        // SAFETY: the union holds the address family the lookup was made for.
         src: if real.family == FAMILY_V4 {
+            // SAFETY: the union holds the address family the lookup was made for.
             [unsafe { params.__bindgen_anon_3.ipv4_src }, 0, 0, 0]
         } else {
+            // SAFETY: as above.
             unsafe { params.__bindgen_anon_3.ipv6_src }
         },
         dmac: params.dmac,
@@ -355,6 +356,7 @@ fn write_outer_v4(
     let id = if packet.dont_fragment {
         0
     } else {
+        // SAFETY: the helper takes nothing and has no preconditions.
         (unsafe { bpf_get_prandom_u32() }) as u16
     };
     let frags: u16 = if packet.dont_fragment { 0x4000 } else { 0 };

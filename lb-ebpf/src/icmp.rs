@@ -27,14 +27,13 @@ const ICMP_HDR_LEN: usize = 8;
 const IPV4_HDR_LEN: usize = 20;
 const IPV6_HDR_LEN: usize = 40;
 
+/// The original packet's destination and source MACs and VLAN tag, to reply with.
+type ReplyL2 = ([u8; 6], [u8; 6], Option<[u8; 4]>);
+
 /// Cuts the packet to L2 + QUOTE and makes room for `headers` bytes of new headers in front.
 /// Returns the MACs and VLAN tag of the original, to reply with.
 #[inline(always)]
-fn reshape(
-    ctx: &XdpContext,
-    packet: &Packet,
-    headers: usize,
-) -> Option<([u8; 6], [u8; 6], Option<[u8; 4]>)> {
+fn reshape(ctx: &XdpContext, packet: &Packet, headers: usize) -> Option<ReplyL2> {
     let eth = ptr_at::<[u8; 12]>(ctx, 0)?;
     // SAFETY: ptr_at checked that the bytes lie inside the packet.
     let eth = unsafe { *eth };

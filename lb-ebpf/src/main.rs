@@ -8,6 +8,9 @@
 //! forwarded is counted by reason ([`verdict`]).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Map keys are passed to the map helpers by reference, as the kernel takes them: by value they
+// would be copied onto the 512-byte BPF stack first (a flow key is 40 bytes).
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 #[cfg(target_arch = "bpf")]
 mod conntrack;

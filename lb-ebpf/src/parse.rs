@@ -161,7 +161,7 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
     if frags & IP_MF != 0 {
         return Err(Verdict::drop(GlobalStat::DropFragmentFirst));
     }
-    let proto = ip.proto as u8;
+    let proto = ip.proto;
     let l4 = l3 + ihl * 4;
     if ptr_at::<u8>(ctx, l4 - 1).is_none() {
         return Err(Verdict::pass(GlobalStat::PassBadIhl));
@@ -211,7 +211,7 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
     // SAFETY: ptr_at checked that the header lies inside the packet.
     let inner = unsafe { &*inner };
     let inner_ihl = (inner.vihl & 0x0f) as usize;
-    let inner_proto = inner.proto as u8;
+    let inner_proto = inner.proto;
     if inner.vihl >> 4 != 4
         || inner_ihl < 5
         || (inner_proto != PROTO_TCP && inner_proto != PROTO_UDP)
@@ -254,7 +254,7 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
     if ip.hop_limit == 0 {
         return Err(Verdict::drop(GlobalStat::DropTtl));
     }
-    let proto = ip.next_hdr as u8;
+    let proto = ip.next_hdr;
     let l4 = l3 + Ipv6Hdr::LEN;
     let mut packet = Packet {
         flow: FlowKey {
@@ -308,7 +308,7 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
         ptr_at(ctx, inner_l3).ok_or(Verdict::drop(GlobalStat::DropTruncatedL4))?;
     // SAFETY: ptr_at checked that the header lies inside the packet.
     let inner = unsafe { &*inner };
-    let inner_proto = inner.next_hdr as u8;
+    let inner_proto = inner.next_hdr;
     if inner_proto != PROTO_TCP && inner_proto != PROTO_UDP {
         return Err(Verdict::pass(GlobalStat::PassOtherProto));
     }

@@ -8,6 +8,8 @@
 //! - `bench`: the benchmarks, as ratios against baselines measured in the same run.
 //! - `test`: setup, unit tests, then as root the data-path (BPF_PROG_TEST_RUN) and
 //!   network-namespace end-to-end tests.
+//! - `lint`: rustfmt check, clippy on the workspace and, with nightly, on the eBPF crate, all
+//!   with warnings as errors.
 
 mod setup;
 
@@ -63,6 +65,8 @@ enum Cmd {
         /// Only these: data-path, maglev, health (all when none is named).
         only: Vec<String>,
     },
+    /// Check formatting, and lint the workspace and the eBPF crate with clippy (-D warnings).
+    Lint,
     /// Run every test: unit tests, then (as root) data-path and end-to-end tests.
     Test {
         /// Only the unit tests, which need no root.
@@ -125,6 +129,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Lint => lint(),
         Cmd::Test { unit_only, filter } => test(unit_only, filter),
     }
 }
@@ -181,6 +186,42 @@ fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
 }
 
 /// Runs cargo with the workspace's toolchain from the workspace root.
+/// rustfmt, clippy on the workspace (without building the eBPF object a second time), and clippy
+/// on the eBPF crate, which only builds for the BPF target with nightly.
+fn lint() -> Result<()> {
+    setup::toolchain()?;
+    setup::nightly_component("clippy")?;
+    cargo(&["fmt", "--all", "--", "--check"], false)?;
+    let root = setup::workspace_root()?;
+    setup::run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["clippy", "--all-targets", "--", "-D", "warnings"])
+            .env("AYA_BUILD_SKIP", "1")
+            .current_dir(&root),
+        "clippy on the workspace",
+    )?;
+    setup::run(
+        Command::new("rustup")
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "-p",
+                "lb-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .current_dir(&root),
+        "clippy on the eBPF crate (nightly)",
+    )
+}
+
 fn cargo(args: &[&str], release: bool) -> Result<()> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.args(args).current_dir(setup::workspace_root()?);

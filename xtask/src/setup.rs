@@ -74,7 +74,7 @@ fn output(cmd: &mut Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<()> {
+pub fn run(cmd: &mut Command, what: &str) -> Result<()> {
     println!("xtask: {what}");
     let status = cmd
         .status()
@@ -108,6 +108,12 @@ pub fn toolchain() -> Result<()> {
             "installing the nightly toolchain",
         )?;
     }
+    nightly_component("rust-src")?;
+    bpf_linker()
+}
+
+/// Adds `component` (rust-src, clippy) to the nightly toolchain unless it is there.
+pub fn nightly_component(component: &str) -> Result<()> {
     let components = output(Command::new("rustup").args([
         "component",
         "list",
@@ -116,13 +122,13 @@ pub fn toolchain() -> Result<()> {
         "--installed",
     ]))
     .unwrap_or_default();
-    if !components.lines().any(|l| l.starts_with("rust-src")) {
+    if !components.lines().any(|l| l.starts_with(component)) {
         run(
-            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
-            "adding rust-src to nightly",
+            Command::new("rustup").args(["component", "add", component, "--toolchain", "nightly"]),
+            &format!("adding {component} to nightly"),
         )?;
     }
-    bpf_linker()
+    Ok(())
 }
 
 /// bpf-linker built against the nightly rustc's own libLLVM: no system LLVM of that version
