@@ -53,10 +53,10 @@ fn wait_for(daemon: &Daemon<'_>, i: usize, state: &str, within: f64) -> f64 {
     }
 }
 
-/// The VIP's port 80 service, checked with `check` at this file's timing (500 ms interval,
-/// 300 ms timeout, rise 2, fall 2), with the lab's three real servers by direct routing; returns
-/// once all three are up.
-fn service_of_three(daemon: &Daemon<'_>, check: &[&str]) {
+/// The VIP's port 80 service, with `options` (its check and more) at this file's check timing
+/// (500 ms interval, 300 ms timeout, rise 2, fall 2), and the lab's first `reals` real servers by
+/// direct routing; returns once they are all up.
+fn checked_service(daemon: &Daemon<'_>, options: &[&str], reals: usize) {
     let vip = format!("{VIP}:80");
     let timing = [
         "--check-interval",
@@ -69,14 +69,14 @@ fn service_of_three(daemon: &Daemon<'_>, check: &[&str]) {
         "2",
     ];
     let mut add = vec!["-A", "-t", vip.as_str(), "-s", "mh"];
-    add.extend_from_slice(check);
+    add.extend_from_slice(options);
     add.extend_from_slice(&timing);
     daemon.adm_ok(&add);
-    for i in 0..3 {
+    for i in 0..reals {
         let real = format!("{}:80", real_addr(i));
         daemon.adm_ok(&["-a", "-t", &vip, "-r", &real, "-g"]);
     }
-    for i in 0..3 {
+    for i in 0..reals {
         wait_for(daemon, i, "up", 5.0);
     }
 }
@@ -87,7 +87,7 @@ fn failed_servers_leave_and_come_back_while_a_client_keeps_requesting() {
     root::require();
     let lab = DrLab::new(3);
     let daemon = Daemon::start(&lab.balancer);
-    service_of_three(
+    checked_service(
         &daemon,
         &[
             "--check",
@@ -97,6 +97,7 @@ fn failed_servers_leave_and_come_back_while_a_client_keeps_requesting() {
             "--check-expect",
             "rs",
         ],
+        3,
     );
     // The check settings are saved with the service.
     let saved = daemon.adm_ok(&["-S", "-n"]);
@@ -210,7 +211,7 @@ fn half_open_checks_take_out_closed_and_silent_servers_without_connecting() {
     root::require();
     let lab = DrLab::new(3);
     let daemon = Daemon::start(&lab.balancer);
-    service_of_three(&daemon, &["--check", "tcp-half-open"]);
+    checked_service(&daemon, &["--check", "tcp-half-open"], 3);
     assert!(
         daemon
             .adm_ok(&["-S", "-n"])
@@ -281,38 +282,21 @@ fn a_lost_quorum_sends_new_flows_to_the_sorry_server_until_it_is_back() {
     root::require();
     let lab = DrLab::new(3);
     let daemon = Daemon::start(&lab.balancer);
-    let vip = format!("{VIP}:80");
     let sorry = format!("{}:80", real_addr(2));
-    daemon.adm_ok(&[
-        "-A",
-        "-t",
-        &vip,
-        "-s",
-        "mh",
-        "--check",
-        "http",
-        "--check-expect",
-        "rs",
-        "--check-interval",
-        "500ms",
-        "--check-timeout",
-        "300ms",
-        "--rise",
-        "2",
-        "--fall",
-        "2",
-        "--quorum",
-        "2",
-        "--sorry-server",
-        &sorry,
-    ]);
-    for i in 0..2 {
-        let real = format!("{}:80", real_addr(i));
-        daemon.adm_ok(&["-a", "-t", &vip, "-r", &real, "-g"]);
-    }
-    for i in 0..2 {
-        wait_for(&daemon, i, "up", 5.0);
-    }
+    checked_service(
+        &daemon,
+        &[
+            "--check",
+            "http",
+            "--check-expect",
+            "rs",
+            "--quorum",
+            "2",
+            "--sorry-server",
+            &sorry,
+        ],
+        2,
+    );
     let before = answers(&lab, 20);
     assert!(
         before.iter().all(|a| a == "rs1" || a == "rs2"),
