@@ -102,12 +102,7 @@ fn run(cli: Cli) -> Result<()> {
             setup::require_root("xlbd loads XDP programs")?;
             setup::require_btf()?;
             cargo(&["build", "--bin", "xlbd"], release)?;
-            let profile = if release { "release" } else { "debug" };
-            let xlbd = setup::target_dir()?.join(profile).join("xlbd");
-            let status = Command::new(&xlbd)
-                .args(&args)
-                .status()
-                .with_context(|| format!("running {}", xlbd.display()))?;
+            let status = run_built(release, "xlbd", &args)?;
             if !status.success() {
                 bail!("xlbd exited with {status}");
             }
@@ -119,11 +114,7 @@ fn run(cli: Cli) -> Result<()> {
             setup::require_root("the benchmarks load XDP programs")?;
             setup::require_btf()?;
             cargo(&["build", "-p", "xlb-tests", "--bin", "xlb-bench"], true)?;
-            let bench = setup::target_dir()?.join("release").join("xlb-bench");
-            let status = Command::new(&bench)
-                .args(&only)
-                .status()
-                .with_context(|| format!("running {}", bench.display()))?;
+            let status = run_built(true, "xlb-bench", &only)?;
             if !status.success() {
                 bail!("the benchmarks failed ({status})");
             }
@@ -186,6 +177,16 @@ fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
 }
 
 /// Runs cargo with the workspace's toolchain from the workspace root.
+/// Runs `binary`, as built in the release or debug profile, with `args`; its exit status.
+fn run_built(release: bool, binary: &str, args: &[String]) -> Result<std::process::ExitStatus> {
+    let profile = if release { "release" } else { "debug" };
+    let path = setup::target_dir()?.join(profile).join(binary);
+    Command::new(&path)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {}", path.display()))
+}
+
 /// rustfmt, clippy on the workspace (without building the eBPF object a second time), and clippy
 /// on the eBPF crate, which only builds for the BPF target with nightly.
 fn lint() -> Result<()> {
