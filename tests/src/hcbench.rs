@@ -407,27 +407,15 @@ impl Lab {
             for addr in targets.by_ref().take(500) {
                 connect_and_reset(*addr).with_context(|| format!("connect to {addr}"))?;
             }
-            let before = (CpuTimes::read(CHECKER_CPU)?, thread_runtime()?);
-            let start = Instant::now();
-            let mut connections = 0u64;
-            while start.elapsed() < duration {
+            measure_rounds(duration, None, || {
                 for addr in targets.by_ref().take(100) {
                     connect_and_reset(*addr).with_context(|| format!("connect to {addr}"))?;
                 }
-                connections += 100;
-            }
-            let after = (CpuTimes::read(CHECKER_CPU)?, thread_runtime()?);
-            Ok(BareConnects {
-                connections,
-                wall: after.0.at.saturating_sub(before.0.at),
-                busy: after.0.busy_time().saturating_sub(before.0.busy_time()),
-                thread: after.1.saturating_sub(before.1),
+                Ok(100)
             })
         })
     }
-}
 
-impl Lab {
     /// Bare half-open probes from the checker's core, over the targets, for about `duration`:
     /// every `period`, `batch` SYNs sent with one `sendmmsg` and their answers read, with the
     /// same raw socket and filter as the checker's, then a sleep until the next period. The
@@ -478,25 +466,40 @@ impl Lab {
             for _ in 0..50 {
                 round(batch)?;
             }
-            let before = (CpuTimes::read(CHECKER_CPU)?, thread_runtime()?);
-            let start = Instant::now();
-            let mut next = start;
-            let mut probes = 0u64;
-            while start.elapsed() < duration {
+            measure_rounds(duration, Some(period), || {
                 round(batch)?;
-                probes += batch as u64;
-                next += period;
-                std::thread::sleep(next.saturating_duration_since(Instant::now()));
-            }
-            let after = (CpuTimes::read(CHECKER_CPU)?, thread_runtime()?);
-            Ok(BareConnects {
-                connections: probes,
-                wall: after.0.at.saturating_sub(before.0.at),
-                busy: after.0.busy_time().saturating_sub(before.0.busy_time()),
-                thread: after.1.saturating_sub(before.1),
+                Ok(batch as u64)
             })
         })
     }
+}
+
+/// Runs `round` (which says how many exchanges it made) again and again for about `duration`,
+/// one every `period` if given (sleeping in between) or back to back, and measures the checker's
+/// core and the calling thread meanwhile.
+fn measure_rounds(
+    duration: Duration,
+    period: Option<Duration>,
+    mut round: impl FnMut() -> anyhow::Result<u64>,
+) -> anyhow::Result<BareConnects> {
+    let before = (CpuTimes::read(CHECKER_CPU)?, thread_runtime()?);
+    let start = Instant::now();
+    let mut next = start;
+    let mut connections = 0u64;
+    while start.elapsed() < duration {
+        connections += round()?;
+        if let Some(period) = period {
+            next += period;
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+    }
+    let after = (CpuTimes::read(CHECKER_CPU)?, thread_runtime()?);
+    Ok(BareConnects {
+        connections,
+        wall: after.0.at.saturating_sub(before.0.at),
+        busy: after.0.busy_time().saturating_sub(before.0.busy_time()),
+        thread: after.1.saturating_sub(before.1),
+    })
 }
 
 /// What [`Lab::bare_connects`] and [`Lab::bare_half_open`] measured.
