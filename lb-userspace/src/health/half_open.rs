@@ -295,7 +295,9 @@ impl Prober {
             });
         }
         let outcome = receiver.await.map_err(|_| ProbeError::Stopped)?;
-        drop(waiting);
+        // Whoever completed the channel (the receiver, or a flush that could not send) took
+        // the entry out: nothing is left to forget, and the lock need not be taken again.
+        waiting.disarm();
         outcome.map_err(|errno| ProbeError::Send(io::Error::from_raw_os_error(errno)))
     }
 
@@ -355,6 +357,13 @@ impl Drop for FlushScheduled {
 struct Waiting<'a> {
     prober: &'a Prober,
     key: Key,
+}
+
+impl Waiting<'_> {
+    /// The probe ended with its entry already gone.
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
 }
 
 impl Drop for Waiting<'_> {
