@@ -6,6 +6,7 @@
 //! - [`dataplane`]: the only code that touches the balancer's BPF maps; a typed API over them.
 //! - [`decap`]: the real-server decapsulator (`xlbd decap`).
 //! - [`links`]: attaching XDP programs through pinned bpf_links.
+//! - [`endpoint`]: what names a virtual service and how packets reach a real server (pure).
 //! - [`state`]: the desired state (virtual services, real servers) and ipvsadm's operations on it (pure).
 //! - [`ipvsadm`]: xlbadm's ipvsadm-compatible command line, listings and save/restore format (pure).
 //! - [`neighbour`]: keeping real servers' next hops resolved in the kernel.
@@ -23,6 +24,7 @@ pub mod control;
 pub mod convert;
 pub mod dataplane;
 pub mod decap;
+pub mod endpoint;
 pub mod health;
 pub mod ipvsadm;
 pub mod links;

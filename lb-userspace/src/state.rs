@@ -11,15 +11,15 @@
 //! content compare equal and serialize the same whatever order they were built in.
 
 use std::{
-    cmp::Ordering,
     collections::BTreeMap,
-    fmt,
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+// The identities are the model's too: callers name them through this module.
+pub use crate::endpoint::{Forwarding, Protocol, ServiceAddr};
 use crate::health::config::{CheckOptions, ConfigError, ServiceHealth};
 
 /// ipvsadm's persistence timeout when `-p` has no value: libipvs' `IPVS_SVC_PERSISTENT_TIMEOUT`
@@ -38,51 +38,6 @@ pub const MAX_WEIGHT: u32 = 65_535;
 
 /// The largest connection threshold ipvsadm accepts (`-x`/`-y` are parsed up to `INT_MAX`).
 pub const MAX_THRESHOLD: u32 = 0x7fff_ffff;
-
-/// The transport protocol of a virtual service (`-t` or `-u`).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// `-t`, `--tcp-service`.
-    Tcp,
-    /// `-u`, `--udp-service`.
-    Udp,
-}
-
-/// What identifies a virtual service: protocol, address and port, as ipvsadm's service-address.
-/// Port 0 is ipvsadm's "all ports" service, which must be persistent.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceAddr {
-    /// TCP or UDP.
-    pub protocol: Protocol,
-    /// The virtual IP.
-    pub addr: IpAddr,
-    /// The virtual port; 0 = every port of the VIP.
-    pub port: u16,
-}
-
-impl fmt::Display for ServiceAddr {
-    /// As ipvsadm prints an address and port: `10.0.0.1:80`, `[2001:db8::1]:80`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        SocketAddr::new(self.addr, self.port).fmt(f)
-    }
-}
-
-impl Ord for ServiceAddr {
-    /// ipvsadm's listing order (libipvs `ipvs_cmp_services`): address family first, so that all
-    /// IPv4 services come before IPv6 ones, then protocol (TCP before UDP), address and port.
-    fn cmp(&self, other: &Self) -> Ordering {
-        let key = |s: &Self| (s.addr.is_ipv6(), s.protocol, s.addr, s.port);
-        key(self).cmp(&key(other))
-    }
-}
-
-impl PartialOrd for ServiceAddr {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
 
 /// How a service picks the real server for a new flow (`-s`).
 ///
@@ -180,19 +135,6 @@ impl Persistence {
             netmask: Netmask::host(addr),
         }
     }
-}
-
-/// How packets reach a real server. Both leave the reply to go straight back to the client; NAT
-/// (ipvsadm's `-m`) is not supported because the balancer never sees replies.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[serde(rename_all = "snake_case")]
-pub enum Forwarding {
-    /// `-g`: rewrite the destination MAC (LVS-DR); ipvsadm prints it as "Route". The default,
-    /// as in ipvsadm.
-    #[default]
-    DirectRoute,
-    /// `-i`: IP-in-IP encapsulation (LVS-TUN); ipvsadm prints it as "Tunnel".
-    Tunnel,
 }
 
 /// One real server of a virtual service.

@@ -30,7 +30,7 @@ use regex::bytes::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::state::{Forwarding, ServiceAddr};
+use crate::endpoint::{Forwarding, ServiceAddr};
 
 /// How long between two checks of a target without `--check-interval` (HAProxy's `inter`).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
@@ -1460,7 +1460,7 @@ mod option_duration_text {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Protocol;
+    use crate::endpoint::Protocol;
 
     fn options(flags: &[(&str, Option<&str>)]) -> CheckOptions {
         let mut options = CheckOptions::default();
