@@ -16,12 +16,10 @@ use tokio::{
 };
 
 use crate::{
-    ipvsadm::{
-        format::{ConnectionListing, Listing},
-        save,
-    },
+    ipvsadm::save,
     runtime::{RateEstimator, Runtime},
     state::{Change, DesiredState, ServiceAddr},
+    status::{ConnectionListing, Listing},
 };
 
 /// The default control socket.

@@ -16,6 +16,7 @@
 //! - [`config`]: the configuration file, checked by xlbadm's rules.
 //! - [`control`]: the control socket between xlbadm and xlbd.
 //! - [`health`]: health checks of real servers and what they mean for the tables.
+//! - [`status`]: the status model (services, servers, counters, health, connections) that `-L` and the metrics render.
 //! - [`metrics`]: Prometheus metrics and the status page over HTTP.
 
 mod batch;
@@ -35,3 +36,4 @@ pub mod plan;
 pub mod program;
 pub mod runtime;
 pub mod state;
+pub mod status;

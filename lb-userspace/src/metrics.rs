@@ -26,8 +26,8 @@ use crate::{
     control::Shared,
     dataplane::DataplaneError,
     health::{engine::EngineStats, machine::Health},
-    ipvsadm::format::{Listing, RealListing, ServiceListing},
     state::{Forwarding, Protocol},
+    status::{Listing, RealListing, ServiceListing},
 };
 
 /// Where xlbd serves metrics unless told otherwise: loopback only, since the page shows the
@@ -807,8 +807,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        ipvsadm::format::{Rates, RealHealth, Stats},
         state::{Scheduler, ServiceAddr},
+        status::{Rates, RealHealth, Stats},
     };
 
     fn real(last: u8, weight: u32, health: Option<RealHealth>) -> RealListing {

@@ -21,10 +21,10 @@ use crate::{
     convert::{identity, real_entry, service_key},
     dataplane::{Dataplane, DataplaneError, RealId},
     health::engine::{Engine, EngineStats, Target},
-    ipvsadm::format::{ConnectionListing, Listing, Rates, RealHealth, RealListing, Stats},
     maglev, neighbour,
     plan::{plan, Step},
     state::{DesiredState, RealServer, ServiceAddr},
+    status::{ConnectionListing, Listing, Rates, RealHealth, RealListing, Stats},
 };
 
 /// Why a change could not be applied.

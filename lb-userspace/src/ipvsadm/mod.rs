@@ -3,7 +3,7 @@
 //! the binaries read arguments and stdin, talk to the daemon and print.
 //!
 //! - [`parse`]: a command line into a [`Command`].
-//! - [`format`]: the `-L` listings from a [`Listing`] snapshot.
+//! - [`format`]: the `-L` listings from a [`Listing`](crate::status::Listing) snapshot.
 //! - [`save`]: `-S` output from a [`DesiredState`](crate::state::DesiredState), `-R` input back.
 //!
 //! Where xlb departs from ipvsadm (default scheduler `mh`, no NAT, no firewall marks, restore is
@@ -15,6 +15,6 @@ pub mod save;
 
 mod ports;
 
-pub use format::{format_listing, ListError, Listing, Rates, RealListing, ServiceListing, Stats};
+pub use format::{format_listing, ListError};
 pub use parse::{parse, usage, Command, Invocation, ListOptions, ParseError};
 pub use save::{restore, save, RestoreError, RestoreFailure};
