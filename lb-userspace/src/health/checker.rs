@@ -522,22 +522,21 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use serde_json::{json, Value};
+
     use crate::health::config::CheckOptions;
 
     const REAL: &str = "127.0.0.1";
 
-    fn spec(flags: &[(&str, Option<&str>)]) -> CheckSpec {
-        let mut options = CheckOptions::default();
-        for (name, value) in flags {
-            options
-                .set(name, *value)
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-        }
+    /// The check that `options` describe, written as the configuration file's keys.
+    fn spec(options: Value) -> CheckSpec {
+        let options: CheckOptions =
+            serde_json::from_value(options.clone()).unwrap_or_else(|e| panic!("{options}: {e}"));
         options.build().expect("valid options").expect("a check")
     }
 
-    async fn run(flags: &[(&str, Option<&str>)], target: SocketAddr) -> CheckResult {
-        let probe = Probe::new(&spec(flags), target).expect("probe");
+    async fn run(options: Value, target: SocketAddr) -> CheckResult {
+        let probe = Probe::new(&spec(options), target).expect("probe");
         tokio::time::timeout(Duration::from_secs(10), probe.run())
             .await
             .expect("a check ends within its timeout")
@@ -594,11 +593,11 @@ mod tests {
     #[tokio::test]
     async fn a_tcp_check_passes_on_an_open_port_and_fails_on_a_closed_one() {
         let (listener, open) = listener().await;
-        let result = run(&[("--check", Some("tcp"))], open).await;
+        let result = run(json!({"kind": "tcp"}), open).await;
         assert!(result.ok, "{result:?}");
         assert_eq!(result.reason, None);
         drop(listener);
-        let result = run(&[("--check", Some("tcp"))], closed_port().await).await;
+        let result = run(json!({"kind": "tcp"}), closed_port().await).await;
         assert!(!result.ok);
         let reason = result.reason.expect("a reason");
         assert!(reason.starts_with("connect: "), "{reason}");
@@ -608,13 +607,13 @@ mod tests {
     #[ignore = "needs root (a raw socket)"]
     async fn a_half_open_check_passes_on_a_listening_port_and_fails_on_a_closed_one() {
         let (listener, open) = listener().await;
-        let result = run(&[("--check", Some("tcp-half-open"))], open).await;
+        let result = run(json!({"kind": "tcp-half-open"}), open).await;
         assert!(result.ok, "{result:?}");
         // The server never saw a connection: the kernel reset the half-open one.
         let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
         assert!(accepted.is_err(), "the listener accepted {accepted:?}");
         drop(listener);
-        let result = run(&[("--check", Some("tcp-half-open"))], closed_port().await).await;
+        let result = run(json!({"kind": "tcp-half-open"}), closed_port().await).await;
         assert!(!result.ok);
         assert_eq!(result.reason.as_deref(), Some("connect: refused (reset)"));
     }
@@ -624,9 +623,8 @@ mod tests {
     async fn a_half_open_check_works_over_ipv6_and_many_at_once() {
         let listener = TcpListener::bind("[::1]:0").await.expect("listener");
         let open = listener.local_addr().expect("address");
-        let probe = Arc::new(
-            Probe::new(&spec(&[("--check", Some("tcp-half-open"))]), open).expect("probe"),
-        );
+        let probe =
+            Arc::new(Probe::new(&spec(json!({"kind": "tcp-half-open"})), open).expect("probe"));
         let checks: Vec<_> = (0..200)
             .map(|_| {
                 let probe = probe.clone();
@@ -644,11 +642,8 @@ mod tests {
         let (_listener, open) = listener().await;
         let port = open.port().to_string();
         let closed_real = closed_port().await;
-        let flags = [
-            ("--check", Some("tcp")),
-            ("--check-port", Some(port.as_str())),
-        ];
-        let probe = Probe::new(&spec(&flags), closed_real).expect("probe");
+        let options = json!({"kind": "tcp", "port": port.parse::<u16>().expect("a port")});
+        let probe = Probe::new(&spec(options), closed_real).expect("probe");
         assert_eq!(probe.target(), open);
         assert!(probe.run().await.ok);
     }
@@ -657,11 +652,7 @@ mod tests {
     async fn an_http_check_sends_a_get_with_a_host_header_and_takes_a_200() {
         let (addr, mut requests) = http_server(OK_PAGE, Duration::ZERO).await;
         let result = run(
-            &[
-                ("--check", Some("http")),
-                ("--check-path", Some("/healthz")),
-                ("--check-host", Some("www.example.com")),
-            ],
+            json!({"kind": "http", "path": "/healthz", "host": "www.example.com"}),
             addr,
         )
         .await;
@@ -680,7 +671,7 @@ mod tests {
     #[tokio::test]
     async fn an_http_check_without_a_host_sends_the_checked_address() {
         let (addr, mut requests) = http_server(OK_PAGE, Duration::ZERO).await;
-        assert!(run(&[("--check", Some("http"))], addr).await.ok);
+        assert!(run(json!({"kind": "http"}), addr).await.ok);
         let request = requests.recv().await.expect("a request");
         assert!(
             request.contains(&format!("\r\nHost: {addr}\r\n")),
@@ -691,32 +682,11 @@ mod tests {
     #[tokio::test]
     async fn an_http_check_looks_for_its_keyword_in_the_body() {
         let (addr, _requests) = http_server(OK_PAGE, Duration::ZERO).await;
-        let found = run(
-            &[
-                ("--check", Some("http")),
-                ("--check-expect", Some("all good")),
-            ],
-            addr,
-        )
-        .await;
+        let found = run(json!({"kind": "http", "expect": "all good"}), addr).await;
         assert!(found.ok, "{found:?}");
-        let regex = run(
-            &[
-                ("--check", Some("http")),
-                ("--check-expect", Some("~^status: \\w+")),
-            ],
-            addr,
-        )
-        .await;
+        let regex = run(json!({"kind": "http", "expect": "~^status: \\w+"}), addr).await;
         assert!(regex.ok, "{regex:?}");
-        let missing = run(
-            &[
-                ("--check", Some("http")),
-                ("--check-expect", Some("Content-Type")),
-            ],
-            addr,
-        )
-        .await;
+        let missing = run(json!({"kind": "http", "expect": "Content-Type"}), addr).await;
         assert!(!missing.ok, "a header is not the body");
         assert_eq!(
             missing.reason.as_deref(),
@@ -731,27 +701,20 @@ mod tests {
             Duration::ZERO,
         )
         .await;
-        let result = run(&[("--check", Some("http"))], addr).await;
+        let result = run(json!({"kind": "http"}), addr).await;
         assert!(!result.ok);
         assert_eq!(
             result.reason.as_deref(),
             Some("status 500, expected 200-399")
         );
-        let accepted = run(
-            &[
-                ("--check", Some("http")),
-                ("--check-status", Some("200,500")),
-            ],
-            addr,
-        )
-        .await;
+        let accepted = run(json!({"kind": "http", "status": "200,500"}), addr).await;
         assert!(accepted.ok, "500 is good when listed");
     }
 
     #[tokio::test]
     async fn a_server_that_is_not_http_fails_with_what_it_said() {
         let (addr, _requests) = http_server("SSH-2.0-OpenSSH_9.2\r\n", Duration::ZERO).await;
-        let result = run(&[("--check", Some("http"))], addr).await;
+        let result = run(json!({"kind": "http"}), addr).await;
         assert_eq!(
             result.reason.as_deref(),
             Some("not an HTTP response: \"SSH-2.0-OpenSSH_9.2\\r\"")
@@ -762,11 +725,7 @@ mod tests {
     async fn a_server_slower_than_the_timeout_fails_in_time() {
         let (addr, _requests) = http_server(OK_PAGE, Duration::from_secs(3)).await;
         let result = run(
-            &[
-                ("--check", Some("http")),
-                ("--check-timeout", Some("200ms")),
-                ("--check-interval", Some("1s")),
-            ],
+            json!({"kind": "http", "timeout": "200ms", "interval": "1s"}),
             addr,
         )
         .await;
@@ -813,7 +772,7 @@ mod tests {
     #[tokio::test]
     async fn an_https_check_refuses_a_self_signed_certificate_unless_verification_is_off() {
         let addr = https_server().await;
-        let verified = run(&[("--check", Some("https"))], addr).await;
+        let verified = run(json!({"kind": "https"}), addr).await;
         assert!(!verified.ok);
         let reason = verified.reason.expect("a reason");
         assert!(
@@ -821,11 +780,7 @@ mod tests {
             "{reason}"
         );
         let insecure = run(
-            &[
-                ("--check", Some("https")),
-                ("--check-insecure", None),
-                ("--check-expect", Some("all good")),
-            ],
+            json!({"kind": "https", "insecure": true, "expect": "all good"}),
             addr,
         )
         .await;
@@ -862,21 +817,13 @@ mod tests {
     async fn a_send_expect_check_passes_when_the_reply_matches() {
         let addr = ping_server().await;
         let text = run(
-            &[
-                ("--check", Some("send-expect")),
-                ("--check-send", Some(r"PING\r\n")),
-                ("--check-expect", Some("+PONG")),
-            ],
+            json!({"kind": "send-expect", "send": r"PING\r\n", "expect": "+PONG"}),
             addr,
         )
         .await;
         assert!(text.ok, "{text:?}");
         let regex = run(
-            &[
-                ("--check", Some("send-expect")),
-                ("--check-send", Some(r"PING\r\n")),
-                ("--check-expect", Some(r"~^\+PO.G\r\n$")),
-            ],
+            json!({"kind": "send-expect", "send": r"PING\r\n", "expect": r"~^\+PO.G\r\n$"}),
             addr,
         )
         .await;
@@ -887,11 +834,7 @@ mod tests {
     async fn a_send_expect_check_fails_when_the_reply_differs() {
         let addr = ping_server().await;
         let result = run(
-            &[
-                ("--check", Some("send-expect")),
-                ("--check-send", Some(r"HELLO\r\n")),
-                ("--check-expect", Some("+PONG")),
-            ],
+            json!({"kind": "send-expect", "send": r"HELLO\r\n", "expect": "+PONG"}),
             addr,
         )
         .await;
@@ -905,20 +848,15 @@ mod tests {
     #[tokio::test]
     async fn an_exec_check_is_up_on_exit_zero_and_down_otherwise() {
         let real: SocketAddr = "127.0.0.1:80".parse().expect("address");
-        let exec = |command: &'static str| {
-            [
-                ("--check", Some("exec")),
-                ("--check-command", Some(command)),
-            ]
-        };
-        let up = run(&exec("true"), real).await;
+        let exec = |command: &'static str| json!({"kind": "exec", "command": command});
+        let up = run(exec("true"), real).await;
         assert_eq!((up.ok, up.weight), (true, None));
-        let down = run(&exec("false"), real).await;
+        let down = run(exec("false"), real).await;
         assert_eq!((down.ok, down.reason.as_deref()), (false, Some("exit 1")));
-        let said = run(&exec("echo 'disk full' >&2; exit 7"), real).await;
+        let said = run(exec("echo 'disk full' >&2; exit 7"), real).await;
         assert_eq!(said.reason.as_deref(), Some("exit 7: disk full"));
         let env = run(
-            &exec(r#"test "$XLB_CHECK_ADDR:$XLB_CHECK_PORT" = 127.0.0.1:80"#),
+            exec(r#"test "$XLB_CHECK_ADDR:$XLB_CHECK_PORT" = 127.0.0.1:80"#),
             real,
         )
         .await;
@@ -928,20 +866,14 @@ mod tests {
     #[tokio::test]
     async fn an_exec_check_with_dynamic_weight_takes_its_weight_from_the_exit_code() {
         let real: SocketAddr = "127.0.0.1:80".parse().expect("address");
-        let dynamic = |command: &'static str| {
-            [
-                ("--check", Some("exec")),
-                ("--check-command", Some(command)),
-                ("--check-dynamic-weight", None),
-            ]
-        };
-        let seven = run(&dynamic("exit 7"), real).await;
+        let dynamic = |command: &'static str| json!({"kind": "exec", "command": command, "dynamic_weight": true});
+        let seven = run(dynamic("exit 7"), real).await;
         assert_eq!((seven.ok, seven.weight), (true, Some(5)));
-        let two = run(&dynamic("exit 2"), real).await;
+        let two = run(dynamic("exit 2"), real).await;
         assert_eq!((two.ok, two.weight), (true, Some(0)), "exit 2 is quiescent");
-        let zero = run(&dynamic("exit 0"), real).await;
+        let zero = run(dynamic("exit 0"), real).await;
         assert_eq!((zero.ok, zero.weight), (true, None));
-        let one = run(&dynamic("exit 1"), real).await;
+        let one = run(dynamic("exit 1"), real).await;
         assert!(!one.ok);
     }
 
@@ -949,11 +881,7 @@ mod tests {
     async fn an_exec_check_past_its_timeout_fails_in_time() {
         let real: SocketAddr = "127.0.0.1:80".parse().expect("address");
         let result = run(
-            &[
-                ("--check", Some("exec")),
-                ("--check-command", Some("sleep 10")),
-                ("--check-timeout", Some("200ms")),
-            ],
+            json!({"kind": "exec", "command": "sleep 10", "timeout": "200ms"}),
             real,
         )
         .await;

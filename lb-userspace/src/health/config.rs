@@ -1,23 +1,24 @@
 //! What to check on a real server, how often, and what a service does about failures: the
-//! `--check*` flags and their config-file form, a parser for each flag's value, and the
-//! validation of the whole (pure).
+//! typed health settings of the desired state, their configuration-file form, the text form of
+//! each value, and the validation of the whole (pure). The flags that set them on xlbadm's
+//! command line are [`crate::ipvsadm::check_flags`]'s.
 //!
 //! Options come in two layers. [`CheckOptions`] is what the user wrote, every field optional, on a
 //! service (the default for its real servers) and on a real server (overriding the service's
 //! default field by field); [`CheckOptions::build`] fills in the defaults and validates the result
 //! into a [`CheckSpec`], which is what the checker runs. Store the options (so that `-S` can print
-//! them back with [`CheckOptions::flags`]) and build the spec when the targets are computed.
+//! them back) and build the spec when the targets are computed.
 //!
-//! Value syntax, as `xlbadm` takes it:
+//! Value syntax, in flags and in the configuration file alike:
 //! - durations: a whole number and a unit, `500ms`, `2s`, `1m` (also `us`, `ns`, `h`); a bare
 //!   number is seconds;
-//! - `--check-status`: a code (`200`), a range (`200-299`) or a list of them (`200,301-302`);
-//! - `--check-expect`: the text the HTTP body (or the send/expect reply) must contain; a value
+//! - status codes: a code (`200`), a range (`200-299`) or a list of them (`200,301-302`);
+//! - an expectation: the text the HTTP body (or the send/expect reply) must contain; a value
 //!   starting with `~` is a regular expression instead (`~^OK\b`). To look for a text that itself
 //!   starts with `~`, write it as a regular expression: `~~text` (a `~` is no special character
 //!   in a regular expression);
-//! - `--check-send`: the bytes to send, with the escapes `\r`, `\n`, `\t`, `\0`, `\\` and `\xHH`;
-//! - `--sorry-server`: `RIP` or `RIP:PORT` (`[RIP6]:PORT` for IPv6).
+//! - the text to send: the bytes, with the escapes `\r`, `\n`, `\t`, `\0`, `\\` and `\xHH`;
+//! - a sorry server: `RIP` or `RIP:PORT` (`[RIP6]:PORT` for IPv6).
 
 use std::{
     fmt,
@@ -180,18 +181,6 @@ pub enum ConfigError {
     /// A sorry server of the other address family than its service, with direct routing.
     #[error("a sorry server of another address family than the service needs tunneling")]
     SorryFamilyMismatch,
-    /// A flag that is not a health-check flag.
-    #[error("unknown health-check option {flag}")]
-    UnknownFlag {
-        /// The flag as given.
-        flag: String,
-    },
-    /// A flag that needs a value, given without one.
-    #[error("{flag} needs a value")]
-    MissingValue {
-        /// The flag.
-        flag: &'static str,
-    },
 }
 
 /// What a check does (`--check`).
@@ -633,48 +622,6 @@ pub fn format_duration(d: Duration) -> String {
     format!("{}{unit}", nanos / size)
 }
 
-/// Parses `--check-port` or a port: 1..=65535.
-pub fn parse_port(s: &str) -> Result<u16, ConfigError> {
-    match s.parse::<u16>() {
-        Ok(p) if p != 0 => Ok(p),
-        _ => Err(ConfigError::BadNumber {
-            what: "port",
-            value: s.to_owned(),
-            expected: "a number 1..65535",
-        }),
-    }
-}
-
-/// Parses `--rise` or `--fall` (`what` names which): at least 1.
-pub fn parse_count(what: &'static str, s: &str) -> Result<u32, ConfigError> {
-    match s.parse::<u32>() {
-        Ok(n) if n != 0 => Ok(n),
-        _ => Err(ConfigError::BadNumber {
-            what,
-            value: s.to_owned(),
-            expected: "a whole number of checks, at least 1",
-        }),
-    }
-}
-
-/// Parses `--quorum`: a total weight, 0 meaning that the quorum is never lost.
-pub fn parse_quorum(s: &str) -> Result<u32, ConfigError> {
-    s.parse::<u32>().map_err(|_| ConfigError::BadNumber {
-        what: "quorum",
-        value: s.to_owned(),
-        expected: "a total weight, 0 or more",
-    })
-}
-
-/// Parses `--check-address`: a numeric IPv4 or IPv6 address.
-pub fn parse_addr(s: &str) -> Result<IpAddr, ConfigError> {
-    s.parse().map_err(|_| ConfigError::BadNumber {
-        what: "address",
-        value: s.to_owned(),
-        expected: "a numeric IPv4 or IPv6 address",
-    })
-}
-
 /// The timing of a target's checks and of its state machine.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Timing {
@@ -884,147 +831,6 @@ fn validate_http(http: &HttpCheck, verify: bool) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A health-check flag, as `xlbadm` takes it and `-S` prints it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Flag {
-    /// The long option, with its dashes.
-    pub name: &'static str,
-    /// The value's placeholder in a usage line; `None` for a switch.
-    pub value: Option<&'static str>,
-    /// One line for `--help`.
-    pub help: &'static str,
-}
-
-const fn flag(name: &'static str, value: Option<&'static str>, help: &'static str) -> Flag {
-    Flag { name, value, help }
-}
-
-/// The check flags, accepted on a service (the default for its real servers) and on a real server.
-pub const CHECK_FLAGS: &[Flag] = &[
-    flag(
-        "--check",
-        Some("tcp|tcp-half-open|http|https|send-expect|exec|none"),
-        "what to check (tcp when only other check options are given)",
-    ),
-    flag(
-        "--check-address",
-        Some("IP"),
-        "check this address rather than the real server's",
-    ),
-    flag(
-        "--check-port",
-        Some("PORT"),
-        "check this port rather than the real server's",
-    ),
-    flag(
-        "--check-path",
-        Some("PATH"),
-        "http(s): the path to GET (default /)",
-    ),
-    flag(
-        "--check-host",
-        Some("HOST"),
-        "http(s): the Host header and TLS server name",
-    ),
-    flag(
-        "--check-status",
-        Some("CODES"),
-        "http(s): good status codes, like 200, 200-299 or 200,301 (default 200-399)",
-    ),
-    flag(
-        "--check-expect",
-        Some("TEXT"),
-        "http(s): text the body must contain; send-expect: text the reply must contain; ~REGEX for a regular expression",
-    ),
-    flag(
-        "--check-send",
-        Some("TEXT"),
-        "send-expect: what to send, with \\r \\n \\t \\0 \\\\ \\xHH escapes",
-    ),
-    flag(
-        "--check-command",
-        Some("CMD"),
-        "exec: the command, run by sh -c; exit 0 is up",
-    ),
-    flag(
-        "--check-dynamic-weight",
-        None,
-        "exec: exit 2..255 is up with weight exit-2 (keepalived's misc_dynamic)",
-    ),
-    flag(
-        "--check-insecure",
-        None,
-        "https: do not verify the certificate (self-signed backends)",
-    ),
-    flag(
-        "--check-interval",
-        Some("DURATION"),
-        "time between checks, like 500ms, 2s, 1m (default 2s)",
-    ),
-    flag(
-        "--check-timeout",
-        Some("DURATION"),
-        "time a check may take, below the interval (default 1s)",
-    ),
-    flag(
-        "--rise",
-        Some("N"),
-        "good checks in a row that bring a server back (default 2)",
-    ),
-    flag(
-        "--fall",
-        Some("N"),
-        "failed checks in a row that take a server out (default 3)",
-    ),
-    flag(
-        "--slow-start",
-        Some("DURATION"),
-        "ramp a returning server's weight up over this time",
-    ),
-    flag(
-        "--check-start",
-        Some("first|up|down"),
-        "state before the first result (default: the first result decides)",
-    ),
-];
-
-/// The flags that only a service takes.
-pub const SERVICE_FLAGS: &[Flag] = &[
-    flag(
-        "--inhibit-on-failure",
-        None,
-        "give failed servers weight 0 rather than removing them",
-    ),
-    flag(
-        "--quorum",
-        Some("WEIGHT"),
-        "the live weight below which the sorry server takes over (default 1)",
-    ),
-    flag(
-        "--sorry-server",
-        Some("RIP[:PORT]"),
-        "the server that takes new flows while the quorum is lost",
-    ),
-    flag(
-        "--check-notify",
-        Some("CMD"),
-        "run CMD SERVICE REAL STATE on every health change of a real server",
-    ),
-];
-
-fn known_flag(flags: &[Flag], name: &str) -> Option<Flag> {
-    flags.iter().copied().find(|f| f.name == name)
-}
-
-/// The value of a flag that needs one.
-fn value_of(flag: Flag, value: Option<&str>) -> Result<&str, ConfigError> {
-    match (flag.value, value) {
-        (Some(_), Some(v)) => Ok(v),
-        (Some(_), None) => Err(ConfigError::MissingValue { flag: flag.name }),
-        (None, _) => Ok(""),
-    }
-}
-
 /// The check options as written, every one optional: on a service, the default for its real
 /// servers; on a real server, what it overrides. See [`CheckOptions::build`] for the rules.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -1084,83 +890,6 @@ pub struct CheckOptions {
 }
 
 impl CheckOptions {
-    /// Applies one flag of [`CHECK_FLAGS`] with its value (`None` for a switch), parsing the
-    /// value; on error the options are unchanged.
-    pub fn set(&mut self, name: &str, value: Option<&str>) -> Result<(), ConfigError> {
-        let flag = known_flag(CHECK_FLAGS, name).ok_or_else(|| ConfigError::UnknownFlag {
-            flag: name.to_owned(),
-        })?;
-        let v = value_of(flag, value)?;
-        match flag.name {
-            "--check" => self.kind = Some(v.parse()?),
-            "--check-address" => self.addr = Some(parse_addr(v)?),
-            "--check-port" => self.port = Some(parse_port(v)?),
-            "--check-path" => self.path = Some(v.to_owned()),
-            "--check-host" => self.host = Some(v.to_owned()),
-            "--check-status" => self.status = Some(v.parse()?),
-            "--check-expect" => self.expect = Some(v.parse()?),
-            "--check-send" => self.send = Some(v.parse()?),
-            "--check-command" => self.command = Some(v.to_owned()),
-            "--check-dynamic-weight" => self.dynamic_weight = Some(true),
-            "--check-insecure" => self.insecure = Some(true),
-            "--check-interval" => self.interval = Some(parse_duration(v)?),
-            "--check-timeout" => self.timeout = Some(parse_duration(v)?),
-            "--rise" => self.rise = Some(parse_count("rise", v)?),
-            "--fall" => self.fall = Some(parse_count("fall", v)?),
-            "--slow-start" => self.slow_start = Some(parse_duration(v)?),
-            "--check-start" => self.start = Some(v.parse()?),
-            _ => {
-                return Err(ConfigError::UnknownFlag {
-                    flag: name.to_owned(),
-                })
-            }
-        }
-        Ok(())
-    }
-
-    /// The flags that give these options, in [`CHECK_FLAGS`] order, each with its value (`None`
-    /// for a switch); [`CheckOptions::set`] reads them back to the same options. Quoting values
-    /// for a shell is the caller's business.
-    pub fn flags(&self) -> Vec<(&'static str, Option<String>)> {
-        // Per flag: None = not set; Some(None) = a switch that is on; Some(Some(v)) = a value.
-        let text = |v: &Option<String>| v.clone().map(Some);
-        let shown = |v: Option<String>| v.map(Some);
-        let duration = |d: Option<Duration>| shown(d.map(format_duration));
-        let switch = |on: Option<bool>| (on == Some(true)).then_some(None);
-        let entries: [(&'static str, Option<Option<String>>); 17] = [
-            ("--check", shown(self.kind.map(|k| k.to_string()))),
-            ("--check-address", shown(self.addr.map(|a| a.to_string()))),
-            ("--check-port", shown(self.port.map(|p| p.to_string()))),
-            ("--check-path", text(&self.path)),
-            ("--check-host", text(&self.host)),
-            (
-                "--check-status",
-                shown(self.status.as_ref().map(|s| s.to_string())),
-            ),
-            (
-                "--check-expect",
-                shown(self.expect.as_ref().map(|e| e.to_string())),
-            ),
-            (
-                "--check-send",
-                shown(self.send.as_ref().map(|s| s.to_string())),
-            ),
-            ("--check-command", text(&self.command)),
-            ("--check-dynamic-weight", switch(self.dynamic_weight)),
-            ("--check-insecure", switch(self.insecure)),
-            ("--check-interval", duration(self.interval)),
-            ("--check-timeout", duration(self.timeout)),
-            ("--rise", shown(self.rise.map(|n| n.to_string()))),
-            ("--fall", shown(self.fall.map(|n| n.to_string()))),
-            ("--slow-start", duration(self.slow_start)),
-            ("--check-start", shown(self.start.map(|s| s.to_string()))),
-        ];
-        entries
-            .into_iter()
-            .filter_map(|(name, value)| value.map(|v| (name, v)))
-            .collect()
-    }
-
     /// These options over `base` (a real server's over its service's): each field set here wins.
     /// When this sets another kind than `base`, `base`'s options of its own kind are dropped, so
     /// that a real server can say `--check tcp` under a service whose default is an HTTP check
@@ -1341,54 +1070,6 @@ impl Default for ServiceHealth {
 }
 
 impl ServiceHealth {
-    /// Applies one flag of [`SERVICE_FLAGS`] or [`CHECK_FLAGS`] (the latter to the default
-    /// check) with its value; on error nothing changes.
-    pub fn set(&mut self, name: &str, value: Option<&str>) -> Result<(), ConfigError> {
-        let Some(flag) = known_flag(SERVICE_FLAGS, name) else {
-            return self.check.set(name, value);
-        };
-        let v = value_of(flag, value)?;
-        match flag.name {
-            "--inhibit-on-failure" => self.inhibit_on_failure = true,
-            "--quorum" => self.quorum = parse_quorum(v)?,
-            "--sorry-server" => self.sorry_server = Some(v.parse()?),
-            "--check-notify" => {
-                if v.trim().is_empty() {
-                    return Err(ConfigError::MissingCommand {
-                        what: "--check-notify",
-                    });
-                }
-                self.notify = Some(v.to_owned());
-            }
-            _ => {
-                return Err(ConfigError::UnknownFlag {
-                    flag: name.to_owned(),
-                })
-            }
-        }
-        Ok(())
-    }
-
-    /// The flags that give these settings (service flags, then the default check's), each with
-    /// its value (`None` for a switch). Defaults are left out.
-    pub fn flags(&self) -> Vec<(&'static str, Option<String>)> {
-        let mut flags = Vec::new();
-        if self.inhibit_on_failure {
-            flags.push(("--inhibit-on-failure", None));
-        }
-        if self.quorum != DEFAULT_QUORUM {
-            flags.push(("--quorum", Some(self.quorum.to_string())));
-        }
-        if let Some(sorry) = &self.sorry_server {
-            flags.push(("--sorry-server", Some(sorry.to_string())));
-        }
-        if let Some(notify) = &self.notify {
-            flags.push(("--check-notify", Some(notify.clone())));
-        }
-        flags.extend(self.check.flags());
-        flags
-    }
-
     /// Checks the settings against the service: the sorry server's port and family, the notify
     /// command, and the default check (which must be complete, since real servers without
     /// options of their own use it as it is).
@@ -1459,17 +1140,14 @@ mod option_duration_text {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{json, Value};
+
     use super::*;
     use crate::endpoint::Protocol;
 
-    fn options(flags: &[(&str, Option<&str>)]) -> CheckOptions {
-        let mut options = CheckOptions::default();
-        for (name, value) in flags {
-            options
-                .set(name, *value)
-                .unwrap_or_else(|e| panic!("{name} {value:?}: {e}"));
-        }
-        options
+    /// Options written as the configuration file's keys.
+    fn options(keys: Value) -> CheckOptions {
+        serde_json::from_value(keys.clone()).unwrap_or_else(|e| panic!("{keys}: {e}"))
     }
 
     fn service(addr: &str, port: u16) -> ServiceAddr {
@@ -1582,29 +1260,16 @@ mod tests {
     }
 
     #[test]
-    fn counts_and_ports_must_be_at_least_one() {
-        assert_eq!(parse_count("rise", "2"), Ok(2));
-        assert_eq!(
-            parse_count("rise", "0").expect_err("zero").to_string(),
-            "invalid rise '0': expected a whole number of checks, at least 1"
-        );
-        assert!(parse_port("0").is_err());
-        assert!(parse_port("65536").is_err());
-        assert_eq!(parse_port("8080"), Ok(8080));
-        assert_eq!(parse_quorum("0"), Ok(0));
-    }
-
-    #[test]
     fn no_options_means_no_check_and_timing_alone_means_tcp() {
         assert_eq!(CheckOptions::default().build(), Ok(None));
-        let spec = options(&[("--check-interval", Some("5s"))])
+        let spec = options(json!({"interval": "5s"}))
             .build()
             .expect("valid")
             .expect("a check");
         assert_eq!(spec.check, Check::Tcp);
         assert_eq!(spec.timing.interval, Duration::from_secs(5));
         assert_eq!(
-            options(&[("--check", Some("none"))]).build(),
+            options(json!({"kind": "none"})).build(),
             Ok(None),
             "--check none turns checks off"
         );
@@ -1612,7 +1277,7 @@ mod tests {
 
     #[test]
     fn defaults_are_haproxys_timing() {
-        let spec = options(&[("--check", Some("tcp"))])
+        let spec = options(json!({"kind": "tcp"}))
             .build()
             .expect("valid")
             .expect("a check");
@@ -1630,7 +1295,7 @@ mod tests {
 
     #[test]
     fn an_http_check_without_a_path_asks_for_the_root() {
-        let spec = options(&[("--check", Some("http"))])
+        let spec = options(json!({"kind": "http"}))
             .build()
             .expect("valid")
             .expect("a check");
@@ -1647,28 +1312,22 @@ mod tests {
 
     #[test]
     fn an_https_check_verifies_unless_told_otherwise() {
-        let verify = |flags: &[(&str, Option<&str>)]| match options(flags).build() {
+        let verify = |keys: Value| match options(keys).build() {
             Ok(Some(CheckSpec {
                 check: Check::Https { verify, .. },
                 ..
             })) => verify,
             other => panic!("expected an https check, got {other:?}"),
         };
-        assert!(verify(&[("--check", Some("https"))]));
-        assert!(!verify(&[
-            ("--check", Some("https")),
-            ("--check-insecure", None)
-        ]));
+        assert!(verify(json!({"kind": "https"})));
+        assert!(!verify(json!({"kind": "https", "insecure": true})));
     }
 
     #[test]
     fn a_timeout_not_below_the_interval_is_refused() {
-        let err = options(&[
-            ("--check-interval", Some("1s")),
-            ("--check-timeout", Some("1s")),
-        ])
-        .build()
-        .expect_err("timeout == interval");
+        let err = options(json!({"interval": "1s", "timeout": "1s"}))
+            .build()
+            .expect_err("timeout == interval");
         assert_eq!(
             err.to_string(),
             "the check timeout (1s) must be shorter than the interval (1s)"
@@ -1677,8 +1336,6 @@ mod tests {
 
     #[test]
     fn rise_or_fall_of_zero_is_refused() {
-        let mut options = CheckOptions::default();
-        assert!(options.set("--rise", Some("0")).is_err());
         let spec = CheckSpec {
             timing: Timing {
                 fall: 0,
@@ -1694,7 +1351,7 @@ mod tests {
 
     #[test]
     fn an_exec_check_without_a_command_is_refused() {
-        let err = options(&[("--check", Some("exec"))])
+        let err = options(json!({"kind": "exec"}))
             .build()
             .expect_err("no command");
         assert_eq!(err.to_string(), "--check exec needs a command");
@@ -1703,49 +1360,37 @@ mod tests {
     #[test]
     fn a_send_expect_check_needs_something_to_send_or_expect() {
         assert_eq!(
-            options(&[("--check", Some("send-expect"))]).build(),
+            options(json!({"kind": "send-expect"})).build(),
             Err(ConfigError::EmptySendExpect)
         );
-        assert!(options(&[
-            ("--check", Some("send-expect")),
-            ("--check-send", Some(r"PING\r\n"))
-        ])
-        .build()
-        .is_ok());
+        assert!(options(json!({"kind": "send-expect", "send": r"PING\r\n"}))
+            .build()
+            .is_ok());
     }
 
     #[test]
     fn an_option_that_the_kind_does_not_use_is_refused() {
-        let err = options(&[("--check", Some("tcp")), ("--check-path", Some("/x"))])
+        let err = options(json!({"kind": "tcp", "path": "/x"}))
             .build()
             .expect_err("a path on a tcp check");
         assert_eq!(
             err.to_string(),
             "--check-path does not apply to --check tcp"
         );
-        assert!(
-            options(&[("--check", Some("none")), ("--check-port", Some("81"))])
-                .build()
-                .is_err()
-        );
-        let err = options(&[
-            ("--check", Some("tcp-half-open")),
-            ("--check-send", Some("x")),
-        ])
-        .build()
-        .expect_err("send on a half-open check");
+        assert!(options(json!({"kind": "none", "port": 81}))
+            .build()
+            .is_err());
+        let err = options(json!({"kind": "tcp-half-open", "send": "x"}))
+            .build()
+            .expect_err("send on a half-open check");
         assert_eq!(
             err.to_string(),
             "--check-send does not apply to --check tcp-half-open"
         );
-        let spec = options(&[
-            ("--check", Some("tcp-half-open")),
-            ("--check-port", Some("8080")),
-            ("--fall", Some("5")),
-        ])
-        .build()
-        .expect("valid")
-        .expect("a check");
+        let spec = options(json!({"kind": "tcp-half-open", "port": 8080, "fall": 5}))
+            .build()
+            .expect("valid")
+            .expect("a check");
         assert_eq!(
             (spec.check, spec.port, spec.timing.fall),
             (Check::TcpHalfOpen, Some(8080), 5)
@@ -1754,62 +1399,22 @@ mod tests {
 
     #[test]
     fn bad_paths_and_hosts_are_refused() {
-        for (flag, value) in [
-            ("--check-path", "health"),
-            ("--check-path", "/a b"),
-            ("--check-host", "a\r\nX-Injected: 1"),
+        for (key, value) in [
+            ("path", "health"),
+            ("path", "/a b"),
+            ("host", "a\r\nX-Injected: 1"),
         ] {
-            let built = options(&[("--check", Some("http")), (flag, Some(value))]).build();
-            assert!(built.is_err(), "{flag} {value:?} should be refused");
+            let built = options(json!({"kind": "http", key: value})).build();
+            assert!(built.is_err(), "{key} {value:?} should be refused");
         }
-        let https = options(&[
-            ("--check", Some("https")),
-            ("--check-host", Some("example.com:8443")),
-        ])
-        .build();
+        let https = options(json!({"kind": "https", "host": "example.com:8443"})).build();
         assert!(matches!(https, Err(ConfigError::BadHost { .. })));
     }
 
     #[test]
-    fn the_help_lists_every_kind() {
-        let check = CHECK_FLAGS.iter().find(|f| f.name == "--check");
-        assert_eq!(
-            check.and_then(|f| f.value),
-            Some(CheckKind::names().as_str())
-        );
-    }
-
-    #[test]
-    fn unknown_flags_kinds_and_missing_values_are_refused() {
-        let mut options = CheckOptions::default();
-        assert_eq!(
-            options
-                .set("--check", Some("ping"))
-                .expect_err("unknown kind")
-                .to_string(),
-            "unknown check 'ping' (expected one of: tcp|tcp-half-open|http|https|send-expect|exec|none)"
-        );
-        assert!(matches!(
-            options.set("--check-bogus", Some("x")),
-            Err(ConfigError::UnknownFlag { .. })
-        ));
-        assert_eq!(
-            options.set("--check-path", None),
-            Err(ConfigError::MissingValue {
-                flag: "--check-path"
-            })
-        );
-        assert_eq!(options, CheckOptions::default());
-    }
-
-    #[test]
     fn a_real_servers_options_override_its_services_field_by_field() {
-        let service = options(&[
-            ("--check", Some("http")),
-            ("--check-path", Some("/health")),
-            ("--check-interval", Some("5s")),
-        ]);
-        let real = options(&[("--check-port", Some("8080"))]);
+        let service = options(json!({"kind": "http", "path": "/health", "interval": "5s"}));
+        let real = options(json!({"port": 8080}));
         let spec = real
             .over(&service)
             .build()
@@ -1822,12 +1427,8 @@ mod tests {
 
     #[test]
     fn another_kind_on_a_real_server_drops_the_services_options_of_its_kind() {
-        let service = options(&[
-            ("--check", Some("http")),
-            ("--check-path", Some("/health")),
-            ("--check-interval", Some("5s")),
-        ]);
-        let real = options(&[("--check", Some("tcp"))]);
+        let service = options(json!({"kind": "http", "path": "/health", "interval": "5s"}));
+        let real = options(json!({"kind": "tcp"}));
         let spec = real
             .over(&service)
             .build()
@@ -1838,45 +1439,10 @@ mod tests {
     }
 
     #[test]
-    fn options_print_as_flags_that_read_back_the_same() {
-        let flags: &[(&str, Option<&str>)] = &[
-            ("--check", Some("https")),
-            ("--check-port", Some("8443")),
-            ("--check-path", Some("/status")),
-            ("--check-host", Some("www.example.com")),
-            ("--check-status", Some("200,301-302")),
-            ("--check-expect", Some("~^ok")),
-            ("--check-insecure", None),
-            ("--check-interval", Some("500ms")),
-            ("--check-timeout", Some("200ms")),
-            ("--rise", Some("1")),
-            ("--fall", Some("5")),
-            ("--slow-start", Some("30s")),
-            ("--check-start", Some("down")),
-        ];
-        let written = options(flags);
-        let printed = written.flags();
-        let expected: Vec<(&str, Option<String>)> = flags
-            .iter()
-            .map(|(n, v)| (*n, v.map(str::to_owned)))
-            .collect();
-        assert_eq!(printed, expected);
-        let mut read_back = CheckOptions::default();
-        for (name, value) in &printed {
-            read_back.set(name, value.as_deref()).expect("reads back");
-        }
-        assert_eq!(read_back, written);
-        written.build().expect("valid").expect("a check");
-    }
-
-    #[test]
     fn check_options_serialize_with_durations_as_text() {
-        let written = options(&[
-            ("--check", Some("exec")),
-            ("--check-command", Some("/usr/local/bin/ok --quiet")),
-            ("--check-dynamic-weight", None),
-            ("--check-interval", Some("10s")),
-        ]);
+        let written = options(
+            json!({"kind": "exec", "command": "/usr/local/bin/ok --quiet", "dynamic_weight": true, "interval": "10s"}),
+        );
         let json = serde_json::to_value(&written).expect("serialize");
         assert_eq!(
             json,
@@ -1893,43 +1459,16 @@ mod tests {
         let spec_json = serde_json::to_string(&spec).expect("serialize spec");
         let spec_back: CheckSpec = serde_json::from_str(&spec_json).expect("deserialize spec");
         assert_eq!(spec_back, spec);
-        let https = options(&[
-            ("--check", Some("https")),
-            ("--check-expect", Some("~ok")),
-            ("--check-insecure", None),
-        ])
-        .build()
-        .expect("valid")
-        .expect("a check");
+        let https = options(json!({"kind": "https", "expect": "~ok", "insecure": true}))
+            .build()
+            .expect("valid")
+            .expect("a check");
         let https_json = serde_json::to_value(&https).expect("serialize https");
         assert_eq!(https_json["check"]["kind"], "https");
         assert_eq!(https_json["check"]["verify"], false);
         assert_eq!(https_json["check"]["status"], "200-399");
         let https_back: CheckSpec = serde_json::from_value(https_json).expect("deserialize https");
         assert_eq!(https_back, https);
-    }
-
-    #[test]
-    fn service_flags_set_the_service_and_its_default_check() {
-        let mut health = ServiceHealth::default();
-        for (name, value) in [
-            ("--inhibit-on-failure", None),
-            ("--quorum", Some("3")),
-            ("--sorry-server", Some("10.0.0.9:80")),
-            ("--check-notify", Some("logger -t xlb")),
-            ("--check", Some("tcp")),
-        ] {
-            health.set(name, value).expect("service flag");
-        }
-        assert!(health.inhibit_on_failure);
-        assert_eq!(health.quorum, 3);
-        assert_eq!(health.check.kind, Some(CheckKind::Tcp));
-        health.validate(&service("10.0.0.1", 80)).expect("valid");
-        let mut read_back = ServiceHealth::default();
-        for (name, value) in health.flags() {
-            read_back.set(name, value.as_deref()).expect("reads back");
-        }
-        assert_eq!(read_back, health);
     }
 
     #[test]
@@ -1962,11 +1501,11 @@ mod tests {
     #[test]
     fn a_services_default_check_must_be_complete_on_its_own() {
         let health = ServiceHealth {
-            check: options(&[("--check", Some("exec"))]),
+            check: options(json!({"kind": "exec"})),
             ..ServiceHealth::default()
         };
         assert!(health.validate(&service("10.0.0.1", 80)).is_err());
-        let real = options(&[("--check-command", Some("true"))]);
+        let real = options(json!({"command": "true"}));
         assert!(health.spec_for(&real).expect("valid").is_some());
     }
 }

@@ -573,17 +573,15 @@ mod tests {
     }
 
     fn fast_tcp() -> CheckSpec {
-        let mut options = CheckOptions::default();
-        for (name, value) in [
-            ("--check", "tcp"),
+        let options = CheckOptions {
+            kind: Some(CheckKind::Tcp),
             // Generous for loopback, so that a loaded machine does not fail a live target.
-            ("--check-interval", "300ms"),
-            ("--check-timeout", "250ms"),
-            ("--rise", "2"),
-            ("--fall", "2"),
-        ] {
-            options.set(name, Some(value)).expect("valid flag");
-        }
+            interval: Some(Duration::from_millis(300)),
+            timeout: Some(Duration::from_millis(250)),
+            rise: Some(2),
+            fall: Some(2),
+            ..CheckOptions::default()
+        };
         options.build().expect("valid").expect("a check")
     }
 
@@ -922,13 +920,22 @@ mod tests {
             health: Default::default(),
             real_checks: Default::default(),
         };
-        let mut health = ServiceHealth::default();
-        health.set("--check", Some("http")).expect("flag");
-        health.set("--check-notify", Some("logger")).expect("flag");
-        let mut own = CheckOptions::default();
-        own.set("--check-port", Some("8080")).expect("flag");
-        let mut unchecked = CheckOptions::default();
-        unchecked.set("--check", Some("none")).expect("flag");
+        let health = ServiceHealth {
+            check: CheckOptions {
+                kind: Some(CheckKind::Http),
+                ..CheckOptions::default()
+            },
+            notify: Some("logger".to_owned()),
+            ..ServiceHealth::default()
+        };
+        let own = CheckOptions {
+            port: Some(8080),
+            ..CheckOptions::default()
+        };
+        let unchecked = CheckOptions {
+            kind: Some(CheckKind::None),
+            ..CheckOptions::default()
+        };
         let options = BTreeMap::from([
             ("10.0.0.3:80".parse().expect("address"), own),
             ("10.0.0.4:80".parse().expect("address"), unchecked),
@@ -946,8 +953,10 @@ mod tests {
             .iter()
             .all(|t| t.notify.as_deref() == Some("logger")));
 
-        let mut broken = CheckOptions::default();
-        broken.set("--check-timeout", Some("5s")).expect("flag");
+        let broken = CheckOptions {
+            timeout: Some(Duration::from_secs(5)),
+            ..CheckOptions::default()
+        };
         let options = BTreeMap::from([("10.0.0.2:80".parse().expect("address"), broken)]);
         let err = Target::for_service(&vs, &health, &options).expect_err("timeout >= interval");
         assert_eq!(

@@ -2,7 +2,8 @@
 //! tables, and the engine that runs the checks.
 //!
 //! Layout:
-//! - [`config`]: the check and service settings, the `--check*` flags' parsers and validation.
+//! - [`config`]: the check and service settings (typed data of the desired state) and their
+//!   validation; the flags that set them are [`crate::ipvsadm::check_flags`].
 //! - [`machine`]: the per-target state machine (rise, fall, slow start) and the per-service
 //!   weights with quorum and sorry server (pure).
 //! - [`checker`]: the checks: TCP, HTTP(S), send/expect, exec.

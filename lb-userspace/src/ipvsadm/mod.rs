@@ -3,12 +3,14 @@
 //! the binaries read arguments and stdin, talk to the daemon and print.
 //!
 //! - [`parse`]: a command line into a [`Command`].
+//! - [`check_flags`]: xlb's health-check options (`--check …`, `--quorum`, …), spelled once.
 //! - [`format`]: the `-L` listings from a [`Listing`](crate::status::Listing) snapshot.
 //! - [`save`]: `-S` output from a [`DesiredState`](crate::state::DesiredState), `-R` input back.
 //!
 //! Where xlb departs from ipvsadm (default scheduler `mh`, no NAT, no firewall marks, restore is
 //! all-or-nothing, DR/TUN ports must match instead of being overridden), the item concerned says so.
 
+pub mod check_flags;
 pub mod format;
 pub mod parse;
 pub mod save;

@@ -27,11 +27,17 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::ports;
-use crate::state::{
-    Change, Forwarding, Netmask, Persistence, Protocol, RealServer, Scheduler, ServiceAddr,
-    StateError, UnknownScheduler, DEFAULT_PERSISTENCE_TIMEOUT_SECS, DEFAULT_WEIGHT,
-    MAX_PERSISTENCE_TIMEOUT_SECS, MAX_THRESHOLD, MAX_WEIGHT,
+use super::{
+    check_flags::{self, is_service_flag, HealthFlags, CHECK_FLAGS, SERVICE_FLAGS},
+    ports,
+};
+use crate::{
+    health::config::{CheckOptions, ServiceHealth},
+    state::{
+        Change, Forwarding, Netmask, Persistence, Protocol, RealServer, Scheduler, ServiceAddr,
+        StateError, UnknownScheduler, DEFAULT_PERSISTENCE_TIMEOUT_SECS, DEFAULT_WEIGHT,
+        MAX_PERSISTENCE_TIMEOUT_SECS, MAX_THRESHOLD, MAX_WEIGHT,
+    },
 };
 
 /// A parsed command line: what to do, and where the daemon listens if the line says so.
@@ -314,7 +320,7 @@ pub enum AddressError {
 /// Parses the arguments after the program name.
 ///
 /// Health-check options (`--check ...`, `--rise`, `--quorum`, ..., see
-/// [`crate::health::config::CHECK_FLAGS`] and [`crate::health::config::SERVICE_FLAGS`]) are
+/// [`CHECK_FLAGS`] and [`SERVICE_FLAGS`]) are
 /// xlb's own: they are taken out first and attached to the `-A`/`-E` (service default) or
 /// `-a`/`-e` (one real server) command; `--health` goes with `-L`.
 pub fn parse(args: &[String]) -> Result<Invocation, ParseError> {
@@ -323,9 +329,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, ParseError> {
     let misplaced = |what: &str| ParseError::Check {
         message: format!("{what} go with -A/-E (the service's default) or -a/-e (one real server)"),
     };
-    let bad = |e: crate::health::config::ConfigError| ParseError::Check {
-        message: e.to_string(),
-    };
+    let bad = |e: String| ParseError::Check { message: e };
     match &mut invocation.command {
         Command::Change(Change::AddService {
             service, health, ..
@@ -334,25 +338,26 @@ pub fn parse(args: &[String]) -> Result<Invocation, ParseError> {
             service, health, ..
         }) => {
             for (name, value) in &flags {
-                health.set(name, value.as_deref()).map_err(bad)?;
+                health
+                    .set_flag(name, value.as_deref())
+                    .map_err(|e| bad(e.to_string()))?;
             }
-            health.validate(service).map_err(bad)?;
+            health.validate(service).map_err(|e| bad(e.to_string()))?;
             health
-                .spec_for(&crate::health::config::CheckOptions::default())
-                .map_err(bad)?;
+                .spec_for(&CheckOptions::default())
+                .map_err(|e| bad(e.to_string()))?;
         }
         Command::Change(Change::AddReal { check, .. })
         | Command::Change(Change::EditReal { check, .. }) => {
             for (name, value) in &flags {
-                if crate::health::config::SERVICE_FLAGS
-                    .iter()
-                    .any(|f| f.name == *name)
-                {
+                if is_service_flag(name) {
                     return Err(ParseError::Check {
                         message: format!("{name} is a service option: it goes with -A/-E"),
                     });
                 }
-                check.set(name, value.as_deref()).map_err(bad)?;
+                check
+                    .set_flag(name, value.as_deref())
+                    .map_err(|e| bad(e.to_string()))?;
             }
         }
         Command::List(options) => {
@@ -377,7 +382,6 @@ type HealthFlag = (&'static str, Option<String>);
 
 /// Separates xlb's health-check options (and `--health`) from ipvsadm's.
 fn split_health_flags(args: &[String]) -> Result<(Vec<String>, Vec<HealthFlag>, bool), ParseError> {
-    use crate::health::config::{CHECK_FLAGS, SERVICE_FLAGS};
     let mut rest = Vec::with_capacity(args.len());
     let mut flags = Vec::new();
     let mut health_listing = false;
@@ -393,31 +397,27 @@ fn split_health_flags(args: &[String]) -> Result<(Vec<String>, Vec<HealthFlag>, 
             Some((name, value)) => (name, Some(value.to_owned())),
             None => (arg.as_str(), None),
         };
-        let Some(flag) = CHECK_FLAGS
-            .iter()
-            .chain(SERVICE_FLAGS)
-            .find(|f| f.name == name)
-        else {
+        let Some((flag, placeholder)) = check_flags::syntax().find(|(f, _)| *f == name) else {
             rest.push(arg.clone());
             continue;
         };
-        let value = match (flag.value, inline) {
+        let value = match (placeholder, inline) {
             (None, None) => None,
             (None, Some(_)) => {
                 return Err(ParseError::Check {
-                    message: format!("{} takes no value", flag.name),
+                    message: format!("{flag} takes no value"),
                 })
             }
             (Some(_), Some(v)) => Some(v),
             (Some(_), None) => {
                 let v = args.get(i).cloned().ok_or_else(|| ParseError::Check {
-                    message: format!("{} needs a value", flag.name),
+                    message: format!("{flag} needs a value"),
                 })?;
                 i += 1;
                 Some(v)
             }
         };
-        flags.push((flag.name, value));
+        flags.push((flag, value));
     }
     Ok((rest, flags, health_listing))
 }
@@ -519,14 +519,13 @@ Options:
 
 /// The health-check options, from their tables.
 fn health_usage() -> String {
-    use crate::health::config::{Flag, CHECK_FLAGS, SERVICE_FLAGS};
-    let row = |f: &Flag| {
+    fn row<S>(f: &check_flags::Flag<S>) -> String {
         let left = match f.value {
             Some(v) => format!("{} {v}", f.name),
             None => f.name.to_owned(),
         };
         format!("  {left:<36} {}\n", f.help)
-    };
+    }
     let mut out = String::from(
         "\nHealth checks (xlb), with -A/-E for the service's default and -a/-e for one server:\n",
     );
@@ -1303,7 +1302,7 @@ impl Line {
                 let service = service()?;
                 let scheduler = self.scheduler.unwrap_or_default();
                 let persistence = self.persistence(service.addr)?;
-                let health = crate::health::config::ServiceHealth::default();
+                let health = ServiceHealth::default();
                 Command::Change(if verb == Verb::AddService {
                     Change::AddService {
                         service,
@@ -1338,7 +1337,7 @@ impl Line {
                     upper_threshold: self.upper_threshold.unwrap_or(0),
                     lower_threshold: self.lower_threshold.unwrap_or(0),
                 };
-                let check = crate::health::config::CheckOptions::default();
+                let check = CheckOptions::default();
                 Command::Change(if verb == Verb::AddServer {
                     Change::AddReal {
                         service,
@@ -1835,7 +1834,7 @@ mod tests {
             panic!("not an add-service");
         };
         assert_eq!(health.quorum, 2);
-        assert!(health.check != crate::health::config::CheckOptions::default());
+        assert!(health.check != CheckOptions::default());
         let Command::Change(Change::AddReal { check, .. }) =
             command("-a -t 10.0.0.1:80 -r 10.0.0.2 --check tcp --check-port 8080")
         else {

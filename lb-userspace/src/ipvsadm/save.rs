@@ -21,7 +21,10 @@
 
 use thiserror::Error;
 
-use super::parse::{parse, Command, ParseError};
+use super::{
+    check_flags::HealthFlags,
+    parse::{parse, Command, ParseError},
+};
 use crate::state::{DesiredState, Forwarding, Netmask, Protocol, StateError};
 
 /// Why `-R` input was refused, and on which line.
