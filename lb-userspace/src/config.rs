@@ -123,7 +123,7 @@ mod tests {
         let health = &state.services[0].health;
         assert_eq!(
             health.check.kind,
-            Some(crate::health::config::CheckKind::TcpHalfOpen)
+            Some(crate::state::health::CheckKind::TcpHalfOpen)
         );
         let check = "[services.health.check]\nkind = \"tcp-half-open\"\npath = \"/\"\n";
         let message = error(&format!("{SERVICE}{check}"));

@@ -6,8 +6,8 @@
 //! - [`dataplane`]: the only code that touches the balancer's BPF maps; a typed API over them.
 //! - [`decap`]: the real-server decapsulator (`xlbd decap`).
 //! - [`links`]: attaching XDP programs through pinned bpf_links.
-//! - [`endpoint`]: what names a virtual service and how packets reach a real server (pure).
-//! - [`state`]: the desired state (virtual services, real servers) and ipvsadm's operations on it (pure).
+//! - [`state`]: the desired state (virtual services, real servers, `Change`, typed health settings)
+//!   and ipvsadm's operations on it (pure; no flag syntax).
 //! - [`ipvsadm`]: xlbadm's ipvsadm-compatible command line, listings and save/restore format (pure).
 //! - [`neighbour`]: keeping real servers' next hops resolved in the kernel.
 //! - [`convert`]: conversions from the desired state to data-path keys and entries.
@@ -25,7 +25,6 @@ pub mod control;
 pub mod convert;
 pub mod dataplane;
 pub mod decap;
-pub mod endpoint;
 pub mod health;
 pub mod ipvsadm;
 pub mod links;

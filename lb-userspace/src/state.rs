@@ -9,6 +9,10 @@
 //! Services are kept sorted the way `ipvsadm -L` and `-S` sort them (IPv4 before IPv6, then
 //! protocol, address, port) and real servers by address and port, so that two states with the same
 //! content compare equal and serialize the same whatever order they were built in.
+//!
+//! - `endpoint` (its types are named here): [`ServiceAddr`], [`Protocol`],
+//!   [`Forwarding`], the identities everything else is built from.
+//! - [`health`]: each service's health settings and each real server's own check options.
 
 use std::{
     collections::BTreeMap,
@@ -18,9 +22,12 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-// The identities are the model's too: callers name them through this module.
-pub use crate::endpoint::{Forwarding, Protocol, ServiceAddr};
-use crate::health::config::{CheckOptions, ConfigError, ServiceHealth};
+pub mod health;
+
+mod endpoint;
+
+pub use endpoint::{Forwarding, Protocol, ServiceAddr};
+use health::{CheckOptions, ConfigError, ServiceHealth};
 
 /// ipvsadm's persistence timeout when `-p` has no value: libipvs' `IPVS_SVC_PERSISTENT_TIMEOUT`
 /// (6*60). The man page says 300 s, but ipvsadm and `ipvsadm -S` really use 360, and we follow the

@@ -21,11 +21,11 @@ use std::{
 
 use tokio::runtime::Handle;
 
-use super::{
-    config::{Check, CheckKind, CheckSpec, Timing},
-    engine::{Engine, Target, DEFAULT_MAX_CONCURRENT_CHECKS},
+use super::engine::{Engine, Target, DEFAULT_MAX_CONCURRENT_CHECKS};
+use crate::state::{
+    health::{Check, CheckKind, CheckSpec, Timing},
+    Protocol, ServiceAddr,
 };
-use crate::state::{Protocol, ServiceAddr};
 
 /// How many local listeners [`run`]'s targets share.
 const LISTENERS: usize = 4;

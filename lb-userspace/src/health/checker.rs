@@ -27,9 +27,11 @@ use tokio::{
 use tokio_rustls::TlsConnector;
 
 use super::{
-    config::{format_duration, Check, CheckSpec, ConfigError, Expect, HttpCheck, StatusRanges},
     half_open::{self, Answer, Prober},
     process::{run_shell, Outcome},
+};
+use crate::state::health::{
+    format_duration, Check, CheckSpec, ConfigError, Expect, HttpCheck, StatusRanges,
 };
 
 /// How much of an HTTP response or a send/expect reply is read at most.
@@ -41,7 +43,7 @@ pub struct CheckResult {
     /// Whether the target passed.
     pub ok: bool,
     /// How long the check took, to its verdict.
-    #[serde(with = "super::config::duration_text")]
+    #[serde(with = "crate::state::health::duration_text")]
     pub latency: Duration,
     /// Why it failed.
     pub reason: Option<String>,
@@ -524,7 +526,7 @@ mod tests {
     use super::*;
     use serde_json::{json, Value};
 
-    use crate::health::config::CheckOptions;
+    use crate::state::health::CheckOptions;
 
     const REAL: &str = "127.0.0.1";
 

@@ -28,11 +28,13 @@ use tokio::{
 
 use super::{
     checker::{CheckResult, Probe},
-    config::{CheckKind, CheckOptions, CheckSpec, ConfigError, ServiceHealth},
     machine::{effective_service, EffectiveService, Health, TargetMachine, Transition},
     process::{run_shell, Outcome},
 };
-use crate::state::{Protocol, ServiceAddr, VirtualService};
+use crate::state::{
+    health::{CheckKind, CheckOptions, CheckSpec, ConfigError, ServiceHealth},
+    Protocol, ServiceAddr, VirtualService,
+};
 
 /// How many checks run at once by default: enough for 10,000 targets a second with room for
 /// slow ones, few enough that a flood of timeouts cannot exhaust file descriptors.
@@ -713,7 +715,7 @@ mod tests {
 
         let slower = Target {
             spec: CheckSpec {
-                timing: super::super::config::Timing {
+                timing: crate::state::health::Timing {
                     interval: Duration::from_millis(400),
                     ..fast_tcp().timing
                 },

@@ -20,7 +20,7 @@ use std::{net::SocketAddr, time::Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::config::{ServiceHealth, StartState, Timing};
+use crate::state::health::{ServiceHealth, StartState, Timing};
 use crate::state::{Forwarding, RealServer, VirtualService};
 
 /// What the checks say about a target.
@@ -273,7 +273,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        health::config::SorryServer,
+        state::health::SorryServer,
         state::{Protocol, Scheduler, ServiceAddr},
     };
 

@@ -2,8 +2,6 @@
 //! tables, and the engine that runs the checks.
 //!
 //! Layout:
-//! - [`config`]: the check and service settings (typed data of the desired state) and their
-//!   validation; the flags that set them are [`crate::ipvsadm::check_flags`].
 //! - [`machine`]: the per-target state machine (rise, fall, slow start) and the per-service
 //!   weights with quorum and sorry server (pure).
 //! - [`checker`]: the checks: TCP, HTTP(S), send/expect, exec.
@@ -11,9 +9,12 @@
 //! - [`engine`]: runs the checks on schedule, records the results, reports the changes.
 //! - [`bench`]: the engine's cost for many targets, for `cargo xtask bench`.
 //!
-//! Wiring in the daemon: keep a [`config::ServiceHealth`] per service and the
-//! [`config::CheckOptions`] of each real server that has its own; after every change of either
-//! or of the desired state, build the targets with [`engine::Target::for_service`] (refusing
+//! What to check is the desired state's ([`crate::state::health`]); the flags that set it are
+//! [`crate::ipvsadm::check_flags`].
+//!
+//! Wiring in the daemon: keep a [`ServiceHealth`](crate::state::health::ServiceHealth) per
+//! service and the [`CheckOptions`](crate::state::health::CheckOptions) of each real server
+//! that has its own; after every change of either or of the desired state, build the targets with [`engine::Target::for_service`] (refusing
 //! the change on error) and pass all of them to [`engine::Engine::update_targets`], then build
 //! every service's table from [`engine::Engine::effective_service`] rather than from its
 //! configured weights (a target may start down, and has no event for that). On each
@@ -22,7 +23,6 @@
 
 pub mod bench;
 pub mod checker;
-pub mod config;
 pub mod engine;
 pub mod half_open;
 pub mod machine;

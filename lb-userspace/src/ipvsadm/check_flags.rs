@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use thiserror::Error;
 
-use crate::health::config::{
+use crate::state::health::{
     format_duration, parse_duration, CheckKind, CheckOptions, ConfigError, ServiceHealth,
     DEFAULT_QUORUM,
 };
@@ -409,10 +409,7 @@ fn parse_addr(s: &str) -> Result<IpAddr, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        health::config::CheckSpec,
-        state::{Protocol, ServiceAddr},
-    };
+    use crate::state::{health::CheckSpec, Protocol, ServiceAddr};
 
     fn options(flags: &[(&str, Option<&str>)]) -> CheckOptions {
         let mut options = CheckOptions::default();

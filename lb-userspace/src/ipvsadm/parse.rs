@@ -31,13 +31,11 @@ use super::{
     check_flags::{self, is_service_flag, HealthFlags, CHECK_FLAGS, SERVICE_FLAGS},
     ports,
 };
-use crate::{
-    health::config::{CheckOptions, ServiceHealth},
-    state::{
-        Change, Forwarding, Netmask, Persistence, Protocol, RealServer, Scheduler, ServiceAddr,
-        StateError, UnknownScheduler, DEFAULT_PERSISTENCE_TIMEOUT_SECS, DEFAULT_WEIGHT,
-        MAX_PERSISTENCE_TIMEOUT_SECS, MAX_THRESHOLD, MAX_WEIGHT,
-    },
+use crate::state::{
+    health::{CheckOptions, ServiceHealth},
+    Change, Forwarding, Netmask, Persistence, Protocol, RealServer, Scheduler, ServiceAddr,
+    StateError, UnknownScheduler, DEFAULT_PERSISTENCE_TIMEOUT_SECS, DEFAULT_WEIGHT,
+    MAX_PERSISTENCE_TIMEOUT_SECS, MAX_THRESHOLD, MAX_WEIGHT,
 };
 
 /// A parsed command line: what to do, and where the daemon listens if the line says so.

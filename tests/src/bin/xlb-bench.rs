@@ -26,11 +26,9 @@ use lb_common::{Forwarding, RealServer, ServiceKey, PROTO_TCP};
 use lb_userspace::{
     dataplane::{Dataplane, LoadOptions},
     decap::Decapsulator,
-    health::{
-        bench,
-        config::{Check, CheckKind, CheckSpec, Timing},
-    },
+    health::bench,
     maglev,
+    state::health::{Check, CheckKind, CheckSpec, Timing},
 };
 use xlb_tests::{
     hcbench::{self, Lab, CHECKER_CPU, SERVERS_CPU},

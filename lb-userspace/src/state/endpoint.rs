@@ -1,7 +1,7 @@
 //! The identities the desired state is built from, below everything else in it: what names a
 //! virtual service ([`ServiceAddr`]: protocol, address, port) and how packets reach a real server
-//! ([`Forwarding`]). The health settings and the state both use them; [`crate::state`] re-exports
-//! them as part of the model.
+//! ([`Forwarding`]). The health settings and the rest of the state both use them; [`crate::state`]
+//! names them for everyone else.
 
 use std::{
     cmp::Ordering,

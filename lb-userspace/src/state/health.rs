@@ -31,7 +31,7 @@ use regex::bytes::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::endpoint::{Forwarding, ServiceAddr};
+use super::{Forwarding, ServiceAddr};
 
 /// How long between two checks of a target without `--check-interval` (HAProxy's `inter`).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
@@ -1103,7 +1103,7 @@ impl ServiceHealth {
 }
 
 /// Serde for a `Duration` as [`format_duration`] text (`"2s"`).
-pub(super) mod duration_text {
+pub(crate) mod duration_text {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
@@ -1143,7 +1143,7 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
-    use crate::endpoint::Protocol;
+    use crate::state::Protocol;
 
     /// Options written as the configuration file's keys.
     fn options(keys: Value) -> CheckOptions {
