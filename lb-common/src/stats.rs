@@ -110,6 +110,15 @@ global_stats! {
     ConntrackHit = "conntrack_hit",
     /// Counted, not a verdict: connection-table misses (new flows scheduled).
     ConntrackMiss = "conntrack_miss",
+    /// Passed: for a VIP, but the IP length field disagrees with the frame (it claims more bytes
+    /// than the frame holds, or fewer than the IP header); the kernel drops it with its own count.
+    PassBadLength = "pass_bad_length",
+    /// Dropped: for a VIP, from a source no host can have (IPv4 0/8, 127/8, multicast, class E
+    /// and broadcast; IPv6 unspecified, loopback, multicast, link-local, IPv4-mapped).
+    DropMartianSource = "drop_martian_source",
+    /// Passed: an ICMP error for a VIP that quotes a packet the VIP did not send (the kernel's
+    /// own ICMP handling finds no socket for it and ignores it).
+    PassIcmpQuoteMismatch = "pass_icmp_quote_mismatch",
 }
 
 /// Number of global counters (the size of [`crate::maps::GLOBAL_STATS`]).

@@ -47,6 +47,13 @@ mod program {
         Some((start + offset) as *mut T)
     }
 
+    /// Whether an IP packet at `l3` whose length field says `len` holds its `header` bytes and
+    /// lies within the frame (a frame may be longer: Ethernet padding).
+    #[inline(always)]
+    fn length_fits(ctx: &XdpContext, l3: usize, len: usize, header: usize) -> bool {
+        len >= header && ctx.data() + l3 + len <= ctx.data_end()
+    }
+
     /// Every packet is passed: decapsulated when it is a tunnel packet for us, untouched otherwise.
     #[xdp]
     pub fn xlb_decap(ctx: XdpContext) -> u32 {
@@ -96,6 +103,9 @@ mod program {
                 // Options or a fragment: leave it to the kernel (it reassembles or drops).
                 return DecapStat::PassMalformed;
             }
+            if !length_fits(ctx, l3, u16::from_be_bytes([ip[2], ip[3]]) as usize, 20) {
+                return DecapStat::PassMalformed;
+            }
             let key = ServiceKey {
                 addr: [
                     u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
@@ -119,6 +129,10 @@ mod program {
             let ip = unsafe { &*ip };
             if ip[6] != PROTO_IPV6 && ip[6] != PROTO_IPIP {
                 return DecapStat::PassNotTunnel;
+            }
+            let payload = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+            if ip[0] >> 4 != 6 || !length_fits(ctx, l3, payload + 40, 40) {
+                return DecapStat::PassMalformed;
             }
             let mut addr = [0u32; 4];
             for (i, word) in addr.iter_mut().enumerate() {

@@ -5,13 +5,22 @@
 //! - not IP, or an Ethernet/VLAN/IP header cut short, or a bad IHL: passed, untouched (the kernel
 //!   drops what is malformed and counts it itself);
 //! - not for a VIP: passed untouched, after one lookup of the destination address;
+//! - for a VIP: an IP length field that disagrees with the frame (more bytes than the frame
+//!   holds, fewer than the IP header) is malformed: passed, and the kernel drops it; the frame,
+//!   not the length field, bounds everything read after it, and lengths used later (the tunnel's
+//!   outer length, the MTU check) are the checked ones;
+//! - for a VIP: a source no host can have (martian) is dropped, so nothing is ever forwarded or
+//!   answered for it;
 //! - for a VIP: TTL / hop limit 0 and fragments are dropped (a non-first fragment carries no
 //!   ports, so it cannot be steered to the server of its flow); IPv6 extension headers are not
-//!   walked, such packets are dropped; a TCP or UDP header cut short is dropped; IPv4 options are
-//!   skipped over and the packet forwarded (counted);
+//!   walked, such packets are dropped (other next headers are passed, as IPv4 passes other
+//!   protocols); a TCP or UDP header cut short (by the frame or by the IP length) is dropped;
+//!   IPv4 options are skipped over and the packet forwarded (counted);
 //! - ICMP / ICMPv6 errors for a VIP (destination unreachable, "fragmentation needed" / "packet
 //!   too big", time exceeded, parameter problem) are steered to the real server of the flow they
-//!   quote; other ICMP (echo) is passed, so the VIP answers ping itself.
+//!   quote, when the quoted packet was sent from that same VIP (an error addressed to one VIP
+//!   that quotes another's flow is passed); other ICMP (echo) is passed, so the VIP answers ping
+//!   itself.
 
 use core::mem::size_of;
 
@@ -40,6 +49,10 @@ const PROTO_ICMP: u8 = 1;
 const PROTO_ICMPV6: u8 = 58;
 const PROTO_IPV6_FRAGMENT: u8 = 44;
 
+const IPV4_HDR_LEN: usize = 20;
+const TCP_HDR_LEN: usize = 20;
+const UDP_HDR_LEN: usize = 8;
+
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
 
@@ -54,12 +67,15 @@ pub struct Packet {
     pub len: u64,
     /// Offset of the IP header: 14, or 18 behind a VLAN tag.
     pub l3_off: usize,
-    /// Length of the whole IP packet, host order.
+    /// Length of the whole IP packet, host order, from its length field: checked to lie within
+    /// the frame (a frame may be longer: Ethernet padding) and to hold the IP header.
     pub ip_len: u16,
     /// IPv4 TOS / IPv6 traffic class, copied to a tunnel's outer header.
     pub tos: u8,
     /// The packet may not be fragmented on its way (IPv4 DF; always for IPv6).
     pub dont_fragment: bool,
+    /// The IPv4 identification field as it sits in the packet (0 for IPv6).
+    pub ip_id: u16,
     /// TCP FIN or RST seen: the connection is closing.
     pub closing: bool,
     /// The packet is an ICMP error about `flow`, not part of it.
@@ -100,10 +116,24 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
     }
 }
 
-/// Ports at `l4` of a TCP or UDP header, and whether a TCP FIN or RST is set.
+/// Ports at `l4` of a TCP or UDP header, and whether a TCP FIN or RST is set. The header must lie
+/// within the frame and within the IP packet, which ends at `ip_end`.
 #[inline(always)]
-fn ports(ctx: &XdpContext, l4: usize, proto: u8) -> Result<([u8; 2], [u8; 2], bool), Verdict> {
+fn ports(
+    ctx: &XdpContext,
+    l4: usize,
+    ip_end: usize,
+    proto: u8,
+) -> Result<([u8; 2], [u8; 2], bool), Verdict> {
     let truncated = Verdict::drop(GlobalStat::DropTruncatedL4);
+    let header = if proto == PROTO_TCP {
+        TCP_HDR_LEN
+    } else {
+        UDP_HDR_LEN
+    };
+    if l4 + header > ip_end {
+        return Err(truncated);
+    }
     if proto == PROTO_TCP {
         let tcp: *const TcpHdr = ptr_at(ctx, l4).ok_or(truncated)?;
         // SAFETY: ptr_at checked that the header lies inside the packet.
@@ -120,9 +150,13 @@ fn ports(ctx: &XdpContext, l4: usize, proto: u8) -> Result<([u8; 2], [u8; 2], bo
     }
 }
 
-/// The first four bytes of a quoted L4 header: its ports.
+/// The first four bytes of a quoted L4 header: its ports, which must lie within the frame and
+/// within the ICMP error's IP packet, which ends at `ip_end`.
 #[inline(always)]
-fn quoted_ports(ctx: &XdpContext, l4: usize) -> Result<([u8; 2], [u8; 2]), Verdict> {
+fn quoted_ports(ctx: &XdpContext, l4: usize, ip_end: usize) -> Result<([u8; 2], [u8; 2]), Verdict> {
+    if l4 + 4 > ip_end {
+        return Err(Verdict::drop(GlobalStat::DropTruncatedL4));
+    }
     let p: *const [u8; 4] = ptr_at(ctx, l4).ok_or(Verdict::drop(GlobalStat::DropTruncatedL4))?;
     // SAFETY: ptr_at checked that the bytes lie inside the packet.
     let p = unsafe { &*p };
@@ -151,6 +185,19 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
     if !service::is_vip(&vip) {
         return Err(Verdict::pass(GlobalStat::PassNotVip));
     }
+    let l4 = l3 + ihl * 4;
+    if ptr_at::<u8>(ctx, l4 - 1).is_none() {
+        return Err(Verdict::pass(GlobalStat::PassBadIhl));
+    }
+    let frame_len = ctx.data_end() - ctx.data();
+    let ip_len = u16::from_be_bytes(ip.tot_len);
+    let ip_end = l3 + ip_len as usize;
+    if ip_end < l4 || ip_end > frame_len {
+        return Err(Verdict::pass(GlobalStat::PassBadLength));
+    }
+    if martian_v4(&ip.src_addr) {
+        return Err(Verdict::drop(GlobalStat::DropMartianSource));
+    }
     if ip.ttl == 0 {
         return Err(Verdict::drop(GlobalStat::DropTtl));
     }
@@ -162,10 +209,6 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
         return Err(Verdict::drop(GlobalStat::DropFragmentFirst));
     }
     let proto = ip.proto;
-    let l4 = l3 + ihl * 4;
-    if ptr_at::<u8>(ctx, l4 - 1).is_none() {
-        return Err(Verdict::pass(GlobalStat::PassBadIhl));
-    }
     if ihl > 5 {
         stats::count(GlobalStat::SeenIpOptions);
     }
@@ -179,16 +222,17 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
             family: FAMILY_V4,
             _pad: [0; 2],
         },
-        len: (ctx.data_end() - ctx.data()) as u64,
+        len: frame_len as u64,
         l3_off: l3,
-        ip_len: u16::from_be_bytes(ip.tot_len),
+        ip_len,
         tos: ip.tos,
         dont_fragment: frags & IP_DF != 0,
+        ip_id: u16::from_ne_bytes(ip.id),
         closing: false,
         icmp_error: false,
     };
     if proto == PROTO_TCP || proto == PROTO_UDP {
-        let (sport, dport, closing) = ports(ctx, l4, proto)?;
+        let (sport, dport, closing) = ports(ctx, l4, ip_end, proto)?;
         packet.flow.sport = u16::from_ne_bytes(sport);
         packet.flow.dport = u16::from_ne_bytes(dport);
         packet.closing = closing;
@@ -206,6 +250,9 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
         return Err(Verdict::pass(GlobalStat::PassOtherProto));
     }
     let inner_l3 = l4 + ICMP_HDR_LEN;
+    if inner_l3 + IPV4_HDR_LEN > ip_end {
+        return Err(Verdict::drop(GlobalStat::DropTruncatedL4));
+    }
     let inner: *const Ipv4Hdr =
         ptr_at(ctx, inner_l3).ok_or(Verdict::drop(GlobalStat::DropTruncatedL4))?;
     // SAFETY: ptr_at checked that the header lies inside the packet.
@@ -218,7 +265,11 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
     {
         return Err(Verdict::pass(GlobalStat::PassOtherProto));
     }
-    let (isport, idport) = quoted_ports(ctx, inner_l3 + inner_ihl * 4)?;
+    if inner.src_addr != ip.dst_addr {
+        // The error is addressed to this VIP but quotes a packet another address sent.
+        return Err(Verdict::pass(GlobalStat::PassIcmpQuoteMismatch));
+    }
+    let (isport, idport) = quoted_ports(ctx, inner_l3 + inner_ihl * 4, ip_end)?;
     // The quoted packet went from the VIP to the client: turn it around into the client's flow.
     packet.flow = FlowKey {
         src: [u32::from_ne_bytes(inner.dst_addr), 0, 0, 0],
@@ -251,6 +302,16 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
     if !service::is_vip(&vip) {
         return Err(Verdict::pass(GlobalStat::PassNotVip));
     }
+    let frame_len = ctx.data_end() - ctx.data();
+    // At most 65535 + 40: no wrap in 32 bits.
+    let ip_len32 = u32::from(u16::from_be_bytes(ip.payload_len)) + Ipv6Hdr::LEN as u32;
+    let ip_end = l3 + ip_len32 as usize;
+    if ip_end > frame_len {
+        return Err(Verdict::pass(GlobalStat::PassBadLength));
+    }
+    if martian_v6(&ip.src_addr) {
+        return Err(Verdict::drop(GlobalStat::DropMartianSource));
+    }
     if ip.hop_limit == 0 {
         return Err(Verdict::drop(GlobalStat::DropTtl));
     }
@@ -266,16 +327,18 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
             family: FAMILY_V6,
             _pad: [0; 2],
         },
-        len: (ctx.data_end() - ctx.data()) as u64,
+        len: frame_len as u64,
         l3_off: l3,
-        ip_len: u16::from_be_bytes(ip.payload_len).wrapping_add(Ipv6Hdr::LEN as u16),
+        // Within the frame, checked above, so it fits 16 bits.
+        ip_len: ip_len32 as u16,
         tos: (u16::from_be_bytes([ip.vcf[0], ip.vcf[1]]) >> 4) as u8,
         dont_fragment: true,
+        ip_id: 0,
         closing: false,
         icmp_error: false,
     };
     if proto == PROTO_TCP || proto == PROTO_UDP {
-        let (sport, dport, closing) = ports(ctx, l4, proto)?;
+        let (sport, dport, closing) = ports(ctx, l4, ip_end, proto)?;
         packet.flow.sport = u16::from_ne_bytes(sport);
         packet.flow.dport = u16::from_ne_bytes(dport);
         packet.closing = closing;
@@ -293,8 +356,12 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
         }));
     }
     if proto != PROTO_ICMPV6 {
-        // Hop-by-hop, routing, destination options...: not walked.
-        return Err(Verdict::drop(GlobalStat::DropIpv6ExtHeaders));
+        return Err(if is_extension_header(proto) {
+            // Hop-by-hop, routing, destination options...: not walked.
+            Verdict::drop(GlobalStat::DropIpv6ExtHeaders)
+        } else {
+            Verdict::pass(GlobalStat::PassOtherProto)
+        });
     }
     let icmp: *const [u8; ICMP_HDR_LEN] =
         ptr_at(ctx, l4).ok_or(Verdict::drop(GlobalStat::DropTruncatedL4))?;
@@ -304,15 +371,22 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
         return Err(Verdict::pass(GlobalStat::PassOtherProto));
     }
     let inner_l3 = l4 + ICMP_HDR_LEN;
+    if inner_l3 + Ipv6Hdr::LEN > ip_end {
+        return Err(Verdict::drop(GlobalStat::DropTruncatedL4));
+    }
     let inner: *const Ipv6Hdr =
         ptr_at(ctx, inner_l3).ok_or(Verdict::drop(GlobalStat::DropTruncatedL4))?;
     // SAFETY: ptr_at checked that the header lies inside the packet.
     let inner = unsafe { &*inner };
     let inner_proto = inner.next_hdr;
-    if inner_proto != PROTO_TCP && inner_proto != PROTO_UDP {
+    if inner.vcf[0] >> 4 != 6 || (inner_proto != PROTO_TCP && inner_proto != PROTO_UDP) {
         return Err(Verdict::pass(GlobalStat::PassOtherProto));
     }
-    let (isport, idport) = quoted_ports(ctx, inner_l3 + Ipv6Hdr::LEN)?;
+    if inner.src_addr != ip.dst_addr {
+        // The error is addressed to this VIP but quotes a packet another address sent.
+        return Err(Verdict::pass(GlobalStat::PassIcmpQuoteMismatch));
+    }
+    let (isport, idport) = quoted_ports(ctx, inner_l3 + Ipv6Hdr::LEN, ip_end)?;
     packet.flow = FlowKey {
         src: addr_words(&inner.dst_addr),
         dst: addr_words(&inner.src_addr),
@@ -324,6 +398,38 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
     };
     packet.icmp_error = true;
     Ok(packet)
+}
+
+/// Whether an IPv4 source address is one no host can send from: this network (0/8), loopback
+/// (127/8), multicast (224/4), class E and the limited broadcast (240/4).
+#[inline(always)]
+fn martian_v4(src: &[u8; 4]) -> bool {
+    src[0] == 0 || src[0] == 127 || src[0] >= 224
+}
+
+/// Whether an IPv6 source address is one that must not be forwarded: unspecified, loopback,
+/// multicast (ff00::/8), link-local (fe80::/10, valid on its own link only) and IPv4-mapped
+/// (::ffff:0:0/96, which the kernel drops as a source too).
+#[inline(always)]
+fn martian_v6(src: &[u8; 16]) -> bool {
+    if src[0] == 0xff || (src[0] == 0xfe && src[1] & 0xc0 == 0x80) {
+        return true;
+    }
+    let w = addr_words(src);
+    if w[0] != 0 || w[1] != 0 {
+        return false;
+    }
+    let w2 = u32::from_be(w[2]);
+    let w3 = u32::from_be(w[3]);
+    (w2 == 0 && w3 <= 1) || w2 == 0x0000_ffff
+}
+
+/// Whether an IPv6 next header is an extension header that would have to be walked to find the
+/// transport header (RFC 8200 and the IANA list; the fragment header is handled on its own; ESP
+/// and AH end the part we could read, like any other protocol).
+#[inline(always)]
+fn is_extension_header(next_header: u8) -> bool {
+    matches!(next_header, 0 | 43 | 60 | 135 | 139 | 140 | 253 | 254)
 }
 
 /// An IPv6 address as four words in network order, as the maps hold it.

@@ -308,8 +308,13 @@ fn malformed_and_unusual_packets_get_their_documented_verdict_and_counter() {
     later_fragment.frag = 100;
     let mut ttl0 = syn.clone();
     ttl0.ttl = 0;
+    // The frame ends inside the TCP header and the IP length says so too...
     let mut truncated_tcp = full.clone();
     truncated_tcp.truncate(14 + 20 + 10);
+    truncated_tcp[16..18].copy_from_slice(&30u16.to_be_bytes());
+    // ...or the IP length still claims the whole packet: the length disagrees with the frame.
+    let mut cut_frame = full.clone();
+    cut_frame.truncate(14 + 20 + 10);
     let mut truncated_ip = full.clone();
     truncated_ip.truncate(14 + 12);
     let mut not_v4 = full.clone();
@@ -373,6 +378,13 @@ fn malformed_and_unusual_packets_get_their_documented_verdict_and_counter() {
                 action: action::DROP,
                 output: None,
                 counter: GlobalStat::DropTruncatedL4,
+            },
+            Case {
+                description: "frame cut short inside the TCP header, IP length unchanged",
+                packet: cut_frame,
+                action: action::PASS,
+                output: None,
+                counter: GlobalStat::PassBadLength,
             },
             Case {
                 description: "a service without any real server",
@@ -613,4 +625,82 @@ fn a_real_server_id_given_to_another_server_does_not_keep_the_old_next_hop() {
         rs_mac(RS[1])[..],
         "a stale next hop was used"
     );
+}
+
+/// `frame` with its IPv4 total length set to `len` (the header checksum is not checked by the data
+/// path, so it is left as it was).
+fn with_ipv4_length(frame: &[u8], len: u16) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[16..18].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn lengths_that_disagree_with_the_frame_and_martian_sources_are_never_forwarded() {
+    let bench = bench();
+    let syn = Ipv4Packet::tcp(CLIENT, 51000, VIP, 80, SYN).build();
+    let ip_len = (syn.len() - 14) as u16;
+    // Ethernet pads a short frame to 60 bytes: the IP length, not the frame, says where the
+    // packet ends, and the padding travels along untouched.
+    let mut padded = Ipv4Packet::tcp(CLIENT, 51001, VIP, 80, SYN);
+    padded.payload.clear();
+    let mut padded = padded.build();
+    padded.resize(60, 0);
+    let padded_rs = bench.maglev_choice(&bench.web, &flow(CLIENT, 51001, VIP, 80, PROTO_TCP));
+
+    let mut cases = vec![
+        Case {
+            description: "IPv4 length beyond the frame",
+            packet: with_ipv4_length(&syn, ip_len + 10),
+            action: action::PASS,
+            output: None,
+            counter: GlobalStat::PassBadLength,
+        },
+        Case {
+            description: "IPv4 length 0xfff0 in a short frame",
+            packet: with_ipv4_length(&syn, 0xfff0),
+            action: action::PASS,
+            output: None,
+            counter: GlobalStat::PassBadLength,
+        },
+        Case {
+            description: "IPv4 length shorter than the IP header",
+            packet: with_ipv4_length(&syn, 16),
+            action: action::PASS,
+            output: None,
+            counter: GlobalStat::PassBadLength,
+        },
+        Case {
+            description: "IPv4 length that ends inside the TCP header",
+            packet: with_ipv4_length(&syn, 30),
+            action: action::DROP,
+            output: None,
+            counter: GlobalStat::DropTruncatedL4,
+        },
+        Case {
+            description: "a frame with Ethernet padding after the IP packet",
+            output: Some(rewritten(&padded, padded_rs)),
+            packet: padded,
+            action: action::TX,
+            counter: GlobalStat::VerdictTx,
+        },
+    ];
+    for (what, src) in [
+        ("this network", [0, 0, 0, 0]),
+        ("this network, not zero", [0, 1, 2, 3]),
+        ("loopback", [127, 0, 0, 1]),
+        ("multicast", [224, 0, 0, 1]),
+        ("class E", [240, 0, 0, 1]),
+        ("broadcast", [255, 255, 255, 255]),
+    ] {
+        cases.push(Case {
+            description: what,
+            packet: Ipv4Packet::tcp(src, 51002, VIP, 80, SYN).build(),
+            action: action::DROP,
+            output: None,
+            counter: GlobalStat::DropMartianSource,
+        });
+    }
+    check(&bench, cases);
 }

@@ -170,7 +170,17 @@ fn ipip(inner: &[u8]) -> Vec<u8> {
     outer[0] = 0x45;
     outer[1] = inner[1];
     outer[2..4].copy_from_slice(&((inner.len() + 20) as u16).to_be_bytes());
-    outer[6..8].copy_from_slice(&(u16::from_be_bytes([inner[6], inner[7]]) & 0x4000).to_be_bytes());
+    let df = u16::from_be_bytes([inner[6], inner[7]]) & 0x4000;
+    if df == 0 {
+        // Without DF: the inner id mixed with the client's address and port, in packet order.
+        let word = u32::from_ne_bytes([inner[12], inner[13], inner[14], inner[15]]);
+        let ihl = usize::from(inner[0] & 0x0f) * 4;
+        let id = u16::from_ne_bytes([inner[4], inner[5]])
+            ^ (word ^ (word >> 16)) as u16
+            ^ u16::from_ne_bytes([inner[ihl], inner[ihl + 1]]);
+        outer[4..6].copy_from_slice(&id.to_ne_bytes());
+    }
+    outer[6..8].copy_from_slice(&df.to_be_bytes());
     outer[8] = 64;
     outer[9] = 4;
     outer[12..16].copy_from_slice(&OUR_V4);
@@ -508,4 +518,312 @@ fn the_decapsulator_strips_only_tunnels_addressed_to_us() {
     let mut expected = ethernet(RS_MAC, OUR_MAC, Some(7), 0x86dd);
     expected.extend_from_slice(&inner6);
     assert_eq!(out.packet, expected, "IP6IP6 for us:\n{}", hex(&out.packet));
+}
+
+/// `frame` (IPv4 behind 14 bytes of Ethernet) with its total length set to `len`.
+fn with_ipv4_length(frame: &[u8], len: u16) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[16..18].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// `frame` (IPv6 behind 14 bytes of Ethernet) with its payload length set to `len`.
+fn with_ipv6_payload_length(frame: &[u8], len: u16) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[18..20].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn lengths_that_disagree_with_the_frame_are_never_tunneled_or_answered() {
+    let bench = bench();
+    // Found by fuzzing: IPv4 total length 46 in a 40-byte packet to a tunnel service (addressed
+    // here to this bench's tunnel VIP).
+    let mut found = unhex(
+        "0200000000aa0200000000cc08004500002ef63000004006b45749bb7c180a0a0065aa0000504770a7be0000000050e44aaafa940000",
+    );
+    found[30..34].copy_from_slice(&VIP);
+    bench.expect(
+        "IPv4 length 46 in a 40-byte packet to a tunnel service",
+        &found,
+        action::PASS,
+        &found,
+        GlobalStat::PassBadLength,
+    );
+    let syn = v4_of_len(43000, 80, 60, true).build();
+    let wraps = with_ipv4_length(&syn, 0xfff0);
+    bench.expect(
+        "IPv4 length 0xfff0 in a short frame (the outer length would wrap)",
+        &wraps,
+        action::PASS,
+        &wraps,
+        GlobalStat::PassBadLength,
+    );
+    // A frame that fits the MTU but claims more than it holds gets no "fragmentation needed",
+    // by tunnel or by direct routing.
+    for (what, dport) in [("tunnel", 80), ("direct routing", 8080)] {
+        let frame = v4_of_len(43001, dport, 1473, true).build();
+        let lying = with_ipv4_length(&frame, 1595);
+        bench.expect(
+            &format!("a 1487-byte frame claiming 1595 bytes, {what}"),
+            &lying,
+            action::PASS,
+            &lying,
+            GlobalStat::PassBadLength,
+        );
+    }
+    let frame6 = {
+        let mut p = Ipv6Packet::tcp(v6(0x50), 43002, v6(0x100), 80, ACK);
+        p.eth_dst = OUR_MAC;
+        p.build()
+    };
+    let payload = (frame6.len() - 54) as u16;
+    for (what, len) in [
+        ("IPv6 payload length beyond the frame", payload + 1),
+        (
+            "IPv6 payload length 0xfff0 (the outer length would wrap)",
+            0xfff0,
+        ),
+    ] {
+        let lying = with_ipv6_payload_length(&frame6, len);
+        bench.expect(
+            what,
+            &lying,
+            action::PASS,
+            &lying,
+            GlobalStat::PassBadLength,
+        );
+    }
+    let short = with_ipv6_payload_length(&frame6, 10);
+    bench.expect(
+        "IPv6 payload length that ends inside the TCP header",
+        &short,
+        action::DROP,
+        &short,
+        GlobalStat::DropTruncatedL4,
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn martian_sources_and_group_mac_senders_get_nothing_forwarded_or_answered() {
+    let bench = bench();
+    let mut martians: Vec<[u8; 16]> = vec![
+        [0; 16],
+        {
+            let mut a = [0; 16];
+            a[15] = 1;
+            a
+        },
+        [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        [0xfe, 0xbf, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+    ];
+    martians.push([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 10, 0, 50]);
+    for src in martians {
+        for dport in [80, 8080] {
+            let mut p = Ipv6Packet::tcp(src, 44000, v6(0x100), dport, SYN);
+            p.eth_dst = OUR_MAC;
+            let input = p.build();
+            bench.expect(
+                &format!("IPv6 from {src:02x?} to port {dport}"),
+                &input,
+                action::DROP,
+                &input,
+                GlobalStat::DropMartianSource,
+            );
+        }
+    }
+    // fec0::/10 (deprecated site-local) is not link-local: forwarded.
+    let mut site = Ipv6Packet::tcp(
+        [0xfe, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        44001,
+        v6(0x100),
+        8080,
+        SYN,
+    );
+    site.eth_dst = OUR_MAC;
+    assert_eq!(bench.run(&site.build()).action, action::TX);
+
+    // A packet too big for the tunnel, sent from a group MAC address: no reply.
+    let mut big = v4_of_len(44002, 80, 1481, true);
+    big.eth_src = [0x01, 0x00, 0x5e, 0, 0, 1];
+    let big = big.build();
+    bench.expect(
+        "a 1481-byte packet with DF from a multicast MAC",
+        &big,
+        action::DROP,
+        &big,
+        GlobalStat::DropTooBig,
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn tunneled_packets_without_df_get_an_ip_id_from_their_own_and_their_flow() {
+    let bench = bench();
+    let mut seen = Vec::new();
+    for id_seed in [0u8, 1] {
+        let mut p = v4_of_len(45000, 80, 100, false);
+        p.payload[0] = id_seed;
+        let mut input = p.build();
+        // A different identification for each packet, as its sender gives it.
+        input[18..20].copy_from_slice(&[0x12, 0x34 + id_seed]);
+        let inner = input[14..].to_vec();
+        let expected = ipip(&inner);
+        bench.expect(
+            "a tunneled packet without DF",
+            &input,
+            action::TX,
+            &expected,
+            GlobalStat::VerdictTx,
+        );
+        seen.push(expected[18..20].to_vec());
+    }
+    assert_ne!(
+        seen[0], seen[1],
+        "two packets of one flow share an outer id"
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn icmp_errors_quoting_another_address_and_ipv6_protocols_get_their_verdicts() {
+    let bench = bench();
+    // An error addressed to VIP that quotes a packet sent by another VIP (10.10.0.200).
+    let quoted = Ipv4Packet::tcp([10, 10, 0, 200], 8080, CLIENT, 42000, ACK).ip_bytes();
+    let mut body = vec![3u8, 4, 0, 0, 0, 0, 0x05, 0x00];
+    body.extend_from_slice(&quoted[..28]);
+    let mut error = Ipv4Packet::new(
+        [10, 10, 0, 254],
+        VIP,
+        L4::Raw {
+            proto: 1,
+            bytes: body.clone(),
+        },
+    );
+    error.payload.clear();
+    let input = error.build();
+    bench.expect(
+        "ICMP error to the VIP quoting another address's flow",
+        &input,
+        action::PASS,
+        &input,
+        GlobalStat::PassIcmpQuoteMismatch,
+    );
+    // The same error quoting the VIP's own flow, with an IP length that ends before the quoted
+    // ports.
+    let quoted = Ipv4Packet::tcp(VIP, 8080, CLIENT, 42000, ACK).ip_bytes();
+    let mut body = vec![3u8, 4, 0, 0, 0, 0, 0x05, 0x00];
+    body.extend_from_slice(&quoted[..28]);
+    let mut error = Ipv4Packet::new(
+        [10, 10, 0, 254],
+        VIP,
+        L4::Raw {
+            proto: 1,
+            bytes: body,
+        },
+    );
+    error.payload.clear();
+    let cut = with_ipv4_length(&error.build(), 20 + 8 + 20 + 2);
+    bench.expect(
+        "ICMP error whose IP length ends inside the quoted ports",
+        &cut,
+        action::DROP,
+        &cut,
+        GlobalStat::DropTruncatedL4,
+    );
+
+    // IPv6: the same mismatch.
+    let quoted = Ipv6Packet::tcp(v6(0x200), 8080, v6(0x50), 42001, ACK).ip_bytes();
+    let mut body = vec![2u8, 0, 0, 0, 0, 0, 0x05, 0x00];
+    body.extend_from_slice(&quoted[..48]);
+    let mut error = Ipv6Packet::new(
+        v6(0xfe),
+        v6(0x100),
+        L4::Raw {
+            proto: 58,
+            bytes: body,
+        },
+    );
+    error.payload.clear();
+    let input = error.build();
+    bench.expect(
+        "ICMPv6 error to the VIP quoting another address's flow",
+        &input,
+        action::PASS,
+        &input,
+        GlobalStat::PassIcmpQuoteMismatch,
+    );
+
+    // Next headers: extension headers are dropped, other protocols passed as in IPv4.
+    for (next, verdict, stat) in [
+        (43, action::DROP, GlobalStat::DropIpv6ExtHeaders),
+        (60, action::DROP, GlobalStat::DropIpv6ExtHeaders),
+        (59, action::PASS, GlobalStat::PassOtherProto),
+        (47, action::PASS, GlobalStat::PassOtherProto),
+        (132, action::PASS, GlobalStat::PassOtherProto),
+        (50, action::PASS, GlobalStat::PassOtherProto),
+    ] {
+        let mut p = Ipv6Packet::tcp(v6(0x50), 46000, v6(0x100), 80, SYN);
+        p.next_header_override = Some(next);
+        let input = p.build();
+        bench.expect(
+            &format!("IPv6 with next header {next}"),
+            &input,
+            verdict,
+            &input,
+            stat,
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn the_decapsulator_leaves_wrong_versions_and_lying_lengths_to_the_kernel() {
+    root::require();
+    let ns = Netns::new("decap");
+    ns.sh("ip link add dx0 type veth peer name dx1 && ip link set dx0 up && ip link set dx1 up");
+    let ifindex = ns.ifindex("dx0");
+    let ours: Vec<IpAddr> = vec![IpAddr::from(TUN_RS), IpAddr::from(v6(0x21))];
+    let decap = Decapsulator::load(&ours, None).expect("load the decapsulator");
+    let program = decap.program().expect("program");
+    let run = |p: &[u8]| ns.enter(|| fixture::run(program, p, ifindex));
+
+    let inner6 = Ipv6Packet::tcp(v6(0x50), 40000, v6(0x100), 80, SYN).ip_bytes();
+    let mut frame = ethernet(RS_MAC, OUR_MAC, None, 0x86dd);
+    let mut outer = vec![0u8; 40];
+    outer[0] = 0x40; // version 4 behind the IPv6 ethertype
+    outer[4..6].copy_from_slice(&(inner6.len() as u16).to_be_bytes());
+    outer[6] = 41;
+    outer[7] = 64;
+    outer[8..24].copy_from_slice(&v6(1));
+    outer[24..40].copy_from_slice(&v6(0x21));
+    frame.extend_from_slice(&outer);
+    frame.extend_from_slice(&inner6);
+    let out = run(&frame);
+    assert_eq!(out.action, action::PASS);
+    assert_eq!(
+        out.packet, frame,
+        "an IPv6 ethertype with version 4 was decapsulated"
+    );
+    // Version 6, but a payload length beyond the frame.
+    frame[14] = 0x60;
+    frame[18..20].copy_from_slice(&((inner6.len() + 1) as u16).to_be_bytes());
+    assert_eq!(run(&frame).packet, frame, "an IPv6 length beyond the frame");
+
+    let inner = Ipv4Packet::tcp(CLIENT, 40000, VIP, 80, SYN).ip_bytes();
+    let tunneled = ipip(&inner);
+    for len in [(inner.len() + 21) as u16, 19] {
+        let lying = with_ipv4_length(&tunneled, len);
+        assert_eq!(run(&lying).packet, lying, "an IPv4 outer length of {len}");
+    }
 }
