@@ -60,6 +60,26 @@ pub const fn source_hash(key: &FlowKey) -> u32 {
     finish(h, 20)
 }
 
+/// Words of the VIP filter ([`crate::maps::VIP_FILTER`]): 1024 × 64 bits, 8 KiB, so that 512
+/// VIPs set under 1 % of its bits.
+pub const VIP_FILTER_WORDS: u32 = 1024;
+
+/// Where a VIP address sits in the VIP filter: the word's index and the bit within it. A bit that
+/// is clear proves the address is no VIP; a set bit may be another address's (the data path then
+/// asks the exact maps). `addr` is in network order, IPv4 in `addr[0]`.
+#[inline(always)]
+pub const fn vip_filter_slot(addr: &[u32; 4], family: u8) -> (u32, u64) {
+    let mut h = SEED;
+    h = mix(h, addr[0]);
+    if family != crate::FAMILY_V4 {
+        h = mix(h, addr[1]);
+        h = mix(h, addr[2]);
+        h = mix(h, addr[3]);
+    }
+    let h = finish(h, family as u32);
+    ((h >> 6) % VIP_FILTER_WORDS, 1u64 << (h & 63))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +117,24 @@ mod tests {
         for b in buckets {
             assert!((900..1100).contains(&b), "uneven spread: {buckets:?}");
         }
+    }
+
+    #[test]
+    fn five_hundred_vips_leave_most_of_the_vip_filter_clear() {
+        let mut words = [0u64; VIP_FILTER_WORDS as usize];
+        for i in 0..512u32 {
+            let (word, bit) = vip_filter_slot(&[(0x0a09_0000 + i).to_be(), 0, 0, 0], 4);
+            words[word as usize] |= bit;
+        }
+        let set: u32 = words.iter().map(|w| w.count_ones()).sum();
+        assert!(set > 500, "VIPs share too many bits: {set}");
+        let misses = (0..100_000u32)
+            .filter(|i| {
+                let (word, bit) = vip_filter_slot(&[(0x0b00_0000 + i).to_be(), 0, 0, 0], 4);
+                words[word as usize] & bit != 0
+            })
+            .count();
+        assert!(misses < 1_000, "{misses} of 100000 other addresses look like VIPs");
     }
 
     #[test]

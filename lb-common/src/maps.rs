@@ -9,6 +9,10 @@ pub const SERVICES: &str = "XLB_SERVICES";
 /// VIP address (a [`crate::ServiceKey`] with port and proto zero) → number of services on it.
 /// Written by userspace; lets the data path pass everything that is not for a VIP after one lookup.
 pub const VIP_ADDRS: &str = "XLB_VIP_ADDRS";
+/// Word → 64 bits of a filter of the VIP addresses (see [`crate::hash::vip_filter_slot`]): a
+/// clear bit lets the data path pass a packet that is for no VIP without a hash lookup. Written by
+/// userspace, always a superset of `VIP_ADDRS`.
+pub const VIP_FILTER: &str = "XLB_VIP_FILTER";
 /// Maglev table slot → real-server id, `MAGLEV_TABLES` tables of `MAGLEV_TABLE_SIZE` slots each,
 /// laid end to end. Written by userspace.
 pub const MAGLEV: &str = "XLB_MAGLEV";

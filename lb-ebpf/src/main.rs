@@ -55,8 +55,17 @@ mod program {
         };
         let svc = match service::lookup(&packet.flow) {
             Some(svc) => svc,
-            None => return Verdict::pass(lb_common::GlobalStat::PassNoService),
+            None => {
+                return service::confirm_vip(
+                    &packet.flow.dst,
+                    packet.flow.family,
+                    Verdict::pass(lb_common::GlobalStat::PassNoService),
+                )
+            }
         };
+        if packet.ip_options {
+            stats::count(lb_common::GlobalStat::SeenIpOptions);
+        }
         let (real_id, new_flow) = match conntrack::lookup(&packet) {
             Some(real_id) => (real_id, false),
             None => match schedule::choose(&svc, &packet.flow) {

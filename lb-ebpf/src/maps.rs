@@ -5,6 +5,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
+    hash::VIP_FILTER_WORDS,
     limits::{MAGLEV_TABLES, MAGLEV_TABLE_SIZE, MAX_CONNECTIONS, MAX_REALS, MAX_SERVICES},
     stats::GLOBAL_STATS_LEN,
     Connection, Counters, DataplaneConfig, FlowKey, NextHop, RealServer, Service, ServiceKey,
@@ -22,6 +23,11 @@ pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MA
 /// VIP address → number of services on it. Written by userspace.
 #[map(name = "XLB_VIP_ADDRS")]
 pub static VIP_ADDRS: HashMap<ServiceKey, u32> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Word → 64 bits of the VIP filter: a clear bit proves an address is no VIP. Written by
+/// userspace (a superset of `VIP_ADDRS`).
+#[map(name = "XLB_VIP_FILTER")]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
 
 /// Maglev slots → real-server id, two tables per service end to end. Written by userspace.
 #[map(name = "XLB_MAGLEV")]

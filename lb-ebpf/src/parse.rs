@@ -4,7 +4,8 @@
 //! The rules for unusual input (each counted under its own [`GlobalStat`]):
 //! - not IP, or an Ethernet/VLAN/IP header cut short, or a bad IHL: passed, untouched (the kernel
 //!   drops what is malformed and counts it itself);
-//! - not for a VIP: passed untouched, after one lookup of the destination address;
+//! - not for a VIP: passed untouched, after one bit of the VIP filter (or, when the filter cannot
+//!   tell, one lookup of the destination address);
 //! - for a VIP: an IP length field that disagrees with the frame (more bytes than the frame
 //!   holds, fewer than the IP header) is malformed: passed, and the kernel drops it; the frame,
 //!   not the length field, bounds everything read after it, and lengths used later (the tunnel's
@@ -25,7 +26,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{FlowKey, GlobalStat, ServiceKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+use lb_common::{FlowKey, GlobalStat, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -33,7 +34,7 @@ use network_types::{
     udp::UdpHdr,
 };
 
-use crate::{service, stats, verdict::Verdict};
+use crate::{service, verdict::Verdict};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -76,6 +77,8 @@ pub struct Packet {
     pub dont_fragment: bool,
     /// The IPv4 identification field as it sits in the packet (0 for IPv6).
     pub ip_id: u16,
+    /// The IPv4 header carries options (skipped over; counted once the service is known).
+    pub ip_options: bool,
     /// TCP FIN or RST seen: the connection is closing.
     pub closing: bool,
     /// The packet is an ICMP error about `flow`, not part of it.
@@ -175,16 +178,22 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
     if ihl < 5 {
         return Err(Verdict::pass(GlobalStat::PassBadIhl));
     }
-    let dst = u32::from_ne_bytes(ip.dst_addr);
-    let vip = ServiceKey {
-        addr: [dst, 0, 0, 0],
-        port: 0,
-        proto: 0,
-        family: FAMILY_V4,
-    };
-    if !service::is_vip(&vip) {
+    let dst = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
+    if !service::maybe_vip(&dst, FAMILY_V4) {
         return Err(Verdict::pass(GlobalStat::PassNotVip));
     }
+    parse_v4_for_vip(ctx, l3, ip, ihl).map_err(|v| service::confirm_vip(&dst, FAMILY_V4, v))
+}
+
+/// The rest of [`parse_v4`], for a destination that may be a VIP.
+#[inline(always)]
+fn parse_v4_for_vip(
+    ctx: &XdpContext,
+    l3: usize,
+    ip: &Ipv4Hdr,
+    ihl: usize,
+) -> Result<Packet, Verdict> {
+    let dst = u32::from_ne_bytes(ip.dst_addr);
     let l4 = l3 + ihl * 4;
     if ptr_at::<u8>(ctx, l4 - 1).is_none() {
         return Err(Verdict::pass(GlobalStat::PassBadIhl));
@@ -195,6 +204,7 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
     if ip_end < l4 || ip_end > frame_len {
         return Err(Verdict::pass(GlobalStat::PassBadLength));
     }
+    let ip_end = opaque(ip_end);
     if martian_v4(&ip.src_addr) {
         return Err(Verdict::drop(GlobalStat::DropMartianSource));
     }
@@ -209,9 +219,6 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
         return Err(Verdict::drop(GlobalStat::DropFragmentFirst));
     }
     let proto = ip.proto;
-    if ihl > 5 {
-        stats::count(GlobalStat::SeenIpOptions);
-    }
     let mut packet = Packet {
         flow: FlowKey {
             src: [u32::from_ne_bytes(ip.src_addr), 0, 0, 0],
@@ -228,6 +235,7 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
         tos: ip.tos,
         dont_fragment: frags & IP_DF != 0,
         ip_id: u16::from_ne_bytes(ip.id),
+        ip_options: ihl > 5,
         closing: false,
         icmp_error: false,
     };
@@ -293,15 +301,20 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
         return Err(Verdict::pass(GlobalStat::PassMalformed));
     }
     let dst: [u32; 4] = addr_words(&ip.dst_addr);
-    let vip = ServiceKey {
-        addr: dst,
-        port: 0,
-        proto: 0,
-        family: FAMILY_V6,
-    };
-    if !service::is_vip(&vip) {
+    if !service::maybe_vip(&dst, FAMILY_V6) {
         return Err(Verdict::pass(GlobalStat::PassNotVip));
     }
+    parse_v6_for_vip(ctx, l3, ip, dst).map_err(|v| service::confirm_vip(&dst, FAMILY_V6, v))
+}
+
+/// The rest of [`parse_v6`], for a destination that may be a VIP.
+#[inline(always)]
+fn parse_v6_for_vip(
+    ctx: &XdpContext,
+    l3: usize,
+    ip: &Ipv6Hdr,
+    dst: [u32; 4],
+) -> Result<Packet, Verdict> {
     let frame_len = ctx.data_end() - ctx.data();
     // At most 65535 + 40: no wrap in 32 bits.
     let ip_len32 = u32::from(u16::from_be_bytes(ip.payload_len)) + Ipv6Hdr::LEN as u32;
@@ -309,6 +322,7 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
     if ip_end > frame_len {
         return Err(Verdict::pass(GlobalStat::PassBadLength));
     }
+    let ip_end = opaque(ip_end);
     if martian_v6(&ip.src_addr) {
         return Err(Verdict::drop(GlobalStat::DropMartianSource));
     }
@@ -334,6 +348,7 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
         tos: (u16::from_be_bytes([ip.vcf[0], ip.vcf[1]]) >> 4) as u8,
         dont_fragment: true,
         ip_id: 0,
+        ip_options: false,
         closing: false,
         icmp_error: false,
     };
@@ -398,6 +413,14 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
     };
     packet.icmp_error = true;
     Ok(packet)
+}
+
+/// `value`, hidden from the optimiser. From `ip_end <= frame length` and `l4 + n <= ip_end`
+/// LLVM would conclude that the packet holds `l4 + n` bytes and drop `ptr_at`'s own check, which
+/// the verifier needs to see (it does not follow such relations between scalars).
+#[inline(always)]
+fn opaque(value: usize) -> usize {
+    core::hint::black_box(value)
 }
 
 /// Whether an IPv4 source address is one no host can send from: this network (0/8), loopback

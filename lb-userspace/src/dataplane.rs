@@ -17,6 +17,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
+    hash::{vip_filter_slot, VIP_FILTER_WORDS},
     limits::{MAGLEV_TABLE_SIZE, MAX_REALS, MAX_SERVICES},
     maps as names, Connection, Counters, DataplaneConfig, FlowKey, GlobalStat, NextHop, RealServer,
     Service, ServiceKey,
@@ -162,6 +163,9 @@ pub struct Dataplane {
     ebpf: Ebpf,
     services: HashMap<MapData, ServiceKey, Service>,
     vip_addrs: HashMap<MapData, ServiceKey, u32>,
+    vip_filter: Array<MapData, u64>,
+    /// How many VIP addresses share each set bit of the VIP filter (word, bit).
+    vip_filter_users: StdHashMap<(u32, u64), u32>,
     maglev: Array<MapData, u32>,
     /// A second descriptor of the Maglev map for batch updates, which aya does not offer.
     maglev_fd: OwnedFd,
@@ -245,6 +249,8 @@ impl Dataplane {
             maglev_fd,
             services: take(&mut ebpf, names::SERVICES)?,
             vip_addrs: take(&mut ebpf, names::VIP_ADDRS)?,
+            vip_filter: take(&mut ebpf, names::VIP_FILTER)?,
+            vip_filter_users: StdHashMap::new(),
             maglev: take(&mut ebpf, names::MAGLEV)?,
             reals: take(&mut ebpf, names::REALS)?,
             next_hops: take(&mut ebpf, names::NEXT_HOPS)?,
@@ -260,6 +266,7 @@ impl Dataplane {
             free_real_ids: BTreeSet::new(),
         };
         dataplane.recover_ids()?;
+        dataplane.rebuild_vip_filter()?;
         Ok(dataplane)
     }
 
@@ -285,6 +292,67 @@ impl Dataplane {
             }
         }
         self.free_real_ids = free_reals;
+        Ok(())
+    }
+
+    /// Rewrites the VIP filter from the VIP map, after a load: the pinned filter of an older
+    /// version may be missing or stale. Only words that differ are written.
+    fn rebuild_vip_filter(&mut self) -> Result<()> {
+        let mut words = vec![0u64; VIP_FILTER_WORDS as usize];
+        self.vip_filter_users.clear();
+        for entry in self.vip_addrs.keys() {
+            let vip = entry.map_err(map_err("reading the VIP addresses"))?;
+            let (word, bit) = vip_filter_slot(&vip.addr, vip.family);
+            words[word as usize] |= bit;
+            *self.vip_filter_users.entry((word, bit)).or_default() += 1;
+        }
+        for (index, word) in (0u32..).zip(words) {
+            if self.vip_filter.get(&index, 0).ok() != Some(word) {
+                self.vip_filter
+                    .set(index, word, 0)
+                    .map_err(map_err("writing the VIP filter"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets or clears one bit of the VIP filter's `word`.
+    fn write_vip_filter_bit(&mut self, word: u32, bit: u64, set: bool) -> Result<()> {
+        let current = self
+            .vip_filter
+            .get(&word, 0)
+            .map_err(map_err("reading the VIP filter"))?;
+        let new = if set { current | bit } else { current & !bit };
+        if new != current {
+            self.vip_filter
+                .set(word, new, 0)
+                .map_err(map_err("writing the VIP filter"))?;
+        }
+        Ok(())
+    }
+
+    /// A VIP address arrives: its filter bit is set before any entry for it exists.
+    fn add_vip_to_filter(&mut self, vip: &ServiceKey) -> Result<()> {
+        let slot = vip_filter_slot(&vip.addr, vip.family);
+        let users = self.vip_filter_users.entry(slot).or_default();
+        *users += 1;
+        if *users == 1 {
+            self.write_vip_filter_bit(slot.0, slot.1, true)?;
+        }
+        Ok(())
+    }
+
+    /// A VIP address is gone: its filter bit is cleared when no other VIP shares it.
+    fn remove_vip_from_filter(&mut self, vip: &ServiceKey) -> Result<()> {
+        let slot = vip_filter_slot(&vip.addr, vip.family);
+        let Some(users) = self.vip_filter_users.get_mut(&slot) else {
+            return Ok(());
+        };
+        *users -= 1;
+        if *users == 0 {
+            self.vip_filter_users.remove(&slot);
+            self.write_vip_filter_bit(slot.0, slot.1, false)?;
+        }
         Ok(())
     }
 
@@ -388,14 +456,26 @@ impl Dataplane {
         self.service_stats
             .set(id, zeroed_per_cpu()?, 0)
             .map_err(map_err("zeroing a service's counters"))?;
-        self.services
-            .insert(key, svc, 0)
-            .map_err(map_err("adding a service"))?;
         let vip = key.vip_only();
         let count = self.vip_addrs.get(&vip, 0).unwrap_or(0);
-        if let Err(e) = self.vip_addrs.insert(vip, count + 1, 0) {
+        if count == 0 {
+            self.add_vip_to_filter(&vip)?;
+        }
+        let added = self
+            .services
+            .insert(key, svc, 0)
+            .map_err(map_err("adding a service"))
+            .and_then(|()| {
+                self.vip_addrs
+                    .insert(vip, count + 1, 0)
+                    .map_err(map_err("adding a VIP address"))
+            });
+        if let Err(e) = added {
             let _ = self.services.remove(&key);
-            return Err(map_err("adding a VIP address")(e));
+            if count == 0 {
+                let _ = self.remove_vip_from_filter(&vip);
+            }
+            return Err(e);
         }
         self.free_service_ids.remove(&id);
         Ok(id)
@@ -419,6 +499,7 @@ impl Dataplane {
                 .map_err(map_err("updating a VIP address"))?,
             _ => {
                 let _ = self.vip_addrs.remove(&vip);
+                self.remove_vip_from_filter(&vip)?;
             }
         }
         self.free_service_ids.insert(svc.id);
@@ -735,9 +816,10 @@ fn not_xdp(source: ProgramError) -> DataplaneError {
 }
 
 /// Every map of the object, as pinned.
-const ALL_MAPS: [&str; 11] = [
+const ALL_MAPS: [&str; 12] = [
     names::SERVICES,
     names::VIP_ADDRS,
+    names::VIP_FILTER,
     names::MAGLEV,
     names::REALS,
     names::CONNTRACK,
