@@ -33,12 +33,15 @@ pub struct Connection {
     pub real: u32,
     /// The service the flow belongs to.
     pub service: u32,
-    /// `bpf_ktime_get_ns()` of the flow's last packet, for idle accounting in userspace.
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC, to the last tick) of the flow's last packet,
+    /// for idle accounting in userspace.
     pub last_seen_ns: u64,
     /// `CONN_F_*` bits.
     pub flags: u32,
-    /// Padding made explicit so that the type is `Pod`.
-    pub _pad: u32,
+    /// The service's epoch when the flow was given its server ([`crate::maps::SERVICE_EPOCHS`]):
+    /// a known flow is forwarded without looking its service up, and only while the service that
+    /// gave it its server still exists under this epoch.
+    pub service_epoch: u32,
 }
 
 crate::user_pod!(FlowKey, Connection);

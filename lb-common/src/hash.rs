@@ -134,7 +134,10 @@ mod tests {
                 words[word as usize] & bit != 0
             })
             .count();
-        assert!(misses < 1_000, "{misses} of 100000 other addresses look like VIPs");
+        assert!(
+            misses < 1_000,
+            "{misses} of 100000 other addresses look like VIPs"
+        );
     }
 
     #[test]

@@ -16,6 +16,12 @@ pub const VIP_FILTER: &str = "XLB_VIP_FILTER";
 /// Maglev table slot → real-server id, `MAGLEV_TABLES` tables of `MAGLEV_TABLE_SIZE` slots each,
 /// laid end to end. Written by userspace.
 pub const MAGLEV: &str = "XLB_MAGLEV";
+/// Service id → the service's epoch, a number userspace gives each service it creates (never 0,
+/// never reused for the same id while connections may remember it) and sets to 0 when it removes
+/// the service. A connection is only followed while its service's epoch is the one it recorded.
+/// One entry more than there are service ids: the last holds the highest epoch given so far, so
+/// that a restarted daemon never gives an old epoch again. Written by userspace.
+pub const SERVICE_EPOCHS: &str = "XLB_SVC_EPOCHS";
 /// Real-server id → [`crate::RealServer`]. Written by userspace.
 pub const REALS: &str = "XLB_REALS";
 /// Real-server id → per-CPU [`crate::NextHop`]: the FIB's answer, reused briefly. Written by the

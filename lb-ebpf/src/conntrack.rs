@@ -1,20 +1,38 @@
 //! The connection table: a flow that has a real server keeps it, whatever happens to the
 //! service's Maglev table afterwards (weights, servers added or removed).
+//!
+//! It is asked first, before the service: a known flow, the common case, then costs one hash
+//! lookup. An entry only counts while its real server exists and its service still exists under
+//! the epoch the entry recorded, so a removed (or removed and re-added) service's flows are not
+//! followed.
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
-use lb_common::{conntrack::CONN_F_CLOSING, Connection, GlobalStat};
+use lb_common::{conntrack::CONN_F_CLOSING, Connection, GlobalStat, RealServer};
 
 use crate::{maps, parse::Packet, stats};
 
-/// The real server of a known flow, refreshing its entry. A flow whose server has been removed
-/// since is treated as new.
+/// A known flow: its service, its real server's id and entry.
+pub struct Known {
+    /// The service's id.
+    pub service: u32,
+    /// The real server's id.
+    pub real_id: u32,
+    /// The real server.
+    pub real: RealServer,
+}
+
+/// The service and real server of a known flow, refreshing its entry. A flow whose server or
+/// service has been removed since is treated as new.
 #[inline(always)]
-pub fn lookup(packet: &Packet) -> Option<u32> {
+pub fn lookup(packet: &Packet) -> Option<Known> {
     let conn = maps::CONNTRACK.get_ptr_mut(&packet.flow)?;
     // SAFETY: the pointer comes from the map lookup and stays valid for this program run; racing
     // writers only ever store whole, valid values.
     let conn = unsafe { &mut *conn };
-    maps::real(conn.real)?;
+    if maps::service_epoch(conn.service) != conn.service_epoch {
+        return None;
+    }
+    let real = maps::real(conn.real)?;
     // Written only when it changed (once a tick at most), so that a flow's packets on several
     // CPUs do not keep taking its cache line from each other.
     let now = now();
@@ -25,7 +43,11 @@ pub fn lookup(packet: &Packet) -> Option<u32> {
         conn.flags |= CONN_F_CLOSING;
     }
     stats::count(GlobalStat::ConntrackHit);
-    Some(conn.real)
+    Some(Known {
+        service: conn.service,
+        real_id: conn.real,
+        real,
+    })
 }
 
 /// Remember the real server chosen for a new flow.
@@ -36,7 +58,7 @@ pub fn remember(ctx: &XdpContext, packet: &Packet, service: u32, real: u32) {
         service,
         last_seen_ns: now(),
         flags: if packet.closing { CONN_F_CLOSING } else { 0 },
-        _pad: 0,
+        service_epoch: maps::service_epoch(service),
     };
     stats::count(GlobalStat::ConntrackMiss);
     // A full table evicts its least recently used flow, so the insert only fails on a kernel

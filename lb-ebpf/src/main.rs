@@ -1,8 +1,8 @@
 //! xlb's XDP balancer: forwards each flow for a virtual service to one real server.
 //!
-//! Per packet, in this order (see ../shared/DESIGN.md): parse ([`parse`]), find the service
-//! ([`service`]), find or make the connection ([`conntrack`]), on a new flow choose a real server by
-//! Maglev ([`schedule`]), forward by direct routing or tunneling ([`forward`]) or answer "too big"
+//! Per packet, in this order (see ../shared/DESIGN.md): parse ([`parse`]), find the connection
+//! ([`conntrack`]; a known flow needs nothing else), else find the service ([`service`]) and
+//! choose a real server by Maglev ([`schedule`]), forward by direct routing or tunneling ([`forward`]) or answer "too big"
 //! ([`icmp`]), count ([`stats`]). Every packet that is not for a
 //! service is passed to the kernel untouched; every packet that is passed or dropped instead of
 //! forwarded is counted by reason ([`verdict`]).
@@ -53,46 +53,45 @@ mod program {
             Ok(packet) => packet,
             Err(verdict) => return verdict,
         };
-        let svc = match service::lookup(&packet.flow) {
-            Some(svc) => svc,
+        let (service, real_id, real, new_flow) = match conntrack::lookup(&packet) {
+            Some(known) => (known.service, known.real_id, known.real, false),
             None => {
-                return service::confirm_vip(
-                    &packet.flow.dst,
-                    packet.flow.family,
-                    Verdict::pass(lb_common::GlobalStat::PassNoService),
-                )
+                let Some(svc) = service::lookup(&packet.flow) else {
+                    return service::confirm_vip(
+                        &packet.flow.dst,
+                        packet.flow.family,
+                        Verdict::pass(lb_common::GlobalStat::PassNoService),
+                    );
+                };
+                let Some(real_id) = schedule::choose(&svc, &packet.flow) else {
+                    return Verdict::drop(lb_common::GlobalStat::DropNoReal);
+                };
+                let Some(real) = maps::real(real_id) else {
+                    return Verdict::drop(lb_common::GlobalStat::DropNoReal);
+                };
+                (svc.id, real_id, real, true)
             }
         };
         if packet.ip_options {
             stats::count(lb_common::GlobalStat::SeenIpOptions);
         }
-        let (real_id, new_flow) = match conntrack::lookup(&packet) {
-            Some(real_id) => (real_id, false),
-            None => match schedule::choose(&svc, &packet.flow) {
-                Some(real_id) => (real_id, true),
-                None => return Verdict::drop(lb_common::GlobalStat::DropNoReal),
-            },
-        };
-        let Some(real) = maps::real(real_id) else {
-            return Verdict::drop(lb_common::GlobalStat::DropNoReal);
-        };
         let verdict = forward::forward(ctx, &packet, real_id, &real);
         if verdict.is_forwarded() {
             if packet.icmp_error {
                 stats::count(lb_common::GlobalStat::SeenIcmpErrorForwarded);
             } else if new_flow {
-                conntrack::remember(ctx, &packet, svc.id, real_id);
+                conntrack::remember(ctx, &packet, service, real_id);
                 if maps::debug_events() {
                     aya_log_ebpf::debug!(
                         ctx,
                         "new flow from port {} -> service {} real server {}",
                         u16::from_be(packet.flow.sport),
-                        svc.id,
+                        service,
                         real_id
                     );
                 }
             }
-            stats::count_forwarded(svc.id, real_id, packet.len, new_flow && !packet.icmp_error);
+            stats::count_forwarded(service, real_id, packet.len, new_flow && !packet.icmp_error);
         }
         verdict
     }

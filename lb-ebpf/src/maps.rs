@@ -33,6 +33,10 @@ pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0)
 #[map(name = "XLB_MAGLEV")]
 pub static MAGLEV: Array<u32> = Array::with_max_entries(MAGLEV_TABLES * MAGLEV_TABLE_SIZE, 0);
 
+/// Service id → the service's epoch (0: no such service). Written by userspace.
+#[map(name = "XLB_SVC_EPOCHS")]
+pub static SERVICE_EPOCHS: Array<u32> = Array::with_max_entries(MAX_SERVICES + 1, 0);
+
 /// Real-server id → real server. Written by userspace.
 #[map(name = "XLB_REALS")]
 pub static REALS: Array<RealServer> = Array::with_max_entries(MAX_REALS, 0);
@@ -74,6 +78,12 @@ pub static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
 pub fn real(id: u32) -> Option<RealServer> {
     let real = *REALS.get(id)?;
     real.is_used().then_some(real)
+}
+
+/// The epoch of the service with this id; 0 when there is none.
+#[inline(always)]
+pub fn service_epoch(id: u32) -> u32 {
+    SERVICE_EPOCHS.get(id).copied().unwrap_or(0)
 }
 
 /// Whether data-path debug events are switched on.

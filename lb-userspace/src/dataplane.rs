@@ -169,6 +169,7 @@ pub struct Dataplane {
     maglev: Array<MapData, u32>,
     /// A second descriptor of the Maglev map for batch updates, which aya does not offer.
     maglev_fd: OwnedFd,
+    service_epochs: Array<MapData, u32>,
     reals: Array<MapData, RealServer>,
     next_hops: PerCpuArray<MapData, NextHop>,
     conntrack: HashMap<MapData, FlowKey, Connection>,
@@ -205,6 +206,7 @@ impl Dataplane {
             .map_max_entries(names::SERVICES, max_services)
             .map_max_entries(names::VIP_ADDRS, max_services)
             .map_max_entries(names::SERVICE_STATS, max_services)
+            .map_max_entries(names::SERVICE_EPOCHS, max_services + 1)
             .map_max_entries(names::MAGLEV, max_services * 2 * MAGLEV_TABLE_SIZE);
         if let Some(n) = options.max_connections {
             loader.map_max_entries(names::CONNTRACK, n);
@@ -252,6 +254,7 @@ impl Dataplane {
             vip_filter: take(&mut ebpf, names::VIP_FILTER)?,
             vip_filter_users: StdHashMap::new(),
             maglev: take(&mut ebpf, names::MAGLEV)?,
+            service_epochs: take(&mut ebpf, names::SERVICE_EPOCHS)?,
             reals: take(&mut ebpf, names::REALS)?,
             next_hops: take(&mut ebpf, names::NEXT_HOPS)?,
             conntrack: take(&mut ebpf, names::CONNTRACK)?,
@@ -314,6 +317,21 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+
+    /// A service epoch never given before: one more than the highest so far, which is kept in
+    /// the map's last entry (pinned with it, so it survives restarts).
+    fn next_service_epoch(&mut self) -> Result<u32> {
+        let last = self.max_services;
+        let highest = self
+            .service_epochs
+            .get(&last, 0)
+            .map_err(map_err("reading the service epochs"))?;
+        let next = highest.checked_add(1).unwrap_or(1);
+        self.service_epochs
+            .set(last, next, 0)
+            .map_err(map_err("writing the service epochs"))?;
+        Ok(next)
     }
 
     /// Sets or clears one bit of the VIP filter's `word`.
@@ -445,6 +463,12 @@ impl Dataplane {
             what: "service",
             max: self.max_services,
         })?;
+        // Known flows are followed without a service lookup while the service's epoch is the one
+        // they recorded: a new service gets an epoch no earlier service had, before it exists.
+        let epoch = self.next_service_epoch()?;
+        self.service_epochs
+            .set(id, epoch, 0)
+            .map_err(map_err("writing a service's epoch"))?;
         // Start from an empty live table: the slots may hold a removed service's servers.
         let svc = Service {
             id,
@@ -491,6 +515,10 @@ impl Dataplane {
         self.services
             .remove(&key)
             .map_err(map_err("removing a service"))?;
+        // Its known flows stop being followed at once.
+        self.service_epochs
+            .set(svc.id, 0, 0)
+            .map_err(map_err("clearing a service's epoch"))?;
         let vip = key.vip_only();
         match self.vip_addrs.get(&vip, 0) {
             Ok(n) if n > 1 => self
@@ -816,10 +844,11 @@ fn not_xdp(source: ProgramError) -> DataplaneError {
 }
 
 /// Every map of the object, as pinned.
-const ALL_MAPS: [&str; 12] = [
+const ALL_MAPS: [&str; 13] = [
     names::SERVICES,
     names::VIP_ADDRS,
     names::VIP_FILTER,
+    names::SERVICE_EPOCHS,
     names::MAGLEV,
     names::REALS,
     names::CONNTRACK,

@@ -704,3 +704,43 @@ fn lengths_that_disagree_with_the_frame_and_martian_sources_are_never_forwarded(
     }
     check(&bench, cases);
 }
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_removed_services_known_flows_are_not_followed_even_while_their_server_exists() {
+    let mut bench = bench();
+    let vip = [10, 10, 0, 105];
+    let mut svc = TestService::add(&mut bench.dp, Ipv4Addr::from(vip), 80, PROTO_TCP);
+    svc.add_real(&mut bench.dp, RS[0].into(), 1);
+    let syn = Ipv4Packet::tcp(CLIENT, 52000, vip, 80, SYN).build();
+    let ack = Ipv4Packet::tcp(CLIENT, 52000, vip, 80, ACK).build();
+    assert_eq!(bench.run(&syn).packet[0..6], rs_mac(RS[0])[..]);
+
+    // The service goes; its real server's entry stays (the runtime removes it in a later step).
+    bench
+        .dp
+        .remove_service(svc.key)
+        .expect("remove the service");
+    check(
+        &bench,
+        vec![Case {
+            description: "a known flow of a removed service",
+            packet: ack.clone(),
+            action: action::PASS,
+            output: None,
+            counter: GlobalStat::PassNotVip,
+        }],
+    );
+
+    // The same key again, now with another server: the flow is scheduled anew, not sent to the
+    // server the old service gave it.
+    let mut again = TestService::add(&mut bench.dp, Ipv4Addr::from(vip), 80, PROTO_TCP);
+    again.add_real(&mut bench.dp, RS[1].into(), 1);
+    let out = bench.run(&ack);
+    assert_eq!(out.action, action::TX);
+    assert_eq!(
+        out.packet[0..6],
+        rs_mac(RS[1])[..],
+        "the flow followed its removed service's server"
+    );
+}
