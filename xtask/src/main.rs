@@ -62,8 +62,14 @@ enum Cmd {
     },
     /// Run the benchmarks (as root): each reports ratios against a baseline of the same run.
     Bench {
-        /// Only these: data-path, maglev, health (all when none is named).
+        /// Only these: data-path, maglev, health, katran (all when none is named; katran only
+        /// with --katran-src).
         only: Vec<String>,
+        /// A copy of Katran's source (facebookincubator/katran, a clone or `git archive`): its
+        /// balancer is built from it and measured with xlb's by one harness, behind the same
+        /// packet-restoring wrapper (bench/katran-compare). Also read from KATRAN_SRC.
+        #[arg(long, env = "KATRAN_SRC")]
+        katran_src: Option<std::path::PathBuf>,
     },
     /// Check formatting, and lint the workspace and the eBPF crate with clippy (-D warnings).
     Lint,
@@ -109,20 +115,55 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Demo { down } => demo(down),
-        Cmd::Bench { only } => {
-            setup::toolchain()?;
-            setup::require_root("the benchmarks load XDP programs")?;
-            setup::require_btf()?;
-            cargo(&["build", "-p", "xlb-tests", "--bin", "xlb-bench"], true)?;
-            let status = run_built(true, "xlb-bench", &only)?;
-            if !status.success() {
-                bail!("the benchmarks failed ({status})");
-            }
-            Ok(())
-        }
+        Cmd::Bench { only, katran_src } => bench(&only, katran_src.as_deref()),
         Cmd::Lint => lint(),
         Cmd::Test { unit_only, filter } => test(unit_only, filter),
     }
+}
+
+/// The benchmarks: xlb-bench's (data path through aya's TEST_RUN, Maglev, health checks), and the
+/// libbpf harness of bench/katran-compare, which runs every case behind a wrapper that restores
+/// the packet before each repeat (xlb alone for `data-path`; against Katran for `katran`).
+fn bench(only: &[String], katran_src: Option<&std::path::Path>) -> Result<()> {
+    setup::toolchain()?;
+    setup::require_root("the benchmarks load XDP programs")?;
+    setup::require_btf()?;
+    let wants = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    if only.iter().any(|o| o == "katran") && katran_src.is_none() {
+        bail!(
+            "the katran benchmark needs Katran's source: cargo xtask bench katran --katran-src DIR \
+             (a clone or `git archive` of facebookincubator/katran)"
+        );
+    }
+    let ours: Vec<String> = only.iter().filter(|o| *o != "katran").cloned().collect();
+    if only.is_empty() || !ours.is_empty() {
+        cargo(&["build", "-p", "xlb-tests", "--bin", "xlb-bench"], true)?;
+        let status = run_built(true, "xlb-bench", &ours)?;
+        if !status.success() {
+            bail!("the benchmarks failed ({status})");
+        }
+    }
+    let harness = |katran: Option<&std::path::Path>| -> Result<()> {
+        cargo(&["build", "--bin", "xlbd", "--bin", "xlbadm"], true)?;
+        let root = setup::workspace_root()?;
+        let mut cmd = Command::new("bash");
+        cmd.arg(root.join("bench/katran-compare/compare.sh"))
+            .env("XLB_CHECKOUT", &root)
+            .env_remove("KATRAN_SRC");
+        if let Some(dir) = katran {
+            cmd.env("KATRAN_SRC", dir);
+        }
+        setup::run(&mut cmd, "the reset-wrapper harness (bench/katran-compare)")
+    };
+    if wants("data-path") && !(only.is_empty() && katran_src.is_some()) {
+        println!("xtask: data path behind the packet-restoring wrapper (libbpf harness)");
+        harness(None)?;
+    }
+    if let Some(dir) = katran_src.filter(|_| wants("katran")) {
+        println!("xtask: xlb against Katran ({})", dir.display());
+        harness(Some(dir))?;
+    }
+    Ok(())
 }
 
 fn demo(down: bool) -> Result<()> {

@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# compare.sh: ns per packet of Katran's balancer, xlb's balancer and two floors, all measured the
+# same way by one harness (src/harness.c): BPF_PROG_TEST_RUN, REPEAT runs per call, ROUNDS calls,
+# best and median of the kernel's mean ns per run, harness pinned to CPU $CPU and inside a kb-*
+# network namespace with ctx.ingress_ifindex = the veth there (xlb does a FIB lookup).
+#
+# Every program is measured behind a tiny wrapper (src/reset.bpf.c) that puts the original packet
+# back before each run and tail-calls the program: the kernel does NOT reset the packet between the
+# runs of one BPF_PROG_TEST_RUN call, so without it an encapsulating balancer sees its own IPIP
+# output from the second run on (run with DIRECT=1 to see the unwrapped numbers and their failed
+# checks). The floors go through the same wrapper, so (case - floor) takes its cost out.
+#
+# Run as root, from an xlb checkout (or with XLB_CHECKOUT set); see README.md.
+#   KATRAN_SRC    root of a checkout or `git archive` of facebookincubator/katran; without it only
+#                 xlb's cases and the floors run (cargo xtask bench data-path)
+#   XLB_CHECKOUT  the xlb checkout to measure (default: the git top level of the current directory);
+#                 its `cargo xtask build` is run when target/*/xlbd or xlbadm is missing
+#   KC_BUILD      scratch dir for objects, the harness, xlbd's socket, state and log
+#                 (default: ${TMPDIR:-/tmp}/katran-compare)
+# Missing Debian packages (clang-16 llvm-16 libbpf-dev bpftool libelf-dev zlib1g-dev gcc iproute2)
+# are installed with apt-get.
+#
+# Env: REPEAT (2000000) ROUNDS (5) CPU (1) PIN_DIR (/sys/fs/bpf/xlbkb) ONLY (harness case filter)
+#      DIRECT=1 (also the unwrapped runs) VERBOSE=1 (hex dumps of the last output packets)
+#      KATRAN_2STEP=1 (Katran built the Makefile-bpf way) HOLD_SECS=N (keep the lab up N s)
+set -euo pipefail
+
+here=$(dirname "$(readlink -f "$0")")
+REPEAT=${REPEAT:-2000000}
+ROUNDS=${ROUNDS:-5}
+CPU=${CPU:-1}
+PIN=${PIN_DIR:-/sys/fs/bpf/xlbkb}
+NS=kb-$$
+
+die() { echo "compare.sh: $*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root"
+
+KATRAN_SRC=${KATRAN_SRC:-}
+if [ -n "$KATRAN_SRC" ]; then
+	[ -f "$KATRAN_SRC/katran/lib/bpf/balancer.bpf.c" ] ||
+		die "KATRAN_SRC must be the root of a copy of Katran's source (it holds katran/lib/bpf/balancer.bpf.c);
+  get one with: git clone https://github.com/facebookincubator/katran
+  (the reference results in README.md used commit 19f08fec), then KATRAN_SRC=/path/to/katran"
+	KATRAN_SRC=$(readlink -f "$KATRAN_SRC")
+fi
+
+XLB=${XLB_CHECKOUT:-$(git rev-parse --show-toplevel 2>/dev/null || true)}
+[ -n "$XLB" ] && [ -f "$XLB/Cargo.toml" ] ||
+	die "no xlb checkout: run this from inside one, or set XLB_CHECKOUT=/path/to/xlb"
+XLB=$(readlink -f "$XLB")
+
+B=${KC_BUILD:-${TMPDIR:-/tmp}/katran-compare}
+mkdir -p "$B"
+B=$(readlink -f "$B")
+SOCK=$B/xlb.sock
+STATE=$B/state.json
+CONF=$B/xlb.toml
+LOG=$B/xlbd.log
+
+# ---- prerequisites (Debian packages, installed only when missing) ----
+MULTIARCH=$(gcc -print-multiarch 2>/dev/null || true)
+need=()
+command -v clang-16 >/dev/null || need+=(clang-16)
+[ -x /usr/lib/llvm-16/bin/llc ] || need+=(llvm-16)
+[ -e /usr/include/bpf/libbpf.h ] || need+=(libbpf-dev)
+command -v bpftool >/dev/null || need+=(bpftool)
+[ -e /usr/include/libelf.h ] || need+=(libelf-dev)
+[ -e /usr/include/zlib.h ] || need+=(zlib1g-dev)
+command -v gcc >/dev/null || need+=(gcc)
+command -v ip >/dev/null || need+=(iproute2)
+if [ ${#need[@]} -gt 0 ]; then
+	echo "# installing ${need[*]}" >&2
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -q >&2
+	apt-get install -y -q "${need[@]}" >&2
+	MULTIARCH=$(gcc -print-multiarch)
+fi
+ARCH_INC=/usr/include/$MULTIARCH
+
+# ---- build (each step only when its output is missing or older than its source) ----
+newer() { [ ! -e "$1" ] || [ -n "$(find "${@:2}" -newer "$1" 2>/dev/null | head -1)" ]; }
+
+for f in floors reset; do
+	if newer "$B/$f.bpf.o" "$here/src/$f.bpf.c"; then
+		clang-16 -target bpf -O2 -g -I"$ARCH_INC" -c "$here/src/$f.bpf.c" -o "$B/$f.bpf.o"
+	fi
+done
+if newer "$B/harness" "$here/src/harness.c"; then
+	gcc -O2 -Wall -Wno-format-truncation -o "$B/harness" "$here/src/harness.c" -lbpf
+fi
+
+# Katran: katran/lib/bpf/balancer.bpf.c in the layout of build_bpf_modules_opensource.sh
+# (include/ = linux_includes, -I. for "katran/lib/..."), the flags of katran/lib/Makefile-bpf
+# (-DDEBUG -D__KERNEL__ -O2 -g, no feature defines: INLINE_DECAP*, GUE_ENCAP, etc. off), compiled
+# with -target bpf. The only addition: an empty gnu/stubs-32.h, which glibc's <string.h> asks for
+# when the target is not x86_64. A second object differs only by -DMAX_CONN_RATE=2000000000
+# (flood limiter off) for the SYN cases. Rebuilt when KATRAN_SRC names another copy.
+KATRAN_REV=none
+if [ -n "$KATRAN_SRC" ]; then
+KB=$B/kbpf
+KSRC=$KATRAN_SRC/katran/lib
+KOBJ=$KB/bpf/balancer.bpf.o
+KOBJ_NF=$KB/bpf/balancer_noflood.bpf.o
+[ "${KATRAN_2STEP:-0}" = 1 ] && KOBJ=$KB/bpf/balancer.2step.o KOBJ_NF=$KB/bpf/balancer_noflood.2step.o
+if newer "$KOBJ" "$KSRC/bpf" || newer "$KOBJ_NF" "$KSRC/bpf" || [ "$(cat "$KB/source" 2>/dev/null)" != "$KSRC" ]; then
+	rm -rf "$KB"
+	mkdir -p "$KB/include" "$KB/katran/lib" "$KB/bpf" "$KB/shim/gnu"
+	cp -r "$KSRC/bpf" "$KSRC/linux_includes" "$KB/katran/lib/"
+	cp "$KSRC"/linux_includes/* "$KB/include/"
+	: >"$KB/shim/gnu/stubs-32.h"
+	COMMON=(-I"$KB/usr/include" -I"$KB/include" -I"$KB" -DDEBUG -D__KERNEL__ -Wno-unused-value
+		-Wno-pointer-sign -Wno-compare-distinct-pointer-types -O2 -g)
+	KFLAGS=(-target bpf -I"$KB/shim" -I"$ARCH_INC" "${COMMON[@]}")
+	(cd "$KB" && clang-16 "${KFLAGS[@]}" -c katran/lib/bpf/balancer.bpf.c -o bpf/balancer.bpf.o)
+	(cd "$KB" && clang-16 "${KFLAGS[@]}" -DMAX_CONN_RATE=2000000000 -c katran/lib/bpf/balancer.bpf.c -o bpf/balancer_noflood.bpf.o)
+	# KATRAN_2STEP=1: exactly Makefile-bpf's way instead (host clang -emit-llvm | llc -march=bpf).
+	if [ "${KATRAN_2STEP:-0}" = 1 ]; then
+		(cd "$KB" && clang-16 "${COMMON[@]}" -emit-llvm -c katran/lib/bpf/balancer.bpf.c -o - |
+			/usr/lib/llvm-16/bin/llc -march=bpf -filetype=obj -o bpf/balancer.2step.o)
+		(cd "$KB" && clang-16 "${COMMON[@]}" -DMAX_CONN_RATE=2000000000 -emit-llvm -c katran/lib/bpf/balancer.bpf.c -o - |
+			/usr/lib/llvm-16/bin/llc -march=bpf -filetype=obj -o bpf/balancer_noflood.2step.o)
+	fi
+	echo "$KSRC" >"$KB/source"
+fi
+if top=$(git -C "$KATRAN_SRC" rev-parse --show-toplevel 2>/dev/null) && [ "$(readlink -f "$top")" = "$KATRAN_SRC" ]; then
+	KATRAN_REV=$(git -C "$KATRAN_SRC" log -1 --format='%h %cs')
+else
+	KATRAN_REV=unknown
+fi
+fi
+
+# xlb: the checkout's own build.
+XLBD=$(ls -t "$XLB"/target/*/xlbd 2>/dev/null | head -1 || true)
+XLBADM=$(ls -t "$XLB"/target/*/xlbadm 2>/dev/null | head -1 || true)
+if [ -z "$XLBD" ] || [ -z "$XLBADM" ]; then
+	command -v cargo >/dev/null ||
+		die "no xlbd/xlbadm under $XLB/target/*/ and no cargo on PATH: run 'cargo xtask build' there (or use sudo -E)"
+	(cd "$XLB" && cargo xtask build)
+	XLBD=$(ls -t "$XLB"/target/*/xlbd | head -1)
+	XLBADM=$(ls -t "$XLB"/target/*/xlbadm | head -1)
+fi
+
+# ---- lab: namespace kb-<pid>, veth kb0 (10.10.0.1/24) + kb1, xlbd on kb0 ----
+XLBD_PID=
+cleanup() {
+	set +e
+	if [ -n "$XLBD_PID" ]; then
+		kill -TERM "$XLBD_PID" 2>/dev/null
+		for _ in $(seq 50); do kill -0 "$XLBD_PID" 2>/dev/null || break; sleep 0.1; done
+		kill -KILL "$XLBD_PID" 2>/dev/null
+		wait "$XLBD_PID" 2>/dev/null
+	fi
+	ip netns del "$NS" 2>/dev/null
+	rm -rf "$PIN" "$SOCK" "$STATE" "$CONF"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Leftovers of an earlier run of this script (our pin dir and files only).
+rm -rf "$PIN" "$SOCK" "$STATE"
+echo "services = []" >"$CONF" # no services from a config file: xlbadm adds them below
+
+ip netns add "$NS"
+ip -n "$NS" link set lo up
+ip -n "$NS" link add kb0 type veth peer name kb1
+for i in kb0 kb1; do
+	ip netns exec "$NS" sysctl -qw net.ipv6.conf.$i.disable_ipv6=1
+	ip -n "$NS" link set $i up
+done
+ip -n "$NS" addr add 10.10.0.1/24 dev kb0
+ip netns exec "$NS" sysctl -qw net.ipv4.conf.kb0.forwarding=1 net.ipv4.conf.all.forwarding=1
+ip -n "$NS" neigh replace 10.10.0.21 lladdr 02:00:00:00:01:21 dev kb0 nud permanent
+ip -n "$NS" neigh replace 10.10.0.22 lladdr 02:00:00:00:01:22 dev kb0 nud permanent
+IFINDEX=$(ip netns exec "$NS" cat /sys/class/net/kb0/ifindex)
+VETH_MAC=$(ip netns exec "$NS" cat /sys/class/net/kb0/address)
+
+# nsenter --net (not ip netns exec, which gives xlbd a private mount namespace and bpffs, so
+# its pins would be invisible here).
+RUST_BACKTRACE=0 nsenter --net="/run/netns/$NS" "$XLBD" --iface kb0 --xdp-mode generic --pin-dir "$PIN" --socket "$SOCK" \
+	--state-file "$STATE" --config "$CONF" --metrics-listen off --report-every 0 \
+	--detach-on-exit >"$LOG" 2>&1 &
+XLBD_PID=$!
+for _ in $(seq 100); do
+	[ -S "$SOCK" ] && [ -e "$PIN/prog" ] && break
+	kill -0 "$XLBD_PID" 2>/dev/null || { echo "xlbd exited:" >&2; head -20 "$LOG" >&2; exit 1; }
+	sleep 0.1
+done
+[ -e "$PIN/prog" ] || { echo "xlbd did not pin its program in $PIN" >&2; head -20 "$LOG" >&2; exit 1; }
+
+adm() { "$XLBADM" --socket "$SOCK" "$@"; }
+adm -A -t 10.10.0.100:80 -s mh
+adm -a -t 10.10.0.100:80 -r 10.10.0.21:80 -g -w 1
+adm -A -t 10.10.0.101:80 -s mh
+adm -a -t 10.10.0.101:80 -r 10.10.0.22:80 -i -w 1
+# xlbd made each real's neighbour entry "managed" (ip neigh replace ... managed): nothing answers
+# ARP here, so put the fixed entries back (it only does that when a real is added).
+ip -n "$NS" neigh replace 10.10.0.21 lladdr 02:00:00:00:01:21 dev kb0 nud permanent
+ip -n "$NS" neigh replace 10.10.0.22 lladdr 02:00:00:00:01:22 dev kb0 nud permanent
+
+echo "# $(date -Is) $(uname -r), $(nproc) CPUs; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+[ -n "$KATRAN_SRC" ] && echo "# katran: $KATRAN_REV ($(basename "$KOBJ"): clang-16 $([ "${KATRAN_2STEP:-0}" = 1 ] && echo '-emit-llvm | llc -march=bpf' || echo '-target bpf'), Makefile-bpf flags, no feature defines; noflood: -DMAX_CONN_RATE=2000000000; per-CPU LRUs of 262144)"
+echo "# xlb: $(git -C "$XLB" log -1 --format='%h %cs') ($XLBD), namespace $NS, kb0 ifindex $IFINDEX mac $VETH_MAC"
+echo "# neighbours in $NS: $(ip -n "$NS" neigh show dev kb0 | tr '\n' ';')"
+echo "# xlb services:"
+adm -L -n | sed 's/^/#   /'
+XLB_ID=$(bpftool prog show pinned "$PIN/prog" | sed -n 's/^\([0-9]*\):.*/\1/p')
+echo "# bpftool prog show pinned $PIN/prog:"
+bpftool prog show pinned "$PIN/prog" | sed 's/^/#   /'
+VI=$(bpftool -j prog show id "$XLB_ID" | grep -o '"verified_insns":[0-9]*' || true)
+echo "# verified_insns from bpftool -j: ${VI:-not shown by $(bpftool version | head -1)}; the PROG lines below read it from bpf_prog_info"
+
+ARGS=(--floors "$B/floors.bpf.o" --reset "$B/reset.bpf.o")
+[ -n "$KATRAN_SRC" ] && ARGS+=(--katran "$KOBJ" --katran-noflood "$KOBJ_NF")
+ARGS+=(--xlb-prog "$PIN/prog" --xlb-pin-dir "$PIN" --netns "/run/netns/$NS" --ifindex "$IFINDEX"
+	--veth-mac "$VETH_MAC" --tun-src 10.10.0.1 --tun-dst 10.10.0.22
+	--repeat "$REPEAT" --rounds "$ROUNDS" --cpu "$CPU")
+[ -n "${ONLY:-}" ] && ARGS+=(--only "$ONLY")
+[ "${DIRECT:-0}" = 1 ] && ARGS+=(--direct)
+[ "${VERBOSE:-0}" = 1 ] && ARGS+=(-v)
+OUT=$("$B/harness" "${ARGS[@]}" 2> >(grep -v '^libbpf: elf: skipping' >&2))
+echo "$OUT"
+
+# ---- summary: (case - floor) ratios, xlb / Katran ----
+echo "$OUT" | awk '
+/^RESULT/ { id=$2; split($3,a,"="); best[id]=a[2]+0; split($4,m,"="); med[id]=m[2]+0; ok[id]=($0 ~ / OK \|/) }
+END {
+	if (!("floor.pass" in best)) exit
+	fp=best["floor.pass"]; ft=best["floor.swap_tx"]; fn=best["floor.pass_newflow"]
+	printf "\nSUMMARY (best of %s calls; ns/packet; net = case - floor; floors: pass %d, swap+TX %d, pass behind the new-flow wrapper %d)\n", "'"$ROUNDS"'", fp, ft, fn
+	printf "%-58s %5s %6s %8s %8s %6s %8s %9s\n", "comparison (best ns)", "xlb", "katran", "xlb-net", "kat-net", "ratio", "ratio/TX", "ratio(med)"
+	n=split("ACK hit, DR (xlb) vs IPIP (katran)|ACK hit, IPIP both|SYN same flow (xlb: conntrack hit; katran: CH+LRU update)|SYN new flow every run (both: miss + insert)|non-VIP (XDP_PASS)", label, "|")
+	split("xlb.ack_hit_dr|xlb.ack_hit_tun|xlb.syn_dr|xlb.syn_newflow_dr|xlb.nonvip", xs, "|")
+	split("katran.ack_hit|katran.ack_hit|katran.syn|katran.syn_newflow|katran.nonvip", ks, "|")
+	for (i=1; i<=n; i++) {
+		x=xs[i]; k=ks[i]
+		if (!(x in best) || !(k in best)) continue
+		f = (i==4) ? fn : fp
+		ftx = (i==4) ? fn : ((i==5) ? fp : ft)
+		xn=best[x]-f; kn=best[k]-f
+		fm = (i==4) ? med["floor.pass_newflow"] : med["floor.pass"]
+		printf "%-58s %5d %6d %8d %8d %6.2f %8.2f %9.2f%s\n", label[i], best[x], best[k], xn, kn, (kn>0? xn/kn : 0), ((best[k]-ftx)>0 ? (best[x]-ftx)/(best[k]-ftx) : 0), ((med[k]-fm)>0 ? (med[x]-fm)/(med[k]-fm) : 0), (ok[x]&&ok[k]) ? "" : "  (a check FAILED)"
+	}
+	if ("xlb.syn_newflow_tun" in best && "katran.syn_newflow" in best)
+		printf "%-58s %5d %6d %8d %8d %6.2f %8.2f %9.2f\n", "SYN new flow every run, IPIP both", best["xlb.syn_newflow_tun"], best["katran.syn_newflow"], best["xlb.syn_newflow_tun"]-fn, best["katran.syn_newflow"]-fn, (best["xlb.syn_newflow_tun"]-fn)/(best["katran.syn_newflow"]-fn), (best["xlb.syn_newflow_tun"]-fn)/(best["katran.syn_newflow"]-fn), (med["xlb.syn_newflow_tun"]-med["floor.pass_newflow"])/(med["katran.syn_newflow"]-med["floor.pass_newflow"])
+	if (!("katran.ack_hit" in best)) {
+		printf "\nxlb alone (no KATRAN_SRC): ns/packet net of the floor, and as a multiple of the MAC-swap + XDP_TX floor program\n"
+		split("xlb.ack_hit_dr|xlb.ack_hit_tun|xlb.ack_hit_tun_df|xlb.syn_dr|xlb.syn_tun|xlb.syn_newflow_dr|xlb.syn_newflow_tun|xlb.nonvip", all, "|")
+		for (i=1; i in all; i++) {
+			x=all[i]; if (!(x in best)) continue
+			f = (x ~ /newflow/) ? fn : fp
+			printf "%-24s best %5d  net %5d  x swap_tx %6.2f%s\n", x, best[x], best[x]-f, (ft>0 ? best[x]/ft : 0), ok[x] ? "" : "  (a check FAILED)"
+		}
+	}
+	printf "(net and ratio: xlb/Katran of (case - XDP_PASS floor); ratio/TX: over the swap+XDP_TX floor for forwarded cases;\n ratio(med): the same with medians; the new-flow rows use the new-flow wrapper floor for both)\n"
+}'
+if [ -n "${HOLD_SECS:-}" ]; then echo "# holding the lab ($NS, $PIN) for $HOLD_SECS s"; sleep "$HOLD_SECS"; fi
+echo "# xlbd log tail:"; tail -5 "$LOG" | sed 's/^/#   /'
