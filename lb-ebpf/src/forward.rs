@@ -27,7 +27,7 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NO_SRC_ADDR, BPF_FIB_LKUP_RET_SUCCESS,
         BPF_FIB_LOOKUP_SRC,
     },
-    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
     EbpfContext as _,
 };
@@ -36,7 +36,9 @@ use lb_common::{
 };
 
 use crate::{
-    csum, icmp, maps,
+    csum, icmp,
+    l2::write_l2,
+    maps,
     parse::{ptr_at, Packet},
     verdict::Verdict,
 };
@@ -49,16 +51,22 @@ const PROTO_IPIP: u8 = 4;
 const PROTO_IPV6: u8 = 41;
 const TUNNEL_TTL: u8 = 64;
 
-/// Send the packet to `real` by its forwarding method.
+/// Send the packet to `real` by its forwarding method; `now` is the packet's coarse time.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, packet: &Packet, real_id: u32, real: &RealServer) -> Verdict {
+pub fn forward(
+    ctx: &XdpContext,
+    packet: &Packet,
+    real_id: u32,
+    real: &RealServer,
+    now: u64,
+) -> Verdict {
     if real.family != packet.flow.family {
         // No tunneling between address families.
         return Verdict::drop(GlobalStat::DropUnsupportedForward);
     }
     match Forwarding::from_u8(real.forward) {
-        Some(Forwarding::DirectRoute) => direct_route(ctx, packet, real_id, real),
-        Some(Forwarding::Tunnel) => tunnel(ctx, packet, real_id, real),
+        Some(Forwarding::DirectRoute) => direct_route(ctx, packet, real_id, real, now),
+        Some(Forwarding::Tunnel) => tunnel(ctx, packet, real_id, real, now),
         None => Verdict::drop(GlobalStat::DropUnsupportedForward),
     }
 }
@@ -152,7 +160,13 @@ fn route(
 const NEXT_HOP_TTL_NS: u64 = 100_000_000;
 
 /// The next hop for a packet of `ip_len` bytes to real server `real_id`: the cached one when it
-/// is fresh, was looked up for the same ingress interface and knows the MTU; else the FIB's.
+/// is fresh (against `now`, the packet's coarse time: a tick is fine for a 100 ms expiry), was
+/// looked up for the same ingress interface and knows the MTU; else the FIB's, cached. Either
+/// way the answer is this CPU's slot of the cache, read in place.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined; the FIB lookup needs each of them"
+)]
 #[inline(always)]
 fn next_hop(
     ctx: &XdpContext,
@@ -162,22 +176,19 @@ fn next_hop(
     ip_len: u16,
     l4_protocol: u8,
     want_source: bool,
-) -> Result<NextHop, NoRoute> {
+    now: u64,
+) -> Result<&'static NextHop, NoRoute> {
     let ingress = ctx.ingress_ifindex() as u32;
-    // The coarse clock (the last tick's time) is enough for a 100 ms expiry, and costs a load
-    // where bpf_ktime_get_ns reads the clock source (about 30 ns in a VM).
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let cache = maps::NEXT_HOPS.get_ptr_mut(real_id);
-    if let Some(cached) = cache {
-        // SAFETY: a per-CPU slot, written by this CPU only.
-        let cached = unsafe { &*cached };
-        if cached.expires_ns > now && cached.ingress_ifindex == ingress && cached.mtu != 0 {
-            if u32::from(ip_len) > cached.mtu {
-                return Err(NoRoute::TooBig(cached.mtu as u16));
-            }
-            return Ok(*cached);
+    let Some(cache) = maps::NEXT_HOPS.get_ptr_mut(real_id) else {
+        return Err(NoRoute::Verdict(Verdict::drop(GlobalStat::DropNoRoute)));
+    };
+    // SAFETY: a per-CPU slot, read and written by this CPU only, for this program run.
+    let cached = unsafe { &mut *cache };
+    if cached.expires_ns > now && cached.ingress_ifindex == ingress && cached.mtu != 0 {
+        if u32::from(ip_len) > cached.mtu {
+            return Err(NoRoute::TooBig(cached.mtu as u16));
         }
+        return Ok(cached);
     }
     let params = route(ctx, packet, real, ip_len, l4_protocol, want_source)?;
     // SAFETY: after a successful lookup the union holds the egress MTU (or still our length,
@@ -198,11 +209,8 @@ fn next_hop(
         dmac: params.dmac,
         smac: params.smac,
     };
-    if let Some(cached) = cache {
-        // SAFETY: as above.
-        unsafe { *cached = hop };
-    }
-    Ok(hop)
+    *cached = hop;
+    Ok(cached)
 }
 
 /// What to do when the packet, grown by `overhead`, does not fit the egress `mtu`. The reply goes
@@ -242,7 +250,13 @@ fn send(ctx: &XdpContext, ifindex: u32) -> Verdict {
 }
 
 #[inline(always)]
-fn direct_route(ctx: &XdpContext, packet: &Packet, real_id: u32, real: &RealServer) -> Verdict {
+fn direct_route(
+    ctx: &XdpContext,
+    packet: &Packet,
+    real_id: u32,
+    real: &RealServer,
+    now: u64,
+) -> Verdict {
     let params = match next_hop(
         ctx,
         packet,
@@ -251,6 +265,7 @@ fn direct_route(ctx: &XdpContext, packet: &Packet, real_id: u32, real: &RealServ
         packet.ip_len,
         packet.flow.proto,
         false,
+        now,
     ) {
         Ok(params) => params,
         Err(NoRoute::Verdict(v)) => return v,
@@ -267,7 +282,7 @@ fn direct_route(ctx: &XdpContext, packet: &Packet, real_id: u32, real: &RealServ
 }
 
 #[inline(always)]
-fn tunnel(ctx: &XdpContext, packet: &Packet, real_id: u32, real: &RealServer) -> Verdict {
+fn tunnel(ctx: &XdpContext, packet: &Packet, real_id: u32, real: &RealServer, now: u64) -> Verdict {
     let (overhead, proto) = if real.family == FAMILY_V4 {
         (IPV4_HDR_LEN, PROTO_IPIP)
     } else {
@@ -278,7 +293,7 @@ fn tunnel(ctx: &XdpContext, packet: &Packet, real_id: u32, real: &RealServer) ->
     let Some(outer_len) = packet.ip_len.checked_add(overhead as u16) else {
         return Verdict::drop(GlobalStat::DropTooBig);
     };
-    let params = match next_hop(ctx, packet, real_id, real, outer_len, proto, true) {
+    let params = match next_hop(ctx, packet, real_id, real, outer_len, proto, true, now) {
         Ok(params) => params,
         Err(NoRoute::Verdict(v)) => return v,
         Err(NoRoute::TooBig(mtu)) => return too_big(ctx, packet, mtu, overhead as u16),
@@ -316,38 +331,6 @@ fn tunnel(ctx: &XdpContext, packet: &Packet, real_id: u32, real: &RealServer) ->
         return Verdict::drop(GlobalStat::DropAdjustFailed);
     }
     send(ctx, params.ifindex)
-}
-
-/// Writes an Ethernet header (with the VLAN tag, when there is one) at the start of the packet.
-#[inline(always)]
-pub fn write_l2(
-    ctx: &XdpContext,
-    dst: &[u8; 6],
-    src: &[u8; 6],
-    tag: Option<[u8; 4]>,
-    ether_type: u16,
-) -> bool {
-    let Some(eth) = ptr_at::<[u8; 14]>(ctx, 0) else {
-        return false;
-    };
-    // SAFETY: ptr_at checked that the bytes lie inside the packet.
-    let eth = unsafe { &mut *eth };
-    eth[0..6].copy_from_slice(dst);
-    eth[6..12].copy_from_slice(src);
-    match tag {
-        None => eth[12..14].copy_from_slice(&ether_type.to_be_bytes()),
-        Some(tag) => {
-            eth[12..14].copy_from_slice(&[tag[0], tag[1]]);
-            let Some(rest) = ptr_at::<[u8; 4]>(ctx, 14) else {
-                return false;
-            };
-            // SAFETY: as above.
-            let rest = unsafe { &mut *rest };
-            rest[0..2].copy_from_slice(&[tag[2], tag[3]]);
-            rest[2..4].copy_from_slice(&ether_type.to_be_bytes());
-        }
-    }
-    true
 }
 
 #[inline(always)]

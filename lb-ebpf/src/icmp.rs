@@ -14,7 +14,7 @@ use lb_common::GlobalStat;
 
 use crate::{
     csum,
-    forward::write_l2,
+    l2::write_l2,
     parse::{ptr_at, Packet},
     stats,
     verdict::Verdict,

@@ -21,6 +21,8 @@ mod forward;
 #[cfg(target_arch = "bpf")]
 mod icmp;
 #[cfg(target_arch = "bpf")]
+mod l2;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
@@ -53,7 +55,8 @@ mod program {
             Ok(packet) => packet,
             Err(verdict) => return verdict,
         };
-        let (service, real_id, real, new_flow) = match conntrack::lookup(&packet) {
+        let now = conntrack::now();
+        let (service, real_id, real, new_flow) = match conntrack::lookup(&packet, now) {
             Some(known) => (known.service, known.real_id, known.real, false),
             None => {
                 let Some(svc) = service::lookup(&packet.flow) else {
@@ -75,12 +78,12 @@ mod program {
         if packet.ip_options {
             stats::count(lb_common::GlobalStat::SeenIpOptions);
         }
-        let verdict = forward::forward(ctx, &packet, real_id, &real);
+        let verdict = forward::forward(ctx, &packet, real_id, &real, now);
         if verdict.is_forwarded() {
             if packet.icmp_error {
                 stats::count(lb_common::GlobalStat::SeenIcmpErrorForwarded);
             } else if new_flow {
-                conntrack::remember(ctx, &packet, service, real_id);
+                conntrack::remember(ctx, &packet, service, real_id, now);
                 if maps::debug_events() {
                     aya_log_ebpf::debug!(
                         ctx,
