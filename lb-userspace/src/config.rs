@@ -117,6 +117,14 @@ mod tests {
     }
 
     #[test]
+    fn a_check_interval_without_a_timeout_is_accepted_however_short() {
+        let check = "[services.health.check]\nkind = \"tcp\"\ninterval = \"1s\"\n";
+        if let Err(e) = parse(&format!("{SERVICE}{check}")) {
+            panic!("{e}");
+        }
+    }
+
+    #[test]
     fn a_half_open_check_is_configured_by_its_kind() {
         let check = "[services.health.check]\nkind = \"tcp-half-open\"\nport = 8080\n";
         let state = parse(&format!("{SERVICE}{check}")).expect("valid");

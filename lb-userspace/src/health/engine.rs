@@ -960,10 +960,10 @@ mod tests {
             ..CheckOptions::default()
         };
         let options = BTreeMap::from([("10.0.0.2:80".parse().expect("address"), broken)]);
-        let err = Target::for_service(&vs, &health, &options).expect_err("timeout >= interval");
+        let err = Target::for_service(&vs, &health, &options).expect_err("timeout > interval");
         assert_eq!(
             err.to_string(),
-            "the health check of real server 10.0.0.2:80 of service 10.0.0.1:80: the check timeout (5s) must be shorter than the interval (2s)"
+            "the health check of real server 10.0.0.2:80 of service 10.0.0.1:80: the check timeout (5s) must not be longer than the interval (2s)"
         );
     }
 }

@@ -193,7 +193,7 @@ pub const CHECK_FLAGS: &[Flag<CheckOptions>] = &[
     Flag {
         name: "--check-timeout",
         value: Some("DURATION"),
-        help: "time a check may take, below the interval (default 1s)",
+        help: "time a check may take, at most the interval (default 1s, or the interval if shorter)",
         set: |o, v| {
             o.timeout = Some(parse_duration(v)?);
             Ok(())

@@ -1846,6 +1846,19 @@ mod tests {
     }
 
     #[test]
+    fn a_check_interval_without_a_timeout_is_accepted_however_short() {
+        for line in [
+            "-A -t 10.0.0.1:80 -s mh --check tcp --check-interval 1s",
+            "-A -t 10.0.0.1:80 --check tcp --check-interval 500ms",
+            "-A -t 10.0.0.1:80 --check tcp --check-interval 1s --check-timeout 1s",
+        ] {
+            if let Err(e) = parse(&args(line)) {
+                panic!("{line}: {e}");
+            }
+        }
+    }
+
+    #[test]
     fn bad_or_misplaced_health_check_options_exit_2_with_a_message() {
         for line in [
             "-a -t 10.0.0.1:80 -r 10.0.0.2 --quorum 2",

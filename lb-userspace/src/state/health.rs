@@ -36,7 +36,8 @@ use super::{Forwarding, ServiceAddr};
 /// How long between two checks of a target without `--check-interval` (HAProxy's `inter`).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 
-/// How long a check may take without `--check-timeout`.
+/// How long a check may take without `--check-timeout`, or the interval when that is shorter, so
+/// that the default never makes a valid interval fail (HAProxy's check timeout is `inter` too).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How many good checks in a row bring a failed server back without `--rise` (HAProxy's).
@@ -144,9 +145,11 @@ pub enum ConfigError {
         /// `interval` or `timeout`.
         what: &'static str,
     },
-    /// A timeout that is not shorter than the interval, so that checks of one target would overlap.
-    #[error("the check timeout ({}) must be shorter than the interval ({})", format_duration(*timeout), format_duration(*interval))]
-    TimeoutNotBelowInterval {
+    /// A timeout longer than the interval: the target's checks would fall behind their schedule.
+    /// One equal to it is accepted (as HAProxy and keepalived do): a target's checks run one
+    /// after another, so they never overlap.
+    #[error("the check timeout ({}) must not be longer than the interval ({})", format_duration(*timeout), format_duration(*interval))]
+    TimeoutAboveInterval {
         /// The timeout.
         timeout: Duration,
         /// The interval.
@@ -628,7 +631,7 @@ pub struct Timing {
     /// From one check's start to the next.
     #[serde(with = "duration_text")]
     pub interval: Duration,
-    /// How long one check may take; shorter than the interval.
+    /// How long one check may take; at most the interval.
     #[serde(with = "duration_text")]
     pub timeout: Duration,
     /// Good checks in a row that bring a down server up.
@@ -760,8 +763,8 @@ impl CheckSpec {
         if t.timeout.is_zero() {
             return Err(ConfigError::ZeroDuration { what: "timeout" });
         }
-        if t.timeout >= t.interval {
-            return Err(ConfigError::TimeoutNotBelowInterval {
+        if t.timeout > t.interval {
+            return Err(ConfigError::TimeoutAboveInterval {
                 timeout: t.timeout,
                 interval: t.interval,
             });
@@ -973,13 +976,14 @@ impl CheckOptions {
             },
         };
         let defaults = Timing::default();
+        let interval = self.interval.unwrap_or(defaults.interval);
         let spec = CheckSpec {
             check,
             addr: self.addr,
             port: self.port,
             timing: Timing {
-                interval: self.interval.unwrap_or(defaults.interval),
-                timeout: self.timeout.unwrap_or(defaults.timeout),
+                interval,
+                timeout: self.timeout.unwrap_or(defaults.timeout.min(interval)),
                 rise: self.rise.unwrap_or(defaults.rise),
                 fall: self.fall.unwrap_or(defaults.fall),
                 slow_start: self.slow_start.unwrap_or(defaults.slow_start),
@@ -1324,14 +1328,38 @@ mod tests {
     }
 
     #[test]
-    fn a_timeout_not_below_the_interval_is_refused() {
-        let err = options(json!({"interval": "1s", "timeout": "1s"}))
+    fn a_timeout_longer_than_the_interval_is_refused() {
+        let err = options(json!({"interval": "1s", "timeout": "1500ms"}))
             .build()
-            .expect_err("timeout == interval");
+            .expect_err("timeout > interval");
         assert_eq!(
             err.to_string(),
-            "the check timeout (1s) must be shorter than the interval (1s)"
+            "the check timeout (1500ms) must not be longer than the interval (1s)"
         );
+    }
+
+    #[test]
+    fn a_timeout_equal_to_the_interval_is_accepted() {
+        let spec = options(json!({"interval": "1s", "timeout": "1s"}))
+            .build()
+            .expect("timeout == interval, as HAProxy and keepalived accept")
+            .expect("a check");
+        assert_eq!(spec.timing.timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_default_timeout_never_makes_a_short_interval_fail() {
+        for (interval, timeout) in [("1s", 1000), ("500ms", 500), ("10ms", 10), ("5s", 1000)] {
+            let spec = options(json!({"kind": "tcp", "interval": interval}))
+                .build()
+                .unwrap_or_else(|e| panic!("--check-interval {interval}: {e}"))
+                .expect("a check");
+            assert_eq!(
+                spec.timing.timeout,
+                Duration::from_millis(timeout),
+                "--check-interval {interval}"
+            );
+        }
     }
 
     #[test]
