@@ -827,3 +827,224 @@ fn the_decapsulator_leaves_wrong_versions_and_lying_lengths_to_the_kernel() {
         assert_eq!(run(&lying).packet, lying, "an IPv4 outer length of {len}");
     }
 }
+
+/// What a frame is, read the way a checker outside the data path reads it: where its IP header
+/// starts, its version, whether it is for one of the bench's VIPs, whether its IP length field
+/// agrees with the frame, and whether its source is one no host can have.
+struct Reading {
+    l3: usize,
+    version: u8,
+    for_vip: bool,
+    length_ok: bool,
+    martian: bool,
+}
+
+fn read_frame(p: &[u8]) -> Option<Reading> {
+    if p.len() < 14 {
+        return None;
+    }
+    let mut ether_type = u16::from_be_bytes([p[12], p[13]]);
+    let mut l3 = 14;
+    if ether_type == 0x8100 || ether_type == 0x88a8 {
+        if p.len() < 18 {
+            return None;
+        }
+        ether_type = u16::from_be_bytes([p[16], p[17]]);
+        l3 = 18;
+    }
+    match ether_type {
+        0x0800 if p.len() >= l3 + 20 => {
+            let ip = &p[l3..];
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let src = [ip[12], ip[13], ip[14], ip[15]];
+            Some(Reading {
+                l3,
+                version: ip[0] >> 4,
+                for_vip: ip[16..20] == VIP,
+                length_ok: len >= ihl.max(20) && len <= ip.len(),
+                martian: src[0] == 0 || src[0] == 127 || src[0] >= 224,
+            })
+        }
+        0x86dd if p.len() >= l3 + 40 => {
+            let ip = &p[l3..];
+            let len = usize::from(u16::from_be_bytes([ip[4], ip[5]])) + 40;
+            let src = &ip[8..24];
+            let mapped = src[..10] == [0; 10] && src[10..12] == [0xff, 0xff];
+            let unspecified_or_loopback = src[..15] == [0; 15] && src[15] <= 1;
+            Some(Reading {
+                l3,
+                version: ip[0] >> 4,
+                for_vip: ip[24..40] == v6(0x100),
+                length_ok: len <= ip.len(),
+                martian: src[0] == 0xff
+                    || (src[0] == 0xfe && src[1] & 0xc0 == 0x80)
+                    || mapped
+                    || unspecified_or_loopback,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Checks one outcome against the rules that hold for every input; says what broke.
+fn violation(input: &[u8], out: &fixture::Outcome) -> Option<String> {
+    if ![action::DROP, action::PASS, action::TX, action::REDIRECT].contains(&out.action) {
+        return Some(format!("verdict {}", action_name(out.action)));
+    }
+    let reading = read_frame(input);
+    let for_vip = reading
+        .as_ref()
+        .is_some_and(|r| r.for_vip && matches!(r.version, 4 | 6));
+    if out.action == action::PASS || out.action == action::DROP {
+        if out.packet != input {
+            return Some("passed or dropped, but changed".into());
+        }
+        if !for_vip && out.action == action::DROP {
+            return Some("a packet for no VIP was dropped".into());
+        }
+        return None;
+    }
+    if !for_vip {
+        return Some("a packet for no VIP was forwarded or answered".into());
+    }
+    let r = reading.expect("read above");
+    if !r.length_ok {
+        return Some("a packet whose IP length disagrees with its frame was sent on".into());
+    }
+    if r.martian {
+        return Some("a packet from a martian source was sent on or answered".into());
+    }
+    let o = &out.packet;
+    let grown = o.len().checked_sub(input.len());
+    let answered = o[0..6] == input[6..12];
+    if answered {
+        // An ICMP error back to the sender: never to a group MAC.
+        if input[6] & 1 != 0 {
+            return Some("an ICMP reply to a group MAC address".into());
+        }
+        return None;
+    }
+    match grown {
+        Some(0) => {
+            if o[12..] != input[12..] || o[0..6] != DR_RS_MAC {
+                return Some("a direct-routed packet changed beyond its MACs".into());
+            }
+        }
+        Some(20) | Some(40) => {
+            let outer = &o[r.l3..];
+            let claimed = if grown == Some(20) {
+                usize::from(u16::from_be_bytes([outer[2], outer[3]]))
+            } else {
+                usize::from(u16::from_be_bytes([outer[4], outer[5]])) + 40
+            };
+            if claimed > outer.len() {
+                return Some(format!(
+                    "the tunnel header claims {claimed} bytes in a frame of {}",
+                    outer.len()
+                ));
+            }
+        }
+        _ => return Some(format!("sent on {} bytes for {}", o.len(), input.len())),
+    }
+    None
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn mutated_packets_are_never_aborted_misforwarded_or_answered_wrongly() {
+    use rand::{rngs::StdRng, Rng as _, SeedableRng as _};
+
+    let bench = bench();
+    let mut templates: Vec<Vec<u8>> = Vec::new();
+    for (sport, dport) in [(40000, 80), (40001, 8080)] {
+        let mut p = Ipv4Packet::tcp(CLIENT, sport, VIP, dport, SYN);
+        p.eth_dst = OUR_MAC;
+        templates.push(p.build());
+        p.frag = 0x4000;
+        p.payload = vec![0x5a; 1200];
+        templates.push(p.build());
+        let mut v6p = Ipv6Packet::tcp(v6(0x50), sport, v6(0x100), dport, ACK);
+        v6p.eth_dst = OUR_MAC;
+        templates.push(v6p.build());
+    }
+    let mut udp = Ipv4Packet::udp(CLIENT, 40002, VIP, 53);
+    udp.eth_dst = OUR_MAC;
+    templates.push(udp.build());
+    let quoted = Ipv4Packet::tcp(VIP, 8080, CLIENT, 40001, ACK).ip_bytes();
+    let mut body = vec![3u8, 4, 0, 0, 0, 0, 0x05, 0x00];
+    body.extend_from_slice(&quoted[..28]);
+    let mut error = Ipv4Packet::new(
+        [10, 10, 0, 254],
+        VIP,
+        L4::Raw {
+            proto: 1,
+            bytes: body,
+        },
+    );
+    error.payload.clear();
+    templates.push(error.build());
+
+    let seed = 0x786c_6221;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut failures = Vec::new();
+    let runs = 100_000;
+    for run in 0..runs {
+        let mut p = templates[rng.random_range(0..templates.len())].clone();
+        let l3 = 14;
+        match rng.random_range(0..8) {
+            // A length field that says anything.
+            0 => {
+                let at = if p[12] == 0x86 { l3 + 4 } else { l3 + 2 };
+                let v: u16 = rng.random();
+                p[at..at + 2].copy_from_slice(&v.to_be_bytes());
+            }
+            // Cut anywhere after the Ethernet header (BPF_PROG_TEST_RUN takes no shorter frame).
+            1 => {
+                let keep = rng.random_range(14..p.len());
+                p.truncate(keep);
+            }
+            // A source that no host can have (or any other).
+            2 => {
+                if p[12] == 0x86 {
+                    let at = l3 + 8;
+                    let choices: [[u8; 2]; 4] = [[0xff, 0x02], [0xfe, 0x80], [0, 0], [0xfd, 0]];
+                    p[at..at + 2].copy_from_slice(&choices[rng.random_range(0..4)]);
+                } else {
+                    p[l3 + 12] = [0, 127, 224, 240, 255, 10][rng.random_range(0..6)];
+                }
+            }
+            // A group MAC as the sender.
+            3 => p[6] |= 1,
+            // A VLAN tag in front.
+            4 => {
+                let tag = [0x81, 0x00, 0x00, 0x07];
+                let mut q = p[..12].to_vec();
+                q.extend_from_slice(&tag);
+                q.extend_from_slice(&p[12..]);
+                p = q;
+            }
+            // Flip bytes in the headers.
+            _ => {
+                for _ in 0..rng.random_range(1..4) {
+                    let end = p.len().min(80);
+                    let at = rng.random_range(0..end);
+                    p[at] ^= 1 << rng.random_range(0..8);
+                }
+            }
+        }
+        let out = bench.run(&p);
+        if let Some(why) = violation(&p, &out) {
+            failures.push(format!(
+                "run {run}: {why}\n in: {}",
+                hex(&p).replace('\n', " ")
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {runs} mutated packets (seed {seed:#x}) broke a rule:\n{}",
+        failures.len(),
+        failures[..failures.len().min(10)].join("\n")
+    );
+}
