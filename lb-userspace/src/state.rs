@@ -201,7 +201,9 @@ fn is_default<T: Default + PartialEq>(value: &T) -> bool {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct DesiredState {
-    /// The virtual services, in ipvsadm's listing order.
+    /// The virtual services, in ipvsadm's listing order; none when absent, so that an empty
+    /// configuration file (or one of comments only) means no services.
+    #[serde(default)]
     pub services: Vec<VirtualService>,
 }
 

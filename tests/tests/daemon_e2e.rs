@@ -229,7 +229,10 @@ fn xlbd_installs_its_configuration_file_and_refuses_a_bad_one() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "xlbd accepted a bad configuration");
     assert!(
-        stderr.contains("in the configuration") && stderr.contains(":81"),
+        stderr.contains("in the configuration")
+            && stderr.contains(":81")
+            && stderr.contains("xlb.toml:")
+            && stderr.contains("services[0].reals[1].port"),
         "unclear error: {stderr}"
     );
 }

@@ -43,7 +43,7 @@ struct Args {
     #[command(subcommand)]
     command: Option<Sub>,
     /// Interface to balance on (repeat for several).
-    #[arg(long = "iface", required = true)]
+    #[arg(long = "iface", required_unless_present = "check_config")]
     ifaces: Vec<String>,
     /// XDP attachment mode: native (in the driver), generic (in the stack), or auto (native,
     /// falling back to generic with a log line).
@@ -53,6 +53,10 @@ struct Args {
     /// running state to adopt.
     #[arg(long, default_value = "/etc/xlb/xlb.toml")]
     config: PathBuf,
+    /// Check the configuration file and exit, touching nothing else (no root needed): 0 and a
+    /// summary when it is valid, 1 and every mistake (FILE:LINE:COLUMN: FIELD: what) when not.
+    #[arg(long)]
+    check_config: bool,
     /// The control socket xlbadm talks to.
     #[arg(long, default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -155,6 +159,9 @@ async fn main() -> Result<()> {
     }) = args.command
     {
         return decap(&iface, remove, addrs, xdp_mode, &pin_dir);
+    }
+    if args.check_config {
+        std::process::exit(check_config(&args.config));
     }
 
     // A bad configuration is refused before anything is touched.
@@ -363,7 +370,37 @@ fn load_config(path: &Path) -> Result<DesiredState> {
     }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the configuration {}", path.display()))?;
-    config::parse(&text).with_context(|| format!("in the configuration {}", path.display()))
+    config::parse(path, &text).with_context(|| format!("in the configuration {}", path.display()))
+}
+
+/// `--check-config`: the exit code, after printing the summary or every mistake.
+fn check_config(path: &Path) -> i32 {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return 1;
+        }
+    };
+    match config::parse(path, &text) {
+        Ok(state) => {
+            let reals: usize = state.services.iter().map(|s| s.reals.len()).sum();
+            println!(
+                "{}: valid: {} service{}, {reals} real server{}",
+                path.display(),
+                state.services.len(),
+                if state.services.len() == 1 { "" } else { "s" },
+                if reals == 1 { "" } else { "s" },
+            );
+            0
+        }
+        Err(refused) => {
+            for mistake in &refused.mistakes {
+                eprintln!("{mistake}");
+            }
+            1
+        }
+    }
 }
 
 fn decap(iface: &str, remove: bool, addrs: Vec<IpAddr>, mode: Mode, pin_dir: &Path) -> Result<()> {
