@@ -16,6 +16,8 @@ fn demo(verb: &str, name: &str) -> std::process::Output {
         .env("XLBD", binary("xlbd"))
         .env("XLBADM", binary("xlbadm"))
         .env("XLB_DEMO_NAME", name)
+        // Run by root itself, as in a container without sudo.
+        .env_remove("SUDO_USER")
         .output()
         .expect("run xlb-demo")
 }
@@ -39,6 +41,10 @@ fn the_demo_serves_both_services_and_leaves_nothing_behind() {
         assert!(text.contains(server), "{server} never answered:\n{text}");
     }
     assert!(text.contains("Route") && text.contains("Tunnel"), "{text}");
+    assert!(
+        text.contains("Try it:") && !text.contains("sudo"),
+        "root is told to use sudo:\n{text}"
+    );
 
     let namespaces = String::from_utf8_lossy(&run_sh("ip netns list").stdout).into_owned();
     assert!(!namespaces.contains(&name), "namespaces left: {namespaces}");
