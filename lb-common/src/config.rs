@@ -19,3 +19,35 @@ pub struct DataplaneConfig {
 }
 
 crate::user_pod!(DataplaneConfig);
+
+/// [`DebugEvent::kind`]: nothing beyond the verdict.
+pub const EVENT_NONE: u32 = 0;
+/// [`DebugEvent::kind`]: a new flow was given a real server.
+pub const EVENT_NEW_FLOW: u32 = 1;
+/// [`DebugEvent::kind`]: a new flow could not be remembered (the kernel refused the insert).
+pub const EVENT_INSERT_FAILED: u32 = 2;
+
+/// What the balancer hands its debug-event program about one packet (per-CPU scratch, index 0 of
+/// [`crate::maps::DEBUG_EVENT`]), when debug events are on. The events are written by a program
+/// of their own, reached by a tail call, so that the balancer carries no logging code.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct DebugEvent {
+    /// The XDP action the balancer decided, returned by the event program.
+    pub action: u32,
+    /// The [`crate::GlobalStat`] index of the reason a packet was passed or dropped; `u32::MAX`
+    /// when it was forwarded.
+    pub reason: u32,
+    /// `EVENT_*`.
+    pub kind: u32,
+    /// The service's id (new flow).
+    pub service: u32,
+    /// The real server's id (new flow).
+    pub real: u32,
+    /// The client's port, network order (new flow).
+    pub sport: u16,
+    /// Padding made explicit so that the type is `Pod`.
+    pub _pad: u16,
+}
+
+crate::user_pod!(DebugEvent);

@@ -42,6 +42,14 @@ pub const EGRESS: &str = "XLB_EGRESS";
 /// Index 0 → [`crate::DataplaneConfig`]. Written by userspace.
 pub const CONFIG: &str = "XLB_CONFIG";
 
+/// Program: the balancer's debug events, reached by a tail call when they are switched on.
+pub const PROG_EVENTS: &str = "xlb_events";
+/// Index 0 → the debug-event program, for the balancer's tail call. Written by userspace.
+pub const EVENTS_PROG: &str = "XLB_EVENTS_PROG";
+/// Index 0 → per-CPU [`crate::config::DebugEvent`], the balancer's note to the event program.
+/// Written by the data path.
+pub const DEBUG_EVENT: &str = "XLB_DEBUG_EVENT";
+
 /// Program: the real-server decapsulator, attached to a real server's interface.
 pub const PROG_DECAP: &str = "xlb_decap";
 /// Local address (a [`crate::ServiceKey`] with port and proto zero) → 1: the tunnel endpoints

@@ -6,7 +6,7 @@
 //! the epoch the entry recorded, so a removed (or removed and re-added) service's flows are not
 //! followed.
 
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{conntrack::CONN_F_CLOSING, Connection, GlobalStat, RealServer};
 
 use crate::{maps, parse::Packet, stats};
@@ -49,9 +49,9 @@ pub fn lookup(packet: &Packet, now: u64) -> Option<Known> {
     })
 }
 
-/// Remember the real server chosen for a new flow.
+/// Remember the real server chosen for a new flow; whether the table took it.
 #[inline(always)]
-pub fn remember(ctx: &XdpContext, packet: &Packet, service: u32, real: u32, now: u64) {
+pub fn remember(packet: &Packet, service: u32, real: u32, now: u64) -> bool {
     let conn = Connection {
         real,
         service,
@@ -62,9 +62,7 @@ pub fn remember(ctx: &XdpContext, packet: &Packet, service: u32, real: u32, now:
     stats::count(GlobalStat::ConntrackMiss);
     // A full table evicts its least recently used flow, so the insert only fails on a kernel
     // allocation failure; the flow is then scheduled again by Maglev on its next packet.
-    if maps::CONNTRACK.insert(&packet.flow, &conn, 0).is_err() && maps::debug_events() {
-        aya_log_ebpf::warn!(ctx, "connection table insert failed");
-    }
+    maps::CONNTRACK.insert(&packet.flow, &conn, 0).is_ok()
 }
 
 /// A packet's time, read once per packet for its connection and its next hop: the kernel's coarse

@@ -17,6 +17,8 @@ mod conntrack;
 #[cfg(target_arch = "bpf")]
 mod csum;
 #[cfg(target_arch = "bpf")]
+mod events;
+#[cfg(target_arch = "bpf")]
 mod forward;
 #[cfg(target_arch = "bpf")]
 mod icmp;
@@ -39,18 +41,30 @@ mod verdict;
 mod program {
     use aya_ebpf::{macros::xdp, programs::XdpContext};
 
-    use crate::{conntrack, forward, maps, parse, schedule, service, stats, verdict::Verdict};
+    use lb_common::config::{DebugEvent, EVENT_INSERT_FAILED, EVENT_NEW_FLOW, EVENT_NONE};
 
-    /// The balancer's entry point: decide, count the verdict, return it.
+    use crate::{
+        conntrack, events, forward, maps, parse, schedule, service, stats, verdict::Verdict,
+    };
+
+    /// The balancer's entry point: decide, count the verdict, return it (through the debug-event
+    /// program when events are on).
     #[xdp]
     pub fn xlb_balancer(ctx: XdpContext) -> u32 {
-        let verdict = balance(&ctx);
-        stats::count_verdict(&ctx, &verdict);
+        let mut note = DebugEvent::default();
+        let verdict = balance(&ctx, &mut note);
+        stats::count_verdict(&verdict);
+        // A known flow forwarded has nothing to tell: it skips even the switch's load.
+        let eventful = !verdict.is_forwarded() || note.kind != EVENT_NONE;
+        if eventful && maps::debug_events() {
+            events::hand_over(&ctx, &verdict, note);
+        }
         verdict.action()
     }
 
+    /// The verdict for one packet; `note` gets what a debug event would say about a new flow.
     #[inline(always)]
-    fn balance(ctx: &XdpContext) -> Verdict {
+    fn balance(ctx: &XdpContext, note: &mut DebugEvent) -> Verdict {
         let packet = match parse::parse(ctx) {
             Ok(packet) => packet,
             Err(verdict) => return verdict,
@@ -83,16 +97,14 @@ mod program {
             if packet.icmp_error {
                 stats::count(lb_common::GlobalStat::SeenIcmpErrorForwarded);
             } else if new_flow {
-                conntrack::remember(ctx, &packet, service, real_id, now);
-                if maps::debug_events() {
-                    aya_log_ebpf::debug!(
-                        ctx,
-                        "new flow from port {} -> service {} real server {}",
-                        u16::from_be(packet.flow.sport),
-                        service,
-                        real_id
-                    );
-                }
+                note.kind = if conntrack::remember(&packet, service, real_id, now) {
+                    EVENT_NEW_FLOW
+                } else {
+                    EVENT_INSERT_FAILED
+                };
+                note.service = service;
+                note.real = real_id;
+                note.sport = packet.flow.sport;
             }
             stats::count_forwarded(service, real_id, packet.len, new_flow && !packet.icmp_error);
         }

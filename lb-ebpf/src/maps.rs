@@ -2,9 +2,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
+    config::DebugEvent,
     hash::VIP_FILTER_WORDS,
     limits::{MAGLEV_TABLES, MAGLEV_TABLE_SIZE, MAX_CONNECTIONS, MAX_REALS, MAX_SERVICES},
     stats::GLOBAL_STATS_LEN,
@@ -68,6 +69,14 @@ pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GLOBAL
 /// not in it is reached with a plain `bpf_redirect`.
 #[map(name = "XLB_EGRESS")]
 pub static EGRESS: DevMapHash = DevMapHash::with_max_entries(256, 0);
+
+/// Index 0 → the debug-event program, reached by a tail call. Written by userspace.
+#[map(name = "XLB_EVENTS_PROG")]
+pub static EVENTS_PROG: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Index 0 → per-CPU note from the balancer to the debug-event program. Written by the data path.
+#[map(name = "XLB_DEBUG_EVENT")]
+pub static DEBUG_EVENT: PerCpuArray<DebugEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// Index 0 → run-time settings. Written by userspace.
 #[map(name = "XLB_CONFIG")]

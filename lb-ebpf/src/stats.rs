@@ -1,6 +1,5 @@
 //! Per-CPU counters: global by verdict and reason, per service and per real server.
 
-use aya_ebpf::programs::XdpContext;
 use lb_common::GlobalStat;
 
 use crate::{maps, verdict::Verdict};
@@ -14,24 +13,17 @@ pub fn count(stat: GlobalStat) {
     }
 }
 
-/// Count the verdict and, for a packet not forwarded, its reason (with a debug event when those
-/// are switched on).
+/// Count the verdict and, for a packet not forwarded, its reason.
 #[inline(always)]
-pub fn count_verdict(ctx: &XdpContext, verdict: &Verdict) {
+pub fn count_verdict(verdict: &Verdict) {
     match verdict {
         Verdict::Pass(reason) => {
             count(GlobalStat::VerdictPass);
             count(*reason);
-            if maps::debug_events() {
-                aya_log_ebpf::debug!(ctx, "pass: {}", reason.name());
-            }
         }
         Verdict::Drop(reason) => {
             count(GlobalStat::VerdictDrop);
             count(*reason);
-            if maps::debug_events() {
-                aya_log_ebpf::debug!(ctx, "drop: {}", reason.name());
-            }
         }
         Verdict::Tx | Verdict::Reply => count(GlobalStat::VerdictTx),
         Verdict::Redirect(_) => count(GlobalStat::VerdictRedirect),

@@ -12,7 +12,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, ProgramArray},
     programs::{ProgramError, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
@@ -88,7 +88,7 @@ pub enum DataplaneError {
         got: usize,
     },
     /// A map's descriptor could not be duplicated.
-    #[error("duplicating a map descriptor")]
+    #[error("duplicating a map or program descriptor")]
     Dup {
         /// The error.
         #[source]
@@ -229,6 +229,7 @@ impl Dataplane {
                 action: "loading",
                 source,
             })?;
+        install_event_program(&mut ebpf)?;
 
         let maglev_map = ebpf.map(names::MAGLEV).ok_or(DataplaneError::Missing {
             what: "map",
@@ -822,6 +823,42 @@ fn interface_indexes() -> Vec<u32> {
 }
 
 /// The balancer program of a loaded object.
+/// Loads the debug-event program and puts it where the balancer's tail call finds it (see
+/// `lb-ebpf/src/events.rs`: the balancer carries no logging code of its own).
+fn install_event_program(ebpf: &mut Ebpf) -> Result<()> {
+    let program: &mut Xdp = ebpf
+        .program_mut(names::PROG_EVENTS)
+        .ok_or(DataplaneError::Missing {
+            what: "program",
+            name: names::PROG_EVENTS,
+        })?
+        .try_into()
+        .map_err(not_xdp)?;
+    program.load().map_err(|source| DataplaneError::Program {
+        action: "loading",
+        source,
+    })?;
+    let fd = program
+        .fd()
+        .map_err(|source| DataplaneError::Program {
+            action: "finding",
+            source,
+        })?
+        .try_clone()
+        .map_err(|source| DataplaneError::Dup { source })?;
+    let map = ebpf
+        .map_mut(names::EVENTS_PROG)
+        .ok_or(DataplaneError::Missing {
+            what: "map",
+            name: names::EVENTS_PROG,
+        })?;
+    let mut slots = ProgramArray::try_from(map)
+        .map_err(map_err(format!("opening map {}", names::EVENTS_PROG)))?;
+    slots
+        .set(0, &fd, 0)
+        .map_err(map_err("installing the debug-event program"))
+}
+
 fn balancer_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     ebpf.program_mut(names::PROG_BALANCER)
         .ok_or_else(no_balancer)?
@@ -844,11 +881,13 @@ fn not_xdp(source: ProgramError) -> DataplaneError {
 }
 
 /// Every map of the object, as pinned.
-const ALL_MAPS: [&str; 13] = [
+const ALL_MAPS: [&str; 15] = [
     names::SERVICES,
     names::VIP_ADDRS,
     names::VIP_FILTER,
     names::SERVICE_EPOCHS,
+    names::EVENTS_PROG,
+    names::DEBUG_EVENT,
     names::MAGLEV,
     names::REALS,
     names::CONNTRACK,
