@@ -6,6 +6,7 @@
 //! - [`dataplane`]: the only code that touches the balancer's BPF maps; a typed API over them.
 //! - [`decap`]: the real-server decapsulator (`xlbd decap`).
 //! - [`links`]: attaching XDP programs through pinned bpf_links.
+//! - [`bpffs`]: whether a pin directory's pins outlive this process (`ip netns exec`).
 //! - [`state`]: the desired state (virtual services, real servers, `Change`, typed health settings)
 //!   and ipvsadm's operations on it (pure; no flag syntax).
 //! - [`ipvsadm`]: xlbadm's ipvsadm-compatible command line, listings and save/restore format (pure).
@@ -20,6 +21,7 @@
 //! - [`metrics`]: Prometheus metrics and the status page over HTTP.
 
 mod batch;
+pub mod bpffs;
 pub mod config;
 pub mod control;
 pub mod convert;

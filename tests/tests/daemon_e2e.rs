@@ -342,3 +342,110 @@ fn xlbd_serves_prometheus_metrics_and_a_status_page_on_its_loopback() {
     assert_eq!(status(&format!("-I {base}/metrics")), "200");
     assert!(daemon.log().contains("serving metrics"), "{}", daemon.log());
 }
+
+/// `ip netns exec NS xlbd` pins on the /sys that `ip netns exec` mounts for that command alone:
+/// xlbd (and `xlbd decap`) refuse it with the fix, touching nothing; `nsenter --net` keeps the
+/// host's /sys/fs/bpf, and the pins and the program outlive the daemon.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn xlbd_under_ip_netns_exec_refuses_pins_that_would_vanish_and_nsenter_keeps_them() {
+    root::require();
+    let ns = xlb_tests::netns::Netns::new("pins");
+    let dir = std::env::temp_dir().join(format!("{}-pins", ns.name()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let pin_dir = format!("/sys/fs/bpf/{}", ns.name());
+    let xlbd = xlb_tests::daemon::binary("xlbd");
+    let daemon_args = |extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "--iface",
+            "lo",
+            "--xdp-mode",
+            "generic",
+            "--report-every",
+            "0",
+            "--metrics-listen",
+            "off",
+            "--pin-dir",
+            &pin_dir,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        for (flag, file) in [
+            ("--config", "none.toml"),
+            ("--socket", "xlb.sock"),
+            ("--state-file", "state.json"),
+        ] {
+            args.push(flag.to_owned());
+            args.push(dir.join(file).display().to_string());
+        }
+        args.extend(extra.iter().map(ToString::to_string));
+        args
+    };
+    let fix = format!("nsenter --net=/run/netns/{}", ns.name());
+
+    // Bounded: an xlbd that accepted would serve until stopped.
+    let out = ns
+        .command("timeout")
+        .arg("20")
+        .arg(&xlbd)
+        .args(daemon_args(&[]))
+        .output()
+        .expect("run xlbd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "xlbd pinned on a vanishing /sys");
+    assert!(stderr.contains(&fix), "no fix given: {stderr}");
+    let out = ns
+        .command(xlbd.to_str().expect("path"))
+        .args(["decap", "--iface", "lo", "--addr", "10.99.0.1"])
+        .output()
+        .expect("run xlbd decap");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "xlbd decap pinned on a vanishing /sys"
+    );
+    assert!(stderr.contains(&fix), "no fix given: {stderr}");
+    assert!(
+        ns.sh("ip -d link show lo")
+            .lines()
+            .all(|l| !l.contains("xdp")),
+        "a refused xlbd attached a program"
+    );
+
+    // The fix: the pins and the program outlive the daemon; a second one adopts them and, with
+    // --detach-on-exit, removes them.
+    let nsenter = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", ns.name()))
+            .arg(&xlbd)
+            .args(daemon_args(extra))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    };
+    for (extra, pins_after) in [(&[][..], true), (&["--detach-on-exit"][..], false)] {
+        let mut child = nsenter(extra).spawn().expect("start xlbd");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !dir.join("xlb.sock").exists() {
+            assert!(std::time::Instant::now() < deadline, "xlbd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // SAFETY: kill on the pid of our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        assert!(child.wait().expect("wait for xlbd").success());
+        assert_eq!(
+            std::path::Path::new(&pin_dir)
+                .join(lb_common::maps::SERVICES)
+                .exists(),
+            pins_after,
+            "pins after xlbd {extra:?} exited"
+        );
+        assert_eq!(
+            ns.sh("ip -d link show lo").contains("xdp"),
+            pins_after,
+            "the program after xlbd {extra:?} exited"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

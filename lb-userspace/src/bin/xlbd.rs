@@ -21,7 +21,7 @@ use anyhow::{Context as _, Result};
 use aya::programs::XdpMode;
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_userspace::{
-    config,
+    bpffs, config,
     control::{self, Shared, DEFAULT_SOCKET},
     dataplane::{Dataplane, LoadOptions},
     decap,
@@ -328,9 +328,11 @@ fn on_bpffs(path: &Path) -> bool {
 }
 
 /// Mounts bpffs on /sys/fs/bpf when the pin directory is under it and it is not mounted;
-/// refuses a pin directory elsewhere that is not on a bpffs.
+/// refuses a pin directory elsewhere that is not on a bpffs, and one whose pins would vanish
+/// with this process's mount namespace (`ip netns exec`).
 fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     let root = Path::new("/sys/fs/bpf");
+    bpffs::refuse_transient(pin_dir, pin_dir.starts_with(root) && !on_bpffs(root))?;
     if !pin_dir.starts_with(root) {
         let existing = pin_dir.ancestors().find(|p| p.exists()).unwrap_or(pin_dir);
         if !on_bpffs(existing) {
