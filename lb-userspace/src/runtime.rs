@@ -415,8 +415,18 @@ impl Runtime {
 
     /// The listing of every service with counters, connection counts and the given rates.
     pub fn listing(&self, rates: &RateEstimator) -> Result<Listing, DataplaneError> {
+        self.listing_with(rates, &self.connection_counts()?)
+    }
+
+    /// [`Self::listing`] with connection counts taken earlier ([`Self::connection_counts`]):
+    /// what the metrics serve, so that a scrape reads the counters but not the whole
+    /// connection table.
+    pub fn listing_with(
+        &self,
+        rates: &RateEstimator,
+        conns: &ConnectionCounts,
+    ) -> Result<Listing, DataplaneError> {
         let mut listing = Listing::from_state(&self.desired);
-        let conns = self.connection_counts()?;
         let health: BTreeMap<(ServiceAddr, SocketAddr), RealHealth> = self
             .health
             .iter()
@@ -453,7 +463,7 @@ impl Runtime {
                 real.health = health
                     .get(&(svc.addr, SocketAddr::new(real.addr, real.port)))
                     .cloned();
-                self.fill_real(&svc.addr, real, &conns, rates)?;
+                self.fill_real(&svc.addr, real, conns, rates)?;
             }
             // A real server in force that is not configured is the sorry server, in use while
             // the quorum is lost: listed as keepalived's would be (it adds the sorry server to
@@ -480,7 +490,7 @@ impl Runtime {
                     latency_us: None,
                     last_failure: None,
                 });
-                self.fill_real(&svc.addr, &mut real, &conns, rates)?;
+                self.fill_real(&svc.addr, &mut real, conns, rates)?;
                 svc.reals.push(real);
             }
         }
@@ -492,7 +502,7 @@ impl Runtime {
         &self,
         service: &ServiceAddr,
         real: &mut RealListing,
-        conns: &BTreeMap<RealId, (u32, u32)>,
+        conns: &ConnectionCounts,
         rates: &RateEstimator,
     ) -> Result<(), DataplaneError> {
         let Some(id) = self.real_id(service, real.addr, real.port) else {
@@ -508,9 +518,10 @@ impl Runtime {
 
     /// Active and inactive connections per real server, as ipvsadm counts them: a TCP
     /// connection is active until it closes or idles out; closing TCP and UDP flows are inactive.
-    fn connection_counts(&self) -> Result<BTreeMap<RealId, (u32, u32)>, DataplaneError> {
+    /// Walks the whole connection table.
+    pub fn connection_counts(&self) -> Result<ConnectionCounts, DataplaneError> {
         let now = monotonic_ns();
-        let mut counts: BTreeMap<RealId, (u32, u32)> = BTreeMap::new();
+        let mut counts = ConnectionCounts::new();
         for (flow, conn) in self.dp.connections()? {
             let Some(state) = ConnState::of(&flow, &conn, now) else {
                 continue;
@@ -588,6 +599,9 @@ impl Runtime {
         rates.update(monotonic_ns(), services, reals);
     }
 }
+
+/// (active, inactive) connections by real server, from [`Runtime::connection_counts`].
+pub type ConnectionCounts = BTreeMap<RealId, (u32, u32)>;
 
 /// How ipvsadm would see a tracked connection.
 struct ConnState {
