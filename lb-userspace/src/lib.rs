@@ -18,7 +18,8 @@
 //! - [`control`]: the control socket between xlbadm and xlbd.
 //! - [`health`]: health checks of real servers and what they mean for the tables.
 //! - [`status`]: the status model (services, servers, counters, health, connections) that `-L` and the metrics render.
-//! - [`metrics`]: Prometheus metrics and the status page over HTTP.
+//! - [`metrics`]: Prometheus metrics and the status page over HTTP (axum), from samples taken
+//!   every second.
 
 mod batch;
 pub mod bpffs;
