@@ -51,3 +51,25 @@ pub struct DebugEvent {
 }
 
 crate::user_pod!(DebugEvent);
+
+/// What the balancer hands its ICMP program for a "fragmentation needed" / "packet too big" reply
+/// (per-CPU scratch, index 0 of [`crate::maps::ICMP_REPLY`]). Replies are rare, and built by a
+/// program of their own reached by a tail call, so that the balancer carries no reply code.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct IcmpReply {
+    /// The client, who gets the reply; network order, IPv4 in `client[0]`.
+    pub client: [u32; 4],
+    /// The VIP, the reply's source; network order, IPv4 in `vip[0]`.
+    pub vip: [u32; 4],
+    /// The MTU to announce.
+    pub mtu: u32,
+    /// [`crate::FAMILY_V4`] or [`crate::FAMILY_V6`].
+    pub family: u8,
+    /// 1 when the frame carries a VLAN tag (the IP header at 18, not 14).
+    pub vlan: u8,
+    /// Padding made explicit so that the type is `Pod`.
+    pub _pad: [u8; 2],
+}
+
+crate::user_pod!(IcmpReply);

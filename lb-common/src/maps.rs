@@ -44,8 +44,19 @@ pub const CONFIG: &str = "XLB_CONFIG";
 
 /// Program: the balancer's debug events, reached by a tail call when they are switched on.
 pub const PROG_EVENTS: &str = "xlb_events";
-/// Index 0 → the debug-event program, for the balancer's tail call. Written by userspace.
-pub const EVENTS_PROG: &str = "XLB_EVENTS_PROG";
+/// Program: the balancer's ICMP "fragmentation needed" / "packet too big" replies, reached by a
+/// tail call.
+pub const PROG_ICMP_REPLY: &str = "xlb_icmp_reply";
+/// Slot → a program the balancer tail-calls: [`TAIL_CALL_EVENTS`], [`TAIL_CALL_ICMP_REPLY`].
+/// Written by userspace.
+pub const TAIL_CALLS: &str = "XLB_TAIL_CALLS";
+/// Slot of [`TAIL_CALLS`] holding [`PROG_EVENTS`].
+pub const TAIL_CALL_EVENTS: u32 = 0;
+/// Slot of [`TAIL_CALLS`] holding [`PROG_ICMP_REPLY`].
+pub const TAIL_CALL_ICMP_REPLY: u32 = 1;
+/// Index 0 → per-CPU [`crate::config::IcmpReply`], the balancer's request to the ICMP program.
+/// Written by the data path.
+pub const ICMP_REPLY: &str = "XLB_ICMP_REPLY";
 /// Index 0 → per-CPU [`crate::config::DebugEvent`], the balancer's note to the event program.
 /// Written by the data path.
 pub const DEBUG_EVENT: &str = "XLB_DEBUG_EVENT";

@@ -30,7 +30,7 @@ pub fn hand_over(ctx: &XdpContext, verdict: &Verdict, mut note: DebugEvent) {
     // SAFETY: a per-CPU slot, written by this CPU only; the tail call below runs on this CPU.
     unsafe {
         *slot = note;
-        maps::EVENTS_PROG.tail_call(ctx, 0);
+        maps::TAIL_CALLS.tail_call(ctx, lb_common::maps::TAIL_CALL_EVENTS);
     }
 }
 

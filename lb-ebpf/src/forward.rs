@@ -31,9 +31,7 @@ use aya_ebpf::{
     programs::XdpContext,
     EbpfContext as _,
 };
-use lb_common::{
-    hash::flow_hash, Forwarding, GlobalStat, NextHop, RealServer, FAMILY_V4, FAMILY_V6,
-};
+use lb_common::{hash::flow_hash, Forwarding, GlobalStat, NextHop, RealServer, FAMILY_V4};
 
 use crate::{
     csum, icmp,
@@ -221,12 +219,7 @@ fn too_big(ctx: &XdpContext, packet: &Packet, mtu: u16, overhead: u16) -> Verdic
     if packet.icmp_error || !packet.dont_fragment || !unicast_sender(ctx) {
         return Verdict::drop(GlobalStat::DropTooBig);
     }
-    let mtu = mtu.saturating_sub(overhead);
-    if packet.flow.family == FAMILY_V6 {
-        icmp::packet_too_big_v6(ctx, packet, mtu)
-    } else {
-        icmp::fragmentation_needed_v4(ctx, packet, mtu)
-    }
+    icmp::request(ctx, packet, mtu.saturating_sub(overhead))
 }
 
 /// Whether the frame's source MAC is an individual address (group bit clear).

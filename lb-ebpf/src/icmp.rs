@@ -4,21 +4,72 @@
 //! The packet is turned into the reply in place: cut to its L2 header and the first
 //! [`QUOTE`] bytes of its IP packet (the quote the client needs to find its connection), given a
 //! new IP and ICMP header in front, its MAC addresses swapped, and sent back out (XDP_TX).
+//!
+//! Replies are rare, so they are built by a program of their own, `xlb_icmp_reply`, which the
+//! balancer tail-calls with a request in a per-CPU slot ([`request`]): the balancer carries no
+//! reply code, and the verifier walks it once instead of once for every path that can reach it
+//! (a third of its work). The reply program counts its own verdict, as the balancer's entry point
+//! is not returned to.
 
 use aya_ebpf::{
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    macros::xdp,
     programs::XdpContext,
     EbpfContext as _,
 };
-use lb_common::GlobalStat;
+use lb_common::{config::IcmpReply, GlobalStat, FAMILY_V6};
 
 use crate::{
     csum,
     l2::write_l2,
+    maps,
     parse::{ptr_at, Packet},
     stats,
     verdict::Verdict,
 };
+
+/// Asks the reply program for a "too big" reply to `packet` announcing `mtu`; returns only when
+/// the request could not be made (the packet is then dropped as too big).
+#[inline(always)]
+pub fn request(ctx: &XdpContext, packet: &Packet, mtu: u16) -> Verdict {
+    if let Some(slot) = maps::ICMP_REPLY.get_ptr_mut(0) {
+        let reply = IcmpReply {
+            client: packet.flow.src,
+            vip: packet.flow.dst,
+            mtu: u32::from(mtu),
+            family: packet.flow.family,
+            vlan: u8::from(packet.l3_off == 18),
+            _pad: [0; 2],
+        };
+        // SAFETY: a per-CPU slot, written by this CPU only; the tail call runs on this CPU.
+        unsafe {
+            *slot = reply;
+            maps::TAIL_CALLS.tail_call(ctx, lb_common::maps::TAIL_CALL_ICMP_REPLY);
+        }
+    }
+    Verdict::drop(GlobalStat::DropTooBig)
+}
+
+/// The reply program: turns the packet into the reply the balancer asked for, counts, returns
+/// the action.
+#[xdp]
+pub fn xlb_icmp_reply(ctx: XdpContext) -> u32 {
+    let verdict = match maps::ICMP_REPLY.get(0).copied() {
+        Some(reply) => {
+            // Constants for the verifier, which needs bounded offsets into the packet.
+            let l3 = if reply.vlan != 0 { 18 } else { 14 };
+            let mtu = reply.mtu as u16;
+            if reply.family == FAMILY_V6 {
+                packet_too_big_v6(&ctx, &reply, l3, mtu)
+            } else {
+                fragmentation_needed_v4(&ctx, &reply, l3, mtu)
+            }
+        }
+        None => Verdict::drop(GlobalStat::DropTooBig),
+    };
+    stats::count_verdict(&verdict);
+    verdict.action()
+}
 
 /// Bytes of the offending IP packet quoted in the reply: its headers and the start of its
 /// payload, well within the 576 (IPv4) and 1280 (IPv6) bytes an ICMP error may take.
@@ -33,7 +84,7 @@ type ReplyL2 = ([u8; 6], [u8; 6], Option<[u8; 4]>);
 /// Cuts the packet to L2 + QUOTE and makes room for `headers` bytes of new headers in front.
 /// Returns the MACs and VLAN tag of the original, to reply with.
 #[inline(always)]
-fn reshape(ctx: &XdpContext, packet: &Packet, headers: usize) -> Option<ReplyL2> {
+fn reshape(ctx: &XdpContext, l3: usize, headers: usize) -> Option<ReplyL2> {
     let eth = ptr_at::<[u8; 12]>(ctx, 0)?;
     // SAFETY: ptr_at checked that the bytes lie inside the packet.
     let eth = unsafe { *eth };
@@ -41,14 +92,14 @@ fn reshape(ctx: &XdpContext, packet: &Packet, headers: usize) -> Option<ReplyL2>
     let mut src = [0u8; 6];
     dst.copy_from_slice(&eth[0..6]);
     src.copy_from_slice(&eth[6..12]);
-    let tag = if packet.l3_off == 18 {
+    let tag = if l3 == 18 {
         // SAFETY: as above.
         Some(unsafe { *ptr_at::<[u8; 4]>(ctx, 12)? })
     } else {
         None
     };
     let len = ctx.data_end() - ctx.data();
-    let keep = packet.l3_off + QUOTE;
+    let keep = l3 + QUOTE;
     if len < keep {
         return None;
     }
@@ -67,15 +118,14 @@ fn reshape(ctx: &XdpContext, packet: &Packet, headers: usize) -> Option<ReplyL2>
 
 /// ICMP type 3 code 4, "fragmentation needed", with the next-hop MTU.
 #[inline(always)]
-pub fn fragmentation_needed_v4(ctx: &XdpContext, packet: &Packet, mtu: u16) -> Verdict {
+fn fragmentation_needed_v4(ctx: &XdpContext, reply: &IcmpReply, l3: usize, mtu: u16) -> Verdict {
     let failed = Verdict::drop(GlobalStat::DropTooBig);
-    let Some((dst_mac, src_mac, tag)) = reshape(ctx, packet, IPV4_HDR_LEN + ICMP_HDR_LEN) else {
+    let Some((dst_mac, src_mac, tag)) = reshape(ctx, l3, IPV4_HDR_LEN + ICMP_HDR_LEN) else {
         return failed;
     };
     if !write_l2(ctx, &dst_mac, &src_mac, tag, 0x0800) {
         return failed;
     }
-    let l3 = packet.l3_off;
     let Some(ip) = ptr_at::<[u8; IPV4_HDR_LEN]>(ctx, l3) else {
         return failed;
     };
@@ -90,8 +140,8 @@ pub fn fragmentation_needed_v4(ctx: &XdpContext, packet: &Packet, mtu: u16) -> V
     ip[9] = 1;
     ip[10..12].copy_from_slice(&[0, 0]);
     // From the VIP to the client.
-    ip[12..16].copy_from_slice(&packet.flow.dst[0].to_ne_bytes());
-    ip[16..20].copy_from_slice(&packet.flow.src[0].to_ne_bytes());
+    ip[12..16].copy_from_slice(&reply.vip[0].to_ne_bytes());
+    ip[16..20].copy_from_slice(&reply.client[0].to_ne_bytes());
     let check = csum::finish(csum::sum(ip));
     ip[10..12].copy_from_slice(&check.to_be_bytes());
 
@@ -112,15 +162,14 @@ pub fn fragmentation_needed_v4(ctx: &XdpContext, packet: &Packet, mtu: u16) -> V
 
 /// ICMPv6 type 2, "packet too big", with the MTU.
 #[inline(always)]
-pub fn packet_too_big_v6(ctx: &XdpContext, packet: &Packet, mtu: u16) -> Verdict {
+fn packet_too_big_v6(ctx: &XdpContext, reply: &IcmpReply, l3: usize, mtu: u16) -> Verdict {
     let failed = Verdict::drop(GlobalStat::DropTooBig);
-    let Some((dst_mac, src_mac, tag)) = reshape(ctx, packet, IPV6_HDR_LEN + ICMP_HDR_LEN) else {
+    let Some((dst_mac, src_mac, tag)) = reshape(ctx, l3, IPV6_HDR_LEN + ICMP_HDR_LEN) else {
         return failed;
     };
     if !write_l2(ctx, &dst_mac, &src_mac, tag, 0x86dd) {
         return failed;
     }
-    let l3 = packet.l3_off;
     let Some(ip) = ptr_at::<[u8; IPV6_HDR_LEN]>(ctx, l3) else {
         return failed;
     };
@@ -133,8 +182,8 @@ pub fn packet_too_big_v6(ctx: &XdpContext, packet: &Packet, mtu: u16) -> Verdict
     ip[7] = 64;
     for i in 0..4 {
         // From the VIP to the client.
-        ip[8 + i * 4..12 + i * 4].copy_from_slice(&packet.flow.dst[i].to_ne_bytes());
-        ip[24 + i * 4..28 + i * 4].copy_from_slice(&packet.flow.src[i].to_ne_bytes());
+        ip[8 + i * 4..12 + i * 4].copy_from_slice(&reply.vip[i].to_ne_bytes());
+        ip[24 + i * 4..28 + i * 4].copy_from_slice(&reply.client[i].to_ne_bytes());
     }
     // The pseudo-header: addresses, upper-layer length, next header.
     let mut addrs = [0u8; 32];

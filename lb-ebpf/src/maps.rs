@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    config::DebugEvent,
+    config::{DebugEvent, IcmpReply},
     hash::VIP_FILTER_WORDS,
     limits::{MAGLEV_TABLES, MAGLEV_TABLE_SIZE, MAX_CONNECTIONS, MAX_REALS, MAX_SERVICES},
     stats::GLOBAL_STATS_LEN,
@@ -70,9 +70,13 @@ pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GLOBAL
 #[map(name = "XLB_EGRESS")]
 pub static EGRESS: DevMapHash = DevMapHash::with_max_entries(256, 0);
 
-/// Index 0 → the debug-event program, reached by a tail call. Written by userspace.
-#[map(name = "XLB_EVENTS_PROG")]
-pub static EVENTS_PROG: ProgramArray = ProgramArray::with_max_entries(1, 0);
+/// Slot → a program reached by a tail call: debug events, ICMP replies. Written by userspace.
+#[map(name = "XLB_TAIL_CALLS")]
+pub static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+
+/// Index 0 → per-CPU request from the balancer to the ICMP reply program. Written by the data path.
+#[map(name = "XLB_ICMP_REPLY")]
+pub static ICMP_REPLY: PerCpuArray<IcmpReply> = PerCpuArray::with_max_entries(1, 0);
 
 /// Index 0 → per-CPU note from the balancer to the debug-event program. Written by the data path.
 #[map(name = "XLB_DEBUG_EVENT")]

@@ -229,7 +229,7 @@ impl Dataplane {
                 action: "loading",
                 source,
             })?;
-        install_event_program(&mut ebpf)?;
+        install_tail_calls(&mut ebpf)?;
 
         let maglev_map = ebpf.map(names::MAGLEV).ok_or(DataplaneError::Missing {
             what: "map",
@@ -823,40 +823,45 @@ fn interface_indexes() -> Vec<u32> {
 }
 
 /// The balancer program of a loaded object.
-/// Loads the debug-event program and puts it where the balancer's tail call finds it (see
-/// `lb-ebpf/src/events.rs`: the balancer carries no logging code of its own).
-fn install_event_program(ebpf: &mut Ebpf) -> Result<()> {
-    let program: &mut Xdp = ebpf
-        .program_mut(names::PROG_EVENTS)
-        .ok_or(DataplaneError::Missing {
-            what: "program",
-            name: names::PROG_EVENTS,
-        })?
-        .try_into()
-        .map_err(not_xdp)?;
-    program.load().map_err(|source| DataplaneError::Program {
-        action: "loading",
-        source,
-    })?;
-    let fd = program
-        .fd()
-        .map_err(|source| DataplaneError::Program {
-            action: "finding",
+/// Loads the programs the balancer tail-calls (debug events, ICMP replies: rare work kept out of
+/// the balancer, see `lb-ebpf/src/events.rs` and `icmp.rs`) and puts each in its slot.
+fn install_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
+    for (name, slot) in [
+        (names::PROG_EVENTS, names::TAIL_CALL_EVENTS),
+        (names::PROG_ICMP_REPLY, names::TAIL_CALL_ICMP_REPLY),
+    ] {
+        let program: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::Missing {
+                what: "program",
+                name,
+            })?
+            .try_into()
+            .map_err(not_xdp)?;
+        program.load().map_err(|source| DataplaneError::Program {
+            action: "loading",
             source,
-        })?
-        .try_clone()
-        .map_err(|source| DataplaneError::Dup { source })?;
-    let map = ebpf
-        .map_mut(names::EVENTS_PROG)
-        .ok_or(DataplaneError::Missing {
-            what: "map",
-            name: names::EVENTS_PROG,
         })?;
-    let mut slots = ProgramArray::try_from(map)
-        .map_err(map_err(format!("opening map {}", names::EVENTS_PROG)))?;
-    slots
-        .set(0, &fd, 0)
-        .map_err(map_err("installing the debug-event program"))
+        let fd = program
+            .fd()
+            .map_err(|source| DataplaneError::Program {
+                action: "finding",
+                source,
+            })?
+            .try_clone()
+            .map_err(|source| DataplaneError::Dup { source })?;
+        let map = ebpf
+            .map_mut(names::TAIL_CALLS)
+            .ok_or(DataplaneError::Missing {
+                what: "map",
+                name: names::TAIL_CALLS,
+            })?;
+        ProgramArray::try_from(map)
+            .map_err(map_err(format!("opening map {}", names::TAIL_CALLS)))?
+            .set(slot, &fd, 0)
+            .map_err(map_err(format!("installing the program {name}")))?;
+    }
+    Ok(())
 }
 
 fn balancer_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
@@ -881,13 +886,14 @@ fn not_xdp(source: ProgramError) -> DataplaneError {
 }
 
 /// Every map of the object, as pinned.
-const ALL_MAPS: [&str; 15] = [
+const ALL_MAPS: [&str; 16] = [
     names::SERVICES,
     names::VIP_ADDRS,
     names::VIP_FILTER,
     names::SERVICE_EPOCHS,
-    names::EVENTS_PROG,
+    names::TAIL_CALLS,
     names::DEBUG_EVENT,
+    names::ICMP_REPLY,
     names::MAGLEV,
     names::REALS,
     names::CONNTRACK,
