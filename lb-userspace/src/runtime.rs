@@ -516,24 +516,10 @@ impl Runtime {
         Ok(())
     }
 
-    /// Active and inactive connections per real server, as ipvsadm counts them: a TCP
-    /// connection is active until it closes or idles out; closing TCP and UDP flows are inactive.
-    /// Walks the whole connection table.
+    /// Active and inactive connections per real server ([`count_connections`]). Walks the whole
+    /// connection table.
     pub fn connection_counts(&self) -> Result<ConnectionCounts, DataplaneError> {
-        let now = monotonic_ns();
-        let mut counts = ConnectionCounts::new();
-        for (flow, conn) in self.dp.connections()? {
-            let Some(state) = ConnState::of(&flow, &conn, now) else {
-                continue;
-            };
-            let entry = counts.entry(conn.real).or_default();
-            if state.active {
-                entry.0 += 1;
-            } else {
-                entry.1 += 1;
-            }
-        }
-        Ok(counts)
+        Ok(count_connections(self.dp.connections()?, monotonic_ns()))
     }
 
     /// The connection table as `-L -c` lists it (entries that have not idled out).
@@ -602,6 +588,28 @@ impl Runtime {
 
 /// (active, inactive) connections by real server, from [`Runtime::connection_counts`].
 pub type ConnectionCounts = BTreeMap<RealId, (u32, u32)>;
+
+/// Active and inactive connections per real server in the connection table's `entries` (read at
+/// `now_ns`), as ipvsadm counts them: a TCP connection is active until it closes or idles out;
+/// closing TCP and UDP flows are inactive; idled-out entries are not counted.
+pub fn count_connections(
+    entries: impl IntoIterator<Item = (lb_common::FlowKey, lb_common::Connection)>,
+    now_ns: u64,
+) -> ConnectionCounts {
+    let mut counts = ConnectionCounts::new();
+    for (flow, conn) in entries {
+        let Some(state) = ConnState::of(&flow, &conn, now_ns) else {
+            continue;
+        };
+        let entry = counts.entry(conn.real).or_default();
+        if state.active {
+            entry.0 += 1;
+        } else {
+            entry.1 += 1;
+        }
+    }
+    counts
+}
 
 /// How ipvsadm would see a tracked connection.
 struct ConnState {
@@ -733,6 +741,43 @@ fn rates_between(old: &Samples, new: &Samples, secs: f64) -> BTreeMap<u32, Rates
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_count_as_ipvsadm_counts_them() {
+        const SECOND: u64 = 1_000_000_000;
+        let now = 10_000 * SECOND;
+        let entry = |proto: u8, real: u32, flags: u32, idle_secs: u64| {
+            let flow = lb_common::FlowKey {
+                proto,
+                ..Default::default()
+            };
+            let conn = lb_common::Connection {
+                real,
+                flags,
+                last_seen_ns: now - idle_secs * SECOND,
+                ..Default::default()
+            };
+            (flow, conn)
+        };
+        let tcp = lb_common::PROTO_TCP;
+        let closing = lb_common::conntrack::CONN_F_CLOSING;
+        let counts = count_connections(
+            [
+                entry(tcp, 1, 0, 10),
+                entry(tcp, 1, 0, 899),
+                entry(tcp, 1, 0, 900),
+                entry(tcp, 1, closing, 119),
+                entry(tcp, 2, closing, 120),
+                entry(lb_common::PROTO_UDP, 2, 0, 299),
+            ],
+            now,
+        );
+        assert_eq!(
+            counts,
+            ConnectionCounts::from([(1, (2, 1)), (2, (0, 1))]),
+            "established < 900 s active, closing < 120 s and UDP < 300 s inactive"
+        );
+    }
 
     #[test]
     fn rates_are_the_counter_deltas_per_second() {

@@ -341,6 +341,43 @@ fn xlbd_serves_prometheus_metrics_and_a_status_page_on_its_loopback() {
     assert_eq!(status(&format!("-X POST {base}/metrics")), "405");
     assert_eq!(status(&format!("-I {base}/metrics")), "200");
     assert!(daemon.log().contains("serving metrics"), "{}", daemon.log());
+
+    // Connection counts come from the sampler's walk of the pinned table, a second old at most:
+    // they catch up with -L's (ActiveConn + InActConn of every server).
+    let listing = daemon.adm_ok(&["-L", "-n"]);
+    let listed: u64 = listing
+        .lines()
+        .filter(|l| l.trim_start().starts_with("-> ") && !l.contains("RemoteAddress"))
+        .map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            let n = |i: usize| fields[i].parse::<u64>().expect("a count");
+            n(4) + n(5)
+        })
+        .sum();
+    assert_eq!(
+        listed, requests as u64,
+        "every flow is in the table:\n{listing}"
+    );
+    let sampled = |metrics: &str| -> u64 {
+        (0..2)
+            .map(|i| {
+                let labels = format!("{{{svc},real=\"{}:80\",forwarding=\"dr\"}}", real_addr(i));
+                sample(metrics, "xlb_real_active_connections", &labels)
+                    + sample(metrics, "xlb_real_inactive_connections", &labels)
+            })
+            .sum()
+    };
+    let mut last = String::new();
+    let caught_up = (0..30).any(|_| {
+        last = lab
+            .balancer
+            .sh(&format!("curl -s --fail --max-time 5 {base}/metrics"));
+        sampled(&last) == listed || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            false
+        }
+    });
+    assert!(caught_up, "-L counts {listed} connections:\n{last}");
 }
 
 /// `ip netns exec NS xlbd` pins on the /sys that `ip netns exec` mounts for that command alone:

@@ -242,7 +242,12 @@ async fn main() -> Result<()> {
             Ok(addr) => tracing::info!(%addr, "serving metrics (/metrics) and the status page (/)"),
             Err(e) => tracing::warn!(error = %e, "the metrics listener has no address"),
         }
-        tokio::spawn(metrics::serve(listener, shared.clone()))
+        let conntrack = args.pin_dir.join(lb_common::maps::CONNTRACK);
+        tokio::spawn(metrics::serve(
+            listener,
+            shared.clone(),
+            metrics::ConnectionTable::Pinned(conntrack),
+        ))
     });
 
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;

@@ -36,6 +36,7 @@ use self::{
 pub use self::{
     page::render_status,
     prometheus::{render, METRICS_CONTENT_TYPE},
+    sampler::ConnectionTable,
     server::DEFAULT_LISTEN,
 };
 use crate::{
@@ -97,10 +98,10 @@ impl Snapshot {
 }
 
 /// Serves the daemon's metrics and status page on `listener`, and samples the connection counts
-/// and the traffic every [`sampler::EVERY`], until the task is dropped.
-pub async fn serve(listener: TcpListener, shared: Arc<Mutex<Shared>>) {
+/// (from `table`) and the traffic every [`sampler::EVERY`], until the task is dropped.
+pub async fn serve(listener: TcpListener, shared: Arc<Mutex<Shared>>, table: ConnectionTable) {
     let (sampled, samples) = tokio::sync::watch::channel(Sampled::default());
-    let sampler = sampler::run(shared.clone(), sampler::EVERY, sampled);
+    let sampler = sampler::run(shared.clone(), table, sampler::EVERY, sampled);
     let server = serve_with(listener, Limits::default(), move || {
         let shared = shared.clone();
         let sample = samples.borrow().clone();
