@@ -122,37 +122,73 @@ fn is_sorry(real: &RealListing) -> bool {
     real.health.as_ref().is_some_and(|h| h.state == SORRY)
 }
 
-/// A service at a glance: the box's class and its badge's text.
-#[derive(Debug, PartialEq, Eq)]
-pub struct ServiceState {
-    /// `up`, `degraded`, `down`, `sorry` or `empty`: the box's CSS class.
-    pub class: &'static str,
-    /// What the badge says: `UP 2/3`, `DOWN 0/2`, `SORRY 0/2`, `NO SERVER`.
-    pub badge: String,
+/// Whether a service is served, at a glance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// Every configured server is up.
+    Up,
+    /// Some are up, some down.
+    Degraded,
+    /// None is up, and no sorry server stands in.
+    Down,
+    /// The quorum is lost: the sorry server takes every new connection.
+    Sorry,
+    /// The service has no real server.
+    Empty,
 }
 
-/// Whether a service is served: every configured server up, some, none, or handed over to its
-/// sorry server.
-pub fn service_state(svc: &ServiceListing) -> ServiceState {
-    let total = configured(svc).count();
-    let up = configured(svc).filter(|r| real_up(r) == 1).count();
-    let (class, word) = if svc.reals.iter().any(is_sorry) {
-        ("sorry", "SORRY")
-    } else if total == 0 {
-        return ServiceState {
-            class: "empty",
-            badge: "NO SERVER".to_owned(),
+impl Served {
+    /// The service box's CSS class.
+    pub fn class(self) -> &'static str {
+        match self {
+            Served::Up => "up",
+            Served::Degraded => "degraded",
+            Served::Down => "down",
+            Served::Sorry => "sorry",
+            Served::Empty => "empty",
+        }
+    }
+}
+
+/// A service at a glance: whether it is served, and by how many of its servers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceState {
+    /// Whether it is served.
+    pub served: Served,
+    /// Configured servers up (unchecked ones and those not checked yet count as up).
+    pub up: usize,
+    /// Configured servers (the sorry server is not one).
+    pub total: usize,
+}
+
+impl ServiceState {
+    /// Of a listed service.
+    pub fn of(svc: &ServiceListing) -> Self {
+        let total = configured(svc).count();
+        let up = configured(svc).filter(|r| real_up(r) == 1).count();
+        let served = if svc.reals.iter().any(is_sorry) {
+            Served::Sorry
+        } else if total == 0 {
+            Served::Empty
+        } else if up == 0 {
+            Served::Down
+        } else if up < total {
+            Served::Degraded
+        } else {
+            Served::Up
         };
-    } else if up == 0 {
-        ("down", "DOWN")
-    } else if up < total {
-        ("degraded", "UP")
-    } else {
-        ("up", "UP")
-    };
-    ServiceState {
-        class,
-        badge: format!("{word} {up}/{total}"),
+        ServiceState { served, up, total }
+    }
+
+    /// What the badge says: `UP 2/3`, `DOWN 0/2`, `SORRY 0/2`, `NO SERVER`.
+    pub fn badge(&self) -> String {
+        let word = match self.served {
+            Served::Empty => return "NO SERVER".to_owned(),
+            Served::Up | Served::Degraded => "UP",
+            Served::Down => "DOWN",
+            Served::Sorry => "SORRY",
+        };
+        format!("{word} {}/{}", self.up, self.total)
     }
 }
 
@@ -240,12 +276,12 @@ pub fn describe_checks(health: &ServiceHealth) -> String {
 
 fn service_box(out: &mut String, snapshot: &Snapshot, svc: &ServiceListing) {
     let e = escape_html;
-    let state = service_state(svc);
+    let state = ServiceState::of(svc);
     let _ = writeln!(
         out,
         "<section class=\"{}\">\n<h2><span class=\"badge\">{}</span>{} {} ({})</h2>",
-        state.class,
-        e(&state.badge),
+        state.served.class(),
+        e(&state.badge()),
         e(&protocol_label(svc.addr.protocol).to_uppercase()),
         e(&svc.addr.to_string()),
         e(svc.scheduler.name()),
@@ -260,7 +296,7 @@ fn service_box(out: &mut String, snapshot: &Snapshot, svc: &ServiceListing) {
         );
         let mut quorum = format!("quorum {}, live weight {live_weight}", health.quorum);
         match &health.sorry_server {
-            Some(sorry) if state.class == "sorry" => {
+            Some(sorry) if state.served == Served::Sorry => {
                 let _ = writeln!(
                     out,
                     "<p class=\"alert\">Quorum lost: the sorry server {} takes every new \
@@ -540,18 +576,15 @@ mod tests {
 
     #[test]
     fn a_service_is_up_degraded_down_sorry_or_empty_at_a_glance() {
+        let at_a_glance = |svc: &ServiceListing| {
+            let state = ServiceState::of(svc);
+            (state.served, state.badge())
+        };
         let mut l = listing();
         let svc = &mut l.services[0];
-        assert_eq!(
-            service_state(svc),
-            ServiceState {
-                class: "degraded",
-                badge: "UP 1/2".into()
-            }
-        );
+        assert_eq!(at_a_glance(svc), (Served::Degraded, "UP 1/2".into()));
         svc.reals[1] = up(svc.reals[1].clone());
-        assert_eq!(service_state(svc).badge, "UP 2/2");
-        assert_eq!(service_state(svc).class, "up");
+        assert_eq!(at_a_glance(svc), (Served::Up, "UP 2/2".into()));
 
         let down = |r: &RealListing| {
             let mut r = r.clone();
@@ -565,8 +598,7 @@ mod tests {
             r
         };
         svc.reals = svc.reals.iter().map(down).collect();
-        assert_eq!(service_state(svc).class, "down");
-        assert_eq!(service_state(svc).badge, "DOWN 0/2");
+        assert_eq!(at_a_glance(svc), (Served::Down, "DOWN 0/2".into()));
 
         let mut sorry = up(real(9, 1, None));
         sorry.health = Some(RealHealth {
@@ -578,17 +610,13 @@ mod tests {
         });
         svc.reals.push(sorry);
         assert_eq!(
-            service_state(svc),
-            ServiceState {
-                class: "sorry",
-                badge: "SORRY 0/2".into()
-            },
+            at_a_glance(svc),
+            (Served::Sorry, "SORRY 0/2".into()),
             "the sorry server is not one of the servers counted"
         );
 
         svc.reals.clear();
-        assert_eq!(service_state(svc).class, "empty");
-        assert_eq!(service_state(svc).badge, "NO SERVER");
+        assert_eq!(at_a_glance(svc), (Served::Empty, "NO SERVER".into()));
     }
 
     #[test]
