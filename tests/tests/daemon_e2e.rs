@@ -378,6 +378,24 @@ fn xlbd_serves_prometheus_metrics_and_a_status_page_on_its_loopback() {
         }
     });
     assert!(caught_up, "-L counts {listed} connections:\n{last}");
+
+    // The page: the service at a glance, and charts once the sampler has two samples.
+    let mut page = String::new();
+    let charted = (0..50).any(|_| {
+        page = lab
+            .balancer
+            .sh(&format!("curl -s --fail --max-time 5 {base}/"));
+        page.contains("<polyline points=") || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            false
+        }
+    });
+    assert!(charted, "no chart on the page:\n{page}");
+    assert_eq!(page.matches("<svg class=\"chart\"").count(), 3, "{page}");
+    assert!(
+        page.contains("<span class=\"badge\">UP 2/2</span>"),
+        "{page}"
+    );
 }
 
 /// `ip netns exec NS xlbd` pins on the /sys that `ip netns exec` mounts for that command alone:
