@@ -12,6 +12,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use aya::maps::{HashMap, Map, MapData, MapError};
 use lb_common::{Connection, FlowKey};
 
+use thiserror::Error;
 use tokio::{
     sync::{watch, Mutex},
     time::MissedTickBehavior,
@@ -68,6 +69,24 @@ pub enum ConnectionTable {
     Pinned(PathBuf),
 }
 
+/// Why a sample was not taken (the previous one stays in force).
+#[derive(Debug, Error)]
+pub enum SampleError {
+    /// The runtime could not read the counters or the connection table.
+    #[error("reading the data path")]
+    Dataplane(#[from] DataplaneError),
+    /// The pinned connection table could not be opened or read.
+    #[error("reading the pinned connection table")]
+    Pinned(#[from] MapError),
+    /// The walk's thread ended without a result.
+    #[error("walking the connection table")]
+    Walk(#[from] tokio::task::JoinError),
+}
+
+/// A sample before it is recorded: the connection counts, when the counters were read, and the
+/// listing with them.
+type Sample = (ConnectionCounts, u64, Listing);
+
 /// Samples `shared` (and `table`) every `every` into `sampled`, until the task is dropped.
 pub async fn run(
     shared: Arc<Mutex<Shared>>,
@@ -79,45 +98,34 @@ pub async fn run(
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let taken = match &table {
-            ConnectionTable::Runtime => {
-                let shared = shared.lock().await;
-                shared
-                    .runtime
-                    .connection_counts()
-                    .map_err(|e| e.to_string())
-                    .and_then(|connections| {
-                        totals(&shared, &connections)
-                            .map(|(now_ns, listing)| (connections, now_ns, listing))
-                    })
-            }
-            ConnectionTable::Pinned(path) => {
-                let path = path.clone();
-                match tokio::task::spawn_blocking(move || walk_pinned(&path)).await {
-                    Ok(Ok(connections)) => totals(&*shared.lock().await, &connections)
-                        .map(|(now_ns, listing)| (connections, now_ns, listing)),
-                    Ok(Err(e)) => Err(format!("reading the pinned connection table: {e}")),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-        };
-        match taken {
+        match sample(&shared, &table).await {
             Ok((connections, now_ns, listing)) => sampled.send_modify(|s| {
                 s.record(connections, now_ns, &listing);
             }),
-            Err(e) => tracing::warn!(error = %e, "metrics: sampling the connections"),
+            Err(e) => {
+                // With its sources, down to the kernel's errno.
+                let error = anyhow::Error::new(e);
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "metrics: sampling the connections"
+                );
+            }
         }
     }
 }
 
-/// The listing with `connections`, for its totals, and when its counters were read.
-fn totals(shared: &Shared, connections: &ConnectionCounts) -> Result<(u64, Listing), String> {
+async fn sample(shared: &Mutex<Shared>, table: &ConnectionTable) -> Result<Sample, SampleError> {
+    let connections = match table {
+        ConnectionTable::Runtime => shared.lock().await.runtime.connection_counts()?,
+        ConnectionTable::Pinned(path) => {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || walk_pinned(&path)).await??
+        }
+    };
+    let shared = shared.lock().await;
     let now_ns = monotonic_ns();
-    let listing = shared
-        .runtime
-        .listing_with(&shared.rates, connections)
-        .map_err(|e: DataplaneError| e.to_string())?;
-    Ok((now_ns, listing))
+    let listing = shared.runtime.listing_with(&shared.rates, &connections)?;
+    Ok((connections, now_ns, listing))
 }
 
 /// Counts the connections in the table pinned at `path`, through a handle of our own.

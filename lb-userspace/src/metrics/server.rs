@@ -61,8 +61,14 @@ impl Default for Limits {
 }
 
 /// What the server answers a client whose head did not arrive in time; hyper only closes.
-const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; \
-    charset=utf-8\r\ncontent-length: 19\r\nconnection: close\r\n\r\nrequest timed out\n";
+fn request_timeout() -> String {
+    const BODY: &str = "request timed out\n";
+    format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    )
+}
 
 /// Serves pages made from the snapshots `snapshot` takes (one per page request), within
 /// `limits`, until the task is dropped. One connection failing never stops the server.
@@ -114,7 +120,7 @@ async fn connection(mut stream: TcpStream, http: &http1::Builder, app: Router, l
             .await;
         match result {
             Err(e) if e.is_timeout() => {
-                let _ = stream.write_all(REQUEST_TIMEOUT).await;
+                let _ = stream.write_all(request_timeout().as_bytes()).await;
                 let _ = stream.shutdown().await;
             }
             Err(e) => tracing::debug!(?peer, error = %e, "metrics connection ended"),
@@ -382,6 +388,11 @@ mod tests {
         let slow = exchange(addr, b"GET / HTTP/1.1\r\n").await;
         assert!(
             slow.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{slow}"
+        );
+        let (head, body) = split(&slow);
+        assert!(
+            head.contains(&format!("content-length: {}\r\n", body.len())),
             "{slow}"
         );
         assert!(started.elapsed() < Duration::from_secs(3));
