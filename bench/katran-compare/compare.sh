@@ -23,6 +23,8 @@
 # Env: REPEAT (2000000) ROUNDS (5) CPU (1) PIN_DIR (/sys/fs/bpf/xlbkb) ONLY (harness case filter)
 #      DIRECT=1 (also the unwrapped runs) VERBOSE=1 (hex dumps of the last output packets)
 #      KATRAN_2STEP=1 (Katran built the Makefile-bpf way) HOLD_SECS=N (keep the lab up N s)
+#      SCALE=0 (skip the scaling runs) LIVE=0 (skip the live-frames run) LIVE_PACKETS (4000000)
+#      BATCH (64) SCALE_REALS (4096) SCALE_SERVICES (512)
 set -euo pipefail
 
 here=$(dirname "$(readlink -f "$0")")
@@ -31,6 +33,7 @@ ROUNDS=${ROUNDS:-5}
 CPU=${CPU:-1}
 PIN=${PIN_DIR:-/sys/fs/bpf/xlbkb}
 NS=kb-$$
+PIN_DECAP=$PIN-decap
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
 
@@ -141,7 +144,8 @@ if [ -z "$XLBD" ] || [ -z "$XLBADM" ]; then
 	XLBADM=$(ls -t "$XLB"/target/*/xlbadm | head -1)
 fi
 
-# ---- lab: namespace kb-<pid>, veth kb0 (10.10.0.1/24) + kb1, xlbd on kb0 ----
+# ---- lab: namespace kb-<pid>, veth kb0 (10.10.0.1/24, fd00:10::1/64) + kb1, xlbd on kb0;
+# veth kd0 + kd1 for xlb's decapsulator (only its program sizes are read) ----
 XLBD_PID=
 cleanup() {
 	set +e
@@ -152,27 +156,37 @@ cleanup() {
 		wait "$XLBD_PID" 2>/dev/null
 	fi
 	ip netns del "$NS" 2>/dev/null
-	rm -rf "$PIN" "$SOCK" "$STATE" "$CONF"
+	rm -rf "$PIN" "$PIN_DECAP" "$SOCK" "$STATE" "$CONF"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Leftovers of an earlier run of this script (our pin dir and files only).
-rm -rf "$PIN" "$SOCK" "$STATE"
+rm -rf "$PIN" "$PIN_DECAP" "$SOCK" "$STATE"
 echo "services = []" >"$CONF" # no services from a config file: xlbadm adds them below
 
 ip netns add "$NS"
 ip -n "$NS" link set lo up
 ip -n "$NS" link add kb0 type veth peer name kb1
-for i in kb0 kb1; do
-	ip netns exec "$NS" sysctl -qw net.ipv6.conf.$i.disable_ipv6=1
+ip -n "$NS" link add kd0 type veth peer name kd1
+for i in kb0 kb1 kd0 kd1; do
 	ip -n "$NS" link set $i up
 done
 ip -n "$NS" addr add 10.10.0.1/24 dev kb0
-ip netns exec "$NS" sysctl -qw net.ipv4.conf.kb0.forwarding=1 net.ipv4.conf.all.forwarding=1
-ip -n "$NS" neigh replace 10.10.0.21 lladdr 02:00:00:00:01:21 dev kb0 nud permanent
-ip -n "$NS" neigh replace 10.10.0.22 lladdr 02:00:00:00:01:22 dev kb0 nud permanent
+ip -n "$NS" addr add fd00:10::1/64 dev kb0 nodad
+ip -n "$NS" addr add 10.10.1.1/24 dev kd0
+ip netns exec "$NS" sysctl -qw net.ipv4.conf.kb0.forwarding=1 net.ipv4.conf.all.forwarding=1 \
+	net.ipv6.conf.all.forwarding=1 net.ipv6.conf.kb0.forwarding=1
+# Permanent neighbours for the reals (nothing answers ARP or neighbour solicitations here).
+neighbours() {
+	ip -n "$NS" neigh replace 10.10.0.21 lladdr 02:00:00:00:01:21 dev kb0 nud permanent
+	ip -n "$NS" neigh replace 10.10.0.22 lladdr 02:00:00:00:01:22 dev kb0 nud permanent
+	ip -n "$NS" neigh replace fd00:10::21 lladdr 02:00:00:00:01:21 dev kb0 nud permanent
+	ip -n "$NS" neigh replace fd00:10::22 lladdr 02:00:00:00:01:22 dev kb0 nud permanent
+}
+neighbours
 IFINDEX=$(ip netns exec "$NS" cat /sys/class/net/kb0/ifindex)
+PEER_IFINDEX=$(ip netns exec "$NS" cat /sys/class/net/kb1/ifindex)
 VETH_MAC=$(ip netns exec "$NS" cat /sys/class/net/kb0/address)
 
 # nsenter --net (not ip netns exec, which gives xlbd a private mount namespace and bpffs, so
@@ -189,14 +203,31 @@ done
 [ -e "$PIN/prog" ] || { echo "xlbd did not pin its program in $PIN" >&2; head -20 "$LOG" >&2; exit 1; }
 
 adm() { "$XLBADM" --socket "$SOCK" "$@"; }
-adm -A -t 10.10.0.100:80 -s mh
-adm -a -t 10.10.0.100:80 -r 10.10.0.21:80 -g -w 1
-adm -A -t 10.10.0.101:80 -s mh
-adm -a -t 10.10.0.101:80 -r 10.10.0.22:80 -i -w 1
-# xlbd made each real's neighbour entry "managed" (ip neigh replace ... managed): nothing answers
-# ARP here, so put the fixed entries back (it only does that when a real is added).
-ip -n "$NS" neigh replace 10.10.0.21 lladdr 02:00:00:00:01:21 dev kb0 nud permanent
-ip -n "$NS" neigh replace 10.10.0.22 lladdr 02:00:00:00:01:22 dev kb0 nud permanent
+base_services() {
+	adm -R <<-EOF
+		-A -t 10.10.0.100:80 -s mh
+		-a -t 10.10.0.100:80 -r 10.10.0.21:80 -g -w 1
+		-A -t 10.10.0.101:80 -s mh
+		-a -t 10.10.0.101:80 -r 10.10.0.22:80 -i -w 1
+		-A -t [fd00:10::100]:80 -s mh
+		-a -t [fd00:10::100]:80 -r [fd00:10::21]:80 -g -w 1
+		-A -t [fd00:10::101]:80 -s mh
+		-a -t [fd00:10::101]:80 -r [fd00:10::22]:80 -i -w 1
+	EOF
+	# xlbd made each real's neighbour entry "managed" (ip neigh replace ... managed): nothing
+	# answers here, so put the fixed entries back (it only does that when a real is added).
+	neighbours
+}
+base_services
+
+# xlb's decapsulator on kd0, for its PROG line (verifier and JIT sizes).
+DECAP_PROG=
+if nsenter --net="/run/netns/$NS" "$XLBD" decap --iface kd0 --xdp-mode generic --pin-dir "$PIN_DECAP" \
+	--addr 10.10.1.1 >>"$LOG" 2>&1; then
+	# It pins its XDP link (link_<iface>); the harness reads the program from it.
+	DECAP_PROG=$(find "$PIN_DECAP" -maxdepth 1 \( -name 'prog*' -o -name 'link*' \) | sort | tail -1)
+fi
+[ -n "$DECAP_PROG" ] || echo "# xlbd decap did not pin a program in $PIN_DECAP (see $LOG): no PROG line for it" >&2
 
 echo "# $(date -Is) $(uname -r), $(nproc) CPUs; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 [ -n "$KATRAN_SRC" ] && echo "# katran: $KATRAN_REV ($(basename "$KOBJ"): clang-16 $([ "${KATRAN_2STEP:-0}" = 1 ] && echo '-emit-llvm | llc -march=bpf' || echo '-target bpf'), Makefile-bpf flags, no feature defines; noflood: -DMAX_CONN_RATE=2000000000; per-CPU LRUs of 262144)"
@@ -211,10 +242,14 @@ VI=$(bpftool -j prog show id "$XLB_ID" | grep -o '"verified_insns":[0-9]*' || tr
 echo "# verified_insns from bpftool -j: ${VI:-not shown by $(bpftool version | head -1)}; the PROG lines below read it from bpf_prog_info"
 
 ARGS=(--floors "$B/floors.bpf.o" --reset "$B/reset.bpf.o")
-[ -n "$KATRAN_SRC" ] && ARGS+=(--katran "$KOBJ" --katran-noflood "$KOBJ_NF")
 ARGS+=(--xlb-prog "$PIN/prog" --xlb-pin-dir "$PIN" --netns "/run/netns/$NS" --ifindex "$IFINDEX"
 	--veth-mac "$VETH_MAC" --tun-src 10.10.0.1 --tun-dst 10.10.0.22
+	--tun-src6 fd00:10::1 --tun-dst6 fd00:10::22
 	--repeat "$REPEAT" --rounds "$ROUNDS" --cpu "$CPU")
+XARGS=("${ARGS[@]}") # xlb alone: the scaling and live-frames runs
+[ "${VERBOSE:-0}" = 1 ] && XARGS+=(-v)
+[ -n "$KATRAN_SRC" ] && ARGS+=(--katran "$KOBJ" --katran-noflood "$KOBJ_NF")
+[ -n "$DECAP_PROG" ] && ARGS+=(--decap-prog "$DECAP_PROG")
 [ -n "${ONLY:-}" ] && ARGS+=(--only "$ONLY")
 [ "${DIRECT:-0}" = 1 ] && ARGS+=(--direct)
 [ "${VERBOSE:-0}" = 1 ] && ARGS+=(-v)
@@ -229,9 +264,9 @@ END {
 	fp=best["floor.pass"]; ft=best["floor.swap_tx"]; fn=best["floor.pass_newflow"]
 	printf "\nSUMMARY (best of %s calls; ns/packet; net = case - floor; floors: pass %d, swap+TX %d, pass behind the new-flow wrapper %d)\n", "'"$ROUNDS"'", fp, ft, fn
 	printf "%-58s %5s %6s %8s %8s %6s %8s %9s\n", "comparison (best ns)", "xlb", "katran", "xlb-net", "kat-net", "ratio", "ratio/TX", "ratio(med)"
-	n=split("ACK hit, DR (xlb) vs IPIP (katran)|ACK hit, IPIP both|SYN same flow (xlb: conntrack hit; katran: CH+LRU update)|SYN new flow every run (both: miss + insert)|non-VIP (XDP_PASS)", label, "|")
-	split("xlb.ack_hit_dr|xlb.ack_hit_tun|xlb.syn_dr|xlb.syn_newflow_dr|xlb.nonvip", xs, "|")
-	split("katran.ack_hit|katran.ack_hit|katran.syn|katran.syn_newflow|katran.nonvip", ks, "|")
+	n=split("ACK hit, DR (xlb) vs IPIP (katran)|ACK hit, IPIP both|SYN same flow (xlb: conntrack hit; katran: CH+LRU update)|SYN new flow every run (both: miss + insert)|non-VIP (XDP_PASS)|IPv6 ACK hit, DR (xlb) vs IP6IP6 (katran)|IPv6 ACK hit, IP6IP6 both", label, "|")
+	split("xlb.ack_hit_dr|xlb.ack_hit_tun|xlb.syn_dr|xlb.syn_newflow_dr|xlb.nonvip|xlb.ack_hit_dr6|xlb.ack_hit_tun6", xs, "|")
+	split("katran.ack_hit|katran.ack_hit|katran.syn|katran.syn_newflow|katran.nonvip|katran.ack_hit6|katran.ack_hit6", ks, "|")
 	for (i=1; i<=n; i++) {
 		x=xs[i]; k=ks[i]
 		if (!(x in best) || !(k in best)) continue
@@ -245,7 +280,7 @@ END {
 		printf "%-58s %5d %6d %8d %8d %6.2f %8.2f %9.2f\n", "SYN new flow every run, IPIP both", best["xlb.syn_newflow_tun"], best["katran.syn_newflow"], best["xlb.syn_newflow_tun"]-fn, best["katran.syn_newflow"]-fn, (best["xlb.syn_newflow_tun"]-fn)/(best["katran.syn_newflow"]-fn), (best["xlb.syn_newflow_tun"]-fn)/(best["katran.syn_newflow"]-fn), (med["xlb.syn_newflow_tun"]-med["floor.pass_newflow"])/(med["katran.syn_newflow"]-med["floor.pass_newflow"])
 	if (!("katran.ack_hit" in best)) {
 		printf "\nxlb alone (no KATRAN_SRC): ns/packet net of the floor, and as a multiple of the MAC-swap + XDP_TX floor program\n"
-		split("xlb.ack_hit_dr|xlb.ack_hit_tun|xlb.ack_hit_tun_df|xlb.syn_dr|xlb.syn_tun|xlb.syn_newflow_dr|xlb.syn_newflow_tun|xlb.nonvip", all, "|")
+		split("xlb.ack_hit_dr|xlb.ack_hit_tun|xlb.ack_hit_tun_df|xlb.ack_hit_dr6|xlb.ack_hit_tun6|xlb.syn_dr|xlb.syn_tun|xlb.syn_newflow_dr|xlb.syn_newflow_tun|xlb.nonvip", all, "|")
 		for (i=1; i in all; i++) {
 			x=all[i]; if (!(x in best)) continue
 			f = (x ~ /newflow/) ? fn : fp
@@ -254,5 +289,83 @@ END {
 	}
 	printf "(net and ratio: xlb/Katran of (case - XDP_PASS floor); ratio/TX: over the swap+XDP_TX floor for forwarded cases;\n ratio(med): the same with medians; the new-flow rows use the new-flow wrapper floor for both)\n"
 }'
+
+# ---- scaling (xlb alone): the known flow by DR with many reals, many services, a full table ----
+# Each step is one harness call (the XDP_PASS floor, then the known-flow DR case to the step's
+# VIP); ratios to the first step. Limits are what this xlbd accepts (xlbadm -R is all or nothing,
+# so each step tries smaller counts until one is accepted, and says what it got).
+want() { [ -z "${ONLY:-}" ] || [[ ",$ONLY," == *",$1"* ]] || [[ ",$ONLY," == *".$1"* ]]; }
+SOUT=
+since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+scale_run() { # NAME VIP [--fill-conntrack]
+	local o
+	o=$("$B/harness" "${XARGS[@]}" --scale "$1" --scale-dst "$2" "${@:3}" 2> >(grep -v '^libbpf: elf: skipping' >&2) | grep -v '^PROG\|^# repeat')
+	echo "$o"
+	SOUT+=$o$'\n'
+}
+if [ "${SCALE:-1}" = 1 ] && want scale; then
+	echo; echo "# scaling: known flow, direct routing; each step after the lab's services ($(adm -L -n | grep -c '^TCP') services, 4 reals)"
+	scale_run base 10.10.0.100
+	# Many reals in one service: 10.10.0.102:80, reals 10.11.16.0 + i (on link: 10.11.0.1/16 on
+	# kb0), every one with the same permanent neighbour entry.
+	ip -n "$NS" addr add 10.11.0.1/16 dev kb0
+	got=
+	for n in "${SCALE_REALS:-4096}" 4091 2048 1024; do
+		t0=$(date +%s.%N)
+		if { echo "-A -t 10.10.0.102:80 -s mh"
+			for ((i = 0; i < n; i++)); do echo "-a -t 10.10.0.102:80 -r 10.11.$((16 + i / 256)).$((i % 256)):80 -g -w 1"; done
+		} | timeout "${SCALE_ADM_SECS:-120}" "$XLBADM" --socket "$SOCK" -R >/dev/null 2>"$B/adm.err"; then
+			got=$n
+			echo "# xlbadm -R: 1 service, $n reals in $(since "$t0") s"
+			break
+		fi
+		echo "# xlbadm -R of $n reals refused or over ${SCALE_ADM_SECS:-120} s: $(tail -1 "$B/adm.err")"
+		adm -D -t 10.10.0.102:80 2>/dev/null || true
+	done
+	if [ -n "$got" ]; then
+		for ((i = 0; i < got; i++)); do echo "neigh replace 10.11.$((16 + i / 256)).$((i % 256)) lladdr 02:00:00:00:01:21 dev kb0 nud permanent"; done |
+			ip -n "$NS" -batch -
+		scale_run "reals$got" 10.10.0.102
+		adm -D -t 10.10.0.102:80
+	fi
+	# Many services: VIPs 10.12.x.y:80, one real each (10.10.0.21, DR), up to SCALE_SERVICES in all.
+	have=$(adm -L -n | grep -c '^TCP')
+	got=
+	for n in "${SCALE_SERVICES:-512}" 256 128 64; do
+		add=$((n - have))
+		[ "$add" -gt 0 ] || continue
+		t0=$(date +%s.%N)
+		if for ((i = 0; i < add; i++)); do
+			echo "-A -t 10.12.$((i / 200)).$((i % 200 + 1)):80 -s mh"
+			echo "-a -t 10.12.$((i / 200)).$((i % 200 + 1)):80 -r 10.10.0.21:80 -g -w 1"
+		done | timeout "${SCALE_ADM_SECS:-120}" "$XLBADM" --socket "$SOCK" -R >/dev/null 2>"$B/adm.err"; then
+			got=$n
+			echo "# xlbadm -R: $add services in $(since "$t0") s"
+			break
+		fi
+		echo "# xlbadm -R of $add services (to $n in all) refused or over ${SCALE_ADM_SECS:-120} s: $(tail -1 "$B/adm.err")"
+	done
+	if [ -n "$got" ]; then
+		neighbours
+		scale_run "services$(adm -L -n | grep -c '^TCP')" 10.10.0.100
+		for ((i = 0; i < got - have; i++)); do echo "-D -t 10.12.$((i / 200)).$((i % 200 + 1)):80"; done | adm -R >/dev/null
+	fi
+	# A full connection table: SYNs of new flows to 10.10.0.100 (the new-flow wrapper) until it
+	# has taken 2 x its capacity in inserts (from every CPU), then the known flow again.
+	scale_run conntrack_full 10.10.0.100 --fill-conntrack
+	echo "$SOUT" | awk '
+/^RESULT floor.pass/ { fp=$3; sub("best=","",fp); fm=$4; sub("median=","",fm) }
+/^RESULT xlb.scale/ { id=$2; sub("xlb.scale.","",id); b=$3; sub("best=","",b); m=$4; sub("median=","",m)
+	ok=($0 ~ / OK \|/); if (id=="base") { bb=b; bm=m; bn=b-fp; bnm=m-fm }
+	if (bb>0) printf "SCALE %-18s best %4d median %4d  /base: best %.2f median %.2f  net of floor /base: best %.2f median %.2f%s\n", id, b, m, b/bb, m/bm, (bn>0?(b-fp)/bn:0), (bnm>0?(m-fm)/bnm:0), ok?"":"  (a check FAILED)" }'
+fi
+
+# ---- live frames (xlb alone): packets per second out of kb0 to kb1, xlb by DR vs MAC swap ----
+if [ "${LIVE:-1}" = 1 ] && want live; then
+	echo
+	"$B/harness" "${XARGS[@]}" --live --live-peer-ifindex "$PEER_IFINDEX" --live-packets "${LIVE_PACKETS:-4000000}" \
+		--batch "${BATCH:-64}" 2> >(grep -v '^libbpf: elf: skipping' >&2) | grep -v '^PROG\|^# repeat'
+fi
+
 if [ -n "${HOLD_SECS:-}" ]; then echo "# holding the lab ($NS, $PIN) for $HOLD_SECS s"; sleep "$HOLD_SECS"; fi
 echo "# xlbd log tail:"; tail -5 "$LOG" | sed 's/^/#   /'
