@@ -306,44 +306,58 @@ scale_run() { # NAME VIP [--fill-conntrack]
 if [ "${SCALE:-1}" = 1 ] && want scale; then
 	echo; echo "# scaling: known flow, direct routing; each step after the lab's services ($(adm -L -n | grep -c '^TCP') services, 4 reals)"
 	scale_run base 10.10.0.100
-	# Many reals in one service: 10.10.0.102:80, reals 10.11.16.0 + i (on link: 10.11.0.1/16 on
-	# kb0), every one with the same permanent neighbour entry.
+	# Capacity, from the daemon's map sizes (real ids are 1..max_entries-1).
+	map_max() { bpftool map show pinned "$PIN/$1" | sed -n 's/.*max_entries \([0-9]*\).*/\1/p'; }
+	rmax=$(($(map_max XLB_REALS) - 1))
+	smax=$(map_max XLB_SERVICES)
+	echo "# this xlbd holds at most $rmax real servers and $smax services (its XLB_REALS and XLB_SERVICES)"
+	# Many reals in one service, alone (the lab's services cleared, put back after):
+	# 10.10.0.102:80, reals 10.11.16.0 + i (on link: 10.11.0.1/16 on kb0), every one with the same
+	# permanent neighbour entry.
 	ip -n "$NS" addr add 10.11.0.1/16 dev kb0
+	want_reals=${SCALE_REALS:-4096}
+	[ "$want_reals" -le "$rmax" ] || want_reals=$rmax
+	adm -C
 	got=
-	for n in "${SCALE_REALS:-4096}" 4091 2048 1024; do
+	for n in "$want_reals" 1024; do
 		t0=$(date +%s.%N)
 		if { echo "-A -t 10.10.0.102:80 -s mh"
 			for ((i = 0; i < n; i++)); do echo "-a -t 10.10.0.102:80 -r 10.11.$((16 + i / 256)).$((i % 256)):80 -g -w 1"; done
-		} | timeout "${SCALE_ADM_SECS:-120}" "$XLBADM" --socket "$SOCK" -R >/dev/null 2>"$B/adm.err"; then
+		} | timeout "${SCALE_ADM_SECS:-300}" "$XLBADM" --socket "$SOCK" -R >/dev/null 2>"$B/adm.err"; then
 			got=$n
 			echo "# xlbadm -R: 1 service, $n reals in $(since "$t0") s"
 			break
 		fi
-		echo "# xlbadm -R of $n reals refused or over ${SCALE_ADM_SECS:-120} s: $(tail -1 "$B/adm.err")"
-		adm -D -t 10.10.0.102:80 2>/dev/null || true
+		echo "# xlbadm -R of $n reals refused or over ${SCALE_ADM_SECS:-300} s: $(tail -1 "$B/adm.err")"
+		adm -C
 	done
 	if [ -n "$got" ]; then
 		for ((i = 0; i < got; i++)); do echo "neigh replace 10.11.$((16 + i / 256)).$((i % 256)) lladdr 02:00:00:00:01:21 dev kb0 nud permanent"; done |
 			ip -n "$NS" -batch -
 		scale_run "reals$got" 10.10.0.102
-		adm -D -t 10.10.0.102:80
 	fi
+	t0=$(date +%s.%N)
+	adm -C
+	echo "# xlbadm -C (1 service, $got reals) in $(since "$t0") s"
+	base_services
 	# Many services: VIPs 10.12.x.y:80, one real each (10.10.0.21, DR), up to SCALE_SERVICES in all.
 	have=$(adm -L -n | grep -c '^TCP')
 	got=
-	for n in "${SCALE_SERVICES:-512}" 256 128 64; do
+	want_services=${SCALE_SERVICES:-512}
+	[ "$want_services" -le "$smax" ] || want_services=$smax
+	for n in "$want_services" 64; do
 		add=$((n - have))
 		[ "$add" -gt 0 ] || continue
 		t0=$(date +%s.%N)
 		if for ((i = 0; i < add; i++)); do
 			echo "-A -t 10.12.$((i / 200)).$((i % 200 + 1)):80 -s mh"
 			echo "-a -t 10.12.$((i / 200)).$((i % 200 + 1)):80 -r 10.10.0.21:80 -g -w 1"
-		done | timeout "${SCALE_ADM_SECS:-120}" "$XLBADM" --socket "$SOCK" -R >/dev/null 2>"$B/adm.err"; then
+		done | timeout "${SCALE_ADM_SECS:-300}" "$XLBADM" --socket "$SOCK" -R >/dev/null 2>"$B/adm.err"; then
 			got=$n
 			echo "# xlbadm -R: $add services in $(since "$t0") s"
 			break
 		fi
-		echo "# xlbadm -R of $add services (to $n in all) refused or over ${SCALE_ADM_SECS:-120} s: $(tail -1 "$B/adm.err")"
+		echo "# xlbadm -R of $add services (to $n in all) refused or over ${SCALE_ADM_SECS:-300} s: $(tail -1 "$B/adm.err")"
 	done
 	if [ -n "$got" ]; then
 		neighbours
