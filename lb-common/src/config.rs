@@ -73,3 +73,45 @@ pub struct IcmpReply {
 }
 
 crate::user_pod!(IcmpReply);
+
+/// [`NextHopRequest::flags`]: the frame carries a VLAN tag.
+pub const NEXT_HOP_F_VLAN: u8 = 1 << 0;
+/// [`NextHopRequest::flags`]: the packet is an ICMP error (never answered with another).
+pub const NEXT_HOP_F_ICMP_ERROR: u8 = 1 << 1;
+/// [`NextHopRequest::flags`]: the packet may not be fragmented (IPv4 DF; always for IPv6).
+pub const NEXT_HOP_F_DONT_FRAGMENT: u8 = 1 << 2;
+
+/// What the balancer hands its next-hop program when its cached next hop for a real server is
+/// stale or missing (per-CPU scratch, index 0 of [`crate::maps::NEXT_HOP_REQUEST`]). The program
+/// asks the kernel's FIB, fills the cache and runs the balancer again on the same packet, which
+/// then finds the next hop fresh; on a failure it gives the verdict itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NextHopRequest {
+    /// The client, network order, IPv4 in `client[0]`.
+    pub client: [u32; 4],
+    /// The VIP, network order, IPv4 in `vip[0]`.
+    pub vip: [u32; 4],
+    /// The real server.
+    pub real: crate::RealServer,
+    /// The real server's id (its slot of the next-hop cache).
+    pub real_id: u32,
+    /// The client's port, network order.
+    pub sport: u16,
+    /// The service's port, network order.
+    pub dport: u16,
+    /// Length of the IP packet that will leave (with a tunnel's outer header).
+    pub ip_len: u16,
+    /// The tunnel's overhead, taken off the MTU announced to a client when it is too big.
+    pub overhead: u16,
+    /// Protocol of what will leave: the flow's, or IPIP / IPv6 for a tunnel.
+    pub l4_protocol: u8,
+    /// The flow's protocol.
+    pub flow_proto: u8,
+    /// 1 when the FIB should give our source address (a tunnel's outer header).
+    pub want_source: u8,
+    /// `NEXT_HOP_F_*`.
+    pub flags: u8,
+}
+
+crate::user_pod!(NextHopRequest);

@@ -47,13 +47,26 @@ pub const PROG_EVENTS: &str = "xlb_events";
 /// Program: the balancer's ICMP "fragmentation needed" / "packet too big" replies, reached by a
 /// tail call.
 pub const PROG_ICMP_REPLY: &str = "xlb_icmp_reply";
-/// Slot → a program the balancer tail-calls: [`TAIL_CALL_EVENTS`], [`TAIL_CALL_ICMP_REPLY`].
-/// Written by userspace.
+/// Program: the balancer's next-hop lookups in the kernel's FIB, reached by a tail call when a
+/// real server's cached next hop is stale.
+pub const PROG_NEXT_HOP: &str = "xlb_next_hop";
+/// Slot → a program the balancer tail-calls: [`TAIL_CALL_EVENTS`], [`TAIL_CALL_ICMP_REPLY`],
+/// [`TAIL_CALL_NEXT_HOP`], and [`TAIL_CALL_BALANCER`] (the balancer itself, which the next-hop
+/// program runs again once the cache is filled). Written by userspace.
 pub const TAIL_CALLS: &str = "XLB_TAIL_CALLS";
 /// Slot of [`TAIL_CALLS`] holding [`PROG_EVENTS`].
 pub const TAIL_CALL_EVENTS: u32 = 0;
 /// Slot of [`TAIL_CALLS`] holding [`PROG_ICMP_REPLY`].
 pub const TAIL_CALL_ICMP_REPLY: u32 = 1;
+/// Slot of [`TAIL_CALLS`] holding [`PROG_NEXT_HOP`].
+pub const TAIL_CALL_NEXT_HOP: u32 = 2;
+/// Slot of [`TAIL_CALLS`] holding [`PROG_BALANCER`].
+pub const TAIL_CALL_BALANCER: u32 = 3;
+/// Slots of [`TAIL_CALLS`].
+pub const TAIL_CALL_SLOTS: u32 = 4;
+/// Index 0 → per-CPU [`crate::config::NextHopRequest`], the balancer's request to the next-hop
+/// program. Written by the data path.
+pub const NEXT_HOP_REQUEST: &str = "XLB_NH_REQUEST";
 /// Index 0 → per-CPU [`crate::config::IcmpReply`], the balancer's request to the ICMP program.
 /// Written by the data path.
 pub const ICMP_REPLY: &str = "XLB_ICMP_REPLY";

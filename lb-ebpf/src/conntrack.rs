@@ -41,7 +41,6 @@ pub fn lookup(packet: &Packet, now: u64) -> Option<Known> {
     if packet.closing && conn.flags & CONN_F_CLOSING == 0 {
         conn.flags |= CONN_F_CLOSING;
     }
-    stats::count(GlobalStat::ConntrackHit);
     Some(Known {
         service: conn.service,
         real_id: conn.real,

@@ -1,15 +1,8 @@
 //! Forwarding to the chosen real server: direct routing or IP-in-IP tunneling.
 //!
-//! The next hop comes from the kernel's FIB and neighbour table through `bpf_fib_lookup`, so
-//! routes, a second egress interface (XDP_REDIRECT, through the `XLB_EGRESS` devmap) and
-//! neighbour changes need no copy in our maps. When the kernel has no neighbour entry for the next hop yet, the packet is dropped and
-//! counted (`drop_no_neighbour`): passing it up would make the balancer's own stack answer for the
-//! VIP. Userspace keeps a managed neighbour entry for each real server so that this only happens
-//! before the first resolution.
-//!
-//! The kernel answers FIB lookups only for an ingress interface with forwarding on, so the
-//! dataplane turns it on where it attaches; when it is off the packet is dropped and counted
-//! (`drop_forwarding_disabled`).
+//! The next hop comes from the kernel's FIB through [`next_hop`] (its per-CPU cache, filled by
+//! the next-hop program), so routes, a second egress interface (XDP_REDIRECT, through the
+//! `XLB_EGRESS` devmap) and neighbour changes need no copy in our maps.
 //!
 //! Direct routing rewrites the Ethernet addresses only. Tunneling prepends an outer IPv4 header
 //! (protocol 4, RFC 2003: TOS copied, DF copied from the inner header, TTL 64) or IPv6 header
@@ -19,30 +12,22 @@
 //! "fragmentation needed" / ICMPv6 "packet too big" from the VIP with the MTU less the tunnel's
 //! overhead; an IPv4 packet without DF is dropped and counted instead (`drop_too_big`).
 
-use core::mem::size_of;
-
 use aya_ebpf::{
-    bindings::{
-        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED,
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NO_SRC_ADDR, BPF_FIB_LKUP_RET_SUCCESS,
-        BPF_FIB_LOOKUP_SRC,
-    },
-    helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::{bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
     EbpfContext as _,
 };
-use lb_common::{hash::flow_hash, Forwarding, GlobalStat, NextHop, RealServer, FAMILY_V4};
+use lb_common::{hash::flow_hash, Forwarding, GlobalStat, RealServer, FAMILY_V4};
 
 use crate::{
     csum, icmp,
     l2::write_l2,
     maps,
+    next_hop::{next_hop, NoRoute},
     parse::{ptr_at, Packet},
     verdict::Verdict,
 };
 
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
 const IPV4_HDR_LEN: usize = 20;
 const IPV6_HDR_LEN: usize = 40;
 const PROTO_IPIP: u8 = 4;
@@ -69,164 +54,10 @@ pub fn forward(
     }
 }
 
-/// Why a route lookup gave no next hop.
-enum NoRoute {
-    /// Drop or pass with this verdict.
-    Verdict(Verdict),
-    /// The packet (with `overhead` more bytes) would not fit: the egress MTU.
-    TooBig(u16),
-}
-
-/// The FIB's answer for a packet of `ip_len` bytes to `real`: next-hop MAC, our MAC, egress
-/// interface, and (with `want_source`) our source address towards it.
-#[inline(always)]
-fn route(
-    ctx: &XdpContext,
-    packet: &Packet,
-    real: &RealServer,
-    ip_len: u16,
-    l4_protocol: u8,
-    want_source: bool,
-) -> Result<FibParams, NoRoute> {
-    // SAFETY: FibParams is a plain C struct for which all zeroes is a valid value.
-    let mut params: FibParams = unsafe { core::mem::zeroed() };
-    params.l4_protocol = l4_protocol;
-    if l4_protocol == packet.flow.proto {
-        params.sport = packet.flow.sport;
-        params.dport = packet.flow.dport;
-    }
-    params.__bindgen_anon_1.tot_len = ip_len;
-    params.ifindex = ctx.ingress_ifindex() as u32;
-    let mut flags = 0;
-    let config = maps::CONFIG.get(0);
-    if real.family == FAMILY_V4 {
-        params.family = AF_INET;
-        params.__bindgen_anon_4.ipv4_dst = real.addr[0];
-        let configured = config.map_or(0, |c| c.tunnel_src_v4);
-        if !want_source {
-            params.__bindgen_anon_3.ipv4_src = packet.flow.src[0];
-        } else if configured != 0 {
-            params.__bindgen_anon_3.ipv4_src = configured;
-        } else {
-            flags = BPF_FIB_LOOKUP_SRC;
-        }
-    } else {
-        params.family = AF_INET6;
-        params.__bindgen_anon_4.ipv6_dst = real.addr;
-        let configured = config.map_or([0; 4], |c| c.tunnel_src_v6);
-        if !want_source {
-            params.__bindgen_anon_3.ipv6_src = packet.flow.src;
-        } else if configured != [0; 4] {
-            params.__bindgen_anon_3.ipv6_src = configured;
-        } else {
-            flags = BPF_FIB_LOOKUP_SRC;
-        }
-    }
-    // SAFETY: params points to a live FibParams of the size given.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.as_ptr(),
-            &mut params as *mut FibParams,
-            size_of::<FibParams>() as i32,
-            flags,
-        )
-    };
-    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return Ok(params);
-    }
-    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
-        // SAFETY: the kernel wrote the MTU into the union for this return code.
-        return Err(NoRoute::TooBig(unsafe {
-            params.__bindgen_anon_1.mtu_result
-        }));
-    }
-    let reason = if rc == BPF_FIB_LKUP_RET_FWD_DISABLED as i64 {
-        GlobalStat::DropForwardingDisabled
-    } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        GlobalStat::DropNoNeighbour
-    } else if rc == BPF_FIB_LKUP_RET_NO_SRC_ADDR as i64 {
-        GlobalStat::DropNoTunnelSource
-    } else {
-        GlobalStat::DropNoRoute
-    };
-    Err(NoRoute::Verdict(Verdict::drop(reason)))
-}
-
-/// How long a next hop from the FIB is reused before it is looked up again: routes and
-/// neighbours that change are followed within this time, and the FIB is asked about once per
-/// real server and CPU in it instead of once per packet.
-const NEXT_HOP_TTL_NS: u64 = 100_000_000;
-
-/// The next hop for a packet of `ip_len` bytes to real server `real_id`: the cached one when it
-/// is fresh (against `now`, the packet's coarse time: a tick is fine for a 100 ms expiry), was
-/// looked up for the same ingress interface and knows the MTU; else the FIB's, cached. Either
-/// way the answer is this CPU's slot of the cache, read in place.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "inlined; the FIB lookup needs each of them"
-)]
-#[inline(always)]
-fn next_hop(
-    ctx: &XdpContext,
-    packet: &Packet,
-    real_id: u32,
-    real: &RealServer,
-    ip_len: u16,
-    l4_protocol: u8,
-    want_source: bool,
-    now: u64,
-) -> Result<&'static NextHop, NoRoute> {
-    let ingress = ctx.ingress_ifindex() as u32;
-    let Some(cache) = maps::NEXT_HOPS.get_ptr_mut(real_id) else {
-        return Err(NoRoute::Verdict(Verdict::drop(GlobalStat::DropNoRoute)));
-    };
-    // SAFETY: a per-CPU slot, read and written by this CPU only, for this program run.
-    let cached = unsafe { &mut *cache };
-    if cached.expires_ns > now && cached.ingress_ifindex == ingress && cached.mtu != 0 {
-        if u32::from(ip_len) > cached.mtu {
-            return Err(NoRoute::TooBig(cached.mtu as u16));
-        }
-        return Ok(cached);
-    }
-    let params = route(ctx, packet, real, ip_len, l4_protocol, want_source)?;
-    // SAFETY: after a successful lookup the union holds the egress MTU (or still our length,
-    // when the kernel does not report it: then the entry is not reused).
-    let mtu = u32::from(unsafe { params.__bindgen_anon_1.mtu_result });
-    let hop = NextHop {
-        expires_ns: now + NEXT_HOP_TTL_NS,
-        ifindex: params.ifindex,
-        ingress_ifindex: ingress,
-        mtu: if mtu == u32::from(ip_len) { 0 } else { mtu },
-        src: if real.family == FAMILY_V4 {
-            // SAFETY: the union holds the address family the lookup was made for.
-            [unsafe { params.__bindgen_anon_3.ipv4_src }, 0, 0, 0]
-        } else {
-            // SAFETY: as above.
-            unsafe { params.__bindgen_anon_3.ipv6_src }
-        },
-        dmac: params.dmac,
-        smac: params.smac,
-    };
-    *cached = hop;
-    Ok(cached)
-}
-
-/// What to do when the packet, grown by `overhead`, does not fit the egress `mtu`. The reply goes
-/// back to the frame's sender only: never to a group MAC address (the source IP is a unicast
-/// one, parsing dropped the rest).
+/// What to do when the packet, grown by `overhead`, does not fit the egress `mtu`.
 #[inline(always)]
 fn too_big(ctx: &XdpContext, packet: &Packet, mtu: u16, overhead: u16) -> Verdict {
-    if packet.icmp_error || !packet.dont_fragment || !unicast_sender(ctx) {
-        return Verdict::drop(GlobalStat::DropTooBig);
-    }
-    icmp::request(ctx, packet, mtu.saturating_sub(overhead))
-}
-
-/// Whether the frame's source MAC is an individual address (group bit clear).
-#[inline(always)]
-fn unicast_sender(ctx: &XdpContext) -> bool {
-    // SAFETY: ptr_at checks that the byte lies inside the packet.
-    ptr_at::<u8>(ctx, 6).is_some_and(|b| unsafe { *b } & 1 == 0)
+    icmp::too_big(ctx, &icmp::Offender::of(packet), mtu, overhead)
 }
 
 /// Leaves through the FIB's interface: back out of the ingress one, or redirected.
@@ -258,6 +89,7 @@ fn direct_route(
         packet.ip_len,
         packet.flow.proto,
         false,
+        0,
         now,
     ) {
         Ok(params) => params,
@@ -286,7 +118,17 @@ fn tunnel(ctx: &XdpContext, packet: &Packet, real_id: u32, real: &RealServer, no
     let Some(outer_len) = packet.ip_len.checked_add(overhead as u16) else {
         return Verdict::drop(GlobalStat::DropTooBig);
     };
-    let params = match next_hop(ctx, packet, real_id, real, outer_len, proto, true, now) {
+    let params = match next_hop(
+        ctx,
+        packet,
+        real_id,
+        real,
+        outer_len,
+        proto,
+        true,
+        overhead as u16,
+        now,
+    ) {
         Ok(params) => params,
         Err(NoRoute::Verdict(v)) => return v,
         Err(NoRoute::TooBig(mtu)) => return too_big(ctx, packet, mtu, overhead as u16),

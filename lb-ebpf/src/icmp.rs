@@ -28,17 +28,67 @@ use crate::{
     verdict::Verdict,
 };
 
-/// Asks the reply program for a "too big" reply to `packet` announcing `mtu`; returns only when
-/// the request could not be made (the packet is then dropped as too big).
-#[inline(always)]
-pub fn request(ctx: &XdpContext, packet: &Packet, mtu: u16) -> Verdict {
-    if let Some(slot) = maps::ICMP_REPLY.get_ptr_mut(0) {
-        let reply = IcmpReply {
+/// What a "too big" reply needs to know of the packet that did not fit.
+pub struct Offender {
+    /// The client, network order.
+    pub client: [u32; 4],
+    /// The VIP, network order.
+    pub vip: [u32; 4],
+    /// The address family.
+    pub family: u8,
+    /// The frame carries a VLAN tag.
+    pub vlan: bool,
+    /// The packet is an ICMP error itself.
+    pub icmp_error: bool,
+    /// The packet may not be fragmented.
+    pub dont_fragment: bool,
+}
+
+impl Offender {
+    /// The offender that a parsed packet is.
+    #[inline(always)]
+    pub fn of(packet: &Packet) -> Self {
+        Self {
             client: packet.flow.src,
             vip: packet.flow.dst,
-            mtu: u32::from(mtu),
             family: packet.flow.family,
-            vlan: u8::from(packet.l3_off == 18),
+            vlan: packet.l3_off == 18,
+            icmp_error: packet.icmp_error,
+            dont_fragment: packet.dont_fragment,
+        }
+    }
+}
+
+/// What to do with a packet that, grown by `overhead`, does not fit the egress `mtu`: a reply
+/// announcing the MTU less the overhead, except for an ICMP error, an IPv4 packet without DF or a
+/// frame from a group MAC address (the source IP is a unicast one: parsing dropped the rest),
+/// which are dropped. Returns only when no reply is made.
+#[inline(always)]
+pub fn too_big(ctx: &XdpContext, offender: &Offender, mtu: u16, overhead: u16) -> Verdict {
+    if offender.icmp_error || !offender.dont_fragment || !unicast_sender(ctx) {
+        return Verdict::drop(GlobalStat::DropTooBig);
+    }
+    request(ctx, offender, mtu.saturating_sub(overhead))
+}
+
+/// Whether the frame's source MAC is an individual address (group bit clear).
+#[inline(always)]
+fn unicast_sender(ctx: &XdpContext) -> bool {
+    // SAFETY: ptr_at checks that the byte lies inside the packet.
+    ptr_at::<u8>(ctx, 6).is_some_and(|b| unsafe { *b } & 1 == 0)
+}
+
+/// Asks the reply program for a "too big" reply to the offender announcing `mtu`; returns only
+/// when the request could not be made (the packet is then dropped as too big).
+#[inline(always)]
+fn request(ctx: &XdpContext, offender: &Offender, mtu: u16) -> Verdict {
+    if let Some(slot) = maps::ICMP_REPLY.get_ptr_mut(0) {
+        let reply = IcmpReply {
+            client: offender.client,
+            vip: offender.vip,
+            mtu: u32::from(mtu),
+            family: offender.family,
+            vlan: u8::from(offender.vlan),
             _pad: [0; 2],
         };
         // SAFETY: a per-CPU slot, written by this CPU only; the tail call runs on this CPU.

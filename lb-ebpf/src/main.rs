@@ -27,6 +27,8 @@ mod l2;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod next_hop;
+#[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod schedule;
@@ -89,10 +91,15 @@ mod program {
                 (svc.id, real_id, real, true)
             }
         };
+        let verdict = forward::forward(ctx, &packet, real_id, &real, now);
+        // Counted once forward() is back: when the next hop had to be looked up, the balancer ran
+        // again on the packet (see next_hop.rs), and only that run gets here.
+        if !new_flow {
+            stats::count(lb_common::GlobalStat::ConntrackHit);
+        }
         if packet.ip_options {
             stats::count(lb_common::GlobalStat::SeenIpOptions);
         }
-        let verdict = forward::forward(ctx, &packet, real_id, &real, now);
         if verdict.is_forwarded() {
             if packet.icmp_error {
                 stats::count(lb_common::GlobalStat::SeenIcmpErrorForwarded);

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    config::{DebugEvent, IcmpReply},
+    config::{DebugEvent, IcmpReply, NextHopRequest},
     hash::VIP_FILTER_WORDS,
     limits::{MAGLEV_TABLES, MAGLEV_TABLE_SIZE, MAX_CONNECTIONS, MAX_REALS, MAX_SERVICES},
     stats::GLOBAL_STATS_LEN,
@@ -72,7 +72,12 @@ pub static EGRESS: DevMapHash = DevMapHash::with_max_entries(256, 0);
 
 /// Slot → a program reached by a tail call: debug events, ICMP replies. Written by userspace.
 #[map(name = "XLB_TAIL_CALLS")]
-pub static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+pub static TAIL_CALLS: ProgramArray =
+    ProgramArray::with_max_entries(lb_common::maps::TAIL_CALL_SLOTS, 0);
+
+/// Index 0 → per-CPU request from the balancer to the next-hop program. Written by the data path.
+#[map(name = "XLB_NH_REQUEST")]
+pub static NEXT_HOP_REQUEST: PerCpuArray<NextHopRequest> = PerCpuArray::with_max_entries(1, 0);
 
 /// Index 0 → per-CPU request from the balancer to the ICMP reply program. Written by the data path.
 #[map(name = "XLB_ICMP_REPLY")]

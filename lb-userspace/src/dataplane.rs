@@ -823,12 +823,15 @@ fn interface_indexes() -> Vec<u32> {
 }
 
 /// The balancer program of a loaded object.
-/// Loads the programs the balancer tail-calls (debug events, ICMP replies: rare work kept out of
-/// the balancer, see `lb-ebpf/src/events.rs` and `icmp.rs`) and puts each in its slot.
+/// Loads the programs the balancer tail-calls (debug events, ICMP replies, next-hop lookups:
+/// rare work kept out of the balancer, see `lb-ebpf/src/events.rs`, `icmp.rs`, `next_hop.rs`)
+/// and puts each in its slot, with the balancer itself, which the next-hop program runs again.
 fn install_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
     for (name, slot) in [
         (names::PROG_EVENTS, names::TAIL_CALL_EVENTS),
         (names::PROG_ICMP_REPLY, names::TAIL_CALL_ICMP_REPLY),
+        (names::PROG_NEXT_HOP, names::TAIL_CALL_NEXT_HOP),
+        (names::PROG_BALANCER, names::TAIL_CALL_BALANCER),
     ] {
         let program: &mut Xdp = ebpf
             .program_mut(name)
@@ -838,10 +841,12 @@ fn install_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
             })?
             .try_into()
             .map_err(not_xdp)?;
-        program.load().map_err(|source| DataplaneError::Program {
-            action: "loading",
-            source,
-        })?;
+        if program.fd().is_err() {
+            program.load().map_err(|source| DataplaneError::Program {
+                action: "loading",
+                source,
+            })?;
+        }
         let fd = program
             .fd()
             .map_err(|source| DataplaneError::Program {
@@ -886,7 +891,7 @@ fn not_xdp(source: ProgramError) -> DataplaneError {
 }
 
 /// Every map of the object, as pinned.
-const ALL_MAPS: [&str; 16] = [
+const ALL_MAPS: [&str; 17] = [
     names::SERVICES,
     names::VIP_ADDRS,
     names::VIP_FILTER,
@@ -894,6 +899,7 @@ const ALL_MAPS: [&str; 16] = [
     names::TAIL_CALLS,
     names::DEBUG_EVENT,
     names::ICMP_REPLY,
+    names::NEXT_HOP_REQUEST,
     names::MAGLEV,
     names::REALS,
     names::CONNTRACK,
