@@ -24,16 +24,19 @@ pub enum TransientPins {
     #[error(
         "{} is on the /sys that `ip netns exec {netns}` mounted for this command alone: it \
          vanishes when the command exits, and with it the pins and the XDP program. Run \
-         `nsenter --net={NETNS_RUN_DIR}/{netns} xlbd ...` instead (it keeps the host's \
-         /sys/fs/bpf), or give --pin-dir on a bpffs mounted outside /sys \
-         (mount -t bpf bpf DIR, before `ip netns exec`)",
-        .pin_dir.display()
+         `nsenter --net={NETNS_RUN_DIR}/{netns} xlbd ... --pin-dir {}` instead (the host's \
+         /sys/fs/bpf, a directory per namespace), or give --pin-dir on a bpffs mounted outside \
+         /sys (mount -t bpf bpf DIR, before `ip netns exec`)",
+        .pin_dir.display(),
+        .pin_dir_per_netns.display()
     )]
     IpNetnsExec {
         /// The network namespace's name.
         netns: String,
         /// The pin directory.
         pin_dir: PathBuf,
+        /// The pin directory to give under `nsenter`, apart from other namespaces'.
+        pin_dir_per_netns: PathBuf,
     },
     /// bpffs would be mounted in a mount namespace that is not PID 1's.
     #[error(
@@ -58,6 +61,7 @@ pub fn refuse_transient(pin_dir: &Path, will_mount: bool) -> Result<(), Transien
         if let Some(netns) = ip_netns_exec_sysfs(&mountinfo) {
             if is_our_netns(&netns) {
                 return Err(TransientPins::IpNetnsExec {
+                    pin_dir_per_netns: pin_dir_per_netns(pin_dir, &netns),
                     netns,
                     pin_dir: pin_dir.to_owned(),
                 });
@@ -71,6 +75,19 @@ pub fn refuse_transient(pin_dir: &Path, will_mount: bool) -> Result<(), Transien
         });
     }
     Ok(())
+}
+
+/// `pin_dir` with the namespace's name appended (`/sys/fs/bpf/xlb-NS`), unless its name has it
+/// already.
+fn pin_dir_per_netns(pin_dir: &Path, netns: &str) -> PathBuf {
+    let name = pin_dir
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name == netns || name.ends_with(&format!("-{netns}")) {
+        return pin_dir.to_owned();
+    }
+    pin_dir.with_file_name(format!("{name}-{netns}"))
 }
 
 /// The network namespace whose name `ip netns exec` gave as the source of the sysfs on /sys,
@@ -182,6 +199,22 @@ mod tests {
     fn a_sysfs_mounted_from_a_path_is_not_a_network_namespace() {
         let other = format!("{HOST}52 49 0:41 / /sys rw,relatime - sysfs /dev/fake rw\n");
         assert_eq!(ip_netns_exec_sysfs(&other), None);
+    }
+
+    #[test]
+    fn the_fix_pins_apart_from_other_namespaces() {
+        assert_eq!(
+            pin_dir_per_netns(Path::new("/sys/fs/bpf/xlb"), "lb"),
+            Path::new("/sys/fs/bpf/xlb-lb")
+        );
+        assert_eq!(
+            pin_dir_per_netns(Path::new("/sys/fs/bpf/xlb-decap-rs1"), "rs1"),
+            Path::new("/sys/fs/bpf/xlb-decap-rs1")
+        );
+        assert_eq!(
+            pin_dir_per_netns(Path::new("/sys/fs/bpf/rs1"), "rs1"),
+            Path::new("/sys/fs/bpf/rs1")
+        );
     }
 
     #[test]

@@ -465,6 +465,47 @@ else
 	in_ns ip link del ip6tnl0
 fi
 
+# ---------------------------------------------------------------- a state file per network namespace
+
+# Without $XLB_REALSERVER_STATE each named namespace keeps its own (/run is shared by every
+# namespace): an "up" in one does not refuse an "up" on another interface in another.
+# rs_in NS ARGS...: like rs, in namespace NS and with the default state file.
+rs_in() {
+	local ns=$1
+	shift
+	RS_OUT=$(ip netns exec "$ns" env -u XLB_REALSERVER_STATE XLBD="$RS_XLBD" \
+		timeout 10 "$SCRIPT" "$@" 2>"$TMP/stderr")
+	RS_RC=$?
+	RS_ERR=$(<"$TMP/stderr")
+}
+SPRE=$(snapshot)
+rs_in "$NS" up --vip 198.51.100.21 --mode dr --iface eth0
+check_rc "per namespace: up in the first" 0
+rs_in "$PEER_NS" up --vip 198.51.100.22 --mode dr --iface xlbrs-p0
+check_rc "per namespace: up on another interface in the second" 0
+for ns in "$NS" "$PEER_NS"; do
+	if [[ -e /run/xlb/realserver-$ns.state ]]; then
+		pass "per namespace: /run/xlb/realserver-NS.state written for $ns"
+	else
+		fail "per namespace: /run/xlb/realserver-NS.state written for $ns" "$(ls /run/xlb 2>&1)"
+	fi
+done
+rs_in "$NS" status
+check_grep "per namespace: the first's status is its own" '198\.51\.100\.21' "$RS_OUT"
+check_nogrep "per namespace: the first's status is not the second's" '198\.51\.100\.22' "$RS_OUT"
+rs_in "$PEER_NS" down
+check_rc "per namespace: down in the second" 0
+rs_in "$NS" down
+check_rc "per namespace: down in the first" 0
+check_eq "per namespace: down restores the first" "$SPRE" "$(snapshot)"
+for ns in "$NS" "$PEER_NS"; do
+	if [[ -e /run/xlb/realserver-$ns.state ]]; then
+		fail "per namespace: state file of $ns removed" "still present"
+	else
+		pass "per namespace: state file of $ns removed"
+	fi
+done
+
 # ---------------------------------------------------------------- the end
 
 check_eq "final: namespace back to the initial snapshot" "$(without_tunnels "$S0")" "$(without_tunnels "$(snapshot)")"
