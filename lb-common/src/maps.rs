@@ -13,8 +13,9 @@ pub const VIP_ADDRS: &str = "XLB_VIP_ADDRS";
 /// clear bit lets the data path pass a packet that is for no VIP without a hash lookup. Written by
 /// userspace, always a superset of `VIP_ADDRS`.
 pub const VIP_FILTER: &str = "XLB_VIP_FILTER";
-/// Maglev table slot → real-server id, `MAGLEV_TABLES` tables of `MAGLEV_TABLE_SIZE` slots each,
-/// laid end to end. Written by userspace.
+/// Maglev slot pair → two real-server ids (`[u32; 2]`): a pool of tables of `MAGLEV_TABLE_SIZE`
+/// slots, one every `MAGLEV_TABLE_STRIDE` slots (see [`crate::limits`] and
+/// [`crate::Service::table`]). Written by userspace.
 pub const MAGLEV: &str = "XLB_MAGLEV";
 /// Service id → the service's epoch, a number userspace gives each service it creates (never 0,
 /// never reused for the same id while connections may remember it) and sets to 0 when it removes

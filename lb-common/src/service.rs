@@ -69,10 +69,12 @@ pub const SERVICE_F_SOURCE_HASH: u32 = 1 << 0;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Service {
-    /// Index of the service's counters, and of its pair of Maglev tables (`2 * id` and `2 * id + 1`).
+    /// Index of the service's counters.
     pub id: u32,
-    /// Which of the two tables is live, 0 or 1. Userspace rewrites the other one whole and then
-    /// flips this field with one map update, so the data path never sees a half-written table.
+    /// Which table of the Maglev pool ([`crate::maps::MAGLEV`]) is the service's live one.
+    /// Userspace writes a spare table whole and then points this field at it with one map update,
+    /// so the data path never sees a half-written table; [`crate::limits::EMPTY_MAGLEV_TABLE`]
+    /// when the service has no server to offer.
     pub table: u32,
     /// `SERVICE_F_*` bits.
     pub flags: u32,
@@ -83,7 +85,7 @@ pub struct Service {
 impl Service {
     /// Index in [`crate::maps::MAGLEV`] of the first slot of the live table.
     pub const fn live_table_base(&self) -> u32 {
-        (self.id * 2 + (self.table & 1)) * crate::limits::MAGLEV_TABLE_SIZE
+        self.table * crate::limits::MAGLEV_TABLE_STRIDE
     }
 }
 
@@ -105,13 +107,18 @@ mod tests {
     }
 
     #[test]
-    fn the_live_table_alternates_between_the_services_two_slots() {
-        let mut svc = Service {
+    fn the_live_table_is_the_pool_table_the_entry_names_whatever_the_service_id() {
+        let svc = Service {
             id: 3,
+            table: 7,
             ..Service::default()
         };
-        assert_eq!(svc.live_table_base(), 6 * crate::limits::MAGLEV_TABLE_SIZE);
-        svc.table = 1;
-        assert_eq!(svc.live_table_base(), 7 * crate::limits::MAGLEV_TABLE_SIZE);
+        assert_eq!(
+            svc.live_table_base(),
+            7 * crate::limits::MAGLEV_TABLE_STRIDE
+        );
+        assert_eq!(svc.live_table_base() % 2, 0, "tables start on an even slot");
+        let new = Service { id: 0, ..svc };
+        assert_eq!(new.live_table_base(), svc.live_table_base());
     }
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
 use lb_common::{
     config::{DebugEvent, IcmpReply, NextHopRequest},
     hash::VIP_FILTER_WORDS,
-    limits::{MAGLEV_TABLES, MAGLEV_TABLE_SIZE, MAX_CONNECTIONS, MAX_REALS, MAX_SERVICES},
+    limits::{maglev_elements, real_ids, MAGLEV_TABLES, MAX_CONNECTIONS, MAX_REALS, MAX_SERVICES},
     stats::GLOBAL_STATS_LEN,
     Connection, Counters, DataplaneConfig, FlowKey, NextHop, RealServer, Service, ServiceKey,
 };
@@ -16,6 +16,9 @@ use lb_common::{
 /// not contend on one lock (Katran's lesson about a shared LRU). The key space stays shared, so a
 /// flow whose packets arrive on several CPUs (generic XDP, no RSS) still finds its entry.
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
+/// Let userspace map the array into its memory and write a whole Maglev table with one copy.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// (VIP, port, proto) → service. Written by userspace.
 #[map(name = "XLB_SERVICES")]
@@ -30,9 +33,26 @@ pub static VIP_ADDRS: HashMap<ServiceKey, u32> = HashMap::with_max_entries(MAX_S
 #[map(name = "XLB_VIP_FILTER")]
 pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
 
-/// Maglev slots → real-server id, two tables per service end to end. Written by userspace.
+/// Maglev slot pairs → real-server ids: a pool of tables, one live per service, the spares and
+/// the empty table 0 (see `lb_common::limits`). Two slots per element, since the kernel gives
+/// every element 8 bytes. Written by userspace. Read through [`MAGLEV`].
 #[map(name = "XLB_MAGLEV")]
-pub static MAGLEV: Array<u32> = Array::with_max_entries(MAGLEV_TABLES * MAGLEV_TABLE_SIZE, 0);
+static MAGLEV_PAIRS: Array<[u32; 2]> =
+    Array::with_max_entries(maglev_elements(MAGLEV_TABLES), BPF_F_MMAPABLE);
+
+/// The Maglev pool slot by slot.
+pub struct MaglevPool;
+
+/// The Maglev pool, indexed by slot ([`lb_common::Service::live_table_base`] + position).
+pub static MAGLEV: MaglevPool = MaglevPool;
+
+impl MaglevPool {
+    /// The real-server id in `slot`.
+    #[inline(always)]
+    pub fn get(&self, slot: u32) -> Option<&u32> {
+        MAGLEV_PAIRS.get(slot / 2)?.get((slot & 1) as usize)
+    }
+}
 
 /// Service id → the service's epoch (0: no such service). Written by userspace.
 #[map(name = "XLB_SVC_EPOCHS")]
@@ -40,12 +60,12 @@ pub static SERVICE_EPOCHS: Array<u32> = Array::with_max_entries(MAX_SERVICES + 1
 
 /// Real-server id → real server. Written by userspace.
 #[map(name = "XLB_REALS")]
-pub static REALS: Array<RealServer> = Array::with_max_entries(MAX_REALS, 0);
+pub static REALS: Array<RealServer> = Array::with_max_entries(real_ids(MAX_REALS), 0);
 
 /// Real-server id → per-CPU next hop, the FIB's last answer. Written by the data path; cleared
 /// by userspace when a real server changes.
 #[map(name = "XLB_NEXT_HOPS")]
-pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_REALS, 0);
+pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(real_ids(MAX_REALS), 0);
 
 /// Flow → connection. Written by the data path; read and flushed by userspace.
 #[map(name = "XLB_CONNTRACK")]
@@ -58,7 +78,8 @@ pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(
 
 /// Real-server id → per-CPU counters. Written by the data path.
 #[map(name = "XLB_REAL_STATS")]
-pub static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_REALS, 0);
+pub static REAL_STATS: PerCpuArray<Counters> =
+    PerCpuArray::with_max_entries(real_ids(MAX_REALS), 0);
 
 /// Global counter index → per-CPU packet count. Written by the data path.
 #[map(name = "XLB_GLOBAL")]

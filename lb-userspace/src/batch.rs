@@ -19,8 +19,8 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Writes `values[i]` at `keys[i]` for every i in one call.
-pub fn update_u32(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
+/// Writes `values[i]` at `keys[i]` for every i in one call (`V` is the map's value type).
+pub fn update<V: Copy>(map: BorrowedFd<'_>, keys: &[u32], values: &[V]) -> std::io::Result<()> {
     assert_eq!(keys.len(), values.len(), "one value per key");
     let mut attr = BatchAttr {
         keys: keys.as_ptr() as u64,

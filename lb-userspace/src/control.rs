@@ -17,7 +17,7 @@ use tokio::{
 
 use crate::{
     ipvsadm::save,
-    runtime::{RateEstimator, Runtime},
+    runtime::{error_chain, RateEstimator, Runtime},
     state::{Change, DesiredState, ServiceAddr},
     status::{ConnectionListing, Listing},
 };
@@ -88,6 +88,11 @@ impl Response {
             exit_code: 255,
         }
     }
+
+    /// A refusal whose message carries every cause, down to the kernel's.
+    fn refused(error: &(dyn std::error::Error + 'static)) -> Self {
+        Self::error(error_chain(error))
+    }
 }
 
 /// What the server shares between connections.
@@ -112,24 +117,24 @@ pub fn handle(shared: &mut Shared, request: Request) -> Response {
             }
             match runtime.change_to(new) {
                 Ok(()) => Response::Ok,
-                Err(e) => Response::error(format!("{e:#}")),
+                Err(e) => Response::refused(&e),
             }
         }
         Request::Restore { rules } => match save::restore(runtime.desired(), &rules) {
             Ok(new) => match runtime.change_to(new) {
                 Ok(()) => Response::Ok,
-                Err(e) => Response::error(e),
+                Err(e) => Response::refused(&e),
             },
             Err(e) => Response::error(e),
         },
         Request::State => Response::State(runtime.desired().clone()),
         Request::List => match runtime.listing(&shared.rates) {
             Ok(listing) => Response::Listing(listing),
-            Err(e) => Response::error(e),
+            Err(e) => Response::refused(&e),
         },
         Request::Connections => match runtime.connections() {
             Ok(conns) => Response::Connections(conns),
-            Err(e) => Response::error(e),
+            Err(e) => Response::refused(&e),
         },
         Request::Zero { service } => {
             if let Some(s) = &service {
@@ -139,16 +144,16 @@ pub fn handle(shared: &mut Shared, request: Request) -> Response {
             }
             match runtime.zero(service.as_ref()) {
                 Ok(()) => Response::Ok,
-                Err(e) => Response::error(e),
+                Err(e) => Response::refused(&e),
             }
         }
         Request::FlushConnections => match runtime.flush_connections() {
             Ok(_) => Response::Ok,
-            Err(e) => Response::error(e),
+            Err(e) => Response::refused(&e),
         },
         Request::DebugEvents { on } => match runtime.dataplane().set_debug_events(on) {
             Ok(()) => Response::Ok,
-            Err(e) => Response::error(e),
+            Err(e) => Response::refused(&e),
         },
     }
 }

@@ -18,13 +18,19 @@ use aya::{
 };
 use lb_common::{
     hash::{vip_filter_slot, VIP_FILTER_WORDS},
-    limits::{MAGLEV_TABLE_SIZE, MAX_REALS, MAX_SERVICES},
+    limits::{EMPTY_MAGLEV_TABLE, MAGLEV_TABLE_SIZE, MAGLEV_TABLE_STRIDE},
     maps as names, Connection, Counters, DataplaneConfig, FlowKey, GlobalStat, NextHop, RealServer,
     Service, ServiceKey,
 };
 use thiserror::Error;
 
-use crate::{batch, links, program};
+use crate::{
+    batch,
+    capacity::{self, Capacity, CapacityError, TablePool},
+    links,
+    mapped::MappedArray,
+    program,
+};
 
 /// What went wrong in the dataplane.
 #[derive(Debug, Error)]
@@ -65,16 +71,47 @@ pub enum DataplaneError {
         #[source]
         source: MapError,
     },
-    /// All service or real-server ids are taken.
-    #[error("no free {what} id: at most {max} are supported")]
-    Full {
-        /// "service" or "real server".
-        what: &'static str,
+    /// Every service id is taken.
+    #[error("{}", capacity::services_full(*max))]
+    ServicesFull {
         /// The limit.
         max: u32,
     },
+    /// Every real-server id is taken.
+    #[error("{}", capacity::reals_full(*max))]
+    RealsFull {
+        /// The limit.
+        max: u32,
+    },
+    /// No Maglev table is free: the pool's bookkeeping disagrees with the maps.
+    #[error("no Maglev table of the pool is free ({tables} tables)")]
+    NoFreeTable {
+        /// Tables in the pool.
+        tables: u32,
+    },
+    /// The capacity asked for cannot be used.
+    #[error(transparent)]
+    Capacity(#[from] CapacityError),
+    /// The pinned maps were made by an xlbd with another table layout.
+    #[error(
+        "the maps pinned in {dir} have the layout of an older xlbd (two Maglev tables per \
+         service); remove them to start afresh"
+    )]
+    OlderPinnedLayout {
+        /// The pin directory.
+        dir: PathBuf,
+    },
+    /// A pinned map could not be inspected.
+    #[error("inspecting the pinned map {path}")]
+    PinnedMap {
+        /// Its pin.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: MapError,
+    },
     /// The service is not in the data path.
-    #[error("no such service in the data path: {key:?}")]
+    #[error("no such service in the data path")]
     NoSuchService {
         /// Its key.
         key: ServiceKey,
@@ -150,9 +187,24 @@ pub struct LoadOptions {
     pub pin_dir: Option<PathBuf>,
     /// Connection-table size; `None` keeps the compiled default.
     pub max_connections: Option<u32>,
-    /// Size of the services' Maglev tables in services; `None` keeps the compiled default
-    /// ([`MAX_SERVICES`]). Each service costs two tables of 65537 slots (512 KiB).
+    /// Services the data path holds; `None`: as many as the adopted pinned maps hold, else the
+    /// default ([`lb_common::limits::MAX_SERVICES`]). Each costs a Maglev table of 65537 slots
+    /// (256 KiB).
     pub max_services: Option<u32>,
+    /// Real servers the data path holds; `None`: as the pinned maps, else the default
+    /// ([`lb_common::limits::MAX_REALS`]).
+    pub max_reals: Option<u32>,
+}
+
+/// What is pinned in a pin directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinnedMaps {
+    /// No maps.
+    None,
+    /// Maps of this layout, sized for this capacity.
+    Current(Capacity),
+    /// Maps of an older layout, which this xlbd cannot adopt.
+    Older,
 }
 
 /// A real server's id in the data path (index into the real-server map, never 0).
@@ -166,9 +218,12 @@ pub struct Dataplane {
     vip_filter: Array<MapData, u64>,
     /// How many VIP addresses share each set bit of the VIP filter (word, bit).
     vip_filter_users: StdHashMap<(u32, u64), u32>,
-    maglev: Array<MapData, u32>,
+    /// Slot pairs: element `i` holds slots `2i` and `2i + 1`.
+    maglev: Array<MapData, [u32; 2]>,
     /// A second descriptor of the Maglev map for batch updates, which aya does not offer.
     maglev_fd: OwnedFd,
+    /// The Maglev pool mapped into memory, where the kernel allows it.
+    maglev_mapped: Option<MappedArray>,
     service_epochs: Array<MapData, u32>,
     reals: Array<MapData, RealServer>,
     next_hops: PerCpuArray<MapData, NextHop>,
@@ -178,9 +233,10 @@ pub struct Dataplane {
     global_stats: PerCpuArray<MapData, u64>,
     config: Array<MapData, DataplaneConfig>,
     egress: DevMapHash<MapData>,
-    max_services: u32,
+    capacity: Capacity,
     free_service_ids: BTreeSet<u32>,
     free_real_ids: BTreeSet<u32>,
+    tables: TablePool,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
@@ -200,14 +256,27 @@ impl Dataplane {
         if object.is_empty() {
             return Err(DataplaneError::NoObject);
         }
-        let max_services = options.max_services.unwrap_or(MAX_SERVICES);
+        let pinned = match &options.pin_dir {
+            Some(dir) => match Self::pinned_maps(dir)? {
+                PinnedMaps::None => None,
+                PinnedMaps::Current(capacity) => Some(capacity),
+                PinnedMaps::Older => {
+                    return Err(DataplaneError::OlderPinnedLayout { dir: dir.clone() })
+                }
+            },
+            None => None,
+        };
+        let capacity = Capacity::resolve(options.max_services, options.max_reals, pinned)?;
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries(names::SERVICES, max_services)
-            .map_max_entries(names::VIP_ADDRS, max_services)
-            .map_max_entries(names::SERVICE_STATS, max_services)
-            .map_max_entries(names::SERVICE_EPOCHS, max_services + 1)
-            .map_max_entries(names::MAGLEV, max_services * 2 * MAGLEV_TABLE_SIZE);
+            .map_max_entries(names::SERVICES, capacity.services)
+            .map_max_entries(names::VIP_ADDRS, capacity.services)
+            .map_max_entries(names::SERVICE_STATS, capacity.services)
+            .map_max_entries(names::SERVICE_EPOCHS, capacity.services + 1)
+            .map_max_entries(names::MAGLEV, capacity.maglev_elements())
+            .map_max_entries(names::REALS, capacity.real_ids())
+            .map_max_entries(names::NEXT_HOPS, capacity.real_ids())
+            .map_max_entries(names::REAL_STATS, capacity.real_ids());
         if let Some(n) = options.max_connections {
             loader.map_max_entries(names::CONNTRACK, n);
         }
@@ -249,6 +318,14 @@ impl Dataplane {
             }
         };
         let mut dataplane = Self {
+            maglev_mapped: MappedArray::new(
+                maglev_fd.as_fd(),
+                capacity.maglev_slots(),
+            )
+            .inspect_err(|e| {
+                tracing::info!(error = %e, "the Maglev pool cannot be mapped: batch updates instead");
+            })
+            .ok(),
             maglev_fd,
             services: take(&mut ebpf, names::SERVICES)?,
             vip_addrs: take(&mut ebpf, names::VIP_ADDRS)?,
@@ -265,28 +342,60 @@ impl Dataplane {
             config: take(&mut ebpf, names::CONFIG)?,
             egress: take(&mut ebpf, names::EGRESS)?,
             ebpf,
-            max_services,
+            capacity,
             free_service_ids: BTreeSet::new(),
             free_real_ids: BTreeSet::new(),
+            tables: TablePool::new(0, []),
         };
         dataplane.recover_ids()?;
         dataplane.rebuild_vip_filter()?;
         Ok(dataplane)
     }
 
-    /// Rebuilds the free-id sets from the maps (empty on a fresh load; populated when pinned
-    /// maps were adopted).
+    /// What is pinned in `dir`: nothing, maps of this layout (and their capacity), or maps of
+    /// an older layout. Read from the pinned maps' sizes.
+    pub fn pinned_maps(dir: &Path) -> Result<PinnedMaps> {
+        let info = |name: &str| {
+            let path = dir.join(name);
+            aya::maps::MapInfo::from_pin(&path)
+                .map(|info| (info.max_entries(), info.value_size()))
+                .map_err(|source| DataplaneError::PinnedMap { path, source })
+        };
+        if !dir.join(names::SERVICES).exists() {
+            return Ok(PinnedMaps::None);
+        }
+        let services = info(names::SERVICES)?.0;
+        let reals = info(names::REALS)?.0.saturating_sub(1);
+        let capacity = Capacity { services, reals };
+        let maglev = info(names::MAGLEV)?;
+        Ok(if maglev == (capacity.maglev_elements(), 8) {
+            PinnedMaps::Current(capacity)
+        } else {
+            PinnedMaps::Older
+        })
+    }
+
+    /// What this data path holds.
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+
+    /// Rebuilds the free-id sets and the free tables from the maps (all free on a fresh load;
+    /// what the services do not use when pinned maps were adopted).
     fn recover_ids(&mut self) -> Result<()> {
         let mut used_services = BTreeSet::new();
+        let mut used_tables = BTreeSet::new();
         for entry in self.services.iter() {
             let (_, svc) = entry.map_err(map_err("reading the services"))?;
             used_services.insert(svc.id);
+            used_tables.insert(svc.table);
         }
-        self.free_service_ids = (0..self.max_services)
+        self.free_service_ids = (0..self.capacity.services)
             .filter(|id| !used_services.contains(id))
             .collect();
+        self.tables = TablePool::new(self.capacity.tables(), used_tables);
         let mut free_reals = BTreeSet::new();
-        for id in 1..MAX_REALS {
+        for id in 1..self.capacity.real_ids() {
             let real = self
                 .reals
                 .get(&id, 0)
@@ -323,7 +432,7 @@ impl Dataplane {
     /// A service epoch never given before: one more than the highest so far, which is kept in
     /// the map's last entry (pinned with it, so it survives restarts).
     fn next_service_epoch(&mut self) -> Result<u32> {
-        let last = self.max_services;
+        let last = self.capacity.services;
         let highest = self
             .service_epochs
             .get(&last, 0)
@@ -460,24 +569,25 @@ impl Dataplane {
                 .map_err(map_err("updating a service"))?;
             return Ok(svc.id);
         }
-        let id = *self.free_service_ids.first().ok_or(DataplaneError::Full {
-            what: "service",
-            max: self.max_services,
-        })?;
+        let id = *self
+            .free_service_ids
+            .first()
+            .ok_or(DataplaneError::ServicesFull {
+                max: self.capacity.services,
+            })?;
         // Known flows are followed without a service lookup while the service's epoch is the one
         // they recorded: a new service gets an epoch no earlier service had, before it exists.
         let epoch = self.next_service_epoch()?;
         self.service_epochs
             .set(id, epoch, 0)
             .map_err(map_err("writing a service's epoch"))?;
-        // Start from an empty live table: the slots may hold a removed service's servers.
+        // The empty table until its first table is written: no server yet.
         let svc = Service {
             id,
-            table: 0,
+            table: EMPTY_MAGLEV_TABLE,
             flags,
             _pad: 0,
         };
-        self.write_table(svc.live_table_base(), |_| 0)?;
         self.service_stats
             .set(id, zeroed_per_cpu()?, 0)
             .map_err(map_err("zeroing a service's counters"))?;
@@ -532,6 +642,7 @@ impl Dataplane {
             }
         }
         self.free_service_ids.insert(svc.id);
+        self.tables.give_back(svc.table);
         Ok(())
     }
 
@@ -542,10 +653,12 @@ impl Dataplane {
 
     /// Adds a real server and returns its id.
     pub fn add_real(&mut self, real: RealServer) -> Result<RealId> {
-        let id = *self.free_real_ids.first().ok_or(DataplaneError::Full {
-            what: "real server",
-            max: MAX_REALS - 1,
-        })?;
+        let id = *self
+            .free_real_ids
+            .first()
+            .ok_or(DataplaneError::RealsFull {
+                max: self.capacity.reals,
+            })?;
         self.real_stats
             .set(id, zeroed_per_cpu()?, 0)
             .map_err(map_err("zeroing a real server's counters"))?;
@@ -586,8 +699,9 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Replaces the service's Maglev table: writes the standby table whole, then makes it live
-    /// with one update of the service entry.
+    /// Replaces the service's Maglev table: writes a free table of the pool whole, then makes it
+    /// live with one update of the service entry, and gives the old one back to the pool. A table
+    /// without any server is the shared empty table, which is never written.
     pub fn set_maglev_table(&mut self, key: ServiceKey, table: &[u32]) -> Result<()> {
         if table.len() != MAGLEV_TABLE_SIZE as usize {
             return Err(DataplaneError::TableSize {
@@ -599,15 +713,29 @@ impl Dataplane {
             .services
             .get(&key, 0)
             .map_err(|_| DataplaneError::NoSuchService { key })?;
-        let standby = Service {
-            table: svc.table ^ 1,
-            ..svc
+        let old = svc.table;
+        svc.table = if table.iter().all(|&real| real == 0) {
+            EMPTY_MAGLEV_TABLE
+        } else {
+            let fresh = self.tables.take().ok_or(DataplaneError::NoFreeTable {
+                tables: self.capacity.tables(),
+            })?;
+            let written = Service {
+                table: fresh,
+                ..svc
+            };
+            if let Err(e) = self.write_table(written.live_table_base(), table) {
+                self.tables.give_back(fresh);
+                return Err(e);
+            }
+            fresh
         };
-        self.write_table(standby.live_table_base(), |i| table[i])?;
-        svc.table = standby.table;
-        self.services
-            .insert(key, svc, 0)
-            .map_err(map_err("swapping in a Maglev table"))
+        if let Err(e) = self.services.insert(key, svc, 0) {
+            self.tables.give_back(svc.table);
+            return Err(map_err("swapping in a Maglev table")(e));
+        }
+        self.tables.give_back(old);
+        Ok(())
     }
 
     /// The live Maglev table of a service.
@@ -617,21 +745,39 @@ impl Dataplane {
             .get(key, 0)
             .map_err(|_| DataplaneError::NoSuchService { key: *key })?;
         let base = svc.live_table_base();
-        (0..MAGLEV_TABLE_SIZE)
-            .map(|i| {
-                self.maglev
-                    .get(&(base + i), 0)
-                    .map_err(map_err("reading a Maglev table"))
-            })
-            .collect()
+        if let Some(mapped) = &self.maglev_mapped {
+            return Ok(mapped.read(base as usize, MAGLEV_TABLE_SIZE as usize));
+        }
+        let mut slots = Vec::with_capacity(MAGLEV_TABLE_STRIDE as usize);
+        for pair in base / 2..(base + MAGLEV_TABLE_STRIDE) / 2 {
+            let values = self
+                .maglev
+                .get(&pair, 0)
+                .map_err(map_err("reading a Maglev table"))?;
+            slots.extend(values);
+        }
+        slots.truncate(MAGLEV_TABLE_SIZE as usize);
+        Ok(slots)
     }
 
-    fn write_table(&mut self, base: u32, slot: impl Fn(usize) -> u32) -> Result<()> {
-        let keys: Vec<u32> = (base..base + MAGLEV_TABLE_SIZE).collect();
-        let values: Vec<u32> = (0..MAGLEV_TABLE_SIZE as usize).map(slot).collect();
+    fn write_table(&mut self, base: u32, table: &[u32]) -> Result<()> {
+        if let Some(mapped) = &mut self.maglev_mapped {
+            mapped.write(base as usize, table);
+            return Ok(());
+        }
+        // Whole elements: the table starts on an even slot and its padding slot stays 0.
+        let keys: Vec<u32> = (base / 2..(base + MAGLEV_TABLE_STRIDE) / 2).collect();
+        let values: Vec<[u32; 2]> = keys
+            .iter()
+            .map(|pair| {
+                let first = (pair * 2 - base) as usize;
+                let slot = |i: usize| table.get(i).copied().unwrap_or(0);
+                [slot(first), slot(first + 1)]
+            })
+            .collect();
         // One BPF_MAP_UPDATE_BATCH instead of 65537 updates; the element-wise path remains for
         // kernels without batch support for arrays (before 5.6).
-        if batch::update_u32(self.maglev_fd.as_fd(), &keys, &values).is_ok() {
+        if batch::update(self.maglev_fd.as_fd(), &keys, &values).is_ok() {
             return Ok(());
         }
         for (key, value) in keys.into_iter().zip(values) {

@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`program`]: the compiled XDP object and loading it.
 //! - [`maglev`]: the Maglev lookup-table builder (pure).
+//! - [`capacity`]: how many services and real servers a balancer holds; the pool of Maglev tables (pure).
 //! - [`dataplane`]: the only code that touches the balancer's BPF maps; a typed API over them.
 //! - [`decap`]: the real-server decapsulator (`xlbd decap`).
 //! - [`links`]: attaching XDP programs through pinned bpf_links.
@@ -23,6 +24,7 @@
 
 mod batch;
 pub mod bpffs;
+pub mod capacity;
 pub mod config;
 pub mod control;
 pub mod convert;
@@ -32,6 +34,7 @@ pub mod health;
 pub mod ipvsadm;
 pub mod links;
 pub mod maglev;
+mod mapped;
 pub mod metrics;
 pub mod neighbour;
 pub mod plan;

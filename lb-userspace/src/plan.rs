@@ -3,12 +3,18 @@
 //!
 //! A change touches only what it concerns: a service whose servers and weights are the same in
 //! both states gets no step at all, so its table is not even rewritten. Steps come in an order
-//! that never leaves a live table pointing at a missing server: new services and servers first,
-//! then the rebuilt tables, then the servers and services that are gone.
+//! that never leaves a live table pointing at a missing server: the services that are gone first
+//! (with their servers, which no other table holds), so that a change that replaces services
+//! never needs more than the balancer holds; then new services and servers, then the rebuilt
+//! tables, then the servers that are gone.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
 
-use crate::state::{DesiredState, RealServer, ServiceAddr, VirtualService};
+use crate::state::{DesiredState, Protocol, RealServer, ServiceAddr, VirtualService};
 
 /// One step of a plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +68,61 @@ pub enum Step {
     },
 }
 
+/// A service as ipvsadm lists it: `TCP 10.0.0.1:80`.
+struct Named<'a>(&'a ServiceAddr);
+
+impl fmt::Display for Named<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let protocol = match self.0.protocol {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        };
+        write!(f, "service {protocol} {}", self.0)
+    }
+}
+
+/// What the step does, as an operator reads it in an error or a log line.
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AddService { service, .. } => write!(f, "adding {}", Named(service)),
+            Self::SetPersistence {
+                service,
+                persistent,
+            } => {
+                let what = if *persistent { "on" } else { "off" };
+                write!(f, "turning persistence {what} for {}", Named(service))
+            }
+            Self::AddReal { service, real } => write!(
+                f,
+                "adding real server {} to {}",
+                SocketAddr::new(real.addr, real.port),
+                Named(service)
+            ),
+            Self::UpdateReal { service, real } => write!(
+                f,
+                "changing the forwarding of real server {} of {}",
+                SocketAddr::new(real.addr, real.port),
+                Named(service)
+            ),
+            Self::RebuildTable { service } => {
+                write!(f, "writing the Maglev table of {}", Named(service))
+            }
+            Self::RemoveReal {
+                service,
+                addr,
+                port,
+            } => write!(
+                f,
+                "removing real server {} from {}",
+                SocketAddr::new(*addr, *port),
+                Named(service)
+            ),
+            Self::RemoveService { service } => write!(f, "removing {}", Named(service)),
+        }
+    }
+}
+
 type RealKey = (IpAddr, u16);
 
 fn reals(service: &VirtualService) -> BTreeMap<RealKey, &RealServer> {
@@ -78,6 +139,7 @@ pub fn plan(old: &DesiredState, new: &DesiredState) -> Vec<Step> {
         old.services.iter().map(|s| (s.addr, s)).collect();
     let new_services: BTreeMap<ServiceAddr, &VirtualService> =
         new.services.iter().map(|s| (s.addr, s)).collect();
+    let mut gone = Vec::new();
     let mut adds = Vec::new();
     let mut rebuilds = Vec::new();
     let mut removals = Vec::new();
@@ -144,17 +206,18 @@ pub fn plan(old: &DesiredState, new: &DesiredState) -> Vec<Step> {
     }
     for (addr, old_svc) in &old_services {
         if !new_services.contains_key(addr) {
-            removals.push(Step::RemoveService { service: *addr });
-            removals.extend(old_svc.reals.iter().map(|r| Step::RemoveReal {
+            gone.push(Step::RemoveService { service: *addr });
+            gone.extend(old_svc.reals.iter().map(|r| Step::RemoveReal {
                 service: *addr,
                 addr: r.addr,
                 port: r.port,
             }));
         }
     }
-    adds.extend(rebuilds);
-    adds.extend(removals);
-    adds
+    gone.extend(adds);
+    gone.extend(rebuilds);
+    gone.extend(removals);
+    gone
 }
 
 #[cfg(test)]
@@ -193,6 +256,35 @@ mod tests {
             }
         }
         s
+    }
+
+    #[test]
+    fn steps_read_as_sentences_with_ipvsadm_addresses() {
+        let v6 = ServiceAddr {
+            protocol: Protocol::Udp,
+            addr: "2001:db8::1".parse().expect("address"),
+            port: 53,
+        };
+        assert_eq!(
+            Step::AddReal {
+                service: svc(100),
+                real: real(11, 1)
+            }
+            .to_string(),
+            "adding real server 10.0.1.11:80 to service TCP 10.0.0.100:80"
+        );
+        assert_eq!(
+            Step::AddService {
+                service: v6,
+                persistent: false
+            }
+            .to_string(),
+            "adding service UDP [2001:db8::1]:53"
+        );
+        assert_eq!(
+            Step::RebuildTable { service: svc(1) }.to_string(),
+            "writing the Maglev table of service TCP 10.0.0.1:80"
+        );
     }
 
     #[test]
@@ -273,6 +365,28 @@ mod tests {
                     service: svc(1),
                     addr: real(1, 1).addr,
                     port: 80
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn services_that_are_gone_leave_before_new_ones_come_so_a_full_balancer_can_swap_them() {
+        let old = state(&[(1, &[real(1, 1)])]);
+        let new = state(&[(2, &[real(2, 1)])]);
+        let steps = plan(&old, &new);
+        assert_eq!(
+            steps[..3],
+            [
+                Step::RemoveService { service: svc(1) },
+                Step::RemoveReal {
+                    service: svc(1),
+                    addr: real(1, 1).addr,
+                    port: 80
+                },
+                Step::AddService {
+                    service: svc(2),
+                    persistent: false
                 },
             ]
         );

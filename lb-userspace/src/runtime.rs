@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::{
+    capacity,
     convert::{identity, real_entry, service_key},
     dataplane::{Dataplane, DataplaneError, RealId},
     health::engine::{Engine, EngineStats, Target},
@@ -33,11 +34,18 @@ pub enum RuntimeError {
     /// The data path refused a step (the change was rolled back).
     #[error("the data path refused the change: {step}")]
     Dataplane {
-        /// The step.
+        /// The step, as a sentence ("adding real server 10.0.0.11:80 to service TCP ...").
         step: String,
         /// The error.
         #[source]
         source: Box<DataplaneError>,
+    },
+    /// The change needs more services or real servers than the balancer holds (nothing was
+    /// touched).
+    #[error("{message}")]
+    Capacity {
+        /// Which limit, and the option that raises it.
+        message: String,
     },
     /// Health-check settings the engine refused.
     #[error("{message}")]
@@ -224,18 +232,23 @@ impl Runtime {
     /// Takes the data path from what it holds to `to`, step by step; when a step fails, undoes
     /// the steps done (the plan back is idempotent) and leaves `applied` as it was.
     fn transition(&mut self, to: DesiredState) -> Result<(), RuntimeError> {
+        self.check_capacity(&to)?;
         let steps = plan(&self.applied, &to);
-        for step in &steps {
-            if let Err(source) = self.execute(step, &to) {
-                tracing::warn!(?step, error = %source, "change refused: rolling back");
+        let mut prebuilt = Tables::new();
+        for (i, step) in steps.iter().enumerate() {
+            if matches!(step, Step::RebuildTable { .. }) && prebuilt.is_empty() {
+                prebuilt = self.build_tables(&steps[i..], &to);
+            }
+            if let Err(source) = self.execute(step, &to, &mut prebuilt) {
+                tracing::warn!(%step, error = %error_chain(&source), "change refused: rolling back");
                 let old = self.applied.clone();
                 for undo in &plan(&to, &old) {
-                    if let Err(e) = self.execute(undo, &old) {
-                        tracing::error!(step = ?undo, error = %e, "rollback step failed");
+                    if let Err(e) = self.execute(undo, &old, &mut Tables::new()) {
+                        tracing::error!(step = %undo, error = %error_chain(&e), "rollback step failed");
                     }
                 }
                 return Err(RuntimeError::Dataplane {
-                    step: format!("{step:?}"),
+                    step: step.to_string(),
                     source: Box::new(source),
                 });
             }
@@ -243,11 +256,33 @@ impl Runtime {
         if !steps.is_empty() {
             tracing::info!(steps = steps.len(), "data path updated");
         }
+        keep_next_hops_resolved(&steps);
         self.applied = to;
         Ok(())
     }
 
-    fn execute(&mut self, step: &Step, target: &DesiredState) -> Result<(), DataplaneError> {
+    /// Refuses a state with more services or real servers than the data path holds, before
+    /// anything is touched.
+    fn check_capacity(&self, to: &DesiredState) -> Result<(), RuntimeError> {
+        let capacity = self.dp.capacity();
+        let services = to.services.len();
+        let reals: usize = to.services.iter().map(|s| s.reals.len()).sum();
+        let message = if services > capacity.services as usize {
+            capacity::services_full(capacity.services)
+        } else if reals > capacity.reals as usize {
+            capacity::reals_full(capacity.reals)
+        } else {
+            return Ok(());
+        };
+        Err(RuntimeError::Capacity { message })
+    }
+
+    fn execute(
+        &mut self,
+        step: &Step,
+        target: &DesiredState,
+        prebuilt: &mut Tables,
+    ) -> Result<(), DataplaneError> {
         match step {
             Step::AddService {
                 service,
@@ -279,16 +314,13 @@ impl Runtime {
                 {
                     slot.insert(self.dp.add_real(real_entry(real))?);
                 }
-                if let Err(e) = neighbour::keep_resolved(real.addr) {
-                    tracing::warn!(real = %real.addr, error = %e, "cannot keep the real server's next hop resolved");
-                }
             }
             Step::UpdateReal { service, real } => {
                 if let Some(id) = self.real_id(service, real.addr, real.port) {
                     self.dp.update_real(id, real_entry(real))?;
                 }
             }
-            Step::RebuildTable { service } => self.rebuild(service, target)?,
+            Step::RebuildTable { service } => self.rebuild(service, target, prebuilt)?,
             Step::RemoveReal {
                 service,
                 addr,
@@ -344,44 +376,100 @@ impl Runtime {
         &mut self,
         service: &ServiceAddr,
         target: &DesiredState,
+        prebuilt: &mut Tables,
     ) -> Result<(), DataplaneError> {
-        let Some(svc) = target.service(service) else {
-            return Ok(());
+        let table = match prebuilt.remove(service) {
+            Some(table) => table,
+            None => match self.table_job(service, target) {
+                Some(job) => job.build(),
+                None => return Ok(()),
+            },
         };
-        let identities: Vec<Vec<u8>> = svc.reals.iter().map(identity).collect();
-        let mut backends = Vec::with_capacity(svc.reals.len());
-        for (real, identity) in svc.reals.iter().zip(&identities) {
-            if let Some(id) = self.real_id(service, real.addr, real.port) {
-                backends.push(maglev::Backend {
-                    identity,
-                    id,
-                    weight: real.weight,
-                });
-            }
-        }
-        let table = maglev::build(&backends);
         self.dp.set_maglev_table(service_key(service), &table)
+    }
+
+    /// What the Maglev table of `service` is built from, as `target` has it.
+    fn table_job(&self, service: &ServiceAddr, target: &DesiredState) -> Option<TableJob> {
+        let svc = target.service(service)?;
+        let backends = svc
+            .reals
+            .iter()
+            .filter_map(|real| {
+                let id = self.real_id(service, real.addr, real.port)?;
+                Some((identity(real), id, real.weight))
+            })
+            .collect();
+        Some(TableJob {
+            service: *service,
+            backends,
+        })
+    }
+
+    /// The tables of the run of [`Step::RebuildTable`] that `steps` starts with, built on every
+    /// CPU at once (a restore of hundreds of services spends most of its time building them);
+    /// none for a single table, which its step builds.
+    fn build_tables(&self, steps: &[Step], target: &DesiredState) -> Tables {
+        let jobs: Vec<TableJob> = steps
+            .iter()
+            .map_while(|step| match step {
+                Step::RebuildTable { service } => Some(service),
+                _ => None,
+            })
+            .filter_map(|service| self.table_job(service, target))
+            .collect();
+        if jobs.len() < 2 {
+            return Tables::new();
+        }
+        let threads = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(jobs.len());
+        let per_thread = jobs.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = jobs
+                .chunks(per_thread)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|job| (job.service, job.build()))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|worker| worker.join().expect("a Maglev build panicked"))
+                .collect()
+        })
     }
 
     fn save(&self) -> Result<(), RuntimeError> {
         let Some(path) = &self.state_file else {
             return Ok(());
         };
-        let saved = Saved {
-            desired: self.desired.clone(),
-            applied: Some(self.applied.clone()),
-            installed: self.installed.clone(),
+        // Borrowed, not cloned, and compact: with thousands of real servers the file is written
+        // after every change, and its size is most of a change's time. `applied` is left out
+        // when it is the desired state (a reader takes the desired state then).
+        #[derive(Serialize)]
+        struct SavedRef<'a> {
+            desired: &'a DesiredState,
+            applied: Option<&'a DesiredState>,
+            installed: &'a Installed,
+        }
+        let saved = SavedRef {
+            desired: &self.desired,
+            applied: (self.applied != self.desired).then_some(&self.applied),
+            installed: &self.installed,
         };
-        let text = serde_json::to_string_pretty(&saved).map_err(|e| RuntimeError::Save {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
         let tmp = path.with_extension("tmp");
         let write = || -> std::io::Result<()> {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            std::fs::write(&tmp, text)?;
+            let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+            serde_json::to_writer(&mut file, &saved).map_err(std::io::Error::other)?;
+            std::io::Write::flush(&mut file)?;
+            drop(file);
             std::fs::rename(&tmp, path)
         };
         write().map_err(|source| RuntimeError::Save {
@@ -611,6 +699,76 @@ pub fn count_connections(
     counts
 }
 
+/// Maglev tables built ahead of their steps, by service.
+type Tables = std::collections::HashMap<ServiceAddr, Vec<u32>>;
+
+/// A service's real servers as the Maglev builder takes them: (identity, id, weight).
+struct TableJob {
+    service: ServiceAddr,
+    backends: Vec<(Vec<u8>, RealId, u32)>,
+}
+
+impl TableJob {
+    fn build(&self) -> Vec<u32> {
+        let backends: Vec<maglev::Backend<'_>> = self
+            .backends
+            .iter()
+            .map(|(identity, id, weight)| maglev::Backend {
+                identity,
+                id: *id,
+                weight: *weight,
+            })
+            .collect();
+        maglev::build(&backends)
+    }
+}
+
+/// Gives the next hop of every real server the steps added a managed neighbour entry, once per
+/// address, over one routing socket. Best effort: the data path counts the drops of a server
+/// whose next hop stays unresolved.
+fn keep_next_hops_resolved(steps: &[Step]) {
+    let addrs: std::collections::BTreeSet<IpAddr> = steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::AddReal { real, .. } => Some(real.addr),
+            _ => None,
+        })
+        .collect();
+    if addrs.is_empty() {
+        return;
+    }
+    let mut netlink = match neighbour::Netlink::open() {
+        Ok(netlink) => netlink,
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), "cannot keep the real servers' next hops resolved");
+            return;
+        }
+    };
+    for addr in addrs {
+        if let Err(e) = netlink.keep_resolved(addr) {
+            tracing::warn!(real = %addr, error = %error_chain(&e), "cannot keep the real server's next hop resolved");
+        }
+    }
+}
+
+/// An error with every source after it, `: `-separated, as an operator reads it: "the data path
+/// refused the change: adding ...: adding a real server failed: `bpf_map_update_elem` failed:
+/// Argument list too long (os error 7)".
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        // An error that already shows its source in its own text is not repeated.
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
+}
+
 /// How ipvsadm would see a tracked connection.
 struct ConnState {
     active: bool,
@@ -804,5 +962,35 @@ mod tests {
             }
         );
         assert_eq!(est.service(2), Rates::default());
+    }
+
+    #[test]
+    fn a_refused_change_reads_as_one_sentence_down_to_the_kernels_error() {
+        let source = DataplaneError::Map {
+            action: "adding a real server".to_owned(),
+            source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_update_elem",
+                io_error: std::io::Error::from_raw_os_error(libc::E2BIG),
+            }),
+        };
+        let e = RuntimeError::Dataplane {
+            step: "adding real server 10.0.0.11:80 to service TCP 10.0.0.100:80".to_owned(),
+            source: Box::new(source),
+        };
+        assert_eq!(
+            error_chain(&e),
+            "the data path refused the change: adding real server 10.0.0.11:80 to service TCP \
+             10.0.0.100:80: adding a real server failed: `bpf_map_update_elem` failed: Argument \
+             list too long (os error 7)"
+        );
+        let full = RuntimeError::Dataplane {
+            step: "adding service TCP 10.9.1.65:80".to_owned(),
+            source: Box::new(DataplaneError::ServicesFull { max: 512 }),
+        };
+        assert_eq!(
+            error_chain(&full),
+            "the data path refused the change: adding service TCP 10.9.1.65:80: the balancer \
+             holds at most 512 services; start xlbd with --max-services N to raise it"
+        );
     }
 }

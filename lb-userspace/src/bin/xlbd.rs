@@ -23,11 +23,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lb_userspace::{
     bpffs, config,
     control::{self, Shared, DEFAULT_SOCKET},
-    dataplane::{Dataplane, LoadOptions},
+    dataplane::{Dataplane, LoadOptions, PinnedMaps},
     decap,
     health::engine::{Engine, DEFAULT_MAX_CONCURRENT_CHECKS},
     metrics,
-    runtime::{RateEstimator, Runtime},
+    runtime::{error_chain, RateEstimator, Runtime},
     state::DesiredState,
 };
 use tokio::{
@@ -79,6 +79,14 @@ struct Args {
     /// At most this many health checks run at once.
     #[arg(long, default_value_t = DEFAULT_MAX_CONCURRENT_CHECKS)]
     max_concurrent_checks: usize,
+    /// Virtual services the balancer holds (default 512). Each costs about 256 KiB of kernel
+    /// memory, its Maglev table. A restart adopts the running balancer's maps with their size.
+    #[arg(long, value_name = "N")]
+    max_services: Option<u32>,
+    /// Real servers the balancer holds, counting a server once per service it is in (default
+    /// 4096). Each costs about 40 bytes of kernel memory plus 72 per CPU.
+    #[arg(long, value_name = "N")]
+    max_reals: Option<u32>,
     /// Seconds between two counter reports in the log; 0 = none.
     #[arg(long, default_value_t = 60)]
     report_every: u64,
@@ -175,20 +183,43 @@ async fn main() -> Result<()> {
         })?),
     };
     ensure_bpffs(&args.pin_dir)?;
-    let saved = Runtime::read_state_file(&args.state_file);
-    let pinned = args.pin_dir.join(lb_common::maps::SERVICES).exists();
-    if pinned && saved.is_none() {
-        tracing::warn!(
-            pin_dir = %args.pin_dir.display(),
-            "pinned maps without a state file: starting from empty maps"
-        );
-        Dataplane::unpin(&args.pin_dir).context("removing the old map pins")?;
+    let mut saved = Runtime::read_state_file(&args.state_file);
+    // The rules of a balancer whose maps cannot be adopted, to install on fresh ones.
+    let mut reinstall = None;
+    match Dataplane::pinned_maps(&args.pin_dir).context("inspecting the pinned maps")? {
+        PinnedMaps::Current(_) if saved.is_none() => {
+            tracing::warn!(
+                pin_dir = %args.pin_dir.display(),
+                "pinned maps without a state file: starting from empty maps"
+            );
+            Dataplane::unpin(&args.pin_dir).context("removing the old map pins")?;
+        }
+        PinnedMaps::Older => {
+            tracing::warn!(
+                pin_dir = %args.pin_dir.display(),
+                "the pinned maps have an older xlbd's layout: starting from empty maps with the \
+                 saved rules (the connection table is forgotten)"
+            );
+            Dataplane::unpin(&args.pin_dir).context("removing the old map pins")?;
+            reinstall = saved.take().map(|s| s.desired);
+        }
+        PinnedMaps::Current(_) | PinnedMaps::None => {}
     }
+    let pinned = args.pin_dir.join(lb_common::maps::SERVICES).exists();
     let mut dp = Dataplane::load(&LoadOptions {
         pin_dir: Some(args.pin_dir.clone()),
+        max_services: args.max_services,
+        max_reals: args.max_reals,
         ..LoadOptions::default()
     })
     .context("loading the data path")?;
+    let capacity = dp.capacity();
+    tracing::info!(
+        services = capacity.services,
+        reals = capacity.reals,
+        maglev_mib = capacity.maglev_bytes() >> 20,
+        "data path sized"
+    );
     let mut logger = aya_log::EbpfLogger::init(dp.ebpf_mut())
         .context("starting the reader of the data path's debug events")?;
     for iface in &args.ifaces {
@@ -217,9 +248,16 @@ async fn main() -> Result<()> {
         }
         None => {
             let mut runtime = Runtime::new(dp, Some(args.state_file.clone()));
-            runtime
-                .change_to(config)
-                .context("installing the configured services")?;
+            match reinstall {
+                Some(rules) => runtime
+                    .change_to(rules)
+                    .map_err(|e| anyhow::anyhow!(error_chain(&e)))
+                    .context("installing the saved services")?,
+                None => runtime
+                    .change_to(config)
+                    .map_err(|e| anyhow::anyhow!(error_chain(&e)))
+                    .context("installing the configured services")?,
+            }
             runtime
         }
     };

@@ -1,0 +1,80 @@
+//! The `u32` slots of an array map mapped into this process (`BPF_F_MMAPABLE`, Linux >= 5.5,
+//! values laid end to end; the Maglev map holds two slots per 8-byte element): the Maglev
+//! pool is written with a memory copy, where `BPF_MAP_UPDATE_BATCH` copies and checks each of a
+//! table's 65537 slots one by one in the kernel (about 5 ms a table here, most of a restore).
+
+use std::{
+    os::fd::{AsRawFd as _, BorrowedFd},
+    ptr::NonNull,
+};
+
+/// A shared, writable mapping of an array map's values.
+pub struct MappedArray {
+    ptr: NonNull<u32>,
+    len: usize,
+}
+
+// SAFETY: the mapping belongs to this value alone; it is written through `&mut self` only.
+unsafe impl Send for MappedArray {}
+// SAFETY: as above; `&self` only reads.
+unsafe impl Sync for MappedArray {}
+
+impl MappedArray {
+    /// Maps the `len` values of the array map `map` (created with `BPF_F_MMAPABLE`).
+    pub fn new(map: BorrowedFd<'_>, len: usize) -> std::io::Result<Self> {
+        let bytes = len * std::mem::size_of::<u32>();
+        // SAFETY: a fresh shared mapping of the map's fd; the kernel checks length and flags.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ptr =
+            NonNull::new(ptr.cast()).ok_or_else(|| std::io::Error::other("mmap gave null"))?;
+        Ok(Self { ptr, len })
+    }
+
+    /// Copies `values` to the slots from `start` on.
+    pub fn write(&mut self, start: usize, values: &[u32]) {
+        assert!(
+            start + values.len() <= self.len,
+            "a write past the map's end"
+        );
+        // SAFETY: the range is inside the mapping (checked above), which stays mapped while self
+        // lives; the data path reads these slots concurrently only once they are made live.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                values.as_ptr(),
+                self.ptr.as_ptr().add(start),
+                values.len(),
+            );
+        }
+    }
+
+    /// The slots from `start` on, `count` of them.
+    pub fn read(&self, start: usize, count: usize) -> Vec<u32> {
+        assert!(start + count <= self.len, "a read past the map's end");
+        // SAFETY: as in `write`; u32 has no invalid bit patterns.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(start), count).to_vec() }
+    }
+}
+
+impl Drop for MappedArray {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe {
+            libc::munmap(
+                self.ptr.as_ptr().cast(),
+                self.len * std::mem::size_of::<u32>(),
+            );
+        }
+    }
+}
