@@ -2,7 +2,7 @@
 //! and a bpffs of its own for the pins.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
@@ -11,13 +11,16 @@ use lb_userspace::dataplane::Dataplane;
 
 use crate::netns::{run_sh, sh, Netns};
 
-/// The workspace's binaries, next to this test's executable's directory.
+/// The workspace's binaries: next to this executable (a benchmark in target/release), or next
+/// to its directory (a test in target/debug/deps).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
+    let own = exe.parent().expect("executable directory");
+    let dir = if own.join(name).exists() {
+        own
+    } else {
+        own.parent().expect("target directory")
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -42,8 +45,22 @@ impl<'a> Daemon<'a> {
         Self::start_with_config(ns, None)
     }
 
+    /// Starts xlbd with no configuration and extra arguments.
+    pub fn start_with_args(ns: &'a Netns, extra: &[&str]) -> Self {
+        let mut daemon = Self::prepare(ns, None);
+        daemon.spawn_with(extra);
+        daemon
+    }
+
     /// Starts xlbd with `config` as its configuration file (none when `None`).
     pub fn start_with_config(ns: &'a Netns, config: Option<&str>) -> Self {
+        let mut daemon = Self::prepare(ns, config);
+        daemon.spawn();
+        daemon
+    }
+
+    /// Its directory, configuration and bpffs, without the process.
+    fn prepare(ns: &'a Netns, config: Option<&str>) -> Self {
         let dir = PathBuf::from(format!("/tmp/{}-xlbd", ns.name()));
         std::fs::create_dir_all(&dir).expect("daemon directory");
         if let Some(text) = config {
@@ -55,14 +72,12 @@ impl<'a> Daemon<'a> {
         std::fs::create_dir_all(&bpffs).expect("bpffs mount point");
         sh(&format!("mount -t bpf bpf {}", bpffs.display()));
         let pin_dir = bpffs.join("xlb");
-        let mut daemon = Self {
+        Self {
             ns,
             dir,
             pin_dir,
             child: None,
-        };
-        daemon.spawn();
-        daemon
+        }
     }
 
     /// Its control socket.
@@ -84,8 +99,35 @@ impl<'a> Daemon<'a> {
             .open(self.dir.join("xlbd.log"))
             .expect("log file");
         let child = self
-            .ns
-            .command(binary("xlbd").to_str().expect("path"))
+            .command(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start xlbd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.socket().exists() {
+            assert!(
+                Instant::now() < deadline,
+                "xlbd did not open its socket; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the process with extra arguments, expecting it to refuse to start; returns what
+    /// it wrote on stderr.
+    pub fn start_refused(&self, extra: &[&str]) -> String {
+        let out = self.command(extra).output().expect("run xlbd");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "xlbd started: {stderr}");
+        stderr
+    }
+
+    fn command(&self, extra: &[&str]) -> Command {
+        let mut command = self.ns.command(binary("xlbd").to_str().expect("path"));
+        command
             .args([
                 "--iface",
                 "eth0",
@@ -102,21 +144,8 @@ impl<'a> Daemon<'a> {
             .arg(&self.pin_dir)
             .arg("--state-file")
             .arg(self.dir.join("state.json"))
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start xlbd");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.socket().exists() {
-            assert!(
-                Instant::now() < deadline,
-                "xlbd did not open its socket; its log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            .args(extra);
+        command
     }
 
     /// What it logged so far.

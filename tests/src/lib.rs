@@ -8,6 +8,7 @@
 //! - [`daemon`]: running xlbd and xlbadm in a test namespace.
 //! - [`fixture`]: running the XDP program through `BPF_PROG_TEST_RUN`.
 //! - [`services`]: services and real servers set up through the dataplane API.
+//! - [`scale`]: a large balancer's rules and namespace.
 //! - [`hcbench`]: the health-check benchmark's lab (checker and servers on separate cores).
 //! - [`root`]: the guard that root-only tests call first.
 
@@ -18,6 +19,7 @@ pub mod lab;
 pub mod netns;
 pub mod packet;
 pub mod routed;
+pub mod scale;
 pub mod services;
 
 /// Root-only tests are `#[ignore]`d so that a plain `cargo test` (as any user) runs the unit tests;

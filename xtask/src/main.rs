@@ -62,8 +62,8 @@ enum Cmd {
     },
     /// Run the benchmarks (as root): each reports ratios against a baseline of the same run.
     Bench {
-        /// Only these: data-path, maglev, health, katran (all when none is named; katran only
-        /// with --katran-src).
+        /// Only these: data-path, maglev, health, control, katran (all when none is named;
+        /// katran only with --katran-src).
         only: Vec<String>,
         /// A copy of Katran's source (facebookincubator/katran, a clone or `git archive`): its
         /// balancer is built from it and measured with xlb's by one harness, behind the same
@@ -138,6 +138,10 @@ fn bench(only: &[String], katran_src: Option<&std::path::Path>) -> Result<()> {
     let ours: Vec<String> = only.iter().filter(|o| *o != "katran").cloned().collect();
     if only.is_empty() || !ours.is_empty() {
         cargo(&["build", "-p", "xlb-tests", "--bin", "xlb-bench"], true)?;
+        if wants("control") {
+            // The control benchmark runs the release daemon and CLI.
+            cargo(&["build", "--bin", "xlbd", "--bin", "xlbadm"], true)?;
+        }
         let status = run_built(true, "xlb-bench", &ours)?;
         if !status.success() {
             bail!("the benchmarks failed ({status})");

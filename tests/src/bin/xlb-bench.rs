@@ -14,6 +14,11 @@
 //!   rate of bare blocking connect-and-reset exchanges from CPU 0. The servers' side of every
 //!   connection runs on CPU 1 and is not counted, as it runs on other machines in production.
 //!
+//! - Control: xlbd (release build) in a namespace of its own; the time `xlbadm -R` takes to
+//!   apply 512 services × 8 real servers (each with an address of its own) to an empty balancer,
+//!   and the median time of one change (`-e`, a weight) on that balancer, against the round trip
+//!   of `xlbadm -S -n` on it (spawning xlbadm, one request, the whole state back).
+//!
 //! Needs root (it loads XDP programs and makes network namespaces) and two CPUs.
 
 use std::{
@@ -31,10 +36,11 @@ use lb_userspace::{
     state::health::{Check, CheckKind, CheckSpec, Timing},
 };
 use xlb_tests::{
+    daemon::Daemon,
     hcbench::{self, Lab, CHECKER_CPU, SERVERS_CPU},
     netns::Netns,
     packet::{Ipv4Packet, ACK},
-    root,
+    root, scale,
 };
 
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
@@ -330,15 +336,66 @@ fn health_checks() -> anyhow::Result<()> {
 }
 
 /// `xlb-bench [data-path|maglev|health]...`: the named benchmarks, or all of them.
+/// The median of `runs` timings of `f`.
+fn median_of(runs: usize, mut f: impl FnMut(usize) -> Duration) -> Duration {
+    let mut times: Vec<Duration> = (0..runs).map(&mut f).collect();
+    times.sort();
+    times[runs / 2]
+}
+
+fn control() -> anyhow::Result<()> {
+    const SERVICES: usize = 512;
+    const REALS: usize = 8;
+    let ns = scale::namespace("ctlbench");
+    let daemon = Daemon::start(&ns);
+    let (out, restore) = scale::restore(&daemon, &scale::rules(SERVICES, REALS));
+    anyhow::ensure!(
+        out.status.success(),
+        "xlbadm -R failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let timed = |args: &[&str]| {
+        let start = Instant::now();
+        daemon.adm_ok(args);
+        start.elapsed()
+    };
+    let vip = format!("{}:80", scale::vip(SERVICES / 2));
+    let real = "10.8.8.1:80";
+    let edit = median_of(21, |i| {
+        let weight = (2 + i % 2).to_string();
+        timed(&["-e", "-t", &vip, "-r", real, "-g", "-w", &weight])
+    });
+    let save = median_of(21, |_| timed(&["-S", "-n"]));
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!("control ({SERVICES} services × {REALS} real servers, release xlbd and xlbadm):");
+    println!(
+        "  baseline: xlbadm -S -n round trip (median of 21)   {:>8.1} ms   1.00",
+        ms(save)
+    );
+    println!(
+        "  xlbadm -R of {SERVICES} × {REALS} on an empty balancer    {:>8.1} ms   {:.1}",
+        ms(restore),
+        ms(restore) / ms(save)
+    );
+    println!(
+        "  xlbadm -e of one weight (median of 21)           {:>8.1} ms   {:.2}",
+        ms(edit),
+        ms(edit) / ms(save)
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     root::require();
     let only: Vec<String> = std::env::args().skip(1).collect();
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     if let Some(unknown) = only
         .iter()
-        .find(|o| !["data-path", "maglev", "health"].contains(&o.as_str()))
+        .find(|o| !["data-path", "maglev", "health", "control"].contains(&o.as_str()))
     {
-        anyhow::bail!("unknown benchmark {unknown:?} (expected data-path, maglev or health)");
+        anyhow::bail!(
+            "unknown benchmark {unknown:?} (expected data-path, maglev, health or control)"
+        );
     }
     if wanted("data-path") {
         data_path();
@@ -348,6 +405,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("health") {
         health_checks()?;
+    }
+    if wanted("control") {
+        control()?;
     }
     Ok(())
 }
