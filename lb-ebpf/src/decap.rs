@@ -11,8 +11,6 @@
 
 #[cfg(target_arch = "bpf")]
 mod program {
-    use core::mem::size_of;
-
     use aya_ebpf::{
         bindings::xdp_action,
         helpers::bpf_xdp_adjust_head,
@@ -22,6 +20,13 @@ mod program {
         EbpfContext as _,
     };
     use lb_common::{stats::DecapStat, ServiceKey, FAMILY_V4, FAMILY_V6};
+    use lb_ebpf::packet::{
+        ether_type, ptr_at, ETH_P_IP, ETH_P_IPV6, PROTO_IPIP, PROTO_IPV6, VLAN_HDR_LEN,
+    };
+    use network_types::{
+        eth::EthHdr,
+        ip::{Ipv4Hdr, Ipv6Hdr},
+    };
 
     /// Tunnel endpoint address → 1. Written by userspace (`xlbd decap`).
     #[map(name = "XLB_DECAP_ADDRS")]
@@ -31,28 +36,8 @@ mod program {
     #[map(name = "XLB_DECAP_STATS")]
     static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
 
-    const ETH_P_IP: u16 = 0x0800;
-    const ETH_P_IPV6: u16 = 0x86dd;
-    const ETH_P_8021Q: u16 = 0x8100;
-    const ETH_P_8021AD: u16 = 0x88a8;
-    const PROTO_IPIP: u8 = 4;
-    const PROTO_IPV6: u8 = 41;
-
-    #[inline(always)]
-    fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-        let start = ctx.data();
-        if start + offset + size_of::<T>() > ctx.data_end() {
-            return None;
-        }
-        Some((start + offset) as *mut T)
-    }
-
-    /// Whether an IP packet at `l3` whose length field says `len` holds its `header` bytes and
-    /// lies within the frame (a frame may be longer: Ethernet padding).
-    #[inline(always)]
-    fn length_fits(ctx: &XdpContext, l3: usize, len: usize, header: usize) -> bool {
-        len >= header && ctx.data() + l3 + len <= ctx.data_end()
-    }
+    /// IPv4 flags and fragment offset: MF or any offset.
+    const IP_MF_OR_OFFSET: u16 = 0x3fff;
 
     /// Every packet is passed: decapsulated when it is a tunnel packet for us, untouched otherwise.
     #[xdp]
@@ -66,91 +51,87 @@ mod program {
     }
 
     #[inline(always)]
-    fn ours(key: &ServiceKey) -> bool {
+    fn ours(addr: [u32; 4], family: u8) -> bool {
+        let key = ServiceKey {
+            addr,
+            port: 0,
+            proto: 0,
+            family,
+        };
         // SAFETY: the value is not kept; userspace only replaces whole values.
-        unsafe { DECAP_ADDRS.get(key).is_some() }
+        unsafe { DECAP_ADDRS.get(&key).is_some() }
+    }
+
+    /// Whether an IP packet at `l3` whose length field says `len` holds its `header` bytes and
+    /// lies within the frame (a frame may be longer: Ethernet padding).
+    #[inline(always)]
+    fn length_fits(ctx: &XdpContext, l3: usize, len: usize, header: usize) -> bool {
+        len >= header && ctx.data() + l3 + len <= ctx.data_end()
+    }
+
+    /// The outer header's length and the inner packet's protocol, when the packet at `l3` is an
+    /// IPv4 tunnel packet for one of our addresses.
+    #[inline(always)]
+    fn outer_v4(ctx: &XdpContext, l3: usize) -> Result<(usize, u8), DecapStat> {
+        let ip: *const Ipv4Hdr = ptr_at(ctx, l3).ok_or(DecapStat::PassMalformed)?;
+        // SAFETY: ptr_at checked that the header lies inside the packet.
+        let ip = unsafe { &*ip };
+        if ip.proto != PROTO_IPIP && ip.proto != PROTO_IPV6 {
+            return Err(DecapStat::PassNotTunnel);
+        }
+        // Options, another version or a fragment: left to the kernel (it reassembles or drops).
+        if ip.vihl != 0x45 || u16::from_be_bytes(ip.frags) & IP_MF_OR_OFFSET != 0 {
+            return Err(DecapStat::PassMalformed);
+        }
+        let len = usize::from(u16::from_be_bytes(ip.tot_len));
+        if !length_fits(ctx, l3, len, Ipv4Hdr::LEN) {
+            return Err(DecapStat::PassMalformed);
+        }
+        if !ours([u32::from_ne_bytes(ip.dst_addr), 0, 0, 0], FAMILY_V4) {
+            return Err(DecapStat::PassNotOurs);
+        }
+        Ok((Ipv4Hdr::LEN, ip.proto))
+    }
+
+    /// As [`outer_v4`], for an IPv6 outer header.
+    #[inline(always)]
+    fn outer_v6(ctx: &XdpContext, l3: usize) -> Result<(usize, u8), DecapStat> {
+        let ip: *const Ipv6Hdr = ptr_at(ctx, l3).ok_or(DecapStat::PassMalformed)?;
+        // SAFETY: ptr_at checked that the header lies inside the packet.
+        let ip = unsafe { &*ip };
+        if ip.next_hdr != PROTO_IPV6 && ip.next_hdr != PROTO_IPIP {
+            return Err(DecapStat::PassNotTunnel);
+        }
+        let len = usize::from(u16::from_be_bytes(ip.payload_len)) + Ipv6Hdr::LEN;
+        if ip.vcf[0] >> 4 != 6 || !length_fits(ctx, l3, len, Ipv6Hdr::LEN) {
+            return Err(DecapStat::PassMalformed);
+        }
+        let d = &ip.dst_addr;
+        let addr = [
+            u32::from_ne_bytes([d[0], d[1], d[2], d[3]]),
+            u32::from_ne_bytes([d[4], d[5], d[6], d[7]]),
+            u32::from_ne_bytes([d[8], d[9], d[10], d[11]]),
+            u32::from_ne_bytes([d[12], d[13], d[14], d[15]]),
+        ];
+        if !ours(addr, FAMILY_V6) {
+            return Err(DecapStat::PassNotOurs);
+        }
+        Ok((Ipv6Hdr::LEN, ip.next_hdr))
     }
 
     #[inline(always)]
     fn decap(ctx: &XdpContext) -> DecapStat {
-        let Some(eth) = ptr_at::<[u8; 14]>(ctx, 0) else {
+        let Some((outer_type, l3)) = ether_type(ctx) else {
             return DecapStat::PassMalformed;
         };
-        // SAFETY: ptr_at checked that the bytes lie inside the packet.
-        let eth = unsafe { *eth };
-        let mut ether_type = u16::from_be_bytes([eth[12], eth[13]]);
-        let mut l3 = 14;
-        if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
-            let Some(tag) = ptr_at::<[u8; 4]>(ctx, 14) else {
-                return DecapStat::PassMalformed;
-            };
-            // SAFETY: as above.
-            let tag = unsafe { *tag };
-            ether_type = u16::from_be_bytes([tag[2], tag[3]]);
-            l3 = 18;
-        }
-        let (outer_len, inner_proto) = if ether_type == ETH_P_IP {
-            let Some(ip) = ptr_at::<[u8; 20]>(ctx, l3) else {
-                return DecapStat::PassMalformed;
-            };
-            // SAFETY: as above.
-            let ip = unsafe { &*ip };
-            if ip[9] != PROTO_IPIP && ip[9] != PROTO_IPV6 {
-                return DecapStat::PassNotTunnel;
-            }
-            let frag = u16::from_be_bytes([ip[6], ip[7]]);
-            if ip[0] != 0x45 || frag & 0x3fff != 0 {
-                // Options or a fragment: leave it to the kernel (it reassembles or drops).
-                return DecapStat::PassMalformed;
-            }
-            if !length_fits(ctx, l3, u16::from_be_bytes([ip[2], ip[3]]) as usize, 20) {
-                return DecapStat::PassMalformed;
-            }
-            let key = ServiceKey {
-                addr: [
-                    u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
-                    0,
-                    0,
-                    0,
-                ],
-                port: 0,
-                proto: 0,
-                family: FAMILY_V4,
-            };
-            if !ours(&key) {
-                return DecapStat::PassNotOurs;
-            }
-            (20usize, ip[9])
-        } else if ether_type == ETH_P_IPV6 {
-            let Some(ip) = ptr_at::<[u8; 40]>(ctx, l3) else {
-                return DecapStat::PassMalformed;
-            };
-            // SAFETY: as above.
-            let ip = unsafe { &*ip };
-            if ip[6] != PROTO_IPV6 && ip[6] != PROTO_IPIP {
-                return DecapStat::PassNotTunnel;
-            }
-            let payload = u16::from_be_bytes([ip[4], ip[5]]) as usize;
-            if ip[0] >> 4 != 6 || !length_fits(ctx, l3, payload + 40, 40) {
-                return DecapStat::PassMalformed;
-            }
-            let mut addr = [0u32; 4];
-            for (i, word) in addr.iter_mut().enumerate() {
-                let at = 24 + i * 4;
-                *word = u32::from_ne_bytes([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]]);
-            }
-            let key = ServiceKey {
-                addr,
-                port: 0,
-                proto: 0,
-                family: FAMILY_V6,
-            };
-            if !ours(&key) {
-                return DecapStat::PassNotOurs;
-            }
-            (40usize, ip[6])
-        } else {
-            return DecapStat::PassNotTunnel;
+        let outer = match outer_type {
+            ETH_P_IP => outer_v4(ctx, l3),
+            ETH_P_IPV6 => outer_v6(ctx, l3),
+            _ => Err(DecapStat::PassNotTunnel),
+        };
+        let (outer_len, inner_proto) = match outer {
+            Ok(found) => found,
+            Err(stat) => return stat,
         };
         let inner_type = if inner_proto == PROTO_IPIP {
             ETH_P_IP
@@ -162,28 +143,31 @@ mod program {
             return DecapStat::PassMalformed;
         }
         // Move the L2 header forward over the outer IP header, then drop the bytes before it.
-        let mut l2 = [0u8; 18];
-        let Some(src) = ptr_at::<[u8; 18]>(ctx, 0) else {
-            return DecapStat::PassMalformed;
-        };
-        // SAFETY: ptr_at checked that the bytes lie inside the packet.
-        l2.copy_from_slice(unsafe { &*src });
-        if l3 == 18 {
+        let tagged = l3 == EthHdr::LEN + VLAN_HDR_LEN;
+        if tagged {
+            let Some(src) = ptr_at::<[u8; EthHdr::LEN + VLAN_HDR_LEN]>(ctx, 0) else {
+                return DecapStat::PassMalformed;
+            };
+            // SAFETY: ptr_at checked that the bytes lie inside the packet.
+            let mut l2 = unsafe { *src };
             l2[16..18].copy_from_slice(&inner_type.to_be_bytes());
-            let Some(dst) = ptr_at::<[u8; 18]>(ctx, outer_len) else {
+            let Some(dst) = ptr_at::<[u8; EthHdr::LEN + VLAN_HDR_LEN]>(ctx, outer_len) else {
                 return DecapStat::PassMalformed;
             };
             // SAFETY: as above.
             unsafe { *dst = l2 };
         } else {
-            l2[12..14].copy_from_slice(&inner_type.to_be_bytes());
-            let Some(dst) = ptr_at::<[u8; 14]>(ctx, outer_len) else {
+            let Some(src) = ptr_at::<[u8; EthHdr::LEN]>(ctx, 0) else {
                 return DecapStat::PassMalformed;
             };
-            let mut eth = [0u8; 14];
-            eth.copy_from_slice(&l2[0..14]);
+            // SAFETY: ptr_at checked that the bytes lie inside the packet.
+            let mut l2 = unsafe { *src };
+            l2[12..14].copy_from_slice(&inner_type.to_be_bytes());
+            let Some(dst) = ptr_at::<[u8; EthHdr::LEN]>(ctx, outer_len) else {
+                return DecapStat::PassMalformed;
+            };
             // SAFETY: as above.
-            unsafe { *dst = eth };
+            unsafe { *dst = l2 };
         }
         // SAFETY: the context pointer is this program's; the helper checks the bounds.
         if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, outer_len as i32) } != 0 {
@@ -193,12 +177,9 @@ mod program {
     }
 }
 
+// The panic handler is the library's (lb_ebpf), shared with the balancer.
 #[cfg(target_arch = "bpf")]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // The verifier rejects any program that could reach this.
-    loop {}
-}
+use lb_ebpf as _;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

@@ -19,6 +19,8 @@ use aya_ebpf::{
 };
 use lb_common::{hash::flow_hash, Forwarding, GlobalStat, RealServer, FAMILY_V4};
 
+use lb_ebpf::packet::{PROTO_IPIP, PROTO_IPV6};
+
 use crate::{
     csum, icmp,
     l2::write_l2,
@@ -30,8 +32,6 @@ use crate::{
 
 const IPV4_HDR_LEN: usize = 20;
 const IPV6_HDR_LEN: usize = 40;
-const PROTO_IPIP: u8 = 4;
-const PROTO_IPV6: u8 = 41;
 const TUNNEL_TTL: u8 = 64;
 
 /// Send the packet to `real` by its forwarding method; `now` is the packet's coarse time.

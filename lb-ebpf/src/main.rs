@@ -119,12 +119,9 @@ mod program {
     }
 }
 
+// The panic handler is the library's (lb_ebpf), shared with the decapsulator.
 #[cfg(target_arch = "bpf")]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // The verifier rejects any program that could reach this.
-    loop {}
-}
+use lb_ebpf as _;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

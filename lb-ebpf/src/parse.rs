@@ -23,24 +23,17 @@
 //!   that quotes another's flow is passed); other ICMP (echo) is passed, so the VIP answers ping
 //!   itself.
 
-use core::mem::size_of;
-
 use aya_ebpf::programs::XdpContext;
 use lb_common::{FlowKey, GlobalStat, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+pub use lb_ebpf::packet::ptr_at;
+use lb_ebpf::packet::{self, ETH_P_IP, ETH_P_IPV6};
 use network_types::{
-    eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
     udp::UdpHdr,
 };
 
 use crate::{service, verdict::Verdict};
-
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const VLAN_HDR_LEN: usize = 4;
 
 const IP_DF: u16 = 0x4000;
 const IP_MF: u16 = 0x2000;
@@ -85,33 +78,11 @@ pub struct Packet {
     pub icmp_error: bool,
 }
 
-/// A pointer to a `T` at `offset` from the start of the packet, if the packet holds all of it.
-#[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + size_of::<T>() > end {
-        return None;
-    }
-    Some((start + offset) as *mut T)
-}
-
 /// Parse the packet down to its flow, or say why it is not forwarded.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
-    let malformed = Verdict::pass(GlobalStat::PassMalformed);
-    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(malformed)?;
-    // SAFETY: ptr_at checked that the header lies inside the packet.
-    let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
-    let mut l3 = EthHdr::LEN;
-    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
-        let vlan: *const [u8; VLAN_HDR_LEN] =
-            ptr_at(ctx, l3).ok_or(Verdict::pass(GlobalStat::PassMalformed))?;
-        // SAFETY: as above.
-        let vlan = unsafe { &*vlan };
-        ether_type = u16::from_be_bytes([vlan[2], vlan[3]]);
-        l3 += VLAN_HDR_LEN;
-    }
+    let (ether_type, l3) =
+        packet::ether_type(ctx).ok_or(Verdict::pass(GlobalStat::PassMalformed))?;
     match ether_type {
         ETH_P_IP => parse_v4(ctx, l3),
         ETH_P_IPV6 => parse_v6(ctx, l3),
