@@ -62,7 +62,7 @@ enum Cmd {
     },
     /// Run the benchmarks (as root): each reports ratios against a baseline of the same run.
     Bench {
-        /// Only these: data-path, maglev, health, control, katran (all when none is named;
+        /// Only these: data-path, maglev, health, control, katran, e2e (all when none is named;
         /// katran only with --katran-src).
         only: Vec<String>,
         /// A copy of Katran's source (facebookincubator/katran, a clone or `git archive`): its
@@ -123,7 +123,8 @@ fn run(cli: Cli) -> Result<()> {
 
 /// The benchmarks: xlb-bench's (data path through aya's TEST_RUN, Maglev, health checks), and the
 /// libbpf harness of bench/katran-compare, which runs every case behind a wrapper that restores
-/// the packet before each repeat (xlb alone for `data-path`; against Katran for `katran`).
+/// the packet before each repeat (xlb alone for `data-path`; against Katran for `katran`), and
+/// xlb-e2e-bench's HTTP through xlb, HAProxy, pen and nginx in a namespace lab (`e2e`).
 fn bench(only: &[String], katran_src: Option<&std::path::Path>) -> Result<()> {
     setup::toolchain()?;
     setup::require_root("the benchmarks load XDP programs")?;
@@ -135,7 +136,11 @@ fn bench(only: &[String], katran_src: Option<&std::path::Path>) -> Result<()> {
              (a clone or `git archive` of facebookincubator/katran)"
         );
     }
-    let ours: Vec<String> = only.iter().filter(|o| *o != "katran").cloned().collect();
+    let ours: Vec<String> = only
+        .iter()
+        .filter(|o| !["katran", "e2e"].contains(&o.as_str()))
+        .cloned()
+        .collect();
     if only.is_empty() || !ours.is_empty() {
         cargo(&["build", "-p", "xlb-tests", "--bin", "xlb-bench"], true)?;
         if wants("control") {
@@ -166,6 +171,19 @@ fn bench(only: &[String], katran_src: Option<&std::path::Path>) -> Result<()> {
     if let Some(dir) = katran_src.filter(|_| wants("katran")) {
         println!("xtask: xlb against Katran ({})", dir.display());
         harness(Some(dir))?;
+    }
+    if wants("e2e") {
+        println!("xtask: end to end with wrk (installs wrk, nginx, haproxy, pen when missing)");
+        // Two builds as the other benchmarks do them, so that they share release artifacts.
+        cargo(&["build", "--bin", "xlbd", "--bin", "xlbadm"], true)?;
+        cargo(
+            &["build", "-p", "xlb-tests", "--bin", "xlb-e2e-bench"],
+            true,
+        )?;
+        let status = run_built(true, "xlb-e2e-bench", &[])?;
+        if !status.success() {
+            bail!("the end-to-end benchmark failed ({status})");
+        }
     }
     Ok(())
 }
