@@ -254,21 +254,25 @@ fn print_results(runs: &Runs, rounds: u64, load: Load) {
     for (m, use_) in ConnectionUse::ALL.into_iter().enumerate() {
         println!("\n{}", use_.label());
         println!(
-            "| {:<26} | {:>5} | {:>9} | {:>8} | {:>9} | {:>9} | {:>6} |",
-            "target", "reals", "req/s", "× direct", "p50", "p99", "errors"
+            "| {:<26} | {:>5} | {:>9} | {:>13} | {:>8} | {:>9} | {:>9} | {:>6} |",
+            "target", "reals", "req/s", "rounds' range", "× direct", "p50", "p99", "errors"
         );
         println!(
-            "| {:-<26} | {:->4}: | {:->8}: | {:->7}: | {:->8}: | {:->8}: | {:->5}: |",
-            "", "", "", "", "", "", ""
+            "| {:-<26} | {:->4}: | {:->8}: | {:->12}: | {:->7}: | {:->8}: | {:->8}: | {:->5}: |",
+            "", "", "", "", "", "", "", ""
         );
         let direct = medians(&runs[0][m]).0;
         for (t, target) in Target::ALL.into_iter().enumerate() {
             let (rate, p50, p99, errors) = medians(&runs[t][m]);
+            let rates = runs[t][m].iter().map(|r| r.requests_per_s / 1000.0);
+            let low = rates.clone().fold(f64::INFINITY, f64::min);
+            let high = rates.fold(0.0, f64::max);
             println!(
-                "| {:<26} | {:>5} | {:>9.0} | {:>8.2} | {:>9} | {:>9} | {:>6} |",
+                "| {:<26} | {:>5} | {:>9.0} | {:>13} | {:>8.2} | {:>9} | {:>9} | {:>6} |",
                 target.name(),
                 target.reals(),
                 rate,
+                format!("{low:.1}k–{high:.1}k"),
                 rate / direct,
                 latency(p50),
                 latency(p99),
