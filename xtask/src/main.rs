@@ -62,8 +62,8 @@ enum Cmd {
     },
     /// Run the benchmarks (as root): each reports ratios against a baseline of the same run.
     Bench {
-        /// Only these: data-path, maglev, health, control, katran, e2e (all when none is named;
-        /// katran only with --katran-src).
+        /// Only these: data-path, maglev, health, control, live, katran, e2e (all when none is
+        /// named; katran only with --katran-src; data-path includes live).
         only: Vec<String>,
         /// A copy of Katran's source (facebookincubator/katran, a clone or `git archive`): its
         /// balancer is built from it and measured with xlb's by one harness, behind the same
@@ -138,7 +138,7 @@ fn bench(only: &[String], katran_src: Option<&std::path::Path>) -> Result<()> {
     }
     let ours: Vec<String> = only
         .iter()
-        .filter(|o| !["katran", "e2e"].contains(&o.as_str()))
+        .filter(|o| !["katran", "e2e", "live"].contains(&o.as_str()))
         .cloned()
         .collect();
     if only.is_empty() || !ours.is_empty() {
@@ -152,7 +152,7 @@ fn bench(only: &[String], katran_src: Option<&std::path::Path>) -> Result<()> {
             bail!("the benchmarks failed ({status})");
         }
     }
-    let harness = |katran: Option<&std::path::Path>| -> Result<()> {
+    let harness = |katran: Option<&std::path::Path>, cases: Option<&str>| -> Result<()> {
         cargo(&["build", "--bin", "xlbd", "--bin", "xlbadm"], true)?;
         let root = setup::workspace_root()?;
         let mut cmd = Command::new("bash");
@@ -162,15 +162,22 @@ fn bench(only: &[String], katran_src: Option<&std::path::Path>) -> Result<()> {
         if let Some(dir) = katran {
             cmd.env("KATRAN_SRC", dir);
         }
+        if let Some(cases) = cases {
+            cmd.env("ONLY", cases);
+        }
         setup::run(&mut cmd, "the reset-wrapper harness (bench/katran-compare)")
     };
     if wants("data-path") && !(only.is_empty() && katran_src.is_some()) {
         println!("xtask: data path behind the packet-restoring wrapper (libbpf harness)");
-        harness(None)?;
+        harness(None, None)?;
+    } else if only.iter().any(|o| o == "live") {
+        // Named alone: the live-frames run only (data-path includes it).
+        println!("xtask: live frames on a veth pair, xlb against a MAC-swap program");
+        harness(None, Some("live"))?;
     }
     if let Some(dir) = katran_src.filter(|_| wants("katran")) {
         println!("xtask: xlb against Katran ({})", dir.display());
-        harness(Some(dir))?;
+        harness(Some(dir), None)?;
     }
     if wants("e2e") {
         println!("xtask: end to end with wrk (installs wrk, nginx, haproxy, pen when missing)");
