@@ -227,7 +227,7 @@ pub fn wait_for_answer(ns: &Netns, url: &str, expected: &str) -> anyhow::Result<
         }
         if Instant::now() > deadline {
             bail!(
-                "{url} did not answer {expected:?} from {} within 10 s",
+                "{url} did not answer \"{expected}...\" from {} within 10 s",
                 ns.name()
             );
         }

@@ -131,7 +131,7 @@ fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
     match std::env::var(name) {
         Ok(text) => text
             .parse()
-            .with_context(|| format!("{name}={text:?} is not a whole number")),
+            .with_context(|| format!("{name}=\"{text}\" is not a whole number")),
         Err(_) => Ok(default),
     }
 }
