@@ -7,13 +7,33 @@
 //! logs them and returns the verdict's action. Without the event program in the program array,
 //! the tail call falls through and the balancer returns the action itself.
 
-use aya_ebpf::{macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    macros::{map, xdp},
+    maps::PerCpuArray,
+    programs::XdpContext,
+};
 use lb_common::{
     config::{DebugEvent, EVENT_INSERT_FAILED, EVENT_NEW_FLOW},
     GlobalStat,
 };
 
 use crate::{maps, verdict::Verdict};
+
+/// Room for a counter's name (the longest has 25 bytes).
+const TEXT_LEN: usize = 28;
+
+/// A counter's name, copied where the logging reads it.
+#[repr(C)]
+pub struct EventText {
+    /// Bytes of `bytes` in use.
+    len: u32,
+    /// The name.
+    bytes: [u8; TEXT_LEN],
+}
+
+/// Index 0 → per-CPU scratch for the reason's name. Written and read here only (not pinned).
+#[map(name = "XLB_EVENT_TEXT")]
+static EVENT_TEXT: PerCpuArray<EventText> = PerCpuArray::with_max_entries(1, 0);
 
 /// Leave the verdict and `note` for the event program and call it; returns only when the call
 /// could not be made.
@@ -46,7 +66,9 @@ pub fn xlb_events(ctx: XdpContext) -> u32 {
         _ => "",
     };
     if let Some(reason) = GlobalStat::ALL.get(note.reason as usize) {
-        aya_log_ebpf::debug!(&ctx, "{}: {}", verdict, reason.name());
+        if let Some(name) = reason_text(*reason) {
+            aya_log_ebpf::debug!(&ctx, "{}: {}", verdict, name);
+        }
     }
     if note.kind == EVENT_NEW_FLOW {
         aya_log_ebpf::debug!(
@@ -60,4 +82,26 @@ pub fn xlb_events(ctx: XdpContext) -> u32 {
         aya_log_ebpf::warn!(&ctx, "connection table insert failed");
     }
     note.action
+}
+
+/// The reason's name, copied into this CPU's scratch and read back through a length the verifier
+/// cannot know: the logging after it is then walked once, not once for each of the names (which
+/// each have a length of their own: 340,650 processed instructions before, for this program).
+#[inline(always)]
+fn reason_text(reason: GlobalStat) -> Option<&'static str> {
+    // SAFETY: a per-CPU slot, written and read by this CPU only, within this program run.
+    let text: &'static mut EventText = unsafe { &mut *EVENT_TEXT.get_ptr_mut(0)? };
+    let name = reason.name().as_bytes();
+    let n = name.len().min(TEXT_LEN);
+    text.bytes[..n].copy_from_slice(&name[..n]);
+    // SAFETY: both pointers come from a live reference.
+    let len = unsafe {
+        core::ptr::write_volatile(&raw mut text.len, n as u32);
+        core::ptr::read_volatile(&raw const text.len) as usize
+    };
+    if len > TEXT_LEN {
+        return None;
+    }
+    // SAFETY: the bytes are a prefix of an ASCII name.
+    Some(unsafe { core::str::from_utf8_unchecked(&text.bytes[..len]) })
 }
