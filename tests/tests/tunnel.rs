@@ -407,19 +407,7 @@ fn icmp_errors_about_a_flow_go_to_the_flows_real_server() {
     // reply to the client was too big: it quotes VIP:8080 -> CLIENT:42000.
     let syn = Ipv4Packet::tcp(CLIENT, 42000, VIP, 8080, SYN).build();
     assert_eq!(bench.run(&syn).action, action::TX);
-    let quoted = Ipv4Packet::tcp(VIP, 8080, CLIENT, 42000, ACK).ip_bytes();
-    let mut body = vec![3u8, 4, 0, 0, 0, 0, 0x05, 0x00];
-    body.extend_from_slice(&quoted[..28]);
-    let error = Ipv4Packet::new(
-        [10, 10, 0, 254],
-        VIP,
-        L4::Raw {
-            proto: 1,
-            bytes: body,
-        },
-    );
-    let mut error = error;
-    error.payload.clear();
+    let error = icmp_error_v4(VIP, 8080, 42000);
     let input = error.build();
     let mut expected = input.clone();
     expected[0..6].copy_from_slice(&DR_RS_MAC);
@@ -450,18 +438,7 @@ fn icmp_errors_about_a_flow_go_to_the_flows_real_server() {
     );
 
     // IPv6: "packet too big" quoting VIP6:8080 -> client.
-    let quoted = Ipv6Packet::tcp(v6(0x100), 8080, v6(0x50), 42001, ACK).ip_bytes();
-    let mut body = vec![2u8, 0, 0, 0, 0, 0, 0x05, 0x00];
-    body.extend_from_slice(&quoted[..48]);
-    let mut error = Ipv6Packet::new(
-        v6(0xfe),
-        v6(0x100),
-        L4::Raw {
-            proto: 58,
-            bytes: body,
-        },
-    );
-    error.payload.clear();
+    let error = icmp_error_v6(v6(0x100), 8080, 42001);
     let input = error.build();
     let mut expected = input.clone();
     expected[0..6].copy_from_slice(&DR_RS_MAC);
@@ -699,18 +676,7 @@ fn tunneled_packets_without_df_get_an_ip_id_from_their_own_and_their_flow() {
 fn icmp_errors_quoting_another_address_and_ipv6_protocols_get_their_verdicts() {
     let bench = bench();
     // An error addressed to VIP that quotes a packet sent by another VIP (10.10.0.200).
-    let quoted = Ipv4Packet::tcp([10, 10, 0, 200], 8080, CLIENT, 42000, ACK).ip_bytes();
-    let mut body = vec![3u8, 4, 0, 0, 0, 0, 0x05, 0x00];
-    body.extend_from_slice(&quoted[..28]);
-    let mut error = Ipv4Packet::new(
-        [10, 10, 0, 254],
-        VIP,
-        L4::Raw {
-            proto: 1,
-            bytes: body.clone(),
-        },
-    );
-    error.payload.clear();
+    let error = icmp_error_v4([10, 10, 0, 200], 8080, 42000);
     let input = error.build();
     bench.expect(
         "ICMP error to the VIP quoting another address's flow",
@@ -721,18 +687,7 @@ fn icmp_errors_quoting_another_address_and_ipv6_protocols_get_their_verdicts() {
     );
     // The same error quoting the VIP's own flow, with an IP length that ends before the quoted
     // ports.
-    let quoted = Ipv4Packet::tcp(VIP, 8080, CLIENT, 42000, ACK).ip_bytes();
-    let mut body = vec![3u8, 4, 0, 0, 0, 0, 0x05, 0x00];
-    body.extend_from_slice(&quoted[..28]);
-    let mut error = Ipv4Packet::new(
-        [10, 10, 0, 254],
-        VIP,
-        L4::Raw {
-            proto: 1,
-            bytes: body,
-        },
-    );
-    error.payload.clear();
+    let error = icmp_error_v4(VIP, 8080, 42000);
     let cut = with_ipv4_length(&error.build(), 20 + 8 + 20 + 2);
     bench.expect(
         "ICMP error whose IP length ends inside the quoted ports",
@@ -743,18 +698,7 @@ fn icmp_errors_quoting_another_address_and_ipv6_protocols_get_their_verdicts() {
     );
 
     // IPv6: the same mismatch.
-    let quoted = Ipv6Packet::tcp(v6(0x200), 8080, v6(0x50), 42001, ACK).ip_bytes();
-    let mut body = vec![2u8, 0, 0, 0, 0, 0, 0x05, 0x00];
-    body.extend_from_slice(&quoted[..48]);
-    let mut error = Ipv6Packet::new(
-        v6(0xfe),
-        v6(0x100),
-        L4::Raw {
-            proto: 58,
-            bytes: body,
-        },
-    );
-    error.payload.clear();
+    let error = icmp_error_v6(v6(0x200), 8080, 42001);
     let input = error.build();
     bench.expect(
         "ICMPv6 error to the VIP quoting another address's flow",
@@ -971,18 +915,7 @@ fn mutated_packets_are_never_aborted_misforwarded_or_answered_wrongly() {
     let mut udp = Ipv4Packet::udp(CLIENT, 40002, VIP, 53);
     udp.eth_dst = OUR_MAC;
     templates.push(udp.build());
-    let quoted = Ipv4Packet::tcp(VIP, 8080, CLIENT, 40001, ACK).ip_bytes();
-    let mut body = vec![3u8, 4, 0, 0, 0, 0, 0x05, 0x00];
-    body.extend_from_slice(&quoted[..28]);
-    let mut error = Ipv4Packet::new(
-        [10, 10, 0, 254],
-        VIP,
-        L4::Raw {
-            proto: 1,
-            bytes: body,
-        },
-    );
-    error.payload.clear();
+    let error = icmp_error_v4(VIP, 8080, 40001);
     templates.push(error.build());
 
     let seed = 0x786c_6221;
@@ -1047,4 +980,40 @@ fn mutated_packets_are_never_aborted_misforwarded_or_answered_wrongly() {
         failures.len(),
         failures[..failures.len().min(10)].join("\n")
     );
+}
+
+/// A router's "fragmentation needed" to the VIP about a TCP ACK that `from`:`sport` sent to the
+/// client's port `client_port`, quoting its IP header and 8 bytes.
+fn icmp_error_v4(from: [u8; 4], sport: u16, client_port: u16) -> Ipv4Packet {
+    let quoted = Ipv4Packet::tcp(from, sport, CLIENT, client_port, ACK).ip_bytes();
+    let mut body = vec![3u8, 4, 0, 0, 0, 0, 0x05, 0x00];
+    body.extend_from_slice(&quoted[..28]);
+    let mut error = Ipv4Packet::new(
+        [10, 10, 0, 254],
+        VIP,
+        L4::Raw {
+            proto: 1,
+            bytes: body,
+        },
+    );
+    error.payload.clear();
+    error
+}
+
+/// A router's "packet too big" to the IPv6 VIP about a TCP ACK that `from`:`sport` sent to the
+/// client's port `client_port`, quoting its IPv6 header and 8 bytes.
+fn icmp_error_v6(from: [u8; 16], sport: u16, client_port: u16) -> Ipv6Packet {
+    let quoted = Ipv6Packet::tcp(from, sport, v6(0x50), client_port, ACK).ip_bytes();
+    let mut body = vec![2u8, 0, 0, 0, 0, 0, 0x05, 0x00];
+    body.extend_from_slice(&quoted[..48]);
+    let mut error = Ipv6Packet::new(
+        v6(0xfe),
+        v6(0x100),
+        L4::Raw {
+            proto: 58,
+            bytes: body,
+        },
+    );
+    error.payload.clear();
+    error
 }
