@@ -43,6 +43,9 @@ pub const EGRESS: &str = "XLB_EGRESS";
 /// Index 0 → [`crate::DataplaneConfig`]. Written by userspace.
 pub const CONFIG: &str = "XLB_CONFIG";
 
+/// Program: the balancer for frames with a VLAN tag (the same code with the IP header at 18),
+/// reached by a tail call from [`PROG_BALANCER`].
+pub const PROG_BALANCER_VLAN: &str = "xlb_vlan";
 /// Program: the balancer's debug events, reached by a tail call when they are switched on.
 pub const PROG_EVENTS: &str = "xlb_events";
 /// Program: the balancer's ICMP "fragmentation needed" / "packet too big" replies, reached by a
@@ -52,8 +55,9 @@ pub const PROG_ICMP_REPLY: &str = "xlb_icmp_reply";
 /// real server's cached next hop is stale.
 pub const PROG_NEXT_HOP: &str = "xlb_next_hop";
 /// Slot → a program the balancer tail-calls: [`TAIL_CALL_EVENTS`], [`TAIL_CALL_ICMP_REPLY`],
-/// [`TAIL_CALL_NEXT_HOP`], and [`TAIL_CALL_BALANCER`] (the balancer itself, which the next-hop
-/// program runs again once the cache is filled). Written by userspace.
+/// [`TAIL_CALL_NEXT_HOP`], [`TAIL_CALL_BALANCER`] (the balancer itself, which the next-hop
+/// program runs again once the cache is filled) and [`TAIL_CALL_BALANCER_VLAN`]. Written by
+/// userspace.
 pub const TAIL_CALLS: &str = "XLB_TAIL_CALLS";
 /// Slot of [`TAIL_CALLS`] holding [`PROG_EVENTS`].
 pub const TAIL_CALL_EVENTS: u32 = 0;
@@ -63,8 +67,10 @@ pub const TAIL_CALL_ICMP_REPLY: u32 = 1;
 pub const TAIL_CALL_NEXT_HOP: u32 = 2;
 /// Slot of [`TAIL_CALLS`] holding [`PROG_BALANCER`].
 pub const TAIL_CALL_BALANCER: u32 = 3;
+/// Slot of [`TAIL_CALLS`] holding [`PROG_BALANCER_VLAN`].
+pub const TAIL_CALL_BALANCER_VLAN: u32 = 4;
 /// Slots of [`TAIL_CALLS`].
-pub const TAIL_CALL_SLOTS: u32 = 4;
+pub const TAIL_CALL_SLOTS: u32 = 5;
 /// Index 0 → per-CPU [`crate::config::NextHopRequest`], the balancer's request to the next-hop
 /// program. Written by the data path.
 pub const NEXT_HOP_REQUEST: &str = "XLB_NH_REQUEST";

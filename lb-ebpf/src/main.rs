@@ -49,25 +49,37 @@ mod program {
         conntrack, events, forward, maps, parse, schedule, service, stats, verdict::Verdict,
     };
 
-    /// The balancer's entry point: decide, count the verdict, return it (through the debug-event
-    /// program when events are on).
+    /// The balancer's entry point, for frames without a VLAN tag (it hands tagged ones to
+    /// [`xlb_vlan`]).
     #[xdp]
     pub fn xlb_balancer(ctx: XdpContext) -> u32 {
+        run::<false>(&ctx)
+    }
+
+    /// The balancer for frames with a VLAN tag: the same code, with the IP header at 18.
+    #[xdp]
+    pub fn xlb_vlan(ctx: XdpContext) -> u32 {
+        run::<true>(&ctx)
+    }
+
+    /// Decide, count the verdict, return it (through the debug-event program when events are on).
+    #[inline(always)]
+    fn run<const TAGGED: bool>(ctx: &XdpContext) -> u32 {
         let mut note = DebugEvent::default();
-        let verdict = balance(&ctx, &mut note);
+        let verdict = balance::<TAGGED>(ctx, &mut note);
         stats::count_verdict(&verdict);
         // A known flow forwarded has nothing to tell: it skips even the switch's load.
         let eventful = !verdict.is_forwarded() || note.kind != EVENT_NONE;
         if eventful && maps::debug_events() {
-            events::hand_over(&ctx, &verdict, note);
+            events::hand_over(ctx, &verdict, note);
         }
         verdict.action()
     }
 
     /// The verdict for one packet; `note` gets what a debug event would say about a new flow.
     #[inline(always)]
-    fn balance(ctx: &XdpContext, note: &mut DebugEvent) -> Verdict {
-        let packet = match parse::parse(ctx) {
+    fn balance<const TAGGED: bool>(ctx: &XdpContext, note: &mut DebugEvent) -> Verdict {
+        let packet = match parse::parse::<TAGGED>(ctx) {
             Ok(packet) => packet,
             Err(verdict) => return verdict,
         };

@@ -24,16 +24,19 @@
 //!   itself.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{FlowKey, GlobalStat, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+use lb_common::{
+    maps::TAIL_CALL_BALANCER_VLAN, FlowKey, GlobalStat, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP,
+};
 pub use lb_ebpf::packet::ptr_at;
 use lb_ebpf::packet::{self, ETH_P_IP, ETH_P_IPV6};
 use network_types::{
+    eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
     udp::UdpHdr,
 };
 
-use crate::{service, verdict::Verdict};
+use crate::{maps, service, verdict::Verdict};
 
 const IP_DF: u16 = 0x4000;
 const IP_MF: u16 = 0x2000;
@@ -78,11 +81,24 @@ pub struct Packet {
     pub icmp_error: bool,
 }
 
-/// Parse the packet down to its flow, or say why it is not forwarded.
+/// Parse the packet down to its flow, or say why it is not forwarded. `TAGGED`: the program for
+/// frames with a VLAN tag (IP header at 18), else the one for frames without (at 14), which
+/// hands a tagged frame to the other by a tail call: each program then knows where its IP header
+/// is, and the verifier walks each once instead of the two offsets through one program.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
+pub fn parse<const TAGGED: bool>(ctx: &XdpContext) -> Result<Packet, Verdict> {
     let (ether_type, l3) =
         packet::ether_type(ctx).ok_or(Verdict::pass(GlobalStat::PassMalformed))?;
+    let tagged = l3 != EthHdr::LEN;
+    if tagged != TAGGED {
+        if tagged {
+            // SAFETY: the context is this program's; the tail call does not return on success.
+            unsafe { maps::TAIL_CALLS.tail_call(ctx, TAIL_CALL_BALANCER_VLAN) };
+        }
+        // Only when the tagged program is missing from its slot (or the untagged one was
+        // tail-called for a frame with a tag): the kernel gets the frame as it is.
+        return Err(Verdict::pass(GlobalStat::PassNotIp));
+    }
     match ether_type {
         ETH_P_IP => parse_v4(ctx, l3),
         ETH_P_IPV6 => parse_v6(ctx, l3),

@@ -970,14 +970,16 @@ fn interface_indexes() -> Vec<u32> {
 
 /// The balancer program of a loaded object.
 /// Loads the programs the balancer tail-calls (debug events, ICMP replies, next-hop lookups:
-/// rare work kept out of the balancer, see `lb-ebpf/src/events.rs`, `icmp.rs`, `next_hop.rs`)
-/// and puts each in its slot, with the balancer itself, which the next-hop program runs again.
+/// rare work kept out of the balancer, see `lb-ebpf/src/events.rs`, `icmp.rs`, `next_hop.rs`;
+/// and its twin for VLAN-tagged frames) and puts each in its slot, with the balancer itself,
+/// which the next-hop program runs again.
 fn install_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
     for (name, slot) in [
         (names::PROG_EVENTS, names::TAIL_CALL_EVENTS),
         (names::PROG_ICMP_REPLY, names::TAIL_CALL_ICMP_REPLY),
         (names::PROG_NEXT_HOP, names::TAIL_CALL_NEXT_HOP),
         (names::PROG_BALANCER, names::TAIL_CALL_BALANCER),
+        (names::PROG_BALANCER_VLAN, names::TAIL_CALL_BALANCER_VLAN),
     ] {
         let program: &mut Xdp = ebpf
             .program_mut(name)
