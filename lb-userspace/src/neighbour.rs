@@ -57,6 +57,7 @@ const NLM_F_REPLACE: u16 = 0x100;
 const NLM_F_CREATE: u16 = 0x400;
 const RTM_GETROUTE: u16 = 26;
 const RTM_NEWNEIGH: u16 = 28;
+const RTM_GETNEIGH: u16 = 30;
 const RTM_F_LOOKUP_TABLE: u32 = 0x1000;
 const RTN_LOCAL: u8 = 2;
 const RTA_DST: u16 = 1;
@@ -66,6 +67,7 @@ const NDA_DST: u16 = 1;
 const NDA_FLAGS_EXT: u16 = 15;
 const NTF_EXT_MANAGED: u32 = 1;
 const NUD_NONE: u16 = 0;
+const NUD_PERMANENT: u16 = 0x80;
 const NLMSG_HDRLEN: usize = 16;
 
 /// A route socket of the calling thread's network namespace.
@@ -255,6 +257,13 @@ impl Netlink {
         ndmsg.extend_from_slice(&(hop.ifindex as i32).to_ne_bytes());
         ndmsg.extend_from_slice(&NUD_NONE.to_ne_bytes());
         ndmsg.extend_from_slice(&[0, 0]);
+        // An entry the operator made permanent is theirs: left as it is.
+        if let Ok(entry) = self.request(RTM_GETNEIGH, 0, &ndmsg, &[(NDA_DST, &dst)]) {
+            if entry_state(&entry) & NUD_PERMANENT != 0 {
+                tracing::debug!(%addr, next_hop = %hop.addr, "a permanent neighbour entry is in place: left alone");
+                return Ok(());
+            }
+        }
         self.request(
             RTM_NEWNEIGH,
             NLM_F_ACK | NLM_F_REPLACE | NLM_F_CREATE,
@@ -270,8 +279,17 @@ impl Netlink {
     }
 }
 
-/// Makes the kernel resolve the next hop towards `addr` now and keep it resolved. Runs in the
-/// calling thread's network namespace.
+/// The `ndm_state` of a neighbour entry as the kernel answers it (struct ndmsg: family, 3 bytes of
+/// padding, ifindex, state, ...); 0 when the answer is too short.
+fn entry_state(ndmsg: &[u8]) -> u16 {
+    ndmsg
+        .get(8..10)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u16::from_ne_bytes)
+}
+
+/// Makes the kernel resolve the next hop towards `addr` now and keep it resolved (leaving an
+/// operator's permanent entry alone). Runs in the calling thread's network namespace.
 pub fn keep_resolved(addr: IpAddr) -> Result<(), NeighbourError> {
     Netlink::open()?.keep_resolved(addr)
 }
@@ -279,6 +297,16 @@ pub fn keep_resolved(addr: IpAddr) -> Result<(), NeighbourError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_neighbour_entrys_state_is_read_from_its_header() {
+        let mut ndmsg = vec![2u8, 0, 0, 0];
+        ndmsg.extend_from_slice(&7i32.to_ne_bytes());
+        ndmsg.extend_from_slice(&NUD_PERMANENT.to_ne_bytes());
+        ndmsg.extend_from_slice(&[0, 1]);
+        assert_eq!(entry_state(&ndmsg), NUD_PERMANENT);
+        assert_eq!(entry_state(&ndmsg[..9]), 0, "a short answer has no state");
+    }
 
     #[test]
     fn attributes_are_padded_to_four_bytes_and_read_back() {

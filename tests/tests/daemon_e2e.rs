@@ -504,3 +504,43 @@ fn xlbd_under_ip_netns_exec_refuses_pins_that_would_vanish_and_nsenter_keeps_the
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_permanent_neighbour_entry_the_operator_made_is_left_alone() {
+    root::require();
+    let lab = DrLab::new(2);
+    let daemon = Daemon::start(&lab.balancer);
+    let vip = format!("{VIP}:80");
+    // The operator pins real server 1's MAC; real server 2 is left to xlbd.
+    let pinned = "02:00:00:00:99:01";
+    lab.balancer.sh(&format!(
+        "ip neigh replace {} lladdr {pinned} dev eth0 nud permanent",
+        real_addr(0)
+    ));
+    daemon.adm_ok(&["-A", "-t", &vip, "-s", "mh"]);
+    for i in 0..2 {
+        daemon.adm_ok(&[
+            "-a",
+            "-t",
+            &vip,
+            "-r",
+            &format!("{}:80", real_addr(i)),
+            "-g",
+        ]);
+    }
+    let first = lab
+        .balancer
+        .sh(&format!("ip neigh show {} dev eth0", real_addr(0)));
+    assert!(
+        first.contains(pinned) && first.contains("PERMANENT") && !first.contains("MANAGED"),
+        "the operator's entry was replaced: {first}"
+    );
+    let second = lab
+        .balancer
+        .sh(&format!("ip -d neigh show {} dev eth0", real_addr(1)));
+    assert!(
+        second.contains("managed") || second.contains("MANAGED"),
+        "real server 2 has no managed entry: {second}"
+    );
+}
