@@ -24,6 +24,9 @@ pub struct FlowKey {
 
 /// The connection has seen a TCP FIN or RST: ipvsadm counts it as inactive.
 pub const CONN_F_CLOSING: u32 = 1 << 0;
+/// [`Connection::flags`] bits from this one up hold an IPv6 flow's flow label (the low 20 bits of
+/// its flow hash), kept for the outer header of a tunnel so that a known flow needs no hash.
+pub const CONN_FLOW_LABEL_SHIFT: u32 = 12;
 
 /// What the connection table remembers about a flow.
 #[repr(C)]

@@ -7,7 +7,10 @@
 //! followed.
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use lb_common::{conntrack::CONN_F_CLOSING, Connection, GlobalStat, RealServer};
+use lb_common::{
+    conntrack::{CONN_FLOW_LABEL_SHIFT, CONN_F_CLOSING},
+    Connection, GlobalStat, RealServer,
+};
 
 use crate::{maps, parse::Packet, stats};
 
@@ -19,6 +22,8 @@ pub struct Known {
     pub real_id: u32,
     /// The real server.
     pub real: RealServer,
+    /// The flow label it recorded (IPv6; 0 when none).
+    pub flow_label: u32,
 }
 
 /// The service and real server of a known flow, refreshing its entry. A flow whose server or
@@ -45,17 +50,19 @@ pub fn lookup(packet: &Packet, now: u64) -> Option<Known> {
         service: conn.service,
         real_id: conn.real,
         real,
+        flow_label: conn.flags >> CONN_FLOW_LABEL_SHIFT,
     })
 }
 
 /// Remember the real server chosen for a new flow; whether the table took it.
 #[inline(always)]
-pub fn remember(packet: &Packet, service: u32, real: u32, now: u64) -> bool {
+pub fn remember(packet: &Packet, service: u32, real: u32, flow_label: u32, now: u64) -> bool {
     let conn = Connection {
         real,
         service,
         last_seen_ns: now,
-        flags: if packet.closing { CONN_F_CLOSING } else { 0 },
+        flags: (flow_label << CONN_FLOW_LABEL_SHIFT)
+            | if packet.closing { CONN_F_CLOSING } else { 0 },
         service_epoch: maps::service_epoch(service),
     };
     stats::count(GlobalStat::ConntrackMiss);

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::XdpContext,
     EbpfContext as _,
 };
-use lb_common::{hash::flow_hash, Forwarding, GlobalStat, RealServer, FAMILY_V4};
+use lb_common::{Forwarding, GlobalStat, RealServer, FAMILY_V4};
 
 use lb_ebpf::packet::{PROTO_IPIP, PROTO_IPV6};
 
@@ -34,13 +34,15 @@ const IPV4_HDR_LEN: usize = 20;
 const IPV6_HDR_LEN: usize = 40;
 const TUNNEL_TTL: u8 = 64;
 
-/// Send the packet to `real` by its forwarding method; `now` is the packet's coarse time.
+/// Send the packet to `real` by its forwarding method; `flow_label` is an IPv6 flow's (for a
+/// tunnel's outer header), `now` the packet's coarse time.
 #[inline(always)]
 pub fn forward(
     ctx: &XdpContext,
     packet: &Packet,
     real_id: u32,
     real: &RealServer,
+    flow_label: u32,
     now: u64,
 ) -> Verdict {
     if real.family != packet.flow.family {
@@ -49,7 +51,7 @@ pub fn forward(
     }
     match Forwarding::from_u8(real.forward) {
         Some(Forwarding::DirectRoute) => direct_route(ctx, packet, real_id, real, now),
-        Some(Forwarding::Tunnel) => tunnel(ctx, packet, real_id, real, now),
+        Some(Forwarding::Tunnel) => tunnel(ctx, packet, real_id, real, flow_label, now),
         None => Verdict::drop(GlobalStat::DropUnsupportedForward),
     }
 }
@@ -107,7 +109,14 @@ fn direct_route(
 }
 
 #[inline(always)]
-fn tunnel(ctx: &XdpContext, packet: &Packet, real_id: u32, real: &RealServer, now: u64) -> Verdict {
+fn tunnel(
+    ctx: &XdpContext,
+    packet: &Packet,
+    real_id: u32,
+    real: &RealServer,
+    flow_label: u32,
+    now: u64,
+) -> Verdict {
     let (overhead, proto) = if real.family == FAMILY_V4 {
         (IPV4_HDR_LEN, PROTO_IPIP)
     } else {
@@ -160,7 +169,7 @@ fn tunnel(ctx: &XdpContext, packet: &Packet, real_id: u32, real: &RealServer, no
     let written = if real.family == FAMILY_V4 {
         write_outer_v4(ctx, l3, packet, params.src[0], real.addr[0], outer_len)
     } else {
-        write_outer_v6(ctx, l3, packet, params.src, real.addr)
+        write_outer_v6(ctx, l3, packet, params.src, real.addr, flow_label)
     };
     if !written {
         return Verdict::drop(GlobalStat::DropAdjustFailed);
@@ -220,13 +229,16 @@ fn write_outer_v6(
     packet: &Packet,
     src: [u32; 4],
     dst: [u32; 4],
+    flow_label: u32,
 ) -> bool {
     let Some(ip) = ptr_at::<[u8; IPV6_HDR_LEN]>(ctx, l3) else {
         return false;
     };
     // SAFETY: ptr_at checked that the header lies inside the packet.
     let ip = unsafe { &mut *ip };
-    let label = flow_hash(&packet.flow) & 0x000f_ffff;
+    // Worked out for a new flow and remembered with its connection (0, "unlabeled", for an
+    // entry made before labels were kept).
+    let label = flow_label & 0x000f_ffff;
     let vcf = (6u32 << 28) | (u32::from(packet.tos) << 20) | label;
     ip[0..4].copy_from_slice(&vcf.to_be_bytes());
     ip[4..6].copy_from_slice(&packet.ip_len.to_be_bytes());

@@ -84,8 +84,14 @@ mod program {
             Err(verdict) => return verdict,
         };
         let now = conntrack::now();
-        let (service, real_id, real, new_flow) = match conntrack::lookup(&packet, now) {
-            Some(known) => (known.service, known.real_id, known.real, false),
+        let (service, real_id, real, flow_label, new_flow) = match conntrack::lookup(&packet, now) {
+            Some(known) => (
+                known.service,
+                known.real_id,
+                known.real,
+                known.flow_label,
+                false,
+            ),
             None => {
                 let Some(svc) = service::lookup(&packet.flow) else {
                     return service::confirm_vip(
@@ -100,10 +106,16 @@ mod program {
                 let Some(real) = maps::real(real_id) else {
                     return Verdict::drop(lb_common::GlobalStat::DropNoReal);
                 };
-                (svc.id, real_id, real, true)
+                // IPv6: worked out once, remembered with the connection for its later packets.
+                let flow_label = if packet.flow.family == lb_common::FAMILY_V6 {
+                    lb_common::hash::flow_hash(&packet.flow) & 0x000f_ffff
+                } else {
+                    0
+                };
+                (svc.id, real_id, real, flow_label, true)
             }
         };
-        let verdict = forward::forward(ctx, &packet, real_id, &real, now);
+        let verdict = forward::forward(ctx, &packet, real_id, &real, flow_label, now);
         // Counted once forward() is back: when the next hop had to be looked up, the balancer ran
         // again on the packet (see next_hop.rs), and only that run gets here.
         if !new_flow {
@@ -116,7 +128,7 @@ mod program {
             if packet.icmp_error {
                 stats::count(lb_common::GlobalStat::SeenIcmpErrorForwarded);
             } else if new_flow {
-                note.kind = if conntrack::remember(&packet, service, real_id, now) {
+                note.kind = if conntrack::remember(&packet, service, real_id, flow_label, now) {
                     EVENT_NEW_FLOW
                 } else {
                     EVENT_INSERT_FAILED

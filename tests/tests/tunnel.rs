@@ -257,6 +257,25 @@ fn ipv6_in_ipv6_and_ipv6_direct_routing_are_exact() {
         &expected,
         GlobalStat::VerdictTx,
     );
+    // The flow's next packet: the flow label remembered with its connection, the same.
+    let mut ack = syn.clone();
+    ack.l4 = L4::Tcp {
+        sport: 40000,
+        dport: 80,
+        flags: ACK,
+    };
+    let inner = ack.ip_bytes();
+    let mut expected = ethernet(RS_MAC, OUR_MAC, None, 0x86dd);
+    expected.extend_from_slice(&outer);
+    expected[18..20].copy_from_slice(&(inner.len() as u16).to_be_bytes());
+    expected.extend_from_slice(&inner);
+    bench.expect(
+        "IPv6 TCP ACK of the known flow to a tunnel service",
+        &ack.build(),
+        action::TX,
+        &expected,
+        GlobalStat::ConntrackHit,
+    );
 
     let mut dr = Ipv6Packet::tcp(v6(0x50), 40001, v6(0x100), 8080, SYN);
     dr.eth_dst = OUR_MAC;
