@@ -214,8 +214,8 @@ base_services() {
 		-A -t [fd00:10::101]:80 -s mh
 		-a -t [fd00:10::101]:80 -r [fd00:10::22]:80 -i -w 1
 	EOF
-	# xlbd made each real's neighbour entry "managed" (ip neigh replace ... managed): nothing
-	# answers here, so put the fixed entries back (it only does that when a real is added).
+	# The fixed entries again, in case one was missing when xlbd added its real server (xlbd
+	# leaves a permanent entry alone, and makes any other one "managed"; nothing answers here).
 	neighbours
 }
 base_services

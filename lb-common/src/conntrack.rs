@@ -39,7 +39,7 @@ pub struct Connection {
     /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC, to the last tick) of the flow's last packet,
     /// for idle accounting in userspace.
     pub last_seen_ns: u64,
-    /// `CONN_F_*` bits.
+    /// `CONN_F_*` bits, and from [`CONN_FLOW_LABEL_SHIFT`] up an IPv6 flow's flow label.
     pub flags: u32,
     /// The service's epoch when the flow was given its server ([`crate::maps::SERVICE_EPOCHS`]):
     /// a known flow is forwarded without looking its service up, and only while the service that

@@ -832,7 +832,8 @@ fn stats(c: lb_common::Counters) -> Stats {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the data path's `bpf_ktime_get_coarse_ns`, which
+/// lags it by at most a tick.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
