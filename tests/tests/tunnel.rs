@@ -474,14 +474,8 @@ fn icmp_errors_about_a_flow_go_to_the_flows_real_server() {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn the_decapsulator_strips_only_tunnels_addressed_to_us() {
-    root::require();
-    let ns = Netns::new("decap");
-    ns.sh("ip link add dx0 type veth peer name dx1 && ip link set dx0 up && ip link set dx1 up");
-    let ifindex = ns.ifindex("dx0");
-    let ours: Vec<IpAddr> = vec![IpAddr::from(TUN_RS), IpAddr::from(v6(0x21))];
-    let decap = Decapsulator::load(&ours, None).expect("load the decapsulator");
-    let program = decap.program().expect("program");
-    let run = |p: &[u8]| ns.enter(|| fixture::run(program, p, ifindex));
+    let bench = DecapBench::new();
+    let run = |p: &[u8]| bench.run(p);
 
     let inner = Ipv4Packet::tcp(CLIENT, 40000, VIP, 80, SYN).ip_bytes();
     let tunneled = ipip(&inner);
@@ -752,14 +746,8 @@ fn icmp_errors_quoting_another_address_and_ipv6_protocols_get_their_verdicts() {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn the_decapsulator_leaves_wrong_versions_and_lying_lengths_to_the_kernel() {
-    root::require();
-    let ns = Netns::new("decap");
-    ns.sh("ip link add dx0 type veth peer name dx1 && ip link set dx0 up && ip link set dx1 up");
-    let ifindex = ns.ifindex("dx0");
-    let ours: Vec<IpAddr> = vec![IpAddr::from(TUN_RS), IpAddr::from(v6(0x21))];
-    let decap = Decapsulator::load(&ours, None).expect("load the decapsulator");
-    let program = decap.program().expect("program");
-    let run = |p: &[u8]| ns.enter(|| fixture::run(program, p, ifindex));
+    let bench = DecapBench::new();
+    let run = |p: &[u8]| bench.run(p);
 
     let inner6 = Ipv6Packet::tcp(v6(0x50), 40000, v6(0x100), 80, SYN).ip_bytes();
     let mut frame = ethernet(RS_MAC, OUR_MAC, None, 0x86dd);
@@ -1035,4 +1023,32 @@ fn icmp_error_v6(from: [u8; 16], sport: u16, client_port: u16) -> Ipv6Packet {
     );
     error.payload.clear();
     error
+}
+
+/// The real-server decapsulator loaded for the tunnel real servers' addresses, run as if on a
+/// veth of a namespace of its own.
+struct DecapBench {
+    ns: Netns,
+    decap: Decapsulator,
+    ifindex: u32,
+}
+
+impl DecapBench {
+    fn new() -> Self {
+        root::require();
+        let ns = Netns::new("decap");
+        ns.sh(
+            "ip link add dx0 type veth peer name dx1 && ip link set dx0 up && ip link set dx1 up",
+        );
+        let ifindex = ns.ifindex("dx0");
+        let ours: Vec<IpAddr> = vec![IpAddr::from(TUN_RS), IpAddr::from(v6(0x21))];
+        let decap = Decapsulator::load(&ours, None).expect("load the decapsulator");
+        Self { ns, decap, ifindex }
+    }
+
+    fn run(&self, packet: &[u8]) -> fixture::Outcome {
+        let program = self.decap.program().expect("program");
+        self.ns
+            .enter(|| fixture::run(program, packet, self.ifindex))
+    }
 }
