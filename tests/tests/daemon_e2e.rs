@@ -27,6 +27,24 @@ fn stats_line(listing: &str, service: &str) -> Vec<u64> {
         .collect()
 }
 
+/// With xlbadm: a Maglev service on `vip` and the lab's first `reals` real servers by direct
+/// routing, weight 1.
+fn add_dr_service(daemon: &Daemon, vip: &str, reals: usize) {
+    daemon.adm_ok(&["-A", "-t", vip, "-s", "mh"]);
+    for i in 0..reals {
+        daemon.adm_ok(&[
+            "-a",
+            "-t",
+            vip,
+            "-r",
+            &format!("{}:80", real_addr(i)),
+            "-g",
+            "-w",
+            "1",
+        ]);
+    }
+}
+
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn xlbadm_configures_xlbd_which_survives_a_restart_without_losing_a_request() {
@@ -36,19 +54,7 @@ fn xlbadm_configures_xlbd_which_survives_a_restart_without_losing_a_request() {
     let vip = format!("{VIP}:80");
 
     // Configure with xlbadm only.
-    daemon.adm_ok(&["-A", "-t", &vip, "-s", "mh"]);
-    for i in 0..2 {
-        daemon.adm_ok(&[
-            "-a",
-            "-t",
-            &vip,
-            "-r",
-            &format!("{}:80", real_addr(i)),
-            "-g",
-            "-w",
-            "1",
-        ]);
-    }
+    add_dr_service(&daemon, &vip, 2);
     let dup = daemon.adm(&["-A", "-t", &vip]);
     assert_eq!(dup.status.code(), Some(255));
     assert!(String::from_utf8_lossy(&dup.stderr).contains("Service already exists"));
@@ -518,17 +524,7 @@ fn a_permanent_neighbour_entry_the_operator_made_is_left_alone() {
         "ip neigh replace {} lladdr {pinned} dev eth0 nud permanent",
         real_addr(0)
     ));
-    daemon.adm_ok(&["-A", "-t", &vip, "-s", "mh"]);
-    for i in 0..2 {
-        daemon.adm_ok(&[
-            "-a",
-            "-t",
-            &vip,
-            "-r",
-            &format!("{}:80", real_addr(i)),
-            "-g",
-        ]);
-    }
+    add_dr_service(&daemon, &vip, 2);
     let first = lab
         .balancer
         .sh(&format!("ip neigh show {} dev eth0", real_addr(0)));
