@@ -287,6 +287,14 @@ END {
 			printf "%-24s best %5d  net %5d  x swap_tx %6.2f%s\n", x, best[x], best[x]-f, (ft>0 ? best[x]/ft : 0), ok[x] ? "" : "  (a check FAILED)"
 		}
 	}
+	if ("floor.lru_tx" in best) {
+		fl=best["floor.lru_tx"]-fp
+		printf "\nphysical floor of a known flow (parse, one LRU lookup with a 40-byte key, swap MACs, XDP_TX): %d ns, net %d", best["floor.lru_tx"], fl
+		if ("ref.lru16_tx" in best) printf " (16-byte IPv4 key: net %d)", best["ref.lru16_tx"]-fp
+		printf "\n"
+		split("xlb.ack_hit_dr|xlb.ack_hit_tun|xlb.ack_hit_dr6|xlb.ack_hit_tun6|katran.ack_hit|katran.ack_hit6", fs, "|")
+		for (i=1; i in fs; i++) if ((fs[i] in best) && fl > 0) printf "  %-22s net %4d = %5.2f x the floor\n", fs[i], best[fs[i]]-fp, (best[fs[i]]-fp)/fl
+	}
 	printf "(net and ratio: xlb/Katran of (case - XDP_PASS floor); ratio/TX: over the swap+XDP_TX floor for forwarded cases;\n ratio(med): the same with medians; the new-flow rows use the new-flow wrapper floor for both)\n"
 }'
 

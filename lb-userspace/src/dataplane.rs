@@ -218,6 +218,9 @@ pub struct Dataplane {
     vip_filter: Array<MapData, u64>,
     /// How many VIP addresses share each set bit of the VIP filter (word, bit).
     vip_filter_users: StdHashMap<(u32, u64), u32>,
+    /// The filter has every bit set (pinned maps adopted; see [`Dataplane::open_vip_filter`])
+    /// until this process's program is attached.
+    vip_filter_open: bool,
     /// Slot pairs: element `i` holds slots `2i` and `2i + 1`.
     maglev: Array<MapData, [u32; 2]>,
     /// A second descriptor of the Maglev map for batch updates, which aya does not offer.
@@ -331,6 +334,7 @@ impl Dataplane {
             vip_addrs: take(&mut ebpf, names::VIP_ADDRS)?,
             vip_filter: take(&mut ebpf, names::VIP_FILTER)?,
             vip_filter_users: StdHashMap::new(),
+            vip_filter_open: false,
             maglev: take(&mut ebpf, names::MAGLEV)?,
             service_epochs: take(&mut ebpf, names::SERVICE_EPOCHS)?,
             reals: take(&mut ebpf, names::REALS)?,
@@ -348,7 +352,11 @@ impl Dataplane {
             tables: TablePool::new(0, []),
         };
         dataplane.recover_ids()?;
-        dataplane.rebuild_vip_filter()?;
+        if pinned.is_some() {
+            dataplane.open_vip_filter()?;
+        } else {
+            dataplane.rebuild_vip_filter()?;
+        }
         Ok(dataplane)
     }
 
@@ -429,6 +437,30 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Sets every bit of the VIP filter: each packet then asks the exact VIP map. Done when this
+    /// process adopts pinned maps, where the program still attached may have been built with
+    /// another filter function (an upgrade): until this process's own program is attached (and
+    /// the filter rebuilt by [`Self::filter_for_this_program`]), neither program can miss a VIP.
+    fn open_vip_filter(&mut self) -> Result<()> {
+        for index in 0..VIP_FILTER_WORDS {
+            self.vip_filter
+                .set(index, u64::MAX, 0)
+                .map_err(map_err("writing the VIP filter"))?;
+        }
+        self.vip_filter_open = true;
+        Ok(())
+    }
+
+    /// Once this process's program is attached: the VIP filter as its filter function computes
+    /// it, when it was left open at load.
+    fn filter_for_this_program(&mut self) -> Result<()> {
+        if self.vip_filter_open {
+            self.rebuild_vip_filter()?;
+            self.vip_filter_open = false;
+        }
+        Ok(())
+    }
+
     /// A service epoch never given before: one more than the highest so far, which is kept in
     /// the map's last entry (pinned with it, so it survives restarts).
     fn next_service_epoch(&mut self) -> Result<u32> {
@@ -446,6 +478,10 @@ impl Dataplane {
 
     /// Sets or clears one bit of the VIP filter's `word`.
     fn write_vip_filter_bit(&mut self, word: u32, bit: u64, set: bool) -> Result<()> {
+        if self.vip_filter_open {
+            // Every bit stays set until the rebuild after attaching.
+            return Ok(());
+        }
         let current = self
             .vip_filter
             .get(&word, 0)
@@ -505,7 +541,7 @@ impl Dataplane {
                 action: "attaching",
                 source,
             })?;
-        Ok(())
+        self.filter_for_this_program()
     }
 
     /// Attaches the balancer to an interface through a bpf_link pinned at `pin_dir/link_<iface>`,
@@ -524,7 +560,7 @@ impl Dataplane {
             .pin(&prog_path)
             .map_err(|source| DataplaneError::Pin { source })?;
         tracing::info!(iface, replaced, "balancer attached through a pinned link");
-        Ok(())
+        self.filter_for_this_program()
     }
 
     /// Puts every interface of the calling thread's network namespace in the redirect devmap.
