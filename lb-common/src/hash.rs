@@ -83,7 +83,10 @@ pub const fn vip_filter_slot(addr: &[u32; 4], family: u8) -> (u32, u64) {
         x = x.wrapping_mul(0x9e37_79b1) ^ addr[3].swap_bytes();
     }
     let h = x.wrapping_mul(0x9e37_79b1);
-    (h >> (32 - VIP_FILTER_BITS), 1u64 << ((h >> (26 - VIP_FILTER_BITS)) & 63))
+    (
+        h >> (32 - VIP_FILTER_BITS),
+        1u64 << ((h >> (26 - VIP_FILTER_BITS)) & 63),
+    )
 }
 
 /// log2 of [`VIP_FILTER_WORDS`].

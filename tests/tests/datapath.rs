@@ -744,3 +744,77 @@ fn a_removed_services_known_flows_are_not_followed_even_while_their_server_exist
         "the flow followed its removed service's server"
     );
 }
+
+/// Removes a pin directory when dropped, so that a failing test leaves no maps behind.
+struct PinDir(std::path::PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = Dataplane::remove_pins(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The words of the pinned VIP filter.
+fn pinned_vip_filter(dir: &std::path::Path) -> Vec<u64> {
+    let data = aya::maps::MapData::from_pin(dir.join("XLB_VIP_FILTER")).expect("open the filter");
+    let filter: aya::maps::Array<_, u64> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("an array");
+    (0..filter.len())
+        .map(|i| filter.get(&i, 0).expect("read a word"))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_daemon_adopting_pinned_maps_keeps_every_vip_visible_until_its_program_is_attached() {
+    let bench = bench();
+    let pins = PinDir(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/xlbt{}-filter",
+        std::process::id()
+    )));
+    let options = LoadOptions {
+        max_services: Some(8),
+        max_connections: Some(4096),
+        pin_dir: Some(pins.0.clone()),
+        ..LoadOptions::default()
+    };
+    let mut first = Dataplane::load(&options).expect("load with pins");
+    let mut svc = TestService::add(&mut first, VIP.into(), 80, PROTO_TCP);
+    svc.add_real(&mut first, RS[0].into(), 1);
+    let precise = pinned_vip_filter(&pins.0);
+    assert_eq!(precise.iter().map(|w| w.count_ones()).sum::<u32>(), 1);
+
+    // A second daemon (an upgrade) adopts the maps while the first one's program still runs,
+    // which may have been built with another filter function: every bit is set until the new
+    // program is attached, so neither program can take a VIP for another address.
+    let mut second = Dataplane::load(&options).expect("adopt the pins");
+    assert!(
+        pinned_vip_filter(&pins.0).iter().all(|w| *w == u64::MAX),
+        "the filter was not opened while the old program may still run"
+    );
+    let run = |dp: &Dataplane, packet: &[u8]| {
+        let program = dp.program().expect("program");
+        bench
+            .ns
+            .enter(|| fixture::run(program, packet, bench.ifindex))
+    };
+    let syn = Ipv4Packet::tcp(CLIENT, 53000, VIP, 80, SYN).build();
+    let other = Ipv4Packet::tcp(CLIENT, 53000, [10, 10, 0, 99], 80, SYN).build();
+    for dp in [&first, &second] {
+        assert_eq!(run(dp, &syn).action, action::TX);
+        let out = run(dp, &other);
+        assert_eq!(out.action, action::PASS);
+        assert_eq!(out.packet, other, "a packet for no VIP was changed");
+    }
+
+    // Attached: the filter is this program's own again, with the adopted VIP in it.
+    bench
+        .ns
+        .enter(|| second.attach("fx0", aya::programs::XdpMode::Skb))
+        .expect("attach");
+    assert_eq!(pinned_vip_filter(&pins.0), precise);
+    assert_eq!(run(&second, &syn).action, action::TX);
+    drop(second);
+    drop(first);
+}
