@@ -5,6 +5,7 @@
 //! - [`maglev`]: the Maglev lookup-table builder (pure).
 //! - [`capacity`]: how many services and real servers a balancer holds; the pool of Maglev tables (pure).
 //! - [`dataplane`]: the only code that touches the balancer's BPF maps; a typed API over them.
+//! - [`datapath`]: the data path as the runtime sees it (a trait), over the maps or in memory (`fake`).
 //! - [`decap`]: the real-server decapsulator (`xlbd decap`).
 //! - [`links`]: attaching XDP programs through pinned bpf_links.
 //! - [`bpffs`]: whether a pin directory's pins outlive this process (`ip netns exec`).
@@ -28,6 +29,7 @@ pub mod capacity;
 pub mod config;
 pub mod control;
 pub mod convert;
+pub mod datapath;
 pub mod dataplane;
 pub mod decap;
 pub mod health;

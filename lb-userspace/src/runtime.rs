@@ -7,7 +7,7 @@
 //! restarted on the pinned maps knows what they hold.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
@@ -20,11 +20,12 @@ use thiserror::Error;
 use crate::{
     capacity,
     convert::{identity, real_entry, service_key},
+    datapath::DataPath,
     dataplane::{Dataplane, DataplaneError, RealId},
     health::engine::{Engine, EngineStats, Target},
-    maglev, neighbour,
+    maglev,
     plan::{plan, Step},
-    state::{DesiredState, RealServer, ServiceAddr},
+    state::{DesiredState, Protocol, RealServer, ServiceAddr},
     status::{ConnectionListing, Listing, Rates, RealHealth, RealListing, Stats},
 };
 
@@ -34,8 +35,9 @@ pub enum RuntimeError {
     /// The data path refused a step (the change was rolled back).
     #[error("the data path refused the change: {step}")]
     Dataplane {
-        /// The step, as a sentence ("adding real server 10.0.0.11:80 to service TCP ...").
-        step: String,
+        /// The step, which reads as a sentence ("adding real server 10.0.0.11:80 to service TCP
+        /// ...").
+        step: Step,
         /// The error.
         #[source]
         source: Box<DataplaneError>,
@@ -64,19 +66,127 @@ pub enum RuntimeError {
     },
 }
 
-/// Data-path ids of what is installed.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+/// Data-path ids of what is installed: per service, its real servers' ids by address and port.
+///
+/// Saved as `{"services": [{"service": {...}, "reals": {"10.0.0.11:80": 1}}]}`. An older xlbd
+/// saved it under string keys (`{"services": {"Tcp/10.0.0.1:80": {"10.0.0.11#80": 1}}}`), which
+/// are still read, so that a daemon restarted after an upgrade adopts the maps of the old one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Installed {
-    /// Per service (in the desired state's form), its real servers' ids by (address, port).
-    pub services: BTreeMap<String, BTreeMap<String, RealId>>,
+    /// Per service, its real servers' ids.
+    pub services: BTreeMap<ServiceAddr, BTreeMap<SocketAddr, RealId>>,
 }
 
-fn real_key(addr: IpAddr, port: u16) -> String {
-    format!("{addr}#{port}")
+/// One service's ids as the state file holds them.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceIds<S, R> {
+    service: S,
+    reals: R,
 }
 
-fn service_name(addr: &ServiceAddr) -> String {
-    format!("{:?}/{}", addr.protocol, addr)
+impl Serialize for Installed {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Repr<'a> {
+            services: Vec<ServiceIds<&'a ServiceAddr, &'a BTreeMap<SocketAddr, RealId>>>,
+        }
+        Repr {
+            services: self
+                .services
+                .iter()
+                .map(|(service, reals)| ServiceIds { service, reals })
+                .collect(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Installed {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Repr {
+            services: Services,
+        }
+        struct Services(BTreeMap<ServiceAddr, BTreeMap<SocketAddr, RealId>>);
+        impl<'de> Deserialize<'de> for Services {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_any(ServicesVisitor).map(Services)
+            }
+        }
+        Ok(Installed {
+            services: Repr::deserialize(deserializer)?.services.0,
+        })
+    }
+}
+
+/// Reads the installed services in either form: a list (this xlbd) or a map under string keys
+/// (older ones).
+struct ServicesVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ServicesVisitor {
+    type Value = BTreeMap<ServiceAddr, BTreeMap<SocketAddr, RealId>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of services with their real servers' ids")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut services = BTreeMap::new();
+        while let Some(ids) = seq.next_element::<ServiceIds<ServiceAddr, _>>()? {
+            services.insert(ids.service, ids.reals);
+        }
+        Ok(services)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error as _;
+        let mut services = BTreeMap::new();
+        while let Some((name, reals)) = map.next_entry::<String, BTreeMap<String, RealId>>()? {
+            let service = older_service_name(&name).ok_or_else(|| {
+                A::Error::custom(format!(
+                    "the service \"{name}\" is neither Tcp/ADDRESS:PORT nor Udp/ADDRESS:PORT"
+                ))
+            })?;
+            let reals = reals
+                .into_iter()
+                .map(|(key, id)| {
+                    let real = older_real_key(&key).ok_or_else(|| {
+                        A::Error::custom(format!(
+                            "the real server \"{key}\" of service {service} is not ADDRESS#PORT"
+                        ))
+                    })?;
+                    Ok((real, id))
+                })
+                .collect::<Result<_, A::Error>>()?;
+            services.insert(service, reals);
+        }
+        Ok(services)
+    }
+}
+
+/// A service as an older xlbd named it in the state file: `Tcp/10.0.0.1:80`,
+/// `Udp/[2001:db8::1]:53`.
+fn older_service_name(name: &str) -> Option<ServiceAddr> {
+    let (protocol, addr) = name.split_once('/')?;
+    let protocol = match protocol {
+        "Tcp" => Protocol::Tcp,
+        "Udp" => Protocol::Udp,
+        _ => return None,
+    };
+    let addr: SocketAddr = addr.parse().ok()?;
+    Some(ServiceAddr {
+        protocol,
+        addr: addr.ip(),
+        port: addr.port(),
+    })
+}
+
+/// A real server as an older xlbd named it in the state file: `10.0.0.11#80`, `2001:db8::11#80`.
+fn older_real_key(key: &str) -> Option<SocketAddr> {
+    let (addr, port) = key.rsplit_once('#')?;
+    Some(SocketAddr::new(addr.parse().ok()?, port.parse().ok()?))
 }
 
 /// What the state file holds.
@@ -93,9 +203,25 @@ pub struct Saved {
     pub installed: Installed,
 }
 
-/// The daemon's state and its data path.
-pub struct Runtime {
-    dp: Dataplane,
+impl Saved {
+    /// Reads a state file; `None` when there is none or it cannot be understood (which is
+    /// logged).
+    pub fn read(path: &Path) -> Option<Saved> {
+        let text = std::fs::read_to_string(path).ok()?;
+        match serde_json::from_str(&text) {
+            Ok(saved) => Some(saved),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "unreadable state file");
+                None
+            }
+        }
+    }
+}
+
+/// The daemon's state and its data path: the BPF maps ([`Dataplane`]) in the daemon, any
+/// [`DataPath`] (the in-memory [`crate::datapath::fake::FakeDataPath`] in tests).
+pub struct Runtime<D = Dataplane> {
+    dp: D,
     /// What the operator asked for.
     desired: DesiredState,
     /// What the data path holds (the desired state as the health checks leave it).
@@ -106,8 +232,16 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// Reads a state file; `None` when there is none or it cannot be understood
+    /// ([`Saved::read`]).
+    pub fn read_state_file(path: &Path) -> Option<Saved> {
+        Saved::read(path)
+    }
+}
+
+impl<D: DataPath> Runtime<D> {
     /// A runtime over a freshly loaded (empty) data path.
-    pub fn new(dp: Dataplane, state_file: Option<PathBuf>) -> Self {
+    pub fn new(dp: D, state_file: Option<PathBuf>) -> Self {
         Self {
             dp,
             desired: DesiredState::default(),
@@ -131,7 +265,7 @@ impl Runtime {
     }
 
     /// A runtime over adopted (pinned) maps that hold `saved`.
-    pub fn adopt(dp: Dataplane, saved: Saved, state_file: Option<PathBuf>) -> Self {
+    pub fn adopt(dp: D, saved: Saved, state_file: Option<PathBuf>) -> Self {
         let applied = saved.applied.unwrap_or_else(|| saved.desired.clone());
         Self {
             dp,
@@ -143,21 +277,14 @@ impl Runtime {
         }
     }
 
-    /// Reads a state file; `None` when there is none or it cannot be understood.
-    pub fn read_state_file(path: &Path) -> Option<Saved> {
-        let text = std::fs::read_to_string(path).ok()?;
-        match serde_json::from_str(&text) {
-            Ok(saved) => Some(saved),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "unreadable state file");
-                None
-            }
-        }
-    }
-
     /// The desired state.
     pub fn desired(&self) -> &DesiredState {
         &self.desired
+    }
+
+    /// What the data path holds: the desired state as the health checks leave it.
+    pub fn applied(&self) -> &DesiredState {
+        &self.applied
     }
 
     /// The health engine's counters, when it checks the real servers.
@@ -166,8 +293,23 @@ impl Runtime {
     }
 
     /// The data path.
-    pub fn dataplane(&mut self) -> &mut Dataplane {
+    pub fn dataplane(&mut self) -> &mut D {
         &mut self.dp
+    }
+
+    /// The data path, to read.
+    pub fn datapath(&self) -> &D {
+        &self.dp
+    }
+
+    /// The data-path ids of what is installed.
+    pub fn installed(&self) -> &Installed {
+        &self.installed
+    }
+
+    /// The data path, handed on (to another runtime that adopts its maps).
+    pub fn into_datapath(self) -> D {
+        self.dp
     }
 
     /// Takes the desired state to `new` and the data path with it, whole or not at all.
@@ -248,7 +390,7 @@ impl Runtime {
                     }
                 }
                 return Err(RuntimeError::Dataplane {
-                    step: step.to_string(),
+                    step: step.clone(),
                     source: Box::new(source),
                 });
             }
@@ -256,7 +398,10 @@ impl Runtime {
         if !steps.is_empty() {
             tracing::info!(steps = steps.len(), "data path updated");
         }
-        keep_next_hops_resolved(&steps);
+        let added = added_reals(&steps);
+        if !added.is_empty() {
+            self.dp.keep_next_hops_resolved(&added);
+        }
         self.applied = to;
         Ok(())
     }
@@ -298,19 +443,12 @@ impl Runtime {
                     0
                 };
                 self.dp.upsert_service(service_key(service), flags)?;
-                self.installed
-                    .services
-                    .entry(service_name(service))
-                    .or_default();
+                self.installed.services.entry(*service).or_default();
             }
             Step::AddReal { service, real } => {
-                let reals = self
-                    .installed
-                    .services
-                    .entry(service_name(service))
-                    .or_default();
+                let reals = self.installed.services.entry(*service).or_default();
                 if let std::collections::btree_map::Entry::Vacant(slot) =
-                    reals.entry(real_key(real.addr, real.port))
+                    reals.entry(SocketAddr::new(real.addr, real.port))
                 {
                     slot.insert(self.dp.add_real(real_entry(real))?);
                 }
@@ -326,9 +464,12 @@ impl Runtime {
                 addr,
                 port,
             } => {
-                if let Some(reals) = self.installed.services.get_mut(&service_name(service)) {
-                    if let Some(id) = reals.remove(&real_key(*addr, *port)) {
-                        self.dp.remove_real(id)?;
+                // The id is forgotten once the data path has let it go: a refused removal keeps
+                // it, so that the rollback finds the server where it still is.
+                if let Some(id) = self.real_id(service, *addr, *port) {
+                    self.dp.remove_real(id)?;
+                    if let Some(reals) = self.installed.services.get_mut(service) {
+                        reals.remove(&SocketAddr::new(*addr, *port));
                     }
                 }
             }
@@ -341,15 +482,15 @@ impl Runtime {
                 if self
                     .installed
                     .services
-                    .get(&service_name(service))
+                    .get(service)
                     .is_some_and(BTreeMap::is_empty)
                 {
-                    self.installed.services.remove(&service_name(service));
+                    self.installed.services.remove(service);
                 }
             }
         }
         if let Step::RemoveReal { service, .. } = step {
-            let name = service_name(service);
+            let name = *service;
             let gone = target.service(service).is_none();
             if gone
                 && self
@@ -367,8 +508,8 @@ impl Runtime {
     fn real_id(&self, service: &ServiceAddr, addr: IpAddr, port: u16) -> Option<RealId> {
         self.installed
             .services
-            .get(&service_name(service))?
-            .get(&real_key(addr, port))
+            .get(service)?
+            .get(&SocketAddr::new(addr, port))
             .copied()
     }
 
@@ -491,7 +632,7 @@ impl Runtime {
             let ids: Vec<RealId> = self
                 .installed
                 .services
-                .get(&service_name(&addr))
+                .get(&addr)
                 .map(|r| r.values().copied().collect())
                 .unwrap_or_default();
             for id in ids {
@@ -661,7 +802,7 @@ impl Runtime {
             for id in self
                 .installed
                 .services
-                .get(&service_name(&svc.addr))
+                .get(&svc.addr)
                 .into_iter()
                 .flat_map(|r| r.values())
             {
@@ -723,32 +864,15 @@ impl TableJob {
     }
 }
 
-/// Gives the next hop of every real server the steps added a managed neighbour entry, once per
-/// address, over one routing socket. Best effort: the data path counts the drops of a server
-/// whose next hop stays unresolved.
-fn keep_next_hops_resolved(steps: &[Step]) {
-    let addrs: std::collections::BTreeSet<IpAddr> = steps
+/// The addresses of the real servers the steps add, whose next hops the data path needs.
+fn added_reals(steps: &[Step]) -> BTreeSet<IpAddr> {
+    steps
         .iter()
         .filter_map(|step| match step {
             Step::AddReal { real, .. } => Some(real.addr),
             _ => None,
         })
-        .collect();
-    if addrs.is_empty() {
-        return;
-    }
-    let mut netlink = match neighbour::Netlink::open() {
-        Ok(netlink) => netlink,
-        Err(e) => {
-            tracing::warn!(error = %error_chain(&e), "cannot keep the real servers' next hops resolved");
-            return;
-        }
-    };
-    for addr in addrs {
-        if let Err(e) = netlink.keep_resolved(addr) {
-            tracing::warn!(real = %addr, error = %error_chain(&e), "cannot keep the real server's next hop resolved");
-        }
-    }
+        .collect()
 }
 
 /// An error with every source after it, `: `-separated, as an operator reads it: "the data path
@@ -965,33 +1089,410 @@ mod tests {
         assert_eq!(est.service(2), Rates::default());
     }
 
-    #[test]
-    fn a_refused_change_reads_as_one_sentence_down_to_the_kernels_error() {
-        let source = DataplaneError::Map {
-            action: "adding a real server".to_owned(),
-            source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                call: "bpf_map_update_elem",
-                io_error: std::io::Error::from_raw_os_error(libc::E2BIG),
-            }),
+    /// Tests of the runtime over the in-memory data path.
+    mod over_the_fake {
+        use std::{net::SocketAddr, path::PathBuf};
+
+        use lb_common::limits::MAGLEV_TABLE_SIZE;
+
+        use super::super::*;
+        use crate::{
+            capacity::Capacity,
+            datapath::fake::{FakeDataPath, Write},
+            ipvsadm::save::restore,
         };
-        let e = RuntimeError::Dataplane {
-            step: "adding real server 10.0.0.11:80 to service TCP 10.0.0.100:80".to_owned(),
-            source: Box::new(source),
-        };
-        assert_eq!(
-            error_chain(&e),
-            "the data path refused the change: adding real server 10.0.0.11:80 to service TCP \
-             10.0.0.100:80: adding a real server failed: `bpf_map_update_elem` failed: Argument \
-             list too long (os error 7)"
-        );
-        let full = RuntimeError::Dataplane {
-            step: "adding service TCP 10.9.1.65:80".to_owned(),
-            source: Box::new(DataplaneError::ServicesFull { max: 512 }),
-        };
-        assert_eq!(
-            error_chain(&full),
-            "the data path refused the change: adding service TCP 10.9.1.65:80: the balancer \
-             holds at most 512 services; start xlbd with --max-services N to raise it"
-        );
+
+        /// A desired state from `-R` rules.
+        fn state(rules: &str) -> DesiredState {
+            restore(&DesiredState::default(), rules).unwrap_or_else(|e| panic!("{rules}: {e}"))
+        }
+
+        fn tcp(addr: &str) -> ServiceAddr {
+            let addr: SocketAddr = addr.parse().expect("ADDRESS:PORT");
+            ServiceAddr {
+                protocol: Protocol::Tcp,
+                addr: addr.ip(),
+                port: addr.port(),
+            }
+        }
+
+        fn key(addr: &str) -> lb_common::ServiceKey {
+            service_key(&tcp(addr))
+        }
+
+        /// The data-path entry of a real server of `state`.
+        fn entry(state: &DesiredState, service: &str, real: &str) -> lb_common::RealServer {
+            let real: SocketAddr = real.parse().expect("ADDRESS:PORT");
+            let svc = state.service(&tcp(service)).expect("the service");
+            real_entry(
+                svc.reals
+                    .iter()
+                    .find(|r| SocketAddr::new(r.addr, r.port) == real)
+                    .expect("the real server"),
+            )
+        }
+
+        /// A state file of its own under the temporary directory, removed on drop.
+        struct StateFile(PathBuf);
+
+        impl StateFile {
+            fn new(name: &str) -> Self {
+                let dir =
+                    std::env::temp_dir().join(format!("xlb-runtime-{}-{name}", std::process::id()));
+                let _ = std::fs::remove_dir_all(&dir);
+                Self(dir.join("state.json"))
+            }
+        }
+
+        impl Drop for StateFile {
+            fn drop(&mut self) {
+                if let Some(dir) = self.0.parent() {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+        }
+
+        const TWO_SERVICES: &str = "\
+            -A -t 10.0.0.1:80\n\
+            -a -t 10.0.0.1:80 -r 10.0.0.11:80 -g -w 1\n\
+            -a -t 10.0.0.1:80 -r 10.0.0.12:80 -g -w 1\n\
+            -A -t 10.0.0.2:80 -p 60\n\
+            -a -t 10.0.0.2:80 -r 10.0.0.21:80 -i -w 1\n";
+
+        /// What TWO_SERVICES becomes: a weight changed, a server replaced, a service replaced by
+        /// a UDP one.
+        const CHANGED: &str = "\
+            -A -t 10.0.0.1:80\n\
+            -a -t 10.0.0.1:80 -r 10.0.0.11:80 -g -w 3\n\
+            -a -t 10.0.0.1:80 -r 10.0.0.13:80 -i -w 1\n\
+            -A -u 10.0.0.3:53\n\
+            -a -u 10.0.0.3:53 -r 10.0.0.31:53 -g -w 1\n";
+
+        #[test]
+        fn a_new_service_reaches_the_maps_with_its_servers_and_a_table_shared_by_weight() {
+            let desired = state(
+                "-A -t 10.0.0.1:80\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.11:80 -g -w 1\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.12:80 -i -w 2\n",
+            );
+            let mut rt = Runtime::new(FakeDataPath::default(), None);
+            rt.change_to(desired.clone()).expect("applied");
+
+            let svc = key("10.0.0.1:80");
+            let r11 = entry(&desired, "10.0.0.1:80", "10.0.0.11:80");
+            let r12 = entry(&desired, "10.0.0.1:80", "10.0.0.12:80");
+            let dp = rt.datapath();
+            assert_eq!(
+                dp.writes(),
+                [
+                    Write::UpsertService(svc),
+                    Write::AddReal(r11),
+                    Write::AddReal(r12),
+                    Write::SetMaglevTable(svc),
+                ]
+            );
+            let contents = dp.contents();
+            assert_eq!(contents.reals, BTreeMap::from([(1, r11), (2, r12)]));
+            assert_eq!(contents.services.len(), 1);
+            let (listed, entry) = &contents.services[0];
+            assert_eq!((*listed, entry.id, entry.flags), (svc, 0, 0));
+            let reals = &desired.services[0].reals;
+            let expected = maglev::build(&[
+                maglev::Backend {
+                    identity: &identity(&reals[0]),
+                    id: 1,
+                    weight: 1,
+                },
+                maglev::Backend {
+                    identity: &identity(&reals[1]),
+                    id: 2,
+                    weight: 2,
+                },
+            ]);
+            assert!(
+                entry.table == expected,
+                "the table is Maglev's of ids 1 and 2"
+            );
+            let shares = entry.shares();
+            let second = shares[&2] as f64 / f64::from(MAGLEV_TABLE_SIZE);
+            assert!(
+                (second - 2.0 / 3.0).abs() < 0.01,
+                "weight 2 of 3 takes {second:.3} of the table"
+            );
+            assert_eq!(
+                rt.installed().services,
+                BTreeMap::from([(
+                    tcp("10.0.0.1:80"),
+                    BTreeMap::from([
+                        ("10.0.0.11:80".parse().expect("addr"), 1),
+                        ("10.0.0.12:80".parse().expect("addr"), 2),
+                    ])
+                )])
+            );
+            assert_eq!(
+                dp.next_hops_asked(),
+                [
+                    "10.0.0.11".parse::<IpAddr>().expect("addr"),
+                    "10.0.0.12".parse().expect("addr")
+                ]
+            );
+        }
+
+        #[test]
+        fn a_weight_change_rewrites_only_that_services_table() {
+            let mut rt = Runtime::new(FakeDataPath::default(), None);
+            rt.change_to(state(TWO_SERVICES)).expect("applied");
+            rt.dataplane().take_writes();
+            let other = rt.datapath().contents().services[1].clone();
+            rt.change_to(state(
+                &TWO_SERVICES.replace("10.0.0.12:80 -g -w 1", "10.0.0.12:80 -g -w 5"),
+            ))
+            .expect("weight changed");
+            assert_eq!(
+                rt.datapath().writes(),
+                [Write::SetMaglevTable(key("10.0.0.1:80"))]
+            );
+            let contents = rt.datapath().contents();
+            assert_eq!(
+                contents.services[1], other,
+                "the other service is untouched"
+            );
+            let shares = contents.services[0].1.shares();
+            assert!(shares[&2] > 4 * shares[&1], "{shares:?}");
+        }
+
+        #[test]
+        fn a_persistent_service_is_flagged_for_source_hashing() {
+            let mut rt = Runtime::new(FakeDataPath::default(), None);
+            rt.change_to(state(TWO_SERVICES)).expect("applied");
+            let flags: Vec<u32> = rt
+                .datapath()
+                .contents()
+                .services
+                .iter()
+                .map(|(_, s)| s.flags)
+                .collect();
+            assert_eq!(flags, [0, lb_common::service::SERVICE_F_SOURCE_HASH]);
+        }
+
+        #[test]
+        fn a_refused_write_anywhere_in_a_change_leaves_the_maps_and_the_state_as_they_were() {
+            let before = state(TWO_SERVICES);
+            let after = state(CHANGED);
+            let mut reference = Runtime::new(FakeDataPath::default(), None);
+            reference.change_to(before.clone()).expect("before");
+            reference.dataplane().take_writes();
+            reference.change_to(after.clone()).expect("after");
+            let writes = reference.datapath().writes().len();
+            assert!(writes >= 8, "the change takes {writes} writes");
+
+            for failing in 1..=writes {
+                let mut rt = Runtime::new(FakeDataPath::default(), None);
+                rt.change_to(before.clone()).expect("before");
+                let maps = rt.datapath().contents();
+                rt.dataplane().fail_write(failing, libc::E2BIG);
+                let refused = rt
+                    .change_to(after.clone())
+                    .expect_err("one write is refused");
+                let text = error_chain(&refused);
+                assert!(
+                    text.starts_with("the data path refused the change: ")
+                        && text.ends_with(
+                            " failed: `bpf_map_update_elem` failed: Argument list too long (os \
+                             error 7)"
+                        ),
+                    "{text}"
+                );
+                assert_eq!(
+                    rt.datapath().contents().behaviour(),
+                    maps.behaviour(),
+                    "the maps after write {failing} of {writes} was refused"
+                );
+                assert_eq!(rt.desired(), &before);
+                assert_eq!(rt.applied(), &before);
+                assert_ids_match_the_maps(&rt);
+                assert!(
+                    !rt.refresh().expect("refreshed"),
+                    "nothing is left to apply"
+                );
+
+                rt.change_to(after.clone())
+                    .expect("the same change, not refused");
+                assert_eq!(rt.desired(), &after);
+                assert_eq!(
+                    rt.datapath().contents().behaviour(),
+                    reference.datapath().contents().behaviour(),
+                    "after write {failing} was refused once"
+                );
+                assert_ids_match_the_maps(&rt);
+            }
+        }
+
+        /// Every id the runtime keeps is its real server's in the maps, and the maps hold no
+        /// other.
+        fn assert_ids_match_the_maps(rt: &Runtime<FakeDataPath>) {
+            let mut kept = BTreeMap::new();
+            for svc in &rt.applied().services {
+                for real in &svc.reals {
+                    let id = rt
+                        .real_id(&svc.addr, real.addr, real.port)
+                        .unwrap_or_else(|| panic!("no id for {} of {}", real.addr, svc.addr));
+                    kept.insert(id, real_entry(real));
+                }
+            }
+            assert_eq!(
+                kept.len(),
+                rt.installed()
+                    .services
+                    .values()
+                    .map(BTreeMap::len)
+                    .sum::<usize>()
+            );
+            assert_eq!(kept, rt.datapath().contents().reals);
+        }
+
+        #[test]
+        fn a_refused_change_reads_as_one_sentence_down_to_the_kernels_error() {
+            let mut rt = Runtime::new(FakeDataPath::default(), None);
+            rt.dataplane().fail_write(2, libc::E2BIG);
+            let refused = rt
+                .change_to(state(
+                    "-A -t 10.0.0.100:80\n-a -t 10.0.0.100:80 -r 10.0.0.11:80 -g\n",
+                ))
+                .expect_err("refused");
+            assert_eq!(
+                error_chain(&refused),
+                "the data path refused the change: adding real server 10.0.0.11:80 to service \
+                 TCP 10.0.0.100:80: adding a real server failed: `bpf_map_update_elem` failed: \
+                 Argument list too long (os error 7)"
+            );
+        }
+
+        #[test]
+        fn more_than_the_balancer_holds_is_refused_in_a_sentence_before_anything_is_written() {
+            let capacity = Capacity {
+                services: 1,
+                reals: 2,
+            };
+            let mut rt = Runtime::new(FakeDataPath::new(capacity), None);
+            let services = rt.change_to(state(TWO_SERVICES)).expect_err("two services");
+            assert_eq!(
+                error_chain(&services),
+                "the balancer holds at most 1 services; start xlbd with --max-services N to \
+                 raise it"
+            );
+            let reals = rt
+                .change_to(state(
+                    "-A -t 10.0.0.1:80\n\
+                     -a -t 10.0.0.1:80 -r 10.0.0.11:80\n\
+                     -a -t 10.0.0.1:80 -r 10.0.0.12:80\n\
+                     -a -t 10.0.0.1:80 -r 10.0.0.13:80\n",
+                ))
+                .expect_err("three real servers");
+            assert_eq!(
+                error_chain(&reals),
+                "the balancer holds at most 2 real servers (one in two services counts twice); \
+                 start xlbd with --max-reals N to raise it"
+            );
+            assert!(rt.datapath().writes().is_empty());
+            assert_eq!(rt.desired(), &DesiredState::default());
+        }
+
+        #[test]
+        fn a_restarted_runtime_adopts_the_saved_state_and_the_maps_without_writing() {
+            let file = StateFile::new("adopt");
+            let mut first = Runtime::new(FakeDataPath::default(), Some(file.0.clone()));
+            first.change_to(state(TWO_SERVICES)).expect("applied");
+            let installed = first.installed().clone();
+            let mut maps = first.into_datapath();
+            maps.take_writes();
+
+            let saved = Saved::read(&file.0).expect("the state file");
+            assert_eq!(saved.installed, installed);
+            let mut second = Runtime::adopt(maps, saved, Some(file.0.clone()));
+            second
+                .change_to(state(TWO_SERVICES))
+                .expect("the same state");
+            assert!(!second.refresh().expect("refreshed"));
+            assert!(
+                second.datapath().writes().is_empty(),
+                "{:?}",
+                second.datapath().writes()
+            );
+
+            // The adopted ids are the ones changed from then on.
+            second.change_to(state(CHANGED)).expect("changed");
+            let mut fresh = Runtime::new(FakeDataPath::default(), None);
+            fresh.change_to(state(TWO_SERVICES)).expect("applied");
+            fresh.change_to(state(CHANGED)).expect("changed");
+            assert_eq!(second.datapath().contents(), fresh.datapath().contents());
+            assert_eq!(second.installed(), fresh.installed());
+        }
+
+        #[test]
+        fn a_state_file_of_an_older_xlbd_with_string_keys_is_adopted() {
+            let older = include_str!("../testdata/state-with-string-keys.json");
+            let saved: Saved = serde_json::from_str(older).expect("the older format is read");
+            let udp = ServiceAddr {
+                protocol: Protocol::Udp,
+                addr: "2001:db8::1".parse().expect("addr"),
+                port: 53,
+            };
+            assert_eq!(
+                saved.installed.services,
+                BTreeMap::from([
+                    (
+                        tcp("10.0.0.1:80"),
+                        BTreeMap::from([
+                            ("10.0.0.11:80".parse().expect("addr"), 1),
+                            ("10.0.0.12:80".parse().expect("addr"), 2),
+                        ])
+                    ),
+                    (
+                        udp,
+                        BTreeMap::from([("[2001:db8::31]:53".parse().expect("addr"), 3)])
+                    ),
+                ])
+            );
+
+            // The maps the older xlbd left: it gave ids as this one does.
+            let mut older_xlbd = Runtime::new(FakeDataPath::default(), None);
+            older_xlbd
+                .change_to(saved.desired.clone())
+                .expect("applied");
+            assert_eq!(older_xlbd.installed(), &saved.installed);
+            let mut maps = older_xlbd.into_datapath();
+            maps.take_writes();
+
+            let file = StateFile::new("older");
+            let desired = saved.desired.clone();
+            let mut rt = Runtime::adopt(maps, saved.clone(), Some(file.0.clone()));
+            rt.change_to(desired).expect("the same state");
+            assert!(
+                rt.datapath().writes().is_empty(),
+                "{:?}",
+                rt.datapath().writes()
+            );
+            let rewritten = std::fs::read_to_string(&file.0).expect("saved");
+            assert!(
+                rewritten.contains(r#""reals":{"10.0.0.11:80":1,"10.0.0.12:80":2}"#),
+                "saved with typed keys: {rewritten}"
+            );
+            assert_eq!(Saved::read(&file.0), Some(saved));
+        }
+
+        #[test]
+        fn a_state_file_naming_a_service_it_cannot_read_is_refused_with_the_name() {
+            let bad =
+                r#"{"desired":{"services":[]},"installed":{"services":{"Sctp/10.0.0.1:80":{}}}}"#;
+            let e = serde_json::from_str::<Saved>(bad).expect_err("refused");
+            assert!(
+                e.to_string().starts_with(
+                    "the service \"Sctp/10.0.0.1:80\" is neither Tcp/ADDRESS:PORT nor \
+                     Udp/ADDRESS:PORT"
+                ),
+                "{e}"
+            );
+        }
     }
 }

@@ -1,0 +1,284 @@
+//! The data path as the runtime sees it: the operations on the balancer's maps that applying a
+//! desired state, listing it and counting its traffic need, and nothing about loading programs
+//! or attaching them.
+//!
+//! [`Dataplane`] implements it over the BPF maps (root, a kernel); [`fake::FakeDataPath`] in
+//! memory, with the same ids, limits and errors, a log of the writes and writes that fail on
+//! demand, so that the runtime's apply, rollback and adoption are tested without root.
+
+pub mod fake;
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use lb_common::{Connection, Counters, FlowKey, GlobalStat, RealServer, Service, ServiceKey};
+
+use crate::{
+    capacity::Capacity,
+    dataplane::{Dataplane, DataplaneError, RealId},
+    neighbour,
+    runtime::error_chain,
+};
+
+/// What the runtime does to the data path. Every write either takes effect whole or fails and
+/// changes nothing that the data path's packets would see.
+pub trait DataPath: Send {
+    /// How many services and real servers the maps hold.
+    fn capacity(&self) -> Capacity;
+
+    /// Adds a service with the empty table, or changes the flags of an existing one (keeping its
+    /// id and table); returns its id. [`DataplaneError::ServicesFull`] when every id is taken.
+    fn upsert_service(&mut self, key: ServiceKey, flags: u32) -> Result<u32, DataplaneError>;
+
+    /// Removes a service; [`DataplaneError::NoSuchService`] when it is not there.
+    fn remove_service(&mut self, key: ServiceKey) -> Result<(), DataplaneError>;
+
+    /// The entry of a service, if it is there.
+    fn service(&self, key: &ServiceKey) -> Option<Service>;
+
+    /// Adds a real server under the lowest free id and returns it;
+    /// [`DataplaneError::RealsFull`] when every id is taken.
+    fn add_real(&mut self, real: RealServer) -> Result<RealId, DataplaneError>;
+
+    /// Rewrites the entry of a real server (its forwarding method changed).
+    fn update_real(&mut self, id: RealId, real: RealServer) -> Result<(), DataplaneError>;
+
+    /// Removes a real server (out of every table already) and forgets its connections.
+    fn remove_real(&mut self, id: RealId) -> Result<(), DataplaneError>;
+
+    /// The entry of a real server, if the id is in use.
+    fn real(&self, id: RealId) -> Option<RealServer>;
+
+    /// Makes `table` the service's live Maglev table, in one switch from a standby table written
+    /// whole; a table without any server becomes the shared empty table.
+    fn set_maglev_table(&mut self, key: ServiceKey, table: &[u32]) -> Result<(), DataplaneError>;
+
+    /// The live Maglev table of a service.
+    fn maglev_table(&self, key: &ServiceKey) -> Result<Vec<u32>, DataplaneError>;
+
+    /// Zeroes a service's counters.
+    fn zero_service_counters(&mut self, id: u32) -> Result<(), DataplaneError>;
+
+    /// Zeroes a real server's counters.
+    fn zero_real_counters(&mut self, id: RealId) -> Result<(), DataplaneError>;
+
+    /// A service's packets, bytes and new connections.
+    fn service_counters(&self, id: u32) -> Result<Counters, DataplaneError>;
+
+    /// A real server's packets, bytes and new connections.
+    fn real_counters(&self, id: RealId) -> Result<Counters, DataplaneError>;
+
+    /// Every global counter.
+    fn global_counters(&self) -> Result<Vec<(GlobalStat, u64)>, DataplaneError>;
+
+    /// The connection table's entries.
+    fn connections(&self) -> Result<Vec<(FlowKey, Connection)>, DataplaneError>;
+
+    /// Forgets every connection; returns how many there were.
+    fn flush_connections(&mut self) -> Result<usize, DataplaneError>;
+
+    /// Switches the data path's debug events on or off.
+    fn set_debug_events(&mut self, on: bool) -> Result<(), DataplaneError>;
+
+    /// Sets the source addresses of tunnels; `None`: the egress interface's.
+    fn set_tunnel_source(
+        &mut self,
+        v4: Option<Ipv4Addr>,
+        v6: Option<Ipv6Addr>,
+    ) -> Result<(), DataplaneError>;
+
+    /// Keeps the next hops of these real servers resolved (the data path forwards to them
+    /// through the kernel's neighbour table). Best effort: the data path counts the drops of a
+    /// server whose next hop stays unresolved.
+    fn keep_next_hops_resolved(&mut self, addrs: &BTreeSet<IpAddr>);
+}
+
+/// The BPF maps: each operation is the [`Dataplane`] method of the same name.
+impl DataPath for Dataplane {
+    fn capacity(&self) -> Capacity {
+        Dataplane::capacity(self)
+    }
+
+    fn upsert_service(&mut self, key: ServiceKey, flags: u32) -> Result<u32, DataplaneError> {
+        Dataplane::upsert_service(self, key, flags)
+    }
+
+    fn remove_service(&mut self, key: ServiceKey) -> Result<(), DataplaneError> {
+        Dataplane::remove_service(self, key)
+    }
+
+    fn service(&self, key: &ServiceKey) -> Option<Service> {
+        Dataplane::service(self, key)
+    }
+
+    fn add_real(&mut self, real: RealServer) -> Result<RealId, DataplaneError> {
+        Dataplane::add_real(self, real)
+    }
+
+    fn update_real(&mut self, id: RealId, real: RealServer) -> Result<(), DataplaneError> {
+        Dataplane::update_real(self, id, real)
+    }
+
+    fn remove_real(&mut self, id: RealId) -> Result<(), DataplaneError> {
+        Dataplane::remove_real(self, id)
+    }
+
+    fn real(&self, id: RealId) -> Option<RealServer> {
+        Dataplane::real(self, id)
+    }
+
+    fn set_maglev_table(&mut self, key: ServiceKey, table: &[u32]) -> Result<(), DataplaneError> {
+        Dataplane::set_maglev_table(self, key, table)
+    }
+
+    fn maglev_table(&self, key: &ServiceKey) -> Result<Vec<u32>, DataplaneError> {
+        Dataplane::maglev_table(self, key)
+    }
+
+    fn zero_service_counters(&mut self, id: u32) -> Result<(), DataplaneError> {
+        Dataplane::zero_service_counters(self, id)
+    }
+
+    fn zero_real_counters(&mut self, id: RealId) -> Result<(), DataplaneError> {
+        Dataplane::zero_real_counters(self, id)
+    }
+
+    fn service_counters(&self, id: u32) -> Result<Counters, DataplaneError> {
+        Dataplane::service_counters(self, id)
+    }
+
+    fn real_counters(&self, id: RealId) -> Result<Counters, DataplaneError> {
+        Dataplane::real_counters(self, id)
+    }
+
+    fn global_counters(&self) -> Result<Vec<(GlobalStat, u64)>, DataplaneError> {
+        Dataplane::global_counters(self)
+    }
+
+    fn connections(&self) -> Result<Vec<(FlowKey, Connection)>, DataplaneError> {
+        Dataplane::connections(self)
+    }
+
+    fn flush_connections(&mut self) -> Result<usize, DataplaneError> {
+        Dataplane::flush_connections(self)
+    }
+
+    fn set_debug_events(&mut self, on: bool) -> Result<(), DataplaneError> {
+        Dataplane::set_debug_events(self, on)
+    }
+
+    fn set_tunnel_source(
+        &mut self,
+        v4: Option<Ipv4Addr>,
+        v6: Option<Ipv6Addr>,
+    ) -> Result<(), DataplaneError> {
+        Dataplane::set_tunnel_source(self, v4, v6)
+    }
+
+    /// A managed neighbour entry for each address (one the operator made is left alone), over
+    /// one routing socket.
+    fn keep_next_hops_resolved(&mut self, addrs: &BTreeSet<IpAddr>) {
+        let mut netlink = match neighbour::Netlink::open() {
+            Ok(netlink) => netlink,
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "cannot keep the real servers' next hops resolved");
+                return;
+            }
+        };
+        for &addr in addrs {
+            if let Err(e) = netlink.keep_resolved(addr) {
+                tracing::warn!(real = %addr, error = %error_chain(&e), "cannot keep the real server's next hop resolved");
+            }
+        }
+    }
+}
+
+/// A boxed data path is one too, for a runtime that picks its data path at run time
+/// (`Runtime<Box<dyn DataPath>>`).
+impl<D: DataPath + ?Sized> DataPath for Box<D> {
+    fn capacity(&self) -> Capacity {
+        (**self).capacity()
+    }
+
+    fn upsert_service(&mut self, key: ServiceKey, flags: u32) -> Result<u32, DataplaneError> {
+        (**self).upsert_service(key, flags)
+    }
+
+    fn remove_service(&mut self, key: ServiceKey) -> Result<(), DataplaneError> {
+        (**self).remove_service(key)
+    }
+
+    fn service(&self, key: &ServiceKey) -> Option<Service> {
+        (**self).service(key)
+    }
+
+    fn add_real(&mut self, real: RealServer) -> Result<RealId, DataplaneError> {
+        (**self).add_real(real)
+    }
+
+    fn update_real(&mut self, id: RealId, real: RealServer) -> Result<(), DataplaneError> {
+        (**self).update_real(id, real)
+    }
+
+    fn remove_real(&mut self, id: RealId) -> Result<(), DataplaneError> {
+        (**self).remove_real(id)
+    }
+
+    fn real(&self, id: RealId) -> Option<RealServer> {
+        (**self).real(id)
+    }
+
+    fn set_maglev_table(&mut self, key: ServiceKey, table: &[u32]) -> Result<(), DataplaneError> {
+        (**self).set_maglev_table(key, table)
+    }
+
+    fn maglev_table(&self, key: &ServiceKey) -> Result<Vec<u32>, DataplaneError> {
+        (**self).maglev_table(key)
+    }
+
+    fn zero_service_counters(&mut self, id: u32) -> Result<(), DataplaneError> {
+        (**self).zero_service_counters(id)
+    }
+
+    fn zero_real_counters(&mut self, id: RealId) -> Result<(), DataplaneError> {
+        (**self).zero_real_counters(id)
+    }
+
+    fn service_counters(&self, id: u32) -> Result<Counters, DataplaneError> {
+        (**self).service_counters(id)
+    }
+
+    fn real_counters(&self, id: RealId) -> Result<Counters, DataplaneError> {
+        (**self).real_counters(id)
+    }
+
+    fn global_counters(&self) -> Result<Vec<(GlobalStat, u64)>, DataplaneError> {
+        (**self).global_counters()
+    }
+
+    fn connections(&self) -> Result<Vec<(FlowKey, Connection)>, DataplaneError> {
+        (**self).connections()
+    }
+
+    fn flush_connections(&mut self) -> Result<usize, DataplaneError> {
+        (**self).flush_connections()
+    }
+
+    fn set_debug_events(&mut self, on: bool) -> Result<(), DataplaneError> {
+        (**self).set_debug_events(on)
+    }
+
+    fn set_tunnel_source(
+        &mut self,
+        v4: Option<Ipv4Addr>,
+        v6: Option<Ipv6Addr>,
+    ) -> Result<(), DataplaneError> {
+        (**self).set_tunnel_source(v4, v6)
+    }
+
+    fn keep_next_hops_resolved(&mut self, addrs: &BTreeSet<IpAddr>) {
+        (**self).keep_next_hops_resolved(addrs);
+    }
+}
