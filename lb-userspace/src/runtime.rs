@@ -25,7 +25,7 @@ use crate::{
     health::engine::{Engine, EngineStats, Target},
     maglev,
     plan::{plan, Step},
-    state::{DesiredState, Protocol, RealServer, ServiceAddr},
+    state::{DesiredState, Protocol, RealServer, ServiceAddr, VirtualService},
     status::{ConnectionListing, Listing, Rates, RealHealth, RealListing, Stats},
 };
 
@@ -333,10 +333,35 @@ impl<D: DataPath> Runtime<D> {
         self.save()
     }
 
-    /// Brings the data path in line with the health checks' latest results (after a state change
-    /// of a server, and every second or so during slow starts). Returns whether anything changed.
+    /// Brings the data path in line with the health checks' latest results for every service
+    /// (every second or so during slow starts). Returns whether anything changed.
     pub fn refresh(&mut self) -> Result<bool, RuntimeError> {
         let effective = self.effective(&self.desired);
+        self.refresh_to(effective)
+    }
+
+    /// Brings one service in line with the health checks' latest results, after a health event
+    /// of one of its real servers: the others are neither recomputed nor touched. Returns
+    /// whether anything changed.
+    pub fn refresh_service(&mut self, service: &ServiceAddr) -> Result<bool, RuntimeError> {
+        let (Some(desired), Some(at)) = (
+            self.desired.service(service),
+            self.applied
+                .services
+                .iter()
+                .position(|s| s.addr == *service),
+        ) else {
+            return Ok(false);
+        };
+        let mut effective = self.applied.clone();
+        effective.services[at] = VirtualService {
+            reals: self.effective_reals(desired, Instant::now()),
+            ..desired.clone()
+        };
+        self.refresh_to(effective)
+    }
+
+    fn refresh_to(&mut self, effective: DesiredState) -> Result<bool, RuntimeError> {
         if effective == self.applied {
             return Ok(false);
         }
@@ -347,28 +372,33 @@ impl<D: DataPath> Runtime<D> {
 
     /// The desired state as the health checks leave it now.
     fn effective(&self, desired: &DesiredState) -> DesiredState {
-        let Some(engine) = &self.health else {
-            return desired.clone();
-        };
         let now = Instant::now();
         let mut effective = desired.clone();
         for svc in &mut effective.services {
-            let mut reals = engine.effective_service(svc, &svc.health, now).reals;
-            // A failed server leaves the table but stays in the data path at weight 0, so that
-            // the flows it still has keep reaching it (a server failing its keyword check may
-            // well finish them); only new flows avoid it.
-            for real in &svc.reals {
-                if !reals
-                    .iter()
-                    .any(|r| r.addr == real.addr && r.port == real.port)
-                {
-                    reals.push(RealServer { weight: 0, ..*real });
-                }
-            }
-            reals.sort_by_key(|r| (r.addr, r.port));
-            svc.reals = reals;
+            svc.reals = self.effective_reals(svc, now);
         }
         effective
+    }
+
+    /// A service's real servers and weights as the health checks leave them at `now`.
+    fn effective_reals(&self, svc: &VirtualService, now: Instant) -> Vec<RealServer> {
+        let Some(engine) = &self.health else {
+            return svc.reals.clone();
+        };
+        let mut reals = engine.effective_service(svc, &svc.health, now).reals;
+        // A failed server leaves the table but stays in the data path at weight 0, so that the
+        // flows it still has keep reaching it (a server failing its keyword check may well
+        // finish them); only new flows avoid it.
+        for real in &svc.reals {
+            if !reals
+                .iter()
+                .any(|r| r.addr == real.addr && r.port == real.port)
+            {
+                reals.push(RealServer { weight: 0, ..*real });
+            }
+        }
+        reals.sort_by_key(|r| (r.addr, r.port));
+        reals
     }
 
     /// Takes the data path from what it holds to `to`, step by step; when a step fails, undoes
@@ -1091,7 +1121,7 @@ mod tests {
 
     /// Tests of the runtime over the in-memory data path.
     mod over_the_fake {
-        use std::{net::SocketAddr, path::PathBuf};
+        use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
         use lb_common::limits::MAGLEV_TABLE_SIZE;
 
@@ -1349,6 +1379,173 @@ mod tests {
                     .sum::<usize>()
             );
             assert_eq!(kept, rt.datapath().contents().reals);
+        }
+
+        /// A TCP listener on the loopback to check, and its accepting task (abort it to make
+        /// the check fail).
+        async fn listener() -> (u16, tokio::task::JoinHandle<()>) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind 127.0.0.1");
+            let port = listener.local_addr().expect("local address").port();
+            let task = tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    drop(stream);
+                }
+            });
+            (port, task)
+        }
+
+        /// A fast TCP check of 127.0.0.1:`port` on a real server.
+        fn check(port: u16) -> String {
+            format!(
+                "--check-address 127.0.0.1 --check-port {port} --check-interval 100ms \
+                 --check-timeout 90ms --rise 1 --fall 1"
+            )
+        }
+
+        async fn next_event(
+            events: &mut tokio::sync::mpsc::UnboundedReceiver<crate::health::engine::HealthEvent>,
+        ) -> crate::health::engine::HealthEvent {
+            tokio::time::timeout(Duration::from_secs(5), events.recv())
+                .await
+                .expect("a health event within 5 s")
+                .expect("the engine is alive")
+        }
+
+        fn weight_of(rt: &Runtime<FakeDataPath>, service: &str, real: &str) -> u32 {
+            let real: SocketAddr = real.parse().expect("ADDRESS:PORT");
+            rt.applied()
+                .service(&tcp(service))
+                .and_then(|s| {
+                    s.reals
+                        .iter()
+                        .find(|r| SocketAddr::new(r.addr, r.port) == real)
+                })
+                .map_or(0, |r| r.weight)
+        }
+
+        /// The share of `service`'s table held by the real server with this id.
+        fn share(rt: &Runtime<FakeDataPath>, service: &str, id: RealId) -> f64 {
+            let table = rt
+                .datapath()
+                .maglev_table(&key(service))
+                .expect("the service's table");
+            table.iter().filter(|&&slot| slot == id).count() as f64 / table.len() as f64
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_failed_check_rewrites_only_its_services_table_once() {
+            let (a11, a11_task) = listener().await;
+            let (a12, _a12_task) = listener().await;
+            let (b21, _b21_task) = listener().await;
+            let rules = format!(
+                "-A -t 10.0.0.1:80\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.11:80 -g {}\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.12:80 -g {}\n\
+                 -A -t 10.0.0.2:80\n\
+                 -a -t 10.0.0.2:80 -r 10.0.0.21:80 -g {}\n",
+                check(a11),
+                check(a12),
+                check(b21)
+            );
+            let (engine, mut events) =
+                crate::health::engine::Engine::new(tokio::runtime::Handle::current(), 4);
+            let mut rt = Runtime::new(FakeDataPath::default(), None)
+                .with_health(engine)
+                .expect("no targets yet");
+            rt.change_to(state(&rules)).expect("applied");
+            for _ in 0..3 {
+                let up = next_event(&mut events).await;
+                assert!(up.result.ok, "{}", up.real);
+                assert!(
+                    !rt.refresh_service(&up.service).expect("refreshed"),
+                    "a server not checked yet already counts as live"
+                );
+            }
+            rt.dataplane().take_writes();
+            let other = rt.datapath().contents().services[1].clone();
+
+            a11_task.abort();
+            let down = next_event(&mut events).await;
+            assert_eq!(
+                (down.service, down.real),
+                (tcp("10.0.0.1:80"), "10.0.0.11:80".parse().expect("addr"))
+            );
+            assert!(rt.refresh_service(&down.service).expect("refreshed"));
+            assert_eq!(
+                rt.datapath().writes(),
+                [Write::SetMaglevTable(key("10.0.0.1:80"))],
+                "one table rewritten, no server removed"
+            );
+            assert_eq!(weight_of(&rt, "10.0.0.1:80", "10.0.0.11:80"), 0);
+            assert_eq!(
+                share(&rt, "10.0.0.1:80", 1),
+                0.0,
+                "no new flow for the failed server"
+            );
+            assert_eq!(share(&rt, "10.0.0.1:80", 2), 1.0);
+            assert!(rt.datapath().real(1).is_some(), "its flows still reach it");
+            assert_eq!(rt.datapath().contents().services[1], other);
+            assert!(!rt.refresh().expect("refreshed"), "nothing else changed");
+            assert_eq!(rt.datapath().writes().len(), 1);
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_server_back_from_down_ramps_up_over_its_slow_start() {
+            let (port, _task) = listener().await;
+            let slow_start = Duration::from_secs(2);
+            let rules = format!(
+                "-A -t 10.0.0.1:80\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.11:80 -g -w 100 {} --check-start down \
+                 --slow-start 2s\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.12:80 -g -w 100\n",
+                check(port)
+            );
+            let (engine, mut events) =
+                crate::health::engine::Engine::new(tokio::runtime::Handle::current(), 4);
+            let mut rt = Runtime::new(FakeDataPath::default(), None)
+                .with_health(engine)
+                .expect("no targets yet");
+            rt.change_to(state(&rules)).expect("applied");
+            assert_eq!(
+                weight_of(&rt, "10.0.0.1:80", "10.0.0.11:80"),
+                0,
+                "down at first"
+            );
+            assert_eq!(share(&rt, "10.0.0.1:80", 1), 0.0);
+
+            let up = next_event(&mut events).await;
+            let back = std::time::Instant::now();
+            assert!(up.result.ok);
+            assert!(rt.refresh_service(&up.service).expect("refreshed"));
+            let first = weight_of(&rt, "10.0.0.1:80", "10.0.0.11:80");
+            let first_share = share(&rt, "10.0.0.1:80", 1);
+            assert!(
+                (1..50).contains(&first),
+                "weight {first} just after coming back"
+            );
+            assert!(
+                first_share > 0.0 && first_share < 0.34,
+                "share {first_share}"
+            );
+
+            tokio::time::sleep(slow_start / 2).await;
+            assert!(rt.refresh().expect("refreshed"), "the ramp goes on");
+            let halfway = weight_of(&rt, "10.0.0.1:80", "10.0.0.11:80");
+            assert!(halfway > first && halfway < 100, "weight {halfway} halfway");
+
+            tokio::time::sleep(
+                (back + slow_start).saturating_duration_since(std::time::Instant::now()),
+            )
+            .await;
+            rt.refresh().expect("refreshed");
+            assert_eq!(weight_of(&rt, "10.0.0.1:80", "10.0.0.11:80"), 100);
+            let full = share(&rt, "10.0.0.1:80", 1);
+            assert!((full - 0.5).abs() < 0.01, "share {full} at full weight");
+            rt.dataplane().take_writes();
+            assert!(!rt.refresh().expect("refreshed"), "the ramp is over");
+            assert!(rt.datapath().writes().is_empty());
         }
 
         #[test]
