@@ -22,7 +22,7 @@ use crate::{
     convert::{identity, real_entry, service_key},
     datapath::DataPath,
     dataplane::{Dataplane, DataplaneError, RealId},
-    health::engine::{Engine, EngineStats, Target},
+    health::engine::{Engine, EngineStats, Target, TargetError},
     maglev,
     plan::{plan, Step},
     state::{DesiredState, Protocol, RealServer, ServiceAddr, VirtualService},
@@ -49,12 +49,9 @@ pub enum RuntimeError {
         /// Which limit, and the option that raises it.
         message: String,
     },
-    /// Health-check settings the engine refused.
-    #[error("{message}")]
-    Health {
-        /// What is wrong.
-        message: String,
-    },
+    /// Health-check settings the engine refused (nothing was touched).
+    #[error(transparent)]
+    Health(#[from] TargetError),
     /// The state file could not be written.
     #[error("saving the state to {path}")]
     Save {
@@ -255,11 +252,7 @@ impl<D: DataPath> Runtime<D> {
     /// Checks the real servers' health with `engine`, and gives the data path only the ones
     /// that pass.
     pub fn with_health(mut self, engine: Engine) -> Result<Self, RuntimeError> {
-        engine
-            .update_targets(targets(&self.desired)?)
-            .map_err(|e| RuntimeError::Health {
-                message: e.to_string(),
-            })?;
+        engine.update_targets(targets(&self.desired)?)?;
         self.health = Some(engine);
         Ok(self)
     }
@@ -315,11 +308,7 @@ impl<D: DataPath> Runtime<D> {
     /// Takes the desired state to `new` and the data path with it, whole or not at all.
     pub fn change_to(&mut self, new: DesiredState) -> Result<(), RuntimeError> {
         if let Some(engine) = &self.health {
-            engine
-                .update_targets(targets(&new)?)
-                .map_err(|e| RuntimeError::Health {
-                    message: e.to_string(),
-                })?;
+            engine.update_targets(targets(&new)?)?;
         }
         let effective = self.effective(&new);
         if let Err(e) = self.transition(effective) {
@@ -965,13 +954,7 @@ fn flow_addr(words: &[u32; 4], family: u8) -> IpAddr {
 fn targets(state: &DesiredState) -> Result<Vec<Target>, RuntimeError> {
     let mut all = Vec::new();
     for svc in &state.services {
-        all.extend(
-            Target::for_service(svc, &svc.health, &svc.real_checks).map_err(|e| {
-                RuntimeError::Health {
-                    message: e.to_string(),
-                }
-            })?,
-        );
+        all.extend(Target::for_service(svc, &svc.health, &svc.real_checks)?);
     }
     Ok(all)
 }
@@ -1546,6 +1529,106 @@ mod tests {
             rt.dataplane().take_writes();
             assert!(!rt.refresh().expect("refreshed"), "the ramp is over");
             assert!(rt.datapath().writes().is_empty());
+        }
+
+        #[test]
+        fn the_listing_shows_each_ids_counters_and_zeroing_one_service_touches_only_its_own() {
+            let mut rt = Runtime::new(FakeDataPath::default(), None);
+            rt.change_to(state(TWO_SERVICES)).expect("applied");
+            let traffic = |n: u64| lb_common::Counters {
+                packets: n,
+                bytes: 100 * n,
+                conns: n / 10,
+            };
+            for (id, n) in [(0, 30), (1, 50)] {
+                rt.dataplane().count_service(id, traffic(n));
+            }
+            for (id, n) in [(1, 10), (2, 20), (3, 50)] {
+                rt.dataplane().count_real(id, traffic(n));
+            }
+            let packets = |rt: &Runtime<FakeDataPath>| -> Vec<(u64, Vec<u64>)> {
+                rt.listing(&RateEstimator::default())
+                    .expect("listing")
+                    .services
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.stats.in_pkts,
+                            s.reals.iter().map(|r| r.stats.in_pkts).collect(),
+                        )
+                    })
+                    .collect()
+            };
+            assert_eq!(packets(&rt), [(30, vec![10, 20]), (50, vec![50])]);
+
+            rt.dataplane().take_writes();
+            rt.zero(Some(&tcp("10.0.0.1:80"))).expect("zeroed");
+            assert_eq!(
+                rt.datapath().writes(),
+                [
+                    Write::ZeroServiceCounters(0),
+                    Write::ZeroRealCounters(1),
+                    Write::ZeroRealCounters(2),
+                ]
+            );
+            assert_eq!(packets(&rt), [(0, vec![0, 0]), (50, vec![50])]);
+        }
+
+        #[test]
+        fn a_real_server_removed_takes_its_connections_with_it() {
+            let mut rt = Runtime::new(FakeDataPath::default(), None);
+            rt.change_to(state(TWO_SERVICES)).expect("applied");
+            let now = monotonic_ns();
+            for (sport, real) in [(1000, 1), (1001, 2), (1002, 2)] {
+                let flow = lb_common::FlowKey {
+                    src: [
+                        u32::from(std::net::Ipv4Addr::new(192, 0, 2, 1)).to_be(),
+                        0,
+                        0,
+                        0,
+                    ],
+                    dst: [
+                        u32::from(std::net::Ipv4Addr::new(10, 0, 0, 1)).to_be(),
+                        0,
+                        0,
+                        0,
+                    ],
+                    sport: u16::to_be(sport),
+                    dport: u16::to_be(80),
+                    proto: lb_common::PROTO_TCP,
+                    family: lb_common::FAMILY_V4,
+                    ..Default::default()
+                };
+                let conn = lb_common::Connection {
+                    real,
+                    last_seen_ns: now,
+                    ..Default::default()
+                };
+                rt.dataplane().track(flow, conn);
+            }
+            let destinations = |rt: &Runtime<FakeDataPath>| -> Vec<String> {
+                let mut d: Vec<String> = rt
+                    .connections()
+                    .expect("connections")
+                    .iter()
+                    .map(|c| format!("{} -> {}", c.source, c.destination))
+                    .collect();
+                d.sort();
+                d
+            };
+            assert_eq!(
+                destinations(&rt),
+                [
+                    "192.0.2.1:1000 -> 10.0.0.11:80",
+                    "192.0.2.1:1001 -> 10.0.0.12:80",
+                    "192.0.2.1:1002 -> 10.0.0.12:80",
+                ]
+            );
+            rt.change_to(state(
+                &TWO_SERVICES.replace("-a -t 10.0.0.1:80 -r 10.0.0.12:80 -g -w 1\n", ""),
+            ))
+            .expect("removed");
+            assert_eq!(destinations(&rt), ["192.0.2.1:1000 -> 10.0.0.11:80"]);
         }
 
         #[test]

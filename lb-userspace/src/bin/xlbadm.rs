@@ -10,6 +10,7 @@ use lb_userspace::{
         parse::{self, Command},
         save,
     },
+    runtime::error_chain,
 };
 
 fn main() -> ExitCode {
@@ -63,12 +64,7 @@ fn main() -> ExitCode {
             return exit(1);
         }
         Err(e) => {
-            eprintln!(
-                "{e}: {}",
-                std::error::Error::source(&e)
-                    .map(ToString::to_string)
-                    .unwrap_or_default()
-            );
+            eprintln!("{}", error_chain(&e));
             return exit(1);
         }
     };

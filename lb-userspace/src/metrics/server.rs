@@ -181,9 +181,11 @@ where
     }
 }
 
+/// A 500 that says why, down to the kernel's error.
 fn failed(e: &MetricsError) -> Response {
-    tracing::warn!(error = %e, "metrics: no snapshot");
-    (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+    let reason = crate::runtime::error_chain(e);
+    tracing::warn!(error = %reason, "metrics: no snapshot");
+    (StatusCode::INTERNAL_SERVER_ERROR, format!("{reason}\n")).into_response()
 }
 
 async fn not_found() -> (StatusCode, &'static str) {
@@ -413,7 +415,13 @@ mod tests {
         }));
         let answer = exchange(addr, b"GET /metrics HTTP/1.0\r\n\r\n").await;
         assert_eq!(code(&answer), 500, "{answer}");
-        assert!(answer.ends_with("reading the data path's counters\n"));
+        assert!(
+            answer.ends_with(
+                "reading the data path's counters: this binary was built with AYA_BUILD_SKIP=1 \
+                 and holds no XDP object\n"
+            ),
+            "{answer}"
+        );
         server.abort();
     }
 }
