@@ -88,6 +88,38 @@ pub struct Refused {
     pub mistakes: Vec<Mistake>,
 }
 
+/// Why a configuration file could not be used.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    /// The file exists but could not be read.
+    #[error("reading the configuration {}", .file.display())]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file was read and refused: every mistake, with its line and field.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+}
+
+/// Reads and checks the configuration file `file`: `None` when there is no such file.
+pub fn load(file: &Path) -> Result<Option<DesiredState>, LoadError> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(LoadError::Read {
+                file: file.to_owned(),
+                source,
+            })
+        }
+    };
+    Ok(Some(parse(file, &text)?))
+}
+
 /// Parses and checks the configuration `text`, read from `file` (named in the errors).
 pub fn parse(file: &Path, text: &str) -> Result<DesiredState, Refused> {
     let fields = Fields::of(text);

@@ -3,6 +3,7 @@
 //! peer's uid (SO_PEERCRED).
 
 use std::{
+    net::{IpAddr, SocketAddr},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     sync::Arc,
@@ -16,9 +17,10 @@ use tokio::{
 };
 
 use crate::{
+    config,
     ipvsadm::save,
     runtime::{error_chain, RateEstimator, Runtime},
-    state::{Change, DesiredState, ServiceAddr},
+    state::{Change, DesiredState, ServiceAddr, VirtualService},
     status::{ConnectionListing, Listing},
 };
 
@@ -40,6 +42,9 @@ pub enum Request {
         /// The rules.
         rules: String,
     },
+    /// Read the configuration file again and take the running state to it (`xlbadm --reload`,
+    /// as SIGHUP does): the file whole or, when it is refused, nothing.
+    Reload,
     /// The desired state (for `-S`).
     State,
     /// The listing with counters (for `-L`).
@@ -66,6 +71,11 @@ pub enum Request {
 pub enum Response {
     /// Done.
     Ok,
+    /// The configuration file was reloaded.
+    Reloaded {
+        /// What changed, in a sentence.
+        summary: String,
+    },
     /// The desired state.
     State(DesiredState),
     /// The listing.
@@ -101,6 +111,8 @@ pub struct Shared {
     pub runtime: Runtime,
     /// Rates from the periodic counter samples.
     pub rates: RateEstimator,
+    /// The configuration file that [`Request::Reload`] (and SIGHUP) reads.
+    pub config: PathBuf,
 }
 
 /// Handles one request.
@@ -127,6 +139,7 @@ pub fn handle(shared: &mut Shared, request: Request) -> Response {
             },
             Err(e) => Response::error(e),
         },
+        Request::Reload => reload(runtime, &shared.config),
         Request::State => Response::State(runtime.desired().clone()),
         Request::List => match runtime.listing(&shared.rates) {
             Ok(listing) => Response::Listing(listing),
@@ -155,6 +168,97 @@ pub fn handle(shared: &mut Shared, request: Request) -> Response {
             Ok(()) => Response::Ok,
             Err(e) => Response::refused(&e),
         },
+    }
+}
+
+/// Takes the running state to what the configuration file says, in one transaction; logs the
+/// outcome, and answers it.
+fn reload(runtime: &mut Runtime, file: &Path) -> Response {
+    let refused = |message: String| {
+        tracing::error!(config = %file.display(), "reload refused, nothing changed: {message}");
+        Response::error(format!("reload refused, nothing changed: {message}"))
+    };
+    let new = match config::load(file) {
+        Ok(Some(new)) => new,
+        Ok(None) => {
+            return refused(format!(
+                "there is no configuration file {} to reload",
+                file.display()
+            ))
+        }
+        Err(e) => return refused(error_chain(&e)),
+    };
+    let summary = summary(runtime.desired(), &new);
+    match runtime.change_to(new) {
+        Ok(()) => {
+            tracing::info!(config = %file.display(), "reloaded: {summary}");
+            Response::Reloaded { summary }
+        }
+        Err(e) => refused(error_chain(&e)),
+    }
+}
+
+/// What a change from `old` to `new` does, in a sentence: "1 service added, 2 real servers
+/// changed", or "no change".
+pub fn summary(old: &DesiredState, new: &DesiredState) -> String {
+    let mut services = [0usize; 3];
+    let mut reals = [0usize; 3];
+    let count = |counts: &mut [usize; 3], was: bool, is: bool, same: bool| match (was, is) {
+        (false, true) => counts[0] += 1,
+        (true, false) => counts[1] += 1,
+        (true, true) if !same => counts[2] += 1,
+        _ => {}
+    };
+    let mut addrs: Vec<ServiceAddr> = old.services.iter().map(|s| s.addr).collect();
+    addrs.extend(new.services.iter().map(|s| s.addr));
+    addrs.sort();
+    addrs.dedup();
+    for addr in addrs {
+        let (was, is) = (old.service(&addr), new.service(&addr));
+        let settings = |s: &VirtualService| (s.scheduler, s.persistence, s.health.clone());
+        count(
+            &mut services,
+            was.is_some(),
+            is.is_some(),
+            was.map(settings) == is.map(settings),
+        );
+        let mut keys: Vec<(IpAddr, u16)> = was
+            .into_iter()
+            .chain(is)
+            .flat_map(|s| s.reals.iter().map(|r| (r.addr, r.port)))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        for key in keys {
+            // A real server with its own check options.
+            let find = |service: Option<&VirtualService>| {
+                let service = service?;
+                let real = service.reals.iter().find(|r| (r.addr, r.port) == key)?;
+                let check = service
+                    .real_checks
+                    .get(&SocketAddr::new(key.0, key.1))
+                    .cloned();
+                Some((*real, check))
+            };
+            let (a, b) = (find(was), find(is));
+            count(&mut reals, a.is_some(), b.is_some(), a == b);
+        }
+    }
+    let mut parts = Vec::new();
+    for (counts, one, many) in [
+        (services, "service", "services"),
+        (reals, "real server", "real servers"),
+    ] {
+        for (n, what) in counts.iter().zip(["added", "removed", "changed"]) {
+            if *n > 0 {
+                parts.push(format!("{n} {} {what}", if *n == 1 { one } else { many }));
+            }
+        }
+    }
+    if parts.is_empty() {
+        "no change".to_owned()
+    } else {
+        parts.join(", ")
     }
 }
 
@@ -263,4 +367,46 @@ pub enum CallError {
         #[source]
         source: std::io::Error,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn state(text: &str) -> DesiredState {
+        crate::config::parse(Path::new("xlb.toml"), text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const SERVICE: &str =
+        "[[services]]\n[services.addr]\nprotocol = \"tcp\"\naddr = \"10.0.0.1\"\nport = 80\n";
+
+    fn real(addr: &str, weight: u32) -> String {
+        format!("[[services.reals]]\naddr = \"{addr}\"\nport = 80\nweight = {weight}\n")
+    }
+
+    #[test]
+    fn a_reloads_summary_counts_what_was_added_removed_and_changed() {
+        let old = state(&format!(
+            "{SERVICE}{}{}",
+            real("10.0.0.11", 1),
+            real("10.0.0.12", 1)
+        ));
+        assert_eq!(summary(&old, &old), "no change");
+        let new = state(&format!(
+            "{SERVICE}{}{}{}",
+            real("10.0.0.11", 3),
+            real("10.0.0.13", 1),
+            SERVICE.replace("10.0.0.1\"", "10.0.0.2\"")
+        ));
+        assert_eq!(
+            summary(&old, &new),
+            "1 service added, 1 real server added, 1 real server removed, 1 real server changed"
+        );
+        assert_eq!(
+            summary(&new, &DesiredState::default()),
+            "2 services removed, 2 real servers removed"
+        );
+    }
 }

@@ -18,6 +18,7 @@
 //! - [`runtime`]: the daemon's state; applies changes whole or not at all, saves them.
 //! - [`config`]: the configuration file, checked by xlbadm's rules.
 //! - [`control`]: the control socket between xlbadm and xlbd.
+//! - [`daemon`]: the daemon as a library (`daemon::run`): start-up, adoption, reload, serving.
 //! - [`health`]: health checks of real servers and what they mean for the tables.
 //! - [`status`]: the status model (services, servers, counters, health, connections) that `-L` and the metrics render.
 //! - [`metrics`]: Prometheus metrics and the status page over HTTP (axum), from samples taken
@@ -29,6 +30,7 @@ pub mod capacity;
 pub mod config;
 pub mod control;
 pub mod convert;
+pub mod daemon;
 pub mod datapath;
 pub mod dataplane;
 pub mod decap;

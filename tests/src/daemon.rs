@@ -63,8 +63,15 @@ impl<'a> Daemon<'a> {
     fn prepare(ns: &'a Netns, config: Option<&str>) -> Self {
         let dir = PathBuf::from(format!("/tmp/{}-xlbd", ns.name()));
         std::fs::create_dir_all(&dir).expect("daemon directory");
-        if let Some(text) = config {
-            std::fs::write(dir.join("config.toml"), text).expect("write the configuration");
+        match config {
+            Some(text) => {
+                std::fs::write(dir.join("config.toml"), text).expect("write the configuration")
+            }
+            // A file left by an earlier run of a test in the same namespace name is not this
+            // daemon's.
+            None => {
+                let _ = std::fs::remove_file(dir.join("config.toml"));
+            }
         }
         // `ip netns exec` gives the daemon a mount namespace of its own with a fresh /sys, so pins
         // under its /sys/fs/bpf would vanish with it: pin on a bpffs mounted here instead.
@@ -83,6 +90,24 @@ impl<'a> Daemon<'a> {
     /// Its control socket.
     pub fn socket(&self) -> PathBuf {
         self.dir.join("xlb.sock")
+    }
+
+    /// Its configuration file (which need not exist).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+
+    /// Replaces its configuration file (to be reloaded, or read at the next start).
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.config_path(), text).expect("write the configuration");
+    }
+
+    /// Sends `signal` (a libc signal number) to the running process.
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("xlbd is running");
+        // SAFETY: kill on the pid of a child we own, which has not been waited for.
+        let rc = unsafe { libc::kill(child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill({signal}) of xlbd failed");
     }
 
     /// Starts the process (again).
@@ -137,7 +162,7 @@ impl<'a> Daemon<'a> {
                 "0",
             ])
             .arg("--config")
-            .arg(self.dir.join("config.toml"))
+            .arg(self.config_path())
             .arg("--socket")
             .arg(self.socket())
             .arg("--pin-dir")

@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         Command::Change(change) => Request::Change(change),
         Command::Zero { service } => Request::Zero { service },
         Command::Save => Request::State,
+        Command::Reload => Request::Reload,
         Command::List(options) => {
             let request = if options.connections {
                 Request::Connections
@@ -74,6 +75,10 @@ fn main() -> ExitCode {
             exit(exit_code)
         }
         Response::Ok => ExitCode::SUCCESS,
+        Response::Reloaded { summary } => {
+            println!("reloaded: {summary}");
+            ExitCode::SUCCESS
+        }
         Response::State(state) => {
             print!("{}", save::save(&state));
             ExitCode::SUCCESS

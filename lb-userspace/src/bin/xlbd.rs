@@ -1,39 +1,38 @@
 //! xlbd, the xlb daemon: loads the XDP balancer, attaches it to the given interfaces through
 //! pinned links, installs the configured services, and serves xlbadm on its control socket until
-//! SIGINT or SIGTERM.
+//! SIGINT or SIGTERM. This file parses the arguments, prepares the bpffs and binds the listeners;
+//! the daemon itself is `lb_userspace::daemon::run`.
+//!
+//! The configuration file is the source of truth at start and on reload (SIGHUP, or
+//! `xlbadm --reload`): its difference from the running state is applied in one transaction, and
+//! a file with a mistake is refused whole.
 //!
 //! Restarts do not interrupt traffic: the program, its maps and its links are pinned under the pin
 //! directory, and a daemon that finds them (with its state file) adopts them: same maps, same
 //! connection table, and the program in each link is replaced atomically by its own. By default
 //! the balancer keeps forwarding after the daemon exits; `--detach-on-exit` removes everything.
 //!
-//! SIGUSR1 switches the data path's debug events on, SIGUSR2 off; they are logged through
+//! SIGHUP reloads the configuration file; SIGUSR1 switches the data path's debug events on, SIGUSR2 off; they are logged through
 //! `tracing`.
 
 use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    sync::Arc,
     time::Duration,
 };
 
 use anyhow::{Context as _, Result};
-use aya::programs::XdpMode;
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_userspace::{
     bpffs, config,
-    control::{self, Shared, DEFAULT_SOCKET},
-    dataplane::{Dataplane, LoadOptions, PinnedMaps},
+    control::{self, DEFAULT_SOCKET},
+    daemon::{self, AttachMode},
     decap,
-    health::engine::{Engine, DEFAULT_MAX_CONCURRENT_CHECKS},
+    health::engine::DEFAULT_MAX_CONCURRENT_CHECKS,
     metrics,
-    runtime::{error_chain, RateEstimator, Runtime},
-    state::DesiredState,
+    runtime::error_chain,
 };
-use tokio::{
-    signal::unix::{signal, SignalKind},
-    sync::Mutex,
-};
+use tokio::signal::unix::{signal, SignalKind};
 
 /// xlb's daemon: an XDP layer-4 load balancer.
 #[derive(Parser, Debug)]
@@ -49,8 +48,9 @@ struct Args {
     /// falling back to generic with a log line).
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     xdp_mode: Mode,
-    /// The configuration: virtual services and their real servers (TOML), used when there is no
-    /// running state to adopt.
+    /// The configuration: virtual services and their real servers (TOML). Applied at start (over
+    /// the adopted running state after a restart) and on every reload (SIGHUP, xlbadm --reload);
+    /// without a file, a restart keeps the running state.
     #[arg(long, default_value = "/etc/xlb/xlb.toml")]
     config: PathBuf,
     /// Check the configuration file and exit, touching nothing else (no root needed): 0 and a
@@ -172,190 +172,53 @@ async fn main() -> Result<()> {
         std::process::exit(check_config(&args.config));
     }
 
-    // A bad configuration is refused before anything is touched.
-    let config = load_config(&args.config)?;
+    // A bad configuration is refused before anything is touched (the bpffs below included); the
+    // daemon reads it again as it starts.
+    config::load(&args.config)
+        .map_err(|e| anyhow::anyhow!(error_chain(&e)))
+        .context("in the configuration")?;
     // Bound before the data path is touched, so that a busy port stops the daemon with nothing
     // attached or pinned.
-    let metrics_listener = match args.metrics_listen {
+    let metrics = match args.metrics_listen {
         Listen::Off => None,
         Listen::At(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!("listening for metrics on {addr} (--metrics-listen ADDR:PORT or off)")
         })?),
     };
     ensure_bpffs(&args.pin_dir)?;
-    let mut saved = Runtime::read_state_file(&args.state_file);
-    // The rules of a balancer whose maps cannot be adopted, to install on fresh ones.
-    let mut reinstall = None;
-    match Dataplane::pinned_maps(&args.pin_dir).context("inspecting the pinned maps")? {
-        PinnedMaps::Current(_) if saved.is_none() => {
-            tracing::warn!(
-                pin_dir = %args.pin_dir.display(),
-                "pinned maps without a state file: starting from empty maps"
-            );
-            Dataplane::unpin(&args.pin_dir).context("removing the old map pins")?;
-        }
-        PinnedMaps::Older => {
-            tracing::warn!(
-                pin_dir = %args.pin_dir.display(),
-                "the pinned maps have an older xlbd's layout: starting from empty maps with the \
-                 saved rules (the connection table is forgotten)"
-            );
-            Dataplane::unpin(&args.pin_dir).context("removing the old map pins")?;
-            reinstall = saved.take().map(|s| s.desired);
-        }
-        PinnedMaps::Current(_) | PinnedMaps::None => {}
-    }
-    let pinned = args.pin_dir.join(lb_common::maps::SERVICES).exists();
-    let mut dp = Dataplane::load(&LoadOptions {
-        pin_dir: Some(args.pin_dir.clone()),
-        max_services: args.max_services,
-        max_reals: args.max_reals,
-        ..LoadOptions::default()
-    })
-    .context("loading the data path")?;
-    let capacity = dp.capacity();
-    tracing::info!(
-        services = capacity.services,
-        reals = capacity.reals,
-        maglev_mib = capacity.maglev_bytes() >> 20,
-        "data path sized"
-    );
-    let mut logger = aya_log::EbpfLogger::init(dp.ebpf_mut())
-        .context("starting the reader of the data path's debug events")?;
-    for iface in &args.ifaces {
-        attach(&mut dp, iface, args.xdp_mode, &args.pin_dir)?;
-    }
-    dp.set_debug_events(args.debug_events)
-        .context("setting the debug events")?;
-    let v4 = args.tunnel_sources.iter().find_map(|a| match a {
-        IpAddr::V4(v4) => Some(*v4),
-        IpAddr::V6(_) => None,
-    });
-    let v6 = args.tunnel_sources.iter().find_map(|a| match a {
-        IpAddr::V6(v6) => Some(*v6),
-        IpAddr::V4(_) => None,
-    });
-    dp.set_tunnel_source(v4, v6)
-        .context("setting the tunnel source")?;
-
-    let runtime = match saved.filter(|_| pinned) {
-        Some(saved) => {
-            tracing::info!(
-                services = saved.desired.services.len(),
-                "adopted the running state and its connection table"
-            );
-            Runtime::adopt(dp, saved, Some(args.state_file.clone()))
-        }
-        None => {
-            let mut runtime = Runtime::new(dp, Some(args.state_file.clone()));
-            match reinstall {
-                Some(rules) => runtime
-                    .change_to(rules)
-                    .map_err(|e| anyhow::anyhow!(error_chain(&e)))
-                    .context("installing the saved services")?,
-                None => runtime
-                    .change_to(config)
-                    .map_err(|e| anyhow::anyhow!(error_chain(&e)))
-                    .context("installing the configured services")?,
-            }
-            runtime
-        }
-    };
-    let (engine, mut health_events) = Engine::new(
-        tokio::runtime::Handle::current(),
-        args.max_concurrent_checks,
-    );
-    let runtime = runtime
-        .with_health(engine)
-        .context("starting the health checks")?;
-    let shared = Arc::new(Mutex::new(Shared {
-        runtime,
-        rates: RateEstimator::default(),
-    }));
-    let listener = control::bind(&args.socket)
+    let control = control::bind(&args.socket)
         .with_context(|| format!("binding the control socket {}", args.socket.display()))?;
-    let server = tokio::spawn(control::serve(listener, shared.clone()));
-    let metrics_server = metrics_listener.map(|listener| {
-        match listener.local_addr() {
-            Ok(addr) => tracing::info!(%addr, "serving metrics (/metrics) and the status page (/)"),
-            Err(e) => tracing::warn!(error = %e, "the metrics listener has no address"),
-        }
-        let conntrack = args.pin_dir.join(lb_common::maps::CONNTRACK);
-        tokio::spawn(metrics::serve(
-            listener,
-            shared.clone(),
-            metrics::ConnectionTable::Pinned(conntrack),
-        ))
-    });
-
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut sigusr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
-    let mut sigusr2 = signal(SignalKind::user_defined2()).context("SIGUSR2 handler")?;
-    let mut logs = tokio::time::interval(Duration::from_millis(200));
-    let mut rates = tokio::time::interval(Duration::from_secs(2));
-    // Slow starts ramp weights up: bring the tables along every second (no step when nothing
-    // changed).
-    let mut ramps = tokio::time::interval(Duration::from_secs(1));
-    let mut report = tokio::time::interval(Duration::from_secs(args.report_every.max(1)));
-    tracing::info!(ifaces = ?args.ifaces, socket = %args.socket.display(), "xlbd is balancing");
-    loop {
+    let shutdown = async move {
         tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = sigusr1.recv() => debug_events(&shared, true).await,
-            _ = sigusr2.recv() => debug_events(&shared, false).await,
-            _ = logs.tick() => logger.flush(),
-            Some(_event) = health_events.recv() => refresh(&shared).await,
-            _ = ramps.tick() => refresh(&shared).await,
-            _ = rates.tick() => {
-                let mut guard = shared.lock().await;
-                let Shared { runtime, rates } = &mut *guard;
-                runtime.sample(rates);
-            }
-            _ = report.tick(), if args.report_every > 0 => {
-                let mut guard = shared.lock().await;
-                match guard.runtime.dataplane().global_counters() {
-                    Ok(counters) => {
-                        let nonzero: Vec<String> = counters
-                            .iter()
-                            .filter(|(_, v)| *v > 0)
-                            .map(|(s, v)| format!("{}={v}", s.name()))
-                            .collect();
-                        tracing::info!(counters = %nonzero.join(" "), "data path");
-                    }
-                    Err(e) => tracing::warn!(error = %e, "reading the counters"),
-                }
-            }
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
         }
-    }
-    server.abort();
-    if let Some(metrics_server) = metrics_server {
-        metrics_server.abort();
-    }
-    let _ = std::fs::remove_file(&args.socket);
-    if args.detach_on_exit {
-        tracing::info!("detaching and removing every pin");
-        Dataplane::remove_pins(&args.pin_dir).context("removing the pins")?;
-        let _ = std::fs::remove_file(&args.state_file);
-    } else {
-        tracing::info!("exiting; the balancer keeps forwarding (pinned)");
-    }
-    Ok(())
-}
-
-/// Brings the data path in line with the health checks.
-async fn refresh(shared: &Mutex<Shared>) {
-    if let Err(e) = shared.lock().await.runtime.refresh() {
-        tracing::error!(error = %e, "applying health-check results to the data path");
-    }
-}
-
-async fn debug_events(shared: &Mutex<Shared>, on: bool) {
-    match shared.lock().await.runtime.dataplane().set_debug_events(on) {
-        Ok(()) => tracing::info!(on, "data-path debug events"),
-        Err(e) => tracing::warn!(error = %e, "switching the debug events"),
-    }
+    };
+    let config = daemon::Config {
+        ifaces: args.ifaces,
+        attach_mode: args.xdp_mode.into(),
+        config_file: args.config,
+        pin_dir: args.pin_dir,
+        state_file: args.state_file,
+        detach_on_exit: args.detach_on_exit,
+        debug_events: args.debug_events,
+        tunnel_sources: args.tunnel_sources,
+        max_concurrent_checks: args.max_concurrent_checks,
+        max_services: args.max_services,
+        max_reals: args.max_reals,
+        report_every: (args.report_every > 0).then(|| Duration::from_secs(args.report_every)),
+        signals: true,
+    };
+    let listeners = daemon::Listeners {
+        control,
+        control_path: Some(args.socket),
+        metrics,
+    };
+    daemon::run(config, listeners, shutdown)
+        .await
+        .map_err(|e| anyhow::anyhow!(error_chain(&e)))
 }
 
 fn on_bpffs(path: &Path) -> bool {
@@ -408,16 +271,6 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn load_config(path: &Path) -> Result<DesiredState> {
-    if !path.exists() {
-        tracing::warn!(config = %path.display(), "no configuration: starting with no service");
-        return Ok(DesiredState::default());
-    }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the configuration {}", path.display()))?;
-    config::parse(path, &text).with_context(|| format!("in the configuration {}", path.display()))
-}
-
 /// `--check-config`: the exit code, after printing the summary or every mistake.
 fn check_config(path: &Path) -> i32 {
     let text = match std::fs::read_to_string(path) {
@@ -463,16 +316,9 @@ fn decap(iface: &str, remove: bool, addrs: Vec<IpAddr>, mode: Mode, pin_dir: &Pa
     if addrs.is_empty() {
         anyhow::bail!("{iface} has no address to be a tunnel endpoint for: give --addr");
     }
-    let attach = |mode| decap::attach(iface, mode, &addrs, pin_dir);
-    let report = match mode {
-        Mode::Native => attach(XdpMode::Driver),
-        Mode::Generic => attach(XdpMode::Skb),
-        Mode::Auto => attach(XdpMode::Driver).or_else(|e| {
-            tracing::warn!(iface, error = %e, "native XDP refused: falling back to generic mode");
-            attach(XdpMode::Skb)
-        }),
-    }
-    .with_context(|| format!("attaching the decapsulator to {iface}"))?;
+    let report = AttachMode::from(mode)
+        .attach(iface, |mode| decap::attach(iface, mode, &addrs, pin_dir))
+        .with_context(|| format!("attaching the decapsulator to {iface}"))?;
     tracing::info!(
         iface,
         endpoints = ?report.endpoints,
@@ -482,19 +328,12 @@ fn decap(iface: &str, remove: bool, addrs: Vec<IpAddr>, mode: Mode, pin_dir: &Pa
     Ok(())
 }
 
-fn attach(dp: &mut Dataplane, iface: &str, mode: Mode, pin_dir: &Path) -> Result<()> {
-    match mode {
-        Mode::Native => dp.attach_pinned(iface, XdpMode::Driver, pin_dir),
-        Mode::Generic => dp.attach_pinned(iface, XdpMode::Skb, pin_dir),
-        Mode::Auto => match dp.attach_pinned(iface, XdpMode::Driver, pin_dir) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                tracing::warn!(iface, error = %e, "native XDP refused: falling back to generic mode");
-                dp.attach_pinned(iface, XdpMode::Skb, pin_dir)
-            }
-        },
+impl From<Mode> for AttachMode {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::Native => AttachMode::Native,
+            Mode::Generic => AttachMode::Generic,
+            Mode::Auto => AttachMode::Auto,
+        }
     }
-    .with_context(|| format!("attaching to {iface}"))?;
-    tracing::info!(iface, ?mode, "attached");
-    Ok(())
 }

@@ -69,6 +69,8 @@ pub enum Command {
     Save,
     /// `-R`: read `-S` lines from stdin and apply them.
     Restore,
+    /// `--reload` (xlb's own): xlbd reads its configuration file again.
+    Reload,
     /// `-h`: print the usage.
     Help,
     /// `-v`: print the version.
@@ -461,6 +463,7 @@ pub fn usage(program: &str) -> String {
   {p} -C
   {p} -R
   {p} -S [-n]
+  {p} --reload
   {p} -a|e -t|u service-address -r server-address [options]
   {p} -d -t|u service-address -r server-address
   {p} -L|l [-t|u service-address] [options]
@@ -475,6 +478,7 @@ Either long or short options are allowed.
   --clear           -C        clear the whole table
   --restore         -R        restore rules from stdin
   --save            -S        save rules to stdout
+  --reload                    xlbd reads its configuration file again (as SIGHUP)
   --add-server      -a        add real server with options
   --edit-server     -e        edit real server with options
   --delete-server   -d        delete real server
@@ -546,6 +550,7 @@ enum Verb {
     EditServer,
     DeleteServer,
     Restore,
+    Reload,
     Save,
     Zero,
 }
@@ -563,6 +568,7 @@ impl Verb {
             Verb::EditServer => "edit-server",
             Verb::DeleteServer => "delete-server",
             Verb::Restore => "restore",
+            Verb::Reload => "reload",
             Verb::Save => "save",
             Verb::Zero => "zero",
         }
@@ -575,7 +581,7 @@ impl Verb {
         match self {
             Verb::AddService | Verb::EditService => b"xx+   xxxxxxxxxxxx",
             Verb::DeleteService => b"xx+xxxxxxxxxxxxxxx",
-            Verb::Clear | Verb::Restore => b"xxxxxxxxxxxxxxxxxx",
+            Verb::Clear | Verb::Restore | Verb::Reload => b"xxxxxxxxxxxxxxxxxx",
             Verb::List => b" 11xxxxxxxx      x",
             Verb::AddServer | Verb::EditServer => b"xx+xxx+    xxxxxx ",
             Verb::DeleteServer => b"xx+xxx+xxxxxxxxxxx",
@@ -766,6 +772,7 @@ const SPECS: &[Spec] = &[
         Arg::No,
     ),
     spec(Some('S'), Some("save"), Flag::Verb(Verb::Save), Arg::No),
+    spec(None, Some("reload"), Flag::Verb(Verb::Reload), Arg::No),
     spec(Some('h'), Some("help"), Flag::Help, Arg::No),
     spec(Some('v'), Some("version"), Flag::Version, Arg::No),
     spec(
@@ -1375,6 +1382,7 @@ impl Line {
             },
             Verb::Save => Command::Save,
             Verb::Restore => Command::Restore,
+            Verb::Reload => Command::Reload,
         };
         Ok(command)
     }
@@ -2150,6 +2158,7 @@ mod tests {
     fn save_restore_zero_help_and_version_parse() {
         assert_eq!(command("-S -n"), Command::Save);
         assert_eq!(command("--restore"), Command::Restore);
+        assert_eq!(command("--reload"), Command::Reload);
         assert_eq!(command("-Z"), Command::Zero { service: None });
         assert_eq!(
             command("-Z -t 10.0.0.1:80"),

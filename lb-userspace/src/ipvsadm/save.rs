@@ -249,6 +249,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Zero { .. } => "zero",
         Command::Save => "save",
         Command::Restore => "restore",
+        Command::Reload => "reload",
         Command::Help => "help",
         Command::Version => "version",
     }

@@ -1,0 +1,659 @@
+//! The daemon as a library: [`run`] takes the daemon's settings, the listeners it serves on and a
+//! future that says when to stop, so that `xlbd` only parses its arguments and binds, and a test
+//! can run a daemon inside its own process.
+//!
+//! What [`run`] does, in order: reads the configuration file (a refused file stops it before
+//! anything is touched); loads the data path or adopts the pinned one (same maps, same
+//! connection table) and attaches it; brings the running state to the configuration file in one
+//! transaction ([`start_state`] says which state wins when); starts the health checks; serves the
+//! control socket and the metrics; and, until `shutdown` completes, reloads the configuration
+//! on SIGHUP, switches the debug events on SIGUSR1/SIGUSR2, folds health results and slow starts
+//! into the tables, samples rates and reports counters.
+
+use std::{future::Future, net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use aya::programs::XdpMode;
+use thiserror::Error;
+use tokio::{
+    net::{TcpListener, UnixListener},
+    signal::unix::{signal, SignalKind},
+    sync::Mutex,
+};
+
+use crate::{
+    config::{self, LoadError},
+    control::{self, Request, Response, Shared},
+    dataplane::{Dataplane, DataplaneError, LoadOptions, PinnedMaps},
+    health::engine::{Engine, DEFAULT_MAX_CONCURRENT_CHECKS},
+    metrics,
+    runtime::{RateEstimator, Runtime, RuntimeError, Saved},
+    state::DesiredState,
+};
+
+/// How the balancer is attached to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachMode {
+    /// In the driver.
+    Native,
+    /// In the stack (every driver has it).
+    Generic,
+    /// Native, falling back to generic with a log line.
+    #[default]
+    Auto,
+}
+
+impl AttachMode {
+    /// Runs `attach` with the XDP mode(s) this stands for: native, generic, or native then generic
+    /// when native is refused.
+    pub fn attach<T, E: std::error::Error + 'static>(
+        self,
+        iface: &str,
+        mut attach: impl FnMut(XdpMode) -> Result<T, E>,
+    ) -> Result<T, E> {
+        match self {
+            AttachMode::Native => attach(XdpMode::Driver),
+            AttachMode::Generic => attach(XdpMode::Skb),
+            AttachMode::Auto => attach(XdpMode::Driver).or_else(|e| {
+                tracing::warn!(
+                    iface,
+                    error = %crate::runtime::error_chain(&e),
+                    "native XDP refused: falling back to generic mode"
+                );
+                attach(XdpMode::Skb)
+            }),
+        }
+    }
+}
+
+/// The daemon's settings (xlbd's options).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The interfaces to balance on.
+    pub ifaces: Vec<String>,
+    /// How to attach to them.
+    pub attach_mode: AttachMode,
+    /// The configuration file: read at start and on every reload.
+    pub config_file: PathBuf,
+    /// Where the program, its maps and links are pinned (on a bpffs that is mounted).
+    pub pin_dir: PathBuf,
+    /// Where the desired state and its data-path ids are saved after every change.
+    pub state_file: PathBuf,
+    /// On exit, detach from the interfaces and remove every pin.
+    pub detach_on_exit: bool,
+    /// Start with the data path's debug events on.
+    pub debug_events: bool,
+    /// Sources of tunneled packets (one IPv4 and/or one IPv6); none: the kernel's choice.
+    pub tunnel_sources: Vec<IpAddr>,
+    /// At most this many health checks at once.
+    pub max_concurrent_checks: usize,
+    /// Virtual services the balancer holds (`None`: as pinned, else the default).
+    pub max_services: Option<u32>,
+    /// Real servers the balancer holds (`None`: as pinned, else the default).
+    pub max_reals: Option<u32>,
+    /// How often the counters are logged; `None`: never.
+    pub report_every: Option<Duration>,
+    /// Whether the daemon answers SIGHUP (reload), SIGUSR1 and SIGUSR2 (debug events on, off).
+    /// A daemon inside a test leaves the process's signals alone.
+    pub signals: bool,
+}
+
+impl Config {
+    /// The settings of a daemon on `ifaces` with xlbd's defaults elsewhere.
+    pub fn new(ifaces: Vec<String>, config_file: PathBuf) -> Self {
+        Self {
+            ifaces,
+            attach_mode: AttachMode::Auto,
+            config_file,
+            pin_dir: PathBuf::from("/sys/fs/bpf/xlb"),
+            state_file: PathBuf::from("/run/xlb/state.json"),
+            detach_on_exit: false,
+            debug_events: false,
+            tunnel_sources: Vec::new(),
+            max_concurrent_checks: DEFAULT_MAX_CONCURRENT_CHECKS,
+            max_services: None,
+            max_reals: None,
+            report_every: Some(Duration::from_secs(60)),
+            signals: true,
+        }
+    }
+}
+
+/// What the daemon serves on, bound by the caller (so that a busy address stops it before the
+/// data path is touched).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The control socket (xlbadm's requests).
+    pub control: UnixListener,
+    /// The control socket's path, removed when the daemon stops.
+    pub control_path: Option<PathBuf>,
+    /// The metrics and status page, if served.
+    pub metrics: Option<TcpListener>,
+}
+
+/// Why the daemon could not start (or stop cleanly).
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    /// The configuration file is unreadable or refused; nothing was touched.
+    #[error("in the configuration")]
+    Config(#[source] LoadError),
+    /// The pinned maps could not be inspected or removed.
+    #[error("{what} in {}", .pin_dir.display())]
+    Pins {
+        /// What was being done.
+        what: &'static str,
+        /// The pin directory.
+        pin_dir: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A step of setting up the data path failed.
+    #[error("{what}")]
+    Dataplane {
+        /// The step ("loading the data path", "attaching to eth0", ...).
+        what: String,
+        /// Why.
+        #[source]
+        source: Box<DataplaneError>,
+    },
+    /// The reader of the data path's debug events could not start.
+    #[error("starting the reader of the data path's debug events")]
+    Logger(#[source] aya_log::Error),
+    /// The services could not be installed, or the health checks started.
+    #[error("{what}")]
+    Runtime {
+        /// What was being done.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: RuntimeError,
+    },
+    /// A signal handler could not be installed.
+    #[error("handling {signal}")]
+    Signal {
+        /// The signal.
+        signal: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn data_path(what: impl Into<String>) -> impl FnOnce(DataplaneError) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Dataplane {
+        what,
+        source: Box::new(source),
+    }
+}
+
+/// Runs the daemon until `shutdown` completes: see the module's documentation. The control
+/// socket's path is removed when it returns, whether it stopped or failed to start.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let control_path = listeners.control_path.clone();
+    let result = start_and_serve(config, listeners, shutdown).await;
+    if let Some(path) = control_path {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+async fn start_and_serve(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    // A bad configuration is refused before anything is touched.
+    let file = config::load(&config.config_file).map_err(DaemonError::Config)?;
+    if file.is_none() {
+        tracing::warn!(
+            config = %config.config_file.display(),
+            "no configuration file: starting with the running state if there is one to adopt, \
+             else with no service"
+        );
+    }
+    let (mut dp, adopted) = load_data_path(&config)?;
+    let logger = aya_log::EbpfLogger::init(dp.ebpf_mut()).map_err(DaemonError::Logger)?;
+    for iface in &config.ifaces {
+        config
+            .attach_mode
+            .attach(iface, |mode| dp.attach_pinned(iface, mode, &config.pin_dir))
+            .map_err(data_path(format!("attaching to {iface}")))?;
+        tracing::info!(iface, mode = ?config.attach_mode, "attached");
+    }
+    dp.set_debug_events(config.debug_events)
+        .map_err(data_path("setting the debug events"))?;
+    let v4 = config.tunnel_sources.iter().find_map(|a| match a {
+        IpAddr::V4(v4) => Some(*v4),
+        IpAddr::V6(_) => None,
+    });
+    let v6 = config.tunnel_sources.iter().find_map(|a| match a {
+        IpAddr::V6(v6) => Some(*v6),
+        IpAddr::V4(_) => None,
+    });
+    dp.set_tunnel_source(v4, v6)
+        .map_err(data_path("setting the tunnel source"))?;
+
+    let state_file = Some(config.state_file.clone());
+    let (engine, health_events) = Engine::new(
+        tokio::runtime::Handle::current(),
+        config.max_concurrent_checks,
+    );
+    let (runtime, reinstall) = match adopted {
+        Adopted::Maps(saved) => {
+            tracing::info!(
+                services = saved.desired.services.len(),
+                "adopted the running state and its connection table"
+            );
+            (Runtime::adopt(dp, saved, state_file), None)
+        }
+        Adopted::Rules(rules) => (Runtime::new(dp, state_file), Some(rules)),
+        Adopted::Nothing => (Runtime::new(dp, state_file), None),
+    };
+    let runtime = runtime
+        .with_health(engine)
+        .map_err(|source| DaemonError::Runtime {
+            what: "starting the health checks",
+            source,
+        })?;
+    let mut shared = Shared {
+        runtime,
+        rates: RateEstimator::default(),
+        config: config.config_file.clone(),
+    };
+    // With the health engine in place, so that the checks of the servers that stay go on and
+    // those of new ones start. Even an unchanged state is saved, so that the next start adopts.
+    let (what, start) = start_state(shared.runtime.desired(), file, reinstall);
+    let summary = control::summary(shared.runtime.desired(), &start);
+    shared
+        .runtime
+        .change_to(start)
+        .map_err(|source| DaemonError::Runtime { what, source })?;
+    tracing::info!("{what}: {summary}");
+    let shared = Arc::new(Mutex::new(shared));
+    serve(
+        shared,
+        &config,
+        listeners,
+        Some(logger),
+        health_events,
+        shutdown,
+    )
+    .await?;
+    if config.detach_on_exit {
+        tracing::info!("detaching and removing every pin");
+        Dataplane::remove_pins(&config.pin_dir).map_err(|source| DaemonError::Pins {
+            what: "removing the pins",
+            pin_dir: config.pin_dir.clone(),
+            source,
+        })?;
+        let _ = std::fs::remove_file(&config.state_file);
+    } else {
+        tracing::info!("exiting; the balancer keeps forwarding (pinned)");
+    }
+    Ok(())
+}
+
+/// What the pin directory held when the daemon started.
+#[derive(Debug)]
+enum Adopted {
+    /// Maps of this layout and the state file that says what they hold: adopted as they are.
+    Maps(Saved),
+    /// Maps of an older layout, removed: their rules, from the state file, to install afresh.
+    Rules(DesiredState),
+    /// Nothing to adopt: a fresh data path.
+    Nothing,
+}
+
+/// Loads the data path, adopting the pinned maps when they can be (see [`Adopted`]).
+fn load_data_path(config: &Config) -> Result<(Dataplane, Adopted), DaemonError> {
+    let pin_dir = &config.pin_dir;
+    let pins = |what| {
+        move |source| DaemonError::Pins {
+            what,
+            pin_dir: pin_dir.clone(),
+            source,
+        }
+    };
+    let mut saved = Runtime::read_state_file(&config.state_file);
+    let mut adopted = Adopted::Nothing;
+    match Dataplane::pinned_maps(pin_dir).map_err(data_path(format!(
+        "inspecting the pinned maps in {}",
+        pin_dir.display()
+    )))? {
+        PinnedMaps::Current(_) if saved.is_none() => {
+            tracing::warn!(
+                pin_dir = %pin_dir.display(),
+                "pinned maps without a state file: starting from empty maps"
+            );
+            Dataplane::unpin(pin_dir).map_err(pins("removing the old map pins"))?;
+        }
+        PinnedMaps::Older => {
+            tracing::warn!(
+                pin_dir = %pin_dir.display(),
+                "the pinned maps have an older xlbd's layout: starting from empty maps with the \
+                 saved rules (the connection table is forgotten)"
+            );
+            Dataplane::unpin(pin_dir).map_err(pins("removing the old map pins"))?;
+            if let Some(saved) = saved.take() {
+                adopted = Adopted::Rules(saved.desired);
+            }
+        }
+        PinnedMaps::Current(_) | PinnedMaps::None => {}
+    }
+    let pinned = pin_dir.join(lb_common::maps::SERVICES).exists();
+    let dp = Dataplane::load(&LoadOptions {
+        pin_dir: Some(pin_dir.clone()),
+        max_services: config.max_services,
+        max_reals: config.max_reals,
+        ..LoadOptions::default()
+    })
+    .map_err(data_path("loading the data path"))?;
+    let capacity = dp.capacity();
+    tracing::info!(
+        services = capacity.services,
+        reals = capacity.reals,
+        maglev_mib = capacity.maglev_bytes() >> 20,
+        "data path sized"
+    );
+    if let Some(saved) = saved.filter(|_| pinned) {
+        adopted = Adopted::Maps(saved);
+    }
+    Ok((dp, adopted))
+}
+
+/// The state to take the running one (`running`: adopted, or empty) to once the data path is
+/// up, and what doing it is called in the log.
+///
+/// The configuration file, when there is one, is the source of truth at start as on reload:
+/// after a restart the pinned maps are adopted first (no flow notices the restart) and the file
+/// is then applied as a reload would, so that an edited file counts and changes made with xlbadm
+/// since the last reload are dropped. Without a file, an adopted state is kept, and the rules
+/// saved with maps of an older layout are installed again.
+fn start_state(
+    running: &DesiredState,
+    file: Option<DesiredState>,
+    reinstall: Option<DesiredState>,
+) -> (&'static str, DesiredState) {
+    match (file, reinstall) {
+        (Some(file), _) => ("applied the configuration file", file),
+        (None, Some(rules)) => ("installed the saved services again", rules),
+        (None, None) => ("kept the running state", running.clone()),
+    }
+}
+
+/// Serves the control socket and the metrics, and keeps the data path in line with the health
+/// checks, until `shutdown` completes.
+async fn serve(
+    shared: Arc<Mutex<Shared>>,
+    config: &Config,
+    listeners: Listeners,
+    mut logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    mut health_events: tokio::sync::mpsc::UnboundedReceiver<crate::health::engine::HealthEvent>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let server = tokio::spawn(control::serve(listeners.control, shared.clone()));
+    let metrics_server = listeners.metrics.map(|listener| {
+        match listener.local_addr() {
+            Ok(addr) => tracing::info!(%addr, "serving metrics (/metrics) and the status page (/)"),
+            Err(e) => tracing::warn!(error = %e, "the metrics listener has no address"),
+        }
+        let conntrack = config.pin_dir.join(lb_common::maps::CONNTRACK);
+        tokio::spawn(metrics::serve(
+            listener,
+            shared.clone(),
+            metrics::ConnectionTable::Pinned(conntrack),
+        ))
+    });
+    let mut signals = if config.signals {
+        let on = |kind: SignalKind, name: &'static str| {
+            signal(kind).map_err(|source| DaemonError::Signal {
+                signal: name,
+                source,
+            })
+        };
+        Some((
+            on(SignalKind::hangup(), "SIGHUP")?,
+            on(SignalKind::user_defined1(), "SIGUSR1")?,
+            on(SignalKind::user_defined2(), "SIGUSR2")?,
+        ))
+    } else {
+        None
+    };
+    let mut logs = tokio::time::interval(Duration::from_millis(200));
+    let mut rates = tokio::time::interval(Duration::from_secs(2));
+    // Slow starts ramp weights up: bring the tables along every second (no step when nothing
+    // changed).
+    let mut ramps = tokio::time::interval(Duration::from_secs(1));
+    let report_every = config.report_every.filter(|d| !d.is_zero());
+    let mut report = tokio::time::interval(report_every.unwrap_or(Duration::from_secs(3600)));
+    tracing::info!(
+        ifaces = ?config.ifaces,
+        config = %config.config_file.display(),
+        "xlbd is balancing"
+    );
+    tokio::pin!(shutdown);
+    loop {
+        let (hup, usr1, usr2) = match &mut signals {
+            Some((hup, usr1, usr2)) => (Some(hup), Some(usr1), Some(usr2)),
+            None => (None, None, None),
+        };
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(()) = recv(hup) => {
+                tracing::info!(config = %config.config_file.display(), "SIGHUP: reloading");
+                // The outcome is logged by the reload itself.
+                let _ = control::handle(&mut *shared.lock().await, Request::Reload);
+            }
+            Some(()) = recv(usr1) => debug_events(&shared, true).await,
+            Some(()) = recv(usr2) => debug_events(&shared, false).await,
+            _ = logs.tick() => {
+                if let Some(logger) = &mut logger {
+                    logger.flush();
+                }
+            }
+            Some(event) = health_events.recv() => refresh_service(&shared, &event.service).await,
+            _ = ramps.tick() => refresh(&shared).await,
+            _ = rates.tick() => {
+                let mut guard = shared.lock().await;
+                let Shared { runtime, rates, .. } = &mut *guard;
+                runtime.sample(rates);
+            }
+            _ = report.tick(), if report_every.is_some() => {
+                let mut guard = shared.lock().await;
+                match guard.runtime.dataplane().global_counters() {
+                    Ok(counters) => {
+                        let nonzero: Vec<String> = counters
+                            .iter()
+                            .filter(|(_, v)| *v > 0)
+                            .map(|(s, v)| format!("{}={v}", s.name()))
+                            .collect();
+                        tracing::info!(counters = %nonzero.join(" "), "data path");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reading the counters"),
+                }
+            }
+        }
+    }
+    server.abort();
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
+    }
+    Ok(())
+}
+
+/// The next delivery of a signal that is handled; never, for one that is not.
+async fn recv(signal: Option<&mut tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Brings one service's table in line with a health event of one of its servers.
+async fn refresh_service(shared: &Mutex<Shared>, service: &crate::state::ServiceAddr) {
+    if let Err(e) = shared.lock().await.runtime.refresh_service(service) {
+        tracing::error!(
+            %service,
+            error = %crate::runtime::error_chain(&e),
+            "applying a health-check result to the data path"
+        );
+    }
+}
+
+/// Brings the data path in line with the health checks (slow starts ramping up).
+async fn refresh(shared: &Mutex<Shared>) {
+    if let Err(e) = shared.lock().await.runtime.refresh() {
+        tracing::error!(
+            error = %crate::runtime::error_chain(&e),
+            "applying health-check results to the data path"
+        );
+    }
+}
+
+async fn debug_events(shared: &Mutex<Shared>, on: bool) {
+    match control::handle(&mut *shared.lock().await, Request::DebugEvents { on }) {
+        Response::Ok => tracing::info!(on, "data-path debug events"),
+        Response::Error { message, .. } => {
+            tracing::warn!(error = %message, "switching the debug events")
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::BTreeMap,
+        net::SocketAddr,
+        path::Path,
+        time::{Duration, Instant},
+    };
+
+    use tokio::{net::TcpListener, task::JoinHandle};
+
+    use super::*;
+    use crate::health::{
+        engine::{HealthEvent, Target},
+        machine::Health,
+    };
+
+    fn state(text: &str) -> DesiredState {
+        config::parse(Path::new("xlb.toml"), text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_configuration_file_wins_at_start_and_without_one_the_running_state_stays() {
+        let file = state(
+            "[[services]]\n[services.addr]\nprotocol = \"tcp\"\naddr = \"10.0.0.1\"\nport = 80\n",
+        );
+        let empty = DesiredState::default();
+        let saved = state(
+            "[[services]]\n[services.addr]\nprotocol = \"udp\"\naddr = \"10.0.0.2\"\nport = 53\n",
+        );
+        assert_eq!(
+            start_state(&saved, Some(file.clone()), Some(saved.clone())),
+            ("applied the configuration file", file.clone())
+        );
+        assert_eq!(
+            start_state(&saved, Some(file.clone()), None),
+            ("applied the configuration file", file)
+        );
+        assert_eq!(
+            start_state(&empty, None, Some(saved.clone())),
+            ("installed the saved services again", saved.clone())
+        );
+        assert_eq!(
+            start_state(&saved, None, None),
+            ("kept the running state", saved)
+        );
+    }
+
+    /// A listener that accepts and drops connections until aborted.
+    async fn listen() -> (u16, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                drop(stream);
+            }
+        });
+        (port, task)
+    }
+
+    /// What the runtime gives the health engine for `state`.
+    fn targets(state: &DesiredState) -> Vec<Target> {
+        state
+            .services
+            .iter()
+            .flat_map(|s| Target::for_service(s, &s.health, &s.real_checks).expect("valid"))
+            .collect()
+    }
+
+    fn config_text(reals: &[(&str, u32, u16)]) -> String {
+        let mut text = String::from(
+            "[[services]]\n[services.addr]\nprotocol = \"tcp\"\naddr = \"10.0.0.1\"\nport = 80\n\
+             [services.health.check]\nkind = \"tcp\"\naddr = \"127.0.0.1\"\n\
+             interval = \"300ms\"\ntimeout = \"250ms\"\nrise = 2\nfall = 2\n",
+        );
+        for (addr, weight, port) in reals {
+            text.push_str(&format!(
+                "[services.real_checks.\"{addr}:80\"]\nport = {port}\n\
+                 [[services.reals]]\naddr = \"{addr}\"\nport = 80\nweight = {weight}\n"
+            ));
+        }
+        text
+    }
+
+    fn health_of(engine: &Engine) -> BTreeMap<SocketAddr, Health> {
+        engine
+            .snapshot()
+            .into_iter()
+            .map(|s| (s.real, s.health))
+            .collect()
+    }
+
+    /// A reload hands the engine the targets of the new file: a server whose check did not
+    /// change keeps its state (no new rise while it is re-checked) and its task, whatever else
+    /// changed around it (its weight, other servers).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reload_keeps_the_health_of_the_servers_whose_check_did_not_change() {
+        let ((a, _a), (b, _b), (c, _c)) = (listen().await, listen().await, listen().await);
+        let (engine, mut events) = Engine::new(tokio::runtime::Handle::current(), 4);
+        let before = state(&config_text(&[("10.0.0.11", 1, a), ("10.0.0.12", 1, b)]));
+        engine.update_targets(targets(&before)).expect("valid");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while health_of(&engine).values().any(|h| *h != Health::Up) {
+            assert!(Instant::now() < deadline, "{:?}", health_of(&engine));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        while events.try_recv().is_ok() {}
+
+        // .11 is heavier, .12 goes, .13 comes.
+        let after = state(&config_text(&[("10.0.0.11", 5, a), ("10.0.0.13", 1, c)]));
+        engine.update_targets(targets(&after)).expect("valid");
+        let real = |addr: &str| SocketAddr::new(addr.parse().expect("address"), 80);
+        assert_eq!(
+            health_of(&engine),
+            BTreeMap::from([
+                (real("10.0.0.11"), Health::Up),
+                (real("10.0.0.13"), Health::Unknown)
+            ])
+        );
+        let event: HealthEvent = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("an event within 5 s")
+            .expect("the engine is alive");
+        assert_eq!(event.real, real("10.0.0.13"), "{event:?}");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(
+            events.try_recv().is_err(),
+            "10.0.0.11 was never reported again"
+        );
+        assert_eq!(health_of(&engine)[&real("10.0.0.11")], Health::Up);
+    }
+}
