@@ -166,7 +166,7 @@ pub enum DaemonError {
         what: &'static str,
         /// Why.
         #[source]
-        source: RuntimeError,
+        source: Box<RuntimeError>,
     },
     /// A signal handler could not be installed.
     #[error("handling {signal}")]
@@ -258,7 +258,7 @@ async fn start_and_serve(
         .with_health(engine)
         .map_err(|source| DaemonError::Runtime {
             what: "starting the health checks",
-            source,
+            source: Box::new(source),
         })?;
     let mut shared = Shared {
         runtime,
@@ -272,7 +272,10 @@ async fn start_and_serve(
     shared
         .runtime
         .change_to(start)
-        .map_err(|source| DaemonError::Runtime { what, source })?;
+        .map_err(|source| DaemonError::Runtime {
+            what,
+            source: Box::new(source),
+        })?;
     tracing::info!("{what}: {summary}");
     let shared = Arc::new(Mutex::new(shared));
     serve(
