@@ -987,21 +987,9 @@ fn enable_forwarding(iface: &str) -> Result<()> {
 
 /// The indexes of the interfaces of the calling thread's network namespace.
 fn interface_indexes() -> Vec<u32> {
-    let mut out = Vec::new();
-    // SAFETY: if_nameindex returns an array ended by a zero entry, freed below.
-    unsafe {
-        let list = libc::if_nameindex();
-        if list.is_null() {
-            return out;
-        }
-        let mut entry = list;
-        while (*entry).if_index != 0 {
-            out.push((*entry).if_index);
-            entry = entry.add(1);
-        }
-        libc::if_freenameindex(list);
-    }
-    out
+    nix::net::if_::if_nameindex()
+        .map(|list| list.iter().map(|i| i.index()).collect())
+        .unwrap_or_default()
 }
 
 /// The balancer program of a loaded object.

@@ -54,13 +54,23 @@ pub enum DecapError {
         #[source]
         source: links::PinnedLinkError,
     },
+    /// There is no interface of that name.
+    #[error("there is no interface {iface} in this network namespace")]
+    NoInterface {
+        /// The interface.
+        iface: String,
+        /// The error.
+        #[source]
+        source: nix::Error,
+    },
     /// Reading the interface's addresses failed.
-    #[error("reading the addresses of {iface}: {detail}")]
+    #[error("reading the addresses of {iface}")]
     Addresses {
         /// The interface.
         iface: String,
-        /// What went wrong.
-        detail: String,
+        /// The error.
+        #[source]
+        source: crate::neighbour::NeighbourError,
     },
     /// A file operation on the pin directory failed.
     #[error("{action} {}", path.display())]
@@ -93,33 +103,20 @@ pub fn endpoint_key(addr: IpAddr) -> ServiceKey {
     }
 }
 
-/// The global (non-link-local) addresses of an interface, from `ip -j addr show dev IF`.
+/// The addresses of an interface but for link-local ones, as `ip addr show dev IF` lists them
+/// (over rtnetlink).
 pub fn interface_addresses(iface: &str) -> Result<Vec<IpAddr>, DecapError> {
-    let err = |detail: String| DecapError::Addresses {
-        iface: iface.to_owned(),
-        detail,
-    };
-    let out = std::process::Command::new("ip")
-        .args(["-j", "addr", "show", "dev", iface])
-        .output()
-        .map_err(|e| err(e.to_string()))?;
-    if !out.status.success() {
-        return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
-    }
-    let json: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| err(e.to_string()))?;
-    let mut addrs = Vec::new();
-    for link in json.as_array().into_iter().flatten() {
-        for info in link["addr_info"].as_array().into_iter().flatten() {
-            if info["scope"] == "link" {
-                continue;
-            }
-            if let Some(addr) = info["local"].as_str().and_then(|a| a.parse().ok()) {
-                addrs.push(addr);
-            }
-        }
-    }
-    Ok(addrs)
+    let ifindex =
+        nix::net::if_::if_nametoindex(iface).map_err(|source| DecapError::NoInterface {
+            iface: iface.to_owned(),
+            source,
+        })?;
+    crate::neighbour::Netlink::open()
+        .and_then(|mut netlink| netlink.global_addresses(ifindex))
+        .map_err(|source| DecapError::Addresses {
+            iface: iface.to_owned(),
+            source,
+        })
 }
 
 /// The loaded decapsulator.

@@ -3,10 +3,9 @@
 //! pool is written with a memory copy, where `BPF_MAP_UPDATE_BATCH` copies and checks each of a
 //! table's 65537 slots one by one in the kernel (about 5 ms a table here, most of a restore).
 
-use std::{
-    os::fd::{AsRawFd as _, BorrowedFd},
-    ptr::NonNull,
-};
+use std::{num::NonZeroUsize, os::fd::BorrowedFd, ptr::NonNull};
+
+use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 
 /// A shared, writable mapping of an array map's values.
 pub struct MappedArray {
@@ -22,23 +21,22 @@ unsafe impl Sync for MappedArray {}
 impl MappedArray {
     /// Maps the `len` values of the array map `map` (created with `BPF_F_MMAPABLE`).
     pub fn new(map: BorrowedFd<'_>, len: usize) -> std::io::Result<Self> {
-        let bytes = len * std::mem::size_of::<u32>();
-        // SAFETY: a fresh shared mapping of the map's fd; the kernel checks length and flags.
+        let bytes = NonZeroUsize::new(len * std::mem::size_of::<u32>())
+            .ok_or_else(|| std::io::Error::other("an empty map cannot be mapped"))?;
+        // SAFETY: a fresh shared mapping of the map's fd, owned by the value returned; the kernel
+        // checks length and flags.
         let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
+            mmap(
+                None,
                 bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.as_raw_fd(),
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                map,
                 0,
             )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
         }
-        let ptr =
-            NonNull::new(ptr.cast()).ok_or_else(|| std::io::Error::other("mmap gave null"))?;
+        .map_err(std::io::Error::from)?
+        .cast();
         Ok(Self { ptr, len })
     }
 
@@ -69,12 +67,10 @@ impl MappedArray {
 
 impl Drop for MappedArray {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe {
-            libc::munmap(
-                self.ptr.as_ptr().cast(),
-                self.len * std::mem::size_of::<u32>(),
-            );
+        // SAFETY: the mapping made in `new`, unmapped once; nothing borrows it any more.
+        let unmapped = unsafe { munmap(self.ptr.cast(), self.len * std::mem::size_of::<u32>()) };
+        if let Err(e) = unmapped {
+            tracing::warn!(error = %e, "unmapping the Maglev pool failed");
         }
     }
 }

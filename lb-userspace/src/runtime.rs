@@ -972,13 +972,10 @@ fn stats(c: lb_common::Counters) -> Stats {
 /// CLOCK_MONOTONIC in nanoseconds: the clock of the data path's `bpf_ktime_get_coarse_ns`, which
 /// lags it by at most a tick.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec to write into.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    // CLOCK_MONOTONIC cannot fail on Linux; a zero would only make every connection look old.
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|ts| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 type Samples = BTreeMap<u32, lb_common::Counters>;

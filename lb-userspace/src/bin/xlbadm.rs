@@ -114,77 +114,8 @@ fn exit(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(255))
 }
 
-/// The host name of an address, as ipvsadm prints without `-n` (getnameinfo, NI_NAMEREQD).
+/// The host name of an address, as ipvsadm prints without `-n` (getnameinfo with NI_NAMEREQD:
+/// no name, no answer).
 fn reverse_lookup(addr: IpAddr) -> Option<String> {
-    let (storage, len) = sockaddr(addr);
-    let mut host = [0 as libc::c_char; 1025];
-    // SAFETY: storage holds a valid sockaddr of `len` bytes; host is a writable buffer of the
-    // size given.
-    let rc = unsafe {
-        libc::getnameinfo(
-            &storage as *const libc::sockaddr_storage as *const libc::sockaddr,
-            len,
-            host.as_mut_ptr(),
-            host.len() as libc::socklen_t,
-            std::ptr::null_mut(),
-            0,
-            libc::NI_NAMEREQD,
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: getnameinfo wrote a NUL-terminated string into host.
-    let name = unsafe { std::ffi::CStr::from_ptr(host.as_ptr()) };
-    Some(name.to_string_lossy().into_owned())
-}
-
-fn sockaddr(addr: IpAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all zeroes is a valid sockaddr_storage.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    match addr {
-        IpAddr::V4(v4) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: 0,
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(v4.octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_in fits in sockaddr_storage.
-            unsafe {
-                std::ptr::write(
-                    &mut storage as *mut libc::sockaddr_storage as *mut libc::sockaddr_in,
-                    sin,
-                )
-            };
-            (
-                storage,
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        }
-        IpAddr::V6(v6) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: 0,
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.octets(),
-                },
-                sin6_scope_id: 0,
-            };
-            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
-            unsafe {
-                std::ptr::write(
-                    &mut storage as *mut libc::sockaddr_storage as *mut libc::sockaddr_in6,
-                    sin6,
-                )
-            };
-            (
-                storage,
-                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-            )
-        }
-    }
+    dns_lookup::lookup_addr(&addr).ok()
 }

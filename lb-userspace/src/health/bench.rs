@@ -257,15 +257,14 @@ impl Listeners {
 }
 
 /// The calling thread's id.
-fn gettid() -> libc::pid_t {
-    // SAFETY: gettid has no preconditions.
-    unsafe { libc::gettid() }
+fn gettid() -> i32 {
+    nix::unistd::gettid().as_raw()
 }
 
 /// How long a thread of this process has run on a CPU so far (schedstat's first field, in ns);
 /// zero once it is gone (a runtime's blocking threads come and go: their time is then lost,
 /// which is small next to the workers').
-fn thread_runtime(tid: libc::pid_t) -> Duration {
+fn thread_runtime(tid: i32) -> Duration {
     std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
@@ -274,17 +273,15 @@ fn thread_runtime(tid: libc::pid_t) -> Duration {
 
 /// The process's user and system CPU time so far.
 pub fn process_cpu_time() -> io::Result<Duration> {
-    // SAFETY: rusage is plain integers, for which all zeroes is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes one rusage through a pointer that is valid for it.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let time = |t: libc::timeval| {
-        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
-            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    use nix::sys::{
+        resource::{getrusage, UsageWho},
+        time::TimeValLike as _,
     };
-    Ok(time(usage.ru_utime) + time(usage.ru_stime))
+    let usage = getrusage(UsageWho::RUSAGE_SELF)?;
+    let time = |t: nix::sys::time::TimeVal| {
+        Duration::from_micros(u64::try_from(t.num_microseconds()).unwrap_or(0))
+    };
+    Ok(time(usage.user_time()) + time(usage.system_time()))
 }
 
 #[cfg(test)]

@@ -102,11 +102,12 @@ impl GroupKiller {
         let Some(pid) = self.0.take().and_then(|p| i32::try_from(p).ok()) else {
             return;
         };
-        // SAFETY: kill(2) takes plain integers; -pid names the process group that the child
-        // leads (process_group(0)), and the child is not reaped yet, so the id is still its own.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-        }
+        // The process group that the child leads (process_group(0)); the child is not reaped
+        // yet, so the id is still its own. Already gone: nothing to do.
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
