@@ -42,6 +42,8 @@ fn the_shell_scripts_are_shellcheck_clean() {
         .arg(repo().join("scripts/xlb-realserver"))
         .arg(repo().join("scripts/xlb-demo"))
         .arg(repo().join("tests/realserver/test-xlb-realserver.sh"))
+        .arg(repo().join("packaging/debian/postinst"))
+        .arg(repo().join("packaging/debian/prerm"))
         .output()
         .expect("run shellcheck (cargo xtask setup installs it)");
     assert!(

@@ -10,7 +10,10 @@
 //!   network-namespace end-to-end tests.
 //! - `lint`: rustfmt check, clippy on the workspace and, with nightly, on the eBPF crate, all
 //!   with warnings as errors.
+//! - `install [--prefix DIR] [--destdir DIR]`, `uninstall`: xlb as a systemd service (`install`).
+//! - `deb`: the same as a Debian package, by cargo-deb.
 
+mod install;
 mod setup;
 
 use std::process::Command;
@@ -73,6 +76,27 @@ enum Cmd {
     },
     /// Check formatting, and lint the workspace and the eBPF crate with clippy (-D warnings).
     Lint,
+    /// Build xlbd and xlbadm (release) and install them with xlb-realserver, an example
+    /// /etc/xlb/xlb.toml and /etc/default/xlb (neither overwritten when present) and the systemd
+    /// unit xlb.service.
+    Install {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Install the debug build (quicker to build, slower to run: for tests).
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Remove what `install` installed with the same options, except the configuration files.
+    Uninstall {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Build the Debian package (cargo-deb, installed when missing) in target/debian/.
+    Deb {
+        /// Package the debug build (quicker to build, slower to run: for tests).
+        #[arg(long)]
+        debug: bool,
+    },
     /// Run every test: unit tests, then (as root) data-path and end-to-end tests.
     Test {
         /// Only the unit tests, which need no root.
@@ -81,6 +105,28 @@ enum Cmd {
         /// Passed to the test binaries as a name filter.
         filter: Option<String>,
     },
+}
+
+/// Where `install` puts the files.
+#[derive(clap::Args)]
+struct TargetArgs {
+    /// Where the files are at run time: PREFIX/bin, PREFIX/lib/systemd/system, and the
+    /// configuration in PREFIX/etc (in /etc for the prefixes /usr and /usr/local).
+    #[arg(long, default_value = "/usr/local")]
+    prefix: std::path::PathBuf,
+    /// Stage the files under this directory instead of /, each at its run-time path below it
+    /// (make's DESTDIR): the unit names the run-time paths, not the staged ones.
+    #[arg(long)]
+    destdir: Option<std::path::PathBuf>,
+}
+
+impl From<TargetArgs> for install::Target {
+    fn from(args: TargetArgs) -> Self {
+        Self {
+            prefix: args.prefix,
+            destdir: args.destdir,
+        }
+    }
 }
 
 fn main() {
@@ -117,6 +163,9 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Demo { down } => demo(down),
         Cmd::Bench { only, katran_src } => bench(&only, katran_src.as_deref()),
         Cmd::Lint => lint(),
+        Cmd::Install { target, debug } => install::install(&target.into(), debug),
+        Cmd::Uninstall { target } => install::uninstall(&target.into()),
+        Cmd::Deb { debug } => install::deb(debug).map(|_| ()),
         Cmd::Test { unit_only, filter } => test(unit_only, filter),
     }
 }
