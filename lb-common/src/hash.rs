@@ -48,15 +48,23 @@ pub const fn flow_hash(key: &FlowKey) -> u32 {
     finish(h, 40)
 }
 
-/// Hash of the client address alone: all of a client's flows go to one real server (persistence).
+/// Hash of the client address alone: all of a client's flows go to one real server (ipvsadm's
+/// `sh`).
 #[inline(always)]
 pub const fn source_hash(key: &FlowKey) -> u32 {
+    address_hash(&key.src, key.family, 0)
+}
+
+/// Hash of an address (network order, IPv4 in `addr[0]`) and a port (network order; 0 for none):
+/// the slot of the source-hash (`sh`, `sh-port`) and destination-hash (`dh`) schedulers.
+#[inline(always)]
+pub const fn address_hash(addr: &[u32; 4], family: u8, port: u16) -> u32 {
     let mut h = SEED;
-    h = mix(h, key.src[0]);
-    h = mix(h, key.src[1]);
-    h = mix(h, key.src[2]);
-    h = mix(h, key.src[3]);
-    h = mix(h, key.family as u32);
+    h = mix(h, addr[0]);
+    h = mix(h, addr[1]);
+    h = mix(h, addr[2]);
+    h = mix(h, addr[3]);
+    h = mix(h, ((port as u32) << 16) | family as u32);
     finish(h, 20)
 }
 
@@ -179,5 +187,13 @@ mod tests {
     fn source_hash_ignores_ports() {
         assert_eq!(source_hash(&flow(7, 1)), source_hash(&flow(7, 2)));
         assert_ne!(source_hash(&flow(7, 1)), source_hash(&flow(8, 1)));
+    }
+
+    #[test]
+    fn the_address_hash_with_a_port_tells_the_ports_apart() {
+        let f = flow(7, 1);
+        assert_eq!(address_hash(&f.src, 4, 0), source_hash(&f));
+        assert_ne!(address_hash(&f.src, 4, 1), address_hash(&f.src, 4, 2));
+        assert_ne!(address_hash(&f.dst, 4, 0), address_hash(&f.src, 4, 0));
     }
 }

@@ -8,7 +8,7 @@
 //! Layout:
 //! - [`maps`]: the names of the maps and the program, as userspace finds them in the object.
 //! - [`limits`]: table sizes.
-//! - [`service`], [`real`], [`conntrack`], [`stats`], [`config`]: the map types.
+//! - [`service`], [`real`], [`conntrack`], [`persist`], [`stats`], [`config`]: the map types.
 //! - [`hash`]: the flow hash, which must be the same on every balancer and on both sides.
 #![no_std]
 
@@ -17,12 +17,14 @@ pub mod conntrack;
 pub mod hash;
 pub mod limits;
 pub mod maps;
+pub mod persist;
 pub mod real;
 pub mod service;
 pub mod stats;
 
 pub use config::DataplaneConfig;
 pub use conntrack::{Connection, FlowKey};
+pub use persist::{PersistKey, PersistSettings, Persistent};
 pub use real::{Forwarding, NextHop, RealServer};
 pub use service::{Service, ServiceKey};
 pub use stats::{Counters, GlobalStat};
@@ -66,6 +68,9 @@ mod layout {
         assert_eq!(size_of::<Counters>(), 24);
         assert_eq!(size_of::<DataplaneConfig>(), 24);
         assert_eq!(size_of::<NextHop>(), 48);
+        assert_eq!(size_of::<PersistKey>(), 24);
+        assert_eq!(size_of::<Persistent>(), 16);
+        assert_eq!(size_of::<PersistSettings>(), 24);
         assert!(align_of::<Connection>() <= 8);
     }
 }

@@ -50,3 +50,7 @@ pub const fn real_ids(reals: u32) -> u32 {
 
 /// Flows the connection table remembers before the least recently used ones are evicted.
 pub const MAX_CONNECTIONS: u32 = 262_144;
+
+/// Persistent clients (client networks, per service) the persistence table remembers before the
+/// least recently used ones are evicted.
+pub const MAX_PERSISTENT: u32 = 65_536;

@@ -23,6 +23,17 @@ pub const MAGLEV: &str = "XLB_MAGLEV";
 /// One entry more than there are service ids: the last holds the highest epoch given so far, so
 /// that a restarted daemon never gives an old epoch again. Written by userspace.
 pub const SERVICE_EPOCHS: &str = "XLB_SVC_EPOCHS";
+/// Service id → per-CPU position in the service's sequence (`rr`, `wrr`): where this CPU's next
+/// new flow is read. Written by the data path; spread over the sequence by userspace when it
+/// writes a new one, so that the CPUs do not all start at the same server.
+pub const SCHED_CURSORS: &str = "XLB_SCHED_POS";
+/// [`crate::PersistKey`] → [`crate::Persistent`]: the persistent clients and their real servers
+/// (an LRU hash). Written by the data path on a persistent service's new flows; read and flushed
+/// by userspace.
+pub const PERSIST: &str = "XLB_PERSIST";
+/// Service id → [`crate::PersistSettings`]: a persistent service's timeout and mask. Written by
+/// userspace.
+pub const PERSIST_SETTINGS: &str = "XLB_PERSIST_CFG";
 /// Real-server id → [`crate::RealServer`]. Written by userspace.
 pub const REALS: &str = "XLB_REALS";
 /// Real-server id → per-CPU [`crate::NextHop`]: the FIB's answer, reused briefly. Written by the

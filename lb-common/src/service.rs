@@ -61,9 +61,26 @@ impl ServiceKey {
     }
 }
 
-/// Hash flows on the source address only, so that every connection of a client goes to the same
-/// real server (ipvsadm's `-p`, persistence).
-pub const SERVICE_F_SOURCE_HASH: u32 = 1 << 0;
+/// [`Service::scheduler`]: Maglev (ipvsadm's `mh`): the slot of the flow's 5-tuple hash in the
+/// service's table. 0, so that entries written before schedulers existed keep meaning Maglev.
+pub const SCHED_MAGLEV: u8 = 0;
+/// [`Service::scheduler`]: round robin over a sequence (ipvsadm's `rr` and `wrr`): the service's
+/// table holds the sequence from slot 0 up to its first empty slot, and each CPU walks it with a
+/// position of its own ([`crate::maps::SCHED_CURSORS`]).
+pub const SCHED_SEQUENCE: u8 = 1;
+/// [`Service::scheduler`]: the slot of the client address's hash (ipvsadm's `sh`; with
+/// [`SERVICE_F_HASH_PORT`] the client's port too).
+pub const SCHED_SOURCE_HASH: u8 = 2;
+/// [`Service::scheduler`]: the slot of the destination address's hash (ipvsadm's `dh`).
+pub const SCHED_DEST_HASH: u8 = 3;
+
+/// Persistence (ipvsadm's `-p`): a new flow of a client that the service's persistence table
+/// ([`crate::maps::PERSIST`]) remembers goes to the client's real server; its timeout and mask
+/// are in [`crate::maps::PERSIST_SETTINGS`]. Bit 0, which meant a source hash before persistence
+/// had a table.
+pub const SERVICE_F_PERSISTENT: u32 = 1 << 0;
+/// The source hash covers the client's port as well as its address (ipvsadm's `sh-port`).
+pub const SERVICE_F_HASH_PORT: u32 = 1 << 1;
 
 /// What the data path knows about a virtual service.
 #[repr(C)]
@@ -74,12 +91,14 @@ pub struct Service {
     /// Which table of the Maglev pool ([`crate::maps::MAGLEV`]) is the service's live one.
     /// Userspace writes a spare table whole and then points this field at it with one map update,
     /// so the data path never sees a half-written table; [`crate::limits::EMPTY_MAGLEV_TABLE`]
-    /// when the service has no server to offer.
+    /// when the service has no server to offer. Every scheduler reads its choice from this table.
     pub table: u32,
     /// `SERVICE_F_*` bits.
     pub flags: u32,
+    /// `SCHED_*`: how a new flow picks its slot of the table.
+    pub scheduler: u8,
     /// Padding made explicit so that the type is `Pod`.
-    pub _pad: u32,
+    pub _pad: [u8; 3],
 }
 
 impl Service {

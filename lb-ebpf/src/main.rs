@@ -2,7 +2,7 @@
 //!
 //! Per packet, in this order (see ../shared/DESIGN.md): parse ([`parse`]), find the connection
 //! ([`conntrack`]; a known flow needs nothing else), else find the service ([`service`]) and
-//! choose a real server by Maglev ([`schedule`]), forward by direct routing or tunneling ([`forward`]) or answer "too big"
+//! choose a real server by its scheduler ([`schedule`]), forward by direct routing or tunneling ([`forward`]) or answer "too big"
 //! ([`icmp`]), count ([`stats`]). Every packet that is not for a
 //! service is passed to the kernel untouched; every packet that is passed or dropped instead of
 //! forwarded is counted by reason ([`verdict`]).
@@ -84,6 +84,8 @@ mod program {
             Err(verdict) => return verdict,
         };
         let now = conntrack::now();
+        // What a new flow's choice writes once the flow is forwarded (see schedule::Pending).
+        let mut pending = schedule::Pending::new();
         let (service, real_id, real, flow_label, new_flow) = match conntrack::lookup(&packet, now) {
             Some(known) => (
                 known.service,
@@ -100,7 +102,7 @@ mod program {
                         Verdict::pass(lb_common::GlobalStat::PassNoService),
                     );
                 };
-                let Some(real_id) = schedule::choose(&svc, &packet.flow) else {
+                let Some(real_id) = schedule::choose(&svc, &packet.flow, now, &mut pending) else {
                     return Verdict::drop(lb_common::GlobalStat::DropNoReal);
                 };
                 let Some(real) = maps::real(real_id) else {
@@ -128,6 +130,7 @@ mod program {
             if packet.icmp_error {
                 stats::count(lb_common::GlobalStat::SeenIcmpErrorForwarded);
             } else if new_flow {
+                schedule::commit(service, &packet.flow, real_id, now, &pending);
                 note.kind = if conntrack::remember(&packet, service, real_id, flow_label, now) {
                     EVENT_NEW_FLOW
                 } else {

@@ -7,9 +7,13 @@ use aya_ebpf::{
 use lb_common::{
     config::{DebugEvent, IcmpReply, NextHopRequest},
     hash::VIP_FILTER_WORDS,
-    limits::{maglev_elements, real_ids, MAGLEV_TABLES, MAX_CONNECTIONS, MAX_REALS, MAX_SERVICES},
+    limits::{
+        maglev_elements, real_ids, MAGLEV_TABLES, MAX_CONNECTIONS, MAX_PERSISTENT, MAX_REALS,
+        MAX_SERVICES,
+    },
     stats::GLOBAL_STATS_LEN,
-    Connection, Counters, DataplaneConfig, FlowKey, NextHop, RealServer, Service, ServiceKey,
+    Connection, Counters, DataplaneConfig, FlowKey, NextHop, PersistKey, PersistSettings,
+    Persistent, RealServer, Service, ServiceKey,
 };
 
 /// Keep an LRU free list per CPU instead of one shared list, so that CPUs inserting new flows do
@@ -57,6 +61,23 @@ impl MaglevPool {
 /// Service id → the service's epoch (0: no such service). Written by userspace.
 #[map(name = "XLB_SVC_EPOCHS")]
 pub static SERVICE_EPOCHS: Array<u32> = Array::with_max_entries(MAX_SERVICES + 1, 0);
+
+/// Service id → per-CPU position in the service's sequence (`rr`, `wrr`). Written by the data
+/// path; spread over a new sequence by userspace.
+#[map(name = "XLB_SCHED_POS")]
+pub static SCHED_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// (service, masked client address) → the client's real server and last new connection. Written
+/// by the data path on a persistent service's new flows; read and flushed by userspace. One LRU
+/// list for all CPUs: a client's connections may arrive on any CPU, and entries are written only
+/// for new flows.
+#[map(name = "XLB_PERSIST")]
+pub static PERSIST: LruHashMap<PersistKey, Persistent> =
+    LruHashMap::with_max_entries(MAX_PERSISTENT, 0);
+
+/// Service id → a persistent service's timeout and mask. Written by userspace.
+#[map(name = "XLB_PERSIST_CFG")]
+pub static PERSIST_SETTINGS: Array<PersistSettings> = Array::with_max_entries(MAX_SERVICES, 0);
 
 /// Real-server id → real server. Written by userspace.
 #[map(name = "XLB_REALS")]

@@ -147,6 +147,7 @@ pub fn parse(file: &Path, text: &str) -> Result<DesiredState, Refused> {
         let added = checked.apply(&Change::AddService {
             service: service.addr,
             scheduler: service.scheduler,
+            sched_flags: service.sched_flags,
             persistence: service.persistence,
             health: service.health.clone(),
         });
@@ -206,6 +207,7 @@ fn service_field(error: &StateError) -> &'static str {
         | StateError::IllegalNetmask
         | StateError::IllegalIpv6Netmask => "persistence",
         StateError::Check { .. } => "health",
+        StateError::SchedFlagsNotFor { .. } => "sched_flags",
         _ => "addr",
     }
 }
@@ -214,7 +216,9 @@ fn service_field(error: &StateError) -> &'static str {
 fn real_field(error: &StateError) -> &'static str {
     match error {
         StateError::IllegalWeight { .. } => "weight",
-        StateError::IllegalUpperThreshold { .. } => "upper_threshold",
+        StateError::IllegalUpperThreshold { .. } | StateError::ThresholdsUnsupported => {
+            "upper_threshold"
+        }
         StateError::IllegalLowerThreshold { .. } => "lower_threshold",
         StateError::PortMismatch { .. } => "port",
         StateError::TunnelAcrossFamilies => "forwarding",
@@ -395,7 +399,7 @@ mod tests {
     fn a_malformed_file_is_refused_at_its_line_and_field() {
         assert_eq!(
             error("[[services]]\nscheduler = \"wlc\"\n"),
-            "xlb.toml:2:13: services[0].scheduler: unknown variant `wlc`, expected `mh`"
+            "xlb.toml:2:13: services[0].scheduler: xlb does not implement the 'wlc' scheduler: it balances by active connection counts, which xlb's data path does not keep (xlb supports: rr|wrr|sh|dh|mh)"
         );
         assert_eq!(
             error(&SERVICE.replace("10.0.0.1", "10.0.0.300")),

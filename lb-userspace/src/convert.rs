@@ -2,8 +2,56 @@
 
 use std::net::IpAddr;
 
-use crate::state::{Forwarding, Protocol, RealServer, ServiceAddr};
-use lb_common::{ServiceKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+use crate::{
+    plan::Scheduling,
+    state::{Forwarding, Netmask, Protocol, RealServer, Scheduler, ServiceAddr},
+};
+use lb_common::{
+    service::{
+        SCHED_DEST_HASH, SCHED_MAGLEV, SCHED_SEQUENCE, SCHED_SOURCE_HASH, SERVICE_F_HASH_PORT,
+        SERVICE_F_PERSISTENT,
+    },
+    PersistSettings, ServiceKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP,
+};
+
+/// A service's scheduling as the data path holds it: the service entry's scheduler and flags,
+/// and its persistence settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchedulingEntry {
+    /// `SCHED_*`.
+    pub scheduler: u8,
+    /// `SERVICE_F_*`.
+    pub flags: u32,
+    /// Persistence settings, for a persistent service.
+    pub persistence: Option<PersistSettings>,
+}
+
+/// The data-path form of a service's scheduling.
+pub fn scheduling_entry(scheduling: &Scheduling) -> SchedulingEntry {
+    let scheduler = match scheduling.scheduler {
+        Scheduler::RoundRobin | Scheduler::WeightedRoundRobin => SCHED_SEQUENCE,
+        Scheduler::SourceHash => SCHED_SOURCE_HASH,
+        Scheduler::DestinationHash => SCHED_DEST_HASH,
+        Scheduler::Maglev => SCHED_MAGLEV,
+    };
+    let mut flags = 0;
+    // xlb's mh hashes the port always; sh only with sh-port.
+    if scheduling.scheduler == Scheduler::SourceHash && scheduling.flags.port {
+        flags |= SERVICE_F_HASH_PORT;
+    }
+    let persistence = scheduling.persistence.map(|p| match p.netmask {
+        Netmask::V4(mask) => PersistSettings::v4(p.timeout_secs, u32::from(mask)),
+        Netmask::V6Prefix(prefix) => PersistSettings::v6(p.timeout_secs, prefix),
+    });
+    if persistence.is_some() {
+        flags |= SERVICE_F_PERSISTENT;
+    }
+    SchedulingEntry {
+        scheduler,
+        flags,
+        persistence,
+    }
+}
 
 /// The data-path key of a service.
 pub fn service_key(addr: &ServiceAddr) -> ServiceKey {

@@ -13,7 +13,10 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use lb_common::{Connection, Counters, FlowKey, GlobalStat, RealServer, Service, ServiceKey};
+use lb_common::{
+    Connection, Counters, FlowKey, GlobalStat, PersistKey, PersistSettings, Persistent, RealServer,
+    Service, ServiceKey,
+};
 
 use crate::{
     capacity::Capacity,
@@ -28,9 +31,39 @@ pub trait DataPath: Send {
     /// How many services and real servers the maps hold.
     fn capacity(&self) -> Capacity;
 
-    /// Adds a service with the empty table, or changes the flags of an existing one (keeping its
-    /// id and table); returns its id. [`DataplaneError::ServicesFull`] when every id is taken.
-    fn upsert_service(&mut self, key: ServiceKey, flags: u32) -> Result<u32, DataplaneError>;
+    /// Adds a service with the empty table, or changes the scheduler (`SCHED_*`) and flags of an
+    /// existing one (keeping its id and table); returns its id.
+    /// [`DataplaneError::ServicesFull`] when every id is taken.
+    fn upsert_service(
+        &mut self,
+        key: ServiceKey,
+        scheduler: u8,
+        flags: u32,
+    ) -> Result<u32, DataplaneError>;
+
+    /// Spreads where the CPUs start walking the `rr`/`wrr` sequence of service `id`, `len`
+    /// servers long.
+    fn spread_sequence_cursors(&mut self, id: u32, len: usize) -> Result<(), DataplaneError>;
+
+    /// Sets the persistence settings of service `id` (`None`: not persistent), forgetting its
+    /// persistent clients when they change.
+    fn set_persistence(
+        &mut self,
+        id: u32,
+        settings: Option<PersistSettings>,
+    ) -> Result<(), DataplaneError>;
+
+    /// The persistence settings of service `id`, when it is persistent.
+    fn persistence(&self, id: u32) -> Option<PersistSettings>;
+
+    /// The persistence table's entries (persistent clients and their real servers).
+    fn persistent_clients(&self) -> Result<Vec<(PersistKey, Persistent)>, DataplaneError>;
+
+    /// Forgets the persistent clients of these real servers; returns how many there were.
+    fn forget_persistent_clients_of(
+        &mut self,
+        reals: &BTreeSet<RealId>,
+    ) -> Result<usize, DataplaneError>;
 
     /// Removes a service; [`DataplaneError::NoSuchService`] when it is not there.
     fn remove_service(&mut self, key: ServiceKey) -> Result<(), DataplaneError>;
@@ -101,8 +134,40 @@ impl DataPath for Dataplane {
         Dataplane::capacity(self)
     }
 
-    fn upsert_service(&mut self, key: ServiceKey, flags: u32) -> Result<u32, DataplaneError> {
-        Dataplane::upsert_service(self, key, flags)
+    fn upsert_service(
+        &mut self,
+        key: ServiceKey,
+        scheduler: u8,
+        flags: u32,
+    ) -> Result<u32, DataplaneError> {
+        Dataplane::upsert_service(self, key, scheduler, flags)
+    }
+
+    fn spread_sequence_cursors(&mut self, id: u32, len: usize) -> Result<(), DataplaneError> {
+        Dataplane::spread_sequence_cursors(self, id, len)
+    }
+
+    fn set_persistence(
+        &mut self,
+        id: u32,
+        settings: Option<PersistSettings>,
+    ) -> Result<(), DataplaneError> {
+        Dataplane::set_persistence(self, id, settings)
+    }
+
+    fn persistence(&self, id: u32) -> Option<PersistSettings> {
+        Dataplane::persistence(self, id)
+    }
+
+    fn persistent_clients(&self) -> Result<Vec<(PersistKey, Persistent)>, DataplaneError> {
+        Dataplane::persistent_clients(self)
+    }
+
+    fn forget_persistent_clients_of(
+        &mut self,
+        reals: &BTreeSet<RealId>,
+    ) -> Result<usize, DataplaneError> {
+        self.flush_persistent_where(|_, client| reals.contains(&client.real))
     }
 
     fn remove_service(&mut self, key: ServiceKey) -> Result<(), DataplaneError> {
@@ -202,8 +267,40 @@ impl<D: DataPath + ?Sized> DataPath for Box<D> {
         (**self).capacity()
     }
 
-    fn upsert_service(&mut self, key: ServiceKey, flags: u32) -> Result<u32, DataplaneError> {
-        (**self).upsert_service(key, flags)
+    fn upsert_service(
+        &mut self,
+        key: ServiceKey,
+        scheduler: u8,
+        flags: u32,
+    ) -> Result<u32, DataplaneError> {
+        (**self).upsert_service(key, scheduler, flags)
+    }
+
+    fn spread_sequence_cursors(&mut self, id: u32, len: usize) -> Result<(), DataplaneError> {
+        (**self).spread_sequence_cursors(id, len)
+    }
+
+    fn set_persistence(
+        &mut self,
+        id: u32,
+        settings: Option<PersistSettings>,
+    ) -> Result<(), DataplaneError> {
+        (**self).set_persistence(id, settings)
+    }
+
+    fn persistence(&self, id: u32) -> Option<PersistSettings> {
+        (**self).persistence(id)
+    }
+
+    fn persistent_clients(&self) -> Result<Vec<(PersistKey, Persistent)>, DataplaneError> {
+        (**self).persistent_clients()
+    }
+
+    fn forget_persistent_clients_of(
+        &mut self,
+        reals: &BTreeSet<RealId>,
+    ) -> Result<usize, DataplaneError> {
+        (**self).forget_persistent_clients_of(reals)
     }
 
     fn remove_service(&mut self, key: ServiceKey) -> Result<(), DataplaneError> {

@@ -19,8 +19,8 @@ use aya::{
 use lb_common::{
     hash::{vip_filter_slot, VIP_FILTER_WORDS},
     limits::{EMPTY_MAGLEV_TABLE, MAGLEV_TABLE_SIZE, MAGLEV_TABLE_STRIDE},
-    maps as names, Connection, Counters, DataplaneConfig, FlowKey, GlobalStat, NextHop, RealServer,
-    Service, ServiceKey,
+    maps as names, Connection, Counters, DataplaneConfig, FlowKey, GlobalStat, NextHop, PersistKey,
+    PersistSettings, Persistent, RealServer, Service, ServiceKey,
 };
 use thiserror::Error;
 
@@ -231,6 +231,9 @@ pub struct Dataplane {
     reals: Array<MapData, RealServer>,
     next_hops: PerCpuArray<MapData, NextHop>,
     conntrack: HashMap<MapData, FlowKey, Connection>,
+    sched_cursors: PerCpuArray<MapData, u32>,
+    persist: HashMap<MapData, PersistKey, Persistent>,
+    persist_settings: Array<MapData, PersistSettings>,
     service_stats: PerCpuArray<MapData, Counters>,
     real_stats: PerCpuArray<MapData, Counters>,
     global_stats: PerCpuArray<MapData, u64>,
@@ -276,6 +279,8 @@ impl Dataplane {
             .map_max_entries(names::VIP_ADDRS, capacity.services)
             .map_max_entries(names::SERVICE_STATS, capacity.services)
             .map_max_entries(names::SERVICE_EPOCHS, capacity.services + 1)
+            .map_max_entries(names::SCHED_CURSORS, capacity.services)
+            .map_max_entries(names::PERSIST_SETTINGS, capacity.services)
             .map_max_entries(names::MAGLEV, capacity.maglev_elements())
             .map_max_entries(names::REALS, capacity.real_ids())
             .map_max_entries(names::NEXT_HOPS, capacity.real_ids())
@@ -340,6 +345,9 @@ impl Dataplane {
             reals: take(&mut ebpf, names::REALS)?,
             next_hops: take(&mut ebpf, names::NEXT_HOPS)?,
             conntrack: take(&mut ebpf, names::CONNTRACK)?,
+            sched_cursors: take(&mut ebpf, names::SCHED_CURSORS)?,
+            persist: take(&mut ebpf, names::PERSIST)?,
+            persist_settings: take(&mut ebpf, names::PERSIST_SETTINGS)?,
             service_stats: take(&mut ebpf, names::SERVICE_STATS)?,
             real_stats: take(&mut ebpf, names::REAL_STATS)?,
             global_stats: take(&mut ebpf, names::GLOBAL_STATS)?,
@@ -597,9 +605,10 @@ impl Dataplane {
 
     /// Adds a service, or updates the flags of an existing one, keeping its id and its table.
     /// A new service has an empty table (no server) until [`Dataplane::set_maglev_table`].
-    pub fn upsert_service(&mut self, key: ServiceKey, flags: u32) -> Result<u32> {
+    pub fn upsert_service(&mut self, key: ServiceKey, scheduler: u8, flags: u32) -> Result<u32> {
         if let Ok(mut svc) = self.services.get(&key, 0) {
             svc.flags = flags;
+            svc.scheduler = scheduler;
             self.services
                 .insert(key, svc, 0)
                 .map_err(map_err("updating a service"))?;
@@ -622,7 +631,8 @@ impl Dataplane {
             id,
             table: EMPTY_MAGLEV_TABLE,
             flags,
-            _pad: 0,
+            scheduler,
+            _pad: [0; 3],
         };
         self.service_stats
             .set(id, zeroed_per_cpu()?, 0)
@@ -679,7 +689,72 @@ impl Dataplane {
         }
         self.free_service_ids.insert(svc.id);
         self.tables.give_back(svc.table);
+        self.persist_settings
+            .set(svc.id, PersistSettings::default(), 0)
+            .map_err(map_err("clearing a service's persistence settings"))?;
+        self.flush_persistent_where(|k, _| k.service == svc.id)?;
         Ok(())
+    }
+
+    /// Spreads where the CPUs start walking the sequence of service `id` (`rr`, `wrr`), of
+    /// `len` servers, evenly over it ([`crate::sequence::cursor_starts`]).
+    pub fn spread_sequence_cursors(&mut self, id: u32, len: usize) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, source)| DataplaneError::Cpus { source })?;
+        let values = aya::maps::PerCpuValues::try_from(crate::sequence::cursor_starts(len, cpus))
+            .map_err(|source| DataplaneError::Cpus { source })?;
+        self.sched_cursors
+            .set(id, values, 0)
+            .map_err(map_err("setting a service's round-robin positions"))
+    }
+
+    /// Sets the persistence settings of service `id` (`None`: not persistent), forgetting its
+    /// persistent clients when they change.
+    pub fn set_persistence(&mut self, id: u32, settings: Option<PersistSettings>) -> Result<()> {
+        let settings = settings.unwrap_or_default();
+        let old = self.persist_settings.get(&id, 0).unwrap_or_default();
+        self.persist_settings
+            .set(id, settings, 0)
+            .map_err(map_err("writing a service's persistence settings"))?;
+        if old != settings {
+            self.flush_persistent_where(|k, _| k.service == id)?;
+        }
+        Ok(())
+    }
+
+    /// The persistence settings of service `id`.
+    pub fn persistence(&self, id: u32) -> Option<PersistSettings> {
+        self.persist_settings
+            .get(&id, 0)
+            .ok()
+            .filter(|s| s.timeout_ns != 0)
+    }
+
+    /// Every entry of the persistence table (persistent clients and their real servers).
+    pub fn persistent_clients(&self) -> Result<Vec<(PersistKey, Persistent)>> {
+        self.persist
+            .iter()
+            .map(|r| r.map_err(map_err("reading the persistence table")))
+            .collect()
+    }
+
+    /// Forgets the persistent clients that match.
+    pub fn flush_persistent_where(
+        &mut self,
+        mut matches: impl FnMut(&PersistKey, &Persistent) -> bool,
+    ) -> Result<usize> {
+        let doomed: Vec<PersistKey> = self
+            .persistent_clients()?
+            .into_iter()
+            .filter(|(k, v)| matches(k, v))
+            .map(|(k, _)| k)
+            .collect();
+        for key in &doomed {
+            match self.persist.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err("flushing the persistence table")(e)),
+            }
+        }
+        Ok(doomed.len())
     }
 
     /// The data path's entry for a service.
@@ -724,13 +799,14 @@ impl Dataplane {
 
     /// Removes a real server. Take it out of every Maglev table first. Its connections are
     /// forgotten, so that their next packets are scheduled anew and a later server given the same
-    /// id does not inherit them.
+    /// id does not inherit them; so are its persistent clients, which go to another server next.
     pub fn remove_real(&mut self, id: RealId) -> Result<()> {
         self.reals
             .set(id, RealServer::default(), 0)
             .map_err(map_err("removing a real server"))?;
         self.forget_next_hop(id)?;
         self.flush_connections_where(|c| c.real == id)?;
+        self.flush_persistent_where(|_, p| p.real == id)?;
         self.free_real_ids.insert(id);
         Ok(())
     }
@@ -1063,7 +1139,7 @@ fn not_xdp(source: ProgramError) -> DataplaneError {
 }
 
 /// Every map of the object, as pinned.
-const ALL_MAPS: [&str; 17] = [
+const ALL_MAPS: [&str; 20] = [
     names::SERVICES,
     names::VIP_ADDRS,
     names::VIP_FILTER,
@@ -1081,6 +1157,9 @@ const ALL_MAPS: [&str; 17] = [
     names::CONFIG,
     names::EGRESS,
     names::NEXT_HOPS,
+    names::SCHED_CURSORS,
+    names::PERSIST,
+    names::PERSIST_SETTINGS,
 ];
 
 fn zeroed_per_cpu<T: aya::Pod + Default + Clone>() -> Result<aya::maps::PerCpuValues<T>> {

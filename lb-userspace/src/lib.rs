@@ -44,5 +44,6 @@ pub mod neighbour;
 pub mod plan;
 pub mod program;
 pub mod runtime;
+pub mod sequence;
 pub mod state;
 pub mod status;

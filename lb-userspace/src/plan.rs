@@ -14,7 +14,33 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use crate::state::{DesiredState, Protocol, RealServer, ServiceAddr, VirtualService};
+use crate::state::{
+    DesiredState, Persistence, Protocol, RealServer, SchedFlags, Scheduler, ServiceAddr,
+    VirtualService,
+};
+
+/// How a service schedules its new flows, as the data path's service entry and persistence
+/// settings hold it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scheduling {
+    /// The scheduler.
+    pub scheduler: Scheduler,
+    /// Its flags.
+    pub flags: SchedFlags,
+    /// Persistence, if any.
+    pub persistence: Option<Persistence>,
+}
+
+impl Scheduling {
+    /// The scheduling of `service`.
+    pub fn of(service: &VirtualService) -> Self {
+        Self {
+            scheduler: service.scheduler,
+            flags: service.sched_flags,
+            persistence: service.persistence,
+        }
+    }
+}
 
 /// One step of a plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,15 +49,16 @@ pub enum Step {
     AddService {
         /// The service.
         service: ServiceAddr,
-        /// Whether it is persistent (source hashing).
-        persistent: bool,
+        /// Its scheduler, flags and persistence.
+        scheduling: Scheduling,
     },
-    /// Change the service's data-path flags.
-    SetPersistence {
+    /// Change the service's scheduler, flags or persistence (a new kind of table is rebuilt by
+    /// a [`Step::RebuildTable`] of its own).
+    SetScheduling {
         /// The service.
         service: ServiceAddr,
-        /// Whether it is persistent.
-        persistent: bool,
+        /// Its scheduler, flags and persistence.
+        scheduling: Scheduling,
     },
     /// Add a real server to the service's set (not yet to its table).
     AddReal {
@@ -47,7 +74,8 @@ pub enum Step {
         /// The server as it is now.
         real: RealServer,
     },
-    /// Rebuild the service's Maglev table from its servers and weights and swap it in.
+    /// Rebuild the service's table (Maglev, or the sequence of `rr`/`wrr`) from its servers and
+    /// weights and swap it in.
     RebuildTable {
         /// The service.
         service: ServiceAddr,
@@ -86,13 +114,20 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::AddService { service, .. } => write!(f, "adding {}", Named(service)),
-            Self::SetPersistence {
+            Self::SetScheduling {
                 service,
-                persistent,
-            } => {
-                let what = if *persistent { "on" } else { "off" };
-                write!(f, "turning persistence {what} for {}", Named(service))
-            }
+                scheduling,
+            } => write!(
+                f,
+                "setting the scheduler of {} to {}{}",
+                Named(service),
+                scheduling.scheduler.name(),
+                if scheduling.persistence.is_some() {
+                    " with persistence"
+                } else {
+                    ""
+                }
+            ),
             Self::AddReal { service, real } => write!(
                 f,
                 "adding real server {} to {}",
@@ -106,7 +141,7 @@ impl fmt::Display for Step {
                 Named(service)
             ),
             Self::RebuildTable { service } => {
-                write!(f, "writing the Maglev table of {}", Named(service))
+                write!(f, "writing the scheduling table of {}", Named(service))
             }
             Self::RemoveReal {
                 service,
@@ -145,13 +180,13 @@ pub fn plan(old: &DesiredState, new: &DesiredState) -> Vec<Step> {
     let mut removals = Vec::new();
 
     for (addr, svc) in &new_services {
-        let persistent = svc.persistence.is_some();
+        let scheduling = Scheduling::of(svc);
         let new_reals = reals(svc);
         match old_services.get(addr) {
             None => {
                 adds.push(Step::AddService {
                     service: *addr,
-                    persistent,
+                    scheduling,
                 });
                 adds.extend(new_reals.values().map(|r| Step::AddReal {
                     service: *addr,
@@ -160,14 +195,18 @@ pub fn plan(old: &DesiredState, new: &DesiredState) -> Vec<Step> {
                 rebuilds.push(Step::RebuildTable { service: *addr });
             }
             Some(old_svc) => {
-                if old_svc.persistence.is_some() != persistent {
-                    adds.push(Step::SetPersistence {
+                let old_scheduling = Scheduling::of(old_svc);
+                if old_scheduling != scheduling {
+                    adds.push(Step::SetScheduling {
                         service: *addr,
-                        persistent,
+                        scheduling,
                     });
                 }
                 let old_reals = reals(old_svc);
-                let mut table_changed = false;
+                // rr, wrr and the hashing schedulers each build their table differently.
+                let mut table_changed = old_svc.scheduler.is_sequence()
+                    != svc.scheduler.is_sequence()
+                    || (svc.scheduler.is_sequence() && old_svc.scheduler != svc.scheduler);
                 for (key, real) in &new_reals {
                     match old_reals.get(key) {
                         None => {
@@ -225,7 +264,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::state::{Forwarding, Persistence, Protocol, Scheduler};
+    use crate::state::Forwarding;
 
     fn svc(last: u8) -> ServiceAddr {
         ServiceAddr {
@@ -243,6 +282,14 @@ mod tests {
             weight,
             upper_threshold: 0,
             lower_threshold: 0,
+        }
+    }
+
+    fn maglev() -> Scheduling {
+        Scheduling {
+            scheduler: Scheduler::Maglev,
+            flags: SchedFlags::default(),
+            persistence: None,
         }
     }
 
@@ -276,14 +323,14 @@ mod tests {
         assert_eq!(
             Step::AddService {
                 service: v6,
-                persistent: false
+                scheduling: maglev()
             }
             .to_string(),
             "adding service UDP [2001:db8::1]:53"
         );
         assert_eq!(
             Step::RebuildTable { service: svc(1) }.to_string(),
-            "writing the Maglev table of service TCP 10.0.0.1:80"
+            "writing the scheduling table of service TCP 10.0.0.1:80"
         );
     }
 
@@ -312,7 +359,7 @@ mod tests {
             vec![
                 Step::AddService {
                     service: svc(1),
-                    persistent: false
+                    scheduling: maglev()
                 },
                 Step::AddReal {
                     service: svc(1),
@@ -386,7 +433,7 @@ mod tests {
                 },
                 Step::AddService {
                     service: svc(2),
-                    persistent: false
+                    scheduling: maglev()
                 },
             ]
         );
@@ -401,9 +448,12 @@ mod tests {
         assert_eq!(
             plan(&old, &new),
             vec![
-                Step::SetPersistence {
+                Step::SetScheduling {
                     service: svc(1),
-                    persistent: true
+                    scheduling: Scheduling {
+                        persistence: Some(Persistence::default_for(svc(1).addr)),
+                        ..maglev()
+                    }
                 },
                 Step::UpdateReal {
                     service: svc(1),
@@ -414,5 +464,30 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_change_between_hashing_and_round_robin_rebuilds_the_table() {
+        let old = state(&[(1, &[real(1, 1)])]);
+        let mut new = old.clone();
+        new.services[0].scheduler = Scheduler::RoundRobin;
+        let rr = Scheduling {
+            scheduler: Scheduler::RoundRobin,
+            ..maglev()
+        };
+        assert_eq!(
+            plan(&old, &new),
+            vec![
+                Step::SetScheduling {
+                    service: svc(1),
+                    scheduling: rr
+                },
+                Step::RebuildTable { service: svc(1) },
+            ]
+        );
+        // mh to sh: the same consistent table, another hash.
+        let mut sh = old.clone();
+        sh.services[0].scheduler = Scheduler::SourceHash;
+        assert_eq!(plan(&old, &sh).len(), 1);
     }
 }

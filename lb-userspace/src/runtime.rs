@@ -19,13 +19,14 @@ use thiserror::Error;
 
 use crate::{
     capacity,
-    convert::{identity, real_entry, service_key},
+    convert::{identity, real_entry, scheduling_entry, service_key},
     datapath::DataPath,
     dataplane::{Dataplane, DataplaneError, RealId},
     health::engine::{Engine, EngineStats, Target, TargetError},
     maglev,
     plan::{plan, Step},
-    state::{DesiredState, Protocol, RealServer, ServiceAddr, VirtualService},
+    sequence,
+    state::{DesiredState, Protocol, RealServer, Scheduler, ServiceAddr, VirtualService},
     status::{ConnectionListing, Listing, Rates, RealHealth, RealListing, Stats},
 };
 
@@ -450,18 +451,21 @@ impl<D: DataPath> Runtime<D> {
         match step {
             Step::AddService {
                 service,
-                persistent,
+                scheduling,
             }
-            | Step::SetPersistence {
+            | Step::SetScheduling {
                 service,
-                persistent,
+                scheduling,
             } => {
-                let flags = if *persistent {
-                    lb_common::service::SERVICE_F_SOURCE_HASH
-                } else {
-                    0
-                };
-                self.dp.upsert_service(service_key(service), flags)?;
+                let entry = scheduling_entry(scheduling);
+                let id =
+                    self.dp
+                        .upsert_service(service_key(service), entry.scheduler, entry.flags)?;
+                // A service's settings are cleared when it is removed: a new one that is not
+                // persistent needs no write.
+                if entry.persistence.is_some() || matches!(step, Step::SetScheduling { .. }) {
+                    self.dp.set_persistence(id, entry.persistence)?;
+                }
                 self.installed.services.entry(*service).or_default();
             }
             Step::AddReal { service, real } => {
@@ -538,14 +542,23 @@ impl<D: DataPath> Runtime<D> {
         target: &DesiredState,
         prebuilt: &mut Tables,
     ) -> Result<(), DataplaneError> {
+        let Some(job) = self.table_job(service, target) else {
+            return Ok(());
+        };
         let table = match prebuilt.remove(service) {
             Some(table) => table,
-            None => match self.table_job(service, target) {
-                Some(job) => job.build(),
-                None => return Ok(()),
-            },
+            None => job.build(),
         };
-        self.dp.set_maglev_table(service_key(service), &table)
+        let key = service_key(service);
+        self.dp.set_maglev_table(key, &table)?;
+        if job.scheduler.is_sequence() {
+            // Each CPU starts its walk of the new sequence at its own place.
+            let len = table.iter().take_while(|&&real| real != 0).count();
+            if let Some(entry) = self.dp.service(&key) {
+                self.dp.spread_sequence_cursors(entry.id, len)?;
+            }
+        }
+        Ok(())
     }
 
     /// What the Maglev table of `service` is built from, as `target` has it.
@@ -561,6 +574,7 @@ impl<D: DataPath> Runtime<D> {
             .collect();
         Some(TableJob {
             service: *service,
+            scheduler: svc.scheduler,
             backends,
         })
     }
@@ -862,14 +876,28 @@ pub fn count_connections(
 /// Maglev tables built ahead of their steps, by service.
 type Tables = std::collections::HashMap<ServiceAddr, Vec<u32>>;
 
-/// A service's real servers as the Maglev builder takes them: (identity, id, weight).
+/// A service's real servers as the table builders take them: (identity, id, weight).
 struct TableJob {
     service: ServiceAddr,
+    scheduler: Scheduler,
     backends: Vec<(Vec<u8>, RealId, u32)>,
 }
 
 impl TableJob {
     fn build(&self) -> Vec<u32> {
+        let weights = || -> Vec<(RealId, u32)> {
+            self.backends
+                .iter()
+                .map(|(_, id, weight)| (*id, *weight))
+                .collect()
+        };
+        match self.scheduler {
+            Scheduler::RoundRobin => return sequence::table(&sequence::round_robin(&weights())),
+            Scheduler::WeightedRoundRobin => {
+                return sequence::table(&sequence::weighted_round_robin(&weights()))
+            }
+            Scheduler::SourceHash | Scheduler::DestinationHash | Scheduler::Maglev => {}
+        }
         let backends: Vec<maglev::Backend<'_>> = self
             .backends
             .iter()
@@ -1272,17 +1300,19 @@ mod tests {
         }
 
         #[test]
-        fn a_persistent_service_is_flagged_for_source_hashing() {
+        fn a_persistent_service_is_flagged_and_gets_its_timeout_and_mask() {
             let mut rt = Runtime::new(FakeDataPath::default(), None);
             rt.change_to(state(TWO_SERVICES)).expect("applied");
-            let flags: Vec<u32> = rt
+            let services = rt.datapath().contents().services;
+            let flags: Vec<u32> = services.iter().map(|(_, s)| s.flags).collect();
+            assert_eq!(flags, [0, lb_common::service::SERVICE_F_PERSISTENT]);
+            assert_eq!(rt.datapath().persistence(services[0].1.id), None);
+            let settings = rt
                 .datapath()
-                .contents()
-                .services
-                .iter()
-                .map(|(_, s)| s.flags)
-                .collect();
-            assert_eq!(flags, [0, lb_common::service::SERVICE_F_SOURCE_HASH]);
+                .persistence(services[1].1.id)
+                .expect("persistence settings");
+            assert_eq!(settings.timeout_ns, 60 * 1_000_000_000);
+            assert_eq!(settings.mask, [u32::MAX, 0, 0, 0]);
         }
 
         #[test]

@@ -48,23 +48,50 @@ pub const MAX_THRESHOLD: u32 = 0x7fff_ffff;
 
 /// How a service picks the real server for a new flow (`-s`).
 ///
-/// xlb has only Maglev for now, so it is also the default, where ipvsadm's default is `wlc`.
+/// Maglev is the default, where ipvsadm's default is `wlc`: xlb's data path keeps no
+/// active-connection counts, so the connection-aware schedulers are refused by name.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum Scheduler {
+    /// Round robin (`rr`): each new flow the next server with a weight above 0, in turn.
+    RoundRobin,
+    /// Weighted round robin (`wrr`): each server in turn, as many times per round as its weight,
+    /// interleaved as IPVS's `wrr` interleaves them.
+    WeightedRoundRobin,
+    /// Source hashing (`sh`): a client address's flows all go to one server, by a consistent
+    /// (Maglev) table weighted like `mh`'s.
+    SourceHash,
+    /// Destination hashing (`dh`): the flows to one destination address go to one server.
+    DestinationHash,
     /// Maglev consistent hashing (ipvsadm's `mh`): every balancer with the same servers picks the
     /// same server for a flow, so ECMP'd balancers agree without sharing state.
     #[default]
-    #[serde(rename = "mh")]
     Maglev,
 }
 
+/// ipvsadm's schedulers that xlb refuses by name: they balance by active-connection counts (or
+/// by locality tables built from them), which xlb's data path does not keep.
+const CONNECTION_SCHEDULERS: &[&str] = &[
+    "lc", "wlc", "sed", "nq", "fo", "ovf", "lblc", "lblcr", "twos",
+];
+
 impl Scheduler {
     /// Every scheduler xlb implements, in the order `-h` and error messages list them.
-    pub const ALL: &'static [Scheduler] = &[Scheduler::Maglev];
+    pub const ALL: &'static [Scheduler] = &[
+        Scheduler::RoundRobin,
+        Scheduler::WeightedRoundRobin,
+        Scheduler::SourceHash,
+        Scheduler::DestinationHash,
+        Scheduler::Maglev,
+    ];
 
     /// The ipvsadm name, as given to `-s` and printed by `-L` and `-S`.
     pub fn name(self) -> &'static str {
         match self {
+            Scheduler::RoundRobin => "rr",
+            Scheduler::WeightedRoundRobin => "wrr",
+            Scheduler::SourceHash => "sh",
+            Scheduler::DestinationHash => "dh",
             Scheduler::Maglev => "mh",
         }
     }
@@ -88,17 +115,101 @@ impl Scheduler {
             .collect::<Vec<_>>()
             .join("|")
     }
+
+    /// Whether the scheduler walks a sequence (`rr`, `wrr`) rather than hashing into a
+    /// consistent table (`sh`, `dh`, `mh`): the two kinds of table a service's is built as.
+    pub fn is_sequence(self) -> bool {
+        matches!(self, Scheduler::RoundRobin | Scheduler::WeightedRoundRobin)
+    }
+
+    /// The names of its `-b` flags: (fallback, port), for the schedulers that have them.
+    pub fn flag_names(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Scheduler::SourceHash => Some(("sh-fallback", "sh-port")),
+            Scheduler::Maglev => Some(("mh-fallback", "mh-port")),
+            _ => None,
+        }
+    }
+}
+
+impl TryFrom<String> for Scheduler {
+    type Error = UnknownScheduler;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        Scheduler::from_name(&name)
+    }
+}
+
+impl From<Scheduler> for &'static str {
+    fn from(scheduler: Scheduler) -> Self {
+        scheduler.name()
+    }
 }
 
 /// A scheduler name that xlb does not implement.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error(
-    "Scheduler not found: '{name}' (xlb supports: {})",
-    Scheduler::supported_names()
-)]
+#[error("{}", self.message())]
 pub struct UnknownScheduler {
     /// The name as given.
     pub name: String,
+}
+
+impl UnknownScheduler {
+    fn message(&self) -> String {
+        let supported = Scheduler::supported_names();
+        if CONNECTION_SCHEDULERS.contains(&self.name.as_str()) {
+            format!(
+                "xlb does not implement the '{}' scheduler: it balances by active connection counts, which xlb's data path does not keep (xlb supports: {supported})",
+                self.name
+            )
+        } else {
+            format!(
+                "Scheduler not found: '{}' (xlb supports: {supported})",
+                self.name
+            )
+        }
+    }
+}
+
+/// ipvsadm's scheduler flags (`-b`, `--sched-flags`), for `sh` and `mh`.
+///
+/// xlb's `sh` and `mh` tables hold only the servers that are available (weight above 0,
+/// healthy), so a client of an unavailable server always moves to another one: the behaviour
+/// of `sh-fallback`/`mh-fallback`, which are therefore accepted, kept and saved. xlb's `mh` hashes
+/// the client's port always (`mh-port`); `sh-port` adds it to `sh`'s hash.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct SchedFlags {
+    /// `sh-fallback` / `mh-fallback` (ipvsadm's `flag-1`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fallback: bool,
+    /// `sh-port` / `mh-port` (ipvsadm's `flag-2`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub port: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+impl SchedFlags {
+    /// Whether no flag is set.
+    pub fn is_empty(&self) -> bool {
+        !self.fallback && !self.port
+    }
+
+    /// The flags as ipvsadm prints them for `scheduler`: `sh-fallback,sh-port`.
+    pub fn names(&self, scheduler: Scheduler) -> String {
+        let (fallback, port) = scheduler.flag_names().unwrap_or(("flag-1", "flag-2"));
+        let mut names = Vec::new();
+        if self.fallback {
+            names.push(fallback);
+        }
+        if self.port {
+            names.push(port);
+        }
+        names.join(",")
+    }
 }
 
 /// The granularity of persistence (`-M`): clients whose source addresses agree under this mask
@@ -175,6 +286,9 @@ pub struct VirtualService {
     /// How it picks a real server.
     #[serde(default)]
     pub scheduler: Scheduler,
+    /// The scheduler's flags (`-b`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub sched_flags: SchedFlags,
     /// Whether clients stick to their real server, and how.
     pub persistence: Option<Persistence>,
     /// Its real servers, sorted by address and port.
@@ -217,6 +331,9 @@ pub enum Change {
         service: ServiceAddr,
         /// Its scheduler.
         scheduler: Scheduler,
+        /// The scheduler's flags.
+        #[serde(default)]
+        sched_flags: SchedFlags,
         /// Its persistence, if any.
         persistence: Option<Persistence>,
         /// Its health-check settings.
@@ -230,6 +347,9 @@ pub enum Change {
         service: ServiceAddr,
         /// Its new scheduler.
         scheduler: Scheduler,
+        /// The scheduler's new flags.
+        #[serde(default)]
+        sched_flags: SchedFlags,
         /// Its new persistence.
         persistence: Option<Persistence>,
         /// Its new health-check settings.
@@ -326,6 +446,15 @@ pub enum StateError {
         /// The threshold given.
         threshold: u32,
     },
+    /// A scheduler flag that the service's scheduler does not have.
+    #[error("the '{scheduler}' scheduler takes no scheduler flags (-b): only sh has sh-fallback and sh-port, and mh has mh-fallback and mh-port")]
+    SchedFlagsNotFor {
+        /// The scheduler's name.
+        scheduler: &'static str,
+    },
+    /// `-x`/`-y`: the data path keeps no active-connection counts to hold a server to them.
+    #[error("xlb does not implement connection thresholds (-x/-y): its data path keeps no active connection counts per real server")]
+    ThresholdsUnsupported,
     /// A real server port that differs from the service's: DR and TUN deliver the packet as the
     /// client sent it, so they cannot change its port (ipvsadm silently overrides it instead).
     #[error(
@@ -368,14 +497,21 @@ impl Change {
         match self {
             Change::AddService {
                 service,
+                scheduler,
+                sched_flags,
                 persistence,
                 ..
             }
             | Change::EditService {
                 service,
+                scheduler,
+                sched_flags,
                 persistence,
                 ..
-            } => validate_service(service, persistence.as_ref()),
+            } => {
+                validate_sched_flags(*scheduler, *sched_flags)?;
+                validate_service(service, persistence.as_ref())
+            }
             Change::AddReal { service, real, .. } | Change::EditReal { service, real, .. } => {
                 validate_real(service, real)
             }
@@ -397,19 +533,23 @@ impl DesiredState {
             Change::AddService {
                 service,
                 scheduler,
+                sched_flags,
                 persistence,
                 health,
             } => {
                 next.add_service(*service, *scheduler, *persistence)?;
+                next.set_sched_flags(service, *sched_flags)?;
                 next.set_health(service, health.clone())?;
             }
             Change::EditService {
                 service,
                 scheduler,
+                sched_flags,
                 persistence,
                 health,
             } => {
                 next.edit_service(service, *scheduler, *persistence)?;
+                next.set_sched_flags(service, *sched_flags)?;
                 next.set_health(service, health.clone())?;
             }
             Change::DeleteService { service } => next.delete_service(service)?,
@@ -459,6 +599,18 @@ impl DesiredState {
         Ok(())
     }
 
+    /// Replaces a service's scheduler flags, checking that its scheduler has them.
+    pub fn set_sched_flags(
+        &mut self,
+        service: &ServiceAddr,
+        flags: SchedFlags,
+    ) -> Result<(), StateError> {
+        let vs = self.service_mut(service).ok_or(StateError::NoSuchService)?;
+        validate_sched_flags(vs.scheduler, flags)?;
+        vs.sched_flags = flags;
+        Ok(())
+    }
+
     /// Replaces a real server's own check options (the default ones remove the override).
     pub fn set_real_check(
         &mut self,
@@ -495,6 +647,7 @@ impl DesiredState {
                     VirtualService {
                         addr,
                         scheduler,
+                        sched_flags: SchedFlags::default(),
                         persistence,
                         reals: Vec::new(),
                         health: ServiceHealth::default(),
@@ -516,6 +669,9 @@ impl DesiredState {
         let service = self.service_mut(addr).ok_or(StateError::NoSuchService)?;
         validate_service(addr, persistence.as_ref())?;
         service.scheduler = scheduler;
+        if scheduler.flag_names().is_none() {
+            service.sched_flags = SchedFlags::default();
+        }
         service.persistence = persistence;
         Ok(())
     }
@@ -618,6 +774,16 @@ fn validate_service(
     }
 }
 
+fn validate_sched_flags(scheduler: Scheduler, flags: SchedFlags) -> Result<(), StateError> {
+    if flags.is_empty() || scheduler.flag_names().is_some() {
+        Ok(())
+    } else {
+        Err(StateError::SchedFlagsNotFor {
+            scheduler: scheduler.name(),
+        })
+    }
+}
+
 fn validate_real(service: &ServiceAddr, real: &RealServer) -> Result<(), StateError> {
     if real.weight > MAX_WEIGHT {
         return Err(StateError::IllegalWeight {
@@ -633,6 +799,9 @@ fn validate_real(service: &ServiceAddr, real: &RealServer) -> Result<(), StateEr
         return Err(StateError::IllegalLowerThreshold {
             threshold: real.lower_threshold,
         });
+    }
+    if real.upper_threshold != 0 || real.lower_threshold != 0 {
+        return Err(StateError::ThresholdsUnsupported);
     }
     if real.port != service.port {
         return Err(StateError::PortMismatch {
@@ -687,19 +856,76 @@ mod tests {
     }
 
     #[test]
-    fn the_only_scheduler_is_maglev_under_its_ipvsadm_name() {
-        assert_eq!(Scheduler::from_name("mh"), Ok(Scheduler::Maglev));
-        assert_eq!(Scheduler::Maglev.name(), "mh");
+    fn schedulers_go_by_their_ipvsadm_names_and_maglev_is_the_default() {
+        for scheduler in Scheduler::ALL {
+            assert_eq!(Scheduler::from_name(scheduler.name()), Ok(*scheduler));
+        }
+        assert_eq!(
+            Scheduler::from_name("wrr"),
+            Ok(Scheduler::WeightedRoundRobin)
+        );
         assert_eq!(Scheduler::default(), Scheduler::Maglev);
     }
 
     #[test]
     fn an_unknown_scheduler_names_the_supported_ones() {
+        let err = Scheduler::from_name("xyz").expect_err("no such scheduler");
+        assert_eq!(
+            err.to_string(),
+            "Scheduler not found: 'xyz' (xlb supports: rr|wrr|sh|dh|mh)"
+        );
+    }
+
+    #[test]
+    fn a_connection_aware_scheduler_is_refused_with_the_reason() {
         let err = Scheduler::from_name("wlc").expect_err("wlc is not implemented");
         assert_eq!(
             err.to_string(),
-            "Scheduler not found: 'wlc' (xlb supports: mh)"
+            "xlb does not implement the 'wlc' scheduler: it balances by active connection counts, which xlb's data path does not keep (xlb supports: rr|wrr|sh|dh|mh)"
         );
+    }
+
+    #[test]
+    fn scheduler_flags_belong_to_sh_and_mh_only() {
+        let mut state = DesiredState::default();
+        let addr = tcp("10.0.0.1", 80);
+        state
+            .add_service(addr, Scheduler::RoundRobin, None)
+            .expect("add service");
+        let port = SchedFlags {
+            fallback: false,
+            port: true,
+        };
+        assert_eq!(
+            state.set_sched_flags(&addr, port),
+            Err(StateError::SchedFlagsNotFor { scheduler: "rr" })
+        );
+        state
+            .edit_service(&addr, Scheduler::SourceHash, None)
+            .expect("edit service");
+        state
+            .set_sched_flags(&addr, port)
+            .expect("sh takes sh-port");
+        assert_eq!(port.names(Scheduler::SourceHash), "sh-port");
+        // Back to a scheduler without flags: they go.
+        state
+            .edit_service(&addr, Scheduler::WeightedRoundRobin, None)
+            .expect("edit service");
+        assert!(state.services[0].sched_flags.is_empty());
+    }
+
+    #[test]
+    fn thresholds_are_refused_since_the_data_path_counts_no_connections() {
+        let mut state = one_service();
+        let mut capped = real("10.0.0.11", 80);
+        capped.upper_threshold = 2;
+        assert_eq!(
+            state.add_real(&tcp("10.0.0.1", 80), capped),
+            Err(StateError::ThresholdsUnsupported)
+        );
+        assert!(StateError::ThresholdsUnsupported
+            .to_string()
+            .contains("connection thresholds (-x/-y)"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::state::{
-    DesiredState, Forwarding, Persistence, Protocol, RealServer, Scheduler, ServiceAddr,
+    DesiredState, Forwarding, Persistence, Protocol, RealServer, SchedFlags, Scheduler, ServiceAddr,
 };
 
 /// What `-L` shows: every service with its servers and their counters.
@@ -26,6 +26,8 @@ pub struct ServiceListing {
     pub addr: ServiceAddr,
     /// Its scheduler.
     pub scheduler: Scheduler,
+    /// The scheduler's flags.
+    pub sched_flags: SchedFlags,
     /// Its persistence.
     pub persistence: Option<Persistence>,
     /// Totals over the service.
@@ -120,6 +122,7 @@ impl Listing {
             .map(|service| ServiceListing {
                 addr: service.addr,
                 scheduler: service.scheduler,
+                sched_flags: service.sched_flags,
                 persistence: service.persistence,
                 stats: Stats::default(),
                 rates: Rates::default(),

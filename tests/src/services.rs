@@ -1,12 +1,16 @@
 //! A minimal owner of services for tests that drive the dataplane directly (before the daemon):
-//! keeps each service's real servers and weights and rebuilds its Maglev table on every change.
+//! keeps each service's real servers and weights and rebuilds its table (Maglev, or the `wrr`
+//! sequence for [`SCHED_SEQUENCE`]) on every change.
 
 use std::net::Ipv4Addr;
 
-use lb_common::{Forwarding, RealServer, ServiceKey};
+use lb_common::{
+    service::{SCHED_MAGLEV, SCHED_SEQUENCE, SERVICE_F_PERSISTENT},
+    Forwarding, PersistSettings, RealServer, ServiceKey,
+};
 use lb_userspace::{
     dataplane::{Dataplane, RealId},
-    maglev,
+    maglev, sequence,
 };
 
 /// One real server of a [`TestService`].
@@ -28,18 +32,53 @@ pub struct TestService {
     pub port: u16,
     /// Its real servers.
     pub reals: Vec<TestReal>,
+    /// Its scheduler (`SCHED_*`).
+    pub scheduler: u8,
+    /// Its `SERVICE_F_*` flags.
+    pub flags: u32,
 }
 
 impl TestService {
     /// Adds the service (with no server) to the data path.
     pub fn add(dp: &mut Dataplane, vip: Ipv4Addr, port: u16, proto: u8) -> Self {
+        Self::add_scheduled(dp, vip, port, proto, SCHED_MAGLEV, 0)
+    }
+
+    /// Adds the service with a scheduler (`SCHED_*`) and flags (`SERVICE_F_*`).
+    pub fn add_scheduled(
+        dp: &mut Dataplane,
+        vip: Ipv4Addr,
+        port: u16,
+        proto: u8,
+        scheduler: u8,
+        flags: u32,
+    ) -> Self {
         let key = ServiceKey::v4(u32::from(vip), port, proto);
-        dp.upsert_service(key, 0).expect("add service");
+        dp.upsert_service(key, scheduler, flags)
+            .expect("add service");
         Self {
             key,
             port,
             reals: Vec::new(),
+            scheduler,
+            flags,
         }
+    }
+
+    /// The service's id in the data path.
+    pub fn id(&self, dp: &Dataplane) -> u32 {
+        dp.service(&self.key).expect("the service is there").id
+    }
+
+    /// Makes the service persistent: a client network (`mask`, host order) keeps its server for
+    /// `timeout_secs` after its last new connection.
+    pub fn persist(&mut self, dp: &mut Dataplane, timeout_secs: u32, mask: u32) {
+        self.flags |= SERVICE_F_PERSISTENT;
+        dp.upsert_service(self.key, self.scheduler, self.flags)
+            .expect("update service");
+        let id = self.id(dp);
+        dp.set_persistence(id, Some(PersistSettings::v4(timeout_secs, mask)))
+            .expect("set persistence");
     }
 
     /// Adds a direct-routing real server and rebuilds the table.
@@ -81,6 +120,16 @@ impl TestService {
     }
 
     fn rebuild(&self, dp: &mut Dataplane) {
+        if self.scheduler == SCHED_SEQUENCE {
+            let weights: Vec<(u32, u32)> = self.reals.iter().map(|r| (r.id, r.weight)).collect();
+            let order = sequence::weighted_round_robin(&weights);
+            dp.set_maglev_table(self.key, &sequence::table(&order))
+                .expect("set sequence table");
+            let id = self.id(dp);
+            dp.spread_sequence_cursors(id, order.len())
+                .expect("spread cursors");
+            return;
+        }
         let identities: Vec<Vec<u8>> = self
             .reals
             .iter()

@@ -45,7 +45,7 @@ struct Bench {
 }
 
 fn add_service(dp: &mut Dataplane, key: ServiceKey, real: RealServer, identity: &[u8]) {
-    dp.upsert_service(key, 0).expect("service");
+    dp.upsert_service(key, 0, 0).expect("service");
     let id = dp.add_real(real).expect("real");
     let table = maglev::build(&[maglev::Backend {
         identity,

@@ -17,7 +17,8 @@ use std::{
 use aya::{maps::MapError, sys::SyscallError};
 use lb_common::{
     limits::{EMPTY_MAGLEV_TABLE, MAGLEV_TABLE_SIZE},
-    Connection, Counters, DataplaneConfig, FlowKey, GlobalStat, RealServer, Service, ServiceKey,
+    Connection, Counters, DataplaneConfig, FlowKey, GlobalStat, PersistKey, PersistSettings,
+    Persistent, RealServer, Service, ServiceKey,
 };
 
 use super::DataPath;
@@ -33,6 +34,12 @@ pub enum Write {
     UpsertService(ServiceKey),
     /// [`DataPath::remove_service`].
     RemoveService(ServiceKey),
+    /// [`DataPath::spread_sequence_cursors`], with the service's id and the sequence's length.
+    SpreadSequenceCursors(u32, usize),
+    /// [`DataPath::set_persistence`], with the service's id.
+    SetPersistence(u32),
+    /// [`DataPath::forget_persistent_clients_of`].
+    ForgetPersistentClients,
     /// [`DataPath::add_real`], with the entry.
     AddReal(RealServer),
     /// [`DataPath::update_real`].
@@ -59,6 +66,9 @@ impl Write {
         match self {
             Self::UpsertService(_) => "adding a service",
             Self::RemoveService(_) => "removing a service",
+            Self::SpreadSequenceCursors(..) => "setting a service's round-robin positions",
+            Self::SetPersistence(_) => "writing a service's persistence settings",
+            Self::ForgetPersistentClients => "flushing the persistence table",
             Self::AddReal(_) => "adding a real server",
             Self::UpdateReal(_) => "updating a real server",
             Self::RemoveReal(_) => "removing a real server",
@@ -179,6 +189,10 @@ pub struct FakeDataPath {
     service_counters: BTreeMap<u32, Counters>,
     real_counters: BTreeMap<RealId, Counters>,
     connections: HashMap<FlowKey, Connection>,
+    /// Persistence settings by service id.
+    persistence: BTreeMap<u32, PersistSettings>,
+    /// The persistence table.
+    persistent: HashMap<PersistKey, Persistent>,
     config: DataplaneConfig,
     /// The addresses whose next hops were asked for, in order.
     next_hops: Vec<IpAddr>,
@@ -208,6 +222,8 @@ impl FakeDataPath {
             service_counters: BTreeMap::new(),
             real_counters: BTreeMap::new(),
             connections: HashMap::new(),
+            persistence: BTreeMap::new(),
+            persistent: HashMap::new(),
             config: DataplaneConfig::default(),
             next_hops: Vec::new(),
             writes: Vec::new(),
@@ -276,6 +292,11 @@ impl FakeDataPath {
         *total = total.add(counters);
     }
 
+    /// Remembers a persistent client, as the data path would for a persistent service's new flow.
+    pub fn remember_client(&mut self, key: PersistKey, client: Persistent) {
+        self.persistent.insert(key, client);
+    }
+
     /// Tracks a connection, as the data path would for a new flow.
     pub fn track(&mut self, flow: FlowKey, connection: Connection) {
         self.connections.insert(flow, connection);
@@ -329,10 +350,16 @@ impl DataPath for FakeDataPath {
         self.capacity
     }
 
-    fn upsert_service(&mut self, key: ServiceKey, flags: u32) -> Result<u32, DataplaneError> {
+    fn upsert_service(
+        &mut self,
+        key: ServiceKey,
+        scheduler: u8,
+        flags: u32,
+    ) -> Result<u32, DataplaneError> {
         self.write(Write::UpsertService(key))?;
         if let Some(svc) = self.services.get_mut(&key) {
             svc.flags = flags;
+            svc.scheduler = scheduler;
             return Ok(svc.id);
         }
         let id = (0..self.capacity.services)
@@ -347,10 +374,50 @@ impl DataPath for FakeDataPath {
                 id,
                 table: EMPTY_MAGLEV_TABLE,
                 flags,
-                _pad: 0,
+                scheduler,
+                _pad: [0; 3],
             },
         );
         Ok(id)
+    }
+
+    fn spread_sequence_cursors(&mut self, id: u32, len: usize) -> Result<(), DataplaneError> {
+        self.write(Write::SpreadSequenceCursors(id, len))
+    }
+
+    fn set_persistence(
+        &mut self,
+        id: u32,
+        settings: Option<PersistSettings>,
+    ) -> Result<(), DataplaneError> {
+        self.write(Write::SetPersistence(id))?;
+        let old = self.persistence.get(&id).copied();
+        match settings {
+            Some(settings) => self.persistence.insert(id, settings),
+            None => self.persistence.remove(&id),
+        };
+        if old != settings {
+            self.persistent.retain(|k, _| k.service != id);
+        }
+        Ok(())
+    }
+
+    fn persistence(&self, id: u32) -> Option<PersistSettings> {
+        self.persistence.get(&id).copied()
+    }
+
+    fn persistent_clients(&self) -> Result<Vec<(PersistKey, Persistent)>, DataplaneError> {
+        Ok(self.persistent.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn forget_persistent_clients_of(
+        &mut self,
+        reals: &BTreeSet<RealId>,
+    ) -> Result<usize, DataplaneError> {
+        self.write(Write::ForgetPersistentClients)?;
+        let before = self.persistent.len();
+        self.persistent.retain(|_, c| !reals.contains(&c.real));
+        Ok(before - self.persistent.len())
     }
 
     fn remove_service(&mut self, key: ServiceKey) -> Result<(), DataplaneError> {
@@ -360,6 +427,8 @@ impl DataPath for FakeDataPath {
             .remove(&key)
             .ok_or(DataplaneError::NoSuchService { key })?;
         self.pool.give_back(svc.table);
+        self.persistence.remove(&svc.id);
+        self.persistent.retain(|k, _| k.service != svc.id);
         Ok(())
     }
 
@@ -395,6 +464,7 @@ impl DataPath for FakeDataPath {
         let id = self.real_index(id)?;
         self.reals.remove(&id);
         self.connections.retain(|_, c| c.real != id);
+        self.persistent.retain(|_, c| c.real != id);
         Ok(())
     }
 
@@ -526,16 +596,16 @@ mod tests {
             services: 2,
             reals: 2,
         });
-        assert_eq!(dp.upsert_service(key(1), 0).expect("first"), 0);
-        assert_eq!(dp.upsert_service(key(2), 0).expect("second"), 1);
-        assert_eq!(dp.upsert_service(key(1), 1).expect("same key"), 0);
-        let full = dp.upsert_service(key(3), 0).expect_err("full");
+        assert_eq!(dp.upsert_service(key(1), 0, 0).expect("first"), 0);
+        assert_eq!(dp.upsert_service(key(2), 0, 0).expect("second"), 1);
+        assert_eq!(dp.upsert_service(key(1), 0, 1).expect("same key"), 0);
+        let full = dp.upsert_service(key(3), 0, 0).expect_err("full");
         assert_eq!(
             full.to_string(),
             "the balancer holds at most 2 services; start xlbd with --max-services N to raise it"
         );
         dp.remove_service(key(1)).expect("remove");
-        assert_eq!(dp.upsert_service(key(3), 0).expect("reused"), 0);
+        assert_eq!(dp.upsert_service(key(3), 0, 0).expect("reused"), 0);
 
         assert_eq!(dp.add_real(real(1)).expect("first"), 1);
         assert_eq!(dp.add_real(real(2)).expect("second"), 2);
@@ -550,7 +620,7 @@ mod tests {
     #[test]
     fn a_table_is_switched_live_whole_and_an_empty_one_is_the_shared_empty_table() {
         let mut dp = FakeDataPath::default();
-        dp.upsert_service(key(1), 0).expect("service");
+        dp.upsert_service(key(1), 0, 0).expect("service");
         assert_eq!(
             dp.service(&key(1)).expect("there").table,
             EMPTY_MAGLEV_TABLE
@@ -585,7 +655,7 @@ mod tests {
     #[test]
     fn the_chosen_write_fails_as_the_kernel_refuses_it_and_changes_nothing() {
         let mut dp = FakeDataPath::default();
-        dp.upsert_service(key(1), 0).expect("service");
+        dp.upsert_service(key(1), 0, 0).expect("service");
         let before = dp.contents();
         dp.fail_write(2, libc::E2BIG);
         dp.add_real(real(1)).expect("the first write succeeds");

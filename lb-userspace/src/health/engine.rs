@@ -668,6 +668,7 @@ mod tests {
         let vs = VirtualService {
             addr: service(),
             scheduler: Scheduler::Maglev,
+            sched_flags: Default::default(),
             persistence: None,
             reals: [a, b, c]
                 .iter()
@@ -917,6 +918,7 @@ mod tests {
         let vs = VirtualService {
             addr: service(),
             scheduler: Scheduler::Maglev,
+            sched_flags: Default::default(),
             persistence: None,
             reals: reals.to_vec(),
             health: Default::default(),

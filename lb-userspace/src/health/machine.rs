@@ -311,6 +311,7 @@ mod tests {
                 port: 80,
             },
             scheduler: Scheduler::Maglev,
+            sched_flags: Default::default(),
             persistence: None,
             reals,
             health: Default::default(),

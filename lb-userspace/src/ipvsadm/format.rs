@@ -334,12 +334,20 @@ fn service_entry<R: Fn(IpAddr) -> Option<String>>(
     out
 }
 
-/// The "Flags" column: persistence, and its mask when it is not per host.
+/// The "Flags" column: the scheduler's flags in parentheses, persistence, and its mask when it is
+/// not per host.
 fn flags(service: &ServiceListing) -> String {
+    let mut flags = String::new();
+    if !service.sched_flags.is_empty() {
+        flags.push_str(&format!(
+            " ({})",
+            service.sched_flags.names(service.scheduler)
+        ));
+    }
     let Some(persistence) = &service.persistence else {
-        return String::new();
+        return flags;
     };
-    let mut flags = format!(" persistent {}", persistence.timeout_secs);
+    flags.push_str(&format!(" persistent {}", persistence.timeout_secs));
     if persistence.netmask != Netmask::host(service.addr.addr) {
         match persistence.netmask {
             Netmask::V4(mask) => flags.push_str(&format!(" mask {mask}")),
@@ -441,6 +449,7 @@ mod tests {
         ServiceListing {
             addr,
             scheduler: Scheduler::Maglev,
+            sched_flags: Default::default(),
             persistence,
             stats: Stats::default(),
             rates: Rates::default(),

@@ -8,9 +8,13 @@
 //! direct routing, per-host persistence), and no arguments at all meaning `-L`.
 //!
 //! What differs, on purpose:
-//! - the default scheduler is `mh` (Maglev), xlb's only one; ipvsadm's is `wlc`;
-//! - `-m` (NAT), firewall marks, SCTP, sync daemons, one-packet scheduling, persistence engines
-//!   and scheduler flags are refused with a message that names the feature;
+//! - the default scheduler is `mh` (Maglev); ipvsadm's is `wlc`, which xlb refuses by name with
+//!   the other connection-aware schedulers (`lc`, `sed`, `nq`, `fo`, `ovf`, ...), and so are
+//!   the thresholds `-x`/`-y` (xlb's data path keeps no connection counts);
+//! - `-m` (NAT), firewall marks, SCTP, sync daemons, one-packet scheduling and persistence
+//!   engines are refused with a message that names the feature;
+//! - `-b` takes `sh-fallback`, `sh-port` (with `-s sh`), `mh-fallback`, `mh-port` (with `-s mh`)
+//!   and their generic names `flag-1`, `flag-2`; `flag-3` means nothing to xlb and is refused;
 //! - host names are not resolved (that would be I/O): addresses are numeric, ports numeric or one
 //!   of a few well-known names (http, https, ssh, domain, smtp, ftp);
 //! - the verb may come anywhere on the line, not only first, and `--socket PATH` is accepted
@@ -33,8 +37,8 @@ use super::{
 };
 use crate::state::{
     health::{CheckOptions, ServiceHealth},
-    Change, Forwarding, Netmask, Persistence, Protocol, RealServer, Scheduler, ServiceAddr,
-    StateError, UnknownScheduler, DEFAULT_PERSISTENCE_TIMEOUT_SECS, DEFAULT_WEIGHT,
+    Change, Forwarding, Netmask, Persistence, Protocol, RealServer, SchedFlags, Scheduler,
+    ServiceAddr, StateError, UnknownScheduler, DEFAULT_PERSISTENCE_TIMEOUT_SECS, DEFAULT_WEIGHT,
     MAX_PERSISTENCE_TIMEOUT_SECS, MAX_THRESHOLD, MAX_WEIGHT,
 };
 
@@ -211,6 +215,16 @@ pub enum ParseError {
     /// `-s` with a scheduler xlb does not have.
     #[error(transparent)]
     UnknownScheduler(#[from] UnknownScheduler),
+    /// `-b` with a flag xlb does not know, or one of another scheduler than `-s`'s.
+    #[error("illegal scheduler flag `{flag}' for the {scheduler} scheduler: {scheduler} takes {allowed}")]
+    IllegalSchedFlag {
+        /// The flag as given.
+        flag: String,
+        /// The service's scheduler.
+        scheduler: &'static str,
+        /// The flags it takes, in words.
+        allowed: &'static str,
+    },
     /// `-p` with a timeout outside 1..=31 days.
     #[error("invalid timeout value `{value}' specified")]
     InvalidTimeout {
@@ -458,7 +472,7 @@ fn parse_ipvsadm(args: &[String]) -> Result<Invocation, ParseError> {
 pub fn usage(program: &str) -> String {
     format!(
         "Usage:
-  {p} -A|E -t|u service-address [-s scheduler] [-p [timeout]] [-M netmask]
+  {p} -A|E -t|u service-address [-s scheduler] [-b sched-flags] [-p [timeout]] [-M netmask]
   {p} -D -t|u service-address
   {p} -C
   {p} -R
@@ -492,6 +506,8 @@ Options:
   --udp-service  -u service-address   service-address is address[:port]
   --scheduler    -s scheduler         one of {scheds},
                                       the default scheduler is {default}.
+  --sched-flags  -b flags             scheduler flags (comma-separated): sh-fallback, sh-port
+                                      with sh; mh-fallback, mh-port with mh
   --persistent   -p [timeout]         persistent service (default timeout {timeout} s)
   --netmask      -M netmask           persistent granularity mask
   --real-server  -r server-address    server-address is address[:port]
@@ -499,8 +515,8 @@ Options:
   --ipip         -i                   ipip encapsulation (tunneling)
   --tun-type      ipip                tunnel type (only ipip)
   --weight       -w weight            capacity of real server
-  --u-threshold  -x uthreshold        upper threshold of connections
-  --l-threshold  -y lthreshold        lower threshold of connections
+  --u-threshold  -x uthreshold        upper threshold of connections (only 0: not implemented)
+  --l-threshold  -y lthreshold        lower threshold of connections (only 0: not implemented)
   --connection   -c                   output of current connections
   --stats                             output of statistics information
   --rate                              output of rate information
@@ -577,16 +593,16 @@ impl Verb {
     /// ipvsadm's `commands_v_options` row for the options xlbadm has, one character per entry of
     /// [`Opt::ALL`]: `+` required, `x` illegal, `1` at most one of the `1`s, space optional.
     fn rules(self) -> &'static [u8; Opt::COUNT] {
-        //                                   n c svc s p M r fwd w x y st rt thr pc nosort ex tun
+        //                                   n c svc s p M r fwd w x y st rt thr pc nosort ex tun b
         match self {
-            Verb::AddService | Verb::EditService => b"xx+   xxxxxxxxxxxx",
-            Verb::DeleteService => b"xx+xxxxxxxxxxxxxxx",
-            Verb::Clear | Verb::Restore | Verb::Reload => b"xxxxxxxxxxxxxxxxxx",
-            Verb::List => b" 11xxxxxxxx      x",
-            Verb::AddServer | Verb::EditServer => b"xx+xxx+    xxxxxx ",
-            Verb::DeleteServer => b"xx+xxx+xxxxxxxxxxx",
-            Verb::Save => b" xxxxxxxxxxxxxxxxx",
-            Verb::Zero => b"xx xxxxxxxxxxxxxxx",
+            Verb::AddService | Verb::EditService => b"xx+   xxxxxxxxxxxx ",
+            Verb::DeleteService => b"xx+xxxxxxxxxxxxxxxx",
+            Verb::Clear | Verb::Restore | Verb::Reload => b"xxxxxxxxxxxxxxxxxxx",
+            Verb::List => b" 11xxxxxxxx      xx",
+            Verb::AddServer | Verb::EditServer => b"xx+xxx+    xxxxxx x",
+            Verb::DeleteServer => b"xx+xxx+xxxxxxxxxxxx",
+            Verb::Save => b" xxxxxxxxxxxxxxxxxx",
+            Verb::Zero => b"xx xxxxxxxxxxxxxxxx",
         }
     }
 }
@@ -613,10 +629,11 @@ enum Opt {
     NoSort,
     Exact,
     TunType,
+    SchedFlags,
 }
 
 impl Opt {
-    const COUNT: usize = 18;
+    const COUNT: usize = 19;
     const ALL: [Opt; Opt::COUNT] = [
         Opt::Numeric,
         Opt::Connection,
@@ -636,6 +653,7 @@ impl Opt {
         Opt::NoSort,
         Opt::Exact,
         Opt::TunType,
+        Opt::SchedFlags,
     ];
 
     /// ipvsadm's `optnames`.
@@ -659,6 +677,7 @@ impl Opt {
             Opt::NoSort => "nosort",
             Opt::Exact => "exact",
             Opt::TunType => "tun-type",
+            Opt::SchedFlags => "sched-flags",
         }
     }
 
@@ -693,6 +712,7 @@ enum Flag {
     Sort,
     NoSort,
     TunType,
+    SchedFlags,
     Socket,
     /// An ipvsadm option for a feature xlb lacks, named in words.
     Unsupported(&'static str),
@@ -871,8 +891,8 @@ const SPECS: &[Spec] = &[
     spec(
         Some('b'),
         Some("sched-flags"),
-        Flag::Unsupported("scheduler flags"),
-        Arg::No,
+        Flag::SchedFlags,
+        Arg::Required,
     ),
     spec(
         None,
@@ -1076,6 +1096,7 @@ struct Line {
     socket: Option<PathBuf>,
     service: Option<ServiceAddr>,
     scheduler: Option<Scheduler>,
+    sched_flags: Option<String>,
     timeout: Option<u32>,
     netmask: Option<String>,
     real: Option<(IpAddr, Option<u16>)>,
@@ -1116,6 +1137,10 @@ impl Line {
             Flag::Scheduler => {
                 self.mark(Opt::Scheduler)?;
                 self.scheduler = Some(Scheduler::from_name(text)?);
+            }
+            Flag::SchedFlags => {
+                self.mark(Opt::SchedFlags)?;
+                self.sched_flags = Some(text.to_owned());
             }
             Flag::Persistent => {
                 self.mark(Opt::Persistent)?;
@@ -1306,12 +1331,14 @@ impl Line {
             Verb::AddService | Verb::EditService => {
                 let service = service()?;
                 let scheduler = self.scheduler.unwrap_or_default();
+                let sched_flags = self.sched_flags(scheduler)?;
                 let persistence = self.persistence(service.addr)?;
                 let health = ServiceHealth::default();
                 Command::Change(if verb == Verb::AddService {
                     Change::AddService {
                         service,
                         scheduler,
+                        sched_flags,
                         persistence,
                         health,
                     }
@@ -1319,6 +1346,7 @@ impl Line {
                     Change::EditService {
                         service,
                         scheduler,
+                        sched_flags,
                         persistence,
                         health,
                     }
@@ -1385,6 +1413,37 @@ impl Line {
             Verb::Reload => Command::Reload,
         };
         Ok(command)
+    }
+
+    /// ipvsadm's `parse_sched_flags`: a comma-separated list of the scheduler's flags.
+    fn sched_flags(&self, scheduler: Scheduler) -> Result<SchedFlags, ParseError> {
+        let mut flags = SchedFlags::default();
+        let Some(list) = &self.sched_flags else {
+            return Ok(flags);
+        };
+        let (fallback, port) = scheduler.flag_names().unwrap_or(("flag-1", "flag-2"));
+        for flag in list.split(',') {
+            let illegal = || ParseError::IllegalSchedFlag {
+                flag: flag.to_owned(),
+                scheduler: scheduler.name(),
+                allowed: match scheduler {
+                    Scheduler::SourceHash => "sh-fallback and sh-port (flag-1, flag-2)",
+                    Scheduler::Maglev => "mh-fallback and mh-port (flag-1, flag-2)",
+                    _ => "no flags",
+                },
+            };
+            if scheduler.flag_names().is_none() {
+                return Err(illegal());
+            }
+            if flag == fallback || flag == "flag-1" {
+                flags.fallback = true;
+            } else if flag == port || flag == "flag-2" {
+                flags.port = true;
+            } else {
+                return Err(illegal());
+            }
+        }
+        Ok(flags)
     }
 
     fn persistence(&self, service: IpAddr) -> Result<Option<Persistence>, ParseError> {
@@ -1522,6 +1581,7 @@ mod tests {
             Command::Change(Change::AddService {
                 service: tcp("10.0.0.1", 80),
                 scheduler: Scheduler::Maglev,
+                sched_flags: SchedFlags::default(),
                 persistence: None,
                 health: Default::default(),
             })
@@ -1690,13 +1750,75 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_scheduler_is_rejected_naming_mh() {
+    fn an_unknown_scheduler_is_rejected_naming_the_supported_ones() {
         let e = err("-A -t 10.0.0.1:80 -s wlc");
         assert_eq!(
             e.to_string(),
-            "Scheduler not found: 'wlc' (xlb supports: mh)"
+            "xlb does not implement the 'wlc' scheduler: it balances by active connection counts, which xlb's data path does not keep (xlb supports: rr|wrr|sh|dh|mh)"
         );
         assert_eq!(e.exit_code(), 2);
+        assert_eq!(
+            message("-A -t 10.0.0.1:80 -s fastest"),
+            "Scheduler not found: 'fastest' (xlb supports: rr|wrr|sh|dh|mh)"
+        );
+    }
+
+    #[test]
+    fn every_scheduler_parses_by_its_ipvsadm_name() {
+        for (name, scheduler) in [
+            ("rr", Scheduler::RoundRobin),
+            ("wrr", Scheduler::WeightedRoundRobin),
+            ("sh", Scheduler::SourceHash),
+            ("dh", Scheduler::DestinationHash),
+            ("mh", Scheduler::Maglev),
+        ] {
+            let Command::Change(Change::AddService { scheduler: got, .. }) =
+                command(&format!("-A -t 10.0.0.1:80 -s {name}"))
+            else {
+                panic!("-A parses to AddService");
+            };
+            assert_eq!(got, scheduler, "-s {name}");
+        }
+    }
+
+    #[test]
+    fn scheduler_flags_parse_by_their_names_for_sh_and_mh() {
+        let flags = |line: &str| match command(line) {
+            Command::Change(Change::AddService { sched_flags, .. }) => sched_flags,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            flags("-A -t 10.0.0.1:80 -s sh -b sh-fallback,sh-port"),
+            SchedFlags {
+                fallback: true,
+                port: true
+            }
+        );
+        // -b may come before -s, and the generic names work too.
+        assert_eq!(
+            flags("-A -t 10.0.0.1:80 --sched-flags flag-2 -s sh"),
+            SchedFlags {
+                fallback: false,
+                port: true
+            }
+        );
+        assert!(flags("-A -t 10.0.0.1:80 -s mh -b mh-port").port);
+        assert_eq!(
+            message("-A -t 10.0.0.1:80 -s rr -b sh-port"),
+            "illegal scheduler flag `sh-port' for the rr scheduler: rr takes no flags"
+        );
+        assert_eq!(
+            message("-A -t 10.0.0.1:80 -s sh -b mh-port"),
+            "illegal scheduler flag `mh-port' for the sh scheduler: sh takes sh-fallback and sh-port (flag-1, flag-2)"
+        );
+        assert_eq!(
+            message("-A -t 10.0.0.1:80 -s sh -b flag-3"),
+            "illegal scheduler flag `flag-3' for the sh scheduler: sh takes sh-fallback and sh-port (flag-1, flag-2)"
+        );
+        assert_eq!(
+            message("-a -t 10.0.0.1:80 -r 10.0.0.2 -b sh-port"),
+            "Illegal 'sched-flags' option with the 'add-server' command"
+        );
     }
 
     #[test]
@@ -1795,21 +1917,25 @@ mod tests {
     }
 
     #[test]
-    fn add_server_takes_tunneling_weight_and_thresholds() {
+    fn add_server_takes_tunneling_and_weight_and_refuses_thresholds() {
         assert_eq!(
-            command("-a -t 10.0.0.1:80 -r 10.0.0.2:80 -i -w 5 -x 100 -y 50 --tun-type ipip"),
+            command("-a -t 10.0.0.1:80 -r 10.0.0.2:80 -i -w 5 -x 0 -y 0 --tun-type ipip"),
             Command::Change(Change::AddReal {
                 service: tcp("10.0.0.1", 80),
                 real: RealServer {
                     forwarding: Forwarding::Tunnel,
                     weight: 5,
-                    upper_threshold: 100,
-                    lower_threshold: 50,
                     ..dr("10.0.0.2", 80)
                 },
                 check: Default::default(),
             })
         );
+        let e = err("-a -t 10.0.0.1:80 -r 10.0.0.2:80 -x 100 -y 50");
+        assert_eq!(
+            e.to_string(),
+            "xlb does not implement connection thresholds (-x/-y): its data path keeps no active connection counts per real server"
+        );
+        assert_eq!(e.exit_code(), 2);
     }
 
     #[test]
@@ -2125,6 +2251,7 @@ mod tests {
             Command::Change(Change::EditService {
                 service: tcp("10.0.0.1", 80),
                 scheduler: Scheduler::Maglev,
+                sched_flags: SchedFlags::default(),
                 persistence: Some(Persistence {
                     timeout_secs: 60,
                     netmask: Netmask::V4(Ipv4Addr::BROADCAST)

@@ -75,6 +75,12 @@ pub fn save(state: &DesiredState) -> String {
             service.addr
         );
         out.push_str(&format!("-A {name} -s {}", service.scheduler.name()));
+        if !service.sched_flags.is_empty() {
+            out.push_str(&format!(
+                " -b {}",
+                service.sched_flags.names(service.scheduler)
+            ));
+        }
         if let Some(persistence) = &service.persistence {
             out.push_str(&format!(" -p {}", persistence.timeout_secs));
             if persistence.netmask != Netmask::host(service.addr.addr) {
@@ -411,27 +417,56 @@ mod tests {
     }
 
     #[test]
-    fn thresholds_survive_a_save_and_restore() {
-        let mut state = DesiredState::default();
-        let web = service(Protocol::Tcp, "10.0.0.1", 80);
-        state
-            .add_service(web, Scheduler::Maglev, None)
-            .expect("web");
-        let limited = RealServer {
-            upper_threshold: 100,
-            lower_threshold: 50,
-            ..real("10.0.0.2", 80, Forwarding::DirectRoute, 1)
-        };
-        state.add_real(&web, limited).expect("real");
-        let text = save(&state);
-        assert_eq!(
-            text,
-            "-A -t 10.0.0.1:80 -s mh\n-a -t 10.0.0.1:80 -r 10.0.0.2:80 -g -w 1 -x 100 -y 50\n"
+    fn saved_thresholds_are_refused_on_restore_with_the_reason() {
+        let err = restore(
+            &DesiredState::default(),
+            "-A -t 10.0.0.1:80 -s mh\n-a -t 10.0.0.1:80 -r 10.0.0.2:80 -g -w 1 -x 100 -y 50\n",
+        )
+        .expect_err("thresholds are not implemented");
+        assert_eq!(err.line, 2);
+        assert!(
+            err.to_string()
+                .contains("xlb does not implement connection thresholds (-x/-y)"),
+            "{err}"
         );
+    }
+
+    #[test]
+    fn every_scheduler_its_flags_and_persistence_survive_a_save_and_restore() {
+        let text = "-A -t 10.0.0.1:80 -s rr\n\
+                    -A -t 10.0.0.2:80 -s wrr -p 300 -M 255.255.255.0\n\
+                    -A -t 10.0.0.3:80 -s sh -b sh-fallback,sh-port\n\
+                    -A -t 10.0.0.4:80 -s dh\n\
+                    -A -t 10.0.0.5:0 -s mh -b mh-port -p 60\n\
+                    -A -u [2001:db8::1]:53 -s sh -p 120 -M 64\n";
+        let state = restore(&DesiredState::default(), text).expect("restore");
+        assert_eq!(save(&state), text.replace("                    ", ""));
         assert_eq!(
-            restore(&DesiredState::default(), &text).expect("restore"),
+            restore(&DesiredState::default(), &save(&state)).expect("restore again"),
             state
         );
+    }
+
+    #[test]
+    fn a_rule_set_saved_by_ipvsadm_restores() {
+        // As `ipvsadm -S -n` prints it (ipvsadm 1.31), with the program name and a comment.
+        let text = "# saved by ipvsadm\n\
+                    -A -t 10.0.0.100:80 -s wrr -p 300 -M 255.255.255.0\n\
+                    -a -t 10.0.0.100:80 -r 10.0.0.11:80 -g -w 3\n\
+                    -a -t 10.0.0.100:80 -r 10.0.0.12:80 -i -w 1\n\
+                    ipvsadm -A -u 10.0.0.100:53 -s rr\n\
+                    -a -u 10.0.0.100:53 -r 10.0.0.13:53 -g -w 1 -x 0 -y 0\n";
+        let state = restore(&DesiredState::default(), text).expect("restore");
+        let web = &state.services[0];
+        assert_eq!(web.scheduler, Scheduler::WeightedRoundRobin);
+        let persistence = web.persistence.expect("persistent");
+        assert_eq!(persistence.timeout_secs, 300);
+        assert_eq!(
+            persistence.netmask,
+            Netmask::V4(Ipv4Addr::new(255, 255, 255, 0))
+        );
+        assert_eq!(web.reals.len(), 2);
+        assert_eq!(state.services[1].scheduler, Scheduler::RoundRobin);
     }
 
     #[test]
@@ -489,7 +524,7 @@ mod tests {
         assert_eq!(err.line, 2);
         assert_eq!(
             err.to_string(),
-            "line 2: Scheduler not found: 'wlc' (xlb supports: mh)"
+            "line 2: xlb does not implement the 'wlc' scheduler: it balances by active connection counts, which xlb's data path does not keep (xlb supports: rr|wrr|sh|dh|mh)"
         );
     }
 

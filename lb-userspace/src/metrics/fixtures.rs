@@ -54,6 +54,7 @@ pub fn listing() -> Listing {
                 port: 80,
             },
             scheduler: Scheduler::default(),
+            sched_flags: Default::default(),
             persistence: None,
             stats: Stats {
                 conns: 50,

@@ -85,7 +85,7 @@ fn data_path() {
     })
     .expect("load the data path");
     let key = ServiceKey::v4(0x0a0a_0064, 80, PROTO_TCP);
-    dp.upsert_service(key, 0).expect("service");
+    dp.upsert_service(key, 0, 0).expect("service");
     let id = dp
         .add_real(RealServer::v4(0x0a0a_0015, Forwarding::DirectRoute))
         .expect("real");

@@ -1,0 +1,269 @@
+//! The schedulers and persistence in the data path, through BPF_PROG_TEST_RUN: which real server
+//! each new flow gets from `rr`, `wrr`, `sh` (with and without `sh-port`), `dh` and a persistent
+//! service, and that known flows keep theirs.
+//!
+//! The namespace is datapath.rs's: one veth (fx0, 10.10.0.1/24) and permanent neighbour entries
+//! for the real servers, whose MACs end in their address's last byte, so the destination MAC of
+//! a forwarded packet names the server it went to. The thread is pinned to CPU 0: `rr` and `wrr`
+//! keep a position per CPU.
+
+use std::net::Ipv4Addr;
+
+use lb_common::{
+    hash::address_hash,
+    limits::MAGLEV_TABLE_SIZE,
+    service::{
+        SCHED_DEST_HASH, SCHED_MAGLEV, SCHED_SEQUENCE, SCHED_SOURCE_HASH, SERVICE_F_HASH_PORT,
+    },
+    PROTO_TCP,
+};
+use lb_userspace::dataplane::{Dataplane, LoadOptions};
+use xlb_tests::{
+    fixture::{self, action, action_name},
+    hcbench,
+    netns::Netns,
+    packet::{Ipv4Packet, SYN},
+    root,
+    services::TestService,
+};
+
+const VIP: [u8; 4] = [10, 10, 0, 100];
+const RS: [[u8; 4]; 4] = [
+    [10, 10, 0, 11],
+    [10, 10, 0, 12],
+    [10, 10, 0, 13],
+    [10, 10, 0, 14],
+];
+
+struct Bench {
+    ns: Netns,
+    dp: Dataplane,
+    ifindex: u32,
+}
+
+fn bench() -> Bench {
+    root::require();
+    hcbench::pin(0).expect("pin the test to CPU 0");
+    let ns = Netns::new("sch");
+    ns.sh(
+        "ip link add fx0 type veth peer name fx1 && ip link set fx0 address 02:00:00:00:00:aa && \
+         ip link set fx0 up && ip link set fx1 up && ip addr add 10.10.0.1/24 dev fx0 && \
+         sysctl -qw net.ipv4.conf.fx0.forwarding=1",
+    );
+    for [a, b, c, d] in RS {
+        ns.sh(&format!(
+            "ip neigh replace {a}.{b}.{c}.{d} lladdr 02:00:00:00:01:{d:02x} dev fx0 nud permanent"
+        ));
+    }
+    let ifindex = ns.ifindex("fx0");
+    let dp = Dataplane::load(&LoadOptions {
+        max_services: Some(8),
+        max_connections: Some(4096),
+        ..LoadOptions::default()
+    })
+    .expect("load the data path");
+    Bench { ns, dp, ifindex }
+}
+
+impl Bench {
+    /// A service on port `port` of the VIP with `scheduler`, `flags` and the servers
+    /// `(index into RS, weight)`.
+    fn service(
+        &mut self,
+        port: u16,
+        scheduler: u8,
+        flags: u32,
+        reals: &[(usize, u32)],
+    ) -> TestService {
+        let mut svc =
+            TestService::add_scheduled(&mut self.dp, VIP.into(), port, PROTO_TCP, scheduler, flags);
+        for (i, weight) in reals {
+            svc.add_real(&mut self.dp, RS[*i].into(), *weight);
+        }
+        svc
+    }
+
+    /// The last byte of the real server a SYN from `client:sport` to the VIP's `port` went to.
+    fn send(&self, client: [u8; 4], sport: u16, port: u16) -> u8 {
+        let packet = Ipv4Packet::tcp(client, sport, VIP, port, SYN).build();
+        let program = self.dp.program().expect("program");
+        let out = self
+            .ns
+            .enter(|| fixture::run(program, &packet, self.ifindex));
+        assert_eq!(
+            out.action,
+            action::TX,
+            "{client:?}:{sport} -> port {port}: {}",
+            action_name(out.action)
+        );
+        out.packet[5]
+    }
+
+    /// The servers (last bytes) of new flows from one client on successive ports.
+    fn sequence(&self, port: u16, first_sport: u16, flows: u16) -> Vec<u8> {
+        (0..flows)
+            .map(|i| self.send([10, 10, 0, 50], first_sport + i, port))
+            .collect()
+    }
+}
+
+/// The last byte of the real server in the Maglev table of `svc` at `hash`.
+fn in_table(dp: &Dataplane, svc: &TestService, hash: u32) -> u8 {
+    let table = dp.maglev_table(&svc.key).expect("table");
+    let id = table[(hash % MAGLEV_TABLE_SIZE) as usize];
+    svc.real(id).expect("a real server").addr.octets()[3]
+}
+
+fn be(addr: [u8; 4]) -> [u32; 4] {
+    [u32::from_ne_bytes(addr), 0, 0, 0]
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn round_robin_gives_each_new_flow_the_next_server_and_a_known_flow_keeps_its_own() {
+    let mut bench = bench();
+    bench.service(80, SCHED_SEQUENCE, 0, &[(0, 1), (1, 1), (2, 1)]);
+    // CPU 0 starts at the sequence's first slot.
+    assert_eq!(
+        bench.sequence(80, 1000, 7),
+        vec![11, 12, 13, 11, 12, 13, 11]
+    );
+    // The first flow again: known, so it stays where it was and does not move the position.
+    assert_eq!(bench.send([10, 10, 0, 50], 1000, 80), 11);
+    assert_eq!(bench.sequence(80, 2000, 2), vec![12, 13]);
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn weighted_round_robin_follows_the_weights_and_skips_quiesced_servers() {
+    let mut bench = bench();
+    let mut svc = bench.service(80, SCHED_SEQUENCE, 0, &[(0, 3), (1, 1), (2, 0)]);
+    // IPVS's wrr for 3:1: a a a b.
+    assert_eq!(
+        bench.sequence(80, 1000, 8),
+        vec![11, 11, 11, 12, 11, 11, 11, 12]
+    );
+    svc.set_weight(&mut bench.dp, Ipv4Addr::from(RS[1]), 2);
+    svc.set_weight(&mut bench.dp, Ipv4Addr::from(RS[2]), 1);
+    // 3:2:1: a a b a b c.
+    assert_eq!(bench.sequence(80, 2000, 6), vec![11, 11, 12, 11, 12, 13]);
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn source_hashing_keeps_a_client_on_one_server_across_ports_unless_sh_port() {
+    let mut bench = bench();
+    let sh = bench.service(80, SCHED_SOURCE_HASH, 0, &[(0, 1), (1, 1), (2, 1), (3, 1)]);
+    let sh_port = bench.service(
+        81,
+        SCHED_SOURCE_HASH,
+        SERVICE_F_HASH_PORT,
+        &[(0, 1), (1, 1), (2, 1), (3, 1)],
+    );
+    let mut servers = std::collections::BTreeSet::new();
+    for last in 1..=20u8 {
+        let client = [10, 10, 1, last];
+        let expected = in_table(&bench.dp, &sh, address_hash(&be(client), 4, 0));
+        for sport in [1000, 2000, 3000] {
+            assert_eq!(
+                bench.send(client, sport, 80),
+                expected,
+                "client {client:?}:{sport}"
+            );
+        }
+        servers.insert(expected);
+        for sport in [1000u16, 2000, 3000] {
+            let expected = in_table(
+                &bench.dp,
+                &sh_port,
+                address_hash(&be(client), 4, sport.to_be()),
+            );
+            assert_eq!(
+                bench.send(client, sport, 81),
+                expected,
+                "sh-port {client:?}:{sport}"
+            );
+        }
+    }
+    assert!(servers.len() > 1, "20 clients all hashed to {servers:?}");
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn destination_hashing_picks_by_the_vip_and_maglev_by_the_whole_flow() {
+    let mut bench = bench();
+    let dh = bench.service(80, SCHED_DEST_HASH, 0, &[(0, 1), (1, 1), (2, 1), (3, 1)]);
+    let expected = in_table(&bench.dp, &dh, address_hash(&be(VIP), 4, 0));
+    for last in 1..=10u8 {
+        assert_eq!(
+            bench.send([10, 10, 1, last], 1000 + u16::from(last), 80),
+            expected
+        );
+    }
+    let mh = bench.service(81, SCHED_MAGLEV, 0, &[(0, 1), (1, 1), (2, 1), (3, 1)]);
+    let servers: std::collections::BTreeSet<u8> = (0..40)
+        .map(|i| bench.send([10, 10, 0, 50], 5000 + i, 81))
+        .collect();
+    assert!(
+        servers.len() > 1,
+        "mh sent 40 flows of one client to {servers:?}"
+    );
+    drop(mh);
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn persistence_keeps_a_client_network_on_its_server_across_ports_weights_and_additions_until_it_times_out(
+) {
+    let mut bench = bench();
+    // rr would give every new flow another server: persistence is what keeps them together.
+    let mut svc = bench.service(80, SCHED_SEQUENCE, 0, &[(0, 1), (1, 1), (2, 1)]);
+    svc.persist(&mut bench.dp, 1, 0xffff_ff00);
+    let first = bench.send([10, 10, 1, 5], 1000, 80);
+    for sport in 1001..1006 {
+        assert_eq!(
+            bench.send([10, 10, 1, 5], sport, 80),
+            first,
+            "same client, port {sport}"
+        );
+    }
+    // Another client of the same /24 joins it; one of another /24 is scheduled.
+    assert_eq!(bench.send([10, 10, 1, 200], 1000, 80), first);
+    let other = bench.send([10, 10, 2, 5], 1000, 80);
+    assert_ne!(other, first, "rr gave the next /24 the next server");
+    // Quiesced (weight 0) and a server added: the client stays.
+    svc.set_weight(&mut bench.dp, Ipv4Addr::new(10, 10, 0, first), 0);
+    svc.add_real(&mut bench.dp, RS[3].into(), 5);
+    assert_eq!(
+        bench.send([10, 10, 1, 5], 1010, 80),
+        first,
+        "after weight changes"
+    );
+    // The timeout (1 s) after its last new connection: scheduled anew, away from the quiesced one.
+    std::thread::sleep(std::time::Duration::from_millis(1_300));
+    let again = bench.send([10, 10, 1, 5], 1020, 80);
+    assert_ne!(
+        again, first,
+        "after the timeout the quiesced server gets no new client"
+    );
+    assert_eq!(
+        bench.send([10, 10, 1, 6], 1020, 80),
+        again,
+        "and the network follows"
+    );
+    // A removed server's clients are forgotten at once.
+    svc.remove_real(&mut bench.dp, Ipv4Addr::new(10, 10, 0, again));
+    let moved = bench.send([10, 10, 1, 5], 1030, 80);
+    assert_ne!(moved, again);
+    assert_eq!(
+        bench
+            .dp
+            .persistent_clients()
+            .expect("persistence table")
+            .iter()
+            .filter(|(_, p)| svc.real(p.real).is_none())
+            .count(),
+        0,
+        "an entry still names the removed server"
+    );
+}
