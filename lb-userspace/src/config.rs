@@ -396,6 +396,19 @@ mod tests {
     const SERVICE: &str = "[[services]]\nscheduler = \"mh\"\n[services.addr]\nprotocol = \"tcp\"\naddr = \"10.0.0.1\"\nport = 80\n";
 
     #[test]
+    fn the_scheduler_and_its_flags_are_keys_of_a_service() {
+        let text = SERVICE.replace("\"mh\"", "\"sh\"\nsched_flags = { port = true }");
+        let state = parse(&text).expect("a valid file");
+        assert_eq!(
+            state.services[0].scheduler,
+            crate::state::Scheduler::SourceHash
+        );
+        assert!(state.services[0].sched_flags.port);
+        let wrong = SERVICE.replace("\"mh\"", "\"rr\"\nsched_flags = { port = true }");
+        assert!(error(&wrong).contains("the 'rr' scheduler takes no scheduler flags"));
+    }
+
+    #[test]
     fn a_malformed_file_is_refused_at_its_line_and_field() {
         assert_eq!(
             error("[[services]]\nscheduler = \"wlc\"\n"),

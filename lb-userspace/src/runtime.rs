@@ -24,7 +24,7 @@ use crate::{
     dataplane::{Dataplane, DataplaneError, RealId},
     health::engine::{Engine, EngineStats, Target, TargetError},
     maglev,
-    plan::{plan, Step},
+    plan::{plan, Scheduling, Step},
     sequence,
     state::{DesiredState, Protocol, RealServer, Scheduler, ServiceAddr, VirtualService},
     status::{ConnectionListing, Listing, Rates, RealHealth, RealListing, Stats},
@@ -227,6 +227,8 @@ pub struct Runtime<D = Dataplane> {
     installed: Installed,
     state_file: Option<PathBuf>,
     health: Option<Engine>,
+    /// Real servers the health checks hold at weight 0 whose persistent clients were forgotten.
+    failed: BTreeSet<RealId>,
 }
 
 impl Runtime {
@@ -247,6 +249,7 @@ impl<D: DataPath> Runtime<D> {
             installed: Installed::default(),
             state_file,
             health: None,
+            failed: Default::default(),
         }
     }
 
@@ -261,13 +264,42 @@ impl<D: DataPath> Runtime<D> {
     /// A runtime over adopted (pinned) maps that hold `saved`.
     pub fn adopt(dp: D, saved: Saved, state_file: Option<PathBuf>) -> Self {
         let applied = saved.applied.unwrap_or_else(|| saved.desired.clone());
-        Self {
+        let mut runtime = Self {
             dp,
             desired: saved.desired,
             applied,
             installed: saved.installed,
             state_file,
             health: None,
+            failed: Default::default(),
+        };
+        runtime.rewrite_scheduling();
+        runtime
+    }
+
+    /// Brings every adopted service's scheduling entries in line with its state, where they
+    /// differ: maps pinned by an xlbd that knew only a source-hash bit for `-p` get persistence
+    /// settings. Best effort: a service that cannot be written keeps what it had.
+    fn rewrite_scheduling(&mut self) {
+        for svc in &self.applied.services {
+            let key = service_key(&svc.addr);
+            let Some(entry) = self.dp.service(&key) else {
+                continue;
+            };
+            let want = scheduling_entry(&Scheduling::of(svc));
+            if entry.scheduler == want.scheduler
+                && entry.flags == want.flags
+                && self.dp.persistence(entry.id) == want.persistence
+            {
+                continue;
+            }
+            let written = self
+                .dp
+                .upsert_service(key, want.scheduler, want.flags)
+                .and_then(|id| self.dp.set_persistence(id, want.persistence));
+            if let Err(e) = written {
+                tracing::warn!(service = %svc.addr, error = %error_chain(&e), "rewriting an adopted service's scheduling");
+            }
         }
     }
 
@@ -320,6 +352,7 @@ impl<D: DataPath> Runtime<D> {
             return Err(e);
         }
         self.desired = new;
+        self.forget_clients_of_failed_servers();
         self.save()
     }
 
@@ -356,8 +389,54 @@ impl<D: DataPath> Runtime<D> {
             return Ok(false);
         }
         self.transition(effective)?;
+        self.forget_clients_of_failed_servers();
         self.save()?;
         Ok(true)
+    }
+
+    /// Forgets the persistent clients of the servers the health checks have just failed (held
+    /// at weight 0 though the operator gave them a weight), so that those clients' next
+    /// connections go to a server that works. A server quiesced by the operator (weight 0) keeps
+    /// its clients, as in IPVS.
+    fn forget_clients_of_failed_servers(&mut self) {
+        let mut failed = BTreeSet::new();
+        for svc in self
+            .desired
+            .services
+            .iter()
+            .filter(|s| s.persistence.is_some())
+        {
+            let Some(applied) = self.applied.service(&svc.addr) else {
+                continue;
+            };
+            for real in svc.reals.iter().filter(|r| r.weight > 0) {
+                let held = applied
+                    .reals
+                    .iter()
+                    .find(|r| r.addr == real.addr && r.port == real.port)
+                    .is_none_or(|r| r.weight == 0);
+                if let (true, Some(id)) = (held, self.real_id(&svc.addr, real.addr, real.port)) {
+                    failed.insert(id);
+                }
+            }
+        }
+        let newly: BTreeSet<RealId> = failed.difference(&self.failed).copied().collect();
+        if !newly.is_empty() {
+            match self.dp.forget_persistent_clients_of(&newly) {
+                Ok(n) if n > 0 => {
+                    tracing::info!(
+                        clients = n,
+                        "persistent clients of failed servers forgotten"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %error_chain(&e), "forgetting the persistent clients of failed servers");
+                    return;
+                }
+            }
+        }
+        self.failed = failed;
     }
 
     /// The desired state as the health checks leave it now.
@@ -689,6 +768,7 @@ impl<D: DataPath> Runtime<D> {
         conns: &ConnectionCounts,
     ) -> Result<Listing, DataplaneError> {
         let mut listing = Listing::from_state(&self.desired);
+        let persistent = self.persistent_counts()?;
         let health: BTreeMap<(ServiceAddr, SocketAddr), RealHealth> = self
             .health
             .iter()
@@ -726,6 +806,9 @@ impl<D: DataPath> Runtime<D> {
                     .get(&(svc.addr, SocketAddr::new(real.addr, real.port)))
                     .cloned();
                 self.fill_real(&svc.addr, real, conns, rates)?;
+                if let Some(id) = self.real_id(&svc.addr, real.addr, real.port) {
+                    real.persistent_conns = persistent.get(&id).copied().unwrap_or(0);
+                }
             }
             // A real server in force that is not configured is the sorry server, in use while
             // the quorum is lost: listed as keepalived's would be (it adds the sorry server to
@@ -814,7 +897,83 @@ impl<D: DataPath> Runtime<D> {
                 destination: SocketAddr::new(*addr, *port),
             });
         }
+        out.extend(self.persistent_clients(now)?);
         Ok(out)
+    }
+
+    /// The live persistent clients (client networks) of persistent services, as `-L -c` lists
+    /// IPVS's persistence templates: state NONE, the client's address under the mask with port
+    /// 0, the service, the real server, and the seconds left of the timeout.
+    fn persistent_clients(&self, now: u64) -> Result<Vec<ConnectionListing>, DataplaneError> {
+        let mut services: BTreeMap<u32, (ServiceAddr, u64)> = BTreeMap::new();
+        let mut reals: BTreeMap<RealId, (IpAddr, u16)> = BTreeMap::new();
+        for svc in self
+            .desired
+            .services
+            .iter()
+            .filter(|s| s.persistence.is_some())
+        {
+            let Some(entry) = self.dp.service(&service_key(&svc.addr)) else {
+                continue;
+            };
+            let Some(settings) = self.dp.persistence(entry.id) else {
+                continue;
+            };
+            services.insert(entry.id, (svc.addr, settings.timeout_ns));
+            for real in &svc.reals {
+                if let Some(id) = self.real_id(&svc.addr, real.addr, real.port) {
+                    reals.insert(id, (real.addr, real.port));
+                }
+            }
+        }
+        if services.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for (key, client) in self.dp.persistent_clients()? {
+            let (Some((service, timeout_ns)), Some((addr, port))) =
+                (services.get(&key.service), reals.get(&client.real))
+            else {
+                continue;
+            };
+            let idle = now.saturating_sub(client.last_seen_ns);
+            if idle >= *timeout_ns {
+                continue;
+            }
+            out.push(ConnectionListing {
+                protocol: service.protocol,
+                expire_secs: ((timeout_ns - idle) / 1_000_000_000) as u32,
+                state: "NONE".to_owned(),
+                source: SocketAddr::new(flow_addr(&key.client, key.family), 0),
+                virtual_addr: SocketAddr::new(service.addr, service.port),
+                destination: SocketAddr::new(*addr, *port),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Live persistent clients per real server (`--persistent-conn`'s PersistConn).
+    fn persistent_counts(&self) -> Result<BTreeMap<RealId, u32>, DataplaneError> {
+        let mut counts = BTreeMap::new();
+        if self
+            .desired
+            .services
+            .iter()
+            .all(|s| s.persistence.is_none())
+        {
+            return Ok(counts);
+        }
+        let now = monotonic_ns();
+        let mut timeouts: BTreeMap<u32, u64> = BTreeMap::new();
+        for (key, client) in self.dp.persistent_clients()? {
+            let timeout = *timeouts
+                .entry(key.service)
+                .or_insert_with(|| self.dp.persistence(key.service).map_or(0, |s| s.timeout_ns));
+            if now.saturating_sub(client.last_seen_ns) < timeout {
+                *counts.entry(client.real).or_default() += 1;
+            }
+        }
+        Ok(counts)
     }
 
     /// Forgets every tracked connection.
@@ -1442,6 +1601,78 @@ mod tests {
                 .maglev_table(&key(service))
                 .expect("the service's table");
             table.iter().filter(|&&slot| slot == id).count() as f64 / table.len() as f64
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_failed_server_loses_its_persistent_clients_and_a_quiesced_one_keeps_them() {
+            let (a11, a11_task) = listener().await;
+            let (a12, _a12_task) = listener().await;
+            let rules = format!(
+                "-A -t 10.0.0.1:80 -s rr -p 300\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.11:80 -g {}\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.12:80 -g {}\n",
+                check(a11),
+                check(a12),
+            );
+            let (engine, mut events) =
+                crate::health::engine::Engine::new(tokio::runtime::Handle::current(), 4);
+            let mut rt = Runtime::new(FakeDataPath::default(), None)
+                .with_health(engine)
+                .expect("no targets yet");
+            rt.change_to(state(&rules)).expect("applied");
+            for _ in 0..2 {
+                let up = next_event(&mut events).await;
+                assert!(up.result.ok, "{}", up.real);
+                rt.refresh_service(&up.service).expect("refreshed");
+            }
+            let client = |last: u32, real: RealId| {
+                (
+                    lb_common::PersistKey {
+                        service: 0,
+                        family: lb_common::FAMILY_V4,
+                        _pad: [0; 3],
+                        client: [last.to_be(), 0, 0, 0],
+                    },
+                    lb_common::Persistent {
+                        real,
+                        service_epoch: 1,
+                        last_seen_ns: monotonic_ns(),
+                    },
+                )
+            };
+            for (last, real) in [(5, 1), (6, 2)] {
+                let (key, value) = client(last, real);
+                rt.dataplane().remember_client(key, value);
+            }
+            // Quiesced by the operator: its client stays.
+            rt.change_to(state(&rules.replace(
+                &format!("10.0.0.12:80 -g {}", check(a12)),
+                &format!("10.0.0.12:80 -g -w 0 {}", check(a12)),
+            )))
+            .expect("quiesced");
+            assert_eq!(
+                rt.datapath().persistent_clients().expect("clients").len(),
+                2
+            );
+            // Failed: its client goes, the quiesced server's stays.
+            a11_task.abort();
+            let down = next_event(&mut events).await;
+            assert!(!down.result.ok);
+            assert!(rt.refresh_service(&down.service).expect("refreshed"));
+            let left: Vec<RealId> = rt
+                .datapath()
+                .persistent_clients()
+                .expect("clients")
+                .iter()
+                .map(|(_, c)| c.real)
+                .collect();
+            assert_eq!(left, [2]);
+            let listing = rt.connections().expect("-L -c");
+            assert_eq!(listing.len(), 1);
+            assert_eq!(listing[0].state, "NONE");
+            assert_eq!(listing[0].source.to_string(), "0.0.0.6:0");
+            assert_eq!(listing[0].destination.to_string(), "10.0.0.12:80");
+            assert!((299..=300).contains(&listing[0].expire_secs));
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

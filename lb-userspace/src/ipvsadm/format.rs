@@ -518,6 +518,41 @@ mod tests {
     }
 
     #[test]
+    fn scheduler_flags_are_listed_in_parentheses_before_persistence() {
+        let listing = Listing {
+            services: vec![
+                ServiceListing {
+                    scheduler: Scheduler::SourceHash,
+                    sched_flags: crate::state::SchedFlags {
+                        fallback: true,
+                        port: true,
+                    },
+                    ..service(
+                        tcp("10.0.0.1", 80),
+                        Some(Persistence {
+                            timeout_secs: 300,
+                            netmask: Netmask::V4(Ipv4Addr::new(255, 255, 255, 0)),
+                        }),
+                        vec![],
+                    )
+                },
+                ServiceListing {
+                    scheduler: Scheduler::WeightedRoundRobin,
+                    ..service(tcp("10.0.0.2", 80), None, vec![])
+                },
+            ],
+        };
+        let text = format_listing(&listing, &numeric(), no_names).expect("listing");
+        assert!(
+            text.contains(
+                "TCP  10.0.0.1:80 sh (sh-fallback,sh-port) persistent 300 mask 255.255.255.0\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("TCP  10.0.0.2:80 wrr\n"), "{text}");
+    }
+
+    #[test]
     fn list_numeric_matches_ipvsadms_layout() {
         assert_eq!(
             format_listing(&sample(), &numeric(), no_names).expect("listing"),
