@@ -1,0 +1,123 @@
+//! End to end through xlbd and xlbadm: the schedulers and persistence with real clients and
+//! real servers (the direct-routing lab: a client, the balancer in generic XDP mode and three
+//! HTTP servers on one bridge; each server answers its own name).
+
+use xlb_tests::{
+    daemon::Daemon,
+    lab::{real_addr, DrLab, VIP},
+    root,
+};
+
+/// With xlbadm: a service on the VIP with `options` (`-s rr -p 300 ...`) and the lab's real
+/// servers by direct routing, weight 1.
+fn add_service(daemon: &Daemon, options: &[&str], reals: usize) {
+    let vip = format!("{VIP}:80");
+    let mut add = vec!["-A", "-t", &vip];
+    add.extend_from_slice(options);
+    daemon.adm_ok(&add);
+    for i in 0..reals {
+        let real = format!("{}:80", real_addr(i));
+        daemon.adm_ok(&["-a", "-t", &vip, "-r", &real, "-g", "-w", "1"]);
+    }
+}
+
+/// Who answers each of `n` requests from the client's address `source`, each on a new
+/// connection.
+fn answers(lab: &DrLab, source: &str, n: usize) -> Vec<String> {
+    let out = lab.client.sh(&format!(
+        "for i in $(seq {n}); do curl -s --max-time 3 --interface {source} http://{VIP}/ || echo FAILED; done"
+    ));
+    out.lines().map(|l| l.trim().to_owned()).collect()
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn round_robin_spreads_300_new_connections_within_5_percent_per_server() {
+    root::require();
+    let lab = DrLab::new(3);
+    let daemon = Daemon::start(&lab.balancer);
+    add_service(&daemon, &["-s", "rr"], 3);
+    let listing = daemon.adm_ok(&["-L", "-n"]);
+    assert!(
+        listing.contains(&format!("TCP  {VIP}:80 rr\n")),
+        "{listing}"
+    );
+    let (counts, failed) = lab.spread(300);
+    assert_eq!(failed, 0, "failed requests; spread {counts:?}");
+    eprintln!("rr: 300 new connections spread {counts:?}");
+    for (i, n) in counts.iter().enumerate() {
+        assert!(
+            n.abs_diff(100) <= 5,
+            "rs{} got {n} of 300 new connections: {counts:?}",
+            i + 1
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn persistence_keeps_a_client_network_on_its_server_across_connections_and_weight_changes() {
+    root::require();
+    let lab = DrLab::new(3);
+    // A second client of the same /24.
+    lab.client.sh("ip addr add 10.77.0.3/24 dev eth0");
+    let daemon = Daemon::start(&lab.balancer);
+    // rr would give each new connection the next server: persistence is what keeps them.
+    add_service(
+        &daemon,
+        &["-s", "rr", "-p", "300", "-M", "255.255.255.0"],
+        3,
+    );
+    let listing = daemon.adm_ok(&["-L", "-n"]);
+    assert!(
+        listing.contains(&format!(
+            "TCP  {VIP}:80 rr persistent 300 mask 255.255.255.0\n"
+        )),
+        "{listing}"
+    );
+
+    let first = answers(&lab, "10.77.0.2", 10);
+    let owner = first[0].clone();
+    assert!(owner.starts_with("rs"), "{first:?}");
+    assert!(first.iter().all(|a| *a == owner), "{first:?}");
+    // The other client of the /24 goes to the same server.
+    let neighbour = answers(&lab, "10.77.0.3", 5);
+    assert!(neighbour.iter().all(|a| *a == owner), "{neighbour:?}");
+
+    // Weights change and the client stays, even on its server quiesced.
+    let index: usize = owner[2..].parse().expect("rsN");
+    let vip = format!("{VIP}:80");
+    for (i, weight) in [(0, "3"), (1, "2"), (2, "5")] {
+        let real = format!("{}:80", real_addr(i));
+        daemon.adm_ok(&["-e", "-t", &vip, "-r", &real, "-g", "-w", weight]);
+    }
+    let owner_real = format!("{}:80", real_addr(index - 1));
+    daemon.adm_ok(&["-e", "-t", &vip, "-r", &owner_real, "-g", "-w", "0"]);
+    let after = answers(&lab, "10.77.0.2", 10);
+    assert!(after.iter().all(|a| *a == owner), "{after:?}");
+
+    // The persistence table, as ipvsadm lists its templates.
+    let conns = daemon.adm_ok(&["-L", "-n", "-c"]);
+    assert!(
+        conns
+            .lines()
+            .any(|l| l.contains("NONE") && l.contains("10.77.0.0:0") && l.contains(&owner_real)),
+        "{conns}"
+    );
+    let persistent = daemon.adm_ok(&["-L", "-n", "--persistent-conn"]);
+    let line = persistent
+        .lines()
+        .find(|l| l.contains(&owner_real))
+        .unwrap_or_else(|| panic!("{persistent}"));
+    let columns: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        columns[3], "1",
+        "one persistent client network: {persistent}"
+    );
+
+    // Without persistence (-E without -p) the clients are scheduled again: rr moves them.
+    daemon.adm_ok(&["-E", "-t", &vip, "-s", "rr"]);
+    let free = answers(&lab, "10.77.0.2", 9);
+    let servers: std::collections::BTreeSet<&String> = free.iter().collect();
+    assert!(servers.len() > 1, "{free:?}");
+}
