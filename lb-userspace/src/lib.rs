@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`program`]: the compiled XDP object and loading it.
 //! - [`maglev`]: the Maglev lookup-table builder (pure).
+//! - [`sequence`]: the `rr`/`wrr` sequences and where each CPU starts walking them (pure).
 //! - [`capacity`]: how many services and real servers a balancer holds; the pool of Maglev tables (pure).
 //! - [`dataplane`]: the only code that touches the balancer's BPF maps; a typed API over them.
 //! - [`datapath`]: the data path as the runtime sees it (a trait), over the maps or in memory (`fake`).
