@@ -24,7 +24,8 @@
 #      DIRECT=1 (also the unwrapped runs) VERBOSE=1 (hex dumps of the last output packets)
 #      KATRAN_2STEP=1 (Katran built the Makefile-bpf way) HOLD_SECS=N (keep the lab up N s)
 #      SCALE=0 (skip the scaling runs) LIVE=0 (skip the live-frames run) LIVE_PACKETS (4000000)
-#      BATCH (64) SCALE_REALS (4096) SCALE_SERVICES (512)
+#      BATCH (64) SCALE_REALS (4096) SCALE_SERVICES (512) SCHEDULERS=0 (skip the per-scheduler
+#      new-flow runs)
 set -euo pipefail
 
 here=$(dirname "$(readlink -f "$0")")
@@ -298,11 +299,33 @@ END {
 	printf "(net and ratio: xlb/Katran of (case - XDP_PASS floor); ratio/TX: over the swap+XDP_TX floor for forwarded cases;\n ratio(med): the same with medians; the new-flow rows use the new-flow wrapper floor for both)\n"
 }'
 
+# ---- schedulers (xlb alone): a new flow every run to 10.10.0.100 under each scheduler ----
+# The service is edited (-E) to each scheduler in turn and the new-flow case run again; net of the
+# new-flow wrapper's floor, against mh. The wrapper gives each run a new source port and a new
+# source address every 32768 runs, so with -p (per host) most runs are a known client's new
+# connection: the persistence table's hit. The service is put back to mh afterwards.
+want() { [ -z "${ONLY:-}" ] || [[ ",$ONLY," == *",$1"* ]] || [[ ",$ONLY," == *".$1"* ]]; }
+if [ "${SCHEDULERS:-1}" = 1 ] && want sched; then
+	echo; echo "# schedulers: SYN of a new flow every run, direct routing, one real server (ns/packet, net of the new-flow floor)"
+	SCHED_OUT=
+	for sched in "mh" "rr" "wrr" "sh" "sh -b sh-port" "dh" "mh -p 300" "rr -p 300" "wrr -p 300 -M 255.255.255.0"; do
+		# shellcheck disable=SC2086 # the scheduler's options are words
+		adm -E -t 10.10.0.100:80 -s $sched
+		o=$("$B/harness" "${XARGS[@]}" --only floor.pass_newflow,xlb.syn_newflow_dr 2> >(grep -v '^libbpf: elf: skipping' >&2) | grep '^RESULT')
+		SCHED_OUT+=$(echo "$o" | sed "s/^RESULT \([^ ]*\)/RESULT \1 sched=${sched// /_}/")$'\n'
+	done
+	adm -E -t 10.10.0.100:80 -s mh
+	echo "$SCHED_OUT" | awk '
+/^RESULT floor.pass_newflow/ { split($3,s,"="); f=s[2]; split($4,a,"="); fb=a[2]+0 }
+/^RESULT xlb.syn_newflow_dr/ { split($3,s,"="); name=s[2]; gsub("_"," ",name); split($4,a,"="); b=a[2]+0; split($5,m,"="); md=m[2]+0
+	ok=($0 ~ / OK \|/); net=b-fb; if (name=="mh") mhnet=net
+	printf "SCHED %-28s best %4d  net %4d  /mh %5.2f%s\n", name, b, net, (mhnet>0?net/mhnet:0), ok?"":"  (a check FAILED)" }'
+fi
+
 # ---- scaling (xlb alone): the known flow by DR with many reals, many services, a full table ----
 # Each step is one harness call (the XDP_PASS floor, then the known-flow DR case to the step's
 # VIP); ratios to the first step. Limits are what this xlbd accepts (xlbadm -R is all or nothing,
 # so each step tries smaller counts until one is accepted, and says what it got).
-want() { [ -z "${ONLY:-}" ] || [[ ",$ONLY," == *",$1"* ]] || [[ ",$ONLY," == *".$1"* ]]; }
 SOUT=
 since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 scale_run() { # NAME VIP [--fill-conntrack]
