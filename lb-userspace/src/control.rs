@@ -18,7 +18,8 @@ use tokio::{
 
 use crate::{
     config,
-    ipvsadm::save,
+    datapath::DataPath,
+    dataplane::Dataplane,
     runtime::{error_chain, RateEstimator, Runtime},
     state::{Change, DesiredState, ServiceAddr, VirtualService},
     status::{ConnectionListing, Listing},
@@ -37,7 +38,13 @@ pub const DEFAULT_SOCKET: &str = "/run/xlb/xlb.sock";
 pub enum Request {
     /// Apply one change (`-A -E -D -a -e -d -C`).
     Change(Change),
-    /// Apply `-R` input (ipvsadm save format), all lines or none.
+    /// Apply the changes of `-R` input (parsed by xlbadm), in order, all or none.
+    Changes {
+        /// The changes, each with the line of the input it came from.
+        changes: Vec<NumberedChange>,
+    },
+    /// `-R` input as text, as xlbadm sent it before it parsed `-R` itself: refused with a
+    /// sentence that says so (the daemon parses no ipvsadm syntax).
     Restore {
         /// The rules.
         rules: String,
@@ -63,6 +70,15 @@ pub enum Request {
         /// On or off.
         on: bool,
     },
+}
+
+/// One change of `-R` input, with its line (1-based), named when the change is refused.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NumberedChange {
+    /// The line of the input.
+    pub line: usize,
+    /// The change.
+    pub change: Change,
 }
 
 /// The daemon's answer.
@@ -106,9 +122,9 @@ impl Response {
 }
 
 /// What the server shares between connections.
-pub struct Shared {
+pub struct Shared<D = Dataplane> {
     /// The daemon's state and data path.
-    pub runtime: Runtime,
+    pub runtime: Runtime<D>,
     /// Rates from the periodic counter samples.
     pub rates: RateEstimator,
     /// The configuration file that [`Request::Reload`] (and SIGHUP) reads.
@@ -116,7 +132,7 @@ pub struct Shared {
 }
 
 /// Handles one request.
-pub fn handle(shared: &mut Shared, request: Request) -> Response {
+pub fn handle<D: DataPath>(shared: &mut Shared<D>, request: Request) -> Response {
     let runtime = &mut shared.runtime;
     match request {
         Request::Change(change) => {
@@ -132,13 +148,22 @@ pub fn handle(shared: &mut Shared, request: Request) -> Response {
                 Err(e) => Response::refused(&e),
             }
         }
-        Request::Restore { rules } => match save::restore(runtime.desired(), &rules) {
-            Ok(new) => match runtime.change_to(new) {
+        Request::Changes { changes } => {
+            let mut new = runtime.desired().clone();
+            for NumberedChange { line, change } in &changes {
+                if let Err(e) = change.validate().and_then(|()| new.apply(change)) {
+                    return Response::error(format!("line {line}: {e}"));
+                }
+            }
+            match runtime.change_to(new) {
                 Ok(()) => Response::Ok,
                 Err(e) => Response::refused(&e),
-            },
-            Err(e) => Response::error(e),
-        },
+            }
+        }
+        Request::Restore { .. } => Response::error(
+            "this xlbadm is older than xlbd: it sends -R input as text, which xlbd no longer \
+             parses; use the xlbadm installed with this xlbd",
+        ),
         Request::Reload => reload(runtime, &shared.config),
         Request::State => Response::State(runtime.desired().clone()),
         Request::List => match runtime.listing(&shared.rates) {
@@ -173,7 +198,7 @@ pub fn handle(shared: &mut Shared, request: Request) -> Response {
 
 /// Takes the running state to what the configuration file says, in one transaction; logs the
 /// outcome, and answers it.
-fn reload(runtime: &mut Runtime, file: &Path) -> Response {
+fn reload<D: DataPath>(runtime: &mut Runtime<D>, file: &Path) -> Response {
     let refused = |message: String| {
         tracing::error!(config = %file.display(), "reload refused, nothing changed: {message}");
         Response::error(format!("reload refused, nothing changed: {message}"))
@@ -277,7 +302,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Serves requests until the listener fails; each connection may send several requests.
-pub async fn serve(listener: UnixListener, shared: Arc<Mutex<Shared>>) {
+pub async fn serve<D: DataPath + 'static>(listener: UnixListener, shared: Arc<Mutex<Shared<D>>>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(conn) => conn,
@@ -295,7 +320,10 @@ pub async fn serve(listener: UnixListener, shared: Arc<Mutex<Shared>>) {
     }
 }
 
-async fn connection(stream: UnixStream, shared: Arc<Mutex<Shared>>) -> std::io::Result<()> {
+async fn connection<D: DataPath>(
+    stream: UnixStream,
+    shared: Arc<Mutex<Shared<D>>>,
+) -> std::io::Result<()> {
     let uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();

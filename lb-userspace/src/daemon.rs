@@ -17,14 +17,15 @@ use thiserror::Error;
 use tokio::{
     net::{TcpListener, UnixListener},
     signal::unix::{signal, SignalKind},
-    sync::Mutex,
+    sync::{mpsc::UnboundedReceiver, Mutex},
 };
 
 use crate::{
     config::{self, LoadError},
     control::{self, Request, Response, Shared},
+    datapath::DataPath,
     dataplane::{Dataplane, DataplaneError, LoadOptions, PinnedMaps},
-    health::engine::{Engine, DEFAULT_MAX_CONCURRENT_CHECKS},
+    health::engine::{Engine, HealthEvent, DEFAULT_MAX_CONCURRENT_CHECKS},
     metrics,
     runtime::{RateEstimator, Runtime, RuntimeError, Saved},
     state::DesiredState,
@@ -239,10 +240,6 @@ async fn start_and_serve(
         .map_err(data_path("setting the tunnel source"))?;
 
     let state_file = Some(config.state_file.clone());
-    let (engine, health_events) = Engine::new(
-        tokio::runtime::Handle::current(),
-        config.max_concurrent_checks,
-    );
     let (runtime, reinstall) = match adopted {
         Adopted::Maps(saved) => {
             tracing::info!(
@@ -254,34 +251,24 @@ async fn start_and_serve(
         Adopted::Rules(rules) => (Runtime::new(dp, state_file), Some(rules)),
         Adopted::Nothing => (Runtime::new(dp, state_file), None),
     };
-    let runtime = runtime
-        .with_health(engine)
-        .map_err(|source| DaemonError::Runtime {
-            what: "starting the health checks",
-            source: Box::new(source),
-        })?;
-    let mut shared = Shared {
-        runtime,
-        rates: RateEstimator::default(),
-        config: config.config_file.clone(),
-    };
-    // With the health engine in place, so that the checks of the servers that stay go on and
-    // those of new ones start. Even an unchanged state is saved, so that the next start adopts.
-    let (what, start) = start_state(shared.runtime.desired(), file, reinstall);
-    let summary = control::summary(shared.runtime.desired(), &start);
-    shared
-        .runtime
-        .change_to(start)
-        .map_err(|source| DaemonError::Runtime {
-            what,
-            source: Box::new(source),
-        })?;
-    tracing::info!("{what}: {summary}");
-    let shared = Arc::new(Mutex::new(shared));
+    let (shared, health_events) = start(runtime, file, reinstall, &config)?;
+    let metrics = listeners.metrics.map(|listener| {
+        match listener.local_addr() {
+            Ok(addr) => tracing::info!(%addr, "serving metrics (/metrics) and the status page (/)"),
+            Err(e) => tracing::warn!(error = %e, "the metrics listener has no address"),
+        }
+        let conntrack = config.pin_dir.join(lb_common::maps::CONNTRACK);
+        tokio::spawn(metrics::serve(
+            listener,
+            shared.clone(),
+            metrics::ConnectionTable::Pinned(conntrack),
+        ))
+    });
     serve(
         shared,
         &config,
-        listeners,
+        listeners.control,
+        metrics,
         Some(logger),
         health_events,
         shutdown,
@@ -299,6 +286,72 @@ async fn start_and_serve(
         tracing::info!("exiting; the balancer keeps forwarding (pinned)");
     }
     Ok(())
+}
+
+/// Runs a daemon over `runtime`, a data path that is already loaded and set up (fresh, or
+/// adopted with its state), until `shutdown` completes: the configuration file applied as at
+/// start, the health checks, the control socket on `control`, reloads. No metrics, interfaces or
+/// pins: those are [`run`]'s, over the kernel's maps; this is the daemon a test runs over
+/// [`crate::datapath::fake::FakeDataPath`]. Returns the daemon's state as it stopped.
+pub async fn run_over<D: DataPath + 'static>(
+    runtime: Runtime<D>,
+    config: &Config,
+    control: UnixListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Arc<Mutex<Shared<D>>>, DaemonError> {
+    let file = config::load(&config.config_file).map_err(DaemonError::Config)?;
+    let (shared, health_events) = start(runtime, file, None, config)?;
+    serve(
+        shared.clone(),
+        config,
+        control,
+        None,
+        None,
+        health_events,
+        shutdown,
+    )
+    .await?;
+    Ok(shared)
+}
+
+/// A started daemon's state, and the events of its health checks.
+type Started<D> = (Arc<Mutex<Shared<D>>>, UnboundedReceiver<HealthEvent>);
+
+/// Starts the health checks of `runtime` and brings it to the state [`start_state`] says.
+fn start<D: DataPath>(
+    runtime: Runtime<D>,
+    file: Option<DesiredState>,
+    reinstall: Option<DesiredState>,
+    config: &Config,
+) -> Result<Started<D>, DaemonError> {
+    let (engine, health_events) = Engine::new(
+        tokio::runtime::Handle::current(),
+        config.max_concurrent_checks,
+    );
+    let runtime = runtime
+        .with_health(engine)
+        .map_err(|source| DaemonError::Runtime {
+            what: "starting the health checks",
+            source: Box::new(source),
+        })?;
+    let mut shared = Shared {
+        runtime,
+        rates: RateEstimator::default(),
+        config: config.config_file.clone(),
+    };
+    // With the health engine in place, so that the checks of the servers that stay go on and
+    // those of new ones start. Even an unchanged state is saved, so that the next start adopts.
+    let (what, state) = start_state(shared.runtime.desired(), file, reinstall);
+    let summary = control::summary(shared.runtime.desired(), &state);
+    shared
+        .runtime
+        .change_to(state)
+        .map_err(|source| DaemonError::Runtime {
+            what,
+            source: Box::new(source),
+        })?;
+    tracing::info!("{what}: {summary}");
+    Ok((Arc::new(Mutex::new(shared)), health_events))
 }
 
 /// What the pin directory held when the daemon started.
@@ -389,29 +442,18 @@ fn start_state(
     }
 }
 
-/// Serves the control socket and the metrics, and keeps the data path in line with the health
-/// checks, until `shutdown` completes.
-async fn serve(
-    shared: Arc<Mutex<Shared>>,
+/// Serves the control socket, and keeps the data path in line with the health checks, until
+/// `shutdown` completes; then stops the metrics server too.
+async fn serve<D: DataPath + 'static>(
+    shared: Arc<Mutex<Shared<D>>>,
     config: &Config,
-    listeners: Listeners,
+    control: UnixListener,
+    metrics_server: Option<tokio::task::JoinHandle<()>>,
     mut logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-    mut health_events: tokio::sync::mpsc::UnboundedReceiver<crate::health::engine::HealthEvent>,
+    mut health_events: UnboundedReceiver<HealthEvent>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let server = tokio::spawn(control::serve(listeners.control, shared.clone()));
-    let metrics_server = listeners.metrics.map(|listener| {
-        match listener.local_addr() {
-            Ok(addr) => tracing::info!(%addr, "serving metrics (/metrics) and the status page (/)"),
-            Err(e) => tracing::warn!(error = %e, "the metrics listener has no address"),
-        }
-        let conntrack = config.pin_dir.join(lb_common::maps::CONNTRACK);
-        tokio::spawn(metrics::serve(
-            listener,
-            shared.clone(),
-            metrics::ConnectionTable::Pinned(conntrack),
-        ))
-    });
+    let server = tokio::spawn(control::serve(control, shared.clone()));
     let mut signals = if config.signals {
         let on = |kind: SignalKind, name: &'static str| {
             signal(kind).map_err(|source| DaemonError::Signal {
@@ -498,7 +540,10 @@ async fn recv(signal: Option<&mut tokio::signal::unix::Signal>) -> Option<()> {
 }
 
 /// Brings one service's table in line with a health event of one of its servers.
-async fn refresh_service(shared: &Mutex<Shared>, service: &crate::state::ServiceAddr) {
+async fn refresh_service<D: DataPath>(
+    shared: &Mutex<Shared<D>>,
+    service: &crate::state::ServiceAddr,
+) {
     if let Err(e) = shared.lock().await.runtime.refresh_service(service) {
         tracing::error!(
             %service,
@@ -509,7 +554,7 @@ async fn refresh_service(shared: &Mutex<Shared>, service: &crate::state::Service
 }
 
 /// Brings the data path in line with the health checks (slow starts ramping up).
-async fn refresh(shared: &Mutex<Shared>) {
+async fn refresh<D: DataPath>(shared: &Mutex<Shared<D>>) {
     if let Err(e) = shared.lock().await.runtime.refresh() {
         tracing::error!(
             error = %crate::runtime::error_chain(&e),
@@ -518,7 +563,7 @@ async fn refresh(shared: &Mutex<Shared>) {
     }
 }
 
-async fn debug_events(shared: &Mutex<Shared>, on: bool) {
+async fn debug_events<D: DataPath>(shared: &Mutex<Shared<D>>, on: bool) {
     match control::handle(&mut *shared.lock().await, Request::DebugEvents { on }) {
         Response::Ok => tracing::info!(on, "data-path debug events"),
         Response::Error { message, .. } => {
@@ -658,5 +703,187 @@ mod tests {
             "10.0.0.11 was never reported again"
         );
         assert_eq!(health_of(&engine)[&real("10.0.0.11")], Health::Up);
+    }
+
+    /// A daemon inside this process over the fake data path, driven through its control socket
+    /// as xlbadm drives xlbd: `-R`'s parsed changes all or none, reloads of the file (a broken
+    /// one changes nothing), and the old text form of `-R` refused with the reason.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_daemon_in_process_reloads_its_file_and_applies_parsed_changes_whole() {
+        use crate::{
+            control::{NumberedChange, Request, Response},
+            datapath::fake::FakeDataPath,
+            state::{Change, Forwarding, RealServer, ServiceAddr},
+        };
+
+        let dir = std::env::temp_dir().join(format!("xlb-daemon-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("test directory");
+        let file = dir.join("xlb.toml");
+        let socket = dir.join("xlb.sock");
+        let reals = |reals: &[(&str, u32)]| {
+            let mut text = String::from(
+                "[[services]]\n[services.addr]\nprotocol = \"tcp\"\naddr = \"10.0.0.1\"\nport = 80\n",
+            );
+            for (addr, weight) in reals {
+                text.push_str(&format!(
+                    "[[services.reals]]\naddr = \"{addr}\"\nport = 80\nweight = {weight}\n"
+                ));
+            }
+            text
+        };
+        std::fs::write(&file, reals(&[("10.0.0.11", 1), ("10.0.0.12", 1)])).expect("write");
+        let mut config = Config::new(Vec::new(), file.clone());
+        config.signals = false;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let control = control::bind(&socket).expect("bind the control socket");
+        let daemon = tokio::spawn(async move {
+            run_over(
+                Runtime::new(FakeDataPath::default(), None),
+                &config,
+                control,
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+        });
+        let call = |request: Request| {
+            let socket = socket.clone();
+            async move {
+                tokio::task::spawn_blocking(move || control::call(&socket, &request))
+                    .await
+                    .expect("the client thread")
+                    .expect("an answer")
+            }
+        };
+        let running = || async {
+            match call(Request::State).await {
+                Response::State(state) => state,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            running().await,
+            state(&reals(&[("10.0.0.11", 1), ("10.0.0.12", 1)]))
+        );
+
+        // -R's changes: applied in order, all or none; a refusal names its line.
+        let service: ServiceAddr = running().await.services[0].addr;
+        let real = |addr: &str, weight| RealServer {
+            addr: addr.parse().expect("address"),
+            port: 80,
+            forwarding: Forwarding::DirectRoute,
+            weight,
+            upper_threshold: 0,
+            lower_threshold: 0,
+        };
+        let numbered = |changes: Vec<Change>| Request::Changes {
+            changes: changes
+                .into_iter()
+                .enumerate()
+                .map(|(i, change)| NumberedChange {
+                    line: i + 1,
+                    change,
+                })
+                .collect(),
+        };
+        let edit = Change::EditReal {
+            service,
+            real: real("10.0.0.11", 3),
+            check: Default::default(),
+        };
+        let missing = Change::DeleteReal {
+            service,
+            addr: "10.0.0.99".parse().expect("address"),
+            port: 80,
+        };
+        match call(numbered(vec![edit.clone(), missing])).await {
+            Response::Error { message, exit_code } => {
+                assert_eq!(message, "line 2: No such destination");
+                assert_eq!(exit_code, 255);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            running().await,
+            state(&reals(&[("10.0.0.11", 1), ("10.0.0.12", 1)])),
+            "a refused -R changed something"
+        );
+        let add = Change::AddReal {
+            service,
+            real: real("10.0.0.13", 1),
+            check: Default::default(),
+        };
+        assert_eq!(call(numbered(vec![edit, add])).await, Response::Ok);
+        let by_hand = reals(&[("10.0.0.11", 3), ("10.0.0.12", 1), ("10.0.0.13", 1)]);
+        assert_eq!(running().await, state(&by_hand));
+
+        // A reload takes the running state back to the file, whatever xlbadm did since.
+        let v2 = reals(&[("10.0.0.11", 2), ("10.0.0.14", 1)]);
+        std::fs::write(&file, &v2).expect("write");
+        assert_eq!(
+            call(Request::Reload).await,
+            Response::Reloaded {
+                summary: "1 real server added, 2 real servers removed, 1 real server changed"
+                    .to_owned()
+            }
+        );
+        assert_eq!(running().await, state(&v2));
+
+        // A broken file: refused whole with its line and field; nothing changes.
+        std::fs::write(&file, reals(&[("10.0.0.11", 5), ("10.0.0.14", 70000)])).expect("write");
+        match call(Request::Reload).await {
+            Response::Error { message, .. } => assert!(
+                message.starts_with("reload refused, nothing changed: ")
+                    && message.contains("xlb.toml:13:1: services[0].reals[1].weight: ")
+                    && message.ends_with("illegal weight specified"),
+                "{message}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(running().await, state(&v2));
+        std::fs::remove_file(&file).expect("remove");
+        match call(Request::Reload).await {
+            Response::Error { message, .. } => {
+                assert!(
+                    message.contains("there is no configuration file"),
+                    "{message}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // An xlbadm from before -R was parsed on its side.
+        match call(Request::Restore {
+            rules: "-C\n".to_owned(),
+        })
+        .await
+        {
+            Response::Error { message, .. } => {
+                assert!(message.contains("older than xlbd"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(running().await, state(&v2));
+
+        stop.send(()).expect("the daemon is running");
+        let shared = daemon
+            .await
+            .expect("the daemon's task")
+            .expect("a clean stop");
+        let mut reference = Runtime::new(FakeDataPath::default(), None);
+        reference.change_to(state(&v2)).expect("v2");
+        assert_eq!(
+            shared
+                .lock()
+                .await
+                .runtime
+                .datapath()
+                .contents()
+                .behaviour(),
+            reference.datapath().contents().behaviour(),
+            "the data path holds something else than the file says"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

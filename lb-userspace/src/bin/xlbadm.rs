@@ -4,7 +4,7 @@
 use std::{io::Read as _, net::IpAddr, path::PathBuf, process::ExitCode};
 
 use lb_userspace::{
-    control::{self, CallError, Request, Response, DEFAULT_SOCKET},
+    control::{self, CallError, NumberedChange, Request, Response, DEFAULT_SOCKET},
     ipvsadm::{
         format::{format_connections, format_listing},
         parse::{self, Command},
@@ -55,7 +55,18 @@ fn main() -> ExitCode {
                 eprintln!("reading the rules from stdin: {e}");
                 return exit(1);
             }
-            Request::Restore { rules }
+            match save::parse_restore(&rules) {
+                Ok(changes) => Request::Changes {
+                    changes: changes
+                        .into_iter()
+                        .map(|(line, change)| NumberedChange { line, change })
+                        .collect(),
+                },
+                Err(e) => {
+                    eprintln!("{e}");
+                    return exit(255);
+                }
+            }
         }
     };
     let response = match control::call(&socket, &request) {

@@ -15,9 +15,10 @@
 //! `-i` server; older ipvsadm releases print `-i -w N` alone, and `-R` takes both.
 //!
 //! `-R` reads such lines (blank lines and `#` comments skipped, a leading `ipvsadm` or `xlbadm`
-//! word dropped, as ipvsadm drops its own name) and applies them to a copy of the state. Unlike
-//! ipvsadm, which applies the lines one by one and stops at the first failure, it is
-//! all-or-nothing: the caller gets the new state or the first error and its line number.
+//! word dropped, as ipvsadm drops its own name) into changes ([`parse_restore`], in xlbadm), which
+//! xlbd applies to a copy of the state. Unlike ipvsadm, which applies the lines one by one and
+//! stops at the first failure, it is all-or-nothing: the caller gets the new state or the first
+//! error and its line number ([`restore`] does both steps at once).
 
 use thiserror::Error;
 
@@ -25,7 +26,7 @@ use super::{
     check_flags::HealthFlags,
     parse::{parse, Command, ParseError},
 };
-use crate::state::{DesiredState, Forwarding, Netmask, Protocol, StateError};
+use crate::state::{Change, DesiredState, Forwarding, Netmask, Protocol, StateError};
 
 /// Why `-R` input was refused, and on which line.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -123,6 +124,19 @@ pub fn save(state: &DesiredState) -> String {
 /// Applies `-R` input to a copy of `state`: the new state, or the first error and its line.
 pub fn restore(state: &DesiredState, input: &str) -> Result<DesiredState, RestoreError> {
     let mut restored = state.clone();
+    for (line, change) in parse_restore(input)? {
+        restored.apply(&change).map_err(|e| RestoreError {
+            line,
+            failure: e.into(),
+        })?;
+    }
+    Ok(restored)
+}
+
+/// Parses `-R` input into its changes, each with its line (1-based), without applying them:
+/// what xlbadm sends to xlbd, which applies them all or none and names the line of a refusal.
+pub fn parse_restore(input: &str) -> Result<Vec<(usize, Change)>, RestoreError> {
+    let mut changes = Vec::new();
     for (index, raw) in input.lines().enumerate() {
         let at = |failure: RestoreFailure| RestoreError {
             line: index + 1,
@@ -143,17 +157,16 @@ pub fn restore(state: &DesiredState, input: &str) -> Result<DesiredState, Restor
         if invocation.socket.is_some() {
             return Err(at(RestoreFailure::Socket));
         }
-        let change = match invocation.command {
-            Command::Change(change) => change,
+        match invocation.command {
+            Command::Change(change) => changes.push((index + 1, change)),
             other => {
                 return Err(at(RestoreFailure::NotAChange {
                     command: command_name(&other),
                 }))
             }
-        };
-        restored.apply(&change).map_err(|e| at(e.into()))?;
+        }
     }
-    Ok(restored)
+    Ok(changes)
 }
 
 /// Appends health-check options, quoting values as a shell would need them.
@@ -485,6 +498,26 @@ mod tests {
                 real("10.0.0.2", 80, Forwarding::DirectRoute, 1),
                 real("10.0.0.3", 80, Forwarding::Tunnel, 2)
             ]
+        );
+    }
+
+    #[test]
+    fn restore_input_parses_into_changes_with_their_lines_without_a_state() {
+        let input = "# saved by hand\n\
+                     \n\
+                     -A -t 10.0.0.1:80 -s mh\n\
+                     -a -t 10.0.0.9:80 -r 10.0.0.2:80 -g -w 1\n";
+        let changes = parse_restore(input).expect("parse");
+        let lines: Vec<usize> = changes.iter().map(|(line, _)| *line).collect();
+        assert_eq!(lines, [3, 4]);
+        assert!(matches!(changes[1].1, Change::AddReal { .. }));
+        // The missing service is the applier's to refuse, with the line.
+        let err = restore(&DesiredState::default(), input).expect_err("no such service");
+        assert_eq!(err.line, 4);
+        let err = parse_restore("-A -t 10.0.0.1:80\n-L -n\n").expect_err("not a change");
+        assert_eq!(
+            err.to_string(),
+            "line 2: the 'list' command cannot be used in restore input"
         );
     }
 
