@@ -471,8 +471,8 @@ async fn serve<D: DataPath + 'static>(
     };
     let mut logs = tokio::time::interval(Duration::from_millis(200));
     let mut rates = tokio::time::interval(Duration::from_secs(2));
-    // Slow starts ramp weights up: bring the tables along every second (no step when nothing
-    // changed).
+    // Slow starts ramp weights up: bring their services' tables along every second (nothing is
+    // recomputed while no server ramps up; health events refresh their own service).
     let mut ramps = tokio::time::interval(Duration::from_secs(1));
     let report_every = config.report_every.filter(|d| !d.is_zero());
     let mut report = tokio::time::interval(report_every.unwrap_or(Duration::from_secs(3600)));
@@ -502,7 +502,7 @@ async fn serve<D: DataPath + 'static>(
                 }
             }
             Some(event) = health_events.recv() => refresh_service(&shared, &event.service).await,
-            _ = ramps.tick() => refresh(&shared).await,
+            _ = ramps.tick() => refresh_ramps(&shared).await,
             _ = rates.tick() => {
                 let mut guard = shared.lock().await;
                 let Shared { runtime, rates, .. } = &mut *guard;
@@ -519,7 +519,10 @@ async fn serve<D: DataPath + 'static>(
                             .collect();
                         tracing::info!(counters = %nonzero.join(" "), "data path");
                     }
-                    Err(e) => tracing::warn!(error = %e, "reading the counters"),
+                    Err(e) => tracing::warn!(
+                        error = %crate::runtime::error_chain(&e),
+                        "reading the counters"
+                    ),
                 }
             }
         }
@@ -553,9 +556,9 @@ async fn refresh_service<D: DataPath>(
     }
 }
 
-/// Brings the data path in line with the health checks (slow starts ramping up).
-async fn refresh<D: DataPath>(shared: &Mutex<Shared<D>>) {
-    if let Err(e) = shared.lock().await.runtime.refresh() {
+/// Brings the services whose servers ramp up (slow starts) in line with their weights now.
+async fn refresh_ramps<D: DataPath>(shared: &Mutex<Shared<D>>) {
+    if let Err(e) = shared.lock().await.runtime.refresh_ramps() {
         tracing::error!(
             error = %crate::runtime::error_chain(&e),
             "applying health-check results to the data path"

@@ -38,7 +38,7 @@ pub enum RuntimeError {
     Dataplane {
         /// The step, which reads as a sentence ("adding real server 10.0.0.11:80 to service TCP
         /// ...").
-        step: Step,
+        step: Box<Step>,
         /// The error.
         #[source]
         source: Box<DataplaneError>,
@@ -52,7 +52,7 @@ pub enum RuntimeError {
     },
     /// Health-check settings the engine refused (nothing was touched).
     #[error(transparent)]
-    Health(#[from] TargetError),
+    Health(Box<TargetError>),
     /// The state file could not be written.
     #[error("saving the state to {path}")]
     Save {
@@ -62,6 +62,12 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<TargetError> for RuntimeError {
+    fn from(e: TargetError) -> Self {
+        Self::Health(Box::new(e))
+    }
 }
 
 /// Data-path ids of what is installed: per service, its real servers' ids by address and port.
@@ -229,6 +235,9 @@ pub struct Runtime<D = Dataplane> {
     health: Option<Engine>,
     /// Real servers the health checks hold at weight 0 whose persistent clients were forgotten.
     failed: BTreeSet<RealId>,
+    /// The services with a slow start in progress when they were last brought in line: their
+    /// weights change with time ([`Self::refresh_ramps`]).
+    ramping: BTreeSet<ServiceAddr>,
 }
 
 impl Runtime {
@@ -250,6 +259,7 @@ impl<D: DataPath> Runtime<D> {
             state_file,
             health: None,
             failed: Default::default(),
+            ramping: BTreeSet::new(),
         }
     }
 
@@ -272,6 +282,7 @@ impl<D: DataPath> Runtime<D> {
             state_file,
             health: None,
             failed: Default::default(),
+            ramping: BTreeSet::new(),
         };
         runtime.rewrite_scheduling();
         runtime
@@ -343,7 +354,7 @@ impl<D: DataPath> Runtime<D> {
         if let Some(engine) = &self.health {
             engine.update_targets(targets(&new)?)?;
         }
-        let effective = self.effective(&new);
+        let (effective, ramping) = self.effective(&new);
         if let Err(e) = self.transition(effective) {
             if let Some(engine) = &self.health {
                 // Put the checks back as they were; the old targets were valid.
@@ -353,35 +364,71 @@ impl<D: DataPath> Runtime<D> {
         }
         self.desired = new;
         self.forget_clients_of_failed_servers();
+        self.ramping = ramping;
         self.save()
     }
 
-    /// Brings the data path in line with the health checks' latest results for every service
-    /// (every second or so during slow starts). Returns whether anything changed.
+    /// Brings every service in line with the health checks' latest results. Returns whether
+    /// anything changed.
     pub fn refresh(&mut self) -> Result<bool, RuntimeError> {
-        let effective = self.effective(&self.desired);
-        self.refresh_to(effective)
+        let (effective, ramping) = self.effective(&self.desired);
+        let changed = self.refresh_to(effective)?;
+        self.ramping = ramping;
+        Ok(changed)
     }
 
     /// Brings one service in line with the health checks' latest results, after a health event
     /// of one of its real servers: the others are neither recomputed nor touched. Returns
     /// whether anything changed.
     pub fn refresh_service(&mut self, service: &ServiceAddr) -> Result<bool, RuntimeError> {
-        let (Some(desired), Some(at)) = (
-            self.desired.service(service),
-            self.applied
-                .services
-                .iter()
-                .position(|s| s.addr == *service),
-        ) else {
+        self.refresh_only(&[*service])
+    }
+
+    /// Brings the services with a slow start in progress in line with their weights now (every
+    /// second or so): the others are not recomputed, and nothing is when no server ramps up.
+    /// Returns whether anything changed.
+    pub fn refresh_ramps(&mut self) -> Result<bool, RuntimeError> {
+        if self.ramping.is_empty() {
             return Ok(false);
-        };
+        }
+        let ramping: Vec<ServiceAddr> = self.ramping.iter().copied().collect();
+        self.refresh_only(&ramping)
+    }
+
+    /// Whether a slow start is in progress in some service.
+    pub fn is_ramping(&self) -> bool {
+        !self.ramping.is_empty()
+    }
+
+    /// Brings `services` in line with the health checks, and only them.
+    fn refresh_only(&mut self, services: &[ServiceAddr]) -> Result<bool, RuntimeError> {
+        let now = Instant::now();
         let mut effective = self.applied.clone();
-        effective.services[at] = VirtualService {
-            reals: self.effective_reals(desired, Instant::now()),
-            ..desired.clone()
-        };
-        self.refresh_to(effective)
+        let mut ramping = Vec::with_capacity(services.len());
+        for addr in services {
+            let (Some(desired), Some(at)) = (
+                self.desired.service(addr),
+                effective.services.iter().position(|s| s.addr == *addr),
+            ) else {
+                ramping.push((*addr, false));
+                continue;
+            };
+            let (reals, ramps) = self.effective_reals(desired, now);
+            effective.services[at] = VirtualService {
+                reals,
+                ..desired.clone()
+            };
+            ramping.push((*addr, ramps));
+        }
+        let changed = self.refresh_to(effective)?;
+        for (addr, ramps) in ramping {
+            if ramps {
+                self.ramping.insert(addr);
+            } else {
+                self.ramping.remove(&addr);
+            }
+        }
+        Ok(changed)
     }
 
     fn refresh_to(&mut self, effective: DesiredState) -> Result<bool, RuntimeError> {
@@ -439,22 +486,30 @@ impl<D: DataPath> Runtime<D> {
         self.failed = failed;
     }
 
-    /// The desired state as the health checks leave it now.
-    fn effective(&self, desired: &DesiredState) -> DesiredState {
+    /// The desired state as the health checks leave it now, and the services whose weights
+    /// ramp up.
+    fn effective(&self, desired: &DesiredState) -> (DesiredState, BTreeSet<ServiceAddr>) {
         let now = Instant::now();
         let mut effective = desired.clone();
+        let mut ramping = BTreeSet::new();
         for svc in &mut effective.services {
-            svc.reals = self.effective_reals(svc, now);
+            let (reals, ramps) = self.effective_reals(svc, now);
+            svc.reals = reals;
+            if ramps {
+                ramping.insert(svc.addr);
+            }
         }
-        effective
+        (effective, ramping)
     }
 
-    /// A service's real servers and weights as the health checks leave them at `now`.
-    fn effective_reals(&self, svc: &VirtualService, now: Instant) -> Vec<RealServer> {
+    /// A service's real servers and weights as the health checks leave them at `now`, and
+    /// whether a slow start is in progress (the weights change with time).
+    fn effective_reals(&self, svc: &VirtualService, now: Instant) -> (Vec<RealServer>, bool) {
         let Some(engine) = &self.health else {
-            return svc.reals.clone();
+            return (svc.reals.clone(), false);
         };
-        let mut reals = engine.effective_service(svc, &svc.health, now).reals;
+        let effective = engine.effective_service(svc, &svc.health, now);
+        let mut reals = effective.reals;
         // A failed server leaves the table but stays in the data path at weight 0, so that the
         // flows it still has keep reaching it (a server failing its keyword check may well
         // finish them); only new flows avoid it.
@@ -467,7 +522,7 @@ impl<D: DataPath> Runtime<D> {
             }
         }
         reals.sort_by_key(|r| (r.addr, r.port));
-        reals
+        (reals, effective.ramp_ends.is_some())
     }
 
     /// Takes the data path from what it holds to `to`, step by step; when a step fails, undoes
@@ -489,7 +544,7 @@ impl<D: DataPath> Runtime<D> {
                     }
                 }
                 return Err(RuntimeError::Dataplane {
-                    step: step.clone(),
+                    step: Box::new(step.clone()),
                     source: Box::new(source),
                 });
             }
@@ -1728,6 +1783,7 @@ mod tests {
             assert_eq!(share(&rt, "10.0.0.1:80", 2), 1.0);
             assert!(rt.datapath().real(1).is_some(), "its flows still reach it");
             assert_eq!(rt.datapath().contents().services[1], other);
+            assert!(!rt.refresh_ramps().expect("refreshed"), "no slow start");
             assert!(!rt.refresh().expect("refreshed"), "nothing else changed");
             assert_eq!(rt.datapath().writes().len(), 1);
         }
@@ -1766,13 +1822,14 @@ mod tests {
                 (1..50).contains(&first),
                 "weight {first} just after coming back"
             );
+            assert!(rt.is_ramping());
             assert!(
                 first_share > 0.0 && first_share < 0.34,
                 "share {first_share}"
             );
 
             tokio::time::sleep(slow_start / 2).await;
-            assert!(rt.refresh().expect("refreshed"), "the ramp goes on");
+            assert!(rt.refresh_ramps().expect("refreshed"), "the ramp goes on");
             let halfway = weight_of(&rt, "10.0.0.1:80", "10.0.0.11:80");
             assert!(halfway > first && halfway < 100, "weight {halfway} halfway");
 
@@ -1780,12 +1837,17 @@ mod tests {
                 (back + slow_start).saturating_duration_since(std::time::Instant::now()),
             )
             .await;
-            rt.refresh().expect("refreshed");
+            assert!(
+                rt.refresh_ramps().expect("refreshed"),
+                "the ramp's last step"
+            );
             assert_eq!(weight_of(&rt, "10.0.0.1:80", "10.0.0.11:80"), 100);
+            assert!(!rt.is_ramping());
             let full = share(&rt, "10.0.0.1:80", 1);
             assert!((full - 0.5).abs() < 0.01, "share {full} at full weight");
             rt.dataplane().take_writes();
-            assert!(!rt.refresh().expect("refreshed"), "the ramp is over");
+            assert!(!rt.refresh_ramps().expect("refreshed"), "the ramp is over");
+            assert!(!rt.refresh().expect("refreshed"));
             assert!(rt.datapath().writes().is_empty());
         }
 
