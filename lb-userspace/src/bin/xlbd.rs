@@ -109,7 +109,7 @@ fn parse_listen(text: &str) -> Result<Listen, String> {
     }
     text.parse()
         .map(Listen::At)
-        .map_err(|_| format!("{text:?} is neither ADDRESS:PORT nor off"))
+        .map_err(|_| format!("\"{text}\" is neither ADDRESS:PORT nor off"))
 }
 
 #[derive(Subcommand, Debug)]
