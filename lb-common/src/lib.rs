@@ -10,6 +10,7 @@
 //! - [`limits`]: table sizes.
 //! - [`service`], [`real`], [`conntrack`], [`persist`], [`stats`], [`config`]: the map types.
 //! - [`hash`]: the flow hash, which must be the same on every balancer and on both sides.
+//! - [`version`]: the maps' layout versions, pinned beside them for the next daemon.
 #![no_std]
 
 pub mod config;
@@ -21,6 +22,7 @@ pub mod persist;
 pub mod real;
 pub mod service;
 pub mod stats;
+pub mod version;
 
 pub use config::DataplaneConfig;
 pub use conntrack::{Connection, FlowKey};

@@ -24,11 +24,13 @@ use crate::{
     config::{self, LoadError},
     control::{self, Request, Response, Shared},
     datapath::DataPath,
-    dataplane::{Dataplane, DataplaneError, LoadOptions, PinnedMaps},
+    dataplane::{Dataplane, DataplaneError, LoadOptions},
     health::engine::{Engine, HealthEvent, DEFAULT_MAX_CONCURRENT_CHECKS},
+    layout::{self, LayoutError, Pinned, Versions},
     metrics,
     runtime::{RateEstimator, Runtime, RuntimeError, Saved},
     state::DesiredState,
+    upgrade::{OldTable, UpgradeError},
 };
 
 /// How the balancer is attached to an interface.
@@ -157,6 +159,27 @@ pub enum DaemonError {
         #[source]
         source: Box<DataplaneError>,
     },
+    /// The pinned maps' layout could not be told or recorded.
+    #[error("the layout of the pinned maps")]
+    Layout(#[source] LayoutError),
+    /// The pinned maps have a connection table this xlbd cannot read: refused, touching nothing.
+    #[error(
+        "the running balancer's maps in {} have another layout than this xlbd's ({why}): it \
+         cannot carry their connections over, and leaves the running balancer as it is. To \
+         start it anyway, dropping every established connection: remove the pins \
+         (rm -r {}; the balancer stops until xlbd has started)",
+        .pin_dir.display(),
+        .pin_dir.display()
+    )]
+    Incompatible {
+        /// The pin directory.
+        pin_dir: PathBuf,
+        /// What differs.
+        why: String,
+    },
+    /// The connections could not be carried over to the new maps.
+    #[error("carrying the connections over to the new maps")]
+    Upgrade(#[source] UpgradeError),
     /// The reader of the data path's debug events could not start.
     #[error("starting the reader of the data path's debug events")]
     Logger(#[source] aya_log::Error),
@@ -219,13 +242,6 @@ async fn start_and_serve(
     }
     let (mut dp, adopted) = load_data_path(&config)?;
     let logger = aya_log::EbpfLogger::init(dp.ebpf_mut()).map_err(DaemonError::Logger)?;
-    for iface in &config.ifaces {
-        config
-            .attach_mode
-            .attach(iface, |mode| dp.attach_pinned(iface, mode, &config.pin_dir))
-            .map_err(data_path(format!("attaching to {iface}")))?;
-        tracing::info!(iface, mode = ?config.attach_mode, "attached");
-    }
     dp.set_debug_events(config.debug_events)
         .map_err(data_path("setting the debug events"))?;
     let v4 = config.tunnel_sources.iter().find_map(|a| match a {
@@ -240,7 +256,7 @@ async fn start_and_serve(
         .map_err(data_path("setting the tunnel source"))?;
 
     let state_file = Some(config.state_file.clone());
-    let (runtime, reinstall) = match adopted {
+    let (mut runtime, old_table) = match adopted {
         Adopted::Maps(saved) => {
             tracing::info!(
                 services = saved.desired.services.len(),
@@ -248,10 +264,49 @@ async fn start_and_serve(
             );
             (Runtime::adopt(dp, saved, state_file), None)
         }
-        Adopted::Rules(rules) => (Runtime::new(dp, state_file), Some(rules)),
+        Adopted::NewMaps { saved, old_table } => {
+            // The new maps get the rules and the connections before the program runs on them.
+            let mut runtime = Runtime::new(dp, state_file);
+            runtime
+                .change_to(saved.desired)
+                .map_err(|source| DaemonError::Runtime {
+                    what: "installing the saved services in the new maps",
+                    source: Box::new(source),
+                })?;
+            if let Some(old) = &old_table {
+                let carried = old
+                    .carry(&mut runtime, false)
+                    .map_err(DaemonError::Upgrade)?;
+                tracing::info!(
+                    copied = carried.copied,
+                    left_out = carried.left_out,
+                    "connections carried over to the new maps"
+                );
+            }
+            (runtime, old_table)
+        }
         Adopted::Nothing => (Runtime::new(dp, state_file), None),
     };
-    let (shared, health_events) = start(runtime, file, reinstall, &config)?;
+    for iface in &config.ifaces {
+        let dp = runtime.dataplane();
+        config
+            .attach_mode
+            .attach(iface, |mode| dp.attach_pinned(iface, mode, &config.pin_dir))
+            .map_err(data_path(format!("attaching to {iface}")))?;
+        tracing::info!(iface, mode = ?config.attach_mode, "attached");
+    }
+    if let Some(old) = old_table {
+        // What the old program added until its links were handed over.
+        let carried = old
+            .carry(&mut runtime, true)
+            .map_err(DaemonError::Upgrade)?;
+        tracing::info!(
+            copied = carried.copied,
+            "connections the old program made meanwhile carried over; upgrade done"
+        );
+    }
+    layout::write(&config.pin_dir, Versions::CURRENT).map_err(DaemonError::Layout)?;
+    let (shared, health_events) = start(runtime, file, &config)?;
     let metrics = listeners.metrics.map(|listener| {
         match listener.local_addr() {
             Ok(addr) => tracing::info!(%addr, "serving metrics (/metrics) and the status page (/)"),
@@ -300,7 +355,7 @@ pub async fn run_over<D: DataPath + 'static>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Arc<Mutex<Shared<D>>>, DaemonError> {
     let file = config::load(&config.config_file).map_err(DaemonError::Config)?;
-    let (shared, health_events) = start(runtime, file, None, config)?;
+    let (shared, health_events) = start(runtime, file, config)?;
     serve(
         shared.clone(),
         config,
@@ -321,7 +376,6 @@ type Started<D> = (Arc<Mutex<Shared<D>>>, UnboundedReceiver<HealthEvent>);
 fn start<D: DataPath>(
     runtime: Runtime<D>,
     file: Option<DesiredState>,
-    reinstall: Option<DesiredState>,
     config: &Config,
 ) -> Result<Started<D>, DaemonError> {
     let (engine, health_events) = Engine::new(
@@ -341,7 +395,7 @@ fn start<D: DataPath>(
     };
     // With the health engine in place, so that the checks of the servers that stay go on and
     // those of new ones start. Even an unchanged state is saved, so that the next start adopts.
-    let (what, state) = start_state(shared.runtime.desired(), file, reinstall);
+    let (what, state) = start_state(shared.runtime.desired(), file);
     let summary = control::summary(shared.runtime.desired(), &state);
     shared
         .runtime
@@ -355,12 +409,17 @@ fn start<D: DataPath>(
 }
 
 /// What the pin directory held when the daemon started.
-#[derive(Debug)]
 enum Adopted {
     /// Maps of this layout and the state file that says what they hold: adopted as they are.
     Maps(Saved),
-    /// Maps of an older layout, removed: their rules, from the state file, to install afresh.
-    Rules(DesiredState),
+    /// Maps of another layout, unpinned (the running program still uses them): a new map set
+    /// gets their rules, from the state file, and their connections when they can be read.
+    NewMaps {
+        /// The state file.
+        saved: Saved,
+        /// The old connection table, when its layout is this xlbd's.
+        old_table: Option<OldTable>,
+    },
     /// Nothing to adopt: a fresh data path.
     Nothing,
 }
@@ -377,29 +436,63 @@ fn load_data_path(config: &Config) -> Result<(Dataplane, Adopted), DaemonError> 
     };
     let mut saved = Runtime::read_state_file(&config.state_file);
     let mut adopted = Adopted::Nothing;
-    match Dataplane::pinned_maps(pin_dir).map_err(data_path(format!(
-        "inspecting the pinned maps in {}",
-        pin_dir.display()
-    )))? {
-        PinnedMaps::Current(_) if saved.is_none() => {
+    // Nothing pinned is opened before its layout is known to be this xlbd's.
+    let pinned = layout::assess(pin_dir).map_err(DaemonError::Layout)?;
+    let other_layout = match pinned {
+        Pinned::Empty => None,
+        Pinned::Same if saved.is_none() => {
             tracing::warn!(
                 pin_dir = %pin_dir.display(),
                 "pinned maps without a state file: starting from empty maps"
             );
             Dataplane::unpin(pin_dir).map_err(pins("removing the old map pins"))?;
+            None
         }
-        PinnedMaps::Older => {
-            tracing::warn!(
-                pin_dir = %pin_dir.display(),
-                "the pinned maps have an older xlbd's layout: starting from empty maps with the \
-                 saved rules (the connection table is forgotten)"
-            );
-            Dataplane::unpin(pin_dir).map_err(pins("removing the old map pins"))?;
-            if let Some(saved) = saved.take() {
-                adopted = Adopted::Rules(saved.desired);
+        Pinned::Same => None,
+        Pinned::Incompatible { why } => {
+            return Err(DaemonError::Incompatible {
+                pin_dir: pin_dir.clone(),
+                why,
+            })
+        }
+        Pinned::Upgrade { why } => Some(Some(why)),
+        Pinned::Interrupted => Some(None),
+    };
+    if let Some(why) = other_layout {
+        let old_table = match (&why, &saved) {
+            (Some(why), Some(saved)) => {
+                tracing::warn!(
+                    pin_dir = %pin_dir.display(),
+                    why,
+                    "the pinned maps have another layout: moving the balancer to new maps with \
+                     the saved rules, its connections carried over"
+                );
+                Some(OldTable::open(pin_dir, &saved.installed).map_err(DaemonError::Upgrade)?)
             }
+            (Some(why), None) => {
+                tracing::warn!(
+                    pin_dir = %pin_dir.display(),
+                    why,
+                    "the pinned maps have another layout and there is no state file: starting \
+                     from empty maps"
+                );
+                None
+            }
+            (None, _) => {
+                tracing::warn!(
+                    pin_dir = %pin_dir.display(),
+                    "an earlier move to new maps stopped half-way: new maps with the saved \
+                     rules (the connection table is forgotten)"
+                );
+                None
+            }
+        };
+        // Until the new maps are in place, the pins are not a set to adopt.
+        layout::write(pin_dir, Versions::UPGRADING).map_err(DaemonError::Layout)?;
+        Dataplane::unpin(pin_dir).map_err(pins("removing the old map pins"))?;
+        if let Some(saved) = saved.take() {
+            adopted = Adopted::NewMaps { saved, old_table };
         }
-        PinnedMaps::Current(_) | PinnedMaps::None => {}
     }
     let pinned = pin_dir.join(lb_common::maps::SERVICES).exists();
     let dp = Dataplane::load(&LoadOptions {
@@ -428,17 +521,12 @@ fn load_data_path(config: &Config) -> Result<(Dataplane, Adopted), DaemonError> 
 /// The configuration file, when there is one, is the source of truth at start as on reload:
 /// after a restart the pinned maps are adopted first (no flow notices the restart) and the file
 /// is then applied as a reload would, so that an edited file counts and changes made with xlbadm
-/// since the last reload are dropped. Without a file, an adopted state is kept, and the rules
-/// saved with maps of an older layout are installed again.
-fn start_state(
-    running: &DesiredState,
-    file: Option<DesiredState>,
-    reinstall: Option<DesiredState>,
-) -> (&'static str, DesiredState) {
-    match (file, reinstall) {
-        (Some(file), _) => ("applied the configuration file", file),
-        (None, Some(rules)) => ("installed the saved services again", rules),
-        (None, None) => ("kept the running state", running.clone()),
+/// since the last reload are dropped. Without a file, an adopted state is kept, as are the rules
+/// saved with maps of another layout, installed in new maps before the program ran on them.
+fn start_state(running: &DesiredState, file: Option<DesiredState>) -> (&'static str, DesiredState) {
+    match file {
+        Some(file) => ("applied the configuration file", file),
+        None => ("kept the running state", running.clone()),
     }
 }
 
@@ -607,21 +695,14 @@ mod tests {
             "[[services]]\n[services.addr]\nprotocol = \"udp\"\naddr = \"10.0.0.2\"\nport = 53\n",
         );
         assert_eq!(
-            start_state(&saved, Some(file.clone()), Some(saved.clone())),
+            start_state(&saved, Some(file.clone())),
             ("applied the configuration file", file.clone())
         );
         assert_eq!(
-            start_state(&saved, Some(file.clone()), None),
+            start_state(&empty, Some(file.clone())),
             ("applied the configuration file", file)
         );
-        assert_eq!(
-            start_state(&empty, None, Some(saved.clone())),
-            ("installed the saved services again", saved.clone())
-        );
-        assert_eq!(
-            start_state(&saved, None, None),
-            ("kept the running state", saved)
-        );
+        assert_eq!(start_state(&saved, None), ("kept the running state", saved));
     }
 
     /// A listener that accepts and drops connections until aborted.

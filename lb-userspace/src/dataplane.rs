@@ -591,7 +591,7 @@ impl Dataplane {
         if let Ok(entries) = std::fs::read_dir(pin_dir) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with("link_") || name == "prog" {
+                if name.starts_with("link_") || name == "prog" || name == crate::layout::RECORD {
                     std::fs::remove_file(entry.path())?;
                 }
             }
@@ -955,6 +955,36 @@ impl Dataplane {
             .collect()
     }
 
+    /// Writes a connection-table entry; with `only_new`, an entry the data path already has is
+    /// left as it is. Returns whether the entry was written.
+    pub fn insert_connection(
+        &mut self,
+        key: FlowKey,
+        connection: Connection,
+        only_new: bool,
+    ) -> Result<bool> {
+        const BPF_NOEXIST: u64 = 1;
+        match self
+            .conntrack
+            .insert(key, connection, if only_new { BPF_NOEXIST } else { 0 })
+        {
+            Ok(()) => Ok(true),
+            Err(MapError::SyscallError(e))
+                if only_new && e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(map_err("writing the connection table")(e)),
+        }
+    }
+
+    /// The epoch of the service with this id (what its known flows record).
+    pub fn service_epoch(&self, id: u32) -> Result<u32> {
+        self.service_epochs
+            .get(&id, 0)
+            .map_err(map_err("reading the service epochs"))
+    }
+
     /// Forgets every connection (ipvsadm's flush of the connection table).
     pub fn flush_connections(&mut self) -> Result<usize> {
         self.flush_connections_where(|_| true)
@@ -1026,7 +1056,9 @@ impl Dataplane {
         self.reals.get(&id, 0).ok().filter(RealServer::is_used)
     }
 
-    /// Removes the pins in `dir` (the maps themselves live on while anything still uses them).
+    /// Removes the map pins in `dir` (the maps themselves live on while anything still uses
+    /// them), and `dir` once nothing else is pinned there (links stay: the balancer keeps
+    /// forwarding with the maps its program holds).
     pub fn unpin(dir: &Path) -> std::io::Result<()> {
         for name in ALL_MAPS {
             match std::fs::remove_file(dir.join(name)) {
@@ -1035,7 +1067,14 @@ impl Dataplane {
             }
         }
         match std::fs::remove_dir(dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            Err(e)
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::DirectoryNotEmpty
+                ) =>
+            {
+                Err(e)
+            }
             _ => Ok(()),
         }
     }
@@ -1139,7 +1178,7 @@ fn not_xdp(source: ProgramError) -> DataplaneError {
 }
 
 /// Every map of the object, as pinned.
-const ALL_MAPS: [&str; 20] = [
+pub const ALL_MAPS: [&str; 20] = [
     names::SERVICES,
     names::VIP_ADDRS,
     names::VIP_FILTER,

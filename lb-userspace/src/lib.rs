@@ -10,6 +10,8 @@
 //! - [`decap`]: the real-server decapsulator (`xlbd decap`).
 //! - [`links`]: attaching XDP programs through pinned bpf_links.
 //! - [`bpffs`]: whether a pin directory's pins outlive this process (`ip netns exec`).
+//! - [`layout`]: whether pinned maps have this xlbd's layout (the record pinned beside them).
+//! - [`upgrade`]: moving a running balancer to a new map set, its connections carried over.
 //! - [`state`]: the desired state (virtual services, real servers, `Change`, typed health settings)
 //!   and ipvsadm's operations on it (pure; no flag syntax).
 //! - [`ipvsadm`]: xlbadm's ipvsadm-compatible command line, listings and save/restore format (pure).
@@ -37,6 +39,7 @@ pub mod dataplane;
 pub mod decap;
 pub mod health;
 pub mod ipvsadm;
+pub mod layout;
 pub mod links;
 pub mod maglev;
 mod mapped;
@@ -48,3 +51,4 @@ pub mod runtime;
 pub mod sequence;
 pub mod state;
 pub mod status;
+pub mod upgrade;

@@ -1,0 +1,15 @@
+//! The layout versions of the maps, which a daemon pins beside them (`XLB_LAYOUT`) so that the
+//! next daemon, maybe another build, knows whether it can read them.
+//!
+//! Bump [`LAYOUT`] whenever a map's key or value type, its kind, or what its bits mean changes
+//! (a new map counts too); bump [`CONNTRACK_LAYOUT`] as well when the change concerns the
+//! connection table ([`crate::FlowKey`], [`crate::Connection`], or how the data path reads it).
+//! A new daemon adopts pinned maps of the same layout as they are; with another [`LAYOUT`] but
+//! the same [`CONNTRACK_LAYOUT`] it builds a new map set and carries the connections over; with
+//! another [`CONNTRACK_LAYOUT`] it refuses to start, leaving the running balancer alone.
+
+/// The layout of the maps as a whole.
+pub const LAYOUT: u32 = 1;
+
+/// The layout of the connection table alone.
+pub const CONNTRACK_LAYOUT: u32 = 1;
