@@ -1411,10 +1411,10 @@ mod tests {
             -A -t 10.0.0.2:80 -p 60\n\
             -a -t 10.0.0.2:80 -r 10.0.0.21:80 -i -w 1\n";
 
-        /// What TWO_SERVICES becomes: a weight changed, a server replaced, a service replaced by
-        /// a UDP one.
+        /// What TWO_SERVICES becomes: a scheduler and persistence set, a weight changed, a server
+        /// replaced, a service replaced by a UDP one.
         const CHANGED: &str = "\
-            -A -t 10.0.0.1:80\n\
+            -A -t 10.0.0.1:80 -s wrr -p 30\n\
             -a -t 10.0.0.1:80 -r 10.0.0.11:80 -g -w 3\n\
             -a -t 10.0.0.1:80 -r 10.0.0.13:80 -i -w 1\n\
             -A -u 10.0.0.3:53\n\

@@ -115,6 +115,8 @@ impl Contents {
                 }
                 let behaviour = ServiceBehaviour {
                     flags: svc.flags,
+                    scheduler: svc.scheduler,
+                    persistence: svc.persistence,
                     shares,
                     slots: std::hash::Hasher::finish(&hasher),
                 };
@@ -139,6 +141,10 @@ pub struct Behaviour {
 pub struct ServiceBehaviour {
     /// Its `SERVICE_F_*` flags.
     pub flags: u32,
+    /// Its scheduler (`lb_common::service::SCHED_*`).
+    pub scheduler: u8,
+    /// Its persistence settings, if it is persistent.
+    pub persistence: Option<PersistSettings>,
     /// How many slots of its table each real server holds (the default entry: none).
     pub shares: Vec<(RealServer, usize)>,
     /// A hash of the real server in each slot, in order.
@@ -152,6 +158,10 @@ pub struct ServiceContents {
     pub id: u32,
     /// Its `SERVICE_F_*` flags.
     pub flags: u32,
+    /// Its scheduler (`lb_common::service::SCHED_*`).
+    pub scheduler: u8,
+    /// Its persistence settings, if it is persistent.
+    pub persistence: Option<PersistSettings>,
     /// Its live table: a real-server id (0: none) in each of the 65537 slots.
     pub table: Vec<u32>,
 }
@@ -173,6 +183,8 @@ impl fmt::Debug for ServiceContents {
         f.debug_struct("ServiceContents")
             .field("id", &self.id)
             .field("flags", &self.flags)
+            .field("scheduler", &self.scheduler)
+            .field("persistence", &self.persistence)
             .field("table_shares", &self.shares())
             .finish()
     }
@@ -258,6 +270,8 @@ impl FakeDataPath {
                 let contents = ServiceContents {
                     id: svc.id,
                     flags: svc.flags,
+                    scheduler: svc.scheduler,
+                    persistence: self.persistence.get(&svc.id).copied(),
                     table: self.live_table(svc),
                 };
                 (*key, contents)
