@@ -1,7 +1,8 @@
 //! Upgrading xlbd under load: a new daemon started on the pins of the running balancer, with the
 //! same map layout (the program is swapped into the pinned links, the maps adopted), with another
 //! layout (pins recorded with an older layout version: new maps, the rules and the connections
-//! carried over), and with a connection table it cannot read (refused, the balancer left alone).
+//! carried over), with a connection table it cannot read (refused, the balancer left alone), and
+//! after a move to new maps that stopped half-way (new maps with the saved rules).
 //! A client requests all along, and one kept-alive connection to a real server taken out of
 //! scheduling (weight 0) must keep reaching it: only the connection table sends it there.
 
@@ -69,7 +70,7 @@ fn upgrades_keep_every_flow_and_a_connection_table_of_another_layout_is_refused(
         .args([
             "-c",
             &format!(
-                "while [ ! -e {stop} ]; do curl -s --max-time 3 http://{VIP}/ || echo FAILED; \
+                "while [ ! -e {stop} ]; do curl -s --max-time 3 http://{VIP}/ || echo \"FAILED $?\"; \
                  sleep 0.02; done"
             ),
         ])
@@ -159,6 +160,25 @@ fn upgrades_keep_every_flow_and_a_connection_table_of_another_layout_is_refused(
         "the refused start disturbed the balancer"
     );
 
+    // 4. The record of a move to new maps that stopped half-way: new maps with the saved rules
+    // (its connection table is not trusted); new connections go on.
+    layout::write(&daemon.pin_dir, Versions::UPGRADING).expect("record an interrupted move");
+    daemon.spawn();
+    serving(&daemon, 4);
+    assert!(
+        daemon.log().contains("stopped half-way"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(layout::read(&daemon.pin_dir), Some(Ok(Versions::CURRENT)));
+    let listing = daemon.adm_ok(&["-L", "-n"]);
+    assert!(
+        listing.contains(&vip),
+        "the rules did not come along:\n{listing}"
+    );
+    pause();
+    daemon.stop();
+
     std::fs::write(&stop, "").expect("stop the request loop");
     let out = requests.wait_with_output().expect("request loop");
     let _ = std::fs::remove_file(&stop);
@@ -166,7 +186,7 @@ fn upgrades_keep_every_flow_and_a_connection_table_of_another_layout_is_refused(
     let failed = answers.lines().filter(|l| l.contains("FAILED")).count();
     let total = answers.lines().count();
     println!(
-        "{total} requests across two upgrades and a refusal, {failed} failed; the move to new \
+        "{total} requests across three upgrades and a refusal, {failed} failed; the move to new \
          maps took {upgrade_took:?}"
     );
     assert!(total > 20, "too few requests: {answers}");
