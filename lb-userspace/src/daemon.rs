@@ -562,6 +562,10 @@ async fn serve<D: DataPath + 'static>(
     // Slow starts ramp weights up: bring their services' tables along every second (nothing is
     // recomputed while no server ramps up; health events refresh their own service).
     let mut ramps = tokio::time::interval(Duration::from_secs(1));
+    // Packets dropped for want of a neighbour entry so far, looked at five times a second (see
+    // `resolve_lost_next_hops`).
+    let mut no_neighbour = 0;
+    let mut neighbours = tokio::time::interval(Duration::from_millis(200));
     let report_every = config.report_every.filter(|d| !d.is_zero());
     let mut report = tokio::time::interval(report_every.unwrap_or(Duration::from_secs(3600)));
     tracing::info!(
@@ -591,6 +595,9 @@ async fn serve<D: DataPath + 'static>(
             }
             Some(event) = health_events.recv() => refresh_service(&shared, &event.service).await,
             _ = ramps.tick() => refresh_ramps(&shared).await,
+            _ = neighbours.tick() => {
+                no_neighbour = resolve_lost_next_hops(&shared, no_neighbour).await;
+            }
             _ = rates.tick() => {
                 let mut guard = shared.lock().await;
                 let Shared { runtime, rates, .. } = &mut *guard;
@@ -652,6 +659,37 @@ async fn refresh_ramps<D: DataPath>(shared: &Mutex<Shared<D>>) {
             "applying health-check results to the data path"
         );
     }
+}
+
+/// The kernel flushes an interface's neighbour entries when its carrier goes down, the managed
+/// entries of the real servers' next hops with them, and the data path then drops what goes to
+/// those servers (`drop_no_neighbour`) until something resolves them again: when that counter
+/// grew since `seen`, the entries are made again, for every real server. Returns the counter.
+async fn resolve_lost_next_hops<D: DataPath>(shared: &Mutex<Shared<D>>, seen: u64) -> u64 {
+    let mut guard = shared.lock().await;
+    let Ok(counters) = guard.runtime.datapath().global_counters() else {
+        return seen;
+    };
+    let now = counters
+        .iter()
+        .find(|(stat, _)| *stat == lb_common::GlobalStat::DropNoNeighbour)
+        .map_or(seen, |(_, count)| *count);
+    if now > seen {
+        let addrs: std::collections::BTreeSet<IpAddr> = guard
+            .runtime
+            .desired()
+            .services
+            .iter()
+            .flat_map(|s| s.reals.iter().map(|r| r.addr))
+            .collect();
+        tracing::info!(
+            dropped = now - seen,
+            "packets dropped for want of a real server's neighbour entry (flushed when a link \
+             went down?): making the entries again"
+        );
+        guard.runtime.dataplane().keep_next_hops_resolved(&addrs);
+    }
+    now
 }
 
 async fn debug_events<D: DataPath>(shared: &Mutex<Shared<D>>, on: bool) {

@@ -6,6 +6,7 @@
 //! - [`packet`]: test packets built byte by byte.
 //! - [`routed`]: the routed tunneling lab (client, router, balancer, real servers behind it).
 //! - [`daemon`]: running xlbd and xlbadm in a test namespace.
+//! - [`ha`]: a second balancer, keepalived, and a client recording every request.
 //! - [`fixture`]: running the XDP program through `BPF_PROG_TEST_RUN`.
 //! - [`services`]: services and real servers set up through the dataplane API.
 //! - [`scale`]: a large balancer's rules and namespace.
@@ -14,6 +15,7 @@
 
 pub mod daemon;
 pub mod fixture;
+pub mod ha;
 pub mod hcbench;
 pub mod lab;
 pub mod netns;

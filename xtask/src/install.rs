@@ -5,7 +5,7 @@
 //! | file | from | to |
 //! | --- | --- | --- |
 //! | xlbd, xlbadm | the release build | P/bin |
-//! | xlb-realserver | scripts/ | P/bin |
+//! | xlb-realserver, xlb-vrrp-check | scripts/ | P/bin |
 //! | xlb.toml (never overwritten) | examples/ | SYSCONF/xlb/xlb.toml |
 //! | xlbd's options (never overwritten) | packaging/xlb.default | SYSCONF/default/xlb |
 //! | the systemd unit | packaging/xlb.service, its paths rewritten | UNITS/xlb.service |
@@ -73,6 +73,10 @@ impl Layout {
             (
                 self.bindir.join("xlb-realserver"),
                 Source::Script("scripts/xlb-realserver"),
+            ),
+            (
+                self.bindir.join("xlb-vrrp-check"),
+                Source::Script("scripts/xlb-vrrp-check"),
             ),
             (
                 self.sysconfdir.join("xlb/xlb.toml"),

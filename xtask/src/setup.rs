@@ -21,6 +21,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("shellcheck", "shellcheck"),
     ("sysctl", "procps"),
     ("ping", "iputils-ping"),
+    ("keepalived", "keepalived"),
 ];
 
 /// The workspace root (the parent of xtask's manifest directory).

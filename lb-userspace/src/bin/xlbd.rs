@@ -12,6 +12,9 @@
 //! connection table, and the program in each link is replaced atomically by its own. By default
 //! the balancer keeps forwarding after the daemon exits; `--detach-on-exit` removes everything.
 //!
+//! After `kill -9` (or a crash) the balancer keeps forwarding; `xlbd detach` takes it off the
+//! interfaces by removing the pinned links.
+//!
 //! SIGHUP reloads the configuration file; SIGUSR1 switches the data path's debug events on, SIGUSR2 off; they are logged through
 //! `tracing`.
 
@@ -27,9 +30,10 @@ use lb_userspace::{
     bpffs, config,
     control::{self, DEFAULT_SOCKET},
     daemon::{self, AttachMode},
+    dataplane::Dataplane,
     decap,
     health::engine::DEFAULT_MAX_CONCURRENT_CHECKS,
-    metrics,
+    links, metrics,
     runtime::error_chain,
 };
 use tokio::signal::unix::{signal, SignalKind};
@@ -138,6 +142,34 @@ enum Sub {
         )]
         pin_dir: PathBuf,
     },
+    /// Take the balancer off interfaces after xlbd was killed (kill -9, a crash): removes the
+    /// pinned links, which detaches the program (`ip link set dev IF xdp off` cannot replace a
+    /// pinned bpf_link). The program's and maps' pins stay, so that an xlbd started later adopts
+    /// them with the connection table, unless --all is given. Refused while an xlbd answers on
+    /// the control socket (stop it with --detach-on-exit instead), unless --force.
+    Detach {
+        /// The interface to take the balancer off (repeat for several); default: every
+        /// interface with a pinned link.
+        #[arg(long = "iface")]
+        ifaces: Vec<String>,
+        /// Where the program, its maps and links are pinned (on bpffs).
+        #[arg(long, env = "XLB_PIN_DIR", default_value = "/sys/fs/bpf/xlb")]
+        pin_dir: PathBuf,
+        /// The control socket of the xlbd that would be running.
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Also remove the program's and maps' pins and the state file, as --detach-on-exit
+        /// does: the connection table is forgotten (only with no --iface).
+        #[arg(long, conflicts_with = "ifaces")]
+        all: bool,
+        /// The state file removed with --all.
+        #[arg(long, default_value = "/run/xlb/state.json")]
+        state_file: PathBuf,
+        /// Detach even though an xlbd answers on the control socket (a hung one): it keeps
+        /// running without its data path until it is stopped.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -167,6 +199,17 @@ async fn main() -> Result<()> {
     }) = args.command
     {
         return decap(&iface, remove, addrs, xdp_mode, &pin_dir);
+    }
+    if let Some(Sub::Detach {
+        ifaces,
+        pin_dir,
+        socket,
+        all,
+        state_file,
+        force,
+    }) = args.command
+    {
+        return detach(&ifaces, &pin_dir, &socket, all, &state_file, force);
     }
     if args.check_config {
         std::process::exit(check_config(&args.config));
@@ -325,6 +368,88 @@ fn decap(iface: &str, remove: bool, addrs: Vec<IpAddr>, mode: Mode, pin_dir: &Pa
         replaced = report.replaced,
         "decapsulator attached"
     );
+    Ok(())
+}
+
+/// `xlbd detach`: removes the pinned links (and with --all every pin and the state file), and
+/// says what it did on stdout.
+fn detach(
+    ifaces: &[String],
+    pin_dir: &Path,
+    socket: &Path,
+    all: bool,
+    state_file: &Path,
+    force: bool,
+) -> Result<()> {
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        if !force {
+            anyhow::bail!(
+                "an xlbd answers on {}: stop it with --detach-on-exit (or SIGTERM, then detach), \
+                 or give --force to take its data path away while it runs",
+                socket.display()
+            );
+        }
+        println!(
+            "an xlbd answers on {}: detaching anyway (--force)",
+            socket.display()
+        );
+    }
+    let removed = links::remove_pinned(pin_dir, ifaces)
+        .map_err(|e| anyhow::anyhow!(error_chain(&e)))
+        .with_context(|| format!("detaching the balancer pinned in {}", pin_dir.display()))?;
+    for iface in ifaces {
+        if !removed.iter().any(|r| &r.iface == iface) {
+            println!(
+                "{iface}: no pinned link {}: nothing to detach",
+                pin_dir.join(format!("link_{iface}")).display()
+            );
+        }
+    }
+    if ifaces.is_empty() && removed.is_empty() {
+        println!("no pinned link in {}: nothing to detach", pin_dir.display());
+    }
+    let mut held = false;
+    for r in &removed {
+        if r.still_held {
+            held = true;
+            println!(
+                "{}: removed the pin {} (link {}, program {}), but another process still holds \
+                 the link: the program stays attached until it closes it",
+                r.iface,
+                r.path.display(),
+                r.link_id,
+                r.program_id
+            );
+        } else {
+            println!(
+                "{}: removed the pin {} (link {}, program {}): the balancer is off {}",
+                r.iface,
+                r.path.display(),
+                r.link_id,
+                r.program_id,
+                r.iface
+            );
+        }
+    }
+    if all {
+        Dataplane::remove_pins(pin_dir)
+            .with_context(|| format!("removing the pins in {}", pin_dir.display()))?;
+        match std::fs::remove_file(state_file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", state_file.display()))
+            }
+            _ => {}
+        }
+        println!(
+            "removed the program's and maps' pins in {} and the state file {}: the connection \
+             table is forgotten",
+            pin_dir.display(),
+            state_file.display()
+        );
+    }
+    if held {
+        anyhow::bail!("a link is still held by another process: see above");
+    }
     Ok(())
 }
 

@@ -1,0 +1,295 @@
+//! High availability labs: a second balancer on the DR lab's bridge, keepalived run from the
+//! shipped example configuration, and a client that records every request it makes (when, how
+//! long, who answered) so that a failover's gap can be measured afterwards.
+
+use std::{
+    fs::File,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use crate::{
+    lab::{DrLab, VIP},
+    netns::{run_sh, sh, veth, Netns},
+};
+
+/// The second balancer's address on the lab's bridge.
+pub const LB2: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
+
+/// The checkout's root (the tests crate's parent).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate has a parent")
+        .to_path_buf()
+}
+
+/// Installs a Debian package when `command` is missing, as `cargo xtask setup` does.
+pub fn ensure_package(command: &str, package: &str) {
+    if run_sh(&format!("command -v {command}")).status.success() {
+        return;
+    }
+    sh(&format!(
+        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+         --no-install-recommends {package}"
+    ));
+}
+
+/// Seconds since the epoch, as the recording client writes them.
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// Polls `ok` every 20 ms until it holds or `within` has passed; whether it held.
+pub fn wait_until(within: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if ok() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `ns` holds the lab's VIP on its eth0.
+pub fn holds_vip(ns: &Netns) -> bool {
+    String::from_utf8_lossy(&ns.run("ip -4 -o addr show dev eth0").stdout)
+        .contains(&format!(" {VIP}/32 "))
+}
+
+/// Adds a second balancer (`lb2`, eth0 at [`LB2`]) to the lab's bridge, and takes the VIP off the
+/// first: keepalived gives it to one of them.
+pub fn second_balancer(lab: &DrLab) -> Netns {
+    let lb2 = Netns::new("lb2");
+    veth(&lb2, "eth0", &lab.switch, "plb2");
+    lab.switch.sh("ip link set plb2 master br0");
+    lb2.sh(&format!("ip addr add {LB2}/24 dev eth0"));
+    lab.balancer.sh(&format!("ip addr del {VIP}/32 dev eth0"));
+    lb2
+}
+
+/// keepalived (VRRP only) in a namespace, from the shipped example with this lab's VIP, the
+/// checkout's track script and `priority`; killed when dropped.
+pub struct Keepalived<'a> {
+    ns: &'a Netns,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl<'a> Keepalived<'a> {
+    /// Writes its configuration and starts it.
+    pub fn start(ns: &'a Netns, priority: u8) -> Self {
+        let dir = PathBuf::from(format!("/tmp/{}-keepalived", ns.name()));
+        std::fs::create_dir_all(&dir).expect("keepalived directory");
+        let example =
+            std::fs::read_to_string(repo().join("scripts/keepalived/keepalived.conf.example"))
+                .expect("read the example configuration");
+        let config = example
+            .replace("10.0.0.100/32 dev eth0", &format!("{VIP}/32 dev eth0"))
+            .replace(
+                "/usr/bin/xlb-vrrp-check",
+                repo()
+                    .join("scripts/xlb-vrrp-check")
+                    .to_str()
+                    .expect("path"),
+            )
+            .replace("priority 150", &format!("priority {priority}"));
+        assert_ne!(config, example, "the example's VIP or script path changed");
+        std::fs::write(dir.join("keepalived.conf"), config).expect("write keepalived.conf");
+        let mut this = Self {
+            ns,
+            dir,
+            child: None,
+        };
+        this.spawn();
+        this
+    }
+
+    /// Starts the process (again), logging to its directory.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("keepalived.log"))
+            .expect("log file");
+        let child = self
+            .ns
+            .command("keepalived")
+            .args(["--dont-fork", "--log-console", "--log-detail", "--vrrp"])
+            .arg("--use-file")
+            .arg(self.dir.join("keepalived.conf"))
+            .arg("--pid")
+            .arg(self.dir.join("keepalived.pid"))
+            .arg("--vrrp_pid")
+            .arg(self.dir.join("vrrp.pid"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start keepalived");
+        self.child = Some(child);
+    }
+
+    /// The pid of its VRRP process (keepalived's child), once it has one.
+    pub fn vrrp_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.dir.join("vrrp.pid"))
+            .ok()
+            .and_then(|pid| pid.trim().parse().ok())
+    }
+
+    /// Sends `signal` to keepalived (its parent process) and, for SIGKILL, waits for it.
+    pub fn signal(&mut self, signal: i32) {
+        let child = self.child.as_mut().expect("keepalived is running");
+        // SAFETY: kill on the pid of a child we own, not yet waited for.
+        let rc = unsafe { libc::kill(child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill({signal}) of keepalived failed");
+        if signal == libc::SIGKILL || signal == libc::SIGTERM {
+            let _ = child.wait();
+            self.child = None;
+        }
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("keepalived.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Keepalived<'_> {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM first: keepalived stops its VRRP child and removes the VIP.
+            // SAFETY: kill on the pid of a child we own.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            if !wait_until(Duration::from_secs(3), || {
+                child.try_wait().ok().flatten().is_some()
+            }) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if let Some(pid) = self.vrrp_pid() {
+            // SAFETY: kill of a leftover VRRP process of ours, by its pid file.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One request of the recording client.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// When it started (seconds since the epoch).
+    pub start: f64,
+    /// How long it took, answered or failed.
+    pub took: f64,
+    /// Who answered (`rsN`), or None when it failed.
+    pub answer: Option<String>,
+}
+
+/// A client requesting the VIP on a new connection every 20 ms (each with a 0.5 s timeout) until
+/// stopped, recording each request.
+pub struct Recorder {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Recorder {
+    /// Starts it in `client`.
+    pub fn start(client: &Netns) -> Self {
+        let log = PathBuf::from(format!("/tmp/{}-requests.log", client.name()));
+        let child = client
+            .command("timeout")
+            .args([
+                "300",
+                "python3",
+                "-c",
+                &format!(
+                    "import http.client, sys, time\n\
+                     out = open(sys.argv[1], 'w', buffering=1)\n\
+                     while True:\n\
+                     \x20   t = time.time()\n\
+                     \x20   try:\n\
+                     \x20       c = http.client.HTTPConnection('{VIP}', 80, timeout=0.5)\n\
+                     \x20       c.request('GET', '/')\n\
+                     \x20       who = c.getresponse().read().decode().strip()\n\
+                     \x20       c.close()\n\
+                     \x20   except Exception as e:\n\
+                     \x20       who = 'FAILED'\n\
+                     \x20   out.write('%.3f %.3f %s\\n' % (t, time.time() - t, who))\n\
+                     \x20   time.sleep(0.02)\n"
+                ),
+            ])
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(format!("{}.err", log.display())).expect("stderr file"))
+            .spawn()
+            .expect("start the recording client");
+        Self { child, log }
+    }
+
+    /// The requests so far.
+    pub fn requests(&self) -> Vec<Request> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                let start = words.next()?.parse().ok()?;
+                let took = words.next()?.parse().ok()?;
+                let who = words.next()?;
+                Some(Request {
+                    start,
+                    took,
+                    answer: (who != "FAILED").then(|| who.to_owned()),
+                })
+            })
+            .collect()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+        let _ = std::fs::remove_file(format!("{}.err", self.log.display()));
+    }
+}
+
+/// The requests that started in `[from, to)`: how many, how many failed, and the gap in service
+/// (from the start of the first failed request to the end of the last one; 0 without failure).
+pub fn gap(requests: &[Request], from: f64, to: f64) -> (usize, usize, f64) {
+    let window: Vec<&Request> = requests
+        .iter()
+        .filter(|r| r.start >= from && r.start < to)
+        .collect();
+    let failed: Vec<&&Request> = window.iter().filter(|r| r.answer.is_none()).collect();
+    let outage = match (failed.first(), failed.last()) {
+        (Some(first), Some(last)) => last.start + last.took - first.start,
+        _ => 0.0,
+    };
+    (window.len(), failed.len(), outage)
+}
+
+/// Runs `command` and returns whether it succeeded and what it wrote (stdout then stderr).
+pub fn output(mut command: Command) -> (bool, String) {
+    let out = command.output().expect("run the command");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
