@@ -4,6 +4,8 @@ use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 
 /// XDP verdicts, as the program returns them.
 pub mod action {
+    /// XDP_ABORTED.
+    pub const ABORTED: u32 = 0;
     /// XDP_DROP.
     pub const DROP: u32 = 1;
     /// XDP_PASS.

@@ -8,6 +8,8 @@
 //! - [`daemon`]: running xlbd and xlbadm in a test namespace.
 //! - [`ha`]: a second balancer, keepalived, and a client recording every request.
 //! - [`fixture`]: running the XDP program through `BPF_PROG_TEST_RUN`.
+//! - [`model`]: the README's table of what the data path does with each packet, as Rust.
+//! - [`fuzz`]: generated frames through the data path, compared with the model.
 //! - [`services`]: services and real servers set up through the dataplane API.
 //! - [`scale`]: a large balancer's rules and namespace.
 //! - [`hcbench`]: the health-check benchmark's lab (checker and servers on separate cores).
@@ -15,9 +17,11 @@
 
 pub mod daemon;
 pub mod fixture;
+pub mod fuzz;
 pub mod ha;
 pub mod hcbench;
 pub mod lab;
+pub mod model;
 pub mod netns;
 pub mod packet;
 pub mod routed;

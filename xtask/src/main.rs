@@ -74,6 +74,17 @@ enum Cmd {
         #[arg(long, env = "KATRAN_SRC")]
         katran_src: Option<std::path::PathBuf>,
     },
+    /// Fuzz the balancer (as root): generated frames (valid, truncated, mutated, lying about
+    /// their lengths, options, fragments, VLANs, extension headers, ICMP errors, tunnels in
+    /// tunnels) through BPF_PROG_TEST_RUN, each compared with the model of the README's table.
+    Fuzz {
+        /// How many frames.
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u64,
+        /// The seed: the same seed gives the same frames.
+        #[arg(long, default_value = "0x786c6221")]
+        seed: String,
+    },
     /// Check formatting, and lint the workspace and the eBPF crate with clippy (-D warnings).
     Lint,
     /// Build xlbd and xlbadm (release) and install them with xlb-realserver, an example
@@ -162,6 +173,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Demo { down } => demo(down),
         Cmd::Bench { only, katran_src } => bench(&only, katran_src.as_deref()),
+        Cmd::Fuzz { packets, seed } => fuzz(packets, &seed),
         Cmd::Lint => lint(),
         Cmd::Install { target, debug } => install::install(&target.into(), debug),
         Cmd::Uninstall { target } => install::uninstall(&target.into()),
@@ -240,6 +252,28 @@ fn bench(only: &[String], katran_src: Option<&std::path::Path>) -> Result<()> {
         if !status.success() {
             bail!("the end-to-end benchmark failed ({status})");
         }
+    }
+    Ok(())
+}
+
+/// `xlb-fuzz`, built with optimisations, run as root.
+fn fuzz(packets: u64, seed: &str) -> Result<()> {
+    setup::toolchain()?;
+    setup::require_root("the fuzzer loads XDP programs into a namespace")?;
+    setup::require_btf()?;
+    cargo(&["build", "-p", "xlb-tests", "--bin", "xlb-fuzz"], true)?;
+    let status = run_built(
+        true,
+        "xlb-fuzz",
+        &[
+            "--packets".into(),
+            packets.to_string(),
+            "--seed".into(),
+            seed.to_owned(),
+        ],
+    )?;
+    if !status.success() {
+        bail!("the fuzzing run found frames that differ from the model ({status})");
     }
     Ok(())
 }
