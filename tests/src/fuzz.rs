@@ -162,7 +162,8 @@ impl Bench {
                 ),
                 _ => unreachable!("the world has no service across families"),
             };
-            dp.upsert_service(key, 0).expect("service");
+            dp.upsert_service(key, lb_common::service::SCHED_MAGLEV, 0)
+                .expect("service");
             let id = dp.add_real(real).expect("real");
             let table = maglev::build(&[maglev::Backend {
                 identity: &identity,
