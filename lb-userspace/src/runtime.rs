@@ -238,6 +238,9 @@ pub struct Runtime<D = Dataplane> {
     /// The services with a slow start in progress when they were last brought in line: their
     /// weights change with time ([`Self::refresh_ramps`]).
     ramping: BTreeSet<ServiceAddr>,
+    /// The services a refused change left in an unknown state: a step of its rollback was
+    /// refused too. The next change rewrites them whole ([`Self::plan_to`]).
+    unsure: BTreeSet<ServiceAddr>,
 }
 
 impl Runtime {
@@ -260,6 +263,7 @@ impl<D: DataPath> Runtime<D> {
             health: None,
             failed: Default::default(),
             ramping: BTreeSet::new(),
+            unsure: BTreeSet::new(),
         }
     }
 
@@ -283,6 +287,7 @@ impl<D: DataPath> Runtime<D> {
             health: None,
             failed: Default::default(),
             ramping: BTreeSet::new(),
+            unsure: BTreeSet::new(),
         };
         runtime.rewrite_scheduling();
         runtime
@@ -432,7 +437,7 @@ impl<D: DataPath> Runtime<D> {
     }
 
     fn refresh_to(&mut self, effective: DesiredState) -> Result<bool, RuntimeError> {
-        if effective == self.applied {
+        if effective == self.applied && self.unsure.is_empty() {
             return Ok(false);
         }
         self.transition(effective)?;
@@ -529,7 +534,7 @@ impl<D: DataPath> Runtime<D> {
     /// the steps done (the plan back is idempotent) and leaves `applied` as it was.
     fn transition(&mut self, to: DesiredState) -> Result<(), RuntimeError> {
         self.check_capacity(&to)?;
-        let steps = plan(&self.applied, &to);
+        let steps = self.plan_to(&to);
         let mut prebuilt = Tables::new();
         for (i, step) in steps.iter().enumerate() {
             if matches!(step, Step::RebuildTable { .. }) && prebuilt.is_empty() {
@@ -538,10 +543,21 @@ impl<D: DataPath> Runtime<D> {
             if let Err(source) = self.execute(step, &to, &mut prebuilt) {
                 tracing::warn!(%step, error = %error_chain(&source), "change refused: rolling back");
                 let old = self.applied.clone();
+                let mut undone = true;
                 for undo in &plan(&to, &old) {
                     if let Err(e) = self.execute(undo, &old, &mut Tables::new()) {
                         tracing::error!(step = %undo, error = %error_chain(&e), "rollback step failed");
+                        undone = false;
                     }
+                }
+                if !undone {
+                    let touched = steps.iter().map(step_service);
+                    self.unsure.extend(touched);
+                    tracing::warn!(
+                        services = self.unsure.len(),
+                        "services left as the refused change and its rollback left them: the next \
+                         change rewrites them whole"
+                    );
                 }
                 return Err(RuntimeError::Dataplane {
                     step: Box::new(step.clone()),
@@ -557,7 +573,75 @@ impl<D: DataPath> Runtime<D> {
             self.dp.keep_next_hops_resolved(&added);
         }
         self.applied = to;
+        self.unsure.clear();
         Ok(())
+    }
+
+    /// The steps from what the data path holds to `to`: [`plan`] from the applied state, and
+    /// for each service in an unknown state ([`Self::unsure`]) every step that makes it `to`'s
+    /// whatever it holds (each is harmless where the data path already agrees): its scheduling,
+    /// every real server's entry and its table, or its removal; and the removal of every real
+    /// server it may still hold that `to` does not have.
+    fn plan_to(&self, to: &DesiredState) -> Vec<Step> {
+        if self.unsure.is_empty() {
+            return plan(&self.applied, to);
+        }
+        let mut known = self.applied.clone();
+        known.services.retain(|s| !self.unsure.contains(&s.addr));
+        let planned = plan(&known, to);
+        let mut gone = Vec::new();
+        let mut rewrites = Vec::new();
+        let mut leftovers = Vec::new();
+        for addr in &self.unsure {
+            let installed: Vec<SocketAddr> = self
+                .installed
+                .services
+                .get(addr)
+                .map(|reals| reals.keys().copied().collect())
+                .unwrap_or_default();
+            let Some(svc) = to.service(addr) else {
+                gone.push(Step::RemoveService { service: *addr });
+                gone.extend(installed.iter().map(|real| Step::RemoveReal {
+                    service: *addr,
+                    addr: real.ip(),
+                    port: real.port(),
+                }));
+                continue;
+            };
+            rewrites.push(Step::SetScheduling {
+                service: *addr,
+                scheduling: crate::plan::Scheduling::of(svc),
+            });
+            for real in &installed {
+                match svc
+                    .reals
+                    .iter()
+                    .find(|r| SocketAddr::new(r.addr, r.port) == *real)
+                {
+                    Some(r) => rewrites.push(Step::UpdateReal {
+                        service: *addr,
+                        real: *r,
+                    }),
+                    None => leftovers.push(Step::RemoveReal {
+                        service: *addr,
+                        addr: real.ip(),
+                        port: real.port(),
+                    }),
+                }
+            }
+        }
+        // Removals first (room for what comes), the rewrites before the tables are rebuilt, the
+        // real servers no table holds any more last.
+        let tables = planned
+            .iter()
+            .position(|s| matches!(s, Step::RebuildTable { .. }))
+            .unwrap_or(planned.len());
+        let mut steps = gone;
+        steps.extend_from_slice(&planned[..tables]);
+        steps.extend(rewrites);
+        steps.extend_from_slice(&planned[tables..]);
+        steps.extend(leftovers);
+        steps
     }
 
     /// Refuses a state with more services or real servers than the data path holds, before
@@ -1125,6 +1209,19 @@ impl TableJob {
     }
 }
 
+/// The service a step is about.
+fn step_service(step: &Step) -> ServiceAddr {
+    match step {
+        Step::AddService { service, .. }
+        | Step::SetScheduling { service, .. }
+        | Step::AddReal { service, .. }
+        | Step::UpdateReal { service, .. }
+        | Step::RebuildTable { service }
+        | Step::RemoveReal { service, .. }
+        | Step::RemoveService { service } => *service,
+    }
+}
+
 /// The addresses of the real servers the steps add, whose next hops the data path needs.
 fn added_reals(steps: &[Step]) -> BTreeSet<IpAddr> {
     steps
@@ -1580,6 +1677,55 @@ mod tests {
                 );
                 assert_ids_match_the_maps(&rt);
             }
+        }
+
+        #[test]
+        fn services_a_refused_rollback_left_unknown_are_rewritten_whole_by_the_next_change() {
+            let before = state(TWO_SERVICES);
+            let after = state(CHANGED);
+            let behaviour_of = |rules: &[&DesiredState]| {
+                let mut rt = Runtime::new(FakeDataPath::default(), None);
+                for state in rules {
+                    rt.change_to((*state).clone()).expect("applied");
+                }
+                rt.datapath().contents().behaviour()
+            };
+            let mut counted = Runtime::new(FakeDataPath::default(), None);
+            counted.change_to(before.clone()).expect("before");
+            counted.dataplane().take_writes();
+            counted.change_to(after.clone()).expect("after");
+            let writes = counted.datapath().writes().len();
+
+            let mut unsure = 0;
+            for failing in 1..=writes {
+                for (next, expected) in [
+                    (&after, behaviour_of(&[&before, &after])),
+                    (&before, behaviour_of(&[&before])),
+                ] {
+                    let mut rt = Runtime::new(FakeDataPath::default(), None);
+                    rt.change_to(before.clone()).expect("before");
+                    // The write refused and the first write of the rollback too.
+                    rt.dataplane()
+                        .fail_writes(&[failing, failing + 1], libc::E2BIG);
+                    rt.change_to(after.clone()).expect_err("refused");
+                    rt.dataplane().fail_writes(&[], 0);
+                    assert_eq!(rt.desired(), &before);
+                    if !rt.unsure.is_empty() {
+                        unsure += 1;
+                    }
+
+                    rt.change_to(next.clone()).expect("the next change");
+                    assert_eq!(
+                        rt.datapath().contents().behaviour(),
+                        expected,
+                        "write {failing} of {writes} and the next refused"
+                    );
+                    assert_ids_match_the_maps(&rt);
+                    assert!(rt.unsure.is_empty());
+                    assert!(!rt.refresh().expect("refreshed"), "nothing left to repair");
+                }
+            }
+            assert!(unsure > 0, "some rollbacks were refused a write");
         }
 
         /// Every id the runtime keeps is its real server's in the maps, and the maps hold no

@@ -211,8 +211,8 @@ pub struct FakeDataPath {
     writes: Vec<Write>,
     /// Writes asked for since the start (the log can be taken).
     writes_seen: usize,
-    /// Which write fails ([`Self::writes_seen`] when it is asked), and with which errno.
-    failing: Option<(usize, i32)>,
+    /// Which writes fail ([`Self::writes_seen`] when they are asked), and with which errno.
+    failing: BTreeMap<usize, i32>,
 }
 
 impl Default for FakeDataPath {
@@ -240,15 +240,24 @@ impl FakeDataPath {
             next_hops: Vec::new(),
             writes: Vec::new(),
             writes_seen: 0,
-            failing: None,
+            failing: BTreeMap::new(),
         }
     }
 
     /// Makes the `n`-th write from now on (1: the next one) fail as a map update refused by the
     /// kernel with `errno`, changing nothing; the writes after it succeed again.
     pub fn fail_write(&mut self, n: usize, errno: i32) {
-        assert!(n >= 1, "the first write from now on is the 1st");
-        self.failing = Some((self.writes_seen + n, errno));
+        self.fail_writes(&[n], errno);
+    }
+
+    /// [`Self::fail_write`] for each of the `ns`-th writes from now on, at once (a failure
+    /// armed before and not reached yet is disarmed).
+    pub fn fail_writes(&mut self, ns: &[usize], errno: i32) {
+        assert!(
+            ns.iter().all(|&n| n >= 1),
+            "the first write from now on is the 1st"
+        );
+        self.failing = ns.iter().map(|n| (self.writes_seen + n, errno)).collect();
     }
 
     /// Every write asked for since the start or the last [`Self::take_writes`], in order.
@@ -321,18 +330,15 @@ impl FakeDataPath {
         self.writes_seen += 1;
         let action = write.action();
         self.writes.push(write);
-        match self.failing {
-            Some((at, errno)) if at == self.writes_seen => {
-                self.failing = None;
-                Err(DataplaneError::Map {
-                    action: action.to_owned(),
-                    source: MapError::SyscallError(SyscallError {
-                        call: "bpf_map_update_elem",
-                        io_error: std::io::Error::from_raw_os_error(errno),
-                    }),
-                })
-            }
-            _ => Ok(()),
+        match self.failing.remove(&self.writes_seen) {
+            Some(errno) => Err(DataplaneError::Map {
+                action: action.to_owned(),
+                source: MapError::SyscallError(SyscallError {
+                    call: "bpf_map_update_elem",
+                    io_error: std::io::Error::from_raw_os_error(errno),
+                }),
+            }),
+            None => Ok(()),
         }
     }
 
