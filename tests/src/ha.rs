@@ -293,3 +293,127 @@ pub fn output(mut command: Command) -> (bool, String) {
         ),
     )
 }
+
+/// BIRD 2 in a namespace with `config`, and, on a balancer, its health hook
+/// (`scripts/bird/xlb-bird-health`); killed when dropped.
+pub struct Bird<'a> {
+    ns: &'a Netns,
+    dir: PathBuf,
+    child: Option<Child>,
+    hook: Option<Child>,
+}
+
+impl<'a> Bird<'a> {
+    /// Writes its configuration and starts it.
+    pub fn start(ns: &'a Netns, config: &str) -> Self {
+        let dir = PathBuf::from(format!("/tmp/{}-bird", ns.name()));
+        std::fs::create_dir_all(&dir).expect("bird directory");
+        std::fs::write(dir.join("bird.conf"), config).expect("write bird.conf");
+        let mut this = Self {
+            ns,
+            dir,
+            child: None,
+            hook: None,
+        };
+        this.spawn();
+        this
+    }
+
+    fn log_file(&self, name: &str) -> File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(name))
+            .expect("log file")
+    }
+
+    /// Starts BIRD (again), in the foreground, logging to its directory.
+    pub fn spawn(&mut self) {
+        let log = self.log_file("bird.log");
+        let child = self
+            .ns
+            .command("bird")
+            .arg("-f")
+            .arg("-c")
+            .arg(self.dir.join("bird.conf"))
+            .arg("-s")
+            .arg(self.socket())
+            .arg("-P")
+            .arg(self.dir.join("bird.pid"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start bird");
+        self.child = Some(child);
+    }
+
+    /// Its control socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("bird.ctl")
+    }
+
+    /// Starts the checkout's health hook against this BIRD, every second, checking `service`.
+    pub fn start_hook(&mut self, service: &str) {
+        let log = self.log_file("hook.log");
+        let child = self
+            .ns
+            .command(
+                repo()
+                    .join("scripts/bird/xlb-bird-health")
+                    .to_str()
+                    .expect("path"),
+            )
+            .arg("--socket")
+            .arg(self.socket())
+            .args(["--", "--service", service])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start the health hook");
+        self.hook = Some(child);
+    }
+
+    /// Runs a birdc command against it and panics when it fails.
+    pub fn birdc(&self, command: &str) -> String {
+        self.ns
+            .sh(&format!("birdc -s {} {command}", self.socket().display()))
+    }
+
+    /// Sends `signal` to BIRD.
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("bird is running");
+        // SAFETY: kill on the pid of a child we own, not yet waited for.
+        let rc = unsafe { libc::kill(child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill({signal}) of bird failed");
+    }
+
+    /// SIGKILL to BIRD (the hook keeps running), waited for.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// What BIRD and its hook logged so far.
+    pub fn log(&self) -> String {
+        format!(
+            "{}\nhook:\n{}",
+            std::fs::read_to_string(self.dir.join("bird.log")).unwrap_or_default(),
+            std::fs::read_to_string(self.dir.join("hook.log")).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for Bird<'_> {
+    fn drop(&mut self) {
+        for child in [self.hook.take(), self.child.take()].into_iter().flatten() {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -3,14 +3,18 @@
 //! master's xlbd is frozen, killed or stopped, when its keepalived dies, when it is cut off the
 //! network and when it has no live real server, with a client requesting all along: the gap in
 //! service and the failed requests are measured and printed, long-lived connections keep their
-//! real server, and the old master takes the VIP back.
+//! real server, and the old master takes the VIP back. Two balancers with BIRD (the shipped
+//! example and health hook) announce the VIP to a router running BIRD with ECMP: flows are
+//! spread over both, 1000 flows get the same real server through either, and a balancer whose
+//! xlbd or BIRD is frozen, killed or stopped is withdrawn without breaking a flow.
 
 use std::time::Duration;
 
 use xlb_tests::{
     daemon::{binary, Daemon},
-    ha::{self, gap, holds_vip, wait_until, Keepalived, Recorder},
+    ha::{self, gap, holds_vip, wait_until, Bird, Keepalived, Recorder},
     lab::{real_addr, DrLab, KeepAliveClient, VIP},
+    netns::{veth, Netns},
     root,
 };
 
@@ -375,4 +379,276 @@ fn a_keepalived_pair_hands_the_vip_over_and_flows_keep_their_real_server() {
     for bad in ["SECURITY VIOLATION", "WARNING", "does not exist"] {
         assert!(!log.contains(bad), "keepalived warned ({bad}):\n{log}");
     }
+}
+
+/// The router's address on the balancers' bridge, and the outside network behind it.
+const ROUTER: &str = "10.77.0.254";
+
+/// How many paths the router's route to the VIP has (0: none).
+fn paths(router: &Netns) -> usize {
+    let out = String::from_utf8_lossy(&router.run(&format!("ip -4 route show {VIP}/32")).stdout)
+        .into_owned();
+    match out.matches("nexthop via").count() {
+        0 if out.contains(" via ") => 1,
+        n => n,
+    }
+}
+
+/// BIRD's configuration for a balancer at `addr`: the shipped example with this lab's addresses.
+fn balancer_bird(addr: &str) -> String {
+    let example = std::fs::read_to_string(ha::repo().join("scripts/bird/bird.conf.example"))
+        .expect("read the example configuration");
+    let config = example
+        .replace("router id 10.0.0.1;", &format!("router id {addr};"))
+        .replace("neighbor 10.0.0.254 as", &format!("neighbor {ROUTER} as"))
+        .replace(
+            "route 10.0.0.100/32 blackhole;",
+            &format!("route {VIP}/32 blackhole;"),
+        )
+        .replace("log syslog all;", "log stderr all;");
+    assert!(
+        config.contains(&format!("router id {addr};"))
+            && config.contains(&format!("neighbor {ROUTER} as"))
+            && config.contains(&format!("route {VIP}/32")),
+        "the example's addresses changed"
+    );
+    config
+}
+
+/// Requests the VIP from the outside client once from each source port of `ports` (a fresh
+/// connection, reset when done, so that the same port can be used again at once); who answered
+/// each, "FAILED" for none.
+fn answers_by_port(outside: &Netns, ports: std::ops::Range<u16>) -> Vec<String> {
+    let out = outside.sh(&format!(
+        "python3 -c '
+import socket, struct
+for port in range({}, {}):
+    try:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack(\"ii\", 1, 0))
+        s.settimeout(2)
+        s.bind((\"\", port))
+        s.connect((\"{VIP}\", 80))
+        s.sendall(b\"GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n\")
+        data = b\"\"
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        print(data.decode().strip().splitlines()[-1])
+    except Exception:
+        print(\"FAILED\")
+    s.close()
+'",
+        ports.start, ports.end
+    ));
+    out.lines().map(str::to_owned).collect()
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn bird_announces_the_vip_from_two_balancers_and_the_router_spreads_flows_over_both() {
+    root::require();
+    ha::ensure_package("bird", "bird2");
+    let lab = DrLab::new(2);
+    let lb2 = ha::second_balancer(&lab);
+    let lb1 = &lab.balancer;
+    // A router on the bridge, and a client outside behind it.
+    let router = Netns::new("router");
+    veth(&router, "eth0", &lab.switch, "prouter");
+    lab.switch.sh("ip link set prouter master br0");
+    let outside = Netns::new("outside");
+    veth(&router, "eth1", &outside, "eth0");
+    router.sh(&format!(
+        "ip addr add {ROUTER}/24 dev eth0 && ip addr add 10.88.0.1/24 dev eth1 && \
+         sysctl -qw net.ipv4.ip_forward=1 net.ipv4.fib_multipath_hash_policy=1"
+    ));
+    outside.sh("ip addr add 10.88.0.2/24 dev eth0 && ip route add default via 10.88.0.1");
+    for rs in &lab.reals {
+        rs.sh(&format!("ip route add 10.88.0.0/24 via {ROUTER}"));
+    }
+
+    let mut xlbd1 = Daemon::start_with_config(lb1, Some(&config()));
+    let xlbd2 = Daemon::start_with_config(&lb2, Some(&config()));
+    xlbd1.adm_ok(&["-L", "-n"]);
+    xlbd2.adm_ok(&["-L", "-n"]);
+    let router_bird = Bird::start(
+        &router,
+        &format!(
+            "log stderr all;\nrouter id {ROUTER};\nprotocol device {{}}\n\
+             protocol kernel {{ merge paths on; ipv4 {{ export all; }}; }}\n\
+             template bgp lb {{ local as 65000; hold time 3; keepalive time 1; \
+             connect delay time 1; connect retry time 2; error wait time 1, 10; \
+             ipv4 {{ import all; export none; }}; }}\n\
+             protocol bgp lb1 from lb {{ neighbor 10.77.0.1 as 65001; }}\n\
+             protocol bgp lb2 from lb {{ neighbor {} as 65001; }}\n",
+            ha::LB2
+        ),
+    );
+    let mut bird1 = Bird::start(lb1, &balancer_bird("10.77.0.1"));
+    let mut bird2 = Bird::start(&lb2, &balancer_bird(&ha::LB2.to_string()));
+    let service = format!("{VIP}:80");
+    bird1.start_hook(&service);
+    bird2.start_hook(&service);
+    let logs = |bird1: &Bird, bird2: &Bird| {
+        format!(
+            "router:\n{}\nlb1:\n{}\nlb2:\n{}",
+            router_bird.log(),
+            bird1.log(),
+            bird2.log()
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || paths(&router) == 2),
+        "the router has no ECMP route to the VIP: {}\n{}",
+        router.sh("ip route"),
+        logs(&bird1, &bird2)
+    );
+
+    // Spread: new flows cross both balancers, and none fails.
+    let before: Vec<u64> = [&xlbd1, &xlbd2]
+        .iter()
+        .map(|d| service_connections(d))
+        .collect();
+    let answers = answers_by_port(&outside, 30_000..30_200);
+    assert!(!answers.iter().any(|a| a == "FAILED"), "{answers:?}");
+    let crossed: Vec<u64> = [&xlbd1, &xlbd2]
+        .iter()
+        .zip(&before)
+        .map(|(d, b)| service_connections(d) - b)
+        .collect();
+    println!(
+        "ECMP: 200 new flows, {} through lb1, {} through lb2",
+        crossed[0], crossed[1]
+    );
+    assert!(
+        crossed[0] > 20 && crossed[1] > 20,
+        "flows not spread: {crossed:?}"
+    );
+
+    // The same real server whichever balancer a flow crosses: 1000 flows through lb1 alone,
+    // then the same 1000 (same source ports) through lb2 alone.
+    let only = |on: &Bird, off: &Bird| {
+        off.birdc("disable xlb_vips");
+        on.birdc("enable xlb_vips");
+        assert!(
+            wait_until(Duration::from_secs(10), || paths(&router) == 1),
+            "the router kept both paths"
+        );
+    };
+    only(&bird1, &bird2);
+    let through_lb1 = answers_by_port(&outside, 31_000..32_000);
+    only(&bird2, &bird1);
+    let through_lb2 = answers_by_port(&outside, 31_000..32_000);
+    assert_eq!(through_lb1.len(), 1000);
+    assert!(!through_lb1.iter().any(|a| a == "FAILED"));
+    let differ = through_lb1
+        .iter()
+        .zip(&through_lb2)
+        .filter(|(a, b)| a != b)
+        .count();
+    println!("1000 flows: {differ} got another real server through the other balancer");
+    assert_eq!(differ, 0, "a flow's real server depends on the balancer");
+    bird1.birdc("enable xlb_vips");
+    assert!(wait_until(Duration::from_secs(10), || paths(&router) == 2));
+
+    // Losing a balancer, with a client requesting all along and three long-lived connections:
+    // its xlbd frozen, then killed (the hook withdraws the VIP; the pinned data path forwards
+    // meanwhile); its BIRD frozen (the router's hold time withdraws it), then killed (the
+    // session closes). Each time lb1 comes back.
+    let recorder = Recorder::start(&outside);
+    let mut long_lived: Vec<(KeepAliveClient, String)> =
+        (0..3).map(|_| KeepAliveClient::open(&outside)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut figures = Vec::new();
+    let mut phase = |name: &str, act: &mut dyn FnMut(bool)| {
+        let start = ha::now();
+        act(true);
+        let withdrawn = wait_until(Duration::from_secs(10), || paths(&router) == 1);
+        let took = ha::now() - start;
+        assert!(withdrawn, "{name}: lb1's route stayed");
+        std::thread::sleep(Duration::from_millis(1000));
+        for (client, owner) in long_lived.iter_mut() {
+            assert_eq!(
+                &client.again(),
+                owner,
+                "{name}: a long-lived connection moved"
+            );
+        }
+        let back = ha::now();
+        act(false);
+        assert!(
+            wait_until(Duration::from_secs(15), || paths(&router) == 2),
+            "{name}: lb1 was not announced again"
+        );
+        std::thread::sleep(Duration::from_millis(1000));
+        for (client, owner) in long_lived.iter_mut() {
+            assert_eq!(
+                &client.again(),
+                owner,
+                "{name}: a long-lived connection moved back"
+            );
+        }
+        let requests = recorder.requests();
+        let (count, failed, outage) = gap(&requests, start, back);
+        let (back_count, back_failed, _) = gap(&requests, back, ha::now());
+        println!(
+            "{name}: withdrawn after {took:.2} s; {failed} of {count} requests failed (gap \
+             {outage:.2} s); lb1's return: {back_failed} of {back_count} failed"
+        );
+        figures.push((name.to_owned(), took, failed, back_failed));
+    };
+    phase("lb1's xlbd frozen (SIGSTOP)", &mut |cut| {
+        xlbd1.signal(if cut { libc::SIGSTOP } else { libc::SIGCONT });
+    });
+    phase("lb1's xlbd killed (kill -9)", &mut |cut| {
+        if cut {
+            xlbd1.signal(libc::SIGKILL);
+        } else {
+            xlbd1.spawn_with(&["--detach-on-exit"]);
+            xlbd1.adm_ok(&["-L", "-n"]);
+        }
+    });
+    // The wrong order: the data path goes before the route (withdraw first: birdc disable).
+    phase("lb1's xlbd stopped with --detach-on-exit", &mut |cut| {
+        if cut {
+            xlbd1.stop();
+        } else {
+            xlbd1.spawn();
+            xlbd1.adm_ok(&["-L", "-n"]);
+        }
+    });
+    phase("lb1's BIRD frozen (SIGSTOP)", &mut |cut| {
+        bird1.signal(if cut { libc::SIGSTOP } else { libc::SIGCONT });
+    });
+    phase("lb1's BIRD killed (kill -9)", &mut |cut| {
+        if cut {
+            bird1.kill();
+        } else {
+            bird1.spawn();
+        }
+    });
+    for (name, took, failed, back_failed) in &figures {
+        // Only a balancer that lost its data path before its route loses requests.
+        assert!(
+            (*failed <= 2 || name.contains("--detach-on-exit")) && *back_failed <= 2,
+            "{name}: {failed} requests failed, {back_failed} on the return"
+        );
+        assert!(*took < 5.0, "{name}: withdrawn after {took:.2} s");
+    }
+}
+
+/// The connections a balancer's service has taken so far.
+fn service_connections(daemon: &Daemon) -> u64 {
+    let listing = daemon.adm_ok(&["-L", "-n", "--stats", "--exact"]);
+    let line = listing
+        .lines()
+        .find(|l| l.starts_with("TCP"))
+        .unwrap_or_else(|| panic!("no service in:\n{listing}"));
+    line.split_whitespace()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no connection count in {line}"))
 }

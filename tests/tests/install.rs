@@ -158,7 +158,13 @@ fn install_into_a_prefix_puts_every_file_where_the_unit_expects_it_and_the_unit_
     }
     let xlbd = prefix.join("bin/xlbd");
     assert!(key(&unit, "ExecStart").starts_with(&format!("{} ", xlbd.display())));
-    for exe in ["xlbd", "xlbadm", "xlb-realserver", "xlb-vrrp-check"] {
+    for exe in [
+        "xlbd",
+        "xlbadm",
+        "xlb-realserver",
+        "xlb-vrrp-check",
+        "xlb-bird-health",
+    ] {
         assert!(is_executable(&prefix.join("bin").join(exe)), "{exe}");
     }
     let config = prefix.join("etc/xlb/xlb.toml");
@@ -267,6 +273,7 @@ fn the_debian_package_holds_the_same_files_with_the_configuration_as_conffiles()
         "./usr/bin/xlbadm",
         "./usr/bin/xlb-realserver",
         "./usr/bin/xlb-vrrp-check",
+        "./usr/bin/xlb-bird-health",
         "./etc/xlb/xlb.toml",
         "./etc/default/xlb",
         "./usr/lib/systemd/system/xlb.service",

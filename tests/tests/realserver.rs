@@ -42,6 +42,7 @@ fn the_shell_scripts_are_shellcheck_clean() {
         .arg(repo().join("scripts/xlb-realserver"))
         .arg(repo().join("scripts/xlb-demo"))
         .arg(repo().join("scripts/xlb-vrrp-check"))
+        .arg(repo().join("scripts/bird/xlb-bird-health"))
         .arg(repo().join("tests/realserver/test-xlb-realserver.sh"))
         .arg(repo().join("packaging/debian/postinst"))
         .arg(repo().join("packaging/debian/prerm"))

@@ -5,7 +5,7 @@
 //! | file | from | to |
 //! | --- | --- | --- |
 //! | xlbd, xlbadm | the release build | P/bin |
-//! | xlb-realserver, xlb-vrrp-check | scripts/ | P/bin |
+//! | xlb-realserver, xlb-vrrp-check, xlb-bird-health | scripts/ | P/bin |
 //! | xlb.toml (never overwritten) | examples/ | SYSCONF/xlb/xlb.toml |
 //! | xlbd's options (never overwritten) | packaging/xlb.default | SYSCONF/default/xlb |
 //! | the systemd unit | packaging/xlb.service, its paths rewritten | UNITS/xlb.service |
@@ -77,6 +77,10 @@ impl Layout {
             (
                 self.bindir.join("xlb-vrrp-check"),
                 Source::Script("scripts/xlb-vrrp-check"),
+            ),
+            (
+                self.bindir.join("xlb-bird-health"),
+                Source::Script("scripts/bird/xlb-bird-health"),
             ),
             (
                 self.sysconfdir.join("xlb/xlb.toml"),

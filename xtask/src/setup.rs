@@ -22,6 +22,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("sysctl", "procps"),
     ("ping", "iputils-ping"),
     ("keepalived", "keepalived"),
+    ("bird", "bird2"),
 ];
 
 /// The workspace root (the parent of xtask's manifest directory).
