@@ -1,17 +1,30 @@
 //! The configuration file (`/etc/xlb/xlb.toml`): the desired state in TOML, checked by the same
 //! rules as xlbadm's commands, so that a file is accepted exactly when the same settings typed
 //! as commands would be.
+//!
+//! The file's form: each `[[services]]` table names its service with `address = "VIP:PORT"`
+//! (and `protocol = "udp"` when not TCP), and each `[[services.reals]]` its server with
+//! `address = "RIP:PORT"` (or `"RIP"`, on the service's port), its own check in a `check` table
+//! inside it. The first form is read too, and means the same: a `[services.addr]` table
+//! (`protocol`, `addr`, `port`), a real server's `addr` and `port`, and its check in the
+//! service's `[services.real_checks."RIP:PORT"]`.
 
 use std::{
+    collections::BTreeMap,
     fmt,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     ops::Range,
     path::{Path, PathBuf},
 };
 
+use serde::Deserialize;
 use thiserror::Error;
 
-use crate::state::{Change, DesiredState, StateError};
+use crate::state::{
+    health::{CheckOptions, ServiceHealth},
+    Change, DesiredState, Forwarding, Persistence, Protocol, RealServer, SchedFlags, Scheduler,
+    ServiceAddr, StateError, DEFAULT_WEIGHT,
+};
 
 /// Why a part of a configuration was refused.
 #[derive(Debug, Error)]
@@ -20,6 +33,12 @@ pub enum ConfigFileError {
     #[error("{message}")]
     Syntax {
         /// The parser's message, without its location (the [`Mistake`] holds that).
+        message: String,
+    },
+    /// Keys of the file's two forms that do not go together, or a key that is missing.
+    #[error("{message}")]
+    Form {
+        /// What is wrong, and what to write instead.
         message: String,
     },
     /// A service refused by ipvsadm's rules.
@@ -120,6 +139,230 @@ pub fn load(file: &Path) -> Result<Option<DesiredState>, LoadError> {
     Ok(Some(parse(file, &text)?))
 }
 
+/// The file as written, in either form (see the module's documentation).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    services: Vec<ServiceEntry>,
+}
+
+/// A `[[services]]` table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceEntry {
+    /// `address = "VIP:PORT"`.
+    address: Option<ServiceAddress>,
+    /// With `address`: TCP unless it says UDP.
+    protocol: Option<Protocol>,
+    /// The first form: a `[services.addr]` table.
+    addr: Option<AddrTable>,
+    #[serde(default)]
+    scheduler: Scheduler,
+    #[serde(default)]
+    sched_flags: SchedFlags,
+    persistence: Option<Persistence>,
+    #[serde(default)]
+    health: ServiceHealth,
+    /// The first form of the real servers' own checks.
+    #[serde(default)]
+    real_checks: BTreeMap<SocketAddr, CheckOptions>,
+    #[serde(default)]
+    reals: Vec<RealEntry>,
+}
+
+/// A `[[services.reals]]` table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RealEntry {
+    /// `address = "RIP:PORT"` or `"RIP"`.
+    address: Option<RealAddress>,
+    /// The first form: `addr` and `port`.
+    addr: Option<RealAddr>,
+    port: Option<u16>,
+    #[serde(default)]
+    forwarding: Forwarding,
+    #[serde(default = "default_weight")]
+    weight: u32,
+    #[serde(default)]
+    upper_threshold: u32,
+    #[serde(default)]
+    lower_threshold: u32,
+    /// Its own check options, over the service's check.
+    check: Option<CheckOptions>,
+}
+
+fn default_weight() -> u32 {
+    DEFAULT_WEIGHT
+}
+
+/// A service's `address`: an address and a port.
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct ServiceAddress(SocketAddr);
+
+impl TryFrom<String> for ServiceAddress {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse().map(Self).map_err(|_| {
+            format!(
+                "'{text}' is not an address and a port: write \"10.0.0.100:80\" or \
+                 \"[2001:db8::100]:80\""
+            )
+        })
+    }
+}
+
+/// A real server's `address`: an address, with or without its port.
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct RealAddress(IpAddr, Option<u16>);
+
+impl TryFrom<String> for RealAddress {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(Self(addr.ip(), Some(addr.port())));
+        }
+        text.parse().map(|ip| Self(ip, None)).map_err(|_| {
+            format!(
+                "'{text}' is not an address: write \"10.0.0.11:80\", \"10.0.0.11\" (on the \
+                 service's port) or \"[2001:db8::11]:80\""
+            )
+        })
+    }
+}
+
+/// The first form's real-server `addr`: the address alone.
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct RealAddr(IpAddr);
+
+impl TryFrom<String> for RealAddr {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        if text.parse::<SocketAddr>().is_ok() {
+            return Err(format!(
+                "addr is the address alone: write address = \"{text}\", or addr and port apart"
+            ));
+        }
+        text.parse()
+            .map(Self)
+            .map_err(|_| "invalid IP address syntax".to_owned())
+    }
+}
+
+/// The first form's `[services.addr]` table; a text there is taken for the new form's address
+/// and refused with the key to write.
+struct AddrTable(ServiceAddr);
+
+impl<'de> Deserialize<'de> for AddrTable {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = AddrTable;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table of protocol, addr and port")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<AddrTable, E> {
+                Err(E::custom(format!(
+                    "a service's address and port are written address = \"{text}\" (or as a \
+                     [services.addr] table of protocol, addr and port)"
+                )))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<AddrTable, A::Error> {
+                ServiceAddr::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(AddrTable)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// A mistake of form at `field` (a dotted path), located at that field or its nearest
+/// enclosing one.
+fn form(field: String, message: String) -> (String, ConfigFileError) {
+    (field, ConfigFileError::Form { message })
+}
+
+impl ServiceEntry {
+    /// The service's address, from either form.
+    fn service_addr(&self, path: &str) -> Result<ServiceAddr, (String, ConfigFileError)> {
+        match (&self.address, &self.addr, self.protocol) {
+            (Some(ServiceAddress(addr)), None, protocol) => Ok(ServiceAddr {
+                protocol: protocol.unwrap_or(Protocol::Tcp),
+                addr: addr.ip(),
+                port: addr.port(),
+            }),
+            (None, Some(AddrTable(addr)), None) => Ok(*addr),
+            (None, Some(_), Some(_)) => Err(form(
+                format!("{path}.protocol"),
+                "protocol goes with address = \"VIP:PORT\"; with a [services.addr] table it is \
+                 that table's protocol"
+                    .to_owned(),
+            )),
+            (Some(_), Some(_), _) => Err(form(
+                format!("{path}.addr"),
+                "the service's address is given twice: keep address = \"VIP:PORT\" or the \
+                 [services.addr] table, not both"
+                    .to_owned(),
+            )),
+            (None, None, _) => Err(form(
+                path.to_owned(),
+                "missing field `address` (address = \"VIP:PORT\")".to_owned(),
+            )),
+        }
+    }
+}
+
+impl RealEntry {
+    /// The real server, from either form, on `port` (the service's) unless it says otherwise,
+    /// and whether it was written with `address`.
+    fn server(
+        &self,
+        port: u16,
+        path: &str,
+    ) -> Result<(RealServer, bool), (String, ConfigFileError)> {
+        let (addr, own_port, shorthand) = match (&self.address, &self.addr, self.port) {
+            (Some(RealAddress(addr, own)), None, None) => (*addr, *own, true),
+            (None, Some(RealAddr(addr)), own) => (*addr, own, false),
+            (Some(_), _, _) => {
+                let twice = if self.addr.is_some() { "addr" } else { "port" };
+                return Err(form(
+                    format!("{path}.{twice}"),
+                    "the real server's address is given twice: keep address = \"RIP:PORT\" or \
+                     addr and port, not both"
+                        .to_owned(),
+                ));
+            }
+            (None, None, _) => {
+                return Err(form(
+                    path.to_owned(),
+                    "missing field `address` (address = \"RIP:PORT\")".to_owned(),
+                ))
+            }
+        };
+        let real = RealServer {
+            addr,
+            port: own_port.unwrap_or(port),
+            forwarding: self.forwarding,
+            weight: self.weight,
+            upper_threshold: self.upper_threshold,
+            lower_threshold: self.lower_threshold,
+        };
+        Ok((real, shorthand))
+    }
+}
+
 /// Parses and checks the configuration `text`, read from `file` (named in the errors).
 pub fn parse(file: &Path, text: &str) -> Result<DesiredState, Refused> {
     let fields = Fields::of(text);
@@ -127,7 +370,7 @@ pub fn parse(file: &Path, text: &str) -> Result<DesiredState, Refused> {
         location: locate(file, text, offset, field),
         error,
     };
-    let state: DesiredState = toml::from_str(text).map_err(|e| {
+    let parsed: File = toml::from_str(text).map_err(|e| {
         let offset = e.span().map_or(0, |span| span.start);
         Refused {
             mistakes: vec![at(
@@ -140,52 +383,92 @@ pub fn parse(file: &Path, text: &str) -> Result<DesiredState, Refused> {
         }
     })?;
     let mut mistakes = Vec::new();
+    let mut refuse = |(field, error): (String, ConfigFileError)| {
+        let (offset, field) = fields.find(&field);
+        mistakes.push(at(offset, Some(field), error));
+    };
     // Rebuilt through the same operations as xlbadm's commands.
     let mut checked = DesiredState::default();
-    for (i, service) in state.services.iter().enumerate() {
+    for (i, service) in parsed.services.iter().enumerate() {
         let path = format!("services[{i}]");
+        let addr = match service.service_addr(&path) {
+            Ok(addr) => addr,
+            Err(mistake) => {
+                refuse(mistake);
+                continue;
+            }
+        };
         let added = checked.apply(&Change::AddService {
-            service: service.addr,
+            service: addr,
             scheduler: service.scheduler,
             sched_flags: service.sched_flags,
             persistence: service.persistence,
             health: service.health.clone(),
         });
         if let Err(source) = added {
-            let (offset, field) = fields.find(&format!("{path}.{}", service_field(&source)));
-            mistakes.push(at(
-                offset,
-                Some(field),
+            let field = match service_field(&source) {
+                "addr" | "addr.port" if service.address.is_some() => "address",
+                field => field,
+            };
+            refuse((
+                format!("{path}.{field}"),
                 ConfigFileError::Service {
-                    service: service.addr.to_string(),
+                    service: addr.to_string(),
                     source,
                 },
             ));
             continue;
         }
         for (j, real) in service.reals.iter().enumerate() {
-            let addr = SocketAddr::new(real.addr, real.port);
-            let own_check = service.real_checks.get(&addr);
+            let real_path = format!("{path}.reals[{j}]");
+            let (server, shorthand) = match real.server(addr.port, &real_path) {
+                Ok(server) => server,
+                Err(mistake) => {
+                    refuse(mistake);
+                    continue;
+                }
+            };
+            let real_addr = SocketAddr::new(server.addr, server.port);
+            let listed = service.real_checks.get(&real_addr);
+            let listed_path = || format!("{path}.real_checks.{}", key(&real_addr.to_string()));
+            let own_check = match (&real.check, listed) {
+                (Some(_), Some(_)) => {
+                    refuse(form(
+                        format!("{real_path}.check"),
+                        format!(
+                            "real server {real_addr} has a check here and another in \
+                             {}: keep one",
+                            listed_path()
+                        ),
+                    ));
+                    continue;
+                }
+                (Some(check), None) => Some((check, format!("{real_path}.check"))),
+                (None, Some(check)) => Some((check, listed_path())),
+                (None, None) => None,
+            };
             let added = checked.apply(&Change::AddReal {
-                service: service.addr,
-                real: *real,
-                check: own_check.cloned().unwrap_or_default(),
+                service: addr,
+                real: server,
+                check: own_check
+                    .as_ref()
+                    .map(|(check, _)| (*check).clone())
+                    .unwrap_or_default(),
             });
             if let Err(source) = added {
                 let field = match (&source, own_check) {
-                    (StateError::Check { .. }, Some(_)) => {
-                        format!("{path}.real_checks.{}", key(&addr.to_string()))
-                    }
+                    (StateError::Check { .. }, Some((_, own))) => own,
                     (StateError::Check { .. }, None) => format!("{path}.health.check"),
-                    _ => format!("{path}.reals[{j}].{}", real_field(&source)),
+                    _ => match real_field(&source) {
+                        "addr" | "port" if shorthand => format!("{real_path}.address"),
+                        field => format!("{real_path}.{field}"),
+                    },
                 };
-                let (offset, field) = fields.find(&field);
-                mistakes.push(at(
-                    offset,
-                    Some(field),
+                refuse((
+                    field,
                     ConfigFileError::Real {
-                        service: service.addr.to_string(),
-                        real: addr,
+                        service: addr.to_string(),
+                        real: real_addr,
                         source,
                     },
                 ));
@@ -374,6 +657,171 @@ mod tests {
         assert_eq!(svc.real_checks.len(), 1);
     }
 
+    /// The example as the first form wrote it: the same settings.
+    const FIRST_FORM_EXAMPLE: &str = r#"
+[[services]]
+scheduler = "mh"
+
+[services.addr]
+protocol = "tcp"
+addr = "10.0.0.100"
+port = 80
+
+[services.health.check]
+kind = "http"
+path = "/"
+expect = "OK"
+interval = "2s"
+timeout = "1s"
+rise = 2
+fall = 3
+
+[services.health]
+quorum = 1
+
+[services.real_checks."10.0.0.12:80"]
+kind = "tcp"
+port = 8080
+
+[[services.reals]]
+addr = "10.0.0.11"
+port = 80
+forwarding = "direct_route"
+weight = 1
+
+[[services.reals]]
+addr = "10.0.0.12"
+port = 80
+forwarding = "direct_route"
+weight = 2
+"#;
+
+    #[test]
+    fn the_example_reads_the_same_in_the_first_form() {
+        let new = parse(include_str!("../../examples/xlb.toml")).expect("the example");
+        let first = parse(FIRST_FORM_EXAMPLE).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(new, first);
+        // Either form per service and per real server, in one file.
+        let mixed = "[[services]]\naddress = \"[2001:db8::1]:53\"\nprotocol = \"udp\"\n\
+                     [[services.reals]]\naddress = \"2001:db8::11\"\n\
+                     [[services.reals]]\naddr = \"2001:db8::12\"\nport = 53\nweight = 3\n\
+                     [[services]]\n[services.addr]\nprotocol = \"tcp\"\naddr = \"10.0.0.1\"\nport = 80\n\
+                     [[services.reals]]\naddress = \"10.0.0.11:80\"\n";
+        let state = parse(mixed).unwrap_or_else(|e| panic!("{e}"));
+        let dns = &state.services[1];
+        assert_eq!(dns.addr.to_string(), "[2001:db8::1]:53");
+        assert_eq!(dns.addr.protocol, crate::state::Protocol::Udp);
+        let reals: Vec<(String, u32)> = dns
+            .reals
+            .iter()
+            .map(|r| (SocketAddr::new(r.addr, r.port).to_string(), r.weight))
+            .collect();
+        assert_eq!(
+            reals,
+            [
+                ("[2001:db8::11]:53".to_owned(), 1),
+                ("[2001:db8::12]:53".to_owned(), 3)
+            ]
+        );
+        assert_eq!(state.services[0].reals.len(), 1);
+    }
+
+    const NEW_SERVICE: &str = "[[services]]\naddress = \"10.0.0.1:80\"\n";
+
+    #[test]
+    fn mistakes_of_the_address_form_are_named_with_their_line_and_field() {
+        assert_eq!(
+            error("[[services]]\naddress = \"10.0.0.1\"\n"),
+            "xlb.toml:2:11: services[0].address: '10.0.0.1' is not an address and a port: write \
+             \"10.0.0.100:80\" or \"[2001:db8::100]:80\""
+        );
+        assert_eq!(
+            error(&format!(
+                "{NEW_SERVICE}[[services.reals]]\naddress = \"10.0.0.x:80\"\n"
+            )),
+            "xlb.toml:4:11: services[0].reals[0].address: '10.0.0.x:80' is not an address: write \
+             \"10.0.0.11:80\", \"10.0.0.11\" (on the service's port) or \"[2001:db8::11]:80\""
+        );
+        assert_eq!(
+            error(&format!(
+                "{NEW_SERVICE}[[services.reals]]\naddress = \"10.0.0.2:81\"\n"
+            )),
+            "xlb.toml:4:1: services[0].reals[0].address: real server 10.0.0.2:81 of service \
+             10.0.0.1:80: real server port 81 differs from the service port 80: direct routing \
+             and tunneling cannot change the port"
+        );
+        assert_eq!(
+            error(&format!(
+                "{NEW_SERVICE}[[services.reals]]\naddress = \"10.0.0.2\"\nweight = 70000\n"
+            )),
+            "xlb.toml:5:1: services[0].reals[0].weight: real server 10.0.0.2:80 of service \
+             10.0.0.1:80: illegal weight specified"
+        );
+        assert_eq!(
+            error(&SERVICE.replace("scheduler", "address = \"10.0.0.1:80\"\nscheduler")),
+            "xlb.toml:4:1: services[0].addr: the service's address is given twice: keep address = \
+             \"VIP:PORT\" or the [services.addr] table, not both"
+        );
+        assert_eq!(
+            error(&SERVICE.replace("scheduler", "protocol = \"udp\"\nscheduler")),
+            "xlb.toml:2:1: services[0].protocol: protocol goes with address = \"VIP:PORT\"; with a \
+             [services.addr] table it is that table's protocol"
+        );
+        assert_eq!(
+            error("[[services]]\naddr = \"10.0.0.1:80\"\n"),
+            "xlb.toml:2:8: services[0].addr: a service's address and port are written address = \
+             \"10.0.0.1:80\" (or as a [services.addr] table of protocol, addr and port)"
+        );
+        assert_eq!(
+            error(&format!(
+                "{NEW_SERVICE}[[services.reals]]\naddr = \"10.0.0.2:80\"\n"
+            )),
+            "xlb.toml:4:8: services[0].reals[0].addr: addr is the address alone: write address = \
+             \"10.0.0.2:80\", or addr and port apart"
+        );
+        assert_eq!(
+            error(&format!(
+                "{NEW_SERVICE}[[services.reals]]\naddress = \"10.0.0.2:80\"\nport = 80\n"
+            )),
+            "xlb.toml:5:1: services[0].reals[0].port: the real server's address is given twice: \
+             keep address = \"RIP:PORT\" or addr and port, not both"
+        );
+        assert_eq!(
+            error(&format!("{NEW_SERVICE}[[services.reals]]\nweight = 2\n")),
+            "xlb.toml:3:1: services[0].reals[0]: missing field `address` (address = \"RIP:PORT\")"
+        );
+    }
+
+    #[test]
+    fn a_real_servers_check_in_its_table_is_named_when_refused_and_given_once() {
+        let real = "[[services.reals]]\naddress = \"10.0.0.2:80\"\n\
+                    [services.reals.check]\nkind = \"tcp\"\npath = \"/\"\n";
+        let message = error(&format!("{NEW_SERVICE}{real}"));
+        assert!(
+            message
+                .starts_with("xlb.toml:5:1: services[0].reals[0].check: real server 10.0.0.2:80"),
+            "{message}"
+        );
+        assert!(message.contains("--check-path"), "{message}");
+        let twice = format!(
+            "{NEW_SERVICE}[services.real_checks.\"10.0.0.2:80\"]\nkind = \"tcp\"\n\
+             [[services.reals]]\naddress = \"10.0.0.2:80\"\n[services.reals.check]\nkind = \"tcp\"\n"
+        );
+        assert_eq!(
+            error(&twice),
+            "xlb.toml:7:1: services[0].reals[0].check: real server 10.0.0.2:80 has a check here and \
+             another in services[0].real_checks.\"10.0.0.2:80\": keep one"
+        );
+        let fine = format!(
+            "{NEW_SERVICE}{}",
+            real.replace("path = \"/\"\n", "port = 8080\n")
+        );
+        let state = parse(&fine).unwrap_or_else(|e| panic!("{e}"));
+        let checks = &state.services[0].real_checks;
+        let addr: SocketAddr = "10.0.0.2:80".parse().expect("address");
+        assert_eq!(checks[&addr].port, Some(8080));
+    }
+
     #[test]
     fn an_empty_file_or_one_with_only_comments_means_no_services() {
         for text in [
@@ -424,7 +872,7 @@ mod tests {
         );
         assert_eq!(
             error("[[services]]\nscheduler = \"mh\"\n"),
-            "xlb.toml:1:1: services[0]: missing field `addr`"
+            "xlb.toml:1:1: services[0]: missing field `address` (address = \"VIP:PORT\")"
         );
         let message = error("[[services]\n");
         assert!(message.starts_with("xlb.toml:1:"), "{message}");

@@ -4,6 +4,8 @@
 //! the servers whose check did not change are not checked up again; a broken file is refused
 //! whole (the same `-S` before and after, the mistake's line and field in the answer and the
 //! log); a restart with an edited file adopts the running balancer and then applies the file.
+//! The files alternate between the configuration's two forms (`address = "VIP:PORT"` and a real
+//! server's check in its table, or the first form's tables), and `xlbd --check-config` takes both.
 
 use std::{
     path::PathBuf,
@@ -25,24 +27,40 @@ fn now() -> f64 {
 }
 
 /// A configuration of the VIP's port 80 service with an HTTP check (500 ms interval) and the
-/// real servers `reals` (index, weight, own check if any).
-fn config(reals: &[(usize, u32, Option<&str>)]) -> String {
-    let mut text = format!(
-        "[[services]]\nscheduler = \"mh\"\n[services.addr]\nprotocol = \"tcp\"\naddr = \"{VIP}\"\n\
-         port = 80\n[services.health.check]\nkind = \"http\"\npath = \"/\"\n\
-         interval = \"500ms\"\ntimeout = \"300ms\"\nrise = 2\nfall = 2\n"
-    );
-    for (i, weight, check) in reals {
-        if let Some(kind) = check {
+/// real servers `reals` (index, weight, own check if any), in the file's address form or, with
+/// `first_form`, in its first form (an addr table, addr and port, real_checks).
+fn config(first_form: bool, reals: &[(usize, u32, Option<&str>)]) -> String {
+    let check = "interval = \"500ms\"\ntimeout = \"300ms\"\nrise = 2\nfall = 2\n";
+    let mut text = if first_form {
+        format!(
+            "[[services]]\nscheduler = \"mh\"\n[services.addr]\nprotocol = \"tcp\"\n\
+             addr = \"{VIP}\"\nport = 80\n"
+        )
+    } else {
+        format!("[[services]]\naddress = \"{VIP}:80\"\nscheduler = \"mh\"\n")
+    };
+    text.push_str(&format!(
+        "[services.health.check]\nkind = \"http\"\npath = \"/\"\n{check}"
+    ));
+    for (i, weight, own) in reals {
+        let addr = real_addr(*i);
+        if let (true, Some(kind)) = (first_form, own) {
             text.push_str(&format!(
-                "[services.real_checks.\"{}:80\"]\nkind = \"{kind}\"\n",
-                real_addr(*i)
+                "[services.real_checks.\"{addr}:80\"]\nkind = \"{kind}\"\n"
             ));
         }
-        text.push_str(&format!(
-            "[[services.reals]]\naddr = \"{}\"\nport = 80\nweight = {weight}\n",
-            real_addr(*i)
-        ));
+        if first_form {
+            text.push_str(&format!(
+                "[[services.reals]]\naddr = \"{addr}\"\nport = 80\nweight = {weight}\n"
+            ));
+        } else {
+            text.push_str(&format!(
+                "[[services.reals]]\naddress = \"{addr}:80\"\nweight = {weight}\n"
+            ));
+            if let Some(kind) = own {
+                text.push_str(&format!("[services.reals.check]\nkind = \"{kind}\"\n"));
+            }
+        }
     }
     text
 }
@@ -154,7 +172,30 @@ impl Load {
 fn reloads_under_load_change_only_the_difference_and_a_broken_file_changes_nothing() {
     root::require();
     let lab = DrLab::new(4);
-    let v1 = config(&[(0, 1, None), (1, 1, None), (2, 1, None)]);
+    let v1 = config(true, &[(0, 1, None), (1, 1, None), (2, 1, None)]);
+    for first_form in [true, false] {
+        let dir = std::env::temp_dir().join(format!("{}-check", lab.balancer.name()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("xlb.toml");
+        std::fs::write(
+            &file,
+            config(first_form, &[(0, 1, None), (1, 2, Some("tcp"))]),
+        )
+        .expect("write");
+        let out = std::process::Command::new(xlb_tests::daemon::binary("xlbd"))
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .expect("xlbd --check-config");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{}: valid: 1 service, 2 real servers\n", file.display()),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let mut daemon = Daemon::start_with_config(&lab.balancer, Some(&v1));
     wait_applied(
         &daemon,
@@ -166,7 +207,10 @@ fn reloads_under_load_change_only_the_difference_and_a_broken_file_changes_nothi
     std::thread::sleep(Duration::from_millis(1500));
 
     // SIGHUP: rs1 heavier, rs2 checked by TCP instead, rs3 out, rs4 in.
-    daemon.write_config(&config(&[(0, 3, None), (1, 1, Some("tcp")), (3, 1, None)]));
+    daemon.write_config(&config(
+        false,
+        &[(0, 3, None), (1, 1, Some("tcp")), (3, 1, None)],
+    ));
     daemon.signal(libc::SIGHUP);
     let v2_applied = wait_applied(
         &daemon,
@@ -186,7 +230,7 @@ fn reloads_under_load_change_only_the_difference_and_a_broken_file_changes_nothi
     std::thread::sleep(Duration::from_millis(1500));
 
     // xlbadm --reload: weights again, rs2 back to the service's check.
-    daemon.write_config(&config(&[(0, 1, None), (1, 2, None), (3, 2, None)]));
+    daemon.write_config(&config(true, &[(0, 1, None), (1, 2, None), (3, 2, None)]));
     let reloaded = daemon.adm_ok(&["--reload"]);
     assert_eq!(reloaded, "reloaded: 3 real servers changed\n");
     // Applied when the answer comes.
@@ -203,8 +247,8 @@ fn reloads_under_load_change_only_the_difference_and_a_broken_file_changes_nothi
 
     // A broken file: refused whole, with its line and field, by xlbadm and by SIGHUP.
     let before = daemon.adm_ok(&["-S", "-n"]);
-    let good = config(&[(0, 1, None), (1, 2, None), (3, 2, None)]);
-    let broken = config(&[(0, 7, None), (1, 2, None), (3, 70000, None)]);
+    let good = config(false, &[(0, 1, None), (1, 2, None), (3, 2, None)]);
+    let broken = config(false, &[(0, 7, None), (1, 2, None), (3, 70000, None)]);
     daemon.write_config(&broken);
     let out = daemon.adm(&["--reload"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
