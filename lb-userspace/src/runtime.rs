@@ -205,6 +205,10 @@ pub struct Saved {
     pub applied: Option<DesiredState>,
     /// The ids it was given.
     pub installed: Installed,
+    /// The services a refused change left in an unknown state, which the next change rewrites
+    /// whole. Missing in older files: none.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub unsure: BTreeSet<ServiceAddr>,
 }
 
 impl Saved {
@@ -283,11 +287,11 @@ impl<D: DataPath> Runtime<D> {
             desired: saved.desired,
             applied,
             installed: saved.installed,
+            unsure: saved.unsure,
             state_file,
             health: None,
             failed: Default::default(),
             ramping: BTreeSet::new(),
-            unsure: BTreeSet::new(),
         };
         runtime.rewrite_scheduling();
         runtime
@@ -558,6 +562,11 @@ impl<D: DataPath> Runtime<D> {
                         "services left as the refused change and its rollback left them: the next \
                          change rewrites them whole"
                     );
+                }
+                // The ids may have changed (a server the rollback added back has a new one):
+                // a restart must find the ones the maps hold.
+                if let Err(e) = self.save() {
+                    tracing::error!(error = %error_chain(&e), "saving the state after a refused change");
                 }
                 return Err(RuntimeError::Dataplane {
                     step: Box::new(step.clone()),
@@ -847,11 +856,14 @@ impl<D: DataPath> Runtime<D> {
             desired: &'a DesiredState,
             applied: Option<&'a DesiredState>,
             installed: &'a Installed,
+            #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+            unsure: &'a BTreeSet<ServiceAddr>,
         }
         let saved = SavedRef {
             desired: &self.desired,
             applied: (self.applied != self.desired).then_some(&self.applied),
             installed: &self.installed,
+            unsure: &self.unsure,
         };
         let tmp = path.with_extension("tmp");
         let write = || -> std::io::Result<()> {
@@ -1726,6 +1738,47 @@ mod tests {
                 }
             }
             assert!(unsure > 0, "some rollbacks were refused a write");
+        }
+
+        #[test]
+        fn a_runtime_restarted_after_a_refused_change_adopts_the_ids_the_maps_hold() {
+            let before = state(TWO_SERVICES);
+            let after = state(CHANGED);
+            let mut counted = Runtime::new(FakeDataPath::default(), None);
+            counted.change_to(before.clone()).expect("before");
+            counted.dataplane().take_writes();
+            counted.change_to(after.clone()).expect("after");
+            let writes = counted.datapath().writes().len();
+            let expected = counted.datapath().contents().behaviour();
+
+            for failing in 1..=writes {
+                for refused in [vec![failing], vec![failing, failing + 1]] {
+                    let file = StateFile::new(&format!("refused-{failing}-{}", refused.len()));
+                    let mut rt = Runtime::new(FakeDataPath::default(), Some(file.0.clone()));
+                    rt.change_to(before.clone()).expect("before");
+                    rt.dataplane().fail_writes(&refused, libc::E2BIG);
+                    rt.change_to(after.clone()).expect_err("refused");
+                    let unsure = rt.unsure.clone();
+                    let mut maps = rt.into_datapath();
+                    maps.fail_writes(&[], 0);
+
+                    let saved = Saved::read(&file.0).expect("the state file");
+                    assert_eq!(saved.unsure, unsure);
+                    let mut adopted = Runtime::adopt(maps, saved, Some(file.0.clone()));
+                    if unsure.is_empty() {
+                        assert_ids_match_the_maps(&adopted);
+                    }
+                    adopted
+                        .change_to(after.clone())
+                        .expect("the change, after the restart");
+                    assert_eq!(
+                        adopted.datapath().contents().behaviour(),
+                        expected,
+                        "writes {refused:?} of {writes} refused, then a restart"
+                    );
+                    assert_ids_match_the_maps(&adopted);
+                }
+            }
         }
 
         /// Every id the runtime keeps is its real server's in the maps, and the maps hold no
