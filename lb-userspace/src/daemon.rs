@@ -83,6 +83,10 @@ pub struct Config {
     pub state_file: PathBuf,
     /// On exit, detach from the interfaces and remove every pin.
     pub detach_on_exit: bool,
+    /// With `detach_on_exit`: how long the daemon waits, its control socket and metrics closed,
+    /// before it detaches, so that what holds the VIP for it (keepalived's track script, a BGP
+    /// speaker's health hook) hands it over while the data path still forwards.
+    pub detach_delay: Duration,
     /// Start with the data path's debug events on.
     pub debug_events: bool,
     /// Sources of tunneled packets (one IPv4 and/or one IPv6); none: the kernel's choice.
@@ -110,6 +114,7 @@ impl Config {
             pin_dir: PathBuf::from("/sys/fs/bpf/xlb"),
             state_file: PathBuf::from("/run/xlb/state.json"),
             detach_on_exit: false,
+            detach_delay: Duration::ZERO,
             debug_events: false,
             tunnel_sources: Vec::new(),
             max_concurrent_checks: DEFAULT_MAX_CONCURRENT_CHECKS,
@@ -330,6 +335,14 @@ async fn start_and_serve(
     )
     .await?;
     if config.detach_on_exit {
+        if !config.detach_delay.is_zero() {
+            tracing::info!(
+                delay = ?config.detach_delay,
+                "metrics and control socket closed; the balancer forwards until the delay is \
+                 over, for the VIP to move to another balancer"
+            );
+            tokio::time::sleep(config.detach_delay).await;
+        }
         tracing::info!("detaching and removing every pin");
         Dataplane::remove_pins(&config.pin_dir).map_err(|source| DaemonError::Pins {
             what: "removing the pins",

@@ -73,6 +73,11 @@ struct Args {
     /// On exit, detach from the interfaces and remove every pin (default: keep forwarding).
     #[arg(long)]
     detach_on_exit: bool,
+    /// With --detach-on-exit: seconds to wait before detaching, with the metrics and control
+    /// socket already closed, so that keepalived's track script or a BGP health hook hands the
+    /// VIP to another balancer while this one still forwards (e.g. 2 with a check every second).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0, requires = "detach_on_exit", value_parser = parse_delay)]
+    detach_delay: f64,
     /// Start with the data path's debug events on.
     #[arg(long)]
     debug_events: bool,
@@ -98,6 +103,16 @@ struct Args {
     /// and without authentication: keep it on loopback or a management network. `off` = none.
     #[arg(long, default_value = metrics::DEFAULT_LISTEN, value_parser = parse_listen)]
     metrics_listen: Listen,
+}
+
+/// `--detach-delay`: seconds, from 0 to an hour.
+fn parse_delay(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if (0.0..=3600.0).contains(&seconds) => Ok(seconds),
+        _ => Err(format!(
+            "\"{text}\" is not a number of seconds from 0 to 3600"
+        )),
+    }
 }
 
 /// `--metrics-listen`: an address, or off.
@@ -246,6 +261,7 @@ async fn main() -> Result<()> {
         pin_dir: args.pin_dir,
         state_file: args.state_file,
         detach_on_exit: args.detach_on_exit,
+        detach_delay: Duration::from_secs_f64(args.detach_delay),
         debug_events: args.debug_events,
         tunnel_sources: args.tunnel_sources,
         max_concurrent_checks: args.max_concurrent_checks,
