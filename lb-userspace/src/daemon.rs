@@ -16,7 +16,7 @@ use aya::programs::XdpMode;
 use thiserror::Error;
 use tokio::{
     net::{TcpListener, UnixListener},
-    signal::unix::{signal, SignalKind},
+    signal::unix::{signal, Signal, SignalKind},
     sync::{mpsc::UnboundedReceiver, Mutex},
 };
 
@@ -236,6 +236,7 @@ async fn start_and_serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    let signals = handle_signals(&config)?;
     // A bad configuration is refused before anything is touched.
     let file = config::load(&config.config_file).map_err(DaemonError::Config)?;
     if file.is_none() {
@@ -330,7 +331,10 @@ async fn start_and_serve(
         listeners.control,
         metrics,
         Some(logger),
-        health_events,
+        Inputs {
+            health_events,
+            signals,
+        },
         shutdown,
     )
     .await?;
@@ -367,6 +371,7 @@ pub async fn run_over<D: DataPath + 'static>(
     control: UnixListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Arc<Mutex<Shared<D>>>, DaemonError> {
+    let signals = handle_signals(config)?;
     let file = config::load(&config.config_file).map_err(DaemonError::Config)?;
     let (shared, health_events) = start(runtime, file, config)?;
     serve(
@@ -375,7 +380,10 @@ pub async fn run_over<D: DataPath + 'static>(
         control,
         None,
         None,
-        health_events,
+        Inputs {
+            health_events,
+            signals,
+        },
         shutdown,
     )
     .await?;
@@ -543,6 +551,37 @@ fn start_state(running: &DesiredState, file: Option<DesiredState>) -> (&'static 
     }
 }
 
+/// The signals a daemon answers: SIGHUP, SIGUSR1, SIGUSR2.
+type Signals = (Signal, Signal, Signal);
+
+/// What a serving daemon answers besides its sockets.
+struct Inputs {
+    /// The health checks' events.
+    health_events: UnboundedReceiver<HealthEvent>,
+    /// The signals, if it handles them.
+    signals: Option<Signals>,
+}
+
+/// Installs the daemon's signal handlers when `config` says so, first thing at start: a SIGHUP
+/// (`systemctl reload`) that comes while the daemon starts is then a reload once it serves, not
+/// the end of the process.
+fn handle_signals(config: &Config) -> Result<Option<Signals>, DaemonError> {
+    if !config.signals {
+        return Ok(None);
+    }
+    let on = |kind: SignalKind, name: &'static str| {
+        signal(kind).map_err(|source| DaemonError::Signal {
+            signal: name,
+            source,
+        })
+    };
+    Ok(Some((
+        on(SignalKind::hangup(), "SIGHUP")?,
+        on(SignalKind::user_defined1(), "SIGUSR1")?,
+        on(SignalKind::user_defined2(), "SIGUSR2")?,
+    )))
+}
+
 /// Serves the control socket, and keeps the data path in line with the health checks, until
 /// `shutdown` completes; then stops the metrics server too.
 async fn serve<D: DataPath + 'static>(
@@ -551,25 +590,14 @@ async fn serve<D: DataPath + 'static>(
     control: UnixListener,
     metrics_server: Option<tokio::task::JoinHandle<()>>,
     mut logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-    mut health_events: UnboundedReceiver<HealthEvent>,
+    inputs: Inputs,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    let Inputs {
+        mut health_events,
+        mut signals,
+    } = inputs;
     let server = tokio::spawn(control::serve(control, shared.clone()));
-    let mut signals = if config.signals {
-        let on = |kind: SignalKind, name: &'static str| {
-            signal(kind).map_err(|source| DaemonError::Signal {
-                signal: name,
-                source,
-            })
-        };
-        Some((
-            on(SignalKind::hangup(), "SIGHUP")?,
-            on(SignalKind::user_defined1(), "SIGUSR1")?,
-            on(SignalKind::user_defined2(), "SIGUSR2")?,
-        ))
-    } else {
-        None
-    };
     let mut logs = tokio::time::interval(Duration::from_millis(200));
     let mut rates = tokio::time::interval(Duration::from_secs(2));
     // Slow starts ramp weights up: bring their services' tables along every second (nothing is
@@ -643,7 +671,7 @@ async fn serve<D: DataPath + 'static>(
 }
 
 /// The next delivery of a signal that is handled; never, for one that is not.
-async fn recv(signal: Option<&mut tokio::signal::unix::Signal>) -> Option<()> {
+async fn recv(signal: Option<&mut Signal>) -> Option<()> {
     match signal {
         Some(signal) => signal.recv().await,
         None => std::future::pending().await,
