@@ -308,7 +308,7 @@ want() { [ -z "${ONLY:-}" ] || [[ ",$ONLY," == *",$1"* ]] || [[ ",$ONLY," == *".
 if [ "${SCHEDULERS:-1}" = 1 ] && want sched; then
 	echo; echo "# schedulers: SYN of a new flow every run, direct routing, one real server (ns/packet, net of the new-flow floor)"
 	SCHED_OUT=
-	for sched in "mh" "rr" "wrr" "sh" "sh -b sh-port" "dh" "mh -p 300" "rr -p 300" "wrr -p 300 -M 255.255.255.0"; do
+	for sched in "mh" "rr" "wrr" "lc" "wlc" "sh" "sh -b sh-port" "dh" "mh -p 300" "rr -p 300" "wrr -p 300 -M 255.255.255.0"; do
 		# shellcheck disable=SC2086 # the scheduler's options are words
 		adm -E -t 10.10.0.100:80 -s $sched
 		o=$("$B/harness" "${XARGS[@]}" --only floor.pass_newflow,xlb.syn_newflow_dr 2> >(grep -v '^libbpf: elf: skipping' >&2) | grep '^RESULT')

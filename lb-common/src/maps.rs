@@ -34,6 +34,12 @@ pub const PERSIST: &str = "XLB_PERSIST";
 /// Service id → [`crate::PersistSettings`]: a persistent service's timeout and mask. Written by
 /// userspace.
 pub const PERSIST_SETTINGS: &str = "XLB_PERSIST_CFG";
+/// Real-server id → its active connections (`u32`), for the least-connection schedulers: one
+/// more for each new TCP flow the data path gives it; userspace writes the true count from the
+/// connection table every second (flows that closed or idled out). Written by both.
+pub const REAL_CONNS: &str = "XLB_REAL_CONNS";
+/// Real-server id → its weight (`u32`), for `wlc`. Written by userspace with the service's table.
+pub const REAL_WEIGHTS: &str = "XLB_REAL_WEIGHTS";
 /// Real-server id → [`crate::RealServer`]. Written by userspace.
 pub const REALS: &str = "XLB_REALS";
 /// Real-server id → per-CPU [`crate::NextHop`]: the FIB's answer, reused briefly. Written by the

@@ -74,6 +74,12 @@ pub const SCHED_SOURCE_HASH: u8 = 2;
 /// [`Service::scheduler`]: the slot of the destination address's hash (ipvsadm's `dh`).
 pub const SCHED_DEST_HASH: u8 = 3;
 
+/// [`Service::scheduler`]: least connections (ipvsadm's `lc`, and `wlc` with
+/// [`SERVICE_F_WEIGHTED`]) by two random choices: two slots of the service's table, which holds
+/// every server with a weight above 0 in turn, and of their two servers the one with fewer active
+/// connections ([`crate::maps::REAL_CONNS`]; with weights, fewer per unit of weight).
+pub const SCHED_LEAST_CONN: u8 = 4;
+
 /// Persistence (ipvsadm's `-p`): a new flow of a client that the service's persistence table
 /// ([`crate::maps::PERSIST`]) remembers goes to the client's real server; its timeout and mask
 /// are in [`crate::maps::PERSIST_SETTINGS`]. Bit 0, which meant a source hash before persistence
@@ -81,6 +87,9 @@ pub const SCHED_DEST_HASH: u8 = 3;
 pub const SERVICE_F_PERSISTENT: u32 = 1 << 0;
 /// The source hash covers the client's port as well as its address (ipvsadm's `sh-port`).
 pub const SERVICE_F_HASH_PORT: u32 = 1 << 1;
+/// [`SCHED_LEAST_CONN`] weighs the active connections by the servers' weights
+/// ([`crate::maps::REAL_WEIGHTS`]): ipvsadm's `wlc`.
+pub const SERVICE_F_WEIGHTED: u32 = 1 << 2;
 
 /// What the data path knows about a virtual service.
 #[repr(C)]

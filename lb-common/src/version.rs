@@ -8,8 +8,9 @@
 //! the same [`CONNTRACK_LAYOUT`] it builds a new map set and carries the connections over; with
 //! another [`CONNTRACK_LAYOUT`] it refuses to start, leaving the running balancer alone.
 
-/// The layout of the maps as a whole.
-pub const LAYOUT: u32 = 1;
+/// The layout of the maps as a whole. 2: the least-connection maps (`XLB_REAL_CONNS`,
+/// `XLB_REAL_WEIGHTS`) and scheduler `SCHED_LEAST_CONN`.
+pub const LAYOUT: u32 = 2;
 
 /// The layout of the connection table alone.
 pub const CONNTRACK_LAYOUT: u32 = 1;

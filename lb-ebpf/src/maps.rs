@@ -79,6 +79,16 @@ pub static PERSIST: LruHashMap<PersistKey, Persistent> =
 #[map(name = "XLB_PERSIST_CFG")]
 pub static PERSIST_SETTINGS: Array<PersistSettings> = Array::with_max_entries(MAX_SERVICES, 0);
 
+/// Real-server id → active connections, for the least-connection schedulers. Incremented by the
+/// data path for each new TCP flow of such a service; rewritten by userspace from the connection
+/// table every second.
+#[map(name = "XLB_REAL_CONNS")]
+pub static REAL_CONNS: Array<u32> = Array::with_max_entries(real_ids(MAX_REALS), 0);
+
+/// Real-server id → weight, for `wlc`. Written by userspace.
+#[map(name = "XLB_REAL_WEIGHTS")]
+pub static REAL_WEIGHTS: Array<u32> = Array::with_max_entries(real_ids(MAX_REALS), 0);
+
 /// Real-server id → real server. Written by userspace.
 #[map(name = "XLB_REALS")]
 pub static REALS: Array<RealServer> = Array::with_max_entries(real_ids(MAX_REALS), 0);

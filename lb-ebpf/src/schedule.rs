@@ -1,6 +1,7 @@
 //! Choosing a real server for a new flow, by the service's scheduler, from the service's live
 //! table: Maglev (`mh`, the slot of the flow's hash), the source or destination address's hash
-//! (`sh`, `dh`), or the next slot of a round-robin sequence (`rr`, `wrr`). A persistent service
+//! (`sh`, `dh`), the next slot of a round-robin sequence (`rr`, `wrr`), or the less loaded of
+//! two servers drawn at random (`lc`, `wlc`). A persistent service
 //! (`-p`) first asks its persistence table for the client's server. Only new flows get here;
 //! what a choice changes is written once the flow is forwarded ([`commit`]).
 
@@ -8,13 +9,17 @@ use lb_common::{
     hash::{address_hash, flow_hash},
     limits::MAGLEV_TABLE_SIZE,
     service::{
-        SCHED_DEST_HASH, SCHED_SEQUENCE, SCHED_SOURCE_HASH, SERVICE_F_HASH_PORT,
-        SERVICE_F_PERSISTENT,
+        SCHED_DEST_HASH, SCHED_LEAST_CONN, SCHED_SEQUENCE, SCHED_SOURCE_HASH, SERVICE_F_HASH_PORT,
+        SERVICE_F_PERSISTENT, SERVICE_F_WEIGHTED,
     },
-    FlowKey, Persistent, Service,
+    FlowKey, Persistent, Service, PROTO_TCP,
 };
 
-use crate::maps::{self, MAGLEV, PERSIST, PERSIST_SETTINGS, SCHED_CURSORS};
+use aya_ebpf::helpers::bpf_get_prandom_u32;
+
+use crate::maps::{
+    self, MAGLEV, PERSIST, PERSIST_SETTINGS, REAL_CONNS, REAL_WEIGHTS, SCHED_CURSORS,
+};
 
 /// What a new flow's choice still has to write once the flow is forwarded ([`commit`]): a packet
 /// whose next hop has to be looked up runs the balancer twice (next_hop.rs), and both runs must
@@ -26,6 +31,9 @@ pub struct Pending {
     /// Whether the client is to be remembered as the chosen server's (a persistent service's
     /// client that had none).
     pub remember: bool,
+    /// Whether the chosen server's active connections go up by one (a least-connection
+    /// service's new TCP flow).
+    pub count: bool,
 }
 
 /// [`Pending::advance`] when the choice took no round-robin turn.
@@ -38,6 +46,7 @@ impl Pending {
         Self {
             advance: NO_ADVANCE,
             remember: false,
+            count: false,
         }
     }
 }
@@ -46,23 +55,37 @@ impl Pending {
 /// `pending` gets what [`commit`] writes once the flow is forwarded.
 #[inline(always)]
 pub fn choose(svc: &Service, flow: &FlowKey, now: u64, pending: &mut Pending) -> Option<u32> {
+    let least_conn = svc.scheduler == SCHED_LEAST_CONN;
+    pending.count = least_conn && flow.proto == PROTO_TCP;
     if svc.flags & SERVICE_F_PERSISTENT != 0 {
         if let Some(real) = remembered(svc.id, flow, now) {
             return Some(real);
         }
         pending.remember = true;
     }
+    if least_conn {
+        return least_connections(svc);
+    }
     schedule(svc, flow, &mut pending.advance)
 }
 
-/// The flow was forwarded to `real`: this CPU takes its round-robin turn, and a persistent
-/// service's client is remembered as `real`'s.
+/// The flow was forwarded to `real`: this CPU takes its round-robin turn, a least-connection
+/// service's server counts one more connection, and a persistent service's client is remembered
+/// as `real`'s.
 #[inline(always)]
 pub fn commit(service: u32, flow: &FlowKey, real: u32, now: u64, pending: &Pending) {
     if pending.advance != NO_ADVANCE {
         if let Some(cursor) = SCHED_CURSORS.get_ptr_mut(service) {
             // SAFETY: a per-CPU slot, read and written by this CPU only.
             unsafe { *cursor = pending.advance };
+        }
+    }
+    if pending.count {
+        if let Some(conns) = REAL_CONNS.get_ptr_mut(real) {
+            // SAFETY: a valid u32 of the map for this program run. Not atomic (the BPF target
+            // has no atomics in core): two CPUs adding at once may count one, which the count
+            // userspace writes every second corrects.
+            unsafe { *conns = (*conns).wrapping_add(1) };
         }
     }
     if pending.remember {
@@ -98,6 +121,27 @@ fn schedule(svc: &Service, flow: &FlowKey, advance: &mut u32) -> Option<u32> {
         flow_hash(flow)
     };
     server_at(base + hash % MAGLEV_TABLE_SIZE)
+}
+
+/// `lc`/`wlc`: of two servers drawn at random from the table (every server with a weight, in
+/// turn), the one with fewer active connections, or fewer per unit of weight.
+#[inline(always)]
+fn least_connections(svc: &Service) -> Option<u32> {
+    let base = svc.live_table_base();
+    // SAFETY: helpers without arguments.
+    let (r1, r2) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+    let a = server_at(base + r1 % MAGLEV_TABLE_SIZE)?;
+    let b = server_at(base + r2 % MAGLEV_TABLE_SIZE)?;
+    let conns = |id: u32| u64::from(REAL_CONNS.get(id).copied().unwrap_or(0));
+    let (ca, cb) = (conns(a), conns(b));
+    let a_wins = if svc.flags & SERVICE_F_WEIGHTED != 0 {
+        let weight = |id: u32| u64::from(REAL_WEIGHTS.get(id).copied().unwrap_or(1));
+        // ca / wa <= cb / wb, without dividing.
+        ca * weight(b) <= cb * weight(a)
+    } else {
+        ca <= cb
+    };
+    Some(if a_wins { a } else { b })
 }
 
 /// The server in a slot of the pool; slot value 0 means "no server" (the table of a service

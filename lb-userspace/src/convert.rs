@@ -8,8 +8,8 @@ use crate::{
 };
 use lb_common::{
     service::{
-        SCHED_DEST_HASH, SCHED_MAGLEV, SCHED_SEQUENCE, SCHED_SOURCE_HASH, SERVICE_F_HASH_PORT,
-        SERVICE_F_PERSISTENT,
+        SCHED_DEST_HASH, SCHED_LEAST_CONN, SCHED_MAGLEV, SCHED_SEQUENCE, SCHED_SOURCE_HASH,
+        SERVICE_F_HASH_PORT, SERVICE_F_PERSISTENT, SERVICE_F_WEIGHTED,
     },
     PersistSettings, ServiceKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP,
 };
@@ -30,6 +30,7 @@ pub struct SchedulingEntry {
 pub fn scheduling_entry(scheduling: &Scheduling) -> SchedulingEntry {
     let scheduler = match scheduling.scheduler {
         Scheduler::RoundRobin | Scheduler::WeightedRoundRobin => SCHED_SEQUENCE,
+        Scheduler::LeastConnection | Scheduler::WeightedLeastConnection => SCHED_LEAST_CONN,
         Scheduler::SourceHash => SCHED_SOURCE_HASH,
         Scheduler::DestinationHash => SCHED_DEST_HASH,
         Scheduler::Maglev => SCHED_MAGLEV,
@@ -45,6 +46,9 @@ pub fn scheduling_entry(scheduling: &Scheduling) -> SchedulingEntry {
     });
     if persistence.is_some() {
         flags |= SERVICE_F_PERSISTENT;
+    }
+    if scheduling.scheduler == Scheduler::WeightedLeastConnection {
+        flags |= SERVICE_F_WEIGHTED;
     }
     SchedulingEntry {
         scheduler,

@@ -56,6 +56,12 @@ pub trait DataPath: Send {
     /// The persistence settings of service `id`, when it is persistent.
     fn persistence(&self, id: u32) -> Option<PersistSettings>;
 
+    /// Sets the weights of real servers as `wlc` weighs their connections.
+    fn set_real_weights(&mut self, weights: &[(RealId, u32)]) -> Result<(), DataplaneError>;
+
+    /// Sets the active connections of real servers as `lc`/`wlc` compare them.
+    fn set_connection_counts(&mut self, counts: &[(RealId, u32)]) -> Result<(), DataplaneError>;
+
     /// The persistence table's entries (persistent clients and their real servers).
     fn persistent_clients(&self) -> Result<Vec<(PersistKey, Persistent)>, DataplaneError>;
 
@@ -157,6 +163,14 @@ impl DataPath for Dataplane {
 
     fn persistence(&self, id: u32) -> Option<PersistSettings> {
         Dataplane::persistence(self, id)
+    }
+
+    fn set_real_weights(&mut self, weights: &[(RealId, u32)]) -> Result<(), DataplaneError> {
+        Dataplane::set_real_weights(self, weights)
+    }
+
+    fn set_connection_counts(&mut self, counts: &[(RealId, u32)]) -> Result<(), DataplaneError> {
+        Dataplane::set_connection_counts(self, counts)
     }
 
     fn persistent_clients(&self) -> Result<Vec<(PersistKey, Persistent)>, DataplaneError> {
@@ -290,6 +304,14 @@ impl<D: DataPath + ?Sized> DataPath for Box<D> {
 
     fn persistence(&self, id: u32) -> Option<PersistSettings> {
         (**self).persistence(id)
+    }
+
+    fn set_real_weights(&mut self, weights: &[(RealId, u32)]) -> Result<(), DataplaneError> {
+        (**self).set_real_weights(weights)
+    }
+
+    fn set_connection_counts(&mut self, counts: &[(RealId, u32)]) -> Result<(), DataplaneError> {
+        (**self).set_connection_counts(counts)
     }
 
     fn persistent_clients(&self) -> Result<Vec<(PersistKey, Persistent)>, DataplaneError> {

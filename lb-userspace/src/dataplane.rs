@@ -234,6 +234,8 @@ pub struct Dataplane {
     sched_cursors: PerCpuArray<MapData, u32>,
     persist: HashMap<MapData, PersistKey, Persistent>,
     persist_settings: Array<MapData, PersistSettings>,
+    real_conns: Array<MapData, u32>,
+    real_weights: Array<MapData, u32>,
     service_stats: PerCpuArray<MapData, Counters>,
     real_stats: PerCpuArray<MapData, Counters>,
     global_stats: PerCpuArray<MapData, u64>,
@@ -284,7 +286,9 @@ impl Dataplane {
             .map_max_entries(names::MAGLEV, capacity.maglev_elements())
             .map_max_entries(names::REALS, capacity.real_ids())
             .map_max_entries(names::NEXT_HOPS, capacity.real_ids())
-            .map_max_entries(names::REAL_STATS, capacity.real_ids());
+            .map_max_entries(names::REAL_STATS, capacity.real_ids())
+            .map_max_entries(names::REAL_CONNS, capacity.real_ids())
+            .map_max_entries(names::REAL_WEIGHTS, capacity.real_ids());
         if let Some(n) = options.max_connections {
             loader.map_max_entries(names::CONNTRACK, n);
         }
@@ -348,6 +352,8 @@ impl Dataplane {
             sched_cursors: take(&mut ebpf, names::SCHED_CURSORS)?,
             persist: take(&mut ebpf, names::PERSIST)?,
             persist_settings: take(&mut ebpf, names::PERSIST_SETTINGS)?,
+            real_conns: take(&mut ebpf, names::REAL_CONNS)?,
+            real_weights: take(&mut ebpf, names::REAL_WEIGHTS)?,
             service_stats: take(&mut ebpf, names::SERVICE_STATS)?,
             real_stats: take(&mut ebpf, names::REAL_STATS)?,
             global_stats: take(&mut ebpf, names::GLOBAL_STATS)?,
@@ -721,6 +727,33 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Sets the weights of real servers as `wlc` weighs their connections.
+    pub fn set_real_weights(&mut self, weights: &[(RealId, u32)]) -> Result<()> {
+        for (id, weight) in weights {
+            self.real_weights
+                .set(*id, *weight, 0)
+                .map_err(map_err("writing a real server's weight"))?;
+        }
+        Ok(())
+    }
+
+    /// Sets the active connections of real servers as `lc`/`wlc` compare them.
+    pub fn set_connection_counts(&mut self, counts: &[(RealId, u32)]) -> Result<()> {
+        for (id, count) in counts {
+            self.real_conns
+                .set(*id, *count, 0)
+                .map_err(map_err("writing a real server's connection count"))?;
+        }
+        Ok(())
+    }
+
+    /// The active connections `lc`/`wlc` see for a real server now.
+    pub fn connection_count(&self, id: RealId) -> Result<u32> {
+        self.real_conns
+            .get(&id, 0)
+            .map_err(map_err("reading a real server's connection count"))
+    }
+
     /// The persistence settings of service `id`.
     pub fn persistence(&self, id: u32) -> Option<PersistSettings> {
         self.persist_settings
@@ -774,6 +807,10 @@ impl Dataplane {
             .set(id, zeroed_per_cpu()?, 0)
             .map_err(map_err("zeroing a real server's counters"))?;
         self.forget_next_hop(id)?;
+        // A reused id starts with no connections for lc/wlc.
+        self.real_conns
+            .set(id, 0, 0)
+            .map_err(map_err("zeroing a real server's connection count"))?;
         self.reals
             .set(id, real, 0)
             .map_err(map_err("adding a real server"))?;
@@ -1178,7 +1215,7 @@ fn not_xdp(source: ProgramError) -> DataplaneError {
 }
 
 /// Every map of the object, as pinned.
-pub const ALL_MAPS: [&str; 20] = [
+pub const ALL_MAPS: [&str; 22] = [
     names::SERVICES,
     names::VIP_ADDRS,
     names::VIP_FILTER,
@@ -1199,6 +1236,8 @@ pub const ALL_MAPS: [&str; 20] = [
     names::SCHED_CURSORS,
     names::PERSIST,
     names::PERSIST_SETTINGS,
+    names::REAL_CONNS,
+    names::REAL_WEIGHTS,
 ];
 
 fn zeroed_per_cpu<T: aya::Pod + Default + Clone>() -> Result<aya::maps::PerCpuValues<T>> {

@@ -160,6 +160,16 @@ impl fmt::Display for Step {
 
 type RealKey = (IpAddr, u16);
 
+/// Which table a scheduler reads: its own sequence (`rr`, `wrr`), every server in turn (`lc`,
+/// `wlc`) or a consistent-hash table (`sh`, `dh`, `mh`, which share it).
+fn table_kind(scheduler: Scheduler) -> Scheduler {
+    match scheduler {
+        Scheduler::SourceHash | Scheduler::DestinationHash => Scheduler::Maglev,
+        Scheduler::WeightedLeastConnection => Scheduler::LeastConnection,
+        other => other,
+    }
+}
+
 fn reals(service: &VirtualService) -> BTreeMap<RealKey, &RealServer> {
     service
         .reals
@@ -204,9 +214,7 @@ pub fn plan(old: &DesiredState, new: &DesiredState) -> Vec<Step> {
                 }
                 let old_reals = reals(old_svc);
                 // rr, wrr and the hashing schedulers each build their table differently.
-                let mut table_changed = old_svc.scheduler.is_sequence()
-                    != svc.scheduler.is_sequence()
-                    || (svc.scheduler.is_sequence() && old_svc.scheduler != svc.scheduler);
+                let mut table_changed = table_kind(old_svc.scheduler) != table_kind(svc.scheduler);
                 for (key, real) in &new_reals {
                     match old_reals.get(key) {
                         None => {

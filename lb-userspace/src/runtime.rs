@@ -397,6 +397,8 @@ impl<D: DataPath> Runtime<D> {
     /// second or so): the others are not recomputed, and nothing is when no server ramps up.
     /// Returns whether anything changed.
     pub fn refresh_ramps(&mut self) -> Result<bool, RuntimeError> {
+        // The same timer brings lc/wlc's connection counts in line (nothing without them).
+        self.correct_connection_counts();
         if self.ramping.is_empty() {
             return Ok(false);
         }
@@ -448,6 +450,41 @@ impl<D: DataPath> Runtime<D> {
         self.forget_clients_of_failed_servers();
         self.save()?;
         Ok(true)
+    }
+
+    /// Writes the active connections of every real server of a least-connection service (`lc`,
+    /// `wlc`) from the connection table: the data path only adds one for each new flow, so
+    /// closed, reset and idled-out connections leave its counts here (once a second, with
+    /// [`Self::refresh_ramps`]). Nothing to do, and no walk of the table, without such a service.
+    fn correct_connection_counts(&mut self) {
+        let ids: Vec<RealId> = self
+            .applied
+            .services
+            .iter()
+            .filter(|s| s.scheduler.is_least_connection())
+            .flat_map(|s| {
+                s.reals
+                    .iter()
+                    .filter_map(|r| self.real_id(&s.addr, r.addr, r.port))
+            })
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let counts = match self.connection_counts() {
+            Ok(counts) => counts,
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "counting active connections for lc/wlc");
+                return;
+            }
+        };
+        let active: Vec<(RealId, u32)> = ids
+            .iter()
+            .map(|id| (*id, counts.get(id).map_or(0, |(active, _)| *active)))
+            .collect();
+        if let Err(e) = self.dp.set_connection_counts(&active) {
+            tracing::warn!(error = %error_chain(&e), "writing active connections for lc/wlc");
+        }
     }
 
     /// Forgets the persistent clients of the servers the health checks have just failed (held
@@ -778,6 +815,11 @@ impl<D: DataPath> Runtime<D> {
         };
         let key = service_key(service);
         self.dp.set_maglev_table(key, &table)?;
+        if job.scheduler.is_least_connection() {
+            let weights: Vec<(RealId, u32)> =
+                job.backends.iter().map(|(_, id, w)| (*id, *w)).collect();
+            self.dp.set_real_weights(&weights)?;
+        }
         if job.scheduler.is_sequence() {
             // Each CPU starts its walk of the new sequence at its own place.
             let len = table.iter().take_while(|&&real| real != 0).count();
@@ -1205,6 +1247,9 @@ impl TableJob {
             Scheduler::RoundRobin => return sequence::table(&sequence::round_robin(&weights())),
             Scheduler::WeightedRoundRobin => {
                 return sequence::table(&sequence::weighted_round_robin(&weights()))
+            }
+            Scheduler::LeastConnection | Scheduler::WeightedLeastConnection => {
+                return sequence::cyclic_table(&sequence::round_robin(&weights()))
             }
             Scheduler::SourceHash | Scheduler::DestinationHash | Scheduler::Maglev => {}
         }
@@ -2091,6 +2136,66 @@ mod tests {
                 ]
             );
             assert_eq!(packets(&rt), [(0, vec![0, 0]), (50, vec![50])]);
+        }
+
+        #[test]
+        fn least_connection_services_get_weights_and_their_servers_counts_every_refresh() {
+            let mut rt = Runtime::new(FakeDataPath::default(), None);
+            rt.change_to(state(
+                "-A -t 10.0.0.1:80 -s wlc\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.11:80 -g -w 3\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.12:80 -g -w 1\n",
+            ))
+            .expect("applied");
+            assert_eq!(rt.datapath().real_weight(1), Some(3));
+            assert_eq!(rt.datapath().real_weight(2), Some(1));
+            let svc = &rt.datapath().contents().services[0].1;
+            assert_eq!(svc.flags, lb_common::service::SERVICE_F_WEIGHTED);
+            assert_eq!(svc.shares().get(&1), Some(&32_769), "every server in turn");
+            let now = monotonic_ns();
+            for (sport, real, flags) in [
+                (1000, 1, 0),
+                (1001, 1, 0),
+                (1002, 1, lb_common::conntrack::CONN_F_CLOSING),
+                (1003, 2, 0),
+            ] {
+                let flow = lb_common::FlowKey {
+                    src: [
+                        u32::from(std::net::Ipv4Addr::new(192, 0, 2, 1)).to_be(),
+                        0,
+                        0,
+                        0,
+                    ],
+                    dst: [
+                        u32::from(std::net::Ipv4Addr::new(10, 0, 0, 1)).to_be(),
+                        0,
+                        0,
+                        0,
+                    ],
+                    sport: u16::to_be(sport),
+                    dport: u16::to_be(80),
+                    proto: lb_common::PROTO_TCP,
+                    family: lb_common::FAMILY_V4,
+                    ..Default::default()
+                };
+                let conn = lb_common::Connection {
+                    real,
+                    last_seen_ns: now,
+                    flags,
+                    ..Default::default()
+                };
+                rt.dataplane().track(flow, conn);
+            }
+            rt.refresh_ramps().expect("refreshed");
+            // Active only: the closing one does not count.
+            assert_eq!(rt.datapath().active_connections(1), Some(2));
+            assert_eq!(rt.datapath().active_connections(2), Some(1));
+            // A service of another scheduler costs no walk and no write.
+            let mut mh = Runtime::new(FakeDataPath::default(), None);
+            mh.change_to(state(TWO_SERVICES)).expect("applied");
+            mh.dataplane().take_writes();
+            mh.refresh_ramps().expect("refreshed");
+            assert!(mh.datapath().writes().is_empty());
         }
 
         #[test]

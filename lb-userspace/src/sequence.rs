@@ -73,6 +73,16 @@ pub fn table(sequence: &[u32]) -> Vec<u32> {
     table
 }
 
+/// The table of `lc` and `wlc`: the servers in turn (`round_robin`'s order) over every slot, so
+/// that a slot drawn at random names each server with the same chance (to within one slot in
+/// 65537).
+pub fn cyclic_table(servers: &[u32]) -> Vec<u32> {
+    if servers.is_empty() {
+        return vec![0; MAX_LEN];
+    }
+    servers.iter().copied().cycle().take(MAX_LEN).collect()
+}
+
 /// Where each of `cpus` CPUs starts walking a sequence of `len`: evenly apart, so that CPUs that
 /// each take a few new flows do not all give them to the first servers.
 pub fn cursor_starts(len: usize, cpus: usize) -> Vec<u32> {
@@ -180,6 +190,18 @@ mod tests {
         let sequence = round_robin(&[(1, 1), (2, 1), (3, 1)]);
         let got = walk(&sequence, 2, 300);
         assert!(got.values().all(|n| (99..=101).contains(n)), "{got:?}");
+    }
+
+    #[test]
+    fn the_least_connection_table_names_every_server_equally_often() {
+        let table = cyclic_table(&[7, 8, 9]);
+        assert_eq!(table.len(), MAX_LEN);
+        let got = shares(&table);
+        assert!(
+            got.values().all(|n| n.abs_diff(MAX_LEN / 3) <= 1),
+            "{got:?}"
+        );
+        assert!(cyclic_table(&[]).iter().all(|&id| id == 0));
     }
 
     #[test]

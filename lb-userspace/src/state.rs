@@ -48,8 +48,8 @@ pub const MAX_THRESHOLD: u32 = 0x7fff_ffff;
 
 /// How a service picks the real server for a new flow (`-s`).
 ///
-/// Maglev is the default, where ipvsadm's default is `wlc`: xlb's data path keeps no
-/// active-connection counts, so the connection-aware schedulers are refused by name.
+/// Maglev is the default, where ipvsadm's default is `wlc`: Maglev needs no connection counts
+/// and lets ECMP'd balancers agree. The schedulers xlb does not have are refused by name.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[serde(try_from = "String", into = "&'static str")]
 pub enum Scheduler {
@@ -58,6 +58,12 @@ pub enum Scheduler {
     /// Weighted round robin (`wrr`): each server in turn, as many times per round as its weight,
     /// interleaved as IPVS's `wrr` interleaves them.
     WeightedRoundRobin,
+    /// Least connections (`lc`): of two servers drawn at random, the one with fewer active
+    /// connections.
+    LeastConnection,
+    /// Weighted least connections (`wlc`): of two servers drawn at random, the one with fewer
+    /// active connections per unit of weight.
+    WeightedLeastConnection,
     /// Source hashing (`sh`): a client address's flows all go to one server, by a consistent
     /// (Maglev) table weighted like `mh`'s.
     SourceHash,
@@ -69,17 +75,17 @@ pub enum Scheduler {
     Maglev,
 }
 
-/// ipvsadm's schedulers that xlb refuses by name: they balance by active-connection counts (or
-/// by locality tables built from them), which xlb's data path does not keep.
-const CONNECTION_SCHEDULERS: &[&str] = &[
-    "lc", "wlc", "sed", "nq", "fo", "ovf", "lblc", "lblcr", "twos",
-];
+/// ipvsadm's schedulers that xlb refuses by name: they balance by expected delays, overflow
+/// order or locality tables, which xlb's data path does not keep.
+const UNIMPLEMENTED_SCHEDULERS: &[&str] = &["sed", "nq", "fo", "ovf", "lblc", "lblcr", "twos"];
 
 impl Scheduler {
     /// Every scheduler xlb implements, in the order `-h` and error messages list them.
     pub const ALL: &'static [Scheduler] = &[
         Scheduler::RoundRobin,
         Scheduler::WeightedRoundRobin,
+        Scheduler::LeastConnection,
+        Scheduler::WeightedLeastConnection,
         Scheduler::SourceHash,
         Scheduler::DestinationHash,
         Scheduler::Maglev,
@@ -90,6 +96,8 @@ impl Scheduler {
         match self {
             Scheduler::RoundRobin => "rr",
             Scheduler::WeightedRoundRobin => "wrr",
+            Scheduler::LeastConnection => "lc",
+            Scheduler::WeightedLeastConnection => "wlc",
             Scheduler::SourceHash => "sh",
             Scheduler::DestinationHash => "dh",
             Scheduler::Maglev => "mh",
@@ -117,9 +125,17 @@ impl Scheduler {
     }
 
     /// Whether the scheduler walks a sequence (`rr`, `wrr`) rather than hashing into a
-    /// consistent table (`sh`, `dh`, `mh`): the two kinds of table a service's is built as.
+    /// consistent table (`sh`, `dh`, `mh`) or drawing from every server in turn (`lc`, `wlc`).
     pub fn is_sequence(self) -> bool {
         matches!(self, Scheduler::RoundRobin | Scheduler::WeightedRoundRobin)
+    }
+
+    /// Whether the scheduler balances by active connections (`lc`, `wlc`).
+    pub fn is_least_connection(self) -> bool {
+        matches!(
+            self,
+            Scheduler::LeastConnection | Scheduler::WeightedLeastConnection
+        )
     }
 
     /// The names of its `-b` flags: (fallback, port), for the schedulers that have them.
@@ -157,9 +173,9 @@ pub struct UnknownScheduler {
 impl UnknownScheduler {
     fn message(&self) -> String {
         let supported = Scheduler::supported_names();
-        if CONNECTION_SCHEDULERS.contains(&self.name.as_str()) {
+        if UNIMPLEMENTED_SCHEDULERS.contains(&self.name.as_str()) {
             format!(
-                "xlb does not implement the '{}' scheduler: it balances by active connection counts, which xlb's data path does not keep (xlb supports: {supported})",
+                "xlb does not implement the '{}' scheduler yet (xlb supports: {supported})",
                 self.name
             )
         } else {
@@ -872,16 +888,16 @@ mod tests {
         let err = Scheduler::from_name("xyz").expect_err("no such scheduler");
         assert_eq!(
             err.to_string(),
-            "Scheduler not found: 'xyz' (xlb supports: rr|wrr|sh|dh|mh)"
+            "Scheduler not found: 'xyz' (xlb supports: rr|wrr|lc|wlc|sh|dh|mh)"
         );
     }
 
     #[test]
-    fn a_connection_aware_scheduler_is_refused_with_the_reason() {
-        let err = Scheduler::from_name("wlc").expect_err("wlc is not implemented");
+    fn an_ipvs_scheduler_xlb_lacks_is_refused_by_name() {
+        let err = Scheduler::from_name("sed").expect_err("sed is not implemented");
         assert_eq!(
             err.to_string(),
-            "xlb does not implement the 'wlc' scheduler: it balances by active connection counts, which xlb's data path does not keep (xlb supports: rr|wrr|sh|dh|mh)"
+            "xlb does not implement the 'sed' scheduler yet (xlb supports: rr|wrr|lc|wlc|sh|dh|mh)"
         );
     }
 

@@ -31,7 +31,7 @@ fn a_bad_option_combination_exits_2_before_any_contact_with_the_daemon() {
 
 #[test]
 fn an_unknown_scheduler_is_rejected_with_the_supported_ones() {
-    let (code, _, err) = xlbadm(&["-A", "-t", "10.0.0.1:80", "-s", "wlc"]);
+    let (code, _, err) = xlbadm(&["-A", "-t", "10.0.0.1:80", "-s", "sed"]);
     assert_ne!(code, 0);
     assert!(err.contains("mh"), "{err}");
 }

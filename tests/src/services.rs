@@ -1,11 +1,11 @@
 //! A minimal owner of services for tests that drive the dataplane directly (before the daemon):
 //! keeps each service's real servers and weights and rebuilds its table (Maglev, or the `wrr`
-//! sequence for [`SCHED_SEQUENCE`]) on every change.
+//! sequence for [`SCHED_SEQUENCE`], every server in turn for [`SCHED_LEAST_CONN`]) on every change.
 
 use std::net::Ipv4Addr;
 
 use lb_common::{
-    service::{SCHED_MAGLEV, SCHED_SEQUENCE, SERVICE_F_PERSISTENT},
+    service::{SCHED_LEAST_CONN, SCHED_MAGLEV, SCHED_SEQUENCE, SERVICE_F_PERSISTENT},
     Forwarding, PersistSettings, RealServer, ServiceKey,
 };
 use lb_userspace::{
@@ -120,6 +120,16 @@ impl TestService {
     }
 
     fn rebuild(&self, dp: &mut Dataplane) {
+        if self.scheduler == SCHED_LEAST_CONN {
+            let weights: Vec<(u32, u32)> = self.reals.iter().map(|r| (r.id, r.weight)).collect();
+            dp.set_maglev_table(
+                self.key,
+                &sequence::cyclic_table(&sequence::round_robin(&weights)),
+            )
+            .expect("set least-connection table");
+            dp.set_real_weights(&weights).expect("set weights");
+            return;
+        }
         if self.scheduler == SCHED_SEQUENCE {
             let weights: Vec<(u32, u32)> = self.reals.iter().map(|r| (r.id, r.weight)).collect();
             let order = sequence::weighted_round_robin(&weights);

@@ -4,7 +4,7 @@
 
 use xlb_tests::{
     daemon::Daemon,
-    lab::{real_addr, DrLab, VIP},
+    lab::{real_addr, DrLab, KeepAliveClient, VIP},
     root,
 };
 
@@ -120,4 +120,41 @@ fn persistence_keeps_a_client_network_on_its_server_across_connections_and_weigh
     let free = answers(&lab, "10.77.0.2", 9);
     let servers: std::collections::BTreeSet<&String> = free.iter().collect();
     assert!(servers.len() > 1, "{free:?}");
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn weighted_least_connections_sends_fewer_new_connections_to_a_server_holding_many() {
+    root::require();
+    let lab = DrLab::new(3);
+    let daemon = Daemon::start(&lab.balancer);
+    add_service(&daemon, &["-s", "wlc"], 3);
+    let vip = format!("{VIP}:80");
+    let weight = |i: usize, w: &str| {
+        let real = format!("{}:80", real_addr(i));
+        daemon.adm_ok(&["-e", "-t", &vip, "-r", &real, "-g", "-w", w]);
+    };
+    // rs1 is the slow one: twelve connections stay open on it (the others quiesced meanwhile).
+    weight(1, "0");
+    weight(2, "0");
+    let held: Vec<_> = (0..12)
+        .map(|_| {
+            let (client, who) = KeepAliveClient::open(&lab.client);
+            assert_eq!(who, "rs1");
+            client
+        })
+        .collect();
+    weight(1, "1");
+    weight(2, "1");
+    // xlbd writes the servers' active connections from its connection table every second.
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    let (counts, failed) = lab.spread(60);
+    assert_eq!(failed, 0, "{counts:?}");
+    eprintln!("wlc: 60 new connections with 12 held on rs1: {counts:?}");
+    assert!(
+        counts[0] < counts[1] && counts[0] < counts[2] && counts[0] <= 15,
+        "the loaded server got {} of 60: {counts:?}",
+        counts[0]
+    );
+    drop(held);
 }

@@ -1,6 +1,6 @@
 //! The schedulers and persistence in the data path, through BPF_PROG_TEST_RUN: which real server
-//! each new flow gets from `rr`, `wrr`, `sh` (with and without `sh-port`), `dh` and a persistent
-//! service, and that known flows keep theirs.
+//! each new flow gets from `rr`, `wrr`, `lc`, `wlc`, `sh` (with and without `sh-port`), `dh` and
+//! a persistent service, and that known flows keep theirs.
 //!
 //! The namespace is datapath.rs's: one veth (fx0, 10.10.0.1/24) and permanent neighbour entries
 //! for the real servers, whose MACs end in their address's last byte, so the destination MAC of
@@ -13,7 +13,8 @@ use lb_common::{
     hash::address_hash,
     limits::MAGLEV_TABLE_SIZE,
     service::{
-        SCHED_DEST_HASH, SCHED_MAGLEV, SCHED_SEQUENCE, SCHED_SOURCE_HASH, SERVICE_F_HASH_PORT,
+        SCHED_DEST_HASH, SCHED_LEAST_CONN, SCHED_MAGLEV, SCHED_SEQUENCE, SCHED_SOURCE_HASH,
+        SERVICE_F_HASH_PORT, SERVICE_F_WEIGHTED,
     },
     PROTO_TCP,
 };
@@ -266,4 +267,57 @@ fn persistence_keeps_a_client_network_on_its_server_across_ports_weights_and_add
         0,
         "an entry still names the removed server"
     );
+}
+
+/// How many of `flows` new flows (from one client, successive ports) went to each server.
+fn tally(bench: &Bench, port: u16, flows: u16) -> std::collections::BTreeMap<u8, u32> {
+    let mut got = std::collections::BTreeMap::new();
+    for server in bench.sequence(port, 3000, flows) {
+        *got.entry(server).or_default() += 1;
+    }
+    got
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn least_connections_sends_most_new_flows_to_the_less_loaded_server_and_counts_them() {
+    let mut bench = bench();
+    let svc = bench.service(80, SCHED_LEAST_CONN, 0, &[(0, 1), (1, 1)]);
+    let (a, b) = (svc.reals[0].id, svc.reals[1].id);
+    bench
+        .dp
+        .set_connection_counts(&[(a, 1000), (b, 0)])
+        .expect("counts");
+    let got = tally(&bench, 80, 200);
+    // Two random draws: the loaded server only when both draw it (about 1 in 4).
+    assert!(got.get(&12).copied().unwrap_or(0) > 120, "{got:?}");
+    assert!(got.get(&11).copied().unwrap_or(0) < 80, "{got:?}");
+    // Each new TCP flow counted one more connection for its server (one CPU: none lost).
+    let counted = |id| bench.dp.connection_count(id).expect("count");
+    assert_eq!(counted(a), 1000 + got.get(&11).copied().unwrap_or(0));
+    assert_eq!(counted(b), got.get(&12).copied().unwrap_or(0));
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn weighted_least_connections_compares_connections_per_unit_of_weight() {
+    let mut bench = bench();
+    // rs11: 100 connections at weight 1; rs12: 500 at weight 10, the less loaded per weight.
+    let svc = bench.service(80, SCHED_LEAST_CONN, SERVICE_F_WEIGHTED, &[(0, 1), (1, 10)]);
+    let (a, b) = (svc.reals[0].id, svc.reals[1].id);
+    bench
+        .dp
+        .set_connection_counts(&[(a, 100), (b, 500)])
+        .expect("counts");
+    let got = tally(&bench, 80, 200);
+    assert!(got.get(&12).copied().unwrap_or(0) > 120, "{got:?}");
+    // Unweighted, the same counts send most to rs11.
+    let lc = bench.service(81, SCHED_LEAST_CONN, 0, &[(0, 1), (1, 10)]);
+    let (a, b) = (lc.reals[0].id, lc.reals[1].id);
+    bench
+        .dp
+        .set_connection_counts(&[(a, 100), (b, 500)])
+        .expect("counts");
+    let got = tally(&bench, 81, 200);
+    assert!(got.get(&11).copied().unwrap_or(0) > 120, "{got:?}");
 }

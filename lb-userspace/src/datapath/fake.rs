@@ -40,6 +40,10 @@ pub enum Write {
     SetPersistence(u32),
     /// [`DataPath::forget_persistent_clients_of`].
     ForgetPersistentClients,
+    /// [`DataPath::set_real_weights`].
+    SetRealWeights,
+    /// [`DataPath::set_connection_counts`].
+    SetConnectionCounts,
     /// [`DataPath::add_real`], with the entry.
     AddReal(RealServer),
     /// [`DataPath::update_real`].
@@ -69,6 +73,8 @@ impl Write {
             Self::SpreadSequenceCursors(..) => "setting a service's round-robin positions",
             Self::SetPersistence(_) => "writing a service's persistence settings",
             Self::ForgetPersistentClients => "flushing the persistence table",
+            Self::SetRealWeights => "writing real servers' weights",
+            Self::SetConnectionCounts => "writing real servers' connection counts",
             Self::AddReal(_) => "adding a real server",
             Self::UpdateReal(_) => "updating a real server",
             Self::RemoveReal(_) => "removing a real server",
@@ -205,6 +211,10 @@ pub struct FakeDataPath {
     persistence: BTreeMap<u32, PersistSettings>,
     /// The persistence table.
     persistent: HashMap<PersistKey, Persistent>,
+    /// Weights of real servers (`wlc`).
+    weights: BTreeMap<RealId, u32>,
+    /// Active connections of real servers (`lc`, `wlc`).
+    active: BTreeMap<RealId, u32>,
     config: DataplaneConfig,
     /// The addresses whose next hops were asked for, in order.
     next_hops: Vec<IpAddr>,
@@ -236,6 +246,8 @@ impl FakeDataPath {
             connections: HashMap::new(),
             persistence: BTreeMap::new(),
             persistent: HashMap::new(),
+            weights: BTreeMap::new(),
+            active: BTreeMap::new(),
             config: DataplaneConfig::default(),
             next_hops: Vec::new(),
             writes: Vec::new(),
@@ -313,6 +325,16 @@ impl FakeDataPath {
     pub fn count_real(&mut self, id: RealId, counters: Counters) {
         let total = self.real_counters.entry(id).or_default();
         *total = total.add(counters);
+    }
+
+    /// The weight `wlc` sees for a real server.
+    pub fn real_weight(&self, id: RealId) -> Option<u32> {
+        self.weights.get(&id).copied()
+    }
+
+    /// The active connections `lc`/`wlc` see for a real server.
+    pub fn active_connections(&self, id: RealId) -> Option<u32> {
+        self.active.get(&id).copied()
     }
 
     /// Remembers a persistent client, as the data path would for a persistent service's new flow.
@@ -424,6 +446,18 @@ impl DataPath for FakeDataPath {
 
     fn persistence(&self, id: u32) -> Option<PersistSettings> {
         self.persistence.get(&id).copied()
+    }
+
+    fn set_real_weights(&mut self, weights: &[(RealId, u32)]) -> Result<(), DataplaneError> {
+        self.write(Write::SetRealWeights)?;
+        self.weights.extend(weights.iter().copied());
+        Ok(())
+    }
+
+    fn set_connection_counts(&mut self, counts: &[(RealId, u32)]) -> Result<(), DataplaneError> {
+        self.write(Write::SetConnectionCounts)?;
+        self.active.extend(counts.iter().copied());
+        Ok(())
     }
 
     fn persistent_clients(&self) -> Result<Vec<(PersistKey, Persistent)>, DataplaneError> {

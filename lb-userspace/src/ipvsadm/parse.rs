@@ -8,9 +8,9 @@
 //! direct routing, per-host persistence), and no arguments at all meaning `-L`.
 //!
 //! What differs, on purpose:
-//! - the default scheduler is `mh` (Maglev); ipvsadm's is `wlc`, which xlb refuses by name with
-//!   the other connection-aware schedulers (`lc`, `sed`, `nq`, `fo`, `ovf`, ...), and so are
-//!   the thresholds `-x`/`-y` (xlb's data path keeps no connection counts);
+//! - the default scheduler is `mh` (Maglev); ipvsadm's is `wlc`; the schedulers xlb lacks
+//!   (`sed`, `nq`, `fo`, `ovf`, `lblc`, `lblcr`, `twos`) are refused by name, and so are the
+//!   thresholds `-x`/`-y` other than 0;
 //! - `-m` (NAT), firewall marks, SCTP, sync daemons, one-packet scheduling and persistence
 //!   engines are refused with a message that names the feature;
 //! - `-b` takes `sh-fallback`, `sh-port` (with `-s sh`), `mh-fallback`, `mh-port` (with `-s mh`)
@@ -1751,15 +1751,15 @@ mod tests {
 
     #[test]
     fn an_unknown_scheduler_is_rejected_naming_the_supported_ones() {
-        let e = err("-A -t 10.0.0.1:80 -s wlc");
+        let e = err("-A -t 10.0.0.1:80 -s sed");
         assert_eq!(
             e.to_string(),
-            "xlb does not implement the 'wlc' scheduler: it balances by active connection counts, which xlb's data path does not keep (xlb supports: rr|wrr|sh|dh|mh)"
+            "xlb does not implement the 'sed' scheduler yet (xlb supports: rr|wrr|lc|wlc|sh|dh|mh)"
         );
         assert_eq!(e.exit_code(), 2);
         assert_eq!(
             message("-A -t 10.0.0.1:80 -s fastest"),
-            "Scheduler not found: 'fastest' (xlb supports: rr|wrr|sh|dh|mh)"
+            "Scheduler not found: 'fastest' (xlb supports: rr|wrr|lc|wlc|sh|dh|mh)"
         );
     }
 
@@ -1768,6 +1768,8 @@ mod tests {
         for (name, scheduler) in [
             ("rr", Scheduler::RoundRobin),
             ("wrr", Scheduler::WeightedRoundRobin),
+            ("lc", Scheduler::LeastConnection),
+            ("wlc", Scheduler::WeightedLeastConnection),
             ("sh", Scheduler::SourceHash),
             ("dh", Scheduler::DestinationHash),
             ("mh", Scheduler::Maglev),

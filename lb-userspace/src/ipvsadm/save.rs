@@ -451,6 +451,8 @@ mod tests {
                     -A -t 10.0.0.3:80 -s sh -b sh-fallback,sh-port\n\
                     -A -t 10.0.0.4:80 -s dh\n\
                     -A -t 10.0.0.5:0 -s mh -b mh-port -p 60\n\
+                    -A -t 10.0.0.6:80 -s lc\n\
+                    -A -t 10.0.0.7:80 -s wlc -p 60\n\
                     -A -u [2001:db8::1]:53 -s sh -p 120 -M 64\n";
         let state = restore(&DesiredState::default(), text).expect("restore");
         assert_eq!(save(&state), text.replace("                    ", ""));
@@ -553,11 +555,11 @@ mod tests {
     #[test]
     fn restore_reports_bad_syntax_with_its_line() {
         let err =
-            restore(&DesiredState::default(), "\n-A -t 10.0.0.1:80 -s wlc\n").expect_err("wlc");
+            restore(&DesiredState::default(), "\n-A -t 10.0.0.1:80 -s sed\n").expect_err("sed");
         assert_eq!(err.line, 2);
         assert_eq!(
             err.to_string(),
-            "line 2: xlb does not implement the 'wlc' scheduler: it balances by active connection counts, which xlb's data path does not keep (xlb supports: rr|wrr|sh|dh|mh)"
+            "line 2: xlb does not implement the 'sed' scheduler yet (xlb supports: rr|wrr|lc|wlc|sh|dh|mh)"
         );
     }
 
