@@ -343,6 +343,7 @@ fn xlbd_serves_prometheus_metrics_and_a_status_page_on_its_loopback() {
             "curl -s --max-time 5 -o /dev/null -w %{{http_code}} {args}"
         ))
     };
+    browser_shows_the_status_page(&lab, base, &page, &vip);
     assert_eq!(status(&format!("{base}/nope")), "404");
     assert_eq!(status(&format!("-X POST {base}/metrics")), "405");
     assert_eq!(status(&format!("-I {base}/metrics")), "200");
@@ -538,5 +539,66 @@ fn a_permanent_neighbour_entry_the_operator_made_is_left_alone() {
     assert!(
         second.contains("managed") || second.contains("MANAGED"),
         "real server 2 has no managed entry: {second}"
+    );
+}
+
+/// A browser profile directory, removed when dropped (also when the test fails).
+struct Profile(String);
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The status page in a real browser, as an operator opens it: headless Chromium in the
+/// balancer's namespace builds the page (`--dump-dom`: the document after parsing) with the
+/// service's box and badge, both servers and every traffic chart the server sent, and draws it
+/// (`--screenshot`: a picture of some size, not a blank one).
+fn browser_shows_the_status_page(lab: &DrLab, base: &str, served: &str, vip: &str) {
+    let profile = Profile(format!("/tmp/xlbt{}-chromium", std::process::id()));
+    let chromium = format!(
+        "timeout 90 chromium --headless --no-sandbox --disable-gpu --no-first-run \
+         --user-data-dir={} --window-size=1280,1024",
+        profile.0
+    );
+    let dom = lab
+        .balancer
+        .sh(&format!("{chromium} --dump-dom {base}/ 2>/dev/null"));
+    assert!(dom.contains("<title>xlb status</title>"), "{dom}");
+    assert!(
+        dom.contains(vip),
+        "the service is missing from the page:\n{dom}"
+    );
+    for i in 0..2 {
+        let real = format!("{}:80", real_addr(i));
+        assert!(
+            dom.contains(&real),
+            "{real} is missing from the page:\n{dom}"
+        );
+    }
+    assert!(dom.contains("UP 2/2"), "the service's badge:\n{dom}");
+    let charts = served.matches("<svg class=\"chart\"").count();
+    assert!(charts >= 1, "no traffic chart was served:\n{served}");
+    assert_eq!(
+        dom.matches("<svg class=\"chart\"").count(),
+        charts,
+        "the browser did not build every chart the server sent:\n{dom}"
+    );
+    let shot = format!("{}/page.png", profile.0);
+    lab.balancer.sh(&format!(
+        "{chromium} --screenshot={shot} {base}/ 2>/dev/null"
+    ));
+    let png = std::fs::read(&shot).expect("chromium wrote no screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    println!(
+        "the status page in Chromium: a screenshot of {} bytes",
+        png.len()
+    );
+    // A blank 1280x1024 page compresses to a few kilobytes; this one has text, tables and charts.
+    assert!(
+        png.len() > 20_000,
+        "a screenshot of {} bytes: the page looks empty",
+        png.len()
     );
 }

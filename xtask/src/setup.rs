@@ -23,6 +23,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("keepalived", "keepalived"),
     ("bird", "bird2"),
+    // The status page is looked at in a real browser (headless) by the daemon's tests.
+    ("chromium", "chromium"),
 ];
 
 /// The workspace root (the parent of xtask's manifest directory).
