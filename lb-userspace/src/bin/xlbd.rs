@@ -281,15 +281,8 @@ async fn main() -> Result<()> {
 }
 
 fn on_bpffs(path: &Path) -> bool {
-    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs on a NUL-terminated path into a zeroed struct.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
-    rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|st| st.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
 }
 
 /// Mounts bpffs on /sys/fs/bpf when the pin directory is under it and it is not mounted;
@@ -311,22 +304,15 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     if on_bpffs(root) {
         return Ok(());
     }
-    let c_root = std::ffi::CString::new("/sys/fs/bpf").context("path")?;
     tracing::info!("mounting bpffs on /sys/fs/bpf");
-    let fstype = std::ffi::CString::new("bpf").context("fstype")?;
-    // SAFETY: mount with NUL-terminated strings and no data.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            c_root.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("mounting bpffs on /sys/fs/bpf");
-    }
+    nix::mount::mount(
+        Some("bpf"),
+        root,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .context("mounting bpffs on /sys/fs/bpf")?;
     Ok(())
 }
 
