@@ -20,7 +20,8 @@ use crate::{
     config,
     datapath::DataPath,
     dataplane::Dataplane,
-    runtime::{error_chain, RateEstimator, Runtime},
+    errors::error_chain,
+    runtime::{RateEstimator, Runtime},
     state::{Change, DesiredState, ServiceAddr, VirtualService},
     status::{ConnectionListing, Listing},
 };

@@ -59,7 +59,7 @@ impl AttachMode {
             AttachMode::Auto => attach(XdpMode::Driver).or_else(|e| {
                 tracing::warn!(
                     iface,
-                    error = %crate::runtime::error_chain(&e),
+                    error = %crate::errors::error_chain(&e),
                     "native XDP refused: falling back to generic mode"
                 );
                 attach(XdpMode::Skb)
@@ -656,7 +656,7 @@ async fn serve<D: DataPath + 'static>(
                         tracing::info!(counters = %nonzero.join(" "), "data path");
                     }
                     Err(e) => tracing::warn!(
-                        error = %crate::runtime::error_chain(&e),
+                        error = %crate::errors::error_chain(&e),
                         "reading the counters"
                     ),
                 }
@@ -686,7 +686,7 @@ async fn refresh_service<D: DataPath>(
     if let Err(e) = shared.lock().await.runtime.refresh_service(service) {
         tracing::error!(
             %service,
-            error = %crate::runtime::error_chain(&e),
+            error = %crate::errors::error_chain(&e),
             "applying a health-check result to the data path"
         );
     }
@@ -696,7 +696,7 @@ async fn refresh_service<D: DataPath>(
 async fn refresh_ramps<D: DataPath>(shared: &Mutex<Shared<D>>) {
     if let Err(e) = shared.lock().await.runtime.refresh_ramps() {
         tracing::error!(
-            error = %crate::runtime::error_chain(&e),
+            error = %crate::errors::error_chain(&e),
             "applying health-check results to the data path"
         );
     }

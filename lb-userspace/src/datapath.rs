@@ -21,8 +21,8 @@ use lb_common::{
 use crate::{
     capacity::Capacity,
     dataplane::{Dataplane, DataplaneError, RealId},
+    errors::error_chain,
     neighbour,
-    runtime::error_chain,
 };
 
 /// What the runtime does to the data path. Every write either takes effect whole or fails and

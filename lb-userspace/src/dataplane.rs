@@ -27,6 +27,7 @@ use thiserror::Error;
 use crate::{
     batch,
     capacity::{self, Capacity, CapacityError, TablePool},
+    layout::ALL_MAPS,
     links,
     mapped::MappedArray,
     program,
@@ -1213,32 +1214,6 @@ fn not_xdp(source: ProgramError) -> DataplaneError {
         source,
     }
 }
-
-/// Every map of the object, as pinned.
-pub const ALL_MAPS: [&str; 22] = [
-    names::SERVICES,
-    names::VIP_ADDRS,
-    names::VIP_FILTER,
-    names::SERVICE_EPOCHS,
-    names::TAIL_CALLS,
-    names::DEBUG_EVENT,
-    names::ICMP_REPLY,
-    names::NEXT_HOP_REQUEST,
-    names::MAGLEV,
-    names::REALS,
-    names::CONNTRACK,
-    names::SERVICE_STATS,
-    names::REAL_STATS,
-    names::GLOBAL_STATS,
-    names::CONFIG,
-    names::EGRESS,
-    names::NEXT_HOPS,
-    names::SCHED_CURSORS,
-    names::PERSIST,
-    names::PERSIST_SETTINGS,
-    names::REAL_CONNS,
-    names::REAL_WEIGHTS,
-];
 
 fn zeroed_per_cpu<T: aya::Pod + Default + Clone>() -> Result<aya::maps::PerCpuValues<T>> {
     let cpus = aya::util::nr_cpus().map_err(|(_, source)| DataplaneError::Cpus { source })?;

@@ -29,6 +29,32 @@ use crate::program;
 /// The record's pin name in the pin directory.
 pub const RECORD: &str = "XLB_LAYOUT";
 
+/// Every map of the object, as pinned.
+pub const ALL_MAPS: [&str; 22] = [
+    names::SERVICES,
+    names::VIP_ADDRS,
+    names::VIP_FILTER,
+    names::SERVICE_EPOCHS,
+    names::TAIL_CALLS,
+    names::DEBUG_EVENT,
+    names::ICMP_REPLY,
+    names::NEXT_HOP_REQUEST,
+    names::MAGLEV,
+    names::REALS,
+    names::CONNTRACK,
+    names::SERVICE_STATS,
+    names::REAL_STATS,
+    names::GLOBAL_STATS,
+    names::CONFIG,
+    names::EGRESS,
+    names::NEXT_HOPS,
+    names::SCHED_CURSORS,
+    names::PERSIST,
+    names::PERSIST_SETTINGS,
+    names::REAL_CONNS,
+    names::REAL_WEIGHTS,
+];
+
 /// Layout versions, as the record holds them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Versions {
@@ -109,7 +135,7 @@ fn ours() -> Result<BTreeMap<String, Geometry>, LayoutError> {
     Ok(object
         .maps
         .iter()
-        .filter(|(name, _)| crate::dataplane::ALL_MAPS.contains(&name.as_str()))
+        .filter(|(name, _)| ALL_MAPS.contains(&name.as_str()))
         .map(|(name, map)| {
             (
                 name.clone(),

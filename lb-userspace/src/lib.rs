@@ -37,6 +37,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod dataplane;
 pub mod decap;
+pub mod errors;
 pub mod health;
 pub mod ipvsadm;
 pub mod layout;

@@ -22,6 +22,7 @@ use crate::{
     convert::{identity, real_entry, scheduling_entry, service_key},
     datapath::DataPath,
     dataplane::{Dataplane, DataplaneError, RealId},
+    errors::error_chain,
     health::engine::{Engine, EngineStats, Target, TargetError},
     maglev,
     plan::{plan, Scheduling, Step},
@@ -1288,24 +1289,6 @@ fn added_reals(steps: &[Step]) -> BTreeSet<IpAddr> {
             _ => None,
         })
         .collect()
-}
-
-/// An error with every source after it, `: `-separated, as an operator reads it: "the data path
-/// refused the change: adding ...: adding a real server failed: `bpf_map_update_elem` failed:
-/// Argument list too long (os error 7)".
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let part = e.to_string();
-        // An error that already shows its source in its own text is not repeated.
-        if !text.ends_with(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = e.source();
-    }
-    text
 }
 
 /// How ipvsadm would see a tracked connection.

@@ -10,11 +10,12 @@ use lb_userspace::{
     config,
     control::Request,
     datapath::fake::FakeDataPath,
+    errors::error_chain,
     ipvsadm::{
         parse::{parse, Command},
         save::{restore, save},
     },
-    runtime::{error_chain, Runtime},
+    runtime::Runtime,
     state::DesiredState,
 };
 use proptest::prelude::*;

@@ -5,12 +5,12 @@ use std::{io::Read as _, net::IpAddr, path::PathBuf, process::ExitCode};
 
 use lb_userspace::{
     control::{self, CallError, NumberedChange, Request, Response, DEFAULT_SOCKET},
+    errors::error_chain,
     ipvsadm::{
         format::{format_connections, format_listing},
         parse::{self, Command},
         save,
     },
-    runtime::error_chain,
 };
 
 fn main() -> ExitCode {

@@ -32,9 +32,9 @@ use lb_userspace::{
     daemon::{self, AttachMode},
     dataplane::Dataplane,
     decap,
+    errors::error_chain,
     health::engine::DEFAULT_MAX_CONCURRENT_CHECKS,
     links, metrics,
-    runtime::error_chain,
 };
 use tokio::signal::unix::{signal, SignalKind};
 

@@ -629,7 +629,7 @@ mod tests {
     use lb_common::PROTO_TCP;
 
     use super::*;
-    use crate::runtime::error_chain;
+    use crate::errors::error_chain;
 
     fn key(last: u8) -> ServiceKey {
         ServiceKey::v4(u32::from(Ipv4Addr::new(10, 0, 0, last)), 80, PROTO_TCP)

@@ -183,7 +183,7 @@ where
 
 /// A 500 that says why, down to the kernel's error.
 fn failed(e: &MetricsError) -> Response {
-    let reason = crate::runtime::error_chain(e);
+    let reason = crate::errors::error_chain(e);
     tracing::warn!(error = %reason, "metrics: no snapshot");
     (StatusCode::INTERNAL_SERVER_ERROR, format!("{reason}\n")).into_response()
 }
