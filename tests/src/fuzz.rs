@@ -110,6 +110,25 @@ pub fn world() -> World {
     }
 }
 
+/// The balancer's namespace of the data-path tests (here and in tests/tunnel.rs): fx0 with our
+/// MAC, 10.10.0.1/24 and fd00:10::1/64, MTU 1500, forwarding on, and permanent neighbours for the
+/// real servers .21 and .22 of both families; with fx0's index.
+pub fn namespace(tag: &str) -> (Netns, u32) {
+    let ns = Netns::new(tag);
+    ns.sh(
+        "ip link add fx0 type veth peer name fx1 && ip link set fx0 address 02:00:00:00:00:aa && \
+         ip link set fx0 up && ip link set fx1 up && ip addr add 10.10.0.1/24 dev fx0 && \
+         ip addr add fd00:10::1/64 dev fx0 nodad && \
+         sysctl -qw net.ipv4.conf.fx0.forwarding=1 net.ipv6.conf.fx0.forwarding=1 && \
+         ip neigh replace 10.10.0.21 lladdr 02:00:00:00:01:21 dev fx0 nud permanent && \
+         ip neigh replace 10.10.0.22 lladdr 02:00:00:00:01:22 dev fx0 nud permanent && \
+         ip neigh replace fd00:10::21 lladdr 02:00:00:00:01:21 dev fx0 nud permanent && \
+         ip neigh replace fd00:10::22 lladdr 02:00:00:00:01:22 dev fx0 nud permanent",
+    );
+    let ifindex = ns.ifindex("fx0");
+    (ns, ifindex)
+}
+
 /// The namespace and data path the frames run through, set up as [`world`] says.
 pub struct Bench {
     ns: Netns,
@@ -121,18 +140,7 @@ impl Bench {
     /// A namespace with fx0 (our MAC, 10.10.0.1/24, fd00:10::1/64, MTU 1500, forwarding on),
     /// permanent neighbours for the real servers, and the world's services.
     pub fn new() -> Self {
-        let ns = Netns::new("fuzz");
-        ns.sh(
-            "ip link add fx0 type veth peer name fx1 && ip link set fx0 address 02:00:00:00:00:aa && \
-             ip link set fx0 up && ip link set fx1 up && ip addr add 10.10.0.1/24 dev fx0 && \
-             ip addr add fd00:10::1/64 dev fx0 nodad && \
-             sysctl -qw net.ipv4.conf.fx0.forwarding=1 net.ipv6.conf.fx0.forwarding=1 && \
-             ip neigh replace 10.10.0.21 lladdr 02:00:00:00:01:21 dev fx0 nud permanent && \
-             ip neigh replace 10.10.0.22 lladdr 02:00:00:00:01:22 dev fx0 nud permanent && \
-             ip neigh replace fd00:10::21 lladdr 02:00:00:00:01:21 dev fx0 nud permanent && \
-             ip neigh replace fd00:10::22 lladdr 02:00:00:00:01:22 dev fx0 nud permanent",
-        );
-        let ifindex = ns.ifindex("fx0");
+        let (ns, ifindex) = namespace("fuzz");
         let mut dp = Dataplane::load(&LoadOptions {
             max_services: Some(16),
             max_connections: Some(65_536),
@@ -203,6 +211,7 @@ pub struct DecapBench {
 impl DecapBench {
     /// The decapsulator for 10.10.0.21 and fd00:10::21 on a veth of a namespace of its own.
     pub fn new() -> Self {
+        crate::root::require();
         let ns = Netns::new("fuzzd");
         ns.sh(
             "ip link add dx0 type veth peer name dx1 && ip link set dx0 up && ip link set dx1 up",
@@ -218,7 +227,8 @@ impl DecapBench {
         }
     }
 
-    fn run(&self, frame: &[u8]) -> fixture::Outcome {
+    /// Runs the decapsulator once on `frame`.
+    pub fn run(&self, frame: &[u8]) -> fixture::Outcome {
         let program = self.decap.program().expect("program");
         self.ns.enter(|| fixture::run(program, frame, self.ifindex))
     }

@@ -281,17 +281,14 @@ fn parse_v4(world: &World, f: &Frame<'_>) -> Result<Flow, Expected> {
             if b[inner + 12..inner + 16] != b[l3 + 16..l3 + 20] {
                 return Err(Expected::Pass(GlobalStat::PassIcmpQuoteMismatch));
             }
-            let quoted = inner + inner_ihl;
-            if quoted + 4 > ip_end {
-                return Err(Expected::Drop(GlobalStat::DropTruncatedL4));
-            }
-            flow.client = v4(&b[inner + 16..]);
-            flow.vip = v4(&b[inner + 12..]);
-            flow.sport = u16::from_be_bytes([b[quoted + 2], b[quoted + 3]]);
-            flow.dport = u16::from_be_bytes([b[quoted], b[quoted + 1]]);
-            flow.proto = inner_proto;
-            flow.icmp_error = true;
-            Ok(flow)
+            let (client, vip) = (v4(&b[inner + 16..]), v4(&b[inner + 12..]));
+            quoted_flow(
+                flow,
+                b,
+                inner + inner_ihl,
+                ip_end,
+                (client, vip, inner_proto),
+            )
         }
         _ => Err(Expected::Pass(GlobalStat::PassOtherProto)),
     }
@@ -370,20 +367,32 @@ fn parse_v6(world: &World, f: &Frame<'_>) -> Result<Flow, Expected> {
             if b[inner + 8..inner + 24] != b[l3 + 24..l3 + 40] {
                 return Err(Expected::Pass(GlobalStat::PassIcmpQuoteMismatch));
             }
-            let quoted = inner + 40;
-            if quoted + 4 > ip_end {
-                return Err(Expected::Drop(GlobalStat::DropTruncatedL4));
-            }
-            flow.client = v6(&b[inner + 24..]);
-            flow.vip = v6(&b[inner + 8..]);
-            flow.sport = u16::from_be_bytes([b[quoted + 2], b[quoted + 3]]);
-            flow.dport = u16::from_be_bytes([b[quoted], b[quoted + 1]]);
-            flow.proto = inner_proto;
-            flow.icmp_error = true;
-            Ok(flow)
+            let (client, vip) = (v6(&b[inner + 24..]), v6(&b[inner + 8..]));
+            quoted_flow(flow, b, inner + 40, ip_end, (client, vip, inner_proto))
         }
         _ => Err(Expected::Pass(GlobalStat::PassOtherProto)),
     }
+}
+
+/// An ICMP error's flow: the quoted packet (VIP to client, its ports at `quoted`, which must
+/// lie within the error's IP packet) turned around into the client's flow.
+fn quoted_flow(
+    mut flow: Flow,
+    b: &[u8],
+    quoted: usize,
+    ip_end: usize,
+    (client, vip, proto): (IpAddr, IpAddr, u8),
+) -> Result<Flow, Expected> {
+    if quoted + 4 > ip_end {
+        return Err(Expected::Drop(GlobalStat::DropTruncatedL4));
+    }
+    flow.client = client;
+    flow.vip = vip;
+    flow.sport = u16::from_be_bytes([b[quoted + 2], b[quoted + 3]]);
+    flow.dport = u16::from_be_bytes([b[quoted], b[quoted + 1]]);
+    flow.proto = proto;
+    flow.icmp_error = true;
+    Ok(flow)
 }
 
 /// The service for (VIP, port, protocol), else the VIP's every-port service.

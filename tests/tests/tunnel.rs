@@ -4,19 +4,17 @@
 //! The namespace has one veth interface fx0 (our MAC 02:00:00:00:00:aa, 10.10.0.1/24 and
 //! fd00:10::1/64, MTU 1500, forwarding on) and permanent neighbours for the real servers.
 
-use std::net::IpAddr;
-
 use lb_common::{
     hash::flow_hash, FlowKey, Forwarding, GlobalStat, RealServer, ServiceKey, FAMILY_V6, PROTO_TCP,
     PROTO_UDP,
 };
 use lb_userspace::{
     dataplane::{Dataplane, LoadOptions},
-    decap::Decapsulator,
     maglev,
 };
 use xlb_tests::{
     fixture::{self, action, action_name, hex},
+    fuzz,
     netns::Netns,
     packet::{checksum, ethernet, Ipv4Packet, Ipv6Packet, ACK, L4, SYN},
     root,
@@ -66,18 +64,7 @@ fn real_v6(addr: [u8; 16], forward: Forwarding) -> RealServer {
 
 fn bench() -> Bench {
     root::require();
-    let ns = Netns::new("tun");
-    ns.sh(
-        "ip link add fx0 type veth peer name fx1 && ip link set fx0 address 02:00:00:00:00:aa && \
-         ip link set fx0 up && ip link set fx1 up && ip addr add 10.10.0.1/24 dev fx0 && \
-         ip addr add fd00:10::1/64 dev fx0 nodad && \
-         sysctl -qw net.ipv4.conf.fx0.forwarding=1 net.ipv6.conf.fx0.forwarding=1 && \
-         ip neigh replace 10.10.0.21 lladdr 02:00:00:00:01:21 dev fx0 nud permanent && \
-         ip neigh replace 10.10.0.22 lladdr 02:00:00:00:01:22 dev fx0 nud permanent && \
-         ip neigh replace fd00:10::21 lladdr 02:00:00:00:01:21 dev fx0 nud permanent && \
-         ip neigh replace fd00:10::22 lladdr 02:00:00:00:01:22 dev fx0 nud permanent",
-    );
-    let ifindex = ns.ifindex("fx0");
+    let (ns, ifindex) = fuzz::namespace("tun");
     let mut dp = Dataplane::load(&LoadOptions {
         max_services: Some(8),
         max_connections: Some(4096),
@@ -474,7 +461,7 @@ fn icmp_errors_about_a_flow_go_to_the_flows_real_server() {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn the_decapsulator_strips_only_tunnels_addressed_to_us() {
-    let bench = DecapBench::new();
+    let bench = fuzz::DecapBench::new();
     let run = |p: &[u8]| bench.run(p);
 
     let inner = Ipv4Packet::tcp(CLIENT, 40000, VIP, 80, SYN).ip_bytes();
@@ -746,7 +733,7 @@ fn icmp_errors_quoting_another_address_and_ipv6_protocols_get_their_verdicts() {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn the_decapsulator_leaves_wrong_versions_and_lying_lengths_to_the_kernel() {
-    let bench = DecapBench::new();
+    let bench = fuzz::DecapBench::new();
     let run = |p: &[u8]| bench.run(p);
 
     let inner6 = Ipv6Packet::tcp(v6(0x50), 40000, v6(0x100), 80, SYN).ip_bytes();
@@ -813,32 +800,4 @@ fn icmp_error_v6(from: [u8; 16], sport: u16, client_port: u16) -> Ipv6Packet {
     );
     error.payload.clear();
     error
-}
-
-/// The real-server decapsulator loaded for the tunnel real servers' addresses, run as if on a
-/// veth of a namespace of its own.
-struct DecapBench {
-    ns: Netns,
-    decap: Decapsulator,
-    ifindex: u32,
-}
-
-impl DecapBench {
-    fn new() -> Self {
-        root::require();
-        let ns = Netns::new("decap");
-        ns.sh(
-            "ip link add dx0 type veth peer name dx1 && ip link set dx0 up && ip link set dx1 up",
-        );
-        let ifindex = ns.ifindex("dx0");
-        let ours: Vec<IpAddr> = vec![IpAddr::from(TUN_RS), IpAddr::from(v6(0x21))];
-        let decap = Decapsulator::load(&ours, None).expect("load the decapsulator");
-        Self { ns, decap, ifindex }
-    }
-
-    fn run(&self, packet: &[u8]) -> fixture::Outcome {
-        let program = self.decap.program().expect("program");
-        self.ns
-            .enter(|| fixture::run(program, packet, self.ifindex))
-    }
 }
