@@ -2142,25 +2142,7 @@ mod tests {
                 (1002, 1, lb_common::conntrack::CONN_F_CLOSING),
                 (1003, 2, 0),
             ] {
-                let flow = lb_common::FlowKey {
-                    src: [
-                        u32::from(std::net::Ipv4Addr::new(192, 0, 2, 1)).to_be(),
-                        0,
-                        0,
-                        0,
-                    ],
-                    dst: [
-                        u32::from(std::net::Ipv4Addr::new(10, 0, 0, 1)).to_be(),
-                        0,
-                        0,
-                        0,
-                    ],
-                    sport: u16::to_be(sport),
-                    dport: u16::to_be(80),
-                    proto: lb_common::PROTO_TCP,
-                    family: lb_common::FAMILY_V4,
-                    ..Default::default()
-                };
+                let flow = client_flow(sport);
                 let conn = lb_common::Connection {
                     real,
                     last_seen_ns: now,
@@ -2181,31 +2163,36 @@ mod tests {
             assert!(mh.datapath().writes().is_empty());
         }
 
+        /// A TCP flow from 192.0.2.1:`sport` to the service 10.0.0.1:80, as the data path keys it.
+        fn client_flow(sport: u16) -> lb_common::FlowKey {
+            lb_common::FlowKey {
+                src: [
+                    u32::from(std::net::Ipv4Addr::new(192, 0, 2, 1)).to_be(),
+                    0,
+                    0,
+                    0,
+                ],
+                dst: [
+                    u32::from(std::net::Ipv4Addr::new(10, 0, 0, 1)).to_be(),
+                    0,
+                    0,
+                    0,
+                ],
+                sport: sport.to_be(),
+                dport: 80u16.to_be(),
+                proto: lb_common::PROTO_TCP,
+                family: lb_common::FAMILY_V4,
+                ..Default::default()
+            }
+        }
+
         #[test]
         fn a_real_server_removed_takes_its_connections_with_it() {
             let mut rt = Runtime::new(FakeDataPath::default(), None);
             rt.change_to(state(TWO_SERVICES)).expect("applied");
             let now = monotonic_ns();
             for (sport, real) in [(1000, 1), (1001, 2), (1002, 2)] {
-                let flow = lb_common::FlowKey {
-                    src: [
-                        u32::from(std::net::Ipv4Addr::new(192, 0, 2, 1)).to_be(),
-                        0,
-                        0,
-                        0,
-                    ],
-                    dst: [
-                        u32::from(std::net::Ipv4Addr::new(10, 0, 0, 1)).to_be(),
-                        0,
-                        0,
-                        0,
-                    ],
-                    sport: u16::to_be(sport),
-                    dport: u16::to_be(80),
-                    proto: lb_common::PROTO_TCP,
-                    family: lb_common::FAMILY_V4,
-                    ..Default::default()
-                };
+                let flow = client_flow(sport);
                 let conn = lb_common::Connection {
                     real,
                     last_seen_ns: now,
