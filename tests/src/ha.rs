@@ -237,9 +237,57 @@ impl Recorder {
         Self { child, log }
     }
 
-    /// The requests so far.
+    /// Starts in `client` a prober that opens a new connection to the VIP every 20 ms whatever
+    /// the earlier ones do (up to 45 at once), each answered within 0.9 s or failed: a SYN that
+    /// had to be sent again (Linux's first retransmission is after 1 s) is a failure. The attempts
+    /// that start during an outage fail and the first one after it is answered, so the gap is
+    /// measured to 20 ms ([`outage`]), where the sequential client's is rounded up to its 0.5 s
+    /// timeouts.
+    pub fn concurrent(client: &Netns) -> Self {
+        let log = PathBuf::from(format!("/tmp/{}-probes.log", client.name()));
+        let child = client
+            .command("timeout")
+            .args([
+                "600",
+                "python3",
+                "-c",
+                &format!(
+                    "import asyncio, sys, time\n\
+                     out = open(sys.argv[1], 'w', buffering=1)\n\
+                     async def once():\n\
+                     \x20   r, w = await asyncio.open_connection('{VIP}', 80)\n\
+                     \x20   w.write(b'GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n')\n\
+                     \x20   data = await r.read()\n\
+                     \x20   w.close()\n\
+                     \x20   return data.decode().strip().splitlines()[-1]\n\
+                     async def attempt(t):\n\
+                     \x20   try:\n\
+                     \x20       who = await asyncio.wait_for(once(), 0.9)\n\
+                     \x20   except Exception:\n\
+                     \x20       who = 'FAILED'\n\
+                     \x20   out.write('%.3f %.3f %s\\n' % (t, time.time() - t, who))\n\
+                     async def main():\n\
+                     \x20   live = set()\n\
+                     \x20   while True:\n\
+                     \x20       task = asyncio.create_task(attempt(time.time()))\n\
+                     \x20       live.add(task)\n\
+                     \x20       task.add_done_callback(live.discard)\n\
+                     \x20       await asyncio.sleep(0.02)\n\
+                     asyncio.run(main())\n"
+                ),
+            ])
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(format!("{}.err", log.display())).expect("stderr file"))
+            .spawn()
+            .expect("start the prober");
+        Self { child, log }
+    }
+
+    /// The requests so far, by start.
     pub fn requests(&self) -> Vec<Request> {
-        std::fs::read_to_string(&self.log)
+        let mut requests: Vec<Request> = std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
             .filter_map(|line| {
@@ -253,7 +301,9 @@ impl Recorder {
                     answer: (who != "FAILED").then(|| who.to_owned()),
                 })
             })
-            .collect()
+            .collect();
+        requests.sort_by(|a, b| a.start.total_cmp(&b.start));
+        requests
     }
 }
 
@@ -279,6 +329,98 @@ pub fn gap(requests: &[Request], from: f64, to: f64) -> (usize, usize, f64) {
         _ => 0.0,
     };
     (window.len(), failed.len(), outage)
+}
+
+/// The outage the requests that started in `[from, to)` saw (from the prober,
+/// [`Recorder::concurrent`]): how many, how many failed, and the gap in service, from the start
+/// of the last answered request before the first failed one to the start of the first answered
+/// request after the last failed one (0 without failure). Answers that arrived after the gap
+/// are not needed: the first answered request after it shows the service was back when it
+/// started.
+pub fn outage(requests: &[Request], from: f64, to: f64) -> (usize, usize, f64) {
+    let window: Vec<&Request> = requests
+        .iter()
+        .filter(|r| r.start >= from && r.start < to)
+        .collect();
+    let failed = window.iter().filter(|r| r.answer.is_none()).count();
+    let first = window.iter().position(|r| r.answer.is_none());
+    let last = window.iter().rposition(|r| r.answer.is_none());
+    let gap = match (first, last) {
+        (Some(first), Some(last)) => {
+            let before = window[..first]
+                .iter()
+                .rev()
+                .find(|r| r.answer.is_some())
+                .map_or(window[first].start, |r| r.start);
+            let after = window[last..]
+                .iter()
+                .find(|r| r.answer.is_some())
+                .map_or(to, |r| r.start);
+            after - before
+        }
+        _ => 0.0,
+    };
+    (window.len(), failed, gap)
+}
+
+/// `ip -o monitor` in a namespace, each line stamped with the time it was read (seconds since
+/// the epoch); stopped when dropped.
+pub struct Monitor {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Monitor {
+    /// Watches `objects` (e.g. "address", "neigh") in `ns`.
+    pub fn start(ns: &Netns, objects: &str) -> Self {
+        let log = PathBuf::from(format!(
+            "/tmp/{}-monitor-{}.log",
+            ns.name(),
+            objects.replace(' ', "-")
+        ));
+        let child = ns
+            .command("python3")
+            .args([
+                "-c",
+                "import subprocess, sys, time\n\
+                 out = open(sys.argv[1], 'w', buffering=1)\n\
+                 ip = subprocess.Popen(['ip', '-o', 'monitor'] + sys.argv[2].split(), \
+                 stdout=subprocess.PIPE)\n\
+                 for line in ip.stdout:\n\
+                 \x20   out.write('%.3f %s\\n' % (time.time(), line.decode().strip()))\n",
+            ])
+            .arg(&log)
+            .arg(objects)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start ip monitor");
+        Self { child, log }
+    }
+
+    /// The first event after `after` whose line contains every one of `words`: when it was
+    /// seen.
+    pub fn first(&self, after: f64, words: &[&str]) -> Option<f64> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let (stamp, event) = line.split_once(' ')?;
+                Some((stamp.parse::<f64>().ok()?, event))
+            })
+            .find(|(stamp, event)| *stamp >= after && words.iter().all(|w| event.contains(w)))
+            .map(|(stamp, _)| stamp)
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        // The `ip monitor` child goes with the namespace, or on its next write to a closed pipe.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
 }
 
 /// Runs `command` and returns whether it succeeded and what it wrote (stdout then stderr).
@@ -415,5 +557,105 @@ impl Drop for Bird<'_> {
             let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Many long-lived HTTP/1.1 connections to the VIP from one client process, one from each source
+/// port of a range (so that the flows are known in advance), asked again in rounds. A connection
+/// that failed once (reset, closed or timed out after 3 s) stays failed: it is never opened again.
+pub struct Flows {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    /// The source ports, in the order of every round's answers.
+    pub ports: Vec<u16>,
+}
+
+impl Flows {
+    /// Opens one connection from each port of `ports` in `client`, each with a first request;
+    /// also returns who answered each (None: it failed).
+    pub fn open(client: &Netns, ports: std::ops::Range<u16>) -> (Self, Vec<Option<String>>) {
+        let mut child = client
+            .command("timeout")
+            .args([
+                "300",
+                "python3",
+                "-c",
+                &format!(
+                    "import http.client, sys\n\
+                     ports = range(int(sys.argv[1]), int(sys.argv[2]))\n\
+                     conns = {{}}\n\
+                     for p in ports:\n\
+                     \x20   conns[p] = http.client.HTTPConnection('{VIP}', 80, timeout=3, \
+                     source_address=('', p))\n\
+                     def ask():\n\
+                     \x20   out = []\n\
+                     \x20   for p in ports:\n\
+                     \x20       c, who = conns[p], 'FAILED'\n\
+                     \x20       if c is not None:\n\
+                     \x20           try:\n\
+                     \x20               c.request('GET', '/')\n\
+                     \x20               who = c.getresponse().read().decode().strip()\n\
+                     \x20               c.auto_open = 0\n\
+                     \x20           except Exception:\n\
+                     \x20               c.close()\n\
+                     \x20               conns[p] = None\n\
+                     \x20       out.append(who)\n\
+                     \x20   print(' '.join(out), flush=True)\n\
+                     ask()\n\
+                     for line in sys.stdin:\n\
+                     \x20   ask()\n"
+                ),
+            ])
+            .arg(ports.start.to_string())
+            .arg(ports.end.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the long-lived connections");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut this = Self {
+            child,
+            stdin,
+            stdout,
+            ports: ports.collect(),
+        };
+        let first = this.read_round();
+        (this, first)
+    }
+
+    fn read_round(&mut self) -> Vec<Option<String>> {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .expect("read a round of answers");
+        let answers: Vec<Option<String>> = line
+            .split_whitespace()
+            .map(|who| (who != "FAILED").then(|| who.to_owned()))
+            .collect();
+        assert_eq!(
+            answers.len(),
+            self.ports.len(),
+            "the long-lived connections' client stopped"
+        );
+        answers
+    }
+
+    /// Asks on every connection again: who answered each (None: it failed, now or before).
+    pub fn ask(&mut self) -> Vec<Option<String>> {
+        use std::io::Write as _;
+        self.stdin.write_all(b"\n").expect("ask for a round");
+        self.stdin.flush().expect("flush");
+        self.read_round()
+    }
+}
+
+impl Drop for Flows {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
