@@ -199,6 +199,36 @@ impl Netlink {
         Ok(())
     }
 
+    /// The link-layer address (MAC) the kernel's neighbour table holds for `addr` on the
+    /// interface `ifindex`, as the data path reads it; `None` while there is no entry or it is
+    /// not resolved (incomplete, failed).
+    pub fn neighbour_mac(
+        &mut self,
+        ifindex: u32,
+        addr: IpAddr,
+    ) -> Result<Option<[u8; 6]>, NeighbourError> {
+        let mut entry = NeighbourMessage::default();
+        entry.header.family = family(addr);
+        entry.header.ifindex = ifindex;
+        entry
+            .attributes
+            .push(NeighbourAttribute::Destination(match addr {
+                IpAddr::V4(a) => NeighbourAddress::Inet(a),
+                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+            }));
+        let found = match self.request(RouteNetlinkMessage::GetNeighbour(entry), 0) {
+            Ok(found) => found,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(source) => {
+                return Err(NeighbourError::Netlink {
+                    what: "reading a neighbour entry",
+                    source,
+                })
+            }
+        };
+        Ok(found.iter().find_map(resolved_mac))
+    }
+
     /// The addresses of the interface `ifindex`, but for link-local ones (`ip addr show`'s
     /// "scope link").
     pub fn global_addresses(&mut self, ifindex: u32) -> Result<Vec<IpAddr>, NeighbourError> {
@@ -237,6 +267,23 @@ fn next_hop_of(addr: IpAddr, route: &RouteMessage) -> Option<NextHop> {
         }
     }
     (hop.ifindex != 0).then_some(hop)
+}
+
+/// The MAC of a neighbour entry in a state that has one (not incomplete, failed or none).
+fn resolved_mac(message: &RouteNetlinkMessage) -> Option<[u8; 6]> {
+    let RouteNetlinkMessage::NewNeighbour(entry) = message else {
+        return None;
+    };
+    if matches!(
+        entry.header.state,
+        NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
+    ) {
+        return None;
+    }
+    entry.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(mac) => mac.as_slice().try_into().ok(),
+        _ => None,
+    })
 }
 
 fn is_permanent(message: &RouteNetlinkMessage) -> bool {
@@ -310,6 +357,30 @@ mod tests {
         )));
         entry.header.state = NeighbourState::Reachable;
         assert!(!is_permanent(&RouteNetlinkMessage::NewNeighbour(entry)));
+    }
+
+    #[test]
+    fn only_a_resolved_entry_gives_a_mac() {
+        let mut entry = NeighbourMessage::default();
+        entry
+            .attributes
+            .push(NeighbourAttribute::LinkLayerAddress(vec![
+                2, 0, 0, 0, 0, 11,
+            ]));
+        for (state, mac) in [
+            (NeighbourState::Reachable, Some([2, 0, 0, 0, 0, 11])),
+            (NeighbourState::Stale, Some([2, 0, 0, 0, 0, 11])),
+            (NeighbourState::Permanent, Some([2, 0, 0, 0, 0, 11])),
+            (NeighbourState::Incomplete, None),
+            (NeighbourState::Failed, None),
+        ] {
+            entry.header.state = state;
+            assert_eq!(
+                resolved_mac(&RouteNetlinkMessage::NewNeighbour(entry.clone())),
+                mac,
+                "{state:?}"
+            );
+        }
     }
 
     #[test]
