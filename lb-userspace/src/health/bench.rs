@@ -24,7 +24,7 @@ use tokio::runtime::Handle;
 use super::engine::{Engine, Target, DEFAULT_MAX_CONCURRENT_CHECKS};
 use crate::state::{
     health::{Check, CheckKind, CheckSpec, Timing},
-    Protocol, ServiceAddr,
+    Forwarding, Protocol, ServiceAddr,
 };
 
 /// How many local listeners [`run`]'s targets share.
@@ -176,6 +176,7 @@ async fn measure(
                     port: u16::try_from(i % 65_535 + 1).unwrap_or(u16::MAX),
                 },
                 real,
+                forwarding: Forwarding::DirectRoute,
                 spec: spec.clone(),
                 notify: None,
             })

@@ -29,9 +29,11 @@ use tokio_rustls::TlsConnector;
 use super::{
     half_open::{self, Answer, Prober},
     process::{run_shell, Outcome},
+    via_vip::{self, Delivery, Path, ViaProber},
 };
-use crate::state::health::{
-    format_duration, Check, CheckSpec, ConfigError, Expect, HttpCheck, StatusRanges,
+use crate::state::{
+    health::{format_duration, Check, CheckSpec, ConfigError, Expect, HttpCheck, StatusRanges},
+    Forwarding,
 };
 
 /// How much of an HTTP response or a send/expect reply is read at most.
@@ -71,6 +73,18 @@ enum ProbeKind {
         /// fails, in case the route changed.
         source: Mutex<Option<IpAddr>>,
     },
+    /// `--check-via-vip`: a SYN to VIP:port through the real server's forwarding path.
+    ViaVip {
+        /// The namespace's prober for the VIP's family, or why there is none.
+        prober: Result<&'static ViaProber, Reason>,
+        /// Direct routing or the tunnel.
+        delivery: Delivery,
+        /// The real server's address (whose next hop the probe goes to).
+        real: IpAddr,
+        /// The next hop and source, once known; forgotten when a check fails, in case the
+        /// route or the neighbour changed.
+        path: Mutex<Option<Path>>,
+    },
     Http {
         request: Vec<u8>,
         /// The connector (or why there is none) and the server name, for HTTPS.
@@ -90,10 +104,25 @@ enum ProbeKind {
 
 impl Probe {
     /// Prepares `spec` for the real server at `real` (the check's address and port default to
-    /// the real server's).
+    /// the real server's), as a direct-routing real server of a service at its own address.
     pub fn new(spec: &CheckSpec, real: SocketAddr) -> Result<Self, ConfigError> {
+        Self::for_real(spec, real, real.ip(), Forwarding::DirectRoute)
+    }
+
+    /// Prepares `spec` for the real server at `real`, reached by `forwarding`, of the service
+    /// whose VIP is `vip`: a check through the forwarding path (`--check-via-vip`) goes to the
+    /// VIP the way the data path sends clients' packets.
+    pub fn for_real(
+        spec: &CheckSpec,
+        real: SocketAddr,
+        vip: IpAddr,
+        forwarding: Forwarding,
+    ) -> Result<Self, ConfigError> {
         spec.validate()?;
-        let target = spec.target(real);
+        if spec.via_vip && vip.is_ipv6() != real.is_ipv6() {
+            return Err(ConfigError::ViaVipFamilyMismatch);
+        }
+        let target = spec.target_via(real, vip);
         let compiled = |expect: &Option<Expect>| -> Result<Option<(Regex, Expect)>, ConfigError> {
             expect
                 .as_ref()
@@ -101,6 +130,12 @@ impl Probe {
                 .transpose()
         };
         let kind = match &spec.check {
+            Check::Tcp | Check::TcpHalfOpen if spec.via_vip => ProbeKind::ViaVip {
+                prober: ViaProber::for_family(vip).map_err(|e| e.to_string()),
+                delivery: Delivery::new(forwarding, real.ip()),
+                real: real.ip(),
+                path: Mutex::new(None),
+            },
             Check::Tcp => ProbeKind::Tcp,
             Check::TcpHalfOpen => ProbeKind::TcpHalfOpen {
                 prober: Prober::for_target(target.ip()).map_err(|e| e.to_string()),
@@ -160,6 +195,23 @@ impl Probe {
                 }
                 verdict
             }
+            ProbeKind::ViaVip {
+                prober,
+                delivery,
+                real,
+                path,
+            } => {
+                let verdict = tokio::time::timeout(
+                    self.timeout,
+                    self.via_vip(prober, *delivery, *real, path),
+                )
+                .await
+                .unwrap_or_else(|_| Err(via_vip::silence_reason(self.target, *delivery, *real)));
+                if verdict.is_err() {
+                    *path.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                }
+                verdict
+            }
             // Boxed: the connection checks' state (TLS and all) is large, and a half-open
             // check, which runs ten thousand times a second, should not carry or move it.
             _ => tokio::time::timeout(self.timeout, Box::pin(self.network()))
@@ -210,6 +262,30 @@ impl Probe {
         }
     }
 
+    async fn via_vip(
+        &self,
+        prober: &Result<&'static ViaProber, Reason>,
+        delivery: Delivery,
+        real: IpAddr,
+        path: &Mutex<Option<Path>>,
+    ) -> Result<Option<u32>, Reason> {
+        let prober = prober.as_ref().map_err(Clone::clone)?;
+        let known = *path.lock().unwrap_or_else(|p| p.into_inner());
+        let route = match known {
+            Some(route) => route,
+            None => {
+                let route = Path::resolve(real)?;
+                *path.lock().unwrap_or_else(|p| p.into_inner()) = Some(route);
+                route
+            }
+        };
+        match prober.probe(route, delivery, self.target).await {
+            Ok(Answer::Open) => Ok(None),
+            Ok(Answer::Refused) => Err(via_vip::reset_reason(self.target)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     async fn network(&self) -> Result<Option<u32>, Reason> {
         let stream = TcpStream::connect(self.target)
             .await
@@ -217,7 +293,10 @@ impl Probe {
         // Close with a reset: a check leaves no TIME_WAIT behind.
         let _ = stream.set_zero_linger();
         match &self.kind {
-            ProbeKind::Tcp | ProbeKind::TcpHalfOpen { .. } | ProbeKind::Exec { .. } => Ok(None),
+            ProbeKind::Tcp
+            | ProbeKind::TcpHalfOpen { .. }
+            | ProbeKind::ViaVip { .. }
+            | ProbeKind::Exec { .. } => Ok(None),
             ProbeKind::Http {
                 request,
                 tls: None,

@@ -33,7 +33,7 @@ use super::{
 };
 use crate::state::{
     health::{CheckKind, CheckOptions, CheckSpec, ConfigError, ServiceHealth},
-    Protocol, ServiceAddr, VirtualService,
+    Forwarding, Protocol, ServiceAddr, VirtualService,
 };
 
 /// How many checks run at once by default: enough for 10,000 targets a second with room for
@@ -50,6 +50,9 @@ pub struct Target {
     pub service: ServiceAddr,
     /// The real server's address and port (what the check's address and port default to).
     pub real: SocketAddr,
+    /// How the data path reaches the real server (what a check through the forwarding path
+    /// does too).
+    pub forwarding: Forwarding,
     /// The check.
     pub spec: CheckSpec,
     /// The service's notify hook, run on each of this target's health changes.
@@ -91,6 +94,7 @@ impl Target {
                 targets.push(Target {
                     service: service.addr,
                     real: addr,
+                    forwarding: real.forwarding,
                     spec,
                     notify: health.notify.clone(),
                 });
@@ -228,7 +232,13 @@ impl Engine {
     pub fn update_targets(&self, targets: Vec<Target>) -> Result<(), TargetError> {
         let mut prepared = HashMap::with_capacity(targets.len());
         for target in targets {
-            let probe = Probe::new(&target.spec, target.real).map_err(|error| TargetError {
+            let probe = Probe::for_real(
+                &target.spec,
+                target.real,
+                target.service.addr,
+                target.forwarding,
+            )
+            .map_err(|error| TargetError {
                 service: target.service,
                 real: target.real,
                 error,
@@ -278,7 +288,7 @@ impl Engine {
                     key,
                     Entry {
                         kind: target.spec.check.kind(),
-                        checked: target.spec.target(target.real),
+                        checked: target.spec.target_via(target.real, target.service.addr),
                         target,
                         generation,
                         task: None,
@@ -564,7 +574,7 @@ mod tests {
     use tokio::{net::TcpListener, task::JoinHandle};
 
     use super::*;
-    use crate::state::{Forwarding, RealServer, Scheduler};
+    use crate::state::{RealServer, Scheduler};
 
     fn service() -> ServiceAddr {
         ServiceAddr {
@@ -591,6 +601,7 @@ mod tests {
         Target {
             service: service(),
             real,
+            forwarding: Forwarding::DirectRoute,
             spec: fast_tcp(),
             notify: None,
         }

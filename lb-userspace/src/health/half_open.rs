@@ -33,9 +33,12 @@ use tokio::sync::oneshot;
 
 /// TCP header flags.
 const FIN: u8 = 0x01;
-const SYN: u8 = 0x02;
-const RST: u8 = 0x04;
+pub(super) const SYN: u8 = 0x02;
+pub(super) const RST: u8 = 0x04;
 const ACK: u8 = 0x10;
+
+/// TCP's protocol number.
+const IPPROTO_TCP: u8 = 6;
 
 /// The SYN: a 20-byte header and one option, the MSS (servers answer a SYN without options
 /// all the same, but some middleboxes drop it).
@@ -133,7 +136,17 @@ impl ProbeSocket {
         // Room for a burst of answers while the receiver is not scheduled, and of SYNs.
         setsockopt(&raw, libc::SOL_SOCKET, libc::SO_RCVBUF, &(4 << 20))?;
         setsockopt(&raw, libc::SOL_SOCKET, libc::SO_SNDBUF, &(4 << 20))?;
-        attach_filter(&raw, &answer_filter(port, v6))?;
+        attach_filter(
+            &raw,
+            &answer_filter(
+                port,
+                if v6 {
+                    Layout::Ipv6Segment
+                } else {
+                    Layout::Ipv4
+                },
+            ),
+        )?;
         // Packets that arrived between the socket's creation and its filter are dropped by the
         // port check in `parse_answer_*`; nothing else needs draining.
         Ok(ProbeSocket {
@@ -469,10 +482,20 @@ fn parse_segment(tcp: &[u8], from: IpAddr, port: u16) -> Option<(Key, Answer)> {
     Some(((from, source_port, ack.wrapping_sub(1)), answer))
 }
 
+/// Where a socket's packets start, for [`answer_filter`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Layout {
+    /// At the IPv4 header (IPv4 raw sockets, and packet sockets of IPv4).
+    Ipv4,
+    /// At the TCP header (IPv6 raw sockets).
+    Ipv6Segment,
+    /// At the IPv6 header (packet sockets of IPv6); a TCP header right after it.
+    Ipv6Packet,
+}
+
 /// A classic BPF program that lets through only TCP segments to `port` with SYN and ACK, or
-/// with RST: everything else the host receives never wakes the receiver. IPv4 raw sockets see
-/// the IP header first; IPv6 raw sockets see the TCP header first.
-fn answer_filter(port: u16, v6: bool) -> Vec<libc::sock_filter> {
+/// with RST: everything else the host receives never wakes the receiver.
+pub(super) fn answer_filter(port: u16, layout: Layout) -> Vec<libc::sock_filter> {
     const LD_H_ABS: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16;
     const LD_H_IND: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_IND) as u16;
     const LD_B_ABS: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
@@ -485,19 +508,27 @@ fn answer_filter(port: u16, v6: bool) -> Vec<libc::sock_filter> {
     let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
     let port = u32::from(port);
     let mut program = Vec::new();
-    let (load_h, load_b) = if v6 {
-        (LD_H_ABS, LD_B_ABS)
-    } else {
-        // Not a first fragment's tail: fragment offset must be zero. Then X = IP header length.
-        program.push(op(LD_H_ABS, 0, 0, 6));
-        program.push(op(JSET, 8, 0, 0x1fff)); // -> drop
-        program.push(op(LDX_MSH, 0, 0, 0));
-        (LD_H_IND, LD_B_IND)
+    let (load_h, load_b, tcp) = match layout {
+        Layout::Ipv6Segment => (LD_H_ABS, LD_B_ABS, 0),
+        Layout::Ipv6Packet => {
+            // Next header TCP (no extension headers: answers to a SYN carry none).
+            program.push(op(LD_B_ABS, 0, 0, 6));
+            program.push(op(JEQ, 0, 7, u32::from(IPPROTO_TCP))); // -> drop
+            (LD_H_ABS, LD_B_ABS, 40)
+        }
+        Layout::Ipv4 => {
+            // Not a first fragment's tail: fragment offset must be zero. Then X = IP header
+            // length.
+            program.push(op(LD_H_ABS, 0, 0, 6));
+            program.push(op(JSET, 8, 0, 0x1fff)); // -> drop
+            program.push(op(LDX_MSH, 0, 0, 0));
+            (LD_H_IND, LD_B_IND, 0)
+        }
     };
     program.extend([
-        op(load_h, 0, 0, 2),                                   // destination port
+        op(load_h, 0, 0, tcp + 2),                             // destination port
         op(JEQ, 0, 5, port),                                   // not ours -> drop
-        op(load_b, 0, 0, 13),                                  // flags
+        op(load_b, 0, 0, tcp + 13),                            // flags
         op(JSET, 2, 0, u32::from(RST)),                        // reset -> accept
         op(AND, 0, 0, u32::from(SYN | ACK)),                   //
         op(JEQ, 0, 1, u32::from(SYN | ACK)),                   // not SYN-ACK -> drop

@@ -6,6 +6,8 @@
 //!   weights with quorum and sorry server (pure).
 //! - [`checker`]: the checks: TCP, HTTP(S), send/expect, exec.
 //! - [`half_open`]: the half-open TCP check's raw-socket SYN prober.
+//! - [`via_vip`]: the check through the forwarding path (`--check-via-vip`): a SYN to the VIP
+//!   sent to the real server's MAC or inside its tunnel.
 //! - [`engine`]: runs the checks on schedule, records the results, reports the changes.
 //! - [`bench`]: the engine's cost for many targets, for `cargo xtask bench`.
 //!
@@ -27,3 +29,4 @@ pub mod engine;
 pub mod half_open;
 pub mod machine;
 mod process;
+pub mod via_vip;

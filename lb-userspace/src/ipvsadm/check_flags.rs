@@ -181,6 +181,16 @@ pub const CHECK_FLAGS: &[Flag<CheckOptions>] = &[
         show: |o| switch(o.insecure),
     },
     Flag {
+        name: "--check-via-vip",
+        value: None,
+        help: "tcp, tcp-half-open: a SYN to VIP:PORT through the forwarding path (to the server's MAC, or in its tunnel), answered from the VIP",
+        set: |o, _| {
+            o.via_vip = Some(true);
+            Ok(())
+        },
+        show: |o| switch(o.via_vip),
+    },
+    Flag {
         name: "--check-interval",
         value: Some("DURATION"),
         help: "time between checks, like 500ms, 2s, 1m (default 2s)",
@@ -530,6 +540,27 @@ mod tests {
         }
         assert_eq!(read_back, written);
         written.build().expect("valid").expect("a check");
+    }
+
+    #[test]
+    fn the_check_through_the_forwarding_path_prints_back_as_its_switch() {
+        let flags: &[(&str, Option<&str>)] = &[
+            ("--check", Some("tcp-half-open")),
+            ("--check-port", Some("8080")),
+            ("--check-via-vip", None),
+        ];
+        let written = options(flags);
+        assert_eq!(written.via_vip, Some(true));
+        let printed = written.flags();
+        assert_eq!(
+            printed,
+            vec![
+                ("--check", Some("tcp-half-open".to_owned())),
+                ("--check-port", Some("8080".to_owned())),
+                ("--check-via-vip", None),
+            ]
+        );
+        assert!(written.build().expect("valid").expect("a check").via_vip);
     }
 
     #[test]

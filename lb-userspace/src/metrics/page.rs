@@ -213,6 +213,9 @@ pub fn describe_checks(health: &ServiceHealth) -> String {
         text
     };
     let mut text = match &spec.check {
+        Check::Tcp | Check::TcpHalfOpen if spec.via_vip => {
+            "SYN to the VIP through the forwarding path (SYN-ACK from the VIP)".to_owned()
+        }
         Check::Tcp => "tcp connect".to_owned(),
         Check::TcpHalfOpen => "tcp half-open (SYN, SYN-ACK)".to_owned(),
         Check::Http(h) => http("http", h),

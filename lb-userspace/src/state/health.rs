@@ -184,6 +184,15 @@ pub enum ConfigError {
     /// A sorry server of the other address family than its service, with direct routing.
     #[error("a sorry server of another address family than the service needs tunneling")]
     SorryFamilyMismatch,
+    /// `--check-via-vip` with `--check-address`: the check goes to the VIP, through the real
+    /// server's forwarding path, so there is no other address to check.
+    #[error("--check-address does not apply with --check-via-vip: the check goes to the VIP through the real server's forwarding path")]
+    ViaVipWithAddress,
+    /// `--check-via-vip` on a real server of another address family than its VIP: the probe's
+    /// answer comes from the VIP to an address of the balancer in the VIP's family, which a
+    /// tunnel across families does not give.
+    #[error("--check-via-vip needs the real server in the VIP's address family")]
+    ViaVipFamilyMismatch,
 }
 
 /// What a check does (`--check`).
@@ -730,6 +739,11 @@ pub struct CheckSpec {
     pub addr: Option<IpAddr>,
     /// The port to check, if not the real server's.
     pub port: Option<u16>,
+    /// `--check-via-vip`: the check (`tcp` or `tcp-half-open`) is a SYN to the VIP sent the way
+    /// the data path forwards clients' packets to this real server (to its MAC, or inside the
+    /// tunnel), answered by the real server from the VIP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub via_vip: bool,
     /// How often, how long, and how many results make a change.
     pub timing: Timing,
 }
@@ -741,16 +755,28 @@ impl CheckSpec {
             check,
             addr: None,
             port: None,
+            via_vip: false,
             timing: Timing::default(),
         }
     }
 
     /// Where to check a real server at `real`: its own address and port unless overridden.
+    /// A check through the forwarding path goes to the VIP instead ([`CheckSpec::target_via`]).
     pub fn target(&self, real: SocketAddr) -> SocketAddr {
         SocketAddr::new(
             self.addr.unwrap_or(real.ip()),
             self.port.unwrap_or(real.port()),
         )
+    }
+
+    /// Where a check of the real server at `real` of the service at `vip` goes: the VIP and the
+    /// check's port (else the real server's) with `--check-via-vip`, else [`CheckSpec::target`].
+    pub fn target_via(&self, real: SocketAddr, vip: IpAddr) -> SocketAddr {
+        if self.via_vip {
+            SocketAddr::new(vip, self.port.unwrap_or(real.port()))
+        } else {
+            self.target(real)
+        }
     }
 
     /// Checks that the spec can run: the timing is sane, the kind has what it needs, and its
@@ -784,6 +810,17 @@ impl CheckSpec {
                 value: "0".to_owned(),
                 expected: "a number 1..65535",
             });
+        }
+        if self.via_vip {
+            if !matches!(self.check, Check::Tcp | Check::TcpHalfOpen) {
+                return Err(ConfigError::NotForKind {
+                    flag: "--check-via-vip",
+                    kind: self.check.kind(),
+                });
+            }
+            if self.addr.is_some() {
+                return Err(ConfigError::ViaVipWithAddress);
+            }
         }
         match &self.check {
             Check::Tcp | Check::TcpHalfOpen => Ok(()),
@@ -872,6 +909,9 @@ pub struct CheckOptions {
     /// `--check-insecure`: `Some(true)` turns certificate verification off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub insecure: Option<bool>,
+    /// `--check-via-vip`: `Some(true)` sends the check through the forwarding path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via_vip: Option<bool>,
     /// `--check-interval`.
     #[serde(skip_serializing_if = "Option::is_none", with = "option_duration_text")]
     pub interval: Option<Duration>,
@@ -910,6 +950,7 @@ impl CheckOptions {
                 command: None,
                 dynamic_weight: None,
                 insecure: None,
+                via_vip: None,
                 ..base
             };
         }
@@ -925,6 +966,7 @@ impl CheckOptions {
             command: self.command.clone().or(base.command),
             dynamic_weight: self.dynamic_weight.or(base.dynamic_weight),
             insecure: self.insecure.or(base.insecure),
+            via_vip: self.via_vip.or(base.via_vip),
             interval: self.interval.or(base.interval),
             timeout: self.timeout.or(base.timeout),
             rise: self.rise.or(base.rise),
@@ -981,6 +1023,7 @@ impl CheckOptions {
             check,
             addr: self.addr,
             port: self.port,
+            via_vip: self.via_vip == Some(true),
             timing: Timing {
                 interval,
                 timeout: self.timeout.unwrap_or(defaults.timeout.min(interval)),
@@ -996,7 +1039,7 @@ impl CheckOptions {
 
     fn refuse_foreign_options(&self, kind: CheckKind) -> Result<(), ConfigError> {
         use CheckKind::{Exec, Http, Https, SendExpect, Tcp, TcpHalfOpen};
-        let uses: [(&'static str, bool, &[CheckKind]); 9] = [
+        let uses: [(&'static str, bool, &[CheckKind]); 10] = [
             ("--check-path", self.path.is_some(), &[Http, Https]),
             ("--check-host", self.host.is_some(), &[Http, Https]),
             ("--check-status", self.status.is_some(), &[Http, Https]),
@@ -1013,6 +1056,11 @@ impl CheckOptions {
                 &[Exec],
             ),
             ("--check-insecure", self.insecure.is_some(), &[Https]),
+            (
+                "--check-via-vip",
+                self.via_vip.is_some(),
+                &[Tcp, TcpHalfOpen],
+            ),
             (
                 "--check-address, --check-port or a timing option",
                 self.addr.is_some()
@@ -1423,6 +1471,44 @@ mod tests {
             (spec.check, spec.port, spec.timing.fall),
             (Check::TcpHalfOpen, Some(8080), 5)
         );
+    }
+
+    #[test]
+    fn a_check_through_the_forwarding_path_is_a_tcp_check_to_the_vip() {
+        let spec = options(json!({"via_vip": true, "port": 8080}))
+            .build()
+            .expect("valid")
+            .expect("a check");
+        assert_eq!((spec.check.clone(), spec.via_vip), (Check::Tcp, true));
+        let real: SocketAddr = "10.0.0.11:80".parse().expect("real");
+        let vip: IpAddr = "10.0.0.100".parse().expect("vip");
+        assert_eq!(
+            spec.target_via(real, vip),
+            "10.0.0.100:8080".parse().expect("target")
+        );
+        let plain = options(json!({"kind": "tcp"}))
+            .build()
+            .expect("valid")
+            .expect("a check");
+        assert_eq!(
+            plain.target_via(real, vip),
+            real,
+            "without it, the real server's own"
+        );
+        assert!(options(json!({"kind": "tcp-half-open", "via_vip": true}))
+            .build()
+            .is_ok());
+        let err = options(json!({"kind": "http", "via_vip": true}))
+            .build()
+            .expect_err("an HTTP check through the forwarding path");
+        assert_eq!(
+            err.to_string(),
+            "--check-via-vip does not apply to --check http"
+        );
+        let err = options(json!({"via_vip": true, "addr": "10.0.0.12"}))
+            .build()
+            .expect_err("another address");
+        assert_eq!(err, ConfigError::ViaVipWithAddress);
     }
 
     #[test]
