@@ -1,0 +1,273 @@
+//! The check through the forwarding path (`--check-via-vip`) end to end: a direct-routing real
+//! server and a tunnel real server (with xlb's XDP decapsulator), both prepared by
+//! `scripts/xlb-realserver`, are up when checked through the forwarding path. When the VIP is
+//! taken off a real server's `lo`, that check takes it down with the likely cause as its
+//! reason, while a plain tcp check of the same server's own address (another service) keeps
+//! passing; with the VIP back, it comes back.
+//!
+//! Lab (namespaces of its own): a bridge; the balancer 10.78.0.1, which holds the VIP on its
+//! eth0 (as a VRRP master does: the real servers' answers come from an address of its own);
+//! rs1 10.78.0.11 (direct routing) and rs2 10.78.0.12 (tunnel), each listening on port 80.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Output},
+    time::{Duration, Instant},
+};
+
+use xlb_tests::{
+    daemon::{binary, Daemon},
+    netns::{run_sh, sh, veth, Netns},
+    root,
+};
+
+const VIP: &str = "10.78.0.100";
+/// A second service over the same real servers, checked the plain way.
+const VIP_PLAIN: &str = "10.78.0.101";
+const BALANCER: &str = "10.78.0.1";
+const RS: [&str; 2] = ["10.78.0.11", "10.78.0.12"];
+const MODES: [&str; 2] = ["dr", "tun"];
+
+struct Lab {
+    _switch: Netns,
+    balancer: Netns,
+    reals: Vec<Netns>,
+    dir: PathBuf,
+    listeners: Vec<Child>,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let switch = Netns::new("vsw");
+        switch.sh("ip link add br0 type bridge && ip link set br0 up");
+        let balancer = Netns::new("vlb");
+        let reals = vec![Netns::new("vrs1"), Netns::new("vrs2")];
+        let dir = PathBuf::from(format!("/tmp/{}-via", balancer.name()));
+        std::fs::create_dir_all(dir.join("bpffs")).expect("lab directory");
+        sh(&format!("mount -t bpf bpf {}/bpffs", dir.display()));
+        let mut lab = Lab {
+            _switch: switch,
+            balancer,
+            reals,
+            dir,
+            listeners: Vec::new(),
+        };
+        let plug = |host: &Netns, port: &str, addr: &str| {
+            veth(host, "eth0", &lab._switch, port);
+            lab._switch.sh(&format!("ip link set {port} master br0"));
+            host.sh(&format!("ip addr add {addr}/24 dev eth0"));
+        };
+        plug(&lab.balancer, "plb", BALANCER);
+        lab.balancer.sh(&format!("ip addr add {VIP}/32 dev eth0"));
+        for (i, rs) in lab.reals.iter().enumerate() {
+            plug(rs, &format!("prs{}", i + 1), RS[i]);
+        }
+        for i in 0..lab.reals.len() {
+            lab.realserver(i, "up");
+            let listener = lab.reals[i]
+                .command("python3")
+                .args(["-m", "http.server", "80", "--bind", "0.0.0.0"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start a listener");
+            lab.listeners.push(listener);
+        }
+        for rs in &lab.reals {
+            let start = Instant::now();
+            while !rs
+                .run("ss -Hltn sport = :80 | grep -q LISTEN")
+                .status
+                .success()
+            {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "no listener on port 80"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        lab
+    }
+
+    /// Runs `xlb-realserver ACTION` on real server `i` in its mode.
+    fn realserver(&self, i: usize, action: &str) -> Output {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/xlb-realserver");
+        let mut command = self.reals[i].command("bash");
+        command
+            .args([
+                script, action, "--vip", VIP, "--mode", MODES[i], "--iface", "eth0",
+            ])
+            .env("XLBD", binary("xlbd"))
+            .env(
+                "XLB_DECAP_PIN_DIR",
+                self.dir.join(format!("bpffs/rs{}", i + 1)),
+            )
+            .env(
+                "XLB_REALSERVER_STATE",
+                self.dir.join(format!("rs{}.state", i + 1)),
+            );
+        if MODES[i] == "tun" {
+            command.args(["--decap", "xdp"]);
+        }
+        let out = command.output().expect("run xlb-realserver");
+        if action == "up" {
+            assert!(
+                out.status.success(),
+                "xlb-realserver up failed on rs{}:\n{}{}",
+                i + 1,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        out
+    }
+}
+
+impl Lab {
+    /// Attaches (or with `attach` false, removes) xlb's decapsulator on real server `i`.
+    fn decap(&self, i: usize, attach: bool) {
+        let mut command = self.reals[i].command(binary("xlbd").to_str().expect("a path"));
+        command.args(["decap", "--iface", "eth0"]).env(
+            "XLB_DECAP_PIN_DIR",
+            self.dir.join(format!("bpffs/rs{}", i + 1)),
+        );
+        if !attach {
+            command.arg("--remove");
+        }
+        let out = command.output().expect("run xlbd decap");
+        assert!(
+            out.status.success(),
+            "xlbd decap on rs{}: {}",
+            i + 1,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.listeners {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for i in 0..self.reals.len() {
+            let _ = self.realserver(i, "down");
+        }
+        let _ = run_sh(&format!("umount {}/bpffs", self.dir.display()));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The `-L -n` line of real server `real` under the service `vip`:80.
+fn line_of(listing: &str, vip: &str, real: &str) -> String {
+    let mut in_service = false;
+    for line in listing.lines() {
+        if line.starts_with("TCP") {
+            in_service = line.contains(&format!("{vip}:80"));
+        } else if in_service && line.contains(&format!("{real}:80")) {
+            return line.to_owned();
+        }
+    }
+    String::new()
+}
+
+/// Waits until real server `real` of the service `vip`:80 is in `state` ("up"/"down").
+fn wait_for(daemon: &Daemon<'_>, vip: &str, real: &str, state: &str, within: Duration) {
+    let start = Instant::now();
+    loop {
+        let line = line_of(&daemon.adm_ok(&["-L", "-n"]), vip, real);
+        if line.trim_end().ends_with(state) {
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "{real} of {vip}:80 not {state} after {within:?}: {line}\n{}\n{}",
+            daemon.adm_ok(&["-L", "-n", "--health"]),
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_real_server_without_the_vip_on_lo_fails_the_check_through_the_forwarding_path() {
+    root::require();
+    let lab = Lab::new();
+    let daemon = Daemon::start(&lab.balancer);
+    let timing = [
+        "--check-interval",
+        "500ms",
+        "--check-timeout",
+        "400ms",
+        "--rise",
+        "2",
+        "--fall",
+        "2",
+    ];
+    let via = format!("{VIP}:80");
+    let plain = format!("{VIP_PLAIN}:80");
+    let mut add = vec!["-A", "-t", via.as_str(), "-s", "mh", "--check-via-vip"];
+    add.extend_from_slice(&timing);
+    daemon.adm_ok(&add);
+    let mut add = vec!["-A", "-t", plain.as_str(), "-s", "mh", "--check", "tcp"];
+    add.extend_from_slice(&timing);
+    daemon.adm_ok(&add);
+    for (i, flag) in ["-g", "-i"].into_iter().enumerate() {
+        let real = format!("{}:80", RS[i]);
+        daemon.adm_ok(&["-a", "-t", &via, "-r", &real, flag]);
+        daemon.adm_ok(&["-a", "-t", &plain, "-r", &real, flag]);
+    }
+    let saved = daemon.adm_ok(&["-S", "-n"]);
+    assert!(saved.contains("--check-via-vip"), "{saved}");
+
+    let within = Duration::from_secs(10);
+    for real in RS {
+        wait_for(&daemon, VIP, real, "up", within);
+        wait_for(&daemon, VIP_PLAIN, real, "up", within);
+    }
+    let health = daemon.adm_ok(&["-L", "-n", "--health"]);
+    assert!(
+        health.contains(&format!("{VIP}:80")),
+        "checked at the VIP:\n{health}"
+    );
+
+    let causes = [
+        "(direct routing to 10.78.0.11): is the VIP on the real server's lo and its ARP suppressed?",
+        "(tunnel to 10.78.0.12): does the real server decapsulate, and is the VIP on its lo?",
+    ];
+    for (i, rs) in lab.reals.iter().enumerate() {
+        rs.sh(&format!("ip addr del {VIP}/32 dev lo"));
+        wait_for(&daemon, VIP, RS[i], "down", within);
+        let health = daemon.adm_ok(&["-L", "-n", "--health"]);
+        assert!(
+            health.contains(&format!(
+                "no answer from {VIP}:80 through the forwarding path"
+            )) && health.contains(causes[i]),
+            "rs{} down without its reason:\n{health}",
+            i + 1
+        );
+        // The same server's own address still passes a plain check.
+        assert!(
+            line_of(&daemon.adm_ok(&["-L", "-n"]), VIP_PLAIN, RS[i])
+                .trim_end()
+                .ends_with("up"),
+            "the plain check of rs{} should pass:\n{}",
+            i + 1,
+            daemon.adm_ok(&["-L", "-n", "--health"])
+        );
+        rs.sh(&format!("ip addr add {VIP}/32 dev lo"));
+        wait_for(&daemon, VIP, RS[i], "up", within);
+    }
+
+    // The tunnel real server without its decapsulator: the probe really is tunneled.
+    lab.decap(1, false);
+    wait_for(&daemon, VIP, RS[1], "down", within);
+    let health = daemon.adm_ok(&["-L", "-n", "--health"]);
+    assert!(health.contains(causes[1]), "{health}");
+    lab.decap(1, true);
+    wait_for(&daemon, VIP, RS[1], "up", within);
+    let listing = daemon.adm_ok(&["-L", "-n"]);
+    assert!(!listing.contains("down"), "everything back up:\n{listing}");
+}
