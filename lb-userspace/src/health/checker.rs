@@ -279,6 +279,9 @@ impl Probe {
                 route
             }
         };
+        if route.source == self.target.ip() {
+            return Err(via_vip::source_is_vip_reason(self.target.ip(), real));
+        }
         match prober.probe(route, delivery, self.target).await {
             Ok(Answer::Open) => Ok(None),
             Ok(Answer::Refused) => Err(via_vip::reset_reason(self.target)),

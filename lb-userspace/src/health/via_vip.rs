@@ -463,6 +463,15 @@ pub fn silence_reason(target: SocketAddr, delivery: Delivery, real: IpAddr) -> S
     }
 }
 
+/// Why no probe can go to the real server at `real` when the balancer's source address towards
+/// it is the VIP itself (IPv6 prefers a /128 VIP held on the interface): the real server would
+/// answer itself.
+pub fn source_is_vip_reason(vip: IpAddr, real: IpAddr) -> String {
+    format!(
+        "the balancer's source address towards {real} is the VIP {vip} itself, so the answer would stay on the real server: give the VIP preferred_lft 0 on the balancer (ip addr change ... preferred_lft 0) so that it is never chosen as a source"
+    )
+}
+
 /// Why a probe through the forwarding path was reset.
 pub fn reset_reason(target: SocketAddr) -> String {
     format!(
@@ -658,5 +667,10 @@ mod tests {
             v4("10.0.2.12")
         )
         .contains("does the real server decapsulate"));
+        assert!(
+            source_is_vip_reason(target.ip(), v4("10.0.0.11")).starts_with(
+                "the balancer's source address towards 10.0.0.11 is the VIP 10.0.0.100 itself"
+            )
+        );
     }
 }
