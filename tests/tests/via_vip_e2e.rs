@@ -5,9 +5,10 @@
 //! reason, while a plain tcp check of the same server's own address (another service) keeps
 //! passing; with the VIP back, it comes back.
 //!
-//! Lab (namespaces of its own): a bridge; the balancer 10.78.0.1, which holds the VIP on its
-//! eth0 (as a VRRP master does: the real servers' answers come from an address of its own);
-//! rs1 10.78.0.11 (direct routing) and rs2 10.78.0.12 (tunnel), each listening on port 80.
+//! Lab (namespaces of its own): a bridge; the balancer 10.78.0.1 / fd78::1, which holds the VIPs
+//! on its eth0 (as a VRRP master does: the real servers' answers come from an address of its
+//! own); rs1 10.78.0.11 / fd78::11 (direct routing) and rs2 10.78.0.12 / fd78::12 (tunnel), each
+//! listening on port 80. The same steps run over IPv4 and over IPv6.
 
 use std::{
     path::PathBuf,
@@ -21,11 +22,50 @@ use xlb_tests::{
     root,
 };
 
-const VIP: &str = "10.78.0.100";
-/// A second service over the same real servers, checked the plain way.
-const VIP_PLAIN: &str = "10.78.0.101";
-const BALANCER: &str = "10.78.0.1";
-const RS: [&str; 2] = ["10.78.0.11", "10.78.0.12"];
+/// The lab's addresses in one family.
+struct Family {
+    /// The VIP checked through the forwarding path.
+    vip: &'static str,
+    /// A second service over the same real servers, checked the plain way.
+    vip_plain: &'static str,
+    balancer: &'static str,
+    reals: [&'static str; 2],
+    /// The prefix length of the lab's network, and of a VIP.
+    prefix: u8,
+    host_prefix: u8,
+}
+
+const V4: Family = Family {
+    vip: "10.78.0.100",
+    vip_plain: "10.78.0.101",
+    balancer: "10.78.0.1",
+    reals: ["10.78.0.11", "10.78.0.12"],
+    prefix: 24,
+    host_prefix: 32,
+};
+
+const V6: Family = Family {
+    vip: "fd78::100",
+    vip_plain: "fd78::101",
+    balancer: "fd78::1",
+    reals: ["fd78::11", "fd78::12"],
+    prefix: 64,
+    host_prefix: 128,
+};
+
+impl Family {
+    /// An address and port 80 as `-L -n` prints it.
+    fn at(addr: &str) -> String {
+        if addr.contains(':') {
+            format!("[{addr}]:80")
+        } else {
+            format!("{addr}:80")
+        }
+    }
+}
+
+/// Both families' VIPs, as xlb-realserver takes them.
+const VIPS: &str = "10.78.0.100,fd78::100";
 const MODES: [&str; 2] = ["dr", "tun"];
 
 struct Lab {
@@ -52,21 +92,31 @@ impl Lab {
             dir,
             listeners: Vec::new(),
         };
-        let plug = |host: &Netns, port: &str, addr: &str| {
+        let plug = |host: &Netns, port: &str, addrs: [&str; 2]| {
             veth(host, "eth0", &lab._switch, port);
             lab._switch.sh(&format!("ip link set {port} master br0"));
-            host.sh(&format!("ip addr add {addr}/24 dev eth0"));
+            host.sh(&format!(
+                "ip addr add {}/{} dev eth0 && ip addr add {}/{} dev eth0 nodad",
+                addrs[0], V4.prefix, addrs[1], V6.prefix
+            ));
         };
-        plug(&lab.balancer, "plb", BALANCER);
-        lab.balancer.sh(&format!("ip addr add {VIP}/32 dev eth0"));
+        plug(&lab.balancer, "plb", [V4.balancer, V6.balancer]);
+        // The IPv6 VIP deprecated (preferred_lft 0): a /128 on the interface would otherwise
+        // be the balancer's preferred source towards the real servers, and every answer to the
+        // balancer, plain checks' too, would stay on the real server that holds the VIP.
+        lab.balancer.sh(&format!(
+            "ip addr add {}/{} dev eth0 && ip addr add {}/{} dev eth0 nodad preferred_lft 0",
+            V4.vip, V4.host_prefix, V6.vip, V6.host_prefix
+        ));
         for (i, rs) in lab.reals.iter().enumerate() {
-            plug(rs, &format!("prs{}", i + 1), RS[i]);
+            plug(rs, &format!("prs{}", i + 1), [V4.reals[i], V6.reals[i]]);
         }
         for i in 0..lab.reals.len() {
             lab.realserver(i, "up");
             let listener = lab.reals[i]
                 .command("python3")
-                .args(["-m", "http.server", "80", "--bind", "0.0.0.0"])
+                // Both families: http.server binds "::" dual-stack.
+                .args(["-m", "http.server", "80", "--bind", "::"])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
@@ -96,7 +146,7 @@ impl Lab {
         let mut command = self.reals[i].command("bash");
         command
             .args([
-                script, action, "--vip", VIP, "--mode", MODES[i], "--iface", "eth0",
+                script, action, "--vip", VIPS, "--mode", MODES[i], "--iface", "eth0",
             ])
             .env("XLBD", binary("xlbd"))
             .env(
@@ -159,20 +209,21 @@ impl Drop for Lab {
     }
 }
 
-/// The `-L -n` line of real server `real` under the service `vip`:80.
+/// The `-L -n` line of real server `real` under the service `vip`, both on port 80.
 fn line_of(listing: &str, vip: &str, real: &str) -> String {
+    let (service, real) = (Family::at(vip), Family::at(real));
     let mut in_service = false;
     for line in listing.lines() {
         if line.starts_with("TCP") {
-            in_service = line.contains(&format!("{vip}:80"));
-        } else if in_service && line.contains(&format!("{real}:80")) {
+            in_service = line.split_whitespace().nth(1) == Some(service.as_str());
+        } else if in_service && line.split_whitespace().nth(1) == Some(real.as_str()) {
             return line.to_owned();
         }
     }
     String::new()
 }
 
-/// Waits until real server `real` of the service `vip`:80 is in `state` ("up"/"down").
+/// Waits until real server `real` of the service `vip` (port 80) is in `state` ("up"/"down").
 fn wait_for(daemon: &Daemon<'_>, vip: &str, real: &str, state: &str, within: Duration) {
     let start = Instant::now();
     loop {
@@ -182,7 +233,7 @@ fn wait_for(daemon: &Daemon<'_>, vip: &str, real: &str, state: &str, within: Dur
         }
         assert!(
             start.elapsed() < within,
-            "{real} of {vip}:80 not {state} after {within:?}: {line}\n{}\n{}",
+            "{real} of {vip} not {state} after {within:?}: {line}\n{}\n{}",
             daemon.adm_ok(&["-L", "-n", "--health"]),
             daemon.log()
         );
@@ -194,6 +245,20 @@ fn wait_for(daemon: &Daemon<'_>, vip: &str, real: &str, state: &str, within: Dur
 #[ignore = "needs root: run with cargo xtask test"]
 fn a_real_server_without_the_vip_on_lo_fails_the_check_through_the_forwarding_path() {
     root::require();
+    check_through_the_forwarding_path(&V4);
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn the_check_through_the_forwarding_path_works_over_ipv6() {
+    root::require();
+    check_through_the_forwarding_path(&V6);
+}
+
+/// Both real servers up through the forwarding path of `family`; each down with its reason
+/// without the VIP on its lo (its plain check still passing), up with it back; the tunnel real
+/// server down without its decapsulator, up with it back.
+fn check_through_the_forwarding_path(family: &Family) {
     let lab = Lab::new();
     let daemon = Daemon::start(&lab.balancer);
     let timing = [
@@ -206,8 +271,8 @@ fn a_real_server_without_the_vip_on_lo_fails_the_check_through_the_forwarding_pa
         "--fall",
         "2",
     ];
-    let via = format!("{VIP}:80");
-    let plain = format!("{VIP_PLAIN}:80");
+    let via = Family::at(family.vip);
+    let plain = Family::at(family.vip_plain);
     let mut add = vec!["-A", "-t", via.as_str(), "-s", "mh", "--check-via-vip"];
     add.extend_from_slice(&timing);
     daemon.adm_ok(&add);
@@ -215,7 +280,7 @@ fn a_real_server_without_the_vip_on_lo_fails_the_check_through_the_forwarding_pa
     add.extend_from_slice(&timing);
     daemon.adm_ok(&add);
     for (i, flag) in ["-g", "-i"].into_iter().enumerate() {
-        let real = format!("{}:80", RS[i]);
+        let real = Family::at(family.reals[i]);
         daemon.adm_ok(&["-a", "-t", &via, "-r", &real, flag]);
         daemon.adm_ok(&["-a", "-t", &plain, "-r", &real, flag]);
     }
@@ -223,51 +288,61 @@ fn a_real_server_without_the_vip_on_lo_fails_the_check_through_the_forwarding_pa
     assert!(saved.contains("--check-via-vip"), "{saved}");
 
     let within = Duration::from_secs(10);
-    for real in RS {
-        wait_for(&daemon, VIP, real, "up", within);
-        wait_for(&daemon, VIP_PLAIN, real, "up", within);
+    for real in family.reals {
+        wait_for(&daemon, family.vip, real, "up", within);
+        wait_for(&daemon, family.vip_plain, real, "up", within);
     }
     let health = daemon.adm_ok(&["-L", "-n", "--health"]);
     assert!(
-        health.contains(&format!("{VIP}:80")),
+        health.contains(&format!("tcp {via}")),
         "checked at the VIP:\n{health}"
     );
 
     let causes = [
-        "(direct routing to 10.78.0.11): is the VIP on the real server's lo and its ARP suppressed?",
-        "(tunnel to 10.78.0.12): does the real server decapsulate, and is the VIP on its lo?",
+        format!(
+            "(direct routing to {}): is the VIP on the real server's lo and its ARP suppressed?",
+            family.reals[0]
+        ),
+        format!(
+            "(tunnel to {}): does the real server decapsulate, and is the VIP on its lo?",
+            family.reals[1]
+        ),
     ];
+    let vip_on_lo = format!("{}/{} dev lo", family.vip, family.host_prefix);
     for (i, rs) in lab.reals.iter().enumerate() {
-        rs.sh(&format!("ip addr del {VIP}/32 dev lo"));
-        wait_for(&daemon, VIP, RS[i], "down", within);
+        rs.sh(&format!("ip addr del {vip_on_lo}"));
+        wait_for(&daemon, family.vip, family.reals[i], "down", within);
         let health = daemon.adm_ok(&["-L", "-n", "--health"]);
         assert!(
-            health.contains(&format!(
-                "no answer from {VIP}:80 through the forwarding path"
-            )) && health.contains(causes[i]),
+            health.contains(&format!("no answer from {via} through the forwarding path"))
+                && health.contains(&causes[i]),
             "rs{} down without its reason:\n{health}",
             i + 1
         );
         // The same server's own address still passes a plain check.
         assert!(
-            line_of(&daemon.adm_ok(&["-L", "-n"]), VIP_PLAIN, RS[i])
-                .trim_end()
-                .ends_with("up"),
+            line_of(
+                &daemon.adm_ok(&["-L", "-n"]),
+                family.vip_plain,
+                family.reals[i]
+            )
+            .trim_end()
+            .ends_with("up"),
             "the plain check of rs{} should pass:\n{}",
             i + 1,
             daemon.adm_ok(&["-L", "-n", "--health"])
         );
-        rs.sh(&format!("ip addr add {VIP}/32 dev lo"));
-        wait_for(&daemon, VIP, RS[i], "up", within);
+        rs.sh(&format!("ip addr add {vip_on_lo} nodad"));
+        wait_for(&daemon, family.vip, family.reals[i], "up", within);
     }
 
     // The tunnel real server without its decapsulator: the probe really is tunneled.
     lab.decap(1, false);
-    wait_for(&daemon, VIP, RS[1], "down", within);
+    wait_for(&daemon, family.vip, family.reals[1], "down", within);
     let health = daemon.adm_ok(&["-L", "-n", "--health"]);
-    assert!(health.contains(causes[1]), "{health}");
+    assert!(health.contains(&causes[1]), "{health}");
     lab.decap(1, true);
-    wait_for(&daemon, VIP, RS[1], "up", within);
+    wait_for(&daemon, family.vip, family.reals[1], "up", within);
     let listing = daemon.adm_ok(&["-L", "-n"]);
     assert!(!listing.contains("down"), "everything back up:\n{listing}");
 }
