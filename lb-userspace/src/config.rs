@@ -939,6 +939,19 @@ weight = 2
     }
 
     #[test]
+    fn a_check_through_the_forwarding_path_is_configured_by_via_vip() {
+        let check = "[services.health.check]\nkind = \"tcp-half-open\"\nvia_vip = true\n";
+        let state = parse(&format!("{SERVICE}{check}")).expect("valid");
+        assert_eq!(state.services[0].health.check.via_vip, Some(true));
+        let check = "[services.health.check]\nvia_vip = true\naddr = \"10.0.0.3\"\n";
+        let message = error(&format!("{SERVICE}{check}"));
+        assert!(
+            message.contains("--check-address does not apply with --check-via-vip"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn a_half_open_check_is_configured_by_its_kind() {
         let check = "[services.health.check]\nkind = \"tcp-half-open\"\nport = 8080\n";
         let state = parse(&format!("{SERVICE}{check}")).expect("valid");
