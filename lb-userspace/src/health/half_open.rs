@@ -19,16 +19,20 @@
 use std::{
     collections::{hash_map::RandomState, HashMap},
     hash::BuildHasher as _,
-    io,
-    mem::size_of,
+    io::{self, IoSlice, IoSliceMut},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::AsRawFd as _,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Mutex, MutexGuard, OnceLock,
     },
+    time::Duration,
 };
 
+use nix::sys::socket::{
+    recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
+};
+use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 use tokio::sync::oneshot;
 
 /// TCP header flags.
@@ -42,7 +46,7 @@ const IPPROTO_TCP: u8 = 6;
 
 /// The SYN: a 20-byte header and one option, the MSS (servers answer a SYN without options
 /// all the same, but some middleboxes drop it).
-const SYN_LEN: usize = 24;
+pub const SYN_LEN: usize = 24;
 const MSS: u16 = 1460;
 const WINDOW: u16 = 64240;
 
@@ -92,25 +96,24 @@ pub struct Outgoing {
 /// A raw TCP socket that sends SYNs from a reserved port and receives only the answers to
 /// that port (SYN-ACKs and resets), with nothing else: the kernel's part of a half-open check.
 pub struct ProbeSocket {
-    raw: OwnedFd,
+    raw: Socket,
     /// Held for the reservation of `port`.
-    _reservation: OwnedFd,
+    _reservation: Socket,
     port: u16,
     v6: bool,
 }
 
-/// Buffers for [`ProbeSocket::receive`].
+/// Buffers for [`ProbeSocket::receive`]: the packets and the message headers of one batch.
 pub struct ReceiveBuffers {
     packets: Box<[[u8; ANSWER_CAP]; BATCH]>,
-    names: Box<[libc::sockaddr_in6; BATCH]>,
+    headers: MultiHeaders<SockaddrStorage>,
 }
 
 impl Default for ReceiveBuffers {
     fn default() -> Self {
         ReceiveBuffers {
             packets: Box::new([[0; ANSWER_CAP]; BATCH]),
-            // SAFETY: all zeroes is a valid sockaddr_in6 (and a sockaddr_in fits in it).
-            names: Box::new(unsafe { std::mem::zeroed() }),
+            headers: MultiHeaders::preallocate(BATCH, None),
         }
     }
 }
@@ -119,34 +122,20 @@ impl ProbeSocket {
     /// Opens one for IPv6 or IPv4 in the calling thread's network namespace (needs
     /// CAP_NET_RAW).
     pub fn open(v6: bool) -> io::Result<ProbeSocket> {
-        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
-        let reservation = socket(family, libc::SOCK_STREAM, 0)?;
-        if v6 {
-            setsockopt(&reservation, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &1)?;
-        }
-        let port = bind_any_port(&reservation, v6)?;
-        let raw = socket(family, libc::SOCK_RAW, libc::IPPROTO_TCP).map_err(|e| {
+        let (reservation, port) = reserve_port(v6)?;
+        let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+        let raw = Socket::new(domain, Type::RAW, Some(Protocol::TCP)).map_err(|e| {
             io::Error::new(e.kind(), format!("raw TCP socket (needs CAP_NET_RAW): {e}"))
         })?;
-        if v6 {
-            // The kernel fills in the checksum at this offset of what we send, with the source
-            // address it picks.
-            setsockopt(&raw, libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, &16)?;
-        }
         // Room for a burst of answers while the receiver is not scheduled, and of SYNs.
-        setsockopt(&raw, libc::SOL_SOCKET, libc::SO_RCVBUF, &(4 << 20))?;
-        setsockopt(&raw, libc::SOL_SOCKET, libc::SO_SNDBUF, &(4 << 20))?;
-        attach_filter(
-            &raw,
-            &answer_filter(
-                port,
-                if v6 {
-                    Layout::Ipv6Segment
-                } else {
-                    Layout::Ipv4
-                },
-            ),
-        )?;
+        raw.set_recv_buffer_size(4 << 20)?;
+        raw.set_send_buffer_size(4 << 20)?;
+        let layout = if v6 {
+            Layout::Ipv6Segment
+        } else {
+            Layout::Ipv4
+        };
+        raw.attach_filter(&answer_filter(port, layout))?;
         // Packets that arrived between the socket's creation and its filter are dropped by the
         // port check in `parse_answer_*`; nothing else needs draining.
         Ok(ProbeSocket {
@@ -178,25 +167,43 @@ impl ProbeSocket {
 
     /// Makes [`ProbeSocket::receive`] give up (with `WouldBlock`) after `timeout` without an
     /// answer; it waits forever otherwise.
-    pub fn set_receive_timeout(&self, timeout: std::time::Duration) -> io::Result<()> {
-        let tv = libc::timeval {
-            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-            tv_usec: libc::suseconds_t::from(timeout.subsec_micros().max(1)),
-        };
-        setsockopt(&self.raw, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
+    pub fn set_receive_timeout(&self, timeout: Duration) -> io::Result<()> {
+        // Zero would mean no timeout at all.
+        self.raw
+            .set_read_timeout(Some(timeout.max(Duration::from_micros(1))))
     }
 
-    /// Waits for at least one answer and reads up to a batch of them.
+    /// Waits for at least one answer and reads up to a batch of them (one `recvmmsg`).
     pub fn receive(&self, buffers: &mut ReceiveBuffers) -> io::Result<Vec<(Key, Answer)>> {
-        let lengths = recv_batch(&self.raw, &mut buffers.packets, &mut buffers.names)?;
-        Ok(lengths
+        let ReceiveBuffers { packets, headers } = buffers;
+        // Each answer's length and, for IPv6 (whose raw sockets give no IP header), its source.
+        let received: Vec<(usize, Option<Ipv6Addr>)> = {
+            let mut slices: Vec<[IoSliceMut<'_>; 1]> = packets
+                .iter_mut()
+                .map(|packet| [IoSliceMut::new(packet)])
+                .collect();
+            recvmmsg(
+                self.raw.as_raw_fd(),
+                headers,
+                slices.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            )?
+            .map(|message| {
+                let from = message
+                    .address
+                    .and_then(|a| a.as_sockaddr_in6().map(|a| a.ip()));
+                (message.bytes, from)
+            })
+            .collect()
+        };
+        Ok(received
             .iter()
-            .zip(buffers.packets.iter().zip(buffers.names.iter()))
-            .filter_map(|(&len, (buffer, name))| {
+            .zip(packets.iter())
+            .filter_map(|(&(len, from), buffer)| {
                 let packet = &buffer[..len.min(ANSWER_CAP)];
                 if self.v6 {
-                    let from = Ipv6Addr::from(name.sin6_addr.s6_addr);
-                    parse_answer_v6(packet, from, self.port)
+                    parse_answer_v6(packet, from?, self.port)
                 } else {
                     parse_answer_v4(packet, self.port)
                 }
@@ -398,44 +405,75 @@ pub fn source_for(target: SocketAddr) -> io::Result<IpAddr> {
     Ok(socket.local_addr()?.ip())
 }
 
-/// A SYN from `port` to `target`, with its checksum for IPv4 (for IPv6 the kernel computes it).
+/// A SYN from `source`:`port` to `target`, with its checksum (`source` is the address the
+/// kernel sends from, which [`source_for`] gives).
 pub fn syn(source: IpAddr, target: SocketAddr, port: u16, seq: u32) -> [u8; SYN_LEN] {
     let mut s = [0_u8; SYN_LEN];
-    s[0..2].copy_from_slice(&port.to_be_bytes());
-    s[2..4].copy_from_slice(&target.port().to_be_bytes());
-    s[4..8].copy_from_slice(&seq.to_be_bytes());
-    // Acknowledgment 0; data offset 6 words; SYN.
-    s[12] = 6 << 4;
-    s[13] = SYN;
-    s[14..16].copy_from_slice(&WINDOW.to_be_bytes());
-    // Checksum [16..18] and urgent pointer [18..20] zero; then the MSS option.
-    s[20] = 2;
-    s[21] = 4;
-    s[22..24].copy_from_slice(&MSS.to_be_bytes());
-    if let (IpAddr::V4(source), IpAddr::V4(dest)) = (source, target.ip()) {
-        let checksum = tcp_checksum_v4(source, dest, &s);
-        s[16..18].copy_from_slice(&checksum.to_be_bytes());
-    }
+    s.copy_from_slice(&tcp_segment(source, target, port, seq, SYN));
     s
 }
 
-/// The TCP checksum over the IPv4 pseudo-header and `segment` (whose checksum field is zero).
-fn tcp_checksum_v4(source: Ipv4Addr, dest: Ipv4Addr, segment: &[u8]) -> u16 {
+/// A TCP segment with `flags` from `source`:`port` to `target`, its checksum over the
+/// pseudo-header of either family. A SYN carries the MSS option ([`SYN_LEN`] bytes in all); a
+/// reset carries nothing.
+pub(super) fn tcp_segment(
+    source: IpAddr,
+    target: SocketAddr,
+    port: u16,
+    seq: u32,
+    flags: u8,
+) -> Vec<u8> {
+    let syn = flags & SYN != 0;
+    let mut s = vec![0_u8; if syn { SYN_LEN } else { 20 }];
+    s[0..2].copy_from_slice(&port.to_be_bytes());
+    s[2..4].copy_from_slice(&target.port().to_be_bytes());
+    s[4..8].copy_from_slice(&seq.to_be_bytes());
+    // Acknowledgment 0; data offset in words; the flags.
+    s[12] = if syn { 6 << 4 } else { 5 << 4 };
+    s[13] = flags;
+    if syn {
+        s[14..16].copy_from_slice(&WINDOW.to_be_bytes());
+        // Checksum [16..18] and urgent pointer [18..20] zero; then the MSS option.
+        s[20] = 2;
+        s[21] = 4;
+        s[22..24].copy_from_slice(&MSS.to_be_bytes());
+    }
+    let length = u32::try_from(s.len()).unwrap_or(u32::MAX);
+    let check = match (source, target.ip()) {
+        (IpAddr::V4(from), IpAddr::V4(to)) => {
+            let length = u16::try_from(length).unwrap_or(u16::MAX).to_be_bytes();
+            checksum(&[&from.octets(), &to.octets(), &[0, IPPROTO_TCP], &length, &s])
+        }
+        (from, to) => checksum(&[
+            &v6_octets(from),
+            &v6_octets(to),
+            &length.to_be_bytes(),
+            &[0, 0, 0, IPPROTO_TCP],
+            &s,
+        ]),
+    };
+    s[16..18].copy_from_slice(&check.to_be_bytes());
+    s
+}
+
+/// An address as IPv6 octets (IPv4-mapped for IPv4).
+pub(super) fn v6_octets(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// The Internet checksum (RFC 1071) of the parts, each of even length but the last.
+pub(super) fn checksum(parts: &[&[u8]]) -> u16 {
     let mut sum: u32 = 0;
-    let mut add = |bytes: &[u8]| {
-        for pair in bytes.chunks(2) {
+    for part in parts {
+        for pair in part.chunks(2) {
             let hi = u32::from(pair[0]) << 8;
             let lo = pair.get(1).copied().map_or(0, u32::from);
             sum += hi | lo;
         }
-    };
-    add(&source.octets());
-    add(&dest.octets());
-    add(&[0, libc::IPPROTO_TCP as u8]);
-    add(&u16::try_from(segment.len())
-        .unwrap_or(u16::MAX)
-        .to_be_bytes());
-    add(segment);
+    }
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -452,7 +490,7 @@ pub fn parse_answer_v4(packet: &[u8], port: u16) -> Option<(Key, Answer)> {
     let header = usize::from(first & 0x0f) * 4;
     // A fragment (offset or more-fragments) is not an answer to a SYN.
     let fragment = u16::from_be_bytes([*packet.get(6)?, *packet.get(7)?]) & 0x3fff;
-    if header < 20 || fragment != 0 || *packet.get(9)? != libc::IPPROTO_TCP as u8 {
+    if header < 20 || fragment != 0 || *packet.get(9)? != IPPROTO_TCP {
         return None;
     }
     let from: [u8; 4] = packet.get(12..16)?.try_into().ok()?;
@@ -495,7 +533,7 @@ pub(super) enum Layout {
 
 /// A classic BPF program that lets through only TCP segments to `port` with SYN and ACK, or
 /// with RST: everything else the host receives never wakes the receiver.
-pub(super) fn answer_filter(port: u16, layout: Layout) -> Vec<libc::sock_filter> {
+pub(super) fn answer_filter(port: u16, layout: Layout) -> Vec<SockFilter> {
     const LD_H_ABS: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16;
     const LD_H_IND: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_IND) as u16;
     const LD_B_ABS: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
@@ -505,7 +543,7 @@ pub(super) fn answer_filter(port: u16, layout: Layout) -> Vec<libc::sock_filter>
     const JSET: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
     const AND: u16 = (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16;
     const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
-    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let op = SockFilter::new;
     let port = u32::from(port);
     let mut program = Vec::new();
     let (load_h, load_b, tcp) = match layout {
@@ -538,204 +576,67 @@ pub(super) fn answer_filter(port: u16, layout: Layout) -> Vec<libc::sock_filter>
     program
 }
 
-fn socket(family: libc::c_int, kind: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: socket takes no pointers; a non-negative result is a new descriptor we own.
-    let fd = unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, protocol) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just opened and is owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Sets a socket option to `value` (any plain C value: an int, a timeval, a sock_fprog).
-fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
-    // SAFETY: `value` is valid for size_of::<T>() bytes; the kernel only reads (copies) them.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (value as *const T).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn attach_filter(fd: &OwnedFd, program: &[libc::sock_filter]) -> io::Result<()> {
-    let fprog = libc::sock_fprog {
-        len: u16::try_from(program.len()).map_err(io::Error::other)?,
-        // The kernel copies the program during the call, while `program` is borrowed.
-        filter: program.as_ptr().cast_mut(),
-    };
-    setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
-}
-
-/// Binds a TCP socket to a free port on every address of its family, and says which.
-fn bind_any_port(fd: &OwnedFd, v6: bool) -> io::Result<u16> {
-    // SAFETY: all zeroes is a valid sockaddr_in6: the unspecified address, port 0.
-    let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-    let mut len = if v6 {
-        addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-        size_of::<libc::sockaddr_in6>()
+/// A TCP socket bound to a free port on every address of its family (never listening), and the
+/// port: no connection of the host can take the port while the socket is held.
+pub(super) fn reserve_port(v6: bool) -> io::Result<(Socket, u16)> {
+    let (domain, any): (Domain, SocketAddr) = if v6 {
+        (Domain::IPV6, (Ipv6Addr::UNSPECIFIED, 0).into())
     } else {
-        // sockaddr_in's family field is where sockaddr_in6's is; its address is zero already.
-        addr.sin6_family = libc::AF_INET as libc::sa_family_t;
-        size_of::<libc::sockaddr_in>()
-    } as libc::socklen_t;
-    // SAFETY: addr is valid for len bytes.
-    if unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_in6).cast(),
-            len,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: addr and len are valid for the kernel to write the bound address.
-    if unsafe {
-        libc::getsockname(
-            fd.as_raw_fd(),
-            (&mut addr as *mut libc::sockaddr_in6).cast(),
-            &mut len,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    // The port is at the same offset in both families.
-    Ok(u16::from_be(addr.sin6_port))
-}
-
-/// A raw socket's destination for `ip` (the port must be zero; for IPv6 it means the protocol)
-/// and its length.
-fn destination(ip: IpAddr) -> (libc::sockaddr_in6, libc::socklen_t) {
-    // SAFETY: all zeroes is a valid sockaddr_in6.
-    let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-    let len = match ip {
-        IpAddr::V4(ip) => {
-            // SAFETY: sockaddr_in fits in sockaddr_in6, which is suitably aligned for it.
-            let v4 =
-                unsafe { &mut *(&mut addr as *mut libc::sockaddr_in6).cast::<libc::sockaddr_in>() };
-            v4.sin_family = libc::AF_INET as libc::sa_family_t;
-            v4.sin_addr.s_addr = u32::from_ne_bytes(ip.octets());
-            size_of::<libc::sockaddr_in>()
-        }
-        IpAddr::V6(ip) => {
-            addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            addr.sin6_addr.s6_addr = ip.octets();
-            size_of::<libc::sockaddr_in6>()
-        }
+        (Domain::IPV4, (Ipv4Addr::UNSPECIFIED, 0).into())
     };
-    (addr, len as libc::socklen_t)
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    if v6 {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&any.into())?;
+    let port = socket
+        .local_addr()?
+        .as_socket()
+        .map(|a| a.port())
+        .ok_or_else(|| io::Error::other("the reserved port's socket has no port"))?;
+    Ok((socket, port))
 }
 
-/// Sends up to [`BATCH`] SYNs (see [`ProbeSocket::send`]).
-fn send_batch(fd: &OwnedFd, batch: &[Outgoing]) -> Vec<(usize, i32)> {
-    let mut names: Vec<(libc::sockaddr_in6, libc::socklen_t)> =
-        batch.iter().map(|o| destination(o.key.0)).collect();
-    let mut iovecs: Vec<libc::iovec> = batch
+/// Sends up to [`BATCH`] SYNs (see [`ProbeSocket::send`]) with as few `sendmmsg` calls as the
+/// kernel allows; the ones that could not be sent, by index, with their errno.
+fn send_batch(socket: &Socket, batch: &[Outgoing]) -> Vec<(usize, i32)> {
+    // A raw socket's destination has port 0 (for IPv6 the field would be the protocol).
+    let addresses: Vec<Option<SockaddrStorage>> = batch
         .iter()
-        .map(|o| libc::iovec {
-            iov_base: o.segment.as_ptr().cast_mut().cast(),
-            iov_len: SYN_LEN,
-        })
+        .map(|o| Some(SockaddrStorage::from(SocketAddr::new(o.key.0, 0))))
         .collect();
-    let mut messages = message_headers(
-        &mut iovecs,
-        names.iter_mut().map(|(name, len)| (name, *len)),
-    );
+    let slices: Vec<[IoSlice<'_>; 1]> = batch.iter().map(|o| [IoSlice::new(&o.segment)]).collect();
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(batch.len(), None);
+    let no_control: [ControlMessage<'_>; 0] = [];
     let mut failed = Vec::new();
     let mut next = 0;
-    while next < messages.len() {
-        let rest = &mut messages[next..];
-        // SAFETY: every message points at a segment and a name valid for the lengths given,
-        // which live until the call returns; the kernel only reads them (and writes msg_len).
-        let sent = unsafe {
-            libc::sendmmsg(
-                fd.as_raw_fd(),
-                rest.as_mut_ptr(),
-                rest.len() as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if sent > 0 {
-            next += usize::try_from(sent).unwrap_or(rest.len());
-            continue;
-        }
-        // The first message of the rest failed (a sendmmsg that sent some reports the error
-        // of the next one on the next call): its probe fails, the others are tried again.
-        let errno = io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO);
-        if errno != libc::EINTR {
-            failed.push((next, errno));
-            next += 1;
+    while next < batch.len() {
+        let sent = sendmmsg(
+            socket.as_raw_fd(),
+            &mut headers,
+            &slices[next..],
+            &addresses[next..],
+            no_control,
+            MsgFlags::MSG_DONTWAIT,
+        )
+        .map(Iterator::count);
+        match sent {
+            Ok(sent) if sent > 0 => next += sent,
+            // Not an error, but nothing sent: the first is counted as failed, not retried forever.
+            Ok(_) => {
+                failed.push((next, nix::errno::Errno::EIO as i32));
+                next += 1;
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            // The first message of the rest failed (a sendmmsg that sent some reports the error
+            // of the next one on the next call): its probe fails, the others are tried again.
+            Err(errno) => {
+                failed.push((next, errno as i32));
+                next += 1;
+            }
         }
     }
     failed
-}
-
-/// One message header per buffer and address, pointing at them (for sendmmsg and recvmmsg).
-fn message_headers<'a>(
-    iovecs: &'a mut [libc::iovec],
-    names: impl Iterator<Item = (&'a mut libc::sockaddr_in6, libc::socklen_t)>,
-) -> Vec<libc::mmsghdr> {
-    iovecs
-        .iter_mut()
-        .zip(names)
-        .map(|(iovec, (name, len))| {
-            // SAFETY: all zeroes is a valid mmsghdr (null pointers, zero lengths).
-            let mut message: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            message.msg_hdr.msg_iov = iovec;
-            message.msg_hdr.msg_iovlen = 1;
-            message.msg_hdr.msg_name = (name as *mut libc::sockaddr_in6).cast();
-            message.msg_hdr.msg_namelen = len;
-            message
-        })
-        .collect()
-}
-
-/// Waits for at least one packet and reads up to [`BATCH`]; their lengths (the source address
-/// of each is in `names`).
-fn recv_batch(
-    fd: &OwnedFd,
-    buffers: &mut [[u8; ANSWER_CAP]; BATCH],
-    names: &mut [libc::sockaddr_in6; BATCH],
-) -> io::Result<Vec<usize>> {
-    let mut iovecs: Vec<libc::iovec> = buffers
-        .iter_mut()
-        .map(|b| libc::iovec {
-            iov_base: b.as_mut_ptr().cast(),
-            iov_len: ANSWER_CAP,
-        })
-        .collect();
-    let full = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-    let mut messages = message_headers(&mut iovecs, names.iter_mut().map(|name| (name, full)));
-    // SAFETY: every message points at a buffer and a name valid for the lengths given, which
-    // live until the call returns.
-    let count = unsafe {
-        libc::recvmmsg(
-            fd.as_raw_fd(),
-            messages.as_mut_ptr(),
-            messages.len() as libc::c_uint,
-            libc::MSG_WAITFORONE,
-            std::ptr::null_mut(),
-        )
-    };
-    if count < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(messages[..usize::try_from(count).unwrap_or(0)]
-        .iter()
-        .map(|m| m.msg_len as usize)
-        .collect())
 }
 
 #[cfg(test)]
@@ -768,16 +669,33 @@ mod tests {
         assert_eq!(&s[20..24], &[2, 4, 0x05, 0xb4]);
         // A segment with its checksum in place sums to zero (the checksum of it is 0).
         assert_eq!(
-            tcp_checksum_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 9), &s),
+            checksum(&[
+                &[10, 0, 0, 1],
+                &[10, 0, 0, 9],
+                &[0, IPPROTO_TCP],
+                &[0, 24],
+                &s
+            ]),
             0
         );
     }
 
     #[test]
-    fn an_ipv6_syn_leaves_the_checksum_to_the_kernel() {
+    fn an_ipv6_syn_carries_its_checksum_over_the_ipv6_pseudo_header() {
         let target: SocketAddr = "[fd00::9]:80".parse().unwrap();
-        let s = syn("fd00::1".parse().unwrap(), target, 40000, 1);
-        assert_eq!(&s[16..18], &[0, 0]);
+        let source: IpAddr = "fd00::1".parse().unwrap();
+        let s = syn(source, target, 40000, 1);
+        assert_ne!(&s[16..18], &[0, 0]);
+        assert_eq!(
+            checksum(&[
+                &v6_octets(source),
+                &v6_octets(target.ip()),
+                &[0, 0, 0, 24],
+                &[0, 0, 0, IPPROTO_TCP],
+                &s
+            ]),
+            0
+        );
     }
 
     #[test]

@@ -32,17 +32,15 @@ use std::{
     },
 };
 
-use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, SockFilter, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, Socket, Type};
 use tokio::sync::oneshot;
 
 use super::half_open::{
-    answer_filter, parse_answer_v4, parse_answer_v6, source_for, Answer, Key, Layout, RST, SYN,
+    answer_filter, checksum, parse_answer_v4, parse_answer_v6, reserve_port, source_for,
+    tcp_segment, v6_octets, Answer, Key, Layout, RST, SYN,
 };
 use crate::{neighbour::Netlink, state::Forwarding};
 
-/// The SYN's window and MSS, as [`super::half_open`]'s.
-const WINDOW: u16 = 64240;
-const MSS: u16 = 1460;
 /// The outer header's hop limit, as the data path's (`TUNNEL_TTL`).
 const TTL: u8 = 64;
 /// IP protocol numbers.
@@ -181,26 +179,8 @@ impl ViaProber {
     }
 
     fn open(v6: bool) -> io::Result<ViaProber> {
-        let (domain, ether_type) = if v6 {
-            (Domain::IPV6, ETH_P_IPV6)
-        } else {
-            (Domain::IPV4, ETH_P_IP)
-        };
-        let reservation = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-        if v6 {
-            reservation.set_only_v6(true)?;
-        }
-        let any: SocketAddr = if v6 {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        };
-        reservation.bind(&any.into())?;
-        let port = reservation
-            .local_addr()?
-            .as_socket()
-            .map(|a| a.port())
-            .ok_or_else(|| io::Error::other("the reserved port's socket has no port"))?;
+        let ether_type = if v6 { ETH_P_IPV6 } else { ETH_P_IP };
+        let (reservation, port) = reserve_port(v6)?;
         // A datagram packet socket: the kernel writes and strips the Ethernet header, and only
         // packets of this family reach it. Not bound to an interface: the answer may come back
         // through another one than the SYN left by.
@@ -211,11 +191,7 @@ impl ViaProber {
         )
         .map_err(|e| io::Error::new(e.kind(), format!("packet socket (needs CAP_NET_RAW): {e}")))?;
         let layout = if v6 { Layout::Ipv6Packet } else { Layout::Ipv4 };
-        let filter: Vec<SockFilter> = answer_filter(port, layout)
-            .iter()
-            .map(|op| SockFilter::new(op.code, op.jt, op.jf, op.k))
-            .collect();
-        socket.attach_filter(&filter)?;
+        socket.attach_filter(&answer_filter(port, layout))?;
         // Packets that arrived before the filter are dropped by the port check of the parser.
         Ok(ViaProber {
             socket,
@@ -379,63 +355,6 @@ fn ip_packet(source: IpAddr, dest: IpAddr, protocol: u8, payload: &[u8]) -> Vec<
     }
     packet.extend_from_slice(payload);
     packet
-}
-
-fn v6_octets(addr: IpAddr) -> [u8; 16] {
-    match addr {
-        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-        IpAddr::V6(a) => a.octets(),
-    }
-}
-
-/// A TCP segment with `flags` from `source`:`port` to `target`, its checksum over the
-/// pseudo-header of either family. A SYN carries the MSS option; a reset carries nothing.
-fn tcp_segment(source: IpAddr, target: SocketAddr, port: u16, seq: u32, flags: u8) -> Vec<u8> {
-    let syn = flags & SYN != 0;
-    let mut s = vec![0_u8; if syn { 24 } else { 20 }];
-    s[0..2].copy_from_slice(&port.to_be_bytes());
-    s[2..4].copy_from_slice(&target.port().to_be_bytes());
-    s[4..8].copy_from_slice(&seq.to_be_bytes());
-    s[12] = if syn { 6 << 4 } else { 5 << 4 };
-    s[13] = flags;
-    if syn {
-        s[14..16].copy_from_slice(&WINDOW.to_be_bytes());
-        s[20] = 2;
-        s[21] = 4;
-        s[22..24].copy_from_slice(&MSS.to_be_bytes());
-    }
-    let length = u32::try_from(s.len()).unwrap_or(u32::MAX);
-    let check = match (source, target.ip()) {
-        (IpAddr::V4(from), IpAddr::V4(to)) => {
-            let length = u16::try_from(length).unwrap_or(u16::MAX).to_be_bytes();
-            checksum(&[&from.octets(), &to.octets(), &[0, PROTO_TCP], &length, &s])
-        }
-        (from, to) => checksum(&[
-            &v6_octets(from),
-            &v6_octets(to),
-            &length.to_be_bytes(),
-            &[0, 0, 0, PROTO_TCP],
-            &s,
-        ]),
-    };
-    s[16..18].copy_from_slice(&check.to_be_bytes());
-    s
-}
-
-/// The Internet checksum (RFC 1071) of the parts, each of even length but the last.
-fn checksum(parts: &[&[u8]]) -> u16 {
-    let mut sum: u32 = 0;
-    for part in parts {
-        for pair in part.chunks(2) {
-            let hi = u32::from(pair[0]) << 8;
-            let lo = pair.get(1).copied().map_or(0, u32::from);
-            sum += hi | lo;
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// An answer as a datagram packet socket receives it (from the IP header on): the key of the
