@@ -8,7 +8,8 @@
 //! Lab (namespaces of its own): a bridge; the balancer 10.78.0.1 / fd78::1, which holds the VIPs
 //! on its eth0 (as a VRRP master does: the real servers' answers come from an address of its
 //! own); rs1 10.78.0.11 / fd78::11 (direct routing) and rs2 10.78.0.12 / fd78::12 (tunnel), each
-//! listening on port 80. The same steps run over IPv4 and over IPv6.
+//! listening on port 80. The same steps run over IPv4 and over IPv6. And in the routed lab
+//! (`xlb_tests::routed`): tunnel real servers in subnets of their own, reached through a router.
 
 use std::{
     path::PathBuf,
@@ -20,6 +21,7 @@ use xlb_tests::{
     daemon::{binary, Daemon},
     netns::{run_sh, sh, veth, Netns},
     root,
+    routed::{RoutedLab, VIP4 as ROUTED_VIP4, VIP6 as ROUTED_VIP6},
 };
 
 /// The lab's addresses in one family.
@@ -253,6 +255,64 @@ fn a_real_server_without_the_vip_on_lo_fails_the_check_through_the_forwarding_pa
 fn the_check_through_the_forwarding_path_works_over_ipv6() {
     root::require();
     check_through_the_forwarding_path(&V6);
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn the_check_through_the_forwarding_path_reaches_tunnel_servers_behind_a_router() {
+    root::require();
+    // The real servers in subnets of their own: the probe goes to the router's MAC, inside the
+    // tunnel; the balancer holds the VIPs on its lo.
+    let lab = RoutedLab::new(2);
+    let daemon = Daemon::start(&lab.balancer);
+    let reals4 = ["10.81.3.2", "10.81.4.2"];
+    let reals6 = ["fd81:3::2", "fd81:4::2"];
+    for (vip, reals) in [(ROUTED_VIP4, reals4), (ROUTED_VIP6, reals6)] {
+        let service = Family::at(vip);
+        daemon.adm_ok(&[
+            "-A",
+            "-t",
+            &service,
+            "-s",
+            "mh",
+            "--check-via-vip",
+            "--check-interval",
+            "500ms",
+            "--check-timeout",
+            "400ms",
+            "--rise",
+            "2",
+            "--fall",
+            "2",
+        ]);
+        for real in reals {
+            daemon.adm_ok(&["-a", "-t", &service, "-r", &Family::at(real), "-i"]);
+        }
+    }
+    let within = Duration::from_secs(10);
+    for (vip, reals) in [(ROUTED_VIP4, reals4), (ROUTED_VIP6, reals6)] {
+        for real in reals {
+            wait_for(&daemon, vip, real, "up", within);
+        }
+    }
+    lab.reals[0].sh(&format!("ip addr del {ROUTED_VIP4}/32 dev lo"));
+    wait_for(&daemon, ROUTED_VIP4, reals4[0], "down", within);
+    let health = daemon.adm_ok(&["-L", "-n", "--health"]);
+    assert!(
+        health.contains(
+            "(tunnel to 10.81.3.2): does the real server decapsulate, and is the VIP on its lo?"
+        ),
+        "{health}"
+    );
+    // Its IPv6 VIP is still there.
+    assert!(
+        line_of(&daemon.adm_ok(&["-L", "-n"]), ROUTED_VIP6, reals6[0])
+            .trim_end()
+            .ends_with("up"),
+        "{health}"
+    );
+    lab.reals[0].sh(&format!("ip addr add {ROUTED_VIP4}/32 dev lo"));
+    wait_for(&daemon, ROUTED_VIP4, reals4[0], "up", within);
 }
 
 /// Both real servers up through the forwarding path of `family`; each down with its reason
