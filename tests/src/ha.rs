@@ -65,13 +65,15 @@ pub fn holds_vip(ns: &Netns) -> bool {
         .contains(&format!(" {VIP}/32 "))
 }
 
-/// Adds a second balancer (`lb2`, eth0 at [`LB2`]) to the lab's bridge, and takes the VIP off the
+/// Adds a second balancer (`lb2`, eth0 at [`LB2`] and fd77::3) to the lab's bridge, and takes the VIP off the
 /// first: keepalived gives it to one of them.
 pub fn second_balancer(lab: &DrLab) -> Netns {
     let lb2 = Netns::new("lb2");
     veth(&lb2, "eth0", &lab.switch, "plb2");
     lab.switch.sh("ip link set plb2 master br0");
-    lb2.sh(&format!("ip addr add {LB2}/24 dev eth0"));
+    lb2.sh(&format!(
+        "ip addr add {LB2}/24 dev eth0 && ip addr add fd77::3/64 dev eth0 nodad"
+    ));
     lab.balancer.sh(&format!("ip addr del {VIP}/32 dev eth0"));
     lb2
 }
@@ -87,6 +89,11 @@ pub struct Keepalived<'a> {
 impl<'a> Keepalived<'a> {
     /// Writes its configuration and starts it.
     pub fn start(ns: &'a Netns, priority: u8) -> Self {
+        Self::start_with(ns, priority, |config| config)
+    }
+
+    /// Writes its configuration, changed by `edit` after the lab's own changes, and starts it.
+    pub fn start_with(ns: &'a Netns, priority: u8, edit: impl FnOnce(String) -> String) -> Self {
         let dir = PathBuf::from(format!("/tmp/{}-keepalived", ns.name()));
         std::fs::create_dir_all(&dir).expect("keepalived directory");
         let example =
@@ -103,6 +110,7 @@ impl<'a> Keepalived<'a> {
             )
             .replace("priority 150", &format!("priority {priority}"));
         assert_ne!(config, example, "the example's VIP or script path changed");
+        let config = edit(config);
         std::fs::write(dir.join("keepalived.conf"), config).expect("write keepalived.conf");
         let mut this = Self {
             ns,

@@ -6,7 +6,8 @@
 //! real server, and the old master takes the VIP back. A hard cut of the master (its switch port
 //! dropping everything) is measured five times with a prober opening a connection every 20 ms:
 //! each gap under a second. Flows that move to the other balancer after a real server was added
-//! or quiesced break exactly where the Maglev tables say. Two balancers with BIRD (the shipped
+//! or quiesced break exactly where the Maglev tables say. A pair with `nopreempt` and an IPv6 VIP
+//! keeps the returning master a backup and moves both VIPs. Two balancers with BIRD (the shipped
 //! example and health hook) announce the VIP to a router running BIRD with ECMP: flows are
 //! spread over both, 1000 flows get the same real server through either, and a balancer whose
 //! xlbd or BIRD is frozen, killed or stopped is withdrawn without breaking a flow.
@@ -18,7 +19,7 @@ use lb_userspace::maglev;
 use xlb_tests::{
     daemon::{binary, Daemon},
     ha::{self, gap, holds_vip, wait_until, Bird, Flows, Keepalived, Recorder},
-    lab::{real_addr, DrLab, KeepAliveClient, CLIENT, VIP},
+    lab::{real_addr, real_addr6, DrLab, KeepAliveClient, CLIENT, VIP, VIP6},
     netns::{veth, Netns},
     root,
 };
@@ -562,6 +563,174 @@ fn a_hard_cut_of_the_master_costs_under_a_second() {
         cuts.len(),
         logs()
     );
+}
+
+/// Whether `ns` holds the lab's IPv6 VIP on its eth0.
+fn holds_vip6(ns: &Netns) -> bool {
+    String::from_utf8_lossy(&ns.run("ip -6 -o addr show dev eth0").stdout)
+        .contains(&format!(" {VIP6}/128 "))
+}
+
+/// `n` requests to the IPv6 VIP from the client, each on a new connection: how many failed.
+fn failed_v6(lab: &DrLab, n: usize) -> usize {
+    let out = lab.client.sh(&format!(
+        "for i in $(seq {n}); do curl -sg --max-time 3 http://[{VIP6}]/ || echo FAILED; done"
+    ));
+    out.lines().filter(|l| !l.starts_with("rs")).count() + n.saturating_sub(out.lines().count())
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_nopreempt_pair_keeps_the_backup_master_and_carries_an_ipv6_vip() {
+    root::require();
+    ha::ensure_package("keepalived", "keepalived");
+    let lab = DrLab::new(2);
+    let lb2 = ha::second_balancer(&lab);
+    let lb1 = &lab.balancer;
+    lb1.sh(&format!("ip addr del {VIP6}/128 dev eth0"));
+    let xlbd1 = Daemon::start_with_config(lb1, Some(&config()));
+    let xlbd2 = Daemon::start_with_config(&lb2, Some(&config()));
+    let vip6 = format!("[{VIP6}]:80");
+    for daemon in [&xlbd1, &xlbd2] {
+        daemon.adm_ok(&["-A", "-t", &vip6, "-s", "mh"]);
+        for i in 0..2 {
+            daemon.adm_ok(&[
+                "-a",
+                "-t",
+                &vip6,
+                "-r",
+                &format!("[{}]:80", real_addr6(i)),
+                "-g",
+            ]);
+        }
+    }
+    // The example's `nopreempt` on both, and the IPv6 VIP beside the IPv4 one (an instance
+    // advertises one family; the other's addresses are excluded from the adverts).
+    let edit = |config: String| {
+        let out = config
+            .replace("    state BACKUP\n", "    state BACKUP\n    nopreempt\n")
+            .replace(
+                "    # virtual_ipaddress_excluded {\n    #     fd00::100/128 dev eth0\n    # }\n",
+                &format!(
+                    "    virtual_ipaddress_excluded {{\n        {VIP6}/128 dev eth0\n    }}\n"
+                ),
+            );
+        assert!(
+            out.contains("    nopreempt\n")
+                && out.contains(&format!("        {VIP6}/128 dev eth0")),
+            "the example's instance or IPv6 VIP comment changed:\n{out}"
+        );
+        out
+    };
+    // lb1 first, so that it is master: under nopreempt the first master stays one, whatever the
+    // priorities (lb2 started at the same time may win the first election).
+    let mut ka1 = Keepalived::start_with(lb1, 150, edit);
+    assert!(
+        wait_until(Duration::from_secs(10), || holds_vip(lb1)
+            && holds_vip6(lb1)),
+        "lb1 did not become master:\n{}",
+        ka1.log()
+    );
+    let mut ka2 = Keepalived::start_with(&lb2, 100, edit);
+    let logs = |ka1: &Keepalived, ka2: &Keepalived| {
+        format!(
+            "lb1's keepalived:\n{}\nlb2's keepalived:\n{}",
+            ka1.log(),
+            ka2.log()
+        )
+    };
+    // `ns` holds both VIPs, `other` neither, and the client sends to `ns` for both (keepalived's
+    // gratuitous ARP and unsolicited neighbour advertisement; the client has asked both before).
+    let master = |ns: &Netns, other: &Netns, within: u64| {
+        let mac = ns.sh("cat /sys/class/net/eth0/address").trim().to_owned();
+        wait_until(Duration::from_secs(within), || {
+            holds_vip(ns)
+                && holds_vip6(ns)
+                && !holds_vip(other)
+                && !holds_vip6(other)
+                && [VIP.to_string(), VIP6.to_string()].iter().all(|vip| {
+                    lab.client
+                        .sh(&format!("ip neigh show {vip} dev eth0"))
+                        .contains(&mac)
+                })
+        })
+    };
+    let (_, failed) = lab.spread(5);
+    assert_eq!(failed + failed_v6(&lab, 5), 0);
+    // lb2 a backup, and the client sending to lb1.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        master(lb1, &lb2, 10) && ka2.log().contains("Entering BACKUP STATE"),
+        "lb1 is not the only master:\n{}\n{}",
+        lab.client.sh("ip neigh"),
+        logs(&ka1, &ka2)
+    );
+
+    let recorder = Recorder::start(&lab.client);
+    let mut long_lived = LongLived::open(&lab);
+    let start = ha::now();
+    // lb1's keepalived stopped: lb2 takes both VIPs at once.
+    ka1.signal(libc::SIGTERM);
+    assert!(
+        master(&lb2, lb1, 10),
+        "lb2 did not take the VIPs:\n{}",
+        logs(&ka1, &ka2)
+    );
+    assert_eq!(
+        failed_v6(&lab, 5),
+        0,
+        "the IPv6 VIP does not answer through lb2"
+    );
+    long_lived.check("lb1's keepalived stopped");
+    let handed = ha::now();
+    // lb1 back with a higher priority: nopreempt, lb2 stays master.
+    ka1.spawn();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        master(&lb2, lb1, 0),
+        "lb1 took the VIPs back despite nopreempt:\n{}",
+        logs(&ka1, &ka2)
+    );
+    assert!(
+        ka1.log().contains("Entering BACKUP STATE"),
+        "lb1 is not a backup:\n{}",
+        logs(&ka1, &ka2)
+    );
+    long_lived.check("lb1 back as backup");
+    let returned = ha::now();
+    // lb2's keepalived stopped: lb1 takes both VIPs back.
+    ka2.signal(libc::SIGTERM);
+    assert!(
+        master(lb1, &lb2, 10),
+        "lb1 did not take the VIPs:\n{}",
+        logs(&ka1, &ka2)
+    );
+    assert_eq!(
+        failed_v6(&lab, 5),
+        0,
+        "the IPv6 VIP does not answer through lb1"
+    );
+    long_lived.check("lb2's keepalived stopped");
+    std::thread::sleep(Duration::from_millis(500));
+    let end = ha::now();
+    let requests = recorder.requests();
+    let figures = [
+        ("to lb2", gap(&requests, start, handed)),
+        ("lb1 back, nopreempt", gap(&requests, handed, returned)),
+        ("back to lb1", gap(&requests, returned, end)),
+    ];
+    for (name, (count, failed, outage)) in &figures {
+        println!("nopreempt pair, {name}: {failed} of {count} requests failed, gap {outage:.2} s");
+    }
+    // A stopping keepalived hands over at once (priority 0): nothing fails; a returning
+    // backup under nopreempt moves nothing.
+    for (name, (_, failed, _)) in &figures {
+        assert_eq!(*failed, 0, "{name}: requests failed");
+    }
+    let log = ka1.log() + &ka2.log();
+    for bad in ["SECURITY VIOLATION", "WARNING", "does not exist"] {
+        assert!(!log.contains(bad), "keepalived warned ({bad}):\n{log}");
+    }
 }
 
 /// How many long-lived connections the server-set test opens in each of its two parts.
