@@ -196,6 +196,17 @@ fn a_keepalived_pair_hands_the_vip_over_and_flows_keep_their_real_server() {
     let recorder = Recorder::start(&lab.client);
     std::thread::sleep(Duration::from_millis(500));
     let mut figures = Vec::new();
+    // What lb1's keepalived and xlbd logged, read from their files (the phases' actions hold
+    // them).
+    let lb1_logs = || {
+        let read = |what: &str| std::fs::read_to_string(format!("/tmp/{}-{what}", lb1.name()));
+        format!(
+            "lb1's keepalived:\n{}\nlb2's keepalived:\n{}\nlb1's xlbd:\n{}",
+            read("keepalived/keepalived.log").unwrap_or_default(),
+            ka2.log(),
+            read("xlbd/xlbd.log").unwrap_or_default()
+        )
+    };
     // Runs one phase: `act(true)` takes lb1 out, lb2 must hold the VIP (lb1 must not, unless
     // `lb1_keeps` says it cannot know, being cut off), the long-lived connections keep their
     // server; `act(false)` brings lb1 back, and it takes the VIP again.
@@ -208,12 +219,16 @@ fn a_keepalived_pair_hands_the_vip_over_and_flows_keep_their_real_server() {
         } else {
             lb2_master(10)
         };
-        assert!(taken, "{name}: lb2 did not take the VIP");
+        assert!(taken, "{name}: lb2 did not take the VIP:\n{}", lb1_logs());
         std::thread::sleep(Duration::from_millis(1500));
         long_lived.check(name);
         let mended = ha::now();
         act(false);
-        assert!(lb1_master(15), "{name}: lb1 did not take the VIP back");
+        assert!(
+            lb1_master(15),
+            "{name}: lb1 did not take the VIP back:\n{}",
+            lb1_logs()
+        );
         std::thread::sleep(Duration::from_millis(1500));
         long_lived.check(name);
         let end = ha::now();
