@@ -210,6 +210,10 @@ pub struct Saved {
     /// whole. Missing in older files: none.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub unsure: BTreeSet<ServiceAddr>,
+    /// Written by an xlbd that runs check and notify commands without a shell unless asked.
+    /// Missing in older files, whose commands that need a shell are marked as asking for one.
+    #[serde(default)]
+    pub commands_without_shell: bool,
 }
 
 impl Saved {
@@ -217,8 +221,25 @@ impl Saved {
     /// logged).
     pub fn read(path: &Path) -> Option<Saved> {
         let text = std::fs::read_to_string(path).ok()?;
-        match serde_json::from_str(&text) {
-            Ok(saved) => Some(saved),
+        match serde_json::from_str::<Saved>(&text) {
+            Ok(mut saved) => {
+                if !saved.commands_without_shell {
+                    let mut changed = saved.desired.keep_older_shell();
+                    if let Some(applied) = &mut saved.applied {
+                        changed += applied.keep_older_shell();
+                    }
+                    if changed > 0 {
+                        tracing::warn!(
+                            services = changed,
+                            "the state file was saved by an older xlbd, which ran every check \
+                             and notify command with sh -c: the commands that need a shell keep \
+                             it (--check-shell, --check-notify-shell)"
+                        );
+                    }
+                    saved.commands_without_shell = true;
+                }
+                Some(saved)
+            }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "unreadable state file");
                 None
@@ -901,12 +922,14 @@ impl<D: DataPath> Runtime<D> {
             installed: &'a Installed,
             #[serde(skip_serializing_if = "BTreeSet::is_empty")]
             unsure: &'a BTreeSet<ServiceAddr>,
+            commands_without_shell: bool,
         }
         let saved = SavedRef {
             desired: &self.desired,
             applied: (self.applied != self.desired).then_some(&self.applied),
             installed: &self.installed,
             unsure: &self.unsure,
+            commands_without_shell: true,
         };
         let tmp = path.with_extension("tmp");
         let write = || -> std::io::Result<()> {
@@ -2352,7 +2375,41 @@ mod tests {
                 rewritten.contains(r#""reals":{"10.0.0.11:80":1,"10.0.0.12:80":2}"#),
                 "saved with typed keys: {rewritten}"
             );
-            assert_eq!(Saved::read(&file.0), Some(saved));
+            assert_eq!(
+                Saved::read(&file.0),
+                Some(Saved {
+                    commands_without_shell: true,
+                    ..saved
+                })
+            );
+        }
+
+        #[test]
+        fn commands_that_an_older_xlbd_ran_by_sh_keep_their_shell() {
+            let desired = state(
+                "-A -t 10.0.0.1:80 --check exec --check-command 'probe | grep ok' --check-shell \
+                 --check-notify 'logger -t xlb' \n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.11:80 -g -w 1 --check exec \
+                 --check-command 'probe > /dev/null' --check-shell\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.12:80 -g -w 1 --check exec --check-command 'probe -x'\n",
+            );
+            let file = StateFile::new("shell");
+            let mut rt = Runtime::new(FakeDataPath::default(), Some(file.0.clone()));
+            rt.change_to(desired.clone()).expect("applied");
+            let saved = std::fs::read_to_string(&file.0).expect("saved");
+            // What an older xlbd wrote: no flag, every command run by sh -c.
+            let older = saved
+                .replace(r#","shell":true"#, "")
+                .replace(r#""shell":true,"#, "")
+                .replace(r#","commands_without_shell":true"#, "");
+            assert!(!older.contains("shell"), "{older}");
+            std::fs::write(&file.0, older).expect("written");
+            let read = Saved::read(&file.0).expect("read");
+            assert_eq!(read.desired, desired);
+            assert!(read.commands_without_shell);
+            // This xlbd's own file is read as it is.
+            std::fs::write(&file.0, saved).expect("written");
+            assert_eq!(Saved::read(&file.0).expect("read").desired, desired);
         }
 
         #[test]

@@ -22,6 +22,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub mod command;
 pub mod health;
 
 mod endpoint;
@@ -537,6 +538,21 @@ impl Change {
 }
 
 impl DesiredState {
+    /// Commands saved by an older xlbd, which ran every command by `sh -c`, that only a shell
+    /// can run keep it (`--check-shell`, `--check-notify-shell`); the number of services
+    /// changed.
+    pub fn keep_older_shell(&mut self) -> usize {
+        let mut changed = 0;
+        for svc in &mut self.services {
+            let mut any = svc.health.keep_older_shell();
+            for check in svc.real_checks.values_mut() {
+                any |= check.keep_older_shell();
+            }
+            changed += usize::from(any);
+        }
+        changed
+    }
+
     /// The service at `addr`, if any.
     pub fn service(&self, addr: &ServiceAddr) -> Option<&VirtualService> {
         self.services.iter().find(|s| s.addr == *addr)

@@ -28,7 +28,7 @@ use tokio_rustls::TlsConnector;
 
 use super::{
     half_open::{self, Answer, Prober},
-    process::{run_shell, Outcome},
+    process::{run_program, run_shell, Outcome},
     via_vip::{self, Delivery, Path, ViaProber},
 };
 use crate::state::{
@@ -99,6 +99,7 @@ enum ProbeKind {
     Exec {
         command: String,
         dynamic_weight: bool,
+        shell: bool,
     },
 }
 
@@ -160,9 +161,11 @@ impl Probe {
             Check::Exec {
                 command,
                 dynamic_weight,
+                shell,
             } => ProbeKind::Exec {
                 command: command.clone(),
                 dynamic_weight: *dynamic_weight,
+                shell: *shell,
             },
         };
         Ok(Probe {
@@ -185,7 +188,8 @@ impl Probe {
             ProbeKind::Exec {
                 command,
                 dynamic_weight,
-            } => self.exec(command, *dynamic_weight).await,
+                shell,
+            } => self.exec(command, *dynamic_weight, *shell).await,
             ProbeKind::TcpHalfOpen { prober, source } => {
                 let verdict = tokio::time::timeout(self.timeout, self.half_open(prober, source))
                     .await
@@ -329,14 +333,25 @@ impl Probe {
         }
     }
 
-    async fn exec(&self, command: &str, dynamic_weight: bool) -> Result<Option<u32>, Reason> {
+    async fn exec(
+        &self,
+        command: &str,
+        dynamic_weight: bool,
+        shell: bool,
+    ) -> Result<Option<u32>, Reason> {
         let env = [
             ("XLB_CHECK_ADDR", self.target.ip().to_string()),
             ("XLB_CHECK_PORT", self.target.port().to_string()),
         ];
-        let outcome = run_shell("xlb-check", command, &[], &env, self.timeout)
-            .await
-            .map_err(|e| format!("cannot run sh: {e}"))?;
+        let outcome = if shell {
+            run_shell("xlb-check", command, &[], &env, self.timeout)
+                .await
+                .map_err(|e| format!("cannot run sh: {e}"))?
+        } else {
+            run_program(command, &[], &env, self.timeout)
+                .await
+                .map_err(|e| format!("cannot run `{command}`: {e}"))?
+        };
         match outcome {
             Outcome::Exited { code: 0, .. } => Ok(None),
             Outcome::Exited { code, .. } if dynamic_weight && (2..=255).contains(&code) => {
@@ -933,24 +948,37 @@ mod tests {
     async fn an_exec_check_is_up_on_exit_zero_and_down_otherwise() {
         let real: SocketAddr = "127.0.0.1:80".parse().expect("address");
         let exec = |command: &'static str| json!({"kind": "exec", "command": command});
+        let shell =
+            |command: &'static str| json!({"kind": "exec", "command": command, "shell": true});
         let up = run(exec("true"), real).await;
         assert_eq!((up.ok, up.weight), (true, None));
         let down = run(exec("false"), real).await;
         assert_eq!((down.ok, down.reason.as_deref()), (false, Some("exit 1")));
-        let said = run(exec("echo 'disk full' >&2; exit 7"), real).await;
+        let said = run(shell("echo 'disk full' >&2; exit 7"), real).await;
         assert_eq!(said.reason.as_deref(), Some("exit 7: disk full"));
         let env = run(
-            exec(r#"test "$XLB_CHECK_ADDR:$XLB_CHECK_PORT" = 127.0.0.1:80"#),
+            shell(r#"test "$XLB_CHECK_ADDR:$XLB_CHECK_PORT" = 127.0.0.1:80"#),
             real,
         )
         .await;
         assert!(env.ok, "the command knows what it checks: {env:?}");
+        // Without a shell, the words are the program's arguments as written.
+        let words = run(exec("test 'a b' = 'a b'"), real).await;
+        assert!(words.ok, "{words:?}");
+        let missing = run(exec("/nonexistent/probe --deep"), real).await;
+        assert_eq!(
+            (missing.ok, missing.reason.as_deref()),
+            (
+                false,
+                Some("cannot run `/nonexistent/probe --deep`: No such file or directory (os error 2)")
+            )
+        );
     }
 
     #[tokio::test]
     async fn an_exec_check_with_dynamic_weight_takes_its_weight_from_the_exit_code() {
         let real: SocketAddr = "127.0.0.1:80".parse().expect("address");
-        let dynamic = |command: &'static str| json!({"kind": "exec", "command": command, "dynamic_weight": true});
+        let dynamic = |command: &'static str| json!({"kind": "exec", "command": command, "dynamic_weight": true, "shell": true});
         let seven = run(dynamic("exit 7"), real).await;
         assert_eq!((seven.ok, seven.weight), (true, Some(5)));
         let two = run(dynamic("exit 2"), real).await;

@@ -29,7 +29,7 @@ use tokio::{
 use super::{
     checker::{CheckResult, Probe},
     machine::{effective_service, EffectiveService, Health, TargetMachine, Transition},
-    process::{run_shell, Outcome},
+    process::{run_program, run_shell, Outcome},
 };
 use crate::state::{
     health::{CheckKind, CheckOptions, CheckSpec, ConfigError, ServiceHealth},
@@ -56,7 +56,16 @@ pub struct Target {
     /// The check.
     pub spec: CheckSpec,
     /// The service's notify hook, run on each of this target's health changes.
-    pub notify: Option<String>,
+    pub notify: Option<Notify>,
+}
+
+/// A notify hook (`--check-notify`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notify {
+    /// The command line.
+    pub command: String,
+    /// Run by `sh -c` (`--check-notify-shell`) rather than as a program and its arguments.
+    pub shell: bool,
 }
 
 /// A real server whose check configuration is not valid.
@@ -96,7 +105,10 @@ impl Target {
                     real: addr,
                     forwarding: real.forwarding,
                     spec,
-                    notify: health.notify.clone(),
+                    notify: health.notify.clone().map(|command| Notify {
+                        command,
+                        shell: health.notify_shell,
+                    }),
                 });
             }
         }
@@ -494,9 +506,9 @@ fn record(shared: &Shared, key: &Key, generation: u64, result: CheckResult, now:
     };
     let (service, real) = *key;
     log_transition(service, real, kind, transition, &result);
-    if let (Transition::Health { from, to }, Some(command)) = (transition, notify) {
+    if let (Transition::Health { from, to }, Some(notify)) = (transition, notify) {
         tokio::spawn(run_notify(
-            command,
+            notify,
             service,
             real,
             from,
@@ -544,7 +556,7 @@ fn log_transition(
 
 /// Runs a notify hook: `COMMAND SERVICE REAL STATE`, with the same in the environment.
 async fn run_notify(
-    command: String,
+    Notify { command, shell }: Notify,
     service: ServiceAddr,
     real: SocketAddr,
     from: Health,
@@ -560,9 +572,15 @@ async fn run_notify(
         ("XLB_PREVIOUS_STATE", from.to_string()),
         ("XLB_REASON", reason.unwrap_or_default()),
     ];
-    // "$@" appends the arguments to the command as written, as keepalived's notify scripts get them.
-    let script = format!("{command} \"$@\"");
-    match run_shell("xlb-notify", &script, &args, &env, NOTIFY_TIMEOUT).await {
+    let outcome = if shell {
+        // "$@" appends the arguments to the command as written, as keepalived's notify scripts
+        // get them.
+        let script = format!("{command} \"$@\"");
+        run_shell("xlb-notify", &script, &args, &env, NOTIFY_TIMEOUT).await
+    } else {
+        run_program(&command, &args, &env, NOTIFY_TIMEOUT).await
+    };
+    match outcome {
         Ok(Outcome::Exited { code: 0, .. }) => {}
         Ok(outcome) => tracing::warn!(%service, %real, ?outcome, "notify hook failed"),
         Err(error) => tracing::warn!(%service, %real, %error, "cannot run the notify hook"),
@@ -777,10 +795,13 @@ mod tests {
         let (engine, mut events) = Engine::new(Handle::current(), 4);
         engine
             .update_targets(vec![Target {
-                notify: Some(format!(
-                    "exec >>{}; echo \"$XLB_PREVIOUS_STATE\"; echo",
-                    log.display()
-                )),
+                notify: Some(Notify {
+                    command: format!(
+                        "exec >>{}; echo \"$XLB_PREVIOUS_STATE\"; echo",
+                        log.display()
+                    ),
+                    shell: true,
+                }),
                 ..target(a)
             }])
             .expect("valid target");
@@ -966,7 +987,7 @@ mod tests {
             .all(|t| t.spec.check.kind() == CheckKind::Http));
         assert!(targets
             .iter()
-            .all(|t| t.notify.as_deref() == Some("logger")));
+            .all(|t| t.notify.as_ref().map(|n| n.command.as_str()) == Some("logger")));
 
         let broken = CheckOptions {
             timeout: Some(Duration::from_secs(5)),

@@ -1,5 +1,6 @@
-//! Running a shell command for a check or a notify hook: in its own process group, so that a
-//! timeout kills the command and everything it started, not only the shell.
+//! Running a check's or a notify hook's command, as a program and its arguments or by `sh -c`
+//! when the operator asked for a shell: in its own process group, so that a timeout kills the
+//! command and everything it started, not only the shell.
 
 use std::{process::Stdio, time::Duration};
 
@@ -11,7 +12,7 @@ use tokio::{
 /// How much of a command's standard error is kept for the failure reason.
 const STDERR_CAP: u64 = 4096;
 
-/// How long after the shell exits its standard error may still be read.
+/// How long after the command exits its standard error may still be read.
 const STDERR_GRACE: Duration = Duration::from_millis(100);
 
 /// How a command ended.
@@ -40,11 +41,31 @@ pub(crate) async fn run_shell(
     timeout: Duration,
 ) -> std::io::Result<Outcome> {
     let mut command = Command::new("sh");
+    command.arg("-c").arg(script).arg(name).args(args);
+    run(command, env, timeout).await
+}
+
+/// Runs the program that the command line `line` names, without a shell, with its words and then
+/// `args` as its arguments; otherwise as [`run_shell`].
+pub(crate) async fn run_program(
+    line: &str,
+    args: &[String],
+    env: &[(&str, String)],
+    timeout: Duration,
+) -> std::io::Result<Outcome> {
+    let words = crate::state::command::words(line)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut command = Command::new(&words[0]);
+    command.args(&words[1..]).args(args);
+    run(command, env, timeout).await
+}
+
+async fn run(
+    mut command: Command,
+    env: &[(&str, String)],
+    timeout: Duration,
+) -> std::io::Result<Outcome> {
     command
-        .arg("-c")
-        .arg(script)
-        .arg(name)
-        .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -53,7 +74,7 @@ pub(crate) async fn run_shell(
         .kill_on_drop(true);
     let mut child = command.spawn()?;
     // Kills the group if this future is dropped (a timeout, or the check's task being stopped)
-    // before the shell is reaped; declared after `child` so that it runs before the child's drop
+    // before the command is reaped; declared after `child` so that it runs before the child's drop
     // reaps it, while its pid cannot have been reused.
     let mut group = GroupKiller(child.id());
     // Read apart from the wait: a background child may hold the pipe open after the shell exits.
@@ -139,6 +160,34 @@ mod tests {
                 stderr: Some("arg env".to_owned())
             }
         );
+    }
+
+    #[tokio::test]
+    async fn a_program_runs_without_a_shell_with_its_words_and_arguments() {
+        // The quoted script is one word, handed to the program as it is.
+        let outcome = run_program(
+            "sh -c 'echo \"$0 $1\" >&2; exit 4' first",
+            &["second".to_owned()],
+            &[],
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("spawn");
+        assert_eq!(
+            outcome,
+            Outcome::Exited {
+                code: 4,
+                stderr: Some("first second".to_owned())
+            }
+        );
+        let missing = run_program("/nonexistent/probe --x", &[], &[], Duration::from_secs(5))
+            .await
+            .expect_err("no such program");
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+        let refused = run_program("probe | grep x", &[], &[], Duration::from_secs(5))
+            .await
+            .expect_err("needs a shell");
+        assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
     }
 
     #[tokio::test]

@@ -153,7 +153,7 @@ pub const CHECK_FLAGS: &[Flag<CheckOptions>] = &[
     Flag {
         name: "--check-command",
         value: Some("CMD"),
-        help: "exec: the command, run by sh -c; exit 0 is up",
+        help: "exec: the command (a program and its arguments; see --check-shell); exit 0 is up",
         set: |o, v| {
             o.command = Some(v.to_owned());
             Ok(())
@@ -169,6 +169,16 @@ pub const CHECK_FLAGS: &[Flag<CheckOptions>] = &[
             Ok(())
         },
         show: |o| switch(o.dynamic_weight),
+    },
+    Flag {
+        name: "--check-shell",
+        value: None,
+        help: "exec: run --check-command by sh -c (pipes, expansions) rather than directly",
+        set: |o, _| {
+            o.shell = Some(true);
+            Ok(())
+        },
+        show: |o| switch(o.shell),
     },
     Flag {
         name: "--check-insecure",
@@ -298,6 +308,16 @@ pub const SERVICE_FLAGS: &[Flag<ServiceHealth>] = &[
             Ok(())
         },
         show: |h| shown(h.notify.as_ref()),
+    },
+    Flag {
+        name: "--check-notify-shell",
+        value: None,
+        help: "run --check-notify by sh -c (with the arguments as $1 $2 $3) rather than directly",
+        set: |h, _| {
+            h.notify_shell = true;
+            Ok(())
+        },
+        show: |h| h.notify_shell.then_some(None),
     },
 ];
 

@@ -366,12 +366,13 @@ mod tests {
     fn health_check_options_survive_a_save_and_restore_with_their_quoting() {
         let rules = "-A -t 10.0.0.1:80 -s mh --check http --check-path /health \
                      --check-expect 'Database connection OK' --check-interval 2s --rise 2 --fall 3 \
-                     --inhibit-on-failure --quorum 2 --sorry-server 10.0.0.9:80\n\
+                     --inhibit-on-failure --quorum 2 --sorry-server 10.0.0.9:80 \
+                     --check-notify 'logger -t xlb' --check-notify-shell\n\
                      -a -t 10.0.0.1:80 -r 10.0.0.2:80 -g -w 1\n\
                      -a -t 10.0.0.1:80 -r 10.0.0.3:80 -g -w 1 --check send-expect \
                      --check-send 'GET / HTTP/1.0\\r\\n\\r\\n' --check-expect \"it's up\"\n\
                      -a -t 10.0.0.1:80 -r 10.0.0.4:80 -g -w 1 --check exec \
-                     --check-command '/usr/local/bin/probe --deep # not a comment'\n";
+                     --check-command '/usr/local/bin/probe --deep # not a comment' --check-shell\n";
         let state = restore(&DesiredState::default(), rules).expect("restore");
         let svc = &state.services[0];
         assert!(svc.health.inhibit_on_failure);

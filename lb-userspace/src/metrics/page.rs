@@ -239,8 +239,12 @@ pub fn describe_checks(health: &ServiceHealth) -> String {
         Check::Exec {
             command,
             dynamic_weight,
+            shell,
         } => {
             let mut text = format!("exec {command}");
+            if *shell {
+                text.push_str(" (by sh -c)");
+            }
             if *dynamic_weight {
                 text.push_str(" (exit code sets the weight)");
             }

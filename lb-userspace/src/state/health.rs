@@ -161,6 +161,21 @@ pub enum ConfigError {
         /// What needs it.
         what: &'static str,
     },
+    /// A command that cannot run without a shell, without the flag that asks for one.
+    #[error(
+        "{flag} `{command}` {source}: run it with sh -c by adding {shell_flag}, or name a \
+         program and its arguments"
+    )]
+    NotRunnable {
+        /// The flag of the command.
+        flag: &'static str,
+        /// The command.
+        command: String,
+        /// The flag that asks for `sh -c`.
+        shell_flag: &'static str,
+        /// Why it needs a shell.
+        source: super::command::WordsError,
+    },
     /// A send/expect check that neither sends nor expects anything (that is a TCP check).
     #[error("--check send-expect needs --check-send, --check-expect or both")]
     EmptySendExpect,
@@ -706,13 +721,15 @@ pub enum Check {
         /// What the reply must contain, if anything.
         expect: Option<Expect>,
     },
-    /// A command run by `sh -c`: exit 0 is up.
+    /// A command: exit 0 is up.
     Exec {
         /// The command line.
         command: String,
         /// keepalived's `misc_dynamic`: exit 2..=255 is up too, with weight exit - 2 (so 2 is
         /// quiescent, weight 0); exit 0 keeps the configured weight, exit 1 is down.
         dynamic_weight: bool,
+        /// Run by `sh -c` (`--check-shell`); otherwise as a program and its arguments.
+        shell: bool,
     },
 }
 
@@ -833,17 +850,38 @@ impl CheckSpec {
                 expect.as_ref().map(Expect::matcher).transpose()?;
                 Ok(())
             }
-            Check::Exec { command, .. } => {
+            Check::Exec { command, shell, .. } => {
                 if command.trim().is_empty() {
                     Err(ConfigError::MissingCommand {
                         what: "--check exec",
                     })
                 } else {
-                    Ok(())
+                    runnable(command, *shell, "--check-command", "--check-shell")
                 }
             }
         }
     }
+}
+
+/// Whether `command` can be run as it will be: with `sh -c`, or split into a program and its
+/// arguments.
+fn runnable(
+    command: &str,
+    shell: bool,
+    flag: &'static str,
+    shell_flag: &'static str,
+) -> Result<(), ConfigError> {
+    if shell {
+        return Ok(());
+    }
+    super::command::words(command)
+        .map(drop)
+        .map_err(|source| ConfigError::NotRunnable {
+            flag,
+            command: command.to_owned(),
+            shell_flag,
+            source,
+        })
 }
 
 fn validate_http(http: &HttpCheck, verify: bool) -> Result<(), ConfigError> {
@@ -906,6 +944,9 @@ pub struct CheckOptions {
     /// `--check-dynamic-weight`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dynamic_weight: Option<bool>,
+    /// `--check-shell`: `Some(true)` runs the command by `sh -c`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shell: Option<bool>,
     /// `--check-insecure`: `Some(true)` turns certificate verification off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub insecure: Option<bool>,
@@ -949,6 +990,7 @@ impl CheckOptions {
                 send: None,
                 command: None,
                 dynamic_weight: None,
+                shell: None,
                 insecure: None,
                 via_vip: None,
                 ..base
@@ -965,6 +1007,7 @@ impl CheckOptions {
             send: self.send.clone().or(base.send),
             command: self.command.clone().or(base.command),
             dynamic_weight: self.dynamic_weight.or(base.dynamic_weight),
+            shell: self.shell.or(base.shell),
             insecure: self.insecure.or(base.insecure),
             via_vip: self.via_vip.or(base.via_vip),
             interval: self.interval.or(base.interval),
@@ -974,6 +1017,20 @@ impl CheckOptions {
             slow_start: self.slow_start.or(base.slow_start),
             start: self.start.or(base.start),
         }
+    }
+
+    /// Marks a command that only a shell can run as `--check-shell`, when these options were
+    /// saved by an older xlbd, which ran every command by `sh -c`; whether it did.
+    pub fn keep_older_shell(&mut self) -> bool {
+        let needs_shell = self
+            .command
+            .as_deref()
+            .is_some_and(|c| super::command::words(c).is_err());
+        let mark = needs_shell && self.shell.is_none();
+        if mark {
+            self.shell = Some(true);
+        }
+        mark
     }
 
     /// The spec these options describe, defaults filled in and validated; `None` for no check.
@@ -1015,6 +1072,7 @@ impl CheckOptions {
                     what: "--check exec",
                 })?,
                 dynamic_weight: self.dynamic_weight == Some(true),
+                shell: self.shell == Some(true),
             },
         };
         let defaults = Timing::default();
@@ -1055,6 +1113,7 @@ impl CheckOptions {
                 self.dynamic_weight.is_some(),
                 &[Exec],
             ),
+            ("--check-shell", self.shell.is_some(), &[Exec]),
             ("--check-insecure", self.insecure.is_some(), &[Https]),
             (
                 "--check-via-vip",
@@ -1107,6 +1166,10 @@ pub struct ServiceHealth {
     /// `XLB_REASON`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notify: Option<String>,
+    /// `--check-notify-shell`: the notify hook runs by `sh -c` (with the arguments as `$1`…)
+    /// rather than as a program and its arguments.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub notify_shell: bool,
 }
 
 impl Default for ServiceHealth {
@@ -1117,6 +1180,7 @@ impl Default for ServiceHealth {
             quorum: DEFAULT_QUORUM,
             sorry_server: None,
             notify: None,
+            notify_shell: false,
         }
     }
 }
@@ -1139,12 +1203,38 @@ impl ServiceHealth {
                 return Err(ConfigError::SorryFamilyMismatch);
             }
         }
-        if self.notify.as_deref().is_some_and(|n| n.trim().is_empty()) {
-            return Err(ConfigError::MissingCommand {
-                what: "--check-notify",
-            });
+        match self.notify.as_deref() {
+            Some(notify) if notify.trim().is_empty() => {
+                return Err(ConfigError::MissingCommand {
+                    what: "--check-notify",
+                });
+            }
+            Some(notify) => runnable(
+                notify,
+                self.notify_shell,
+                "--check-notify",
+                "--check-notify-shell",
+            )?,
+            None if self.notify_shell => {
+                return Err(ConfigError::MissingCommand {
+                    what: "--check-notify-shell",
+                });
+            }
+            None => {}
         }
         self.check.build().map(drop)
+    }
+
+    /// [`CheckOptions::keep_older_shell`] for the default check and the notify hook (as
+    /// `--check-notify-shell`); whether anything changed.
+    pub fn keep_older_shell(&mut self) -> bool {
+        let notify = self
+            .notify
+            .as_deref()
+            .is_some_and(|c| super::command::words(c).is_err())
+            && !self.notify_shell;
+        self.notify_shell |= notify;
+        self.check.keep_older_shell() | notify
     }
 
     /// The spec for a real server with options `real` (empty for none): its options over the
@@ -1431,6 +1521,47 @@ mod tests {
             .build()
             .expect_err("no command");
         assert_eq!(err.to_string(), "--check exec needs a command");
+    }
+
+    #[test]
+    fn a_command_that_needs_a_shell_is_refused_unless_the_shell_is_asked_for() {
+        let err = options(json!({"kind": "exec", "command": "curl -sf http://x/ | grep ok"}))
+            .build()
+            .expect_err("needs sh");
+        assert_eq!(
+            err.to_string(),
+            "--check-command `curl -sf http://x/ | grep ok` uses a pipe (|), which only a shell \
+             understands: run it with sh -c by adding --check-shell, or name a program and its \
+             arguments"
+        );
+        let spec = options(
+            json!({"kind": "exec", "command": "curl -sf http://x/ | grep ok", "shell": true}),
+        )
+        .build()
+        .expect("with sh")
+        .expect("a check");
+        assert!(matches!(spec.check, Check::Exec { shell: true, .. }));
+        assert!(matches!(
+            options(json!({"kind": "tcp", "shell": true})).build(),
+            Err(ConfigError::NotForKind { .. })
+        ));
+        let notify = |notify: &str, shell: bool| ServiceHealth {
+            notify: Some(notify.to_owned()),
+            notify_shell: shell,
+            ..ServiceHealth::default()
+        };
+        let svc = service("10.0.0.1", 80);
+        assert_eq!(notify("logger -t 'xlb $x'", false).validate(&svc), Ok(()));
+        assert_eq!(
+            notify("logger -t xlb $HOST", false)
+                .validate(&svc)
+                .expect_err("needs sh")
+                .to_string(),
+            "--check-notify `logger -t xlb $HOST` uses an expansion ($), which only a shell \
+             understands: run it with sh -c by adding --check-notify-shell, or name a program and \
+             its arguments"
+        );
+        assert_eq!(notify("logger -t xlb $HOST", true).validate(&svc), Ok(()));
     }
 
     #[test]
