@@ -358,6 +358,10 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, CallError> {
             CallError::NotRunning {
                 socket: socket.to_path_buf(),
             }
+        } else if source.kind() == std::io::ErrorKind::PermissionDenied {
+            CallError::NotPermitted {
+                socket: socket.to_path_buf(),
+            }
         } else {
             CallError::Io {
                 socket: socket.to_path_buf(),
@@ -384,6 +388,15 @@ pub enum CallError {
     /// Nothing listens on the socket.
     #[error("xlbd is not running (no daemon at {})", socket.display())]
     NotRunning {
+        /// The socket.
+        socket: PathBuf,
+    },
+    /// The socket refused this user (it is root's, mode 0600).
+    #[error(
+        "permission denied: only root may control xlbd (its socket {} is root's)",
+        socket.display()
+    )]
+    NotPermitted {
         /// The socket.
         socket: PathBuf,
     },

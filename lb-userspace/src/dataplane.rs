@@ -63,6 +63,24 @@ pub enum DataplaneError {
         #[source]
         source: ProgramError,
     },
+    /// The kernel refused to load a program: its errno and the verifier's last lines (the whole
+    /// log is at debug level).
+    #[error(
+        "the kernel refused to load the balancer program: {io_error}{}; the verifier's last \
+         lines: {last_lines}",
+        if matches!(io_error.kind(), std::io::ErrorKind::PermissionDenied) {
+            " (xlbd needs CAP_BPF and CAP_PERFMON to load it: run it as root or with the \
+             capabilities of its systemd unit)"
+        } else {
+            ""
+        }
+    )]
+    ProgramRefused {
+        /// The system call's error.
+        io_error: std::io::Error,
+        /// The verifier's last lines, joined by " / ".
+        last_lines: String,
+    },
     /// A map operation failed.
     #[error("{action} failed")]
     Map {
@@ -305,12 +323,7 @@ impl Dataplane {
         let mut ebpf = loader
             .load(object)
             .map_err(|source| DataplaneError::Load { source })?;
-        balancer_mut(&mut ebpf)?
-            .load()
-            .map_err(|source| DataplaneError::Program {
-                action: "loading",
-                source,
-            })?;
+        balancer_mut(&mut ebpf)?.load().map_err(load_refused)?;
         install_tail_calls(&mut ebpf)?;
 
         let maglev_map = ebpf.map(names::MAGLEV).ok_or(DataplaneError::Missing {
@@ -1167,10 +1180,7 @@ fn install_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
             .try_into()
             .map_err(not_xdp)?;
         if program.fd().is_err() {
-            program.load().map_err(|source| DataplaneError::Program {
-                action: "loading",
-                source,
-            })?;
+            program.load().map_err(load_refused)?;
         }
         let fd = program
             .fd()
@@ -1226,4 +1236,40 @@ fn sum_counters(map: &PerCpuArray<MapData, Counters>, id: u32) -> Result<Counter
     Ok(values
         .iter()
         .fold(Counters::default(), |acc, c| acc.add(*c)))
+}
+
+/// A program's load error: [`DataplaneError::ProgramRefused`] with the verifier's last lines
+/// when the kernel refused it (the whole log, thousands of lines, only at debug level).
+fn load_refused(source: ProgramError) -> DataplaneError {
+    match source {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            tracing::debug!(verifier_log = %log, "the verifier's log");
+            // The refusal is the last line before the verifier's statistics.
+            let statistics = ["processed ", "stack depth ", "verification time "];
+            let mut last: Vec<&str> = log
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !statistics.iter().any(|s| l.starts_with(s)))
+                .rev()
+                .take(2)
+                .collect();
+            last.reverse();
+            DataplaneError::ProgramRefused {
+                io_error,
+                last_lines: if last.is_empty() {
+                    "none".to_owned()
+                } else {
+                    last.join(" / ")
+                },
+            }
+        }
+        source => DataplaneError::Program {
+            action: "loading",
+            source,
+        },
+    }
 }

@@ -37,6 +37,8 @@ pub struct Daemon<'a> {
     /// Where its program, maps and links are pinned.
     pub pin_dir: PathBuf,
     child: Option<Child>,
+    /// What runs xlbd inside the namespace (such as setpriv with its options), if anything.
+    wrapper: Vec<String>,
 }
 
 impl<'a> Daemon<'a> {
@@ -57,6 +59,27 @@ impl<'a> Daemon<'a> {
         let mut daemon = Self::prepare(ns, config);
         daemon.spawn();
         daemon
+    }
+
+    /// Starts xlbd as [`Daemon::start`] does, run by `wrapper` (a program and its options that
+    /// ends by running its arguments, such as `setpriv … --`).
+    pub fn start_wrapped(ns: &'a Netns, wrapper: &[&str]) -> Self {
+        let mut daemon = Self::wrapped(ns, wrapper);
+        daemon.spawn();
+        daemon
+    }
+
+    /// Its directory and bpffs, to be run by `wrapper` ([`Daemon::start_wrapped`]), not started
+    /// yet (for [`Daemon::start_refused`]).
+    pub fn wrapped(ns: &'a Netns, wrapper: &[&str]) -> Self {
+        let mut daemon = Self::prepare(ns, None);
+        daemon.wrapper = wrapper.iter().map(|w| (*w).to_owned()).collect();
+        daemon
+    }
+
+    /// The process id of the running xlbd.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("xlbd is running").id()
     }
 
     /// Its directory, configuration and bpffs, without the process.
@@ -84,6 +107,7 @@ impl<'a> Daemon<'a> {
             dir,
             pin_dir,
             child: None,
+            wrapper: Vec::new(),
         }
     }
 
@@ -151,7 +175,16 @@ impl<'a> Daemon<'a> {
     }
 
     fn command(&self, extra: &[&str]) -> Command {
-        let mut command = self.ns.command(binary("xlbd").to_str().expect("path"));
+        let xlbd = binary("xlbd");
+        let xlbd = xlbd.to_str().expect("path");
+        let mut command = match self.wrapper.split_first() {
+            Some((program, options)) => {
+                let mut command = self.ns.command(program);
+                command.args(options).arg(xlbd);
+                command
+            }
+            None => self.ns.command(xlbd),
+        };
         command
             .args([
                 "--iface",
