@@ -53,11 +53,7 @@ pub fn shell_construct(command: &str) -> Option<&'static str> {
             }
             '\'' => quote = Quote::Single,
             '"' => quote = Quote::Double,
-            '\\' => {
-                if chars.next() == Some('\n') {
-                    return Some("a line continuation");
-                }
-            }
+            '\\' if chars.next() == Some('\n') => return Some("a line continuation"),
             '\n' | '\r' => return Some("a second line"),
             '|' => return Some("a pipe (|)"),
             '&' => return Some("a background job or list (&)"),

@@ -162,20 +162,8 @@ pub enum ConfigError {
         what: &'static str,
     },
     /// A command that cannot run without a shell, without the flag that asks for one.
-    #[error(
-        "{flag} `{command}` {source}: run it with sh -c by adding {shell_flag}, or name a \
-         program and its arguments"
-    )]
-    NotRunnable {
-        /// The flag of the command.
-        flag: &'static str,
-        /// The command.
-        command: String,
-        /// The flag that asks for `sh -c`.
-        shell_flag: &'static str,
-        /// Why it needs a shell.
-        source: super::command::WordsError,
-    },
+    #[error(transparent)]
+    NotRunnable(Box<NotRunnable>),
     /// A send/expect check that neither sends nor expects anything (that is a TCP check).
     #[error("--check send-expect needs --check-send, --check-expect or both")]
     EmptySendExpect,
@@ -863,6 +851,23 @@ impl CheckSpec {
     }
 }
 
+/// A command that cannot run without a shell, without the flag that asks for one.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error(
+    "{flag} `{command}` {source}: run it with sh -c by adding {shell_flag}, or name a program \
+     and its arguments"
+)]
+pub struct NotRunnable {
+    /// The flag of the command.
+    pub flag: &'static str,
+    /// The command.
+    pub command: String,
+    /// The flag that asks for `sh -c`.
+    pub shell_flag: &'static str,
+    /// Why it needs a shell.
+    pub source: super::command::WordsError,
+}
+
 /// Whether `command` can be run as it will be: with `sh -c`, or split into a program and its
 /// arguments.
 fn runnable(
@@ -874,14 +879,14 @@ fn runnable(
     if shell {
         return Ok(());
     }
-    super::command::words(command)
-        .map(drop)
-        .map_err(|source| ConfigError::NotRunnable {
+    super::command::words(command).map(drop).map_err(|source| {
+        ConfigError::NotRunnable(Box::new(NotRunnable {
             flag,
             command: command.to_owned(),
             shell_flag,
             source,
-        })
+        }))
+    })
 }
 
 fn validate_http(http: &HttpCheck, verify: bool) -> Result<(), ConfigError> {
