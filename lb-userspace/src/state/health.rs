@@ -1102,7 +1102,7 @@ impl CheckOptions {
 
     fn refuse_foreign_options(&self, kind: CheckKind) -> Result<(), ConfigError> {
         use CheckKind::{Exec, Http, Https, SendExpect, Tcp, TcpHalfOpen};
-        let uses: [(&'static str, bool, &[CheckKind]); 10] = [
+        let uses: [(&'static str, bool, &[CheckKind]); 11] = [
             ("--check-path", self.path.is_some(), &[Http, Https]),
             ("--check-host", self.host.is_some(), &[Http, Https]),
             ("--check-status", self.status.is_some(), &[Http, Https]),
