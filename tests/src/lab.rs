@@ -106,23 +106,7 @@ impl DrLab {
         let dir = format!("/tmp/{}-www", rs.name());
         std::fs::create_dir_all(&dir).expect("web root");
         std::fs::write(format!("{dir}/index.html"), format!("rs{}\n", i + 1)).expect("index");
-        let child = rs
-            .command("python3")
-            .args([
-                "-c",
-                "import functools, http.server as h, sys\n\
-                 h.SimpleHTTPRequestHandler.protocol_version = 'HTTP/1.1'\n\
-                 h.SimpleHTTPRequestHandler.log_message = lambda *a: None\n\
-                 handler = functools.partial(h.SimpleHTTPRequestHandler, directory=sys.argv[1])\n\
-                 class S(h.ThreadingHTTPServer): address_family = __import__('socket').AF_INET6\n\
-                 S(('::', 80), handler).serve_forever()",
-                &dir,
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start python http.server");
+        let child = spawn_web_server(rs, &dir, 80);
         self.web_servers
             .lock()
             .expect("web servers")
@@ -177,6 +161,28 @@ impl DrLab {
         failed += n.saturating_sub(out.lines().count());
         (counts, failed)
     }
+}
+
+/// Starts python's http.server in `ns` on `port` (IPv4 and IPv6), serving the files of `dir` over
+/// HTTP/1.1 keep-alive, a thread per connection, without logging; it is not waited for.
+pub fn spawn_web_server(ns: &Netns, dir: &str, port: u16) -> Child {
+    ns.command("python3")
+        .args([
+            "-c",
+            "import functools, http.server as h, sys\n\
+             h.SimpleHTTPRequestHandler.protocol_version = 'HTTP/1.1'\n\
+             h.SimpleHTTPRequestHandler.log_message = lambda *a: None\n\
+             handler = functools.partial(h.SimpleHTTPRequestHandler, directory=sys.argv[1])\n\
+             class S(h.ThreadingHTTPServer): address_family = __import__('socket').AF_INET6\n\
+             S(('::', int(sys.argv[2])), handler).serve_forever()",
+            dir,
+            &port.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start python http.server")
 }
 
 /// A client keeping one HTTP/1.1 connection to the VIP open, sending a request on it whenever

@@ -13,6 +13,8 @@
 //! - [`services`]: services and real servers set up through the dataplane API.
 //! - [`scale`]: a large balancer's rules and namespace.
 //! - [`hcbench`]: the health-check benchmark's lab (checker and servers on separate cores).
+//! - [`soak`]: client load through the lab under churn (flaps, weights, services, reloads,
+//!   restarts), failures attributed, xlbd's figures checked for growth.
 //! - [`root`]: the guard that root-only tests call first.
 
 pub mod daemon;
@@ -27,6 +29,7 @@ pub mod packet;
 pub mod routed;
 pub mod scale;
 pub mod services;
+pub mod soak;
 
 /// Root-only tests are `#[ignore]`d so that a plain `cargo test` (as any user) runs the unit tests;
 /// `cargo xtask test` runs them as root with `--ignored`. This guard turns a non-root run into a

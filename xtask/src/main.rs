@@ -8,6 +8,8 @@
 //! - `bench`: the benchmarks, as ratios against baselines measured in the same run.
 //! - `test`: setup, unit tests, then as root the data-path (BPF_PROG_TEST_RUN) and
 //!   network-namespace end-to-end tests.
+//! - `fuzz`, `soak`: the data path against its model; client load under churn (flaps, weights,
+//!   services, reloads, restarts) with failures counted and xlbd's figures checked for growth.
 //! - `lint`: rustfmt check, clippy on the workspace and, with nightly, on the eBPF crate, all
 //!   with warnings as errors.
 //! - `install [--prefix DIR] [--destdir DIR]`, `uninstall`: xlb as a systemd service (`install`).
@@ -83,6 +85,18 @@ enum Cmd {
         packets: u64,
         /// The seed: the same seed gives the same frames.
         #[arg(long, default_value = "0x786c6221")]
+        seed: String,
+    },
+    /// Soak the balancer (as root): continuous client load through a lab of namespaces while
+    /// real servers flap, weights change, a service comes and goes, the configuration is
+    /// reloaded and xlbd restarts; fails when a request to a server that stayed healthy fails
+    /// or xlbd's memory, descriptors, threads or live connection entries grow.
+    Soak {
+        /// How long, in minutes (fractions allowed).
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// The seed of the churn's events and intervals.
+        #[arg(long, default_value = "0x736f616b")]
         seed: String,
     },
     /// Check formatting, and lint the workspace and the eBPF crate with clippy (-D warnings).
@@ -174,6 +188,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Demo { down } => demo(down),
         Cmd::Bench { only, katran_src } => bench(&only, katran_src.as_deref()),
         Cmd::Fuzz { packets, seed } => fuzz(packets, &seed),
+        Cmd::Soak { minutes, seed } => soak(minutes, &seed),
         Cmd::Lint => lint(),
         Cmd::Install { target, debug } => install::install(&target.into(), debug),
         Cmd::Uninstall { target } => install::uninstall(&target.into()),
@@ -274,6 +289,34 @@ fn fuzz(packets: u64, seed: &str) -> Result<()> {
     )?;
     if !status.success() {
         bail!("the fuzzing run found frames that differ from the model ({status})");
+    }
+    Ok(())
+}
+
+/// `xlb-soak` with the debug xlbd and xlbadm it runs (the ones the tests run), as root.
+fn soak(minutes: f64, seed: &str) -> Result<()> {
+    setup::toolchain()?;
+    setup::require_root("the soak creates network namespaces and loads XDP programs")?;
+    setup::require_btf()?;
+    setup::packages()?;
+    cargo(
+        &[
+            "build", "--bin", "xlbd", "--bin", "xlbadm", "--bin", "xlb-soak",
+        ],
+        false,
+    )?;
+    let status = run_built(
+        false,
+        "xlb-soak",
+        &[
+            "--minutes".into(),
+            minutes.to_string(),
+            "--seed".into(),
+            seed.to_owned(),
+        ],
+    )?;
+    if !status.success() {
+        bail!("the soak failed a goal or could not run ({status})");
     }
     Ok(())
 }
