@@ -24,7 +24,7 @@ use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     path::PathBuf,
-    process::{Child, Command},
+    process::Child,
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering},
         Mutex,
@@ -35,7 +35,7 @@ use std::{
 use rand::{rngs::StdRng, Rng as _, SeedableRng as _};
 
 use crate::{
-    daemon::{binary, Daemon},
+    daemon::Daemon,
     lab::{real_addr, spawn_web_server, DrLab, VIP},
     netns::Netns,
 };
@@ -55,6 +55,8 @@ const PROCESS_WARMUP: f64 = 10.0;
 /// The connection table's live entries settle once the first closing connections idle out
 /// (120 s, IPVS's closing timeout) plus a margin.
 const CONNECTIONS_WARMUP: f64 = 130.0;
+/// The shortest time between two random restarts of xlbd.
+const RESTART_SPACING: f64 = 60.0;
 /// The longest wait for the balancer to show a change, a check's verdict or a server to serve.
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -225,8 +227,11 @@ pub struct Sample {
     pub fds: u64,
     /// Threads (tasks).
     pub threads: u64,
-    /// Live connection-table entries (ActiveConn + InActConn of `xlbadm -L -n`).
+    /// Live connection-table entries (xlbd's own count from its metrics: active and inactive
+    /// connections of every real server, idled-out entries left out).
     pub connections: Option<u64>,
+    /// Every entry of the connection table, idled out or not (an LRU map, read through its pin).
+    pub table_entries: Option<u64>,
 }
 
 /// The failures by cause of one kind of request.
@@ -459,6 +464,24 @@ pub fn flatness(samples: &[Sample], warmup: f64) -> Vec<Trend> {
             false,
             |median| f64::max(200.0, median * 0.2),
         ),
+        Trend {
+            growth: None,
+            slope_per_min: None,
+            not_judged: Some(format!(
+                "an LRU map keeps idled-out entries until it is full ({} entries) and then \
+                 evicts the oldest, so it grows by design",
+                lb_common::limits::MAX_CONNECTIONS
+            )),
+            ..trend(
+                "connection table entries",
+                "",
+                samples,
+                |s| s.table_entries.map(|c| c as f64),
+                0.0,
+                false,
+                |_| f64::INFINITY,
+            )
+        },
     ]
 }
 
@@ -512,7 +535,12 @@ impl Report {
             ),
         ];
         for t in &self.trends {
-            goals.push((format!("{} flat", t.name), t.flat()));
+            let judged = if t.not_judged.is_some() {
+                " (not judged)"
+            } else {
+                ""
+            };
+            goals.push((format!("{} flat{judged}", t.name), t.flat()));
         }
         goals.push(("ran to its end".to_owned(), !self.interrupted));
         goals
@@ -681,19 +709,45 @@ fn process_figures(pid: u32) -> Option<(u64, u64, u64)> {
     Some((field("VmRSS:")?, fds, field("Threads:")?))
 }
 
-/// The sum of ActiveConn and InActConn over every real server of `xlbadm -L -n`.
-pub fn live_connections(listing: &str) -> Option<u64> {
+/// The sum of `xlb_real_active_connections` and `xlb_real_inactive_connections` over every real
+/// server in xlbd's metrics (its sampler's last walk of the table: reading them walks nothing).
+pub fn live_connections(metrics: &str) -> Option<u64> {
     let mut sum = 0;
     let mut seen = false;
-    for line in listing.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.first() != Some(&"->") || fields.get(1) == Some(&"RemoteAddress:Port") {
+    for line in metrics.lines() {
+        if !(line.starts_with("xlb_real_active_connections{")
+            || line.starts_with("xlb_real_inactive_connections{"))
+        {
             continue;
         }
-        sum += fields.get(4)?.parse::<u64>().ok()? + fields.get(5)?.parse::<u64>().ok()?;
+        sum += line.rsplit(' ').next()?.parse::<u64>().ok()?;
         seen = true;
     }
     seen.then_some(sum)
+}
+
+/// xlbd's metrics page, from inside its namespace (its default listener, 127.0.0.1:9641).
+fn metrics_page() -> Option<String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], 9641));
+    let mut s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).ok()?;
+    s.set_read_timeout(Some(ANSWER_TIMEOUT)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).ok()?;
+    match parse_answer(&answer) {
+        Ok((200, body)) => Some(body),
+        _ => None,
+    }
+}
+
+/// Every entry of the connection table pinned at `path`, counted through a handle of our own.
+fn table_entries(path: &std::path::Path) -> Option<u64> {
+    let data = aya::maps::MapData::from_pin(path).ok()?;
+    let map = aya::maps::Map::from_map_data(data).ok()?;
+    let table =
+        aya::maps::HashMap::<_, lb_common::FlowKey, lb_common::Connection>::try_from(map).ok()?;
+    Some(table.keys().filter(Result::is_ok).count() as u64)
 }
 
 /// The server index an answer names (`rsN`, 1-based, to 0-based).
@@ -963,6 +1017,8 @@ struct Churn<'a> {
     pid: &'a AtomicU32,
     /// Whether service C may be requested; held by the client during a request.
     transient_open: &'a Mutex<bool>,
+    /// When xlbd last restarted.
+    last_restart: f64,
 }
 
 impl Churn<'_> {
@@ -1189,6 +1245,7 @@ impl Churn<'_> {
             end: self.now(),
             noticed_after: None,
         });
+        self.last_restart = self.now();
         self.count("restarts");
     }
 
@@ -1202,6 +1259,9 @@ impl Churn<'_> {
             0..=2 => Event::Flap(None),
             3..=5 => Event::Weight(method),
             6 | 7 => Event::Transient(method),
+            // A restart at most every RESTART_SPACING, so that processes live long enough for
+            // their own figures to show growth.
+            _ if self.now() - self.last_restart < RESTART_SPACING => Event::Weight(method),
             _ => Event::Restart,
         }
     }
@@ -1277,7 +1337,7 @@ pub fn run(plan: &Plan, interrupted: &AtomicBool) -> Report {
     let daemon = Daemon::start_with_config(&lab.balancer, Some(&model.config()));
     let pid = AtomicU32::new(daemon.pid().unwrap_or(0));
     let transient_open = Mutex::new(false);
-    let socket = daemon.socket();
+    let table = daemon.pin_dir.join(lb_common::maps::CONNTRACK);
     let mut churn = Churn {
         lab: &lab,
         daemon,
@@ -1290,6 +1350,7 @@ pub fn run(plan: &Plan, interrupted: &AtomicBool) -> Report {
         events: BTreeMap::new(),
         pid: &pid,
         transient_open: &transient_open,
+        last_restart: 0.0,
     };
     for i in FLAPPING.into_iter().chain([TRANSIENT]) {
         churn.start_server(i);
@@ -1360,6 +1421,7 @@ pub fn run(plan: &Plan, interrupted: &AtomicBool) -> Report {
         }));
         let pid = &pid;
         let every = plan.sample_every;
+        let balancer = &lab.balancer;
         let sampler = scope.spawn(move || {
             let mut samples = Vec::new();
             let mut next = Instant::now();
@@ -1374,13 +1436,10 @@ pub fn run(plan: &Plan, interrupted: &AtomicBool) -> Report {
                     continue;
                 }
                 let t = t0.elapsed().as_secs_f64();
-                let connections = Command::new(binary("xlbadm"))
-                    .args(["-L", "-n"])
-                    .env("XLB_SOCKET", &socket)
-                    .output()
-                    .ok()
-                    .filter(|o| o.status.success())
-                    .and_then(|o| live_connections(&String::from_utf8_lossy(&o.stdout)));
+                let connections = balancer
+                    .enter(metrics_page)
+                    .and_then(|page| live_connections(&page));
+                let entries = table_entries(&table);
                 // A restart between the pid's read and here leaves the old pid gone: no sample.
                 if let Some((rss_kib, fds, threads)) = process_figures(p) {
                     samples.push(Sample {
@@ -1390,6 +1449,7 @@ pub fn run(plan: &Plan, interrupted: &AtomicBool) -> Report {
                         fds,
                         threads,
                         connections,
+                        table_entries: entries,
                     });
                 }
             }
@@ -1502,6 +1562,7 @@ mod tests {
             fds,
             threads: 5,
             connections: Some(1000),
+            table_entries: Some(t as u64 * 100),
         }
     }
 
@@ -1537,14 +1598,14 @@ mod tests {
     }
 
     #[test]
-    fn live_connections_add_active_and_inactive_of_every_real_server() {
-        let listing = "IP Virtual Server version 1.2.1 (size=4096)\n\
-                       Prot LocalAddress:Port Scheduler Flags\n\
-                       \x20 -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n\
-                       TCP  10.77.0.100:80 mh\n\
-                       \x20 -> 10.77.0.11:80                Route   1      3          100        up\n\
-                       \x20 -> 10.77.0.12:80                Route   2      4          200\n";
-        assert_eq!(live_connections(listing), Some(307));
-        assert_eq!(live_connections("Prot LocalAddress:Port\n"), None);
+    fn live_connections_add_active_and_inactive_of_every_real_server_from_the_metrics() {
+        let metrics = "# TYPE xlb_real_active_connections gauge\n\
+                       xlb_real_active_connections{service=\"a\",real=\"b\"} 3\n\
+                       xlb_real_active_connections{service=\"a\",real=\"c\"} 4\n\
+                       xlb_real_inactive_connections{service=\"a\",real=\"b\"} 100\n\
+                       xlb_real_inactive_connections{service=\"a\",real=\"c\"} 200\n\
+                       xlb_real_weight{service=\"a\",real=\"c\"} 2\n";
+        assert_eq!(live_connections(metrics), Some(307));
+        assert_eq!(live_connections("xlb_up 1\n"), None);
     }
 }
