@@ -502,8 +502,8 @@ pub struct Report {
     pub windows: Vec<Window>,
     /// The flatness figures.
     pub trends: Vec<Trend>,
-    /// Samples taken.
-    pub samples: usize,
+    /// xlbd's figures as sampled.
+    pub samples: Vec<Sample>,
 }
 
 impl Report {
@@ -661,7 +661,7 @@ impl fmt::Display for Report {
             f,
             "flatness ({} samples; judged after {:.0} s, {PROCESS_WARMUP:.0} s after each start \
              of xlbd for its own figures):",
-            self.samples,
+            self.samples.len(),
             self.plan.warmup.as_secs_f64()
         )?;
         for t in &self.trends {
@@ -690,6 +690,28 @@ impl fmt::Display for Report {
             writeln!(f, "{} {goal}", if met { "ok:    " } else { "FAILED:" })?;
         }
         Ok(())
+    }
+}
+
+impl Report {
+    /// The samples as CSV: seconds, pid, resident KiB, descriptors, threads, live connection
+    /// entries, table entries (empty when not read).
+    pub fn samples_csv(&self) -> String {
+        let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+        let mut csv = "t_s,pid,rss_kib,fds,threads,live_connections,table_entries\n".to_owned();
+        for s in &self.samples {
+            csv.push_str(&format!(
+                "{:.1},{},{},{},{},{},{}\n",
+                s.t,
+                s.pid,
+                s.rss_kib,
+                s.fds,
+                s.threads,
+                opt(s.connections),
+                opt(s.table_entries)
+            ));
+        }
+        csv
     }
 }
 
@@ -1478,7 +1500,7 @@ pub fn run(plan: &Plan, interrupted: &AtomicBool) -> Report {
         attribution: attribute(&requests, &churn.windows),
         windows: std::mem::take(&mut churn.windows),
         trends: flatness(&samples, warmup),
-        samples: samples.len(),
+        samples,
     }
 }
 

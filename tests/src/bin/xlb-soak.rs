@@ -1,7 +1,7 @@
 //! `xlb-soak --minutes N [--seed S]`: continuous client load through a lab of namespaces while
 //! real servers flap, weights change, a service comes and goes, the configuration is reloaded and
 //! xlbd restarts (see `xlb_tests::soak`). Run as root; `cargo xtask soak` builds and runs it.
-//! Prints a report and exits 1 when a goal failed (a failed request to a server that stayed
+//! Prints a report (and, with `--samples FILE`, xlbd's sampled figures as CSV) and exits 1 when a goal failed (a failed request to a server that stayed
 //! healthy, a figure that grew), 2 when it could not run. SIGINT or SIGTERM ends the run early;
 //! the lab is removed in every case.
 
@@ -20,7 +20,8 @@ extern "C" fn interrupted(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-const USAGE: &str = "usage: xlb-soak [--minutes N (10)] [--seed S (0x736f616b)]";
+const USAGE: &str =
+    "usage: xlb-soak [--minutes N (10)] [--seed S (0x736f616b)] [--samples FILE.csv]";
 
 fn main() -> ExitCode {
     match run() {
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
 fn run() -> Result<bool> {
     let mut minutes: f64 = 10.0;
     let mut seed: u64 = 0x736f_616b;
+    let mut samples: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
@@ -56,6 +58,7 @@ fn run() -> Result<bool> {
                 }
                 .with_context(|| format!("--seed {v}: not a number"))?;
             }
+            "--samples" => samples = Some(value("--samples")?.into()),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(true);
@@ -82,5 +85,9 @@ fn run() -> Result<bool> {
     let plan = xlb_tests::soak::Plan::new(Duration::from_secs_f64(minutes * 60.0), seed);
     let report = xlb_tests::soak::run(&plan, &INTERRUPTED);
     print!("{report}");
+    if let Some(path) = samples {
+        std::fs::write(&path, report.samples_csv())
+            .with_context(|| format!("writing the samples to {}", path.display()))?;
+    }
     Ok(report.passed())
 }
