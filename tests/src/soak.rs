@@ -50,13 +50,18 @@ const TRANSIENT_PORT: u16 = 8081;
 const STEADY: [usize; 2] = [0, 1];
 const FLAPPING: [usize; 2] = [2, 3];
 const TRANSIENT: usize = 4;
-/// How long an xlbd process runs before its figures count (its start-up allocations).
+/// How long an xlbd process runs before its resident memory counts: under the soak's load it
+/// climbs by steps for about a minute (walks of a filling connection table, the allocator's
+/// arenas) and then stays level; measured with `--samples`.
+const MEMORY_WARMUP: f64 = 90.0;
+/// How long an xlbd process runs before its descriptors and threads count.
 const PROCESS_WARMUP: f64 = 10.0;
 /// The connection table's live entries settle once the first closing connections idle out
 /// (120 s, IPVS's closing timeout) plus a margin.
 const CONNECTIONS_WARMUP: f64 = 130.0;
-/// The shortest time between two random restarts of xlbd.
-const RESTART_SPACING: f64 = 60.0;
+/// The shortest time between two random restarts of xlbd, so that each process lives past its
+/// warm-up long enough for its own slope.
+const RESTART_SPACING: f64 = 150.0;
 /// The longest wait for the balancer to show a change, a check's verdict or a server to serve.
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -376,9 +381,10 @@ fn trend(
     samples: &[Sample],
     value: impl Fn(&Sample) -> Option<f64>,
     warmup: f64,
-    per_process: bool,
+    process_warmup: Option<f64>,
     limit: impl Fn(f64) -> f64,
 ) -> Trend {
+    let per_process = process_warmup.is_some();
     let mut first_seen: HashMap<u32, f64> = HashMap::new();
     for s in samples {
         first_seen.entry(s.pid).or_insert(s.t);
@@ -389,7 +395,7 @@ fn trend(
         .collect();
     let judged: Vec<(u32, f64, f64)> = samples
         .iter()
-        .filter(|s| s.t >= warmup && (!per_process || s.t >= first_seen[&s.pid] + PROCESS_WARMUP))
+        .filter(|s| s.t >= warmup && process_warmup.is_none_or(|w| s.t >= first_seen[&s.pid] + w))
         .filter_map(|s| value(s).map(|v| (if per_process { s.pid } else { 0 }, s.t, v)))
         .collect();
     let mut sorted: Vec<f64> = judged.iter().map(|p| p.2).collect();
@@ -405,10 +411,9 @@ fn trend(
         None if all.is_empty() => Some("no sample".to_owned()),
         None => Some(format!(
             "the run is shorter than its warm-up ({warmup:.0} s{})",
-            if per_process {
-                format!(", and {PROCESS_WARMUP:.0} s after each start of xlbd")
-            } else {
-                String::new()
+            match process_warmup {
+                Some(w) => format!(", and {w:.0} s after each start of xlbd"),
+                None => String::new(),
             }
         )),
     };
@@ -434,7 +439,7 @@ pub fn flatness(samples: &[Sample], warmup: f64) -> Vec<Trend> {
             samples,
             |s| Some(s.rss_kib as f64 / 1024.0),
             warmup,
-            true,
+            Some(MEMORY_WARMUP),
             |median| f64::max(4.0, median * 0.1),
         ),
         trend(
@@ -443,7 +448,7 @@ pub fn flatness(samples: &[Sample], warmup: f64) -> Vec<Trend> {
             samples,
             |s| Some(s.fds as f64),
             warmup,
-            true,
+            Some(PROCESS_WARMUP),
             |_| 4.0,
         ),
         trend(
@@ -452,7 +457,7 @@ pub fn flatness(samples: &[Sample], warmup: f64) -> Vec<Trend> {
             samples,
             |s| Some(s.threads as f64),
             warmup,
-            true,
+            Some(PROCESS_WARMUP),
             |_| 4.0,
         ),
         trend(
@@ -461,7 +466,7 @@ pub fn flatness(samples: &[Sample], warmup: f64) -> Vec<Trend> {
             samples,
             |s| s.connections.map(|c| c as f64),
             warmup.max(CONNECTIONS_WARMUP),
-            false,
+            None,
             |median| f64::max(200.0, median * 0.2),
         ),
         Trend {
@@ -478,7 +483,7 @@ pub fn flatness(samples: &[Sample], warmup: f64) -> Vec<Trend> {
                 samples,
                 |s| s.table_entries.map(|c| c as f64),
                 0.0,
-                false,
+                None,
                 |_| f64::INFINITY,
             )
         },
@@ -659,8 +664,8 @@ impl fmt::Display for Report {
         }
         writeln!(
             f,
-            "flatness ({} samples; judged after {:.0} s, {PROCESS_WARMUP:.0} s after each start \
-             of xlbd for its own figures):",
+            "flatness ({} samples; judged after {:.0} s, and after each start of xlbd {MEMORY_WARMUP:.0} \
+             s for its memory, {PROCESS_WARMUP:.0} s for its descriptors and threads):",
             self.samples.len(),
             self.plan.warmup.as_secs_f64()
         )?;
@@ -1491,6 +1496,14 @@ pub fn run(plan: &Plan, interrupted: &AtomicBool) -> Report {
     for w in &mut churn.windows {
         w.end = w.end.min(ran);
     }
+    // A process sampled while it stopped shows its exit, not its course.
+    let mut samples = samples;
+    samples.retain(|s| {
+        !churn
+            .windows
+            .iter()
+            .any(|w| w.kind == WindowKind::Restart && (w.start..=w.end).contains(&s.t))
+    });
     let warmup = plan.warmup.as_secs_f64();
     Report {
         plan: plan.clone(),

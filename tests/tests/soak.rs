@@ -1,8 +1,9 @@
 //! A short soak (45 s) of the same code as `cargo xtask soak`: client load through the DR lab
 //! while a flapping server crashes and is drained, weights change by xlbadm, SIGHUP and
 //! `xlbadm --reload`, a service is added and removed, and xlbd restarts. No request to a steady
-//! server fails, none to a flapping server outside its flaps, and xlbd's figures do not grow
-//! (the connection table's are not judged this short: its closing entries take 120 s to settle).
+//! server fails, none to a flapping server outside its flaps, and xlbd's descriptors and threads
+//! do not grow. Its memory (90 s of warm-up per process) and the connection table (120 s for its
+//! closing entries to settle) are judged only by longer runs: `cargo xtask soak`.
 
 use std::{sync::atomic::AtomicBool, time::Duration};
 

@@ -293,7 +293,8 @@ fn fuzz(packets: u64, seed: &str) -> Result<()> {
     Ok(())
 }
 
-/// `xlb-soak` with the debug xlbd and xlbadm it runs (the ones the tests run), as root.
+/// `xlb-soak` with the debug xlbd and xlbadm it runs (the ones the tests run), as root; xlbd's
+/// sampled figures go to target/soak-samples.csv.
 fn soak(minutes: f64, seed: &str) -> Result<()> {
     setup::toolchain()?;
     setup::require_root("the soak creates network namespaces and loads XDP programs")?;
@@ -305,6 +306,7 @@ fn soak(minutes: f64, seed: &str) -> Result<()> {
         ],
         false,
     )?;
+    let samples = setup::target_dir()?.join("soak-samples.csv");
     let status = run_built(
         false,
         "xlb-soak",
@@ -313,8 +315,11 @@ fn soak(minutes: f64, seed: &str) -> Result<()> {
             minutes.to_string(),
             "--seed".into(),
             seed.to_owned(),
+            "--samples".into(),
+            samples.display().to_string(),
         ],
     )?;
+    println!("xtask: xlbd's sampled figures are in {}", samples.display());
     if !status.success() {
         bail!("the soak failed a goal or could not run ({status})");
     }
