@@ -24,6 +24,16 @@ pub struct FlowKey {
 
 /// The connection has seen a TCP FIN or RST: ipvsadm counts it as inactive.
 pub const CONN_F_CLOSING: u32 = 1 << 0;
+/// An embryonic TCP flow: its only packets so far are SYNs (SYN without ACK) from the client, and
+/// it is remembered in the embryonic table ([`crate::maps::EMBRYONIC`]) until the client's next
+/// packet promotes it into the connection table, so that a flood of SYNs from random sources
+/// only ever evicts other embryonic flows. ipvsadm lists it as SYN_RECV, an inactive
+/// connection. Never set in the connection table itself.
+pub const CONN_F_EMBRYONIC: u32 = 1 << 1;
+/// An embryonic flow of a least-connection service: its real server's active connections go up
+/// by one when the flow is promoted, not for its SYN (IPVS counts a SYN_RECV connection as
+/// inactive). Only set with [`CONN_F_EMBRYONIC`].
+pub const CONN_F_COUNT_ON_PROMOTION: u32 = 1 << 2;
 /// [`Connection::flags`] bits from this one up hold an IPv6 flow's flow label (the low 20 bits of
 /// its flow hash), kept for the outer header of a tunnel so that a known flow needs no hash.
 pub const CONN_FLOW_LABEL_SHIFT: u32 = 12;

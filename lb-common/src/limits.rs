@@ -51,6 +51,23 @@ pub const fn real_ids(reals: u32) -> u32 {
 /// Flows the connection table remembers before the least recently used ones are evicted.
 pub const MAX_CONNECTIONS: u32 = 262_144;
 
+/// Embryonic TCP flows (a SYN seen, nothing else yet) the embryonic table remembers before the
+/// least recently used ones are evicted: [`embryonic_entries`] of [`MAX_CONNECTIONS`]. A
+/// handshake needs its entry for one round trip; a SYN flood of `r` packets a second leaves each
+/// entry `MAX_EMBRYONIC / r` seconds (65 ms at 1 Mpps).
+pub const MAX_EMBRYONIC: u32 = embryonic_entries(MAX_CONNECTIONS);
+
+/// The embryonic table's size beside a connection table of `connections` entries: a quarter of
+/// it, at least 256 (each CPU keeps its own share of an LRU table's free entries).
+pub const fn embryonic_entries(connections: u32) -> u32 {
+    let quarter = connections / 4;
+    if quarter < 256 {
+        256
+    } else {
+        quarter
+    }
+}
+
 /// Persistent clients (client networks, per service) the persistence table remembers before the
 /// least recently used ones are evicted.
 pub const MAX_PERSISTENT: u32 = 65_536;

@@ -48,6 +48,12 @@ pub const NEXT_HOPS: &str = "XLB_NEXT_HOPS";
 /// [`crate::FlowKey`] → [`crate::Connection`]: the connection table. Written by the data path,
 /// read and flushed by userspace.
 pub const CONNTRACK: &str = "XLB_CONNTRACK";
+/// [`crate::FlowKey`] → [`crate::Connection`] (with
+/// [`crate::conntrack::CONN_F_EMBRYONIC`]): the embryonic table, TCP flows whose only packets
+/// so far are SYNs, kept apart from [`CONNTRACK`] (an LRU hash of its own, a quarter of its size)
+/// until the client's next packet moves them there. Written by the data path, read and flushed by
+/// userspace.
+pub const EMBRYONIC: &str = "XLB_EMBRYONIC";
 /// Service id → per-CPU [`crate::Counters`]. Written by the data path.
 pub const SERVICE_STATS: &str = "XLB_SVC_STATS";
 /// Real-server id → per-CPU [`crate::Counters`]. Written by the data path.

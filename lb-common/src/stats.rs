@@ -119,6 +119,13 @@ global_stats! {
     /// Passed: an ICMP error for a VIP that quotes a packet the VIP did not send (the kernel's
     /// own ICMP handling finds no socket for it and ignores it).
     PassIcmpQuoteMismatch = "pass_icmp_quote_mismatch",
+    /// Counted, not a verdict: packets of an embryonic TCP flow found in the embryonic table (a
+    /// SYN retransmitted, or the client's next packet, which promotes the flow); counted in
+    /// `conntrack_hit` too.
+    ConntrackEmbryonicHit = "conntrack_embryonic_hit",
+    /// Counted, not a verdict: embryonic TCP flows moved into the connection table by the
+    /// client's packet after its SYN.
+    ConntrackPromoted = "conntrack_promoted",
 }
 
 /// Number of global counters (the size of [`crate::maps::GLOBAL_STATS`]).

@@ -9,8 +9,10 @@
 //! another [`CONNTRACK_LAYOUT`] it refuses to start, leaving the running balancer alone.
 
 /// The layout of the maps as a whole. 2: the least-connection maps (`XLB_REAL_CONNS`,
-/// `XLB_REAL_WEIGHTS`) and scheduler `SCHED_LEAST_CONN`.
-pub const LAYOUT: u32 = 2;
+/// `XLB_REAL_WEIGHTS`) and scheduler `SCHED_LEAST_CONN`. 3: the embryonic table
+/// (`XLB_EMBRYONIC`) and its two global counters; the connection table is unchanged (its entries
+/// never carry the embryonic flags), so its connections are carried over.
+pub const LAYOUT: u32 = 3;
 
 /// The layout of the connection table alone.
 pub const CONNTRACK_LAYOUT: u32 = 1;

@@ -5,14 +5,23 @@
 //! lookup. An entry only counts while its real server exists and its service still exists under
 //! the epoch the entry recorded, so a removed (or removed and re-added) service's flows are not
 //! followed.
+//!
+//! A TCP flow whose first packet is a SYN (without ACK) is embryonic: it is remembered in a table
+//! of its own ([`maps::EMBRYONIC`], an LRU a quarter of the connection table's size) until the
+//! client's next packet, its handshake's ACK, moves it into the connection table ([`settle`]). A
+//! flood of SYNs from random sources then only evicts other embryonic flows, never a flow that
+//! got past its SYN. The embryonic table is asked only when the connection table does not know
+//! the flow, so a known flow costs one lookup as before.
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
-    conntrack::{CONN_FLOW_LABEL_SHIFT, CONN_F_CLOSING},
-    Connection, GlobalStat, RealServer,
+    conntrack::{
+        CONN_FLOW_LABEL_SHIFT, CONN_F_CLOSING, CONN_F_COUNT_ON_PROMOTION, CONN_F_EMBRYONIC,
+    },
+    Connection, GlobalStat, RealServer, PROTO_TCP,
 };
 
-use crate::{maps, parse::Packet, stats};
+use crate::{maps, parse::Packet, schedule, stats};
 
 /// A known flow: its service, its real server's id and entry.
 pub struct Known {
@@ -33,7 +42,30 @@ pub fn lookup(packet: &Packet, now: u64) -> Option<Known> {
     let conn = maps::CONNTRACK.get_ptr_mut(&packet.flow)?;
     // SAFETY: the pointer comes from the map lookup and stays valid for this program run; racing
     // writers only ever store whole, valid values.
+    found(unsafe { &mut *conn }, packet, now)
+}
+
+/// The service and real server of an embryonic TCP flow (one the connection table does not
+/// know), refreshing its entry, which the packet then settles ([`settle`]); `None` for other
+/// flows, or when its server or service has been removed since.
+#[inline(always)]
+pub fn lookup_embryonic(packet: &Packet, now: u64) -> Option<Known> {
+    if packet.flow.proto != PROTO_TCP {
+        return None;
+    }
+    let conn = maps::EMBRYONIC.get_ptr_mut(&packet.flow)?;
+    // SAFETY: as in `lookup`.
     let conn = unsafe { &mut *conn };
+    let flags = conn.flags;
+    let known = found(conn, packet, now)?;
+    stats::count(GlobalStat::ConntrackEmbryonicHit);
+    settle(packet, &known, flags, now);
+    Some(known)
+}
+
+/// The flow of entry `conn`, while its service and real server are still those it was given.
+#[inline(always)]
+fn found(conn: &mut Connection, packet: &Packet, now: u64) -> Option<Known> {
     if maps::service_epoch(conn.service) != conn.service_epoch {
         return None;
     }
@@ -54,21 +86,78 @@ pub fn lookup(packet: &Packet, now: u64) -> Option<Known> {
     })
 }
 
-/// Remember the real server chosen for a new flow; whether the table took it.
+/// Remember the real server chosen for a new flow; whether the table took it. A SYN's flow goes
+/// to the embryonic table, with `count_on_promotion` (its server's active connections go up when
+/// it is promoted); every other flow to the connection table.
 #[inline(always)]
-pub fn remember(packet: &Packet, service: u32, real: u32, flow_label: u32, now: u64) -> bool {
+pub fn remember(
+    packet: &Packet,
+    service: u32,
+    real: u32,
+    flow_label: u32,
+    count_on_promotion: bool,
+    now: u64,
+) -> bool {
+    // The flags without branches: the verifier walks this once per way `forward` ended.
     let conn = Connection {
         real,
         service,
         last_seen_ns: now,
         flags: (flow_label << CONN_FLOW_LABEL_SHIFT)
-            | if packet.closing { CONN_F_CLOSING } else { 0 },
+            | (u32::from(packet.closing) * CONN_F_CLOSING)
+            | (u32::from(packet.syn()) * CONN_F_EMBRYONIC)
+            | (u32::from(count_on_promotion) * CONN_F_COUNT_ON_PROMOTION),
         service_epoch: maps::service_epoch(service),
     };
     stats::count(GlobalStat::ConntrackMiss);
     // A full table evicts its least recently used flow, so the insert only fails on a kernel
-    // allocation failure; the flow is then scheduled again by Maglev on its next packet.
+    // allocation failure; the flow is then scheduled again on its next packet.
+    if packet.syn() {
+        return maps::EMBRYONIC.insert(&packet.flow, &conn, 0).is_ok();
+    }
     maps::CONNTRACK.insert(&packet.flow, &conn, 0).is_ok()
+}
+
+/// A packet of the embryonic flow `known` (`flags`: its entry's), before it is forwarded to the
+/// flow's server: a SYN again (a retransmission) leaves the flow as it is; a RST forgets it, as
+/// the handshake never completed; anything else (the handshake's ACK) moves it into the
+/// connection table, where its server counts it as active if it is a least-connection
+/// service's.
+///
+/// Done before forwarding, not once the packet is forwarded as a new flow's writes are: a
+/// difference between known and embryonic flows carried past `forward` makes the verifier walk
+/// `forward` once for each (98,000 processed instructions instead of 46,000). A packet whose next hop has to be looked up runs the balancer
+/// twice (next_hop.rs): the second run finds a promoted flow in the connection table (the same
+/// server, counted once), a retransmitted SYN once more in the embryonic table (counted twice in
+/// `conntrack_embryonic_hit`), and a reset flow nowhere (the RST is then scheduled as a new
+/// flow's first packet, which `mh` sends to the same server).
+#[inline(always)]
+fn settle(packet: &Packet, known: &Known, flags: u32, now: u64) {
+    let (service, real) = (known.service, known.real_id);
+    if packet.syn() {
+        return;
+    }
+    if !packet.reset() {
+        let conn = Connection {
+            real,
+            service,
+            last_seen_ns: now,
+            flags: (flags & !(CONN_F_EMBRYONIC | CONN_F_COUNT_ON_PROMOTION))
+                | if packet.closing { CONN_F_CLOSING } else { 0 },
+            service_epoch: maps::service_epoch(service),
+        };
+        // On a failed insert (a kernel allocation failure) the flow stays embryonic and its next
+        // packet tries again.
+        if maps::CONNTRACK.insert(&packet.flow, &conn, 0).is_err() {
+            return;
+        }
+        if flags & CONN_F_COUNT_ON_PROMOTION != 0 {
+            schedule::count_connection(real);
+        }
+        stats::count(GlobalStat::ConntrackPromoted);
+    }
+    // Gone already when another CPU promoted it meanwhile.
+    let _ = maps::EMBRYONIC.remove(&packet.flow);
 }
 
 /// A packet's time, read once per packet for its connection and its next hop: the kernel's coarse

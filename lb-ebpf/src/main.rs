@@ -1,7 +1,8 @@
 //! xlb's XDP balancer: forwards each flow for a virtual service to one real server.
 //!
 //! Per packet, in this order (see ../shared/DESIGN.md): parse ([`parse`]), find the connection
-//! ([`conntrack`]; a known flow needs nothing else), else find the service ([`service`]) and
+//! ([`conntrack`]; a known flow needs nothing else; a TCP flow past nothing but its SYN is kept
+//! apart, in the embryonic table, until the client's next packet), else find the service ([`service`]) and
 //! choose a real server by its scheduler ([`schedule`]), forward by direct routing or tunneling ([`forward`]) or answer "too big"
 //! ([`icmp`]), count ([`stats`]). Every packet that is not for a
 //! service is passed to the kernel untouched; every packet that is passed or dropped instead of
@@ -86,12 +87,20 @@ mod program {
         let now = conntrack::now();
         // What a new flow's choice writes once the flow is forwarded (see schedule::Pending).
         let mut pending = schedule::Pending::new();
-        let (service, real_id, real, flow_label, new_flow) = match conntrack::lookup(&packet, now) {
+        // The embryonic table only when the connection table does not know the flow: a known
+        // flow costs one lookup. An embryonic flow's packet is settled there (promoted by the
+        // handshake's ACK, forgotten on a RST) and then forwarded as a known flow's.
+        let known = match conntrack::lookup(&packet, now) {
+            Some(known) => Some(known),
+            None => conntrack::lookup_embryonic(&packet, now),
+        };
+        let (service, real_id, real, flow_label, new_flow, count_later) = match known {
             Some(known) => (
                 known.service,
                 known.real_id,
                 known.real,
                 known.flow_label,
+                false,
                 false,
             ),
             None => {
@@ -108,13 +117,18 @@ mod program {
                 let Some(real) = maps::real(real_id) else {
                     return Verdict::drop(lb_common::GlobalStat::DropNoReal);
                 };
+                // A SYN's flow is embryonic: its server counts it as active once it is promoted
+                // (IPVS counts a SYN_RECV connection as inactive), not now. Without branches, so
+                // that the verifier does not walk what follows once per case.
+                let count_later = pending.count & packet.syn();
+                pending.count &= !packet.syn();
                 // IPv6: worked out once, remembered with the connection for its later packets.
                 let flow_label = if packet.flow.family == lb_common::FAMILY_V6 {
                     lb_common::hash::flow_hash(&packet.flow) & 0x000f_ffff
                 } else {
                     0
                 };
-                (svc.id, real_id, real, flow_label, true)
+                (svc.id, real_id, real, flow_label, true, count_later)
             }
         };
         let verdict = forward::forward(ctx, &packet, real_id, &real, flow_label, now);
@@ -131,7 +145,9 @@ mod program {
                 stats::count(lb_common::GlobalStat::SeenIcmpErrorForwarded);
             } else if new_flow {
                 schedule::commit(service, &packet.flow, real_id, now, &pending);
-                note.kind = if conntrack::remember(&packet, service, real_id, flow_label, now) {
+                let remembered =
+                    conntrack::remember(&packet, service, real_id, flow_label, count_later, now);
+                note.kind = if remembered {
                     EVENT_NEW_FLOW
                 } else {
                     EVENT_INSERT_FAILED

@@ -8,8 +8,8 @@ use lb_common::{
     config::{DebugEvent, IcmpReply, NextHopRequest},
     hash::VIP_FILTER_WORDS,
     limits::{
-        maglev_elements, real_ids, MAGLEV_TABLES, MAX_CONNECTIONS, MAX_PERSISTENT, MAX_REALS,
-        MAX_SERVICES,
+        maglev_elements, real_ids, MAGLEV_TABLES, MAX_CONNECTIONS, MAX_EMBRYONIC, MAX_PERSISTENT,
+        MAX_REALS, MAX_SERVICES,
     },
     stats::GLOBAL_STATS_LEN,
     Connection, Counters, DataplaneConfig, FlowKey, NextHop, PersistKey, PersistSettings,
@@ -102,6 +102,13 @@ pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(real_
 #[map(name = "XLB_CONNTRACK")]
 pub static CONNTRACK: LruHashMap<FlowKey, Connection> =
     LruHashMap::with_max_entries(MAX_CONNECTIONS, BPF_F_NO_COMMON_LRU);
+
+/// Flow → an embryonic TCP flow's connection (a SYN seen, nothing else yet), until the client's
+/// next packet moves it into [`CONNTRACK`]: a flood of SYNs from random sources evicts only
+/// entries of this table. Written by the data path; read and flushed by userspace.
+#[map(name = "XLB_EMBRYONIC")]
+pub static EMBRYONIC: LruHashMap<FlowKey, Connection> =
+    LruHashMap::with_max_entries(MAX_EMBRYONIC, BPF_F_NO_COMMON_LRU);
 
 /// Service id → per-CPU counters. Written by the data path.
 #[map(name = "XLB_SVC_STATS")]

@@ -51,7 +51,9 @@ const TCP_HDR_LEN: usize = 20;
 const UDP_HDR_LEN: usize = 8;
 
 const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 
 /// Length of the ICMP header before the quoted packet.
 const ICMP_HDR_LEN: usize = 8;
@@ -77,8 +79,27 @@ pub struct Packet {
     pub ip_options: bool,
     /// TCP FIN or RST seen: the connection is closing.
     pub closing: bool,
+    /// The TCP flags as they came (0 for UDP and ICMP errors): an unknown value to the
+    /// verifier, where a bool worked out here would be a known 0 or 1 on two paths that every
+    /// later branch on it keeps apart (see [`Packet::syn`]).
+    pub tcp_flags: u8,
     /// The packet is an ICMP error about `flow`, not part of it.
     pub icmp_error: bool,
+}
+
+impl Packet {
+    /// A TCP SYN without ACK: a client opening (or retrying) a connection. A new flow that
+    /// starts with one is embryonic until the client's next packet (see conntrack.rs).
+    #[inline(always)]
+    pub fn syn(&self) -> bool {
+        self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+
+    /// A TCP RST: an embryonic flow it ends is forgotten instead of promoted.
+    #[inline(always)]
+    pub fn reset(&self) -> bool {
+        self.tcp_flags & TCP_RST != 0
+    }
 }
 
 /// Parse the packet down to its flow, or say why it is not forwarded. `TAGGED`: the program for
@@ -106,7 +127,7 @@ pub fn parse<const TAGGED: bool>(ctx: &XdpContext) -> Result<Packet, Verdict> {
     }
 }
 
-/// Ports at `l4` of a TCP or UDP header, and whether a TCP FIN or RST is set. The header must lie
+/// Ports at `l4` of a TCP or UDP header, and the TCP flags (0 for UDP). The header must lie
 /// within the frame and within the IP packet, which ends at `ip_end`.
 #[inline(always)]
 fn ports(
@@ -114,7 +135,7 @@ fn ports(
     l4: usize,
     ip_end: usize,
     proto: u8,
-) -> Result<([u8; 2], [u8; 2], bool), Verdict> {
+) -> Result<([u8; 2], [u8; 2], u8), Verdict> {
     let truncated = Verdict::drop(GlobalStat::DropTruncatedL4);
     let header = if proto == PROTO_TCP {
         TCP_HDR_LEN
@@ -131,12 +152,12 @@ fn ports(
         let bytes: *const [u8; 14] = tcp as *const TcpHdr as *const [u8; 14];
         // SAFETY: the 14 bytes are the start of the TCP header checked above.
         let flags = unsafe { (*bytes)[13] };
-        Ok((tcp.source, tcp.dest, flags & (TCP_FIN | TCP_RST) != 0))
+        Ok((tcp.source, tcp.dest, flags))
     } else {
         let udp: *const UdpHdr = ptr_at(ctx, l4).ok_or(truncated)?;
         // SAFETY: ptr_at checked that the header lies inside the packet.
         let udp = unsafe { &*udp };
-        Ok((udp.src, udp.dst, false))
+        Ok((udp.src, udp.dst, 0))
     }
 }
 
@@ -224,13 +245,15 @@ fn parse_v4_for_vip(
         ip_id: u16::from_ne_bytes(ip.id),
         ip_options: ihl > 5,
         closing: false,
+        tcp_flags: 0,
         icmp_error: false,
     };
     if proto == PROTO_TCP || proto == PROTO_UDP {
-        let (sport, dport, closing) = ports(ctx, l4, ip_end, proto)?;
+        let (sport, dport, flags) = ports(ctx, l4, ip_end, proto)?;
         packet.flow.sport = u16::from_ne_bytes(sport);
         packet.flow.dport = u16::from_ne_bytes(dport);
-        packet.closing = closing;
+        packet.closing = flags & (TCP_FIN | TCP_RST) != 0;
+        packet.tcp_flags = flags;
         return Ok(packet);
     }
     if proto != PROTO_ICMP {
@@ -337,13 +360,15 @@ fn parse_v6_for_vip(
         ip_id: 0,
         ip_options: false,
         closing: false,
+        tcp_flags: 0,
         icmp_error: false,
     };
     if proto == PROTO_TCP || proto == PROTO_UDP {
-        let (sport, dport, closing) = ports(ctx, l4, ip_end, proto)?;
+        let (sport, dport, flags) = ports(ctx, l4, ip_end, proto)?;
         packet.flow.sport = u16::from_ne_bytes(sport);
         packet.flow.dport = u16::from_ne_bytes(dport);
-        packet.closing = closing;
+        packet.closing = flags & (TCP_FIN | TCP_RST) != 0;
+        packet.tcp_flags = flags;
         return Ok(packet);
     }
     if proto == PROTO_IPV6_FRAGMENT {

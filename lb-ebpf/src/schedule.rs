@@ -81,12 +81,7 @@ pub fn commit(service: u32, flow: &FlowKey, real: u32, now: u64, pending: &Pendi
         }
     }
     if pending.count {
-        if let Some(conns) = REAL_CONNS.get_ptr_mut(real) {
-            // SAFETY: a valid u32 of the map for this program run. Not atomic (the BPF target
-            // has no atomics in core): two CPUs adding at once may count one, which the count
-            // userspace writes every second corrects.
-            unsafe { *conns = (*conns).wrapping_add(1) };
-        }
+        count_connection(real);
     }
     if pending.remember {
         if let Some(settings) = PERSIST_SETTINGS.get(service) {
@@ -186,4 +181,16 @@ fn remembered(service: u32, flow: &FlowKey, now: u64) -> Option<u32> {
     maps::real(entry.real)?;
     entry.last_seen_ns = now;
     Some(entry.real)
+}
+
+/// One more active connection for `real` (a least-connection service's server): a new TCP flow
+/// that is not embryonic, or an embryonic one promoted (conntrack.rs).
+#[inline(always)]
+pub fn count_connection(real: u32) {
+    if let Some(conns) = REAL_CONNS.get_ptr_mut(real) {
+        // SAFETY: a valid u32 of the map for this program run. Not atomic (the BPF target has no
+        // atomics in core): two CPUs adding at once may count one, which the count userspace
+        // writes every second corrects.
+        unsafe { *conns = (*conns).wrapping_add(1) };
+    }
 }

@@ -17,6 +17,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
+    conntrack::CONN_F_EMBRYONIC,
     hash::{vip_filter_slot, VIP_FILTER_WORDS},
     limits::{EMPTY_MAGLEV_TABLE, MAGLEV_TABLE_SIZE, MAGLEV_TABLE_STRIDE},
     maps as names, Connection, Counters, DataplaneConfig, FlowKey, GlobalStat, NextHop, PersistKey,
@@ -250,6 +251,11 @@ pub struct Dataplane {
     reals: Array<MapData, RealServer>,
     next_hops: PerCpuArray<MapData, NextHop>,
     conntrack: HashMap<MapData, FlowKey, Connection>,
+    /// Embryonic TCP flows (a SYN seen), apart from the connection table until promoted.
+    embryonic: HashMap<MapData, FlowKey, Connection>,
+    /// Second descriptors of the connection table and the embryonic table, for batch reads.
+    conntrack_fd: OwnedFd,
+    embryonic_fd: OwnedFd,
     sched_cursors: PerCpuArray<MapData, u32>,
     persist: HashMap<MapData, PersistKey, Persistent>,
     persist_settings: Array<MapData, PersistSettings>,
@@ -264,6 +270,28 @@ pub struct Dataplane {
     free_service_ids: BTreeSet<u32>,
     free_real_ids: BTreeSet<u32>,
     tables: TablePool,
+}
+
+/// A second descriptor of the object's array or hash map `name`, for the batch calls aya does not
+/// offer.
+fn map_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd> {
+    let data = match ebpf.map(name) {
+        Some(
+            aya::maps::Map::Array(data)
+            | aya::maps::Map::HashMap(data)
+            | aya::maps::Map::LruHashMap(data),
+        ) => data,
+        _ => {
+            return Err(DataplaneError::Missing {
+                what: "array or hash map",
+                name,
+            })
+        }
+    };
+    data.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| DataplaneError::Dup { source })
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
@@ -310,6 +338,7 @@ impl Dataplane {
             .map_max_entries(names::REAL_WEIGHTS, capacity.real_ids());
         if let Some(n) = options.max_connections {
             loader.map_max_entries(names::CONNTRACK, n);
+            loader.map_max_entries(names::EMBRYONIC, lb_common::limits::embryonic_entries(n));
         }
         if let Some(dir) = &options.pin_dir {
             std::fs::create_dir_all(dir).map_err(|source| DataplaneError::PinDir {
@@ -326,23 +355,9 @@ impl Dataplane {
         balancer_mut(&mut ebpf)?.load().map_err(load_refused)?;
         install_tail_calls(&mut ebpf)?;
 
-        let maglev_map = ebpf.map(names::MAGLEV).ok_or(DataplaneError::Missing {
-            what: "map",
-            name: names::MAGLEV,
-        })?;
-        let maglev_fd = match maglev_map {
-            aya::maps::Map::Array(data) => data
-                .fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|source| DataplaneError::Dup { source })?,
-            _ => {
-                return Err(DataplaneError::Missing {
-                    what: "array map",
-                    name: names::MAGLEV,
-                })
-            }
-        };
+        let maglev_fd = map_fd(&ebpf, names::MAGLEV)?;
+        let conntrack_fd = map_fd(&ebpf, names::CONNTRACK)?;
+        let embryonic_fd = map_fd(&ebpf, names::EMBRYONIC)?;
         let mut dataplane = Self {
             maglev_mapped: MappedArray::new(
                 maglev_fd.as_fd(),
@@ -363,6 +378,9 @@ impl Dataplane {
             reals: take(&mut ebpf, names::REALS)?,
             next_hops: take(&mut ebpf, names::NEXT_HOPS)?,
             conntrack: take(&mut ebpf, names::CONNTRACK)?,
+            embryonic: take(&mut ebpf, names::EMBRYONIC)?,
+            conntrack_fd,
+            embryonic_fd,
             sched_cursors: take(&mut ebpf, names::SCHED_CURSORS)?,
             persist: take(&mut ebpf, names::PERSIST)?,
             persist_settings: take(&mut ebpf, names::PERSIST_SETTINGS)?,
@@ -998,16 +1016,42 @@ impl Dataplane {
         Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
     }
 
-    /// The connection table's entries.
+    /// The connection table's entries, then the embryonic table's (their flags include
+    /// [`CONN_F_EMBRYONIC`]).
+    ///
+    /// Read in batches of thousands (`BPF_MAP_LOOKUP_BATCH`), so that a full table (a SYN flood
+    /// fills the embryonic one) costs the control plane milliseconds, not two system calls per
+    /// entry; key by key where the kernel refuses batches.
     pub fn connections(&self) -> Result<Vec<(FlowKey, Connection)>> {
-        self.conntrack
-            .iter()
-            .map(|r| r.map_err(map_err("reading the connection table")))
-            .collect()
+        let read = |fd: &OwnedFd,
+                    map: &HashMap<MapData, FlowKey, Connection>,
+                    what: &'static str|
+         -> Result<Vec<(FlowKey, Connection)>> {
+            match batch::lookup_all(fd.as_fd()) {
+                Ok(all) => Ok(all),
+                Err(e) => {
+                    tracing::debug!(error = %e, "{what}: no batch reads, key by key instead");
+                    map.iter()
+                        .map(|r| r.map_err(map_err(format!("reading the {what}"))))
+                        .collect()
+                }
+            }
+        };
+        let mut all = read(&self.conntrack_fd, &self.conntrack, "connection table")?;
+        all.extend(
+            read(&self.embryonic_fd, &self.embryonic, "embryonic table")?
+                .into_iter()
+                .map(|(key, mut conn)| {
+                    conn.flags |= CONN_F_EMBRYONIC;
+                    (key, conn)
+                }),
+        );
+        Ok(all)
     }
 
-    /// Writes a connection-table entry; with `only_new`, an entry the data path already has is
-    /// left as it is. Returns whether the entry was written.
+    /// Writes a connection-table entry (to the embryonic table when its flags include
+    /// [`CONN_F_EMBRYONIC`]); with `only_new`, an entry the data path already has is left as it
+    /// is. Returns whether the entry was written.
     pub fn insert_connection(
         &mut self,
         key: FlowKey,
@@ -1015,10 +1059,12 @@ impl Dataplane {
         only_new: bool,
     ) -> Result<bool> {
         const BPF_NOEXIST: u64 = 1;
-        match self
-            .conntrack
-            .insert(key, connection, if only_new { BPF_NOEXIST } else { 0 })
-        {
+        let table = if connection.flags & CONN_F_EMBRYONIC != 0 {
+            &mut self.embryonic
+        } else {
+            &mut self.conntrack
+        };
+        match table.insert(key, connection, if only_new { BPF_NOEXIST } else { 0 }) {
             Ok(()) => Ok(true),
             Err(MapError::SyscallError(e))
                 if only_new && e.io_error.raw_os_error() == Some(libc::EEXIST) =>
@@ -1046,14 +1092,19 @@ impl Dataplane {
         &mut self,
         mut matches: impl FnMut(&Connection) -> bool,
     ) -> Result<usize> {
-        let doomed: Vec<FlowKey> = self
+        let doomed: Vec<(FlowKey, bool)> = self
             .connections()?
             .into_iter()
             .filter(|(_, c)| matches(c))
-            .map(|(k, _)| k)
+            .map(|(k, c)| (k, c.flags & CONN_F_EMBRYONIC != 0))
             .collect();
-        for key in &doomed {
-            match self.conntrack.remove(key) {
+        for (key, embryonic) in &doomed {
+            let table = if *embryonic {
+                &mut self.embryonic
+            } else {
+                &mut self.conntrack
+            };
+            match table.remove(key) {
                 // Evicted or removed by someone else meanwhile: gone either way.
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_err("flushing the connection table")(e)),

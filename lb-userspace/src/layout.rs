@@ -30,7 +30,7 @@ use crate::program;
 pub const RECORD: &str = "XLB_LAYOUT";
 
 /// Every map of the object, as pinned.
-pub const ALL_MAPS: [&str; 22] = [
+pub const ALL_MAPS: [&str; 23] = [
     names::SERVICES,
     names::VIP_ADDRS,
     names::VIP_FILTER,
@@ -53,6 +53,7 @@ pub const ALL_MAPS: [&str; 22] = [
     names::PERSIST_SETTINGS,
     names::REAL_CONNS,
     names::REAL_WEIGHTS,
+    names::EMBRYONIC,
 ];
 
 /// Layout versions, as the record holds them.

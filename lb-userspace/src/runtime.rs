@@ -1229,7 +1229,8 @@ pub type ConnectionCounts = BTreeMap<RealId, (u32, u32)>;
 
 /// Active and inactive connections per real server in the connection table's `entries` (read at
 /// `now_ns`), as ipvsadm counts them: a TCP connection is active until it closes or idles out;
-/// closing TCP and UDP flows are inactive; idled-out entries are not counted.
+/// embryonic (SYN_RECV) and closing TCP flows and UDP flows are inactive; idled-out entries are
+/// not counted.
 pub fn count_connections(
     entries: impl IntoIterator<Item = (lb_common::FlowKey, lb_common::Connection)>,
     now_ns: u64,
@@ -1324,10 +1325,15 @@ struct ConnState {
 impl ConnState {
     /// `None` once the entry has idled out (it stays in the LRU table until evicted).
     fn of(flow: &lb_common::FlowKey, conn: &lb_common::Connection, now_ns: u64) -> Option<Self> {
-        // IPVS's default timeouts: TCP established 900 s, closing 120 s, UDP 300 s.
+        // IPVS's default timeouts: TCP established 900 s, closing 120 s, SYN_RECV 60 s, UDP
+        // 300 s. An embryonic flow (a SYN seen, in the embryonic table) is IPVS's SYN_RECV, an
+        // inactive connection.
         let closing = conn.flags & lb_common::conntrack::CONN_F_CLOSING != 0;
+        let embryonic = conn.flags & lb_common::conntrack::CONN_F_EMBRYONIC != 0;
         let (active, name, timeout) = if flow.proto != lb_common::PROTO_TCP {
             (false, "UDP", 300)
+        } else if embryonic {
+            (false, "SYN_RECV", 60)
         } else if closing {
             (false, "FIN_WAIT", 120)
         } else {
@@ -1471,6 +1477,41 @@ mod tests {
             counts,
             ConnectionCounts::from([(1, (2, 1)), (2, (0, 1))]),
             "established < 900 s active, closing < 120 s and UDP < 300 s inactive"
+        );
+    }
+
+    #[test]
+    fn embryonic_flows_count_as_inactive_syn_recv_for_60_seconds() {
+        const SECOND: u64 = 1_000_000_000;
+        let now = 10_000 * SECOND;
+        let flow = lb_common::FlowKey {
+            proto: lb_common::PROTO_TCP,
+            ..Default::default()
+        };
+        let embryonic = |real: u32, idle_secs: u64| {
+            let conn = lb_common::Connection {
+                real,
+                flags: lb_common::conntrack::CONN_F_EMBRYONIC
+                    | lb_common::conntrack::CONN_F_COUNT_ON_PROMOTION,
+                last_seen_ns: now - idle_secs * SECOND,
+                ..Default::default()
+            };
+            (flow, conn)
+        };
+        let (young, old) = (embryonic(1, 5), embryonic(1, 60));
+        let state = ConnState::of(&young.0, &young.1, now).expect("not idled out");
+        assert_eq!(
+            (state.name, state.active, state.expire_secs),
+            ("SYN_RECV", false, 55)
+        );
+        assert!(
+            ConnState::of(&old.0, &old.1, now).is_none(),
+            "idled out after 60 s"
+        );
+        assert_eq!(
+            count_connections([young, old], now),
+            ConnectionCounts::from([(1, (0, 1))]),
+            "a SYN_RECV connection is inactive"
         );
     }
 

@@ -3,7 +3,8 @@
 //!
 //! The old program keeps forwarding with its maps (held by the program in the pinned links)
 //! while the new daemon, in order:
-//! 1. opens the old connection table ([`OldTable::open`], whose layout is this xlbd's) and marks
+//! 1. opens the old connection table ([`OldTable::open`], whose layout is this xlbd's; and the
+//!    embryonic table, when the old layout has one) and marks
 //!    the pins as an upgrade in progress; unpins the old maps;
 //! 2. loads a new map set and installs the saved rules in it, before anything runs on it;
 //! 3. copies the connections ([`OldTable::carry`]): each keeps its real server, with the ids and
@@ -19,7 +20,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, Map, MapData, MapError};
-use lb_common::{maps as names, Connection, FlowKey};
+use lb_common::{conntrack::CONN_F_EMBRYONIC, maps as names, Connection, FlowKey};
 use thiserror::Error;
 
 use crate::{
@@ -55,10 +56,11 @@ pub struct Carried {
     pub left_out: usize,
 }
 
-/// The running balancer's connection table, with the old daemon's ids.
+/// The running balancer's connection table (and its embryonic table, when its layout has one),
+/// with the old daemon's ids.
 pub struct OldTable {
-    path: PathBuf,
-    map: HashMap<MapData, FlowKey, Connection>,
+    /// The connection table, then the embryonic table when the layout has one.
+    tables: Vec<Table>,
     /// Each old real-server id's service and address (an id belongs to one service).
     owners: StdHashMap<RealId, (ServiceAddr, SocketAddr)>,
 }
@@ -67,17 +69,24 @@ impl OldTable {
     /// Opens the connection table pinned in `dir`, which [`crate::layout::assess`] found to have
     /// this xlbd's layout, with the ids the old daemon saved.
     pub fn open(dir: &Path, ids: &Installed) -> Result<Self, UpgradeError> {
-        let path = dir.join(names::CONNTRACK);
-        let map = MapData::from_pin(&path)
-            .and_then(Map::from_map_data)
-            .and_then(HashMap::try_from)
-            .map_err(|source| UpgradeError::Old {
-                path: path.clone(),
-                source,
-            })?;
+        let open = |name: &str, embryonic: bool| {
+            let path = dir.join(name);
+            MapData::from_pin(&path)
+                .and_then(Map::from_map_data)
+                .and_then(HashMap::try_from)
+                .map(|map| Table {
+                    path: path.clone(),
+                    map,
+                    embryonic,
+                })
+                .map_err(|source| UpgradeError::Old { path, source })
+        };
+        let mut tables = vec![open(names::CONNTRACK, false)?];
+        if dir.join(names::EMBRYONIC).exists() {
+            tables.push(open(names::EMBRYONIC, true)?);
+        }
         Ok(Self {
-            path,
-            map,
+            tables,
             owners: owners(ids),
         })
     }
@@ -89,14 +98,21 @@ impl OldTable {
         runtime: &mut Runtime<Dataplane>,
         only_new: bool,
     ) -> Result<Carried, UpgradeError> {
-        let entries: Vec<(FlowKey, Connection)> = self
-            .map
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(|source| UpgradeError::Old {
-                path: self.path.clone(),
-                source,
-            })?;
+        let mut entries = Vec::new();
+        for table in &self.tables {
+            for entry in table.map.iter() {
+                let (key, mut conn) = entry.map_err(|source| UpgradeError::Old {
+                    path: table.path.clone(),
+                    source,
+                })?;
+                // Embryonic flows go back to the embryonic table (by their flag): their
+                // handshake's ACK then finds them.
+                if table.embryonic {
+                    conn.flags |= CONN_F_EMBRYONIC;
+                }
+                entries.push((key, conn));
+            }
+        }
         let installed = runtime.installed().clone();
         let dp = runtime.dataplane();
         let mut carried = Carried::default();
@@ -137,6 +153,14 @@ impl OldTable {
         }
         Ok(carried)
     }
+}
+
+/// One of the running balancer's tables.
+struct Table {
+    path: PathBuf,
+    map: HashMap<MapData, FlowKey, Connection>,
+    /// The embryonic table: its entries are embryonic flows.
+    embryonic: bool,
 }
 
 /// Each real-server id's service and address.

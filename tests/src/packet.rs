@@ -7,6 +7,8 @@ pub const SYN: u8 = 0x02;
 pub const ACK: u8 = 0x10;
 /// TCP flag FIN.
 pub const FIN: u8 = 0x01;
+/// TCP flag RST.
+pub const RST: u8 = 0x04;
 
 /// The L4 part of a test packet.
 #[derive(Clone, Debug)]

@@ -15,7 +15,7 @@ use lb_userspace::dataplane::{Dataplane, LoadOptions};
 use xlb_tests::{
     fixture::{self, action, action_name, hex},
     netns::Netns,
-    packet::{self, Ipv4Packet, ACK, FIN, L4, SYN},
+    packet::{self, Ipv4Packet, ACK, FIN, L4, RST, SYN},
     root,
     services::TestService,
 };
@@ -817,4 +817,209 @@ fn a_daemon_adopting_pinned_maps_keeps_every_vip_visible_until_its_program_is_at
     assert_eq!(run(&second, &syn).action, action::TX);
     drop(second);
     drop(first);
+}
+
+/// The server (by its MAC) a packet went to.
+fn server_of(bench: &Bench, packet: &[u8]) -> [u8; 4] {
+    let out = bench.run(packet);
+    assert_eq!(out.action, action::TX, "{}", action_name(out.action));
+    *RS.iter()
+        .find(|rs| out.packet[0..6] == rs_mac(**rs))
+        .expect("a real server's MAC")
+}
+
+/// The connection-table entries of `flow` (embryonic or not) through userspace's walk.
+fn entry_of(bench: &Bench, flow: &FlowKey) -> Option<lb_common::Connection> {
+    bench
+        .dp
+        .connections()
+        .expect("connections")
+        .into_iter()
+        .find(|(k, _)| k == flow)
+        .map(|(_, c)| c)
+}
+
+fn embryonic(conn: &lb_common::Connection) -> bool {
+    conn.flags & lb_common::conntrack::CONN_F_EMBRYONIC != 0
+}
+
+/// The `i`th source of a flood: addresses spread over 11.0.0.0/8 to 100.0.0.0/8 (no martian),
+/// ports over 1024..65535.
+fn flood_source(i: u32) -> ([u8; 4], u16) {
+    let x = i.wrapping_mul(2_654_435_761).rotate_left(7) ^ i;
+    let [a, b, c, d] = x.to_be_bytes();
+    (
+        [11 + a % 90, b, c, d | 1],
+        1024 + (x.wrapping_mul(31) % 64_000) as u16,
+    )
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_syn_flood_from_random_sources_evicts_no_established_flow() {
+    let bench = bench();
+    // 1000 established flows (SYN, then the handshake's ACK) in a table of 4096, beside an
+    // embryonic table of 1024.
+    let established: Vec<(u16, [u8; 4])> = (20_000..21_000)
+        .map(|port| {
+            let syn = server_of(&bench, &Ipv4Packet::tcp(CLIENT, port, VIP, 80, SYN).build());
+            let ack = server_of(&bench, &Ipv4Packet::tcp(CLIENT, port, VIP, 80, ACK).build());
+            assert_eq!(syn, ack, "flow {port}: its ACK went elsewhere than its SYN");
+            (port, syn)
+        })
+        .collect();
+    assert_eq!(bench.counter(GlobalStat::ConntrackPromoted), 1000);
+    // A flood: 12 times the connection table's size in SYNs, each from a source of its own.
+    let flood = 12 * 4096;
+    let misses = bench.counter(GlobalStat::ConntrackMiss);
+    for i in 0..flood {
+        let (src, sport) = flood_source(i);
+        let out = bench.run(&Ipv4Packet::tcp(src, sport, VIP, 80, SYN).build());
+        assert_eq!(out.action, action::TX, "flood SYN {i}");
+    }
+    assert_eq!(
+        bench.counter(GlobalStat::ConntrackMiss) - misses,
+        u64::from(flood),
+        "every flood SYN is a new flow"
+    );
+    let entries = bench.dp.connections().expect("connections");
+    let (young, settled): (Vec<&(FlowKey, lb_common::Connection)>, Vec<_>) =
+        entries.iter().partition(|(_, c)| embryonic(c));
+    assert_eq!(
+        settled.len(),
+        1000,
+        "the connection table holds only the established flows"
+    );
+    assert!(
+        young.len() <= 1024 + 64 && young.len() >= 512,
+        "the embryonic table holds {} flood flows",
+        young.len()
+    );
+    // Every established flow is still known, at its own server: hits, not new flows.
+    let (hits, misses) = (
+        bench.counter(GlobalStat::ConntrackHit),
+        bench.counter(GlobalStat::ConntrackMiss),
+    );
+    for (port, rs) in &established {
+        let got = server_of(
+            &bench,
+            &Ipv4Packet::tcp(CLIENT, *port, VIP, 80, ACK).build(),
+        );
+        assert_eq!(got, *rs, "established flow {port} moved during the flood");
+    }
+    assert_eq!(bench.counter(GlobalStat::ConntrackHit) - hits, 1000);
+    assert_eq!(
+        bench.counter(GlobalStat::ConntrackMiss),
+        misses,
+        "an established flow was lost"
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn an_embryonic_flow_keeps_its_server_until_its_ack_promotes_it_and_a_reset_forgets_it() {
+    let mut bench = bench();
+    let a = flow(CLIENT, 30_000, VIP, 80, PROTO_TCP);
+    let syn = Ipv4Packet::tcp(CLIENT, 30_000, VIP, 80, SYN).build();
+    let owner = server_of(&bench, &syn);
+    let conn = entry_of(&bench, &a).expect("the SYN's flow is remembered");
+    assert!(embryonic(&conn), "a SYN's flow is embryonic");
+
+    // Its server quiesced: the SYN retransmitted still goes there, found in the embryonic table.
+    bench.web.set_weight(&mut bench.dp, owner.into(), 0);
+    let (hits, young_hits, misses) = (
+        bench.counter(GlobalStat::ConntrackHit),
+        bench.counter(GlobalStat::ConntrackEmbryonicHit),
+        bench.counter(GlobalStat::ConntrackMiss),
+    );
+    assert_eq!(server_of(&bench, &syn), owner, "a retransmitted SYN moved");
+    assert!(embryonic(&entry_of(&bench, &a).expect("still there")));
+    // The handshake's ACK goes there too and promotes the flow.
+    let ack = Ipv4Packet::tcp(CLIENT, 30_000, VIP, 80, ACK).build();
+    assert_eq!(server_of(&bench, &ack), owner, "the handshake's ACK moved");
+    let conn = entry_of(&bench, &a).expect("promoted");
+    assert!(!embryonic(&conn), "the ACK did not promote the flow");
+    assert_eq!(
+        conn.flags & lb_common::conntrack::CONN_F_COUNT_ON_PROMOTION,
+        0
+    );
+    let entries = bench.dp.connections().expect("connections");
+    assert_eq!(
+        entries.iter().filter(|(k, _)| *k == a).count(),
+        1,
+        "a promoted flow is in one table only"
+    );
+    assert_eq!(bench.counter(GlobalStat::ConntrackHit) - hits, 2);
+    assert_eq!(
+        bench.counter(GlobalStat::ConntrackEmbryonicHit) - young_hits,
+        2
+    );
+    assert_eq!(bench.counter(GlobalStat::ConntrackMiss), misses);
+    // From now on a known flow: data goes to its server, a SYN too.
+    assert_eq!(server_of(&bench, &ack), owner);
+    assert_eq!(server_of(&bench, &syn), owner);
+    assert_eq!(
+        bench.counter(GlobalStat::ConntrackEmbryonicHit) - young_hits,
+        2
+    );
+    bench.web.set_weight(&mut bench.dp, owner.into(), 1);
+
+    // A RST after the SYN goes to the flow's server and forgets the flow.
+    let b = flow(CLIENT, 30_001, VIP, 80, PROTO_TCP);
+    let server = server_of(
+        &bench,
+        &Ipv4Packet::tcp(CLIENT, 30_001, VIP, 80, SYN).build(),
+    );
+    let promoted = bench.counter(GlobalStat::ConntrackPromoted);
+    let rst = Ipv4Packet::tcp(CLIENT, 30_001, VIP, 80, RST).build();
+    assert_eq!(server_of(&bench, &rst), server, "the RST moved");
+    assert!(
+        entry_of(&bench, &b).is_none(),
+        "a reset embryonic flow is remembered"
+    );
+    assert_eq!(bench.counter(GlobalStat::ConntrackPromoted), promoted);
+
+    // A FIN (with its ACK) after the SYN promotes the flow as closing.
+    let c = flow(CLIENT, 30_002, VIP, 80, PROTO_TCP);
+    server_of(
+        &bench,
+        &Ipv4Packet::tcp(CLIENT, 30_002, VIP, 80, SYN).build(),
+    );
+    server_of(
+        &bench,
+        &Ipv4Packet::tcp(CLIENT, 30_002, VIP, 80, FIN | ACK).build(),
+    );
+    let conn = entry_of(&bench, &c).expect("promoted");
+    assert!(!embryonic(&conn));
+    assert_ne!(conn.flags & lb_common::conntrack::CONN_F_CLOSING, 0);
+
+    // A flow that starts without a SYN (a client of a failed-over balancer), and UDP: in the
+    // connection table at once, as before.
+    let d = flow(CLIENT, 30_003, VIP, 80, PROTO_TCP);
+    server_of(
+        &bench,
+        &Ipv4Packet::tcp(CLIENT, 30_003, VIP, 80, ACK).build(),
+    );
+    assert!(!embryonic(&entry_of(&bench, &d).expect("remembered")));
+    let e = flow(CLIENT, 30_004, VIP, 53, PROTO_UDP);
+    server_of(&bench, &Ipv4Packet::udp(CLIENT, 30_004, VIP, 53).build());
+    assert!(!embryonic(&entry_of(&bench, &e).expect("remembered")));
+
+    // Removing a server forgets its embryonic flows too; a flush empties both tables.
+    let f = flow(CLIENT, 30_005, VIP, 80, PROTO_TCP);
+    let server = server_of(
+        &bench,
+        &Ipv4Packet::tcp(CLIENT, 30_005, VIP, 80, SYN).build(),
+    );
+    bench.web.remove_real(&mut bench.dp, server.into());
+    assert!(
+        entry_of(&bench, &f).is_none(),
+        "a removed server's embryonic flow is kept"
+    );
+    server_of(
+        &bench,
+        &Ipv4Packet::tcp(CLIENT, 30_006, VIP, 80, SYN).build(),
+    );
+    bench.dp.flush_connections().expect("flush");
+    assert!(bench.dp.connections().expect("connections").is_empty());
 }

@@ -96,13 +96,16 @@ fn upgrades_keep_every_flow_and_a_connection_table_of_another_layout_is_refused(
     );
     pause();
 
-    // 2. Pins recorded with an older layout version: new maps, connections carried over.
+    // 2. Pins recorded with an older layout version: new maps, connections carried over. The
+    // embryonic table unpinned, as the layout before it (2) left the pins.
     daemon.stop();
     let older = Versions {
         maps: Versions::CURRENT.maps - 1,
         ..Versions::CURRENT
     };
     layout::write(&daemon.pin_dir, older).expect("record an older layout");
+    let embryonic = daemon.pin_dir.join(lb_common::maps::EMBRYONIC);
+    std::fs::remove_file(&embryonic).expect("unpin the embryonic table");
     let started = Instant::now();
     daemon.spawn();
     serving(&daemon, 3);
@@ -130,6 +133,7 @@ fn upgrades_keep_every_flow_and_a_connection_table_of_another_layout_is_refused(
         "the kept connection moved across the move to new maps"
     );
     assert_eq!(layout::read(&daemon.pin_dir), Some(Ok(Versions::CURRENT)));
+    assert!(embryonic.exists(), "the new map set has no embryonic table");
     let listing = daemon.adm_ok(&["-L", "-n"]);
     assert!(
         listing.contains(&format!("{owner_addr}:80")) && listing.contains(&vip),
@@ -171,6 +175,7 @@ fn upgrades_keep_every_flow_and_a_connection_table_of_another_layout_is_refused(
         daemon.log()
     );
     assert_eq!(layout::read(&daemon.pin_dir), Some(Ok(Versions::CURRENT)));
+    assert!(embryonic.exists(), "the new map set has no embryonic table");
     let listing = daemon.adm_ok(&["-L", "-n"]);
     assert!(
         listing.contains(&vip),

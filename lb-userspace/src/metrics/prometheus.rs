@@ -172,7 +172,7 @@ pub fn render(
     let mut real_inactive = Family::new(
         "xlb_real_inactive_connections",
         Gauge,
-        "Other tracked connections: closing TCP and UDP flows, not idled out.",
+        "Other tracked connections: embryonic (SYN_RECV) and closing TCP, and UDP flows, not idled out.",
     );
     let mut real_up_family = Family::new(
         "xlb_real_up",

@@ -128,11 +128,22 @@ async fn sample(shared: &Mutex<Shared>, table: &ConnectionTable) -> Result<Sampl
     Ok((connections, now_ns, listing))
 }
 
-/// Counts the connections in the table pinned at `path`, through a handle of our own.
+/// Counts the connections in the table pinned at `path`, and in the embryonic table pinned
+/// beside it when there is one, through handles of our own.
 fn walk_pinned(path: &std::path::Path) -> Result<ConnectionCounts, MapError> {
-    let map = Map::from_map_data(MapData::from_pin(path)?)?;
-    let table = HashMap::<_, FlowKey, Connection>::try_from(map)?;
+    let open = |path: &std::path::Path| {
+        let map = Map::from_map_data(MapData::from_pin(path)?)?;
+        HashMap::<_, FlowKey, Connection>::try_from(map)
+    };
     let now_ns = monotonic_ns();
-    let entries = table.iter().collect::<Result<Vec<_>, _>>()?;
+    let mut entries = open(path)?.iter().collect::<Result<Vec<_>, _>>()?;
+    let embryonic = path.with_file_name(lb_common::maps::EMBRYONIC);
+    if embryonic.exists() {
+        for entry in open(&embryonic)?.iter() {
+            let (key, mut conn) = entry?;
+            conn.flags |= lb_common::conntrack::CONN_F_EMBRYONIC;
+            entries.push((key, conn));
+        }
+    }
     Ok(count_connections(entries, now_ns))
 }
