@@ -67,7 +67,7 @@ enum Cmd {
     },
     /// Run the benchmarks (as root): each reports ratios against a baseline of the same run.
     Bench {
-        /// Only these: data-path, maglev, health, control, live, katran, e2e (all when none is
+        /// Only these: data-path, flood, maglev, health, control, live, katran, e2e (all when none is
         /// named; katran only with --katran-src; data-path includes live).
         only: Vec<String>,
         /// A copy of Katran's source (facebookincubator/katran, a clone or `git archive`): its

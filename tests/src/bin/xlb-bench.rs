@@ -5,6 +5,13 @@
 //!   not for a VIP (parse and one lookup) and for a packet of a known flow forwarded by direct
 //!   routing (parse, service and connection lookups, FIB lookup, MAC rewrite), against the
 //!   decapsulator passing a plain packet (about the least an XDP program can do).
+//! - Floods, through BPF_PROG_TEST_RUN one packet a call (every packet a flow of its own), with
+//!   the connection table and the embryonic table full: ns per packet for a SYN from a new source
+//!   (what a SYN flood costs: a miss in both tables, Maglev, an insert into the embryonic table
+//!   that evicts its oldest entry), for the first packet of a new flow that is no SYN (an ACK from
+//!   a new source: an insert into the connection table that evicts), and for a packet of a known
+//!   flow measured the same way (a cold cache line each), against the decapsulator passing a
+//!   plain packet the same way.
 //! - Maglev: building a 65537-slot table for 100 servers, and for 100, 1000 and 4096 servers of
 //!   which one has a weight far above the others', against one server.
 //! - Health checks: 10,000 targets checked every second by xlbd's checker, for each check kind
@@ -27,7 +34,11 @@ use std::{
 };
 
 use anyhow::Context as _;
-use lb_common::{Forwarding, RealServer, ServiceKey, PROTO_TCP};
+use lb_common::{
+    conntrack::CONN_F_EMBRYONIC,
+    limits::{MAX_CONNECTIONS, MAX_EMBRYONIC},
+    Connection, FlowKey, Forwarding, RealServer, ServiceKey, FAMILY_V4, PROTO_TCP,
+};
 use lb_userspace::{
     dataplane::{Dataplane, LoadOptions},
     decap::Decapsulator,
@@ -39,7 +50,7 @@ use xlb_tests::{
     daemon::Daemon,
     hcbench::{self, Lab, CHECKER_CPU, SERVERS_CPU},
     netns::Netns,
-    packet::{Ipv4Packet, ACK},
+    packet::{Ipv4Packet, ACK, SYN},
     root, scale,
 };
 
@@ -100,6 +111,13 @@ fn data_path() {
     let plain = Ipv4Packet::tcp([10, 10, 0, 50], 40000, [10, 10, 0, 99], 80, ACK).build();
     let to_vip = Ipv4Packet::tcp([10, 10, 0, 50], 40000, [10, 10, 0, 100], 80, ACK).build();
     let balancer = dp.program().expect("balancer");
+    if let Some(n) = balancer
+        .info()
+        .ok()
+        .and_then(|info| info.verified_instruction_count())
+    {
+        println!("balancer: {n} instructions processed by the verifier");
+    }
     let baseline = ns_per_packet(&ns, decap.program().expect("decap"), &plain, ifindex);
     let pass = ns_per_packet(&ns, balancer, &plain, ifindex);
     let forward = ns_per_packet(&ns, balancer, &to_vip, ifindex);
@@ -113,6 +131,170 @@ fn data_path() {
         "  balancer: known flow, direct routing (XDP_TX)    {forward:>7.1} ns   {:.2}",
         forward / baseline
     );
+}
+
+/// The `i`th source of the flood benchmark: one address each (in 11.0.0.0 to 100.255.255.255,
+/// no martian) and a port.
+fn source(i: u32) -> ([u8; 4], u16) {
+    let [_, b, c, d] = i.to_be_bytes();
+    (
+        [11 + ((i >> 24) % 90) as u8, b, c, d],
+        1024 + (i % 60_000) as u16,
+    )
+}
+
+/// The flow key of a TCP packet from the `i`th source to 10.10.0.100:80.
+fn source_flow(i: u32) -> FlowKey {
+    let (src, sport) = source(i);
+    FlowKey {
+        src: [u32::from_ne_bytes(src), 0, 0, 0],
+        dst: [u32::from_ne_bytes([10, 10, 0, 100]), 0, 0, 0],
+        sport: sport.to_be(),
+        dport: 80u16.to_be(),
+        proto: PROTO_TCP,
+        family: FAMILY_V4,
+        _pad: [0; 2],
+    }
+}
+
+/// Mean ns per run of `program` over `packets`, each run once (the kernel's duration of that
+/// one run), in the namespace of `ns`.
+fn ns_per_distinct_packet(ns: &Netns, program: &Xdp, packets: &[Vec<u8>], ifindex: u32) -> f64 {
+    let mut ctx = [0u8; 24];
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    let total: u128 = ns.enter(|| {
+        packets
+            .iter()
+            .map(|packet| {
+                ctx[4..8].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
+                let mut out = vec![0u8; packet.len() + 256];
+                program
+                    .test_run(TestRunOptions {
+                        data_in: Some(packet),
+                        data_out: Some(&mut out),
+                        ctx_in: Some(&ctx),
+                        repeat: 1,
+                        ..TestRunOptions::default()
+                    })
+                    .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"))
+                    .duration
+                    .as_nanos()
+            })
+            .sum()
+    });
+    total as f64 / packets.len() as f64
+}
+
+/// Packets a flood benchmark round sends per case.
+const FLOOD_PACKETS: u32 = 20_000;
+
+/// What a SYN flood costs per packet, with full tables (see the module's comment).
+fn flood() {
+    let ns = Netns::new("flood");
+    ns.sh(
+        "ip link add fx0 type veth peer name fx1 && ip link set fx0 up && ip link set fx1 up && \
+         ip addr add 10.10.0.1/24 dev fx0 && sysctl -qw net.ipv4.conf.fx0.forwarding=1 && \
+         ip neigh replace 10.10.0.21 lladdr 02:00:00:00:01:21 dev fx0 nud permanent",
+    );
+    let ifindex = ns.ifindex("fx0");
+    let mut dp = Dataplane::load(&LoadOptions {
+        max_services: Some(8),
+        ..LoadOptions::default()
+    })
+    .expect("load the data path");
+    let key = ServiceKey::v4(0x0a0a_0064, 80, PROTO_TCP);
+    dp.upsert_service(key, 0, 0).expect("service");
+    let real = dp
+        .add_real(RealServer::v4(0x0a0a_0015, Forwarding::DirectRoute))
+        .expect("real");
+    let table = maglev::build(&[maglev::Backend {
+        identity: &[10, 10, 0, 21, 0, 80],
+        id: real,
+        weight: 1,
+    }]);
+    dp.set_maglev_table(key, &table).expect("table");
+    let service = dp.service(&key).expect("the service").id;
+    let established = Connection {
+        real,
+        service,
+        last_seen_ns: 0,
+        flags: 0,
+        service_epoch: dp.service_epoch(service).expect("epoch"),
+    };
+    // Both tables filled past their size from userspace (each CPU keeps its own share of an
+    // LRU's entries, so every insert below evicts).
+    let started = Instant::now();
+    for i in 0..MAX_CONNECTIONS * 2 {
+        dp.insert_connection(source_flow(i), established, false)
+            .expect("fill the connection table");
+    }
+    let embryonic = Connection {
+        flags: CONN_F_EMBRYONIC,
+        ..established
+    };
+    let base = 1 << 24;
+    for i in base..base + MAX_EMBRYONIC * 2 {
+        dp.insert_connection(source_flow(i), embryonic, false)
+            .expect("fill the embryonic table");
+    }
+    let entries = dp.connections().expect("read the tables");
+    let young = entries
+        .iter()
+        .filter(|(_, c)| c.flags & CONN_F_EMBRYONIC != 0)
+        .count();
+    println!(
+        "flood (BPF_PROG_TEST_RUN, one run per packet, {FLOOD_PACKETS} packets, best of 5; tables \
+         filled in {:.1} s: {} connections, {young} embryonic):",
+        started.elapsed().as_secs_f64(),
+        entries.len() - young
+    );
+    let decap = Decapsulator::load(&[IpAddr::from([10, 10, 0, 1])], None).expect("decapsulator");
+    let balancer = dp.program().expect("balancer");
+    // The known flows: the last ones in, still in the table.
+    let known: Vec<Vec<u8>> = (0..FLOOD_PACKETS)
+        .map(|i| {
+            let (src, sport) = source(MAX_CONNECTIONS * 2 - 1 - i * 3);
+            Ipv4Packet::tcp(src, sport, [10, 10, 0, 100], 80, ACK).build()
+        })
+        .collect();
+    let plain: Vec<Vec<u8>> = (0..FLOOD_PACKETS)
+        .map(|i| {
+            let (src, sport) = source(i);
+            Ipv4Packet::tcp(src, sport, [10, 10, 0, 99], 80, ACK).build()
+        })
+        .collect();
+    let mut best = [f64::MAX; 4];
+    for round in 0..5 {
+        // New sources every round and case.
+        let fresh = |case: u32, flags: u8| -> Vec<Vec<u8>> {
+            let first = (2 + case * 5 + round) << 24;
+            (first..first + FLOOD_PACKETS)
+                .map(|i| {
+                    let (src, sport) = source(i);
+                    Ipv4Packet::tcp(src, sport, [10, 10, 0, 100], 80, flags).build()
+                })
+                .collect()
+        };
+        let (syns, acks) = (fresh(0, SYN), fresh(1, ACK));
+        let runs = [
+            ns_per_distinct_packet(&ns, decap.program().expect("decap"), &plain, ifindex),
+            ns_per_distinct_packet(&ns, balancer, &known, ifindex),
+            ns_per_distinct_packet(&ns, balancer, &syns, ifindex),
+            ns_per_distinct_packet(&ns, balancer, &acks, ifindex),
+        ];
+        for (best, run) in best.iter_mut().zip(runs) {
+            *best = best.min(run);
+        }
+    }
+    let [baseline, known, syn, ack] = best;
+    println!("  baseline: decapsulator passing a plain packet   {baseline:>7.1} ns   1.00");
+    for (what, ns) in [
+        ("known flow, direct routing (XDP_TX)     ", known),
+        ("SYN from a new source (a flood's packet)", syn),
+        ("new flow without SYN (ACK, new source)  ", ack),
+    ] {
+        println!("  balancer: {what} {ns:>7.1} ns   {:.2}", ns / baseline);
+    }
 }
 
 /// A Maglev bench case: its name, its number of servers and the weight of server `i`.
@@ -391,14 +573,23 @@ fn main() -> anyhow::Result<()> {
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     if let Some(unknown) = only
         .iter()
-        .find(|o| !["data-path", "maglev", "health", "control"].contains(&o.as_str()))
+        .find(|o| !["data-path", "flood", "maglev", "health", "control"].contains(&o.as_str()))
     {
         anyhow::bail!(
-            "unknown benchmark {unknown:?} (expected data-path, maglev, health or control)"
+            "unknown benchmark {unknown:?} (expected data-path, flood, maglev, health or control)"
         );
     }
     if wanted("data-path") {
         data_path();
+    }
+    if wanted("flood") {
+        // On one CPU, whose share of each LRU table the fill filled.
+        std::thread::spawn(|| {
+            hcbench::pin(1).expect("pin the flood benchmark to CPU 1");
+            flood();
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the flood benchmark failed"))?;
     }
     if wanted("maglev") {
         maglev_build();
