@@ -134,11 +134,6 @@ impl<'a> Daemon<'a> {
         assert_eq!(rc, 0, "kill({signal}) of xlbd failed");
     }
 
-    /// The running process's id (`ip netns exec` execs xlbd, so this is xlbd's own).
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
     /// Starts the process (again).
     pub fn spawn(&mut self) {
         self.spawn_with(&[]);

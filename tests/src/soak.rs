@@ -51,8 +51,9 @@ const STEADY: [usize; 2] = [0, 1];
 const FLAPPING: [usize; 2] = [2, 3];
 const TRANSIENT: usize = 4;
 /// How long an xlbd process runs before its resident memory counts: under the soak's load it
-/// climbs by steps for about a minute (walks of a filling connection table, the allocator's
-/// arenas) and then stays level; measured with `--samples`.
+/// climbs by steps while the connection table fills (most of it in the first 90 s, 155 to about
+/// 166 MiB in three minutes) and then stays nearly level; measured with `--samples`
+/// (BENCHMARKS.md).
 const MEMORY_WARMUP: f64 = 90.0;
 /// How long an xlbd process runs before its descriptors and threads count.
 const PROCESS_WARMUP: f64 = 10.0;
@@ -1262,8 +1263,7 @@ impl Churn<'_> {
         self.pid.store(0, Ordering::SeqCst);
         self.daemon.stop();
         self.daemon.spawn();
-        self.pid
-            .store(self.daemon.pid().unwrap_or(0), Ordering::SeqCst);
+        self.pid.store(self.daemon.pid(), Ordering::SeqCst);
         self.wait_applied();
         self.windows.push(Window {
             kind: WindowKind::Restart,
@@ -1362,7 +1362,7 @@ pub fn run(plan: &Plan, interrupted: &AtomicBool) -> Report {
         transient: false,
     };
     let daemon = Daemon::start_with_config(&lab.balancer, Some(&model.config()));
-    let pid = AtomicU32::new(daemon.pid().unwrap_or(0));
+    let pid = AtomicU32::new(daemon.pid());
     let transient_open = Mutex::new(false);
     let table = daemon.pin_dir.join(lb_common::maps::CONNTRACK);
     let mut churn = Churn {
