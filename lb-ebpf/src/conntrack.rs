@@ -36,13 +36,23 @@ pub struct Known {
 }
 
 /// The service and real server of a known flow, refreshing its entry. A flow whose server or
-/// service has been removed since is treated as new.
+/// service has been removed since is treated as new, and so is a SYN that meets the entry of a
+/// connection that closed (a FIN or RST was seen): a new connection from a reused client port,
+/// which IPVS schedules anew too (`conn_reuse_mode`). Its old entry is forgotten, so that the
+/// handshake's ACK finds the new connection's server rather than the old one, which may have
+/// failed its check or left the service's table since.
 #[inline(always)]
 pub fn lookup(packet: &Packet, now: u64) -> Option<Known> {
     let conn = maps::CONNTRACK.get_ptr_mut(&packet.flow)?;
     // SAFETY: the pointer comes from the map lookup and stays valid for this program run; racing
     // writers only ever store whole, valid values.
-    found(unsafe { &mut *conn }, packet, now)
+    let conn = unsafe { &mut *conn };
+    if packet.syn() && conn.flags & CONN_F_CLOSING != 0 {
+        // Already gone (another CPU's SYN of the same flow): the flow is new all the same.
+        let _ = maps::CONNTRACK.remove(&packet.flow);
+        return None;
+    }
+    found(conn, packet, now)
 }
 
 /// The service and real server of an embryonic TCP flow (one the connection table does not

@@ -820,6 +820,64 @@ fn a_daemon_adopting_pinned_maps_keeps_every_vip_visible_until_its_program_is_at
 }
 
 /// The server (by its MAC) a packet went to.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_syn_on_a_closed_connections_port_is_scheduled_anew_and_its_ack_follows_it() {
+    let mut bench = bench();
+    // Connections from 40 client ports, each through its handshake to its server.
+    let ports: Vec<u16> = (47000..47040).collect();
+    let owners: Vec<[u8; 4]> = ports
+        .iter()
+        .map(|&port| {
+            let rs = server_of(&bench, &Ipv4Packet::tcp(CLIENT, port, VIP, 80, SYN).build());
+            assert_eq!(
+                server_of(&bench, &Ipv4Packet::tcp(CLIENT, port, VIP, 80, ACK).build()),
+                rs
+            );
+            rs
+        })
+        .collect();
+    // RS[0] leaves the table (its check failed: weight 0), its flows stay.
+    bench.web.set_weight(&mut bench.dp, RS[0].into(), 0);
+    let mut reused = 0;
+    for (&port, &owner) in ports.iter().zip(&owners) {
+        let packet = |flags| Ipv4Packet::tcp(CLIENT, port, VIP, 80, flags).build();
+        if port % 2 == 0 {
+            // Still open: its packets, a SYN included, keep their server.
+            assert_eq!(server_of(&bench, &packet(ACK)), owner);
+            assert_eq!(server_of(&bench, &packet(SYN)), owner, "port {port}");
+            continue;
+        }
+        // Closed by the client, then the port is used again: a new connection, scheduled by
+        // the table as it is now; the handshake's ACK and the rest follow the new server.
+        assert_eq!(server_of(&bench, &packet(ACK | FIN)), owner);
+        let now = bench.maglev_choice(&bench.web, &flow(CLIENT, port, VIP, 80, PROTO_TCP));
+        let again = server_of(&bench, &packet(SYN));
+        assert_eq!(again, now, "port {port}: the SYN of a new connection");
+        assert_ne!(
+            again, RS[0],
+            "port {port}: a new connection went to a server out of the table"
+        );
+        assert_eq!(
+            server_of(&bench, &packet(ACK)),
+            again,
+            "port {port}: its ACK"
+        );
+        let entry = entry_of(&bench, &flow(CLIENT, port, VIP, 80, PROTO_TCP)).expect("an entry");
+        assert!(!embryonic(&entry), "promoted by its ACK");
+        assert_eq!(
+            entry.flags & lb_common::conntrack::CONN_F_CLOSING,
+            0,
+            "the new connection is not closing"
+        );
+        reused += usize::from(owner == RS[0]);
+    }
+    assert!(
+        reused > 0,
+        "no closed connection was on the server that left: {owners:?}"
+    );
+}
+
 fn server_of(bench: &Bench, packet: &[u8]) -> [u8; 4] {
     let out = bench.run(packet);
     assert_eq!(out.action, action::TX, "{}", action_name(out.action));
