@@ -308,13 +308,20 @@ want() { [ -z "${ONLY:-}" ] || [[ ",$ONLY," == *",$1"* ]] || [[ ",$ONLY," == *".
 if [ "${SCHEDULERS:-1}" = 1 ] && want sched; then
 	echo; echo "# schedulers: SYN of a new flow every run, direct routing, one real server (ns/packet, net of the new-flow floor)"
 	SCHED_OUT=
-	for sched in "mh" "rr" "wrr" "lc" "wlc" "sh" "sh -b sh-port" "dh" "mh -p 300" "rr -p 300" "wrr -p 300 -M 255.255.255.0"; do
+	# "X -x": scheduler X with an upper connection threshold on the real server that the runs
+	# never reach (every new flow reads and counts it; no server is passed by).
+	for sched in "mh" "rr" "wrr" "lc" "wlc" "sh" "sh -b sh-port" "dh" "mh -p 300" "rr -p 300" "wrr -p 300 -M 255.255.255.0" "mh -x" "rr -x" "wlc -x"; do
+		thr=0
+		case "$sched" in *" -x") thr=2000000000; sched=${sched% -x} ;; esac
 		# shellcheck disable=SC2086 # the scheduler's options are words
 		adm -E -t 10.10.0.100:80 -s $sched
+		adm -e -t 10.10.0.100:80 -r 10.10.0.21:80 -g -w 1 -x "$thr"
+		[ "$thr" = 0 ] || sched="$sched -x $thr"
 		o=$("$B/harness" "${XARGS[@]}" --only floor.pass_newflow,xlb.syn_newflow_dr 2> >(grep -v '^libbpf: elf: skipping' >&2) | grep '^RESULT')
 		SCHED_OUT+=$(echo "$o" | sed "s/^RESULT \([^ ]*\)/RESULT \1 sched=${sched// /_}/")$'\n'
 	done
 	adm -E -t 10.10.0.100:80 -s mh
+	adm -e -t 10.10.0.100:80 -r 10.10.0.21:80 -g -w 1 -x 0
 	echo "$SCHED_OUT" | awk '
 /^RESULT floor.pass_newflow/ { split($3,s,"="); f=s[2]; split($4,a,"="); fb=a[2]+0 }
 /^RESULT xlb.syn_newflow_dr/ { split($3,s,"="); name=s[2]; gsub("_"," ",name); split($4,a,"="); b=a[2]+0; split($5,m,"="); md=m[2]+0

@@ -27,7 +27,7 @@ pub mod version;
 pub use config::DataplaneConfig;
 pub use conntrack::{Connection, FlowKey};
 pub use persist::{PersistKey, PersistSettings, Persistent};
-pub use real::{Forwarding, NextHop, RealServer};
+pub use real::{Forwarding, NextHop, RealLimits, RealServer};
 pub use service::{Service, ServiceKey};
 pub use stats::{Counters, GlobalStat};
 
@@ -73,6 +73,7 @@ mod layout {
         assert_eq!(size_of::<PersistKey>(), 24);
         assert_eq!(size_of::<Persistent>(), 16);
         assert_eq!(size_of::<PersistSettings>(), 24);
+        assert_eq!(size_of::<RealLimits>(), 16);
         assert!(align_of::<Connection>() <= 8);
     }
 }

@@ -9,7 +9,8 @@ pub const MAGLEV_TABLE_SIZE: u32 = 65537;
 /// Slots from the start of one table of the pool to the next: the table and one unused slot, so
 /// that every table starts on an even slot. The map stores two slots per element (the kernel
 /// rounds an array's values up to 8 bytes: one `u32` per element would take twice the memory),
-/// and no element then holds slots of two tables.
+/// and no element then holds slots of two tables. The unused slot stays 0: a scheduler walking
+/// past an overloaded server at the table's end meets it and goes on at the table's first slot.
 pub const MAGLEV_TABLE_STRIDE: u32 = MAGLEV_TABLE_SIZE + 1;
 
 /// Elements of the Maglev map (two slots each) for a pool of `tables` tables.

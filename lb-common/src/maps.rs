@@ -40,6 +40,13 @@ pub const PERSIST_SETTINGS: &str = "XLB_PERSIST_CFG";
 pub const REAL_CONNS: &str = "XLB_REAL_CONNS";
 /// Real-server id → its weight (`u32`), for `wlc`. Written by userspace with the service's table.
 pub const REAL_WEIGHTS: &str = "XLB_REAL_WEIGHTS";
+/// Real-server id → [`crate::RealLimits`]: its connection thresholds (`-x`, `-y`), its
+/// connections (active and inactive) and whether it is overloaded. Thresholds written by
+/// userspace; the count goes up by one for each new flow the data path gives a server with an
+/// upper threshold, and sets the overload flag when the count reaches it; userspace writes the
+/// true count from the connection table every second, and the flag with it (see
+/// [`crate::RealLimits::overloaded_at`]).
+pub const REAL_LIMITS: &str = "XLB_REAL_LIMITS";
 /// Real-server id → [`crate::RealServer`]. Written by userspace.
 pub const REALS: &str = "XLB_REALS";
 /// Real-server id → per-CPU [`crate::NextHop`]: the FIB's answer, reused briefly. Written by the

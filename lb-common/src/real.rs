@@ -80,3 +80,115 @@ pub struct NextHop {
 }
 
 crate::user_pod!(NextHop);
+
+/// [`RealLimits::flags`]: the server is overloaded (IPVS's `IP_VS_DEST_F_OVERLOAD`): it reached
+/// its upper threshold and has not yet dropped back to its lower one, so schedulers pass it by.
+pub const LIMIT_F_OVERLOADED: u32 = 1 << 0;
+
+/// A real server's connection thresholds (ipvsadm's `-x` and `-y`) and what the data path counts
+/// against them. A server without thresholds has `upper == 0` and costs a new flow one read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct RealLimits {
+    /// The upper threshold: at this many connections the server takes no new ones; 0 = none.
+    pub upper: u32,
+    /// The lower threshold: an overloaded server takes new connections again below it; 0 means
+    /// below three quarters of `upper`, as IPVS does.
+    pub lower: u32,
+    /// The server's connections, active and inactive (IPVS's `totalconns`): one more for each new
+    /// flow the data path gives it; userspace writes the true count from the connection table
+    /// every second (closed and idled-out flows leave here).
+    pub conns: u32,
+    /// `LIMIT_F_*` bits.
+    pub flags: u32,
+}
+
+impl RealLimits {
+    /// Whether the server is overloaded with `conns` connections, given whether it was: IPVS's
+    /// rule (ip_vs_conn.c, `ip_vs_bind_dest` / `ip_vs_unbind_dest`): overloaded at `upper`
+    /// connections or more; an overloaded server stays so down to `lower` (exclusive), or with
+    /// `lower == 0` down to three quarters of `upper`; no upper threshold, never overloaded.
+    #[inline(always)]
+    pub const fn overloaded_at(&self, conns: u32, was: bool) -> bool {
+        if self.upper == 0 {
+            return false;
+        }
+        if conns >= self.upper {
+            return true;
+        }
+        if !was {
+            return false;
+        }
+        if self.lower != 0 {
+            conns >= self.lower
+        } else {
+            // conns * 4 >= upper * 3, in 64 bits (both may be up to i32::MAX).
+            (conns as u64) * 4 >= (self.upper as u64) * 3
+        }
+    }
+
+    /// Whether the flag says overloaded.
+    #[inline(always)]
+    pub const fn is_overloaded(&self) -> bool {
+        self.flags & LIMIT_F_OVERLOADED != 0
+    }
+}
+
+crate::user_pod!(RealLimits);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(upper: u32, lower: u32) -> RealLimits {
+        RealLimits {
+            upper,
+            lower,
+            ..RealLimits::default()
+        }
+    }
+
+    #[test]
+    fn a_server_without_an_upper_threshold_is_never_overloaded() {
+        assert!(!limits(0, 0).overloaded_at(u32::MAX, true));
+        assert!(!limits(0, 5).overloaded_at(10, true));
+    }
+
+    #[test]
+    fn a_server_is_overloaded_from_its_upper_threshold_up() {
+        let l = limits(2, 0);
+        assert!(!l.overloaded_at(0, false));
+        assert!(!l.overloaded_at(1, false));
+        assert!(l.overloaded_at(2, false));
+        assert!(l.overloaded_at(3, false));
+    }
+
+    #[test]
+    fn an_overloaded_server_stays_so_until_it_drops_below_its_lower_threshold() {
+        let l = limits(10, 4);
+        assert!(l.overloaded_at(9, true));
+        assert!(l.overloaded_at(4, true));
+        assert!(!l.overloaded_at(3, true));
+        // Not overloaded before: between the thresholds it takes connections.
+        assert!(!l.overloaded_at(9, false));
+    }
+
+    #[test]
+    fn without_a_lower_threshold_it_drops_back_below_three_quarters_of_the_upper_one() {
+        // IPVS: clear when conns * 4 < upper * 3.
+        let l = limits(8, 0);
+        assert!(l.overloaded_at(6, true));
+        assert!(!l.overloaded_at(5, true));
+        let l = limits(2, 0);
+        assert!(!l.overloaded_at(1, true), "1 * 4 < 2 * 3");
+        let l = limits(i32::MAX as u32, 0);
+        assert!(l.overloaded_at(i32::MAX as u32 - 1, true), "no overflow");
+    }
+
+    #[test]
+    fn a_lower_threshold_above_the_upper_one_gives_no_hysteresis() {
+        let l = limits(2, 5);
+        assert!(l.overloaded_at(2, false));
+        assert!(!l.overloaded_at(1, true));
+    }
+}

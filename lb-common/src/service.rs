@@ -91,6 +91,17 @@ pub const SERVICE_F_HASH_PORT: u32 = 1 << 1;
 /// ([`crate::maps::REAL_WEIGHTS`]): ipvsadm's `wlc`.
 pub const SERVICE_F_WEIGHTED: u32 = 1 << 2;
 
+/// A source-hash service (`sh`) whose server is overloaded gives the flow the next servers of its
+/// table instead of none (ipvsadm's `sh-fallback`). Without it the flow gets no server, as in
+/// IPVS; `mh` always tries the next slots.
+pub const SERVICE_F_FALLBACK: u32 = 1 << 3;
+
+/// How many slots of its table a scheduler tries past an overloaded server (one whose connections
+/// reached its upper threshold, [`crate::RealLimits`]) before it gives the flow no server: the
+/// verifier needs a bound, and with half of a table's servers overloaded 16 slots miss the others
+/// once in 65,536 new flows.
+pub const OVERLOAD_PROBES: u32 = 16;
+
 /// What the data path knows about a virtual service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]

@@ -12,7 +12,8 @@
 /// `XLB_REAL_WEIGHTS`) and scheduler `SCHED_LEAST_CONN`. 3: the embryonic table
 /// (`XLB_EMBRYONIC`) and its two global counters; the connection table is unchanged (its entries
 /// never carry the embryonic flags), so its connections are carried over.
-pub const LAYOUT: u32 = 3;
+/// 4: the connection thresholds (`XLB_REAL_LIMITS`) and `SERVICE_F_FALLBACK`.
+pub const LAYOUT: u32 = 4;
 
 /// The layout of the connection table alone.
 pub const CONNTRACK_LAYOUT: u32 = 1;

@@ -13,7 +13,7 @@ use lb_common::{
     },
     stats::GLOBAL_STATS_LEN,
     Connection, Counters, DataplaneConfig, FlowKey, NextHop, PersistKey, PersistSettings,
-    Persistent, RealServer, Service, ServiceKey,
+    Persistent, RealLimits, RealServer, Service, ServiceKey,
 };
 
 /// Keep an LRU free list per CPU instead of one shared list, so that CPUs inserting new flows do
@@ -51,10 +51,18 @@ pub struct MaglevPool;
 pub static MAGLEV: MaglevPool = MaglevPool;
 
 impl MaglevPool {
-    /// The real-server id in `slot`.
+    /// The real-server id in `slot`, 0 when the slot is empty or past the pool. Picks the half of
+    /// the pair by a shift, not by pointer arithmetic: the verifier then never needs to know the
+    /// slot exactly, so that walks of several slots do not multiply its states.
     #[inline(always)]
-    pub fn get(&self, slot: u32) -> Option<&u32> {
-        MAGLEV_PAIRS.get(slot / 2)?.get((slot & 1) as usize)
+    pub fn value(&self, slot: u32) -> u32 {
+        match MAGLEV_PAIRS.get(slot / 2) {
+            // The pair as one little-endian u64: the even slot in the low half.
+            Some(pair) => {
+                ((u64::from(pair[1]) << 32 | u64::from(pair[0])) >> ((slot & 1) * 32)) as u32
+            }
+            None => 0,
+        }
     }
 }
 
@@ -88,6 +96,12 @@ pub static REAL_CONNS: Array<u32> = Array::with_max_entries(real_ids(MAX_REALS),
 /// Real-server id → weight, for `wlc`. Written by userspace.
 #[map(name = "XLB_REAL_WEIGHTS")]
 pub static REAL_WEIGHTS: Array<u32> = Array::with_max_entries(real_ids(MAX_REALS), 0);
+
+/// Real-server id → connection thresholds, connections and overload flag. Thresholds written by
+/// userspace; the count and flag by the data path on new flows (up only), corrected by userspace
+/// every second (down too).
+#[map(name = "XLB_REAL_LIMITS")]
+pub static REAL_LIMITS: Array<RealLimits> = Array::with_max_entries(real_ids(MAX_REALS), 0);
 
 /// Real-server id → real server. Written by userspace.
 #[map(name = "XLB_REALS")]

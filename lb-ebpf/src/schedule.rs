@@ -4,13 +4,21 @@
 //! two servers drawn at random (`lc`, `wlc`). A persistent service
 //! (`-p`) first asks its persistence table for the client's server. Only new flows get here;
 //! what a choice changes is written once the flow is forwarded ([`commit`]).
+//!
+//! A server with an upper connection threshold (`-x`) that reached it is overloaded
+//! ([`lb_common::RealLimits`]) and passed by, as IPVS's schedulers do: `mh` and `sh` with
+//! `sh-fallback` try the next slots of the table, `rr`/`wrr` the next servers of the sequence,
+//! `lc`/`wlc` draw again; `sh` without it and `dh` give the flow no server (IPVS returns none).
+//! Each tries at most [`OVERLOAD_PROBES`] slots. A persistent client keeps its server however
+//! loaded (IPVS's templates do not look at the overload flag either).
 
 use lb_common::{
     hash::{address_hash, flow_hash},
     limits::MAGLEV_TABLE_SIZE,
+    real::LIMIT_F_OVERLOADED,
     service::{
-        SCHED_DEST_HASH, SCHED_LEAST_CONN, SCHED_SEQUENCE, SCHED_SOURCE_HASH, SERVICE_F_HASH_PORT,
-        SERVICE_F_PERSISTENT, SERVICE_F_WEIGHTED,
+        OVERLOAD_PROBES, SCHED_DEST_HASH, SCHED_LEAST_CONN, SCHED_SEQUENCE, SCHED_SOURCE_HASH,
+        SERVICE_F_FALLBACK, SERVICE_F_HASH_PORT, SERVICE_F_PERSISTENT, SERVICE_F_WEIGHTED,
     },
     FlowKey, Persistent, Service, PROTO_TCP,
 };
@@ -18,7 +26,7 @@ use lb_common::{
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 
 use crate::maps::{
-    self, MAGLEV, PERSIST, PERSIST_SETTINGS, REAL_CONNS, REAL_WEIGHTS, SCHED_CURSORS,
+    self, MAGLEV, PERSIST, PERSIST_SETTINGS, REAL_CONNS, REAL_LIMITS, REAL_WEIGHTS, SCHED_CURSORS,
 };
 
 /// What a new flow's choice still has to write once the flow is forwarded ([`commit`]): a packet
@@ -70,8 +78,8 @@ pub fn choose(svc: &Service, flow: &FlowKey, now: u64, pending: &mut Pending) ->
 }
 
 /// The flow was forwarded to `real`: this CPU takes its round-robin turn, a least-connection
-/// service's server counts one more connection, and a persistent service's client is remembered
-/// as `real`'s.
+/// service's server counts one more active connection, a server with thresholds one more
+/// connection, and a persistent service's client is remembered as `real`'s.
 #[inline(always)]
 pub fn commit(service: u32, flow: &FlowKey, real: u32, now: u64, pending: &Pending) {
     if pending.advance != NO_ADVANCE {
@@ -82,6 +90,17 @@ pub fn commit(service: u32, flow: &FlowKey, real: u32, now: u64, pending: &Pendi
     }
     if pending.count {
         count_connection(real);
+    }
+    if let Some(limits) = REAL_LIMITS.get_ptr_mut(real) {
+        // SAFETY: as for REAL_CONNS above; the count is corrected by userspace likewise.
+        let limits = unsafe { &mut *limits };
+        if limits.upper != 0 {
+            limits.conns = limits.conns.wrapping_add(1);
+            // IPVS (ip_vs_bind_dest): overloaded once its connections reach the threshold.
+            if limits.conns >= limits.upper {
+                limits.flags |= LIMIT_F_OVERLOADED;
+            }
+        }
     }
     if pending.remember {
         if let Some(settings) = PERSIST_SETTINGS.get(service) {
@@ -96,37 +115,131 @@ pub fn commit(service: u32, flow: &FlowKey, real: u32, now: u64, pending: &Pendi
     }
 }
 
-/// The scheduler's choice, persistence aside.
+/// The scheduler's choice, persistence aside: where its walk of the table starts, and how many
+/// slots it may try past overloaded servers ([`first_admitted`]).
 #[inline(always)]
 fn schedule(svc: &Service, flow: &FlowKey, advance: &mut u32) -> Option<u32> {
     let base = svc.live_table_base();
-    if svc.scheduler == SCHED_SEQUENCE {
-        return next_in_sequence(svc.id, base, advance);
-    }
-    let hash = if svc.scheduler == SCHED_SOURCE_HASH {
-        let port = if svc.flags & SERVICE_F_HASH_PORT != 0 {
-            flow.sport
-        } else {
-            0
-        };
-        address_hash(&flow.src, flow.family, port)
-    } else if svc.scheduler == SCHED_DEST_HASH {
-        address_hash(&flow.dst, flow.family, 0)
+    let sequence = svc.scheduler == SCHED_SEQUENCE;
+    let (start, probes) = if sequence {
+        // rr/wrr: this CPU's position; a position past the sequence (it got shorter) starts
+        // over. Overloaded servers are passed by, as IPVS's rr and wrr do.
+        let pos = *SCHED_CURSORS.get(svc.id)?;
+        (
+            if pos < MAGLEV_TABLE_SIZE { pos } else { 0 },
+            OVERLOAD_PROBES,
+        )
     } else {
-        flow_hash(flow)
+        let hash = if svc.scheduler == SCHED_SOURCE_HASH {
+            let port = if svc.flags & SERVICE_F_HASH_PORT != 0 {
+                flow.sport
+            } else {
+                0
+            };
+            address_hash(&flow.src, flow.family, port)
+        } else if svc.scheduler == SCHED_DEST_HASH {
+            address_hash(&flow.dst, flow.family, 0)
+        } else {
+            flow_hash(flow)
+        };
+        // An overloaded server: IPVS's dh and sh (without sh-fallback) give no server; mh and
+        // sh-fallback the next available server of the table.
+        let fallback = svc.scheduler == lb_common::service::SCHED_MAGLEV
+            || (svc.scheduler == SCHED_SOURCE_HASH && svc.flags & SERVICE_F_FALLBACK != 0);
+        (
+            hash % MAGLEV_TABLE_SIZE,
+            if fallback { OVERLOAD_PROBES } else { 1 },
+        )
     };
-    server_at(base + hash % MAGLEV_TABLE_SIZE)
+    let (real, next) = first_admitted(base, start, probes);
+    if real == 0 {
+        return None;
+    }
+    if sequence {
+        *advance = next;
+    }
+    Some(real)
+}
+
+/// The first server that takes new connections from slot `start` of the table at `base` on,
+/// trying at most `probes` slots, and the slot after it; server 0 when none does. An empty slot
+/// ends a round-robin sequence, and the unused slot after every table (see
+/// `lb_common::limits::MAGLEV_TABLE_STRIDE`) ends a Maglev table, so the walk goes on at the
+/// table's first slot; an empty first slot is the empty table: no server.
+///
+/// Written for the verifier: one way out of the loop, and no test of the position (`pos` is
+/// only ever a lookup key), so that the states after the loop differ in nothing it must keep
+/// apart and the code after the scheduler is walked once, not once per slot tried.
+#[inline(always)]
+fn first_admitted(base: u32, start: u32, probes: u32) -> (u32, u32) {
+    let mut pos = start;
+    let mut found = 0;
+    let mut i = 0;
+    while i < probes && i < OVERLOAD_PROBES {
+        let mut real = slot_value(base + pos);
+        if real == 0 {
+            pos = 0;
+            real = slot_value(base);
+            if real == 0 {
+                break;
+            }
+        }
+        pos += 1;
+        if admits(real) {
+            found = real;
+            break;
+        }
+        i += 1;
+    }
+    (found, pos)
+}
+
+/// Whether a real server takes new connections: it is not overloaded. The flag is set by
+/// [`commit`] when a new flow brings the server's count to its upper threshold, and set or
+/// cleared by userspace when it writes the count from the connection table (the data path only
+/// counts up, so only a count written by userspace can drop back); one test here keeps the
+/// scheduler's walks cheap for the verifier.
+#[inline(always)]
+fn admits(real: u32) -> bool {
+    REAL_LIMITS
+        .get(real)
+        .is_none_or(|limits| limits.flags & LIMIT_F_OVERLOADED == 0)
 }
 
 /// `lc`/`wlc`: of two servers drawn at random from the table (every server with a weight, in
-/// turn), the one with fewer active connections, or fewer per unit of weight.
+/// turn), the one with fewer active connections, or fewer per unit of weight. An overloaded
+/// server is passed by: the other one wins, and when both are, two more are drawn.
 #[inline(always)]
 fn least_connections(svc: &Service) -> Option<u32> {
     let base = svc.live_table_base();
-    // SAFETY: helpers without arguments.
-    let (r1, r2) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
-    let a = server_at(base + r1 % MAGLEV_TABLE_SIZE)?;
-    let b = server_at(base + r2 % MAGLEV_TABLE_SIZE)?;
+    let mut found = 0;
+    let mut round = 0;
+    while round < OVERLOAD_PROBES / 2 {
+        // SAFETY: helpers without arguments.
+        let (r1, r2) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+        let a = slot_value(base + r1 % MAGLEV_TABLE_SIZE);
+        let b = slot_value(base + r2 % MAGLEV_TABLE_SIZE);
+        if a == 0 || b == 0 {
+            break;
+        }
+        let (a_ok, b_ok) = (admits(a), admits(b));
+        if a_ok && b_ok {
+            found = less_loaded(svc, a, b);
+            break;
+        }
+        if a_ok || b_ok {
+            found = if a_ok { a } else { b };
+            break;
+        }
+        round += 1;
+    }
+    (found != 0).then_some(found)
+}
+
+/// Of servers `a` and `b`, the one with fewer active connections (per unit of weight for
+/// `wlc`); `a` on a tie.
+#[inline(always)]
+fn less_loaded(svc: &Service, a: u32, b: u32) -> u32 {
     let conns = |id: u32| u64::from(REAL_CONNS.get(id).copied().unwrap_or(0));
     let (ca, cb) = (conns(a), conns(b));
     let a_wins = if svc.flags & SERVICE_F_WEIGHTED != 0 {
@@ -136,30 +249,18 @@ fn least_connections(svc: &Service) -> Option<u32> {
     } else {
         ca <= cb
     };
-    Some(if a_wins { a } else { b })
+    if a_wins {
+        a
+    } else {
+        b
+    }
 }
 
-/// The server in a slot of the pool; slot value 0 means "no server" (the table of a service
-/// without any).
+/// The server id in a slot of the pool; 0 means "no server" (the table of a service without
+/// any, or past the end of a round-robin sequence).
 #[inline(always)]
-fn server_at(slot: u32) -> Option<u32> {
-    let real = *MAGLEV.get(slot)?;
-    (real != 0).then_some(real)
-}
-
-/// The next server of the service's sequence for this CPU, and in `advance` the position after
-/// it. The sequence runs from the table's first slot to its first empty one; a position past it
-/// (the sequence got shorter) starts over.
-#[inline(always)]
-fn next_in_sequence(service: u32, base: u32, advance: &mut u32) -> Option<u32> {
-    let pos = *SCHED_CURSORS.get(service)?;
-    let pos = if pos < MAGLEV_TABLE_SIZE { pos } else { 0 };
-    let (real, next) = match server_at(base + pos) {
-        Some(real) => (real, pos + 1),
-        None => (server_at(base)?, 1),
-    };
-    *advance = next;
-    Some(real)
+fn slot_value(slot: u32) -> u32 {
+    MAGLEV.value(slot)
 }
 
 /// A persistent service's client's server, while the client has one that is still there (a

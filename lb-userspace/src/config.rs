@@ -499,10 +499,10 @@ fn service_field(error: &StateError) -> &'static str {
 fn real_field(error: &StateError) -> &'static str {
     match error {
         StateError::IllegalWeight { .. } => "weight",
-        StateError::IllegalUpperThreshold { .. } | StateError::ThresholdsUnsupported => {
-            "upper_threshold"
+        StateError::IllegalUpperThreshold { .. } => "upper_threshold",
+        StateError::IllegalLowerThreshold { .. } | StateError::LowerAboveUpper { .. } => {
+            "lower_threshold"
         }
-        StateError::IllegalLowerThreshold { .. } => "lower_threshold",
         StateError::PortMismatch { .. } => "port",
         StateError::TunnelAcrossFamilies => "forwarding",
         _ => "addr",
@@ -789,6 +789,23 @@ weight = 2
         assert_eq!(
             error(&format!("{NEW_SERVICE}[[services.reals]]\nweight = 2\n")),
             "xlb.toml:3:1: services[0].reals[0]: missing field `address` (address = \"RIP:PORT\")"
+        );
+    }
+
+    #[test]
+    fn a_real_servers_thresholds_are_read_and_a_lower_one_above_the_upper_one_is_named() {
+        let text = format!(
+            "{NEW_SERVICE}[[services.reals]]\naddress = \"10.0.0.2:80\"\nupper_threshold = 100\n\
+             lower_threshold = 50\n"
+        );
+        let state = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        let real = &state.services[0].reals[0];
+        assert_eq!((real.upper_threshold, real.lower_threshold), (100, 50));
+        assert_eq!(
+            error(&text.replace("= 100", "= 10")),
+            "xlb.toml:6:1: services[0].reals[0].lower_threshold: real server 10.0.0.2:80 of \
+             service 10.0.0.1:80: the lower threshold (-y 50) is higher than the upper threshold \
+             (-x 10): a server would never take new connections again"
         );
     }
 

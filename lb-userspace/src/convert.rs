@@ -9,7 +9,7 @@ use crate::{
 use lb_common::{
     service::{
         SCHED_DEST_HASH, SCHED_LEAST_CONN, SCHED_MAGLEV, SCHED_SEQUENCE, SCHED_SOURCE_HASH,
-        SERVICE_F_HASH_PORT, SERVICE_F_PERSISTENT, SERVICE_F_WEIGHTED,
+        SERVICE_F_FALLBACK, SERVICE_F_HASH_PORT, SERVICE_F_PERSISTENT, SERVICE_F_WEIGHTED,
     },
     PersistSettings, ServiceKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP,
 };
@@ -39,6 +39,10 @@ pub fn scheduling_entry(scheduling: &Scheduling) -> SchedulingEntry {
     // xlb's mh hashes the port always; sh only with sh-port.
     if scheduling.scheduler == Scheduler::SourceHash && scheduling.flags.port {
         flags |= SERVICE_F_HASH_PORT;
+    }
+    // sh-fallback: an overloaded server's clients go to the next servers of the table.
+    if scheduling.scheduler == Scheduler::SourceHash && scheduling.flags.fallback {
+        flags |= SERVICE_F_FALLBACK;
     }
     let persistence = scheduling.persistence.map(|p| match p.netmask {
         Netmask::V4(mask) => PersistSettings::v4(p.timeout_secs, u32::from(mask)),

@@ -62,6 +62,18 @@ pub trait DataPath: Send {
     /// Sets the active connections of real servers as `lc`/`wlc` compare them.
     fn set_connection_counts(&mut self, counts: &[(RealId, u32)]) -> Result<(), DataplaneError>;
 
+    /// Sets a real server's connection thresholds (`-x`, `-y`; 0 = none).
+    fn set_real_thresholds(
+        &mut self,
+        id: RealId,
+        upper: u32,
+        lower: u32,
+    ) -> Result<(), DataplaneError>;
+
+    /// Sets the connections (active and inactive) of real servers with thresholds, as the
+    /// connection table counts them, and so whether each is overloaded.
+    fn set_threshold_counts(&mut self, counts: &[(RealId, u32)]) -> Result<(), DataplaneError>;
+
     /// The persistence table's entries (persistent clients and their real servers).
     fn persistent_clients(&self) -> Result<Vec<(PersistKey, Persistent)>, DataplaneError>;
 
@@ -171,6 +183,19 @@ impl DataPath for Dataplane {
 
     fn set_connection_counts(&mut self, counts: &[(RealId, u32)]) -> Result<(), DataplaneError> {
         Dataplane::set_connection_counts(self, counts)
+    }
+
+    fn set_real_thresholds(
+        &mut self,
+        id: RealId,
+        upper: u32,
+        lower: u32,
+    ) -> Result<(), DataplaneError> {
+        Dataplane::set_real_thresholds(self, id, upper, lower)
+    }
+
+    fn set_threshold_counts(&mut self, counts: &[(RealId, u32)]) -> Result<(), DataplaneError> {
+        Dataplane::set_threshold_counts(self, counts)
     }
 
     fn persistent_clients(&self) -> Result<Vec<(PersistKey, Persistent)>, DataplaneError> {
@@ -312,6 +337,19 @@ impl<D: DataPath + ?Sized> DataPath for Box<D> {
 
     fn set_connection_counts(&mut self, counts: &[(RealId, u32)]) -> Result<(), DataplaneError> {
         (**self).set_connection_counts(counts)
+    }
+
+    fn set_real_thresholds(
+        &mut self,
+        id: RealId,
+        upper: u32,
+        lower: u32,
+    ) -> Result<(), DataplaneError> {
+        (**self).set_real_thresholds(id, upper, lower)
+    }
+
+    fn set_threshold_counts(&mut self, counts: &[(RealId, u32)]) -> Result<(), DataplaneError> {
+        (**self).set_threshold_counts(counts)
     }
 
     fn persistent_clients(&self) -> Result<Vec<(PersistKey, Persistent)>, DataplaneError> {

@@ -20,8 +20,10 @@ use lb_common::{
     conntrack::CONN_F_EMBRYONIC,
     hash::{vip_filter_slot, VIP_FILTER_WORDS},
     limits::{EMPTY_MAGLEV_TABLE, MAGLEV_TABLE_SIZE, MAGLEV_TABLE_STRIDE},
-    maps as names, Connection, Counters, DataplaneConfig, FlowKey, GlobalStat, NextHop, PersistKey,
-    PersistSettings, Persistent, RealServer, Service, ServiceKey,
+    maps as names,
+    real::LIMIT_F_OVERLOADED,
+    Connection, Counters, DataplaneConfig, FlowKey, GlobalStat, NextHop, PersistKey,
+    PersistSettings, Persistent, RealLimits, RealServer, Service, ServiceKey,
 };
 use thiserror::Error;
 
@@ -261,6 +263,7 @@ pub struct Dataplane {
     persist_settings: Array<MapData, PersistSettings>,
     real_conns: Array<MapData, u32>,
     real_weights: Array<MapData, u32>,
+    real_limits: Array<MapData, RealLimits>,
     service_stats: PerCpuArray<MapData, Counters>,
     real_stats: PerCpuArray<MapData, Counters>,
     global_stats: PerCpuArray<MapData, u64>,
@@ -335,7 +338,8 @@ impl Dataplane {
             .map_max_entries(names::NEXT_HOPS, capacity.real_ids())
             .map_max_entries(names::REAL_STATS, capacity.real_ids())
             .map_max_entries(names::REAL_CONNS, capacity.real_ids())
-            .map_max_entries(names::REAL_WEIGHTS, capacity.real_ids());
+            .map_max_entries(names::REAL_WEIGHTS, capacity.real_ids())
+            .map_max_entries(names::REAL_LIMITS, capacity.real_ids());
         if let Some(n) = options.max_connections {
             loader.map_max_entries(names::CONNTRACK, n);
             loader.map_max_entries(names::EMBRYONIC, lb_common::limits::embryonic_entries(n));
@@ -386,6 +390,7 @@ impl Dataplane {
             persist_settings: take(&mut ebpf, names::PERSIST_SETTINGS)?,
             real_conns: take(&mut ebpf, names::REAL_CONNS)?,
             real_weights: take(&mut ebpf, names::REAL_WEIGHTS)?,
+            real_limits: take(&mut ebpf, names::REAL_LIMITS)?,
             service_stats: take(&mut ebpf, names::SERVICE_STATS)?,
             real_stats: take(&mut ebpf, names::REAL_STATS)?,
             global_stats: take(&mut ebpf, names::GLOBAL_STATS)?,
@@ -779,6 +784,57 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Sets a real server's connection thresholds (`-x`, `-y`; 0 = none), keeping its count.
+    /// As IPVS does on such a change, the server stays overloaded only when it has `upper`
+    /// connections or more.
+    pub fn set_real_thresholds(&mut self, id: RealId, upper: u32, lower: u32) -> Result<()> {
+        let old = self.real_limits.get(&id, 0).unwrap_or_default();
+        let mut limits = RealLimits {
+            upper,
+            lower,
+            conns: if upper == 0 { 0 } else { old.conns },
+            flags: 0,
+        };
+        if limits.overloaded_at(limits.conns, false) {
+            limits.flags |= LIMIT_F_OVERLOADED;
+        }
+        self.real_limits
+            .set(id, limits, 0)
+            .map_err(map_err("writing a real server's connection thresholds"))
+    }
+
+    /// Writes the connections (active and inactive) of real servers with thresholds, as counted
+    /// in the connection table, and whether each is overloaded with them.
+    pub fn set_threshold_counts(&mut self, counts: &[(RealId, u32)]) -> Result<()> {
+        for (id, count) in counts {
+            let mut limits = self
+                .real_limits
+                .get(id, 0)
+                .map_err(map_err("reading a real server's connection thresholds"))?;
+            if limits.upper == 0 {
+                continue;
+            }
+            let over = limits.overloaded_at(*count, limits.is_overloaded());
+            limits.conns = *count;
+            limits.flags = if over {
+                limits.flags | LIMIT_F_OVERLOADED
+            } else {
+                limits.flags & !LIMIT_F_OVERLOADED
+            };
+            self.real_limits
+                .set(*id, limits, 0)
+                .map_err(map_err("writing a real server's connection count"))?;
+        }
+        Ok(())
+    }
+
+    /// A real server's thresholds, connections and overload flag as the data path has them.
+    pub fn real_limits(&self, id: RealId) -> Result<RealLimits> {
+        self.real_limits
+            .get(&id, 0)
+            .map_err(map_err("reading a real server's connection thresholds"))
+    }
+
     /// The active connections `lc`/`wlc` see for a real server now.
     pub fn connection_count(&self, id: RealId) -> Result<u32> {
         self.real_conns
@@ -839,10 +895,13 @@ impl Dataplane {
             .set(id, zeroed_per_cpu()?, 0)
             .map_err(map_err("zeroing a real server's counters"))?;
         self.forget_next_hop(id)?;
-        // A reused id starts with no connections for lc/wlc.
+        // A reused id starts with no connections for lc/wlc, and no thresholds.
         self.real_conns
             .set(id, 0, 0)
             .map_err(map_err("zeroing a real server's connection count"))?;
+        self.real_limits
+            .set(id, RealLimits::default(), 0)
+            .map_err(map_err("zeroing a real server's connection thresholds"))?;
         self.reals
             .set(id, real, 0)
             .map_err(map_err("adding a real server"))?;

@@ -30,7 +30,7 @@ use crate::program;
 pub const RECORD: &str = "XLB_LAYOUT";
 
 /// Every map of the object, as pinned.
-pub const ALL_MAPS: [&str; 23] = [
+pub const ALL_MAPS: [&str; 24] = [
     names::SERVICES,
     names::VIP_ADDRS,
     names::VIP_FILTER,
@@ -54,6 +54,7 @@ pub const ALL_MAPS: [&str; 23] = [
     names::REAL_CONNS,
     names::REAL_WEIGHTS,
     names::EMBRYONIC,
+    names::REAL_LIMITS,
 ];
 
 /// Layout versions, as the record holds them.

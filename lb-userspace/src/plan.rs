@@ -67,7 +67,8 @@ pub enum Step {
         /// The server.
         real: RealServer,
     },
-    /// Rewrite a real server's data-path entry (its forwarding method changed).
+    /// Rewrite a real server's data-path entry and thresholds (its forwarding method or its
+    /// connection thresholds changed).
     UpdateReal {
         /// The service.
         service: ServiceAddr,
@@ -136,7 +137,7 @@ impl fmt::Display for Step {
             ),
             Self::UpdateReal { service, real } => write!(
                 f,
-                "changing the forwarding of real server {} of {}",
+                "changing the forwarding or thresholds of real server {} of {}",
                 SocketAddr::new(real.addr, real.port),
                 Named(service)
             ),
@@ -225,7 +226,10 @@ pub fn plan(old: &DesiredState, new: &DesiredState) -> Vec<Step> {
                             table_changed |= real.weight > 0;
                         }
                         Some(old_real) => {
-                            if old_real.forwarding != real.forwarding {
+                            if old_real.forwarding != real.forwarding
+                                || old_real.upper_threshold != real.upper_threshold
+                                || old_real.lower_threshold != real.lower_threshold
+                            {
                                 adds.push(Step::UpdateReal {
                                     service: *addr,
                                     real: **real,
@@ -472,6 +476,24 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_threshold_change_updates_the_server_in_place_without_a_new_table() {
+        let old = state(&[(1, &[real(1, 1)])]);
+        let mut new = old.clone();
+        new.services[0].reals[0].upper_threshold = 100;
+        new.services[0].reals[0].lower_threshold = 50;
+        assert_eq!(
+            plan(&old, &new),
+            vec![Step::UpdateReal {
+                service: svc(1),
+                real: new.services[0].reals[0],
+            }]
+        );
+        let mut lower = new.clone();
+        lower.services[0].reals[0].lower_threshold = 0;
+        assert_eq!(plan(&new, &lower).len(), 1);
     }
 
     #[test]

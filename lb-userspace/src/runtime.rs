@@ -475,37 +475,56 @@ impl<D: DataPath> Runtime<D> {
     }
 
     /// Writes the active connections of every real server of a least-connection service (`lc`,
-    /// `wlc`) from the connection table: the data path only adds one for each new flow, so
+    /// `wlc`), and the connections (active and inactive) of every real server with thresholds
+    /// (`-x`), from the connection table: the data path only adds one for each new flow, so
     /// closed, reset and idled-out connections leave its counts here (once a second, with
-    /// [`Self::refresh_ramps`]). Nothing to do, and no walk of the table, without such a service.
+    /// [`Self::refresh_ramps`]). Nothing to do, and no walk of the table, without such a server.
     fn correct_connection_counts(&mut self) {
-        let ids: Vec<RealId> = self
-            .applied
-            .services
-            .iter()
-            .filter(|s| s.scheduler.is_least_connection())
-            .flat_map(|s| {
-                s.reals
-                    .iter()
-                    .filter_map(|r| self.real_id(&s.addr, r.addr, r.port))
-            })
-            .collect();
-        if ids.is_empty() {
+        let mut least = Vec::new();
+        let mut limited = Vec::new();
+        for svc in &self.applied.services {
+            for real in &svc.reals {
+                let Some(id) = self.real_id(&svc.addr, real.addr, real.port) else {
+                    continue;
+                };
+                if svc.scheduler.is_least_connection() {
+                    least.push(id);
+                }
+                if real.upper_threshold != 0 {
+                    limited.push(id);
+                }
+            }
+        }
+        if least.is_empty() && limited.is_empty() {
             return;
         }
         let counts = match self.connection_counts() {
             Ok(counts) => counts,
             Err(e) => {
-                tracing::warn!(error = %error_chain(&e), "counting active connections for lc/wlc");
+                tracing::warn!(error = %error_chain(&e), "counting the real servers' connections");
                 return;
             }
         };
-        let active: Vec<(RealId, u32)> = ids
-            .iter()
-            .map(|id| (*id, counts.get(id).map_or(0, |(active, _)| *active)))
-            .collect();
-        if let Err(e) = self.dp.set_connection_counts(&active) {
-            tracing::warn!(error = %error_chain(&e), "writing active connections for lc/wlc");
+        if !least.is_empty() {
+            let active: Vec<(RealId, u32)> = least
+                .iter()
+                .map(|id| (*id, counts.get(id).map_or(0, |(active, _)| *active)))
+                .collect();
+            if let Err(e) = self.dp.set_connection_counts(&active) {
+                tracing::warn!(error = %error_chain(&e), "writing active connections for lc/wlc");
+            }
+        }
+        if !limited.is_empty() {
+            let total: Vec<(RealId, u32)> = limited
+                .iter()
+                .map(|id| {
+                    let (active, inactive) = counts.get(id).copied().unwrap_or_default();
+                    (*id, active + inactive)
+                })
+                .collect();
+            if let Err(e) = self.dp.set_threshold_counts(&total) {
+                tracing::warn!(error = %error_chain(&e), "writing connections for the thresholds");
+            }
         }
     }
 
@@ -759,12 +778,22 @@ impl<D: DataPath> Runtime<D> {
                 if let std::collections::btree_map::Entry::Vacant(slot) =
                     reals.entry(SocketAddr::new(real.addr, real.port))
                 {
-                    slot.insert(self.dp.add_real(real_entry(real))?);
+                    let id = self.dp.add_real(real_entry(real))?;
+                    slot.insert(id);
+                    if real.upper_threshold != 0 || real.lower_threshold != 0 {
+                        self.dp.set_real_thresholds(
+                            id,
+                            real.upper_threshold,
+                            real.lower_threshold,
+                        )?;
+                    }
                 }
             }
             Step::UpdateReal { service, real } => {
                 if let Some(id) = self.real_id(service, real.addr, real.port) {
                     self.dp.update_real(id, real_entry(real))?;
+                    self.dp
+                        .set_real_thresholds(id, real.upper_threshold, real.lower_threshold)?;
                 }
             }
             Step::RebuildTable { service } => self.rebuild(service, target, prebuilt)?,
@@ -2225,6 +2254,67 @@ mod tests {
             mh.dataplane().take_writes();
             mh.refresh_ramps().expect("refreshed");
             assert!(mh.datapath().writes().is_empty());
+        }
+
+        #[test]
+        fn thresholds_reach_the_data_path_and_their_servers_count_every_connection_each_refresh() {
+            let mut rt = Runtime::new(FakeDataPath::default(), None);
+            rt.change_to(state(
+                "-A -t 10.0.0.1:80 -s rr\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.11:80 -g -w 1 -x 3\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.12:80 -g -w 1\n",
+            ))
+            .expect("applied");
+            assert_eq!(rt.datapath().real_limits(1).upper, 3);
+            assert_eq!(
+                rt.datapath().real_limits(2),
+                lb_common::RealLimits::default()
+            );
+            let now = monotonic_ns();
+            for (sport, real, flags) in [
+                (1000, 1, 0),
+                (1001, 1, 0),
+                (1002, 1, lb_common::conntrack::CONN_F_CLOSING),
+                (1003, 2, 0),
+            ] {
+                let conn = lb_common::Connection {
+                    real,
+                    last_seen_ns: now,
+                    flags,
+                    ..Default::default()
+                };
+                rt.dataplane().track(client_flow(sport), conn);
+            }
+            rt.refresh_ramps().expect("refreshed");
+            // Active and inactive (IPVS's totalconns): 3 of -x 3, overloaded.
+            let limits = rt.datapath().real_limits(1);
+            assert_eq!((limits.conns, limits.is_overloaded()), (3, true));
+            assert_eq!(
+                rt.datapath().real_limits(2).conns,
+                0,
+                "no thresholds, no count"
+            );
+            // Raised with -e: written again (and no longer overloaded at 3 of 10).
+            rt.change_to(state(
+                "-A -t 10.0.0.1:80 -s rr\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.11:80 -g -w 1 -x 10 -y 4\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.12:80 -g -w 1\n",
+            ))
+            .expect("applied");
+            let limits = rt.datapath().real_limits(1);
+            assert_eq!((limits.upper, limits.lower), (10, 4));
+            assert_eq!((limits.conns, limits.is_overloaded()), (3, false));
+            // Without any threshold, a refresh walks nothing and writes nothing.
+            rt.change_to(state(
+                "-A -t 10.0.0.1:80 -s rr\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.11:80 -g -w 1\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.12:80 -g -w 1\n",
+            ))
+            .expect("applied");
+            assert_eq!(rt.datapath().real_limits(1).upper, 0);
+            rt.dataplane().take_writes();
+            rt.refresh_ramps().expect("refreshed");
+            assert!(rt.datapath().writes().is_empty());
         }
 
         /// A TCP flow from 192.0.2.1:`sport` to the service 10.0.0.1:80, as the data path keys it.

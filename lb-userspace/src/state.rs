@@ -192,8 +192,10 @@ impl UnknownScheduler {
 ///
 /// xlb's `sh` and `mh` tables hold only the servers that are available (weight above 0,
 /// healthy), so a client of an unavailable server always moves to another one: the behaviour
-/// of `sh-fallback`/`mh-fallback`, which are therefore accepted, kept and saved. xlb's `mh` hashes
-/// the client's port always (`mh-port`); `sh-port` adds it to `sh`'s hash.
+/// of `sh-fallback`/`mh-fallback`. A server at its upper connection threshold (`-x`) stays in the
+/// table: `sh-fallback` then gives its new clients the next servers of the table (without it they
+/// get none, as in IPVS); `mh` always does. xlb's `mh` hashes the client's port always
+/// (`mh-port`); `sh-port` adds it to `sh`'s hash.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[serde(deny_unknown_fields)]
 pub struct SchedFlags {
@@ -469,9 +471,14 @@ pub enum StateError {
         /// The scheduler's name.
         scheduler: &'static str,
     },
-    /// `-x`/`-y`: the data path keeps no active-connection counts to hold a server to them.
-    #[error("xlb does not implement connection thresholds (-x/-y): its data path keeps no active connection counts per real server")]
-    ThresholdsUnsupported,
+    /// `-y` above `-x` (IPVS refuses it too, with ERANGE).
+    #[error("the lower threshold (-y {lower}) is higher than the upper threshold (-x {upper}): a server would never take new connections again")]
+    LowerAboveUpper {
+        /// The upper threshold given.
+        upper: u32,
+        /// The lower threshold given.
+        lower: u32,
+    },
     /// A real server port that differs from the service's: DR and TUN deliver the packet as the
     /// client sent it, so they cannot change its port (ipvsadm silently overrides it instead).
     #[error(
@@ -832,8 +839,11 @@ fn validate_real(service: &ServiceAddr, real: &RealServer) -> Result<(), StateEr
             threshold: real.lower_threshold,
         });
     }
-    if real.upper_threshold != 0 || real.lower_threshold != 0 {
-        return Err(StateError::ThresholdsUnsupported);
+    if real.lower_threshold > real.upper_threshold {
+        return Err(StateError::LowerAboveUpper {
+            upper: real.upper_threshold,
+            lower: real.lower_threshold,
+        });
     }
     if real.port != service.port {
         return Err(StateError::PortMismatch {
@@ -947,17 +957,30 @@ mod tests {
     }
 
     #[test]
-    fn thresholds_are_refused_since_the_data_path_counts_no_connections() {
+    fn thresholds_are_kept_and_a_lower_one_above_the_upper_one_is_refused() {
         let mut state = one_service();
         let mut capped = real("10.0.0.11", 80);
         capped.upper_threshold = 2;
+        state
+            .add_real(&tcp("10.0.0.1", 80), capped)
+            .expect("an upper threshold alone");
+        assert_eq!(state.services[0].reals[0].upper_threshold, 2);
+        let mut inverted = real("10.0.0.12", 80);
+        inverted.upper_threshold = 10;
+        inverted.lower_threshold = 20;
+        let err = state
+            .add_real(&tcp("10.0.0.1", 80), inverted)
+            .expect_err("-y above -x");
         assert_eq!(
-            state.add_real(&tcp("10.0.0.1", 80), capped),
-            Err(StateError::ThresholdsUnsupported)
+            err.to_string(),
+            "the lower threshold (-y 20) is higher than the upper threshold (-x 10): a server would never take new connections again"
         );
-        assert!(StateError::ThresholdsUnsupported
-            .to_string()
-            .contains("connection thresholds (-x/-y)"));
+        let mut lower_only = real("10.0.0.13", 80);
+        lower_only.lower_threshold = 5;
+        assert!(matches!(
+            state.add_real(&tcp("10.0.0.1", 80), lower_only),
+            Err(StateError::LowerAboveUpper { upper: 0, lower: 5 })
+        ));
     }
 
     #[test]

@@ -158,3 +158,56 @@ fn weighted_least_connections_sends_fewer_new_connections_to_a_server_holding_ma
     );
     drop(held);
 }
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn an_upper_threshold_of_2_caps_a_server_at_2_connections_until_it_is_raised() {
+    root::require();
+    let lab = DrLab::new(2);
+    let daemon = Daemon::start(&lab.balancer);
+    add_service(&daemon, &["-s", "rr"], 2);
+    let vip = format!("{VIP}:80");
+    let rs1 = format!("{}:80", real_addr(0));
+    daemon.adm_ok(&["-e", "-t", &vip, "-r", &rs1, "-g", "-w", "1", "-x", "2"]);
+    let saved = daemon.adm_ok(&["-S", "-n"]);
+    assert!(
+        saved.contains(&format!("-a -t {vip} -r {rs1} -g -w 1 -x 2\n")),
+        "{saved}"
+    );
+    // rr alternates until rs1 holds 2 connections; the others go to rs2.
+    let held: Vec<(KeepAliveClient, String)> =
+        (0..6).map(|_| KeepAliveClient::open(&lab.client)).collect();
+    let on_rs1 = held.iter().filter(|(_, who)| who == "rs1").count();
+    let whom: Vec<&str> = held.iter().map(|(_, who)| who.as_str()).collect();
+    assert_eq!(on_rs1, 2, "held connections went to {whom:?}");
+    // New connections while they are held (and after xlbd counted them from its table): none
+    // for rs1.
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    let (counts, failed) = lab.spread(20);
+    assert_eq!(failed, 0, "{counts:?}");
+    assert_eq!(counts, [0, 20], "new connections with rs1 at -x 2");
+    let listing = daemon.adm_ok(&["-L", "-n", "--thresholds", "-t", &vip]);
+    let line = listing
+        .lines()
+        .find(|l| l.contains(&rs1))
+        .unwrap_or_else(|| panic!("{listing}"));
+    let columns: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        &columns[2..5],
+        ["2", "0", "2"],
+        "Uthreshold Lthreshold ActiveConn: {listing}"
+    );
+    // Raised above its connections (-e -x 10), it takes new ones again at once.
+    daemon.adm_ok(&["-e", "-t", &vip, "-r", &rs1, "-g", "-w", "1", "-x", "10"]);
+    let (counts, failed) = lab.spread(10);
+    assert_eq!(failed, 0, "{counts:?}");
+    assert!(
+        counts[0] >= 4,
+        "rs1 got {} of 10 after -x 10: {counts:?}",
+        counts[0]
+    );
+    // The held connections still work, each on its own server.
+    for (mut client, who) in held {
+        assert_eq!(client.again(), who);
+    }
+}

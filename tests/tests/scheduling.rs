@@ -14,7 +14,7 @@ use lb_common::{
     limits::MAGLEV_TABLE_SIZE,
     service::{
         SCHED_DEST_HASH, SCHED_LEAST_CONN, SCHED_MAGLEV, SCHED_SEQUENCE, SCHED_SOURCE_HASH,
-        SERVICE_F_HASH_PORT, SERVICE_F_WEIGHTED,
+        SERVICE_F_FALLBACK, SERVICE_F_HASH_PORT, SERVICE_F_WEIGHTED,
     },
     PROTO_TCP,
 };
@@ -103,6 +103,21 @@ impl Bench {
             action_name(out.action)
         );
         out.packet[5]
+    }
+
+    /// The last byte of the server a SYN from `client:sport` went to, or `None` when the data
+    /// path dropped it for want of a server.
+    fn try_send(&self, client: [u8; 4], sport: u16, port: u16) -> Option<u8> {
+        let packet = Ipv4Packet::tcp(client, sport, VIP, port, SYN).build();
+        let program = self.dp.program().expect("program");
+        let out = self
+            .ns
+            .enter(|| fixture::run(program, &packet, self.ifindex));
+        match out.action {
+            action::TX => Some(out.packet[5]),
+            action::DROP => None,
+            other => panic!("{client:?}:{sport} -> port {port}: {}", action_name(other)),
+        }
     }
 
     /// The servers (last bytes) of new flows from one client on successive ports.
@@ -338,4 +353,161 @@ fn weighted_least_connections_compares_connections_per_unit_of_weight() {
         .expect("counts");
     let got = tally(&bench, 81, 200);
     assert!(got.get(&11).copied().unwrap_or(0) > 120, "{got:?}");
+}
+
+/// The thresholds, count and overload flag of a real server, as the data path has them.
+fn limits(bench: &Bench, id: u32) -> lb_common::RealLimits {
+    bench.dp.real_limits(id).expect("limits")
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn round_robin_passes_a_server_at_its_upper_threshold_by_until_it_drops_back() {
+    let mut bench = bench();
+    let svc = bench.service(80, SCHED_SEQUENCE, 0, &[(0, 1), (1, 1), (2, 1)]);
+    let a = svc.reals[0].id;
+    bench.dp.set_real_thresholds(a, 2, 0).expect("-x 2");
+    // rs11 takes its turn twice, then the others share its turns.
+    assert_eq!(
+        bench.sequence(80, 1000, 9),
+        vec![11, 12, 13, 11, 12, 13, 12, 13, 12]
+    );
+    let l = limits(&bench, a);
+    assert_eq!((l.conns, l.is_overloaded()), (2, true));
+    // Its known flows keep going to it.
+    assert_eq!(bench.send([10, 10, 0, 50], 1000, 80), 11);
+    // Userspace counts 2 (nothing closed): still overloaded. 1 of -x 2 is below three quarters:
+    // it takes new flows again.
+    bench.dp.set_threshold_counts(&[(a, 2)]).expect("count");
+    assert!(!bench.sequence(80, 2000, 6).contains(&11));
+    bench.dp.set_threshold_counts(&[(a, 1)]).expect("count");
+    assert!(!limits(&bench, a).is_overloaded());
+    assert!(bench.sequence(80, 3000, 3).contains(&11));
+    assert_eq!(limits(&bench, a).conns, 2, "counted again");
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn an_overloaded_server_stays_so_down_to_its_lower_threshold() {
+    let mut bench = bench();
+    let svc = bench.service(80, SCHED_SEQUENCE, 0, &[(0, 1), (1, 1)]);
+    let a = svc.reals[0].id;
+    bench.dp.set_real_thresholds(a, 4, 2).expect("-x 4 -y 2");
+    bench.dp.set_threshold_counts(&[(a, 4)]).expect("count");
+    assert!(limits(&bench, a).is_overloaded());
+    for count in [3, 2] {
+        bench.dp.set_threshold_counts(&[(a, count)]).expect("count");
+        assert!(
+            !bench
+                .sequence(80, 1000 + count as u16 * 100, 4)
+                .contains(&11),
+            "still overloaded at {count} (-y 2)"
+        );
+    }
+    bench.dp.set_threshold_counts(&[(a, 1)]).expect("count");
+    assert!(bench.sequence(80, 2000, 4).contains(&11), "below -y 2");
+    // Raising the thresholds clears the flag at once (IPVS does so when -x goes above the count).
+    bench.dp.set_threshold_counts(&[(a, 3)]).expect("count");
+    bench.dp.set_real_thresholds(a, 3, 0).expect("-x 3");
+    assert!(limits(&bench, a).is_overloaded(), "3 connections of -x 3");
+    bench.dp.set_real_thresholds(a, 10, 0).expect("-x 10");
+    assert!(!limits(&bench, a).is_overloaded());
+    assert_eq!(limits(&bench, a).conns, 3, "the count is kept");
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn maglev_and_least_connections_give_an_overloaded_servers_flows_to_the_others() {
+    let mut bench = bench();
+    let mh = bench.service(80, SCHED_MAGLEV, 0, &[(0, 1), (1, 1), (2, 1), (3, 1)]);
+    let (a, b) = (mh.reals[0].id, mh.reals[1].id);
+    bench.dp.set_real_thresholds(a, 3, 0).expect("-x 3");
+    bench.dp.set_real_thresholds(b, 3, 0).expect("-x 3");
+    let got = tally(&bench, 80, 60);
+    assert_eq!(got.values().sum::<u32>(), 60, "every flow got a server");
+    assert_eq!(got.get(&11).copied(), Some(3), "{got:?}");
+    assert_eq!(got.get(&12).copied(), Some(3), "{got:?}");
+    let lc = bench.service(81, SCHED_LEAST_CONN, 0, &[(0, 1), (1, 1)]);
+    let a = lc.reals[0].id;
+    bench.dp.set_real_thresholds(a, 5, 0).expect("-x 5");
+    let got = tally(&bench, 81, 40);
+    assert_eq!(got.get(&11).copied(), Some(5), "{got:?}");
+    assert_eq!(got.get(&12).copied(), Some(35), "{got:?}");
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn source_and_destination_hashing_give_no_server_when_theirs_is_overloaded_unless_sh_fallback() {
+    let mut bench = bench();
+    let reals = [(0, 1), (1, 1), (2, 1), (3, 1)];
+    let sh = bench.service(80, SCHED_SOURCE_HASH, 0, &reals);
+    let fallback = bench.service(81, SCHED_SOURCE_HASH, SERVICE_F_FALLBACK, &reals);
+    let dh = bench.service(82, SCHED_DEST_HASH, 0, &reals);
+    let client = [10, 10, 1, 7];
+    let own = |svc: &TestService| in_table(&bench.dp, svc, address_hash(&be(client), 4, 0));
+    let (sh_own, fallback_own) = (own(&sh), own(&fallback));
+    let dh_own = in_table(&bench.dp, &dh, address_hash(&be(VIP), 4, 0));
+    let id_of = |svc: &TestService, last: u8| {
+        svc.reals
+            .iter()
+            .find(|r| r.addr.octets()[3] == last)
+            .expect("server")
+            .id
+    };
+    for (svc, last) in [(&sh, sh_own), (&fallback, fallback_own), (&dh, dh_own)] {
+        bench
+            .dp
+            .set_real_thresholds(id_of(svc, last), 1, 0)
+            .expect("-x 1");
+    }
+    // The first connection takes the server's only place.
+    assert_eq!(bench.try_send(client, 1000, 80), Some(sh_own));
+    assert_eq!(bench.try_send(client, 1000, 81), Some(fallback_own));
+    assert_eq!(bench.try_send(client, 1000, 82), Some(dh_own));
+    // Then IPVS's sh and dh have no server for the client; sh-fallback gives it another one.
+    assert_eq!(bench.try_send(client, 1001, 80), None, "sh");
+    assert_eq!(bench.try_send(client, 1001, 82), None, "dh");
+    let moved = bench.try_send(client, 1001, 81).expect("sh-fallback");
+    assert_ne!(moved, fallback_own);
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_persistent_client_keeps_its_overloaded_server_and_every_new_flow_counts() {
+    let mut bench = bench();
+    let mut svc = bench.service(80, SCHED_SEQUENCE, 0, &[(0, 1), (1, 1)]);
+    svc.persist(&mut bench.dp, 300, 0xffff_ffff);
+    let a = svc.reals[0].id;
+    bench.dp.set_real_thresholds(a, 1, 0).expect("-x 1");
+    assert_eq!(bench.send([10, 10, 1, 5], 1000, 80), 11);
+    // IPVS's persistence templates do not look at the overload flag: the client stays.
+    assert_eq!(bench.send([10, 10, 1, 5], 1001, 80), 11);
+    assert_eq!(limits(&bench, a).conns, 2);
+    // A new client does not get the overloaded server.
+    assert_eq!(bench.send([10, 10, 1, 6], 1000, 80), 12);
+    // UDP flows count as well (IPVS counts every connection against the thresholds).
+    let mut udp = TestService::add_scheduled(
+        &mut bench.dp,
+        VIP.into(),
+        53,
+        lb_common::PROTO_UDP,
+        SCHED_SEQUENCE,
+        0,
+    );
+    let u = udp.add_real(&mut bench.dp, RS[2].into(), 1);
+    udp.add_real(&mut bench.dp, RS[3].into(), 1);
+    bench.dp.set_real_thresholds(u, 100, 0).expect("-x 100");
+    let program = bench.dp.program().expect("program");
+    for sport in 0..4 {
+        let packet = Ipv4Packet::udp([10, 10, 1, 9], 4000 + sport, VIP, 53).build();
+        let out = bench
+            .ns
+            .enter(|| fixture::run(program, &packet, bench.ifindex));
+        assert_eq!(out.action, action::TX, "{}", action_name(out.action));
+    }
+    assert_eq!(
+        limits(&bench, u).conns,
+        2,
+        "rr gave it every other UDP flow"
+    );
 }

@@ -17,8 +17,9 @@ use std::{
 use aya::{maps::MapError, sys::SyscallError};
 use lb_common::{
     limits::{EMPTY_MAGLEV_TABLE, MAGLEV_TABLE_SIZE},
+    real::LIMIT_F_OVERLOADED,
     Connection, Counters, DataplaneConfig, FlowKey, GlobalStat, PersistKey, PersistSettings,
-    Persistent, RealServer, Service, ServiceKey,
+    Persistent, RealLimits, RealServer, Service, ServiceKey,
 };
 
 use super::DataPath;
@@ -44,6 +45,10 @@ pub enum Write {
     SetRealWeights,
     /// [`DataPath::set_connection_counts`].
     SetConnectionCounts,
+    /// [`DataPath::set_real_thresholds`].
+    SetRealThresholds(RealId),
+    /// [`DataPath::set_threshold_counts`].
+    SetThresholdCounts,
     /// [`DataPath::add_real`], with the entry.
     AddReal(RealServer),
     /// [`DataPath::update_real`].
@@ -75,6 +80,8 @@ impl Write {
             Self::ForgetPersistentClients => "flushing the persistence table",
             Self::SetRealWeights => "writing real servers' weights",
             Self::SetConnectionCounts => "writing real servers' connection counts",
+            Self::SetRealThresholds(_) => "writing a real server's connection thresholds",
+            Self::SetThresholdCounts => "writing a real server's connection count",
             Self::AddReal(_) => "adding a real server",
             Self::UpdateReal(_) => "updating a real server",
             Self::RemoveReal(_) => "removing a real server",
@@ -215,6 +222,8 @@ pub struct FakeDataPath {
     weights: BTreeMap<RealId, u32>,
     /// Active connections of real servers (`lc`, `wlc`).
     active: BTreeMap<RealId, u32>,
+    /// Connection thresholds, connections and overload flags of real servers.
+    limits: BTreeMap<RealId, RealLimits>,
     config: DataplaneConfig,
     /// The addresses whose next hops were asked for, in order.
     next_hops: Vec<IpAddr>,
@@ -248,6 +257,7 @@ impl FakeDataPath {
             persistent: HashMap::new(),
             weights: BTreeMap::new(),
             active: BTreeMap::new(),
+            limits: BTreeMap::new(),
             config: DataplaneConfig::default(),
             next_hops: Vec::new(),
             writes: Vec::new(),
@@ -335,6 +345,11 @@ impl FakeDataPath {
     /// The active connections `lc`/`wlc` see for a real server.
     pub fn active_connections(&self, id: RealId) -> Option<u32> {
         self.active.get(&id).copied()
+    }
+
+    /// A real server's thresholds, connections and overload flag, as last written.
+    pub fn real_limits(&self, id: RealId) -> RealLimits {
+        self.limits.get(&id).copied().unwrap_or_default()
     }
 
     /// Remembers a persistent client, as the data path would for a persistent service's new flow.
@@ -460,6 +475,41 @@ impl DataPath for FakeDataPath {
         Ok(())
     }
 
+    fn set_real_thresholds(
+        &mut self,
+        id: RealId,
+        upper: u32,
+        lower: u32,
+    ) -> Result<(), DataplaneError> {
+        self.write(Write::SetRealThresholds(id))?;
+        let old = self.real_limits(id);
+        let conns = if upper == 0 { 0 } else { old.conns };
+        let mut limits = RealLimits {
+            upper,
+            lower,
+            conns,
+            flags: 0,
+        };
+        if limits.overloaded_at(conns, false) {
+            limits.flags = LIMIT_F_OVERLOADED;
+        }
+        self.limits.insert(id, limits);
+        Ok(())
+    }
+
+    fn set_threshold_counts(&mut self, counts: &[(RealId, u32)]) -> Result<(), DataplaneError> {
+        self.write(Write::SetThresholdCounts)?;
+        for (id, count) in counts {
+            let Some(limits) = self.limits.get_mut(id).filter(|l| l.upper != 0) else {
+                continue;
+            };
+            let over = limits.overloaded_at(*count, limits.is_overloaded());
+            limits.conns = *count;
+            limits.flags = if over { LIMIT_F_OVERLOADED } else { 0 };
+        }
+        Ok(())
+    }
+
     fn persistent_clients(&self) -> Result<Vec<(PersistKey, Persistent)>, DataplaneError> {
         Ok(self.persistent.iter().map(|(k, v)| (*k, *v)).collect())
     }
@@ -498,6 +548,7 @@ impl DataPath for FakeDataPath {
                 max: self.capacity.reals,
             })?;
         self.real_counters.insert(id, Counters::default());
+        self.limits.remove(&id);
         self.reals.insert(id, real);
         Ok(id)
     }

@@ -9,8 +9,8 @@
 //!
 //! What differs, on purpose:
 //! - the default scheduler is `mh` (Maglev); ipvsadm's is `wlc`; the schedulers xlb lacks
-//!   (`sed`, `nq`, `fo`, `ovf`, `lblc`, `lblcr`, `twos`) are refused by name, and so are the
-//!   thresholds `-x`/`-y` other than 0;
+//!   (`sed`, `nq`, `fo`, `ovf`, `lblc`, `lblcr`, `twos`) are refused by name; `-y` above `-x`
+//!   is refused here (IPVS refuses it when the rule reaches the kernel);
 //! - `-m` (NAT), firewall marks, SCTP, sync daemons, one-packet scheduling and persistence
 //!   engines are refused with a message that names the feature;
 //! - `-b` takes `sh-fallback`, `sh-port` (with `-s sh`), `mh-fallback`, `mh-port` (with `-s mh`)
@@ -515,8 +515,8 @@ Options:
   --ipip         -i                   ipip encapsulation (tunneling)
   --tun-type      ipip                tunnel type (only ipip)
   --weight       -w weight            capacity of real server
-  --u-threshold  -x uthreshold        upper threshold of connections (only 0: not implemented)
-  --l-threshold  -y lthreshold        lower threshold of connections (only 0: not implemented)
+  --u-threshold  -x uthreshold        upper threshold of connections
+  --l-threshold  -y lthreshold        lower threshold of connections
   --connection   -c                   output of current connections
   --stats                             output of statistics information
   --rate                              output of rate information
@@ -1919,7 +1919,7 @@ mod tests {
     }
 
     #[test]
-    fn add_server_takes_tunneling_and_weight_and_refuses_thresholds() {
+    fn add_server_takes_tunneling_weight_and_thresholds() {
         assert_eq!(
             command("-a -t 10.0.0.1:80 -r 10.0.0.2:80 -i -w 5 -x 0 -y 0 --tun-type ipip"),
             Command::Change(Change::AddReal {
@@ -1932,10 +1932,22 @@ mod tests {
                 check: Default::default(),
             })
         );
-        let e = err("-a -t 10.0.0.1:80 -r 10.0.0.2:80 -x 100 -y 50");
+        assert_eq!(
+            command("-a -t 10.0.0.1:80 -r 10.0.0.2:80 -x 100 -y 50"),
+            Command::Change(Change::AddReal {
+                service: tcp("10.0.0.1", 80),
+                real: RealServer {
+                    upper_threshold: 100,
+                    lower_threshold: 50,
+                    ..dr("10.0.0.2", 80)
+                },
+                check: Default::default(),
+            })
+        );
+        let e = err("-a -t 10.0.0.1:80 -r 10.0.0.2:80 -x 10 -y 50");
         assert_eq!(
             e.to_string(),
-            "xlb does not implement connection thresholds (-x/-y): its data path keeps no active connection counts per real server"
+            "the lower threshold (-y 50) is higher than the upper threshold (-x 10): a server would never take new connections again"
         );
         assert_eq!(e.exit_code(), 2);
     }

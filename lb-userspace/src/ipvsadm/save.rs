@@ -431,16 +431,22 @@ mod tests {
     }
 
     #[test]
-    fn saved_thresholds_are_refused_on_restore_with_the_reason() {
+    fn saved_thresholds_survive_a_save_and_restore() {
+        let text =
+            "-A -t 10.0.0.1:80 -s mh\n-a -t 10.0.0.1:80 -r 10.0.0.2:80 -g -w 1 -x 100 -y 50\n";
+        let restored = restore(&DesiredState::default(), text).expect("restore");
+        let real = &restored.services[0].reals[0];
+        assert_eq!((real.upper_threshold, real.lower_threshold), (100, 50));
+        assert_eq!(save(&restored), text);
         let err = restore(
             &DesiredState::default(),
-            "-A -t 10.0.0.1:80 -s mh\n-a -t 10.0.0.1:80 -r 10.0.0.2:80 -g -w 1 -x 100 -y 50\n",
+            "-A -t 10.0.0.1:80 -s mh\n-a -t 10.0.0.1:80 -r 10.0.0.2:80 -g -w 1 -x 10 -y 50\n",
         )
-        .expect_err("thresholds are not implemented");
+        .expect_err("-y above -x");
         assert_eq!(err.line, 2);
         assert!(
             err.to_string()
-                .contains("xlb does not implement connection thresholds (-x/-y)"),
+                .contains("the lower threshold (-y 50) is higher than the upper threshold (-x 10)"),
             "{err}"
         );
     }
