@@ -419,20 +419,19 @@ fn an_overloaded_server_stays_so_down_to_its_lower_threshold() {
 #[ignore = "needs root: run with cargo xtask test"]
 fn maglev_and_least_connections_give_an_overloaded_servers_flows_to_the_others() {
     let mut bench = bench();
+    // One server of four overloaded: 8 slots all on it once in 65,536 new flows.
     let mh = bench.service(80, SCHED_MAGLEV, 0, &[(0, 1), (1, 1), (2, 1), (3, 1)]);
-    let (a, b) = (mh.reals[0].id, mh.reals[1].id);
+    let a = mh.reals[0].id;
     bench.dp.set_real_thresholds(a, 3, 0).expect("-x 3");
-    bench.dp.set_real_thresholds(b, 3, 0).expect("-x 3");
     let got = tally(&bench, 80, 60);
     assert_eq!(got.values().sum::<u32>(), 60, "every flow got a server");
     assert_eq!(got.get(&11).copied(), Some(3), "{got:?}");
-    assert_eq!(got.get(&12).copied(), Some(3), "{got:?}");
-    let lc = bench.service(81, SCHED_LEAST_CONN, 0, &[(0, 1), (1, 1)]);
+    let lc = bench.service(81, SCHED_LEAST_CONN, 0, &[(0, 1), (1, 1), (2, 1), (3, 1)]);
     let a = lc.reals[0].id;
     bench.dp.set_real_thresholds(a, 5, 0).expect("-x 5");
     let got = tally(&bench, 81, 40);
+    assert_eq!(got.values().sum::<u32>(), 40, "every flow got a server");
     assert_eq!(got.get(&11).copied(), Some(5), "{got:?}");
-    assert_eq!(got.get(&12).copied(), Some(35), "{got:?}");
 }
 
 #[test]

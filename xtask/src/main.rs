@@ -67,8 +67,8 @@ enum Cmd {
     },
     /// Run the benchmarks (as root): each reports ratios against a baseline of the same run.
     Bench {
-        /// Only these: data-path, flood, maglev, health, control, live, katran, e2e (all when none is
-        /// named; katran only with --katran-src; data-path includes live).
+        /// Only these: data-path, flood, thresholds, maglev, health, control, live, katran, e2e
+        /// (all when none is named; katran only with --katran-src; data-path includes live).
         only: Vec<String>,
         /// A copy of Katran's source (facebookincubator/katran, a clone or `git archive`): its
         /// balancer is built from it and measured with xlb's by one harness, behind the same

@@ -12,6 +12,9 @@
 //!   a new source: an insert into the connection table that evicts), and for a packet of a known
 //!   flow measured the same way (a cold cache line each), against the decapsulator passing a
 //!   plain packet the same way.
+//! - Thresholds: ns per new flow (a SYN from a new source, one packet a call) under `mh`, `rr`
+//!   and `wlc` with an upper connection threshold (`-x`) on the real server that the run never
+//!   reaches, against the same without one; and the balancer's verifier count.
 //! - Maglev: building a 65537-slot table for 100 servers, and for 100, 1000 and 4096 servers of
 //!   which one has a weight far above the others', against one server.
 //! - Health checks: 10,000 targets checked every second by xlbd's checker, for each check kind
@@ -187,6 +190,86 @@ fn ns_per_distinct_packet(ns: &Netns, program: &Xdp, packets: &[Vec<u8>], ifinde
 
 /// Packets a flood benchmark round sends per case.
 const FLOOD_PACKETS: u32 = 20_000;
+
+/// New flows per round and case of the thresholds benchmark.
+const THRESHOLD_PACKETS: u32 = 20_000;
+
+/// What an upper connection threshold costs a new flow (see the module's comment).
+fn thresholds() {
+    let ns = Netns::new("thresh");
+    ns.sh(
+        "ip link add fx0 type veth peer name fx1 && ip link set fx0 up && ip link set fx1 up && \
+         ip addr add 10.10.0.1/24 dev fx0 && sysctl -qw net.ipv4.conf.fx0.forwarding=1 && \
+         ip neigh replace 10.10.0.21 lladdr 02:00:00:00:01:21 dev fx0 nud permanent",
+    );
+    let ifindex = ns.ifindex("fx0");
+    let mut dp = Dataplane::load(&LoadOptions {
+        max_services: Some(8),
+        ..LoadOptions::default()
+    })
+    .expect("load the data path");
+    if let Some(n) = dp
+        .program()
+        .ok()
+        .and_then(|p| p.info().ok())
+        .and_then(|info| info.verified_instruction_count())
+    {
+        println!("balancer: {n} instructions processed by the verifier");
+    }
+    use lb_common::service::{SCHED_LEAST_CONN, SCHED_MAGLEV, SCHED_SEQUENCE, SERVICE_F_WEIGHTED};
+    let schedulers = [
+        ("mh", 80u16, SCHED_MAGLEV, 0),
+        ("rr", 81, SCHED_SEQUENCE, 0),
+        ("wlc", 82, SCHED_LEAST_CONN, SERVICE_F_WEIGHTED),
+    ];
+    let mut reals = Vec::new();
+    for (_, port, scheduler, flags) in schedulers {
+        let key = ServiceKey::v4(0x0a0a_0064, port, PROTO_TCP);
+        dp.upsert_service(key, scheduler, flags).expect("service");
+        let real = dp
+            .add_real(RealServer::v4(0x0a0a_0015, Forwarding::DirectRoute))
+            .expect("real");
+        // One server: Maglev's table, rr's sequence of one and lc's every slot are all it.
+        dp.set_maglev_table(key, &vec![real; 65537]).expect("table");
+        dp.set_real_weights(&[(real, 1)]).expect("weight");
+        if scheduler == SCHED_SEQUENCE {
+            let mut sequence = vec![0; 65537];
+            sequence[0] = real;
+            dp.set_maglev_table(key, &sequence).expect("sequence");
+        }
+        reals.push(real);
+    }
+    println!(
+        "thresholds (BPF_PROG_TEST_RUN, one run per packet, {THRESHOLD_PACKETS} SYNs of new flows, \
+         best of 5 rounds, with and without -x in turn, either first):"
+    );
+    for (case, ((name, port, _, _), real)) in schedulers.iter().zip(&reals).enumerate() {
+        let mut best = [f64::MAX; 2];
+        for round in 0..5u32 {
+            // Which goes first alternates with the round.
+            for step in 0..2usize {
+                let with = (step + round as usize) % 2;
+                let best = &mut best[with];
+                let upper = if with == 1 { 2_000_000_000 } else { 0 };
+                dp.set_real_thresholds(*real, upper, 0).expect("thresholds");
+                let first = (10 + case as u32 * 10 + round * 2 + with as u32) << 24;
+                let syns: Vec<Vec<u8>> = (first..first + THRESHOLD_PACKETS)
+                    .map(|i| {
+                        let (src, sport) = source(i);
+                        Ipv4Packet::tcp(src, sport, [10, 10, 0, 100], *port, SYN).build()
+                    })
+                    .collect();
+                let balancer = dp.program().expect("balancer");
+                *best = best.min(ns_per_distinct_packet(&ns, balancer, &syns, ifindex));
+            }
+        }
+        let [without, with] = best;
+        println!(
+            "  {name:<4} new flow: without -x {without:>7.1} ns, with -x {with:>7.1} ns   {:.2}",
+            with / without
+        );
+    }
+}
 
 /// What a SYN flood costs per packet, with full tables (see the module's comment).
 fn flood() {
@@ -571,12 +654,20 @@ fn main() -> anyhow::Result<()> {
     root::require();
     let only: Vec<String> = std::env::args().skip(1).collect();
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
-    if let Some(unknown) = only
-        .iter()
-        .find(|o| !["data-path", "flood", "maglev", "health", "control"].contains(&o.as_str()))
-    {
+    if let Some(unknown) = only.iter().find(|o| {
+        ![
+            "data-path",
+            "flood",
+            "thresholds",
+            "maglev",
+            "health",
+            "control",
+        ]
+        .contains(&o.as_str())
+    }) {
         anyhow::bail!(
-            "unknown benchmark {unknown:?} (expected data-path, flood, maglev, health or control)"
+            "unknown benchmark {unknown:?} (expected data-path, flood, thresholds, maglev, health \
+             or control)"
         );
     }
     if wanted("data-path") {
@@ -590,6 +681,9 @@ fn main() -> anyhow::Result<()> {
         })
         .join()
         .map_err(|_| anyhow::anyhow!("the flood benchmark failed"))?;
+    }
+    if wanted("thresholds") {
+        thresholds();
     }
     if wanted("maglev") {
         maglev_build();
