@@ -83,6 +83,10 @@ pub trait DataPath: Send {
         reals: &BTreeSet<RealId>,
     ) -> Result<usize, DataplaneError>;
 
+    /// Forgets the embryonic flows (handshakes not completed) given to these real servers;
+    /// returns how many there were.
+    fn forget_handshakes_of(&mut self, reals: &BTreeSet<RealId>) -> Result<usize, DataplaneError>;
+
     /// Removes a service; [`DataplaneError::NoSuchService`] when it is not there.
     fn remove_service(&mut self, key: ServiceKey) -> Result<(), DataplaneError>;
 
@@ -207,6 +211,12 @@ impl DataPath for Dataplane {
         reals: &BTreeSet<RealId>,
     ) -> Result<usize, DataplaneError> {
         self.flush_persistent_where(|_, client| reals.contains(&client.real))
+    }
+
+    fn forget_handshakes_of(&mut self, reals: &BTreeSet<RealId>) -> Result<usize, DataplaneError> {
+        self.flush_connections_where(|conn| {
+            conn.flags & lb_common::conntrack::CONN_F_EMBRYONIC != 0 && reals.contains(&conn.real)
+        })
     }
 
     fn remove_service(&mut self, key: ServiceKey) -> Result<(), DataplaneError> {
@@ -361,6 +371,10 @@ impl<D: DataPath + ?Sized> DataPath for Box<D> {
         reals: &BTreeSet<RealId>,
     ) -> Result<usize, DataplaneError> {
         (**self).forget_persistent_clients_of(reals)
+    }
+
+    fn forget_handshakes_of(&mut self, reals: &BTreeSet<RealId>) -> Result<usize, DataplaneError> {
+        (**self).forget_handshakes_of(reals)
     }
 
     fn remove_service(&mut self, key: ServiceKey) -> Result<(), DataplaneError> {

@@ -261,6 +261,9 @@ pub struct Runtime<D = Dataplane> {
     health: Option<Engine>,
     /// Real servers the health checks hold at weight 0 whose persistent clients were forgotten.
     failed: BTreeSet<RealId>,
+    /// Real servers (of any service) the health checks hold at weight 0 whose handshakes in
+    /// progress were forgotten.
+    down: BTreeSet<RealId>,
     /// The services with a slow start in progress when they were last brought in line: their
     /// weights change with time ([`Self::refresh_ramps`]).
     ramping: BTreeSet<ServiceAddr>,
@@ -288,6 +291,7 @@ impl<D: DataPath> Runtime<D> {
             state_file,
             health: None,
             failed: Default::default(),
+            down: Default::default(),
             ramping: BTreeSet::new(),
             unsure: BTreeSet::new(),
         }
@@ -313,6 +317,7 @@ impl<D: DataPath> Runtime<D> {
             state_file,
             health: None,
             failed: Default::default(),
+            down: Default::default(),
             ramping: BTreeSet::new(),
         };
         runtime.rewrite_scheduling();
@@ -528,17 +533,15 @@ impl<D: DataPath> Runtime<D> {
         }
     }
 
-    /// Forgets the persistent clients of the servers the health checks have just failed (held
-    /// at weight 0 though the operator gave them a weight), so that those clients' next
-    /// connections go to a server that works. A server quiesced by the operator (weight 0) keeps
-    /// its clients, as in IPVS.
-    fn forget_clients_of_failed_servers(&mut self) {
-        let mut failed = BTreeSet::new();
+    /// The real servers the health checks hold at weight 0 though the operator gave them a
+    /// weight (failed), of the persistent services only or of every service.
+    fn held_servers(&self, persistent_only: bool) -> BTreeSet<RealId> {
+        let mut held_ids = BTreeSet::new();
         for svc in self
             .desired
             .services
             .iter()
-            .filter(|s| s.persistence.is_some())
+            .filter(|s| !persistent_only || s.persistence.is_some())
         {
             let Some(applied) = self.applied.service(&svc.addr) else {
                 continue;
@@ -550,10 +553,40 @@ impl<D: DataPath> Runtime<D> {
                     .find(|r| r.addr == real.addr && r.port == real.port)
                     .is_none_or(|r| r.weight == 0);
                 if let (true, Some(id)) = (held, self.real_id(&svc.addr, real.addr, real.port)) {
-                    failed.insert(id);
+                    held_ids.insert(id);
                 }
             }
         }
+        held_ids
+    }
+
+    /// What the data path remembers for the servers the health checks have just failed, so
+    /// that clients reach a server that works: their persistent clients (a server quiesced by
+    /// the operator, weight 0, keeps them, as in IPVS), and their handshakes in progress (a
+    /// SYN given to a server that then failed, refused by it or unanswered: in direct routing
+    /// its reset goes around the balancer, so the entry would send the client's next SYN from
+    /// that port to the failed server again). Established flows stay: a server failing a
+    /// keyword check may well finish them.
+    fn forget_clients_of_failed_servers(&mut self) {
+        let down = self.held_servers(false);
+        let newly_down: BTreeSet<RealId> = down.difference(&self.down).copied().collect();
+        if !newly_down.is_empty() {
+            match self.dp.forget_handshakes_of(&newly_down) {
+                Ok(n) if n > 0 => {
+                    tracing::info!(
+                        handshakes = n,
+                        "handshakes given to failed servers forgotten"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %error_chain(&e), "forgetting the handshakes of failed servers");
+                }
+            }
+        }
+        self.down = down;
+
+        let failed = self.held_servers(true);
         let newly: BTreeSet<RealId> = failed.difference(&self.failed).copied().collect();
         if !newly.is_empty() {
             match self.dp.forget_persistent_clients_of(&newly) {
@@ -2051,6 +2084,77 @@ mod tests {
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_failed_server_loses_its_handshakes_in_progress_and_keeps_its_established_flows()
+        {
+            let (a11, a11_task) = listener().await;
+            let (a12, _a12_task) = listener().await;
+            let rules = format!(
+                "-A -t 10.0.0.1:80 -s mh\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.11:80 -g {}\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.12:80 -g {}\n",
+                check(a11),
+                check(a12),
+            );
+            let (engine, mut events) =
+                crate::health::engine::Engine::new(tokio::runtime::Handle::current(), 4);
+            let mut rt = Runtime::new(FakeDataPath::default(), None)
+                .with_health(engine)
+                .expect("no targets yet");
+            rt.change_to(state(&rules)).expect("applied");
+            for _ in 0..2 {
+                let up = next_event(&mut events).await;
+                assert!(up.result.ok, "{}", up.real);
+                rt.refresh_service(&up.service).expect("refreshed");
+            }
+            let embryonic = lb_common::conntrack::CONN_F_EMBRYONIC;
+            // Port 1000: a handshake given to rs1; 1001: rs1's established flow; 1002: a
+            // handshake given to rs2.
+            for (sport, real, flags) in [(1000, 1, embryonic), (1001, 1, 0), (1002, 2, embryonic)] {
+                let conn = lb_common::Connection {
+                    real,
+                    last_seen_ns: monotonic_ns(),
+                    flags,
+                    ..Default::default()
+                };
+                rt.dataplane().track(client_flow(sport), conn);
+            }
+            let ports = |rt: &Runtime<FakeDataPath>| -> Vec<u16> {
+                let mut ports: Vec<u16> = rt
+                    .datapath()
+                    .connections()
+                    .expect("connections")
+                    .iter()
+                    .map(|(flow, _)| u16::from_be(flow.sport))
+                    .collect();
+                ports.sort();
+                ports
+            };
+            assert_eq!(ports(&rt), [1000, 1001, 1002]);
+            a11_task.abort();
+            let down = next_event(&mut events).await;
+            assert!(!down.result.ok);
+            assert!(rt.refresh_service(&down.service).expect("refreshed"));
+            assert_eq!(
+                ports(&rt),
+                [1001, 1002],
+                "rs1's handshake forgotten, nothing else"
+            );
+            // Once only: a refresh while it stays down forgets nothing more.
+            rt.dataplane().take_writes();
+            rt.dataplane().track(
+                client_flow(1003),
+                lb_common::Connection {
+                    real: 1,
+                    last_seen_ns: monotonic_ns(),
+                    flags: embryonic,
+                    ..Default::default()
+                },
+            );
+            rt.refresh_service(&down.service).expect("refreshed");
+            assert!(!rt.datapath().writes().contains(&Write::ForgetHandshakes));
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn a_failed_check_rewrites_only_its_services_table_once() {
             let (a11, a11_task) = listener().await;
             let (a12, _a12_task) = listener().await;
@@ -2091,8 +2195,12 @@ mod tests {
             assert!(rt.refresh_service(&down.service).expect("refreshed"));
             assert_eq!(
                 rt.datapath().writes(),
-                [Write::SetMaglevTable(key("10.0.0.1:80"))],
-                "one table rewritten, no server removed"
+                [
+                    Write::SetMaglevTable(key("10.0.0.1:80")),
+                    Write::ForgetHandshakes
+                ],
+                "one table rewritten and the failed server's handshakes forgotten, no server \
+                 removed"
             );
             assert_eq!(weight_of(&rt, "10.0.0.1:80", "10.0.0.11:80"), 0);
             assert_eq!(
@@ -2105,7 +2213,7 @@ mod tests {
             assert_eq!(rt.datapath().contents().services[1], other);
             assert!(!rt.refresh_ramps().expect("refreshed"), "no slow start");
             assert!(!rt.refresh().expect("refreshed"), "nothing else changed");
-            assert_eq!(rt.datapath().writes().len(), 1);
+            assert_eq!(rt.datapath().writes().len(), 2, "nothing written since");
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -822,7 +822,7 @@ fn a_daemon_adopting_pinned_maps_keeps_every_vip_visible_until_its_program_is_at
 /// The server (by its MAC) a packet went to.
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
-fn a_syn_on_a_closed_connections_port_is_scheduled_anew_and_its_ack_follows_it() {
+fn a_syn_on_a_closed_connections_port_or_after_its_handshakes_server_failed_is_scheduled_anew() {
     let mut bench = bench();
     // Connections from 40 client ports, each through its handshake to its server.
     let ports: Vec<u16> = (47000..47040).collect();
@@ -876,6 +876,38 @@ fn a_syn_on_a_closed_connections_port_is_scheduled_anew_and_its_ack_follows_it()
         reused > 0,
         "no closed connection was on the server that left: {owners:?}"
     );
+
+    // A handshake given to a server that then fails (its SYN refused or unanswered: in direct
+    // routing the reset goes around the balancer) follows it until xlbd forgets the failed
+    // server's handshakes; the client's next SYN from that port then goes where the table says.
+    bench.web.set_weight(&mut bench.dp, RS[0].into(), 1);
+    let port = (47100..48000)
+        .find(|p| bench.maglev_choice(&bench.web, &flow(CLIENT, *p, VIP, 80, PROTO_TCP)) == RS[0])
+        .expect("a slot of RS[0]");
+    let syn = Ipv4Packet::tcp(CLIENT, port, VIP, 80, SYN).build();
+    assert_eq!(server_of(&bench, &syn), RS[0]);
+    bench.web.set_weight(&mut bench.dp, RS[0].into(), 0);
+    assert_eq!(
+        server_of(&bench, &syn),
+        RS[0],
+        "a retransmitted SYN keeps its server"
+    );
+    let failed = bench
+        .web
+        .reals
+        .iter()
+        .find(|r| r.addr == std::net::Ipv4Addr::from(RS[0]))
+        .expect("RS[0]")
+        .id;
+    let forgotten = lb_userspace::datapath::DataPath::forget_handshakes_of(
+        &mut bench.dp,
+        &std::collections::BTreeSet::from([failed]),
+    )
+    .expect("forget");
+    assert_eq!(forgotten, 1, "only the failed server's handshake");
+    let now = bench.maglev_choice(&bench.web, &flow(CLIENT, port, VIP, 80, PROTO_TCP));
+    assert_ne!(now, RS[0]);
+    assert_eq!(server_of(&bench, &syn), now);
 }
 
 fn server_of(bench: &Bench, packet: &[u8]) -> [u8; 4] {

@@ -41,6 +41,8 @@ pub enum Write {
     SetPersistence(u32),
     /// [`DataPath::forget_persistent_clients_of`].
     ForgetPersistentClients,
+    /// [`DataPath::forget_handshakes_of`].
+    ForgetHandshakes,
     /// [`DataPath::set_real_weights`].
     SetRealWeights,
     /// [`DataPath::set_connection_counts`].
@@ -78,6 +80,7 @@ impl Write {
             Self::SpreadSequenceCursors(..) => "setting a service's round-robin positions",
             Self::SetPersistence(_) => "writing a service's persistence settings",
             Self::ForgetPersistentClients => "flushing the persistence table",
+            Self::ForgetHandshakes => "flushing the embryonic table",
             Self::SetRealWeights => "writing real servers' weights",
             Self::SetConnectionCounts => "writing real servers' connection counts",
             Self::SetRealThresholds(_) => "writing a real server's connection thresholds",
@@ -522,6 +525,15 @@ impl DataPath for FakeDataPath {
         let before = self.persistent.len();
         self.persistent.retain(|_, c| !reals.contains(&c.real));
         Ok(before - self.persistent.len())
+    }
+
+    fn forget_handshakes_of(&mut self, reals: &BTreeSet<RealId>) -> Result<usize, DataplaneError> {
+        self.write(Write::ForgetHandshakes)?;
+        let before = self.connections.len();
+        self.connections.retain(|_, c| {
+            c.flags & lb_common::conntrack::CONN_F_EMBRYONIC == 0 || !reals.contains(&c.real)
+        });
+        Ok(before - self.connections.len())
     }
 
     fn remove_service(&mut self, key: ServiceKey) -> Result<(), DataplaneError> {
