@@ -54,7 +54,7 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const RECEIVE_CAP: usize = 256;
 
 /// How the data path reaches a real server, and so how the probe does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Delivery {
     /// The packet as the client sent it, to the real server's MAC.
     DirectRoute,
@@ -142,6 +142,12 @@ pub struct ViaProber {
     port: u16,
     v6: bool,
     pending: Mutex<HashMap<Key, oneshot::Sender<Answer>>>,
+    /// The last SYN to each real server that got no answer in time, by server: a SYN-ACK that
+    /// comes after the probe gave up is not reset by anyone (the balancer's kernel sends its
+    /// reset to the VIP, often an address of its own), so the real server would keep the
+    /// half-open connection and answer the next SYNs from the same port with the old one's
+    /// SYN-ACK or a bare ACK, for a minute of SYN-ACK retries. The next probe resets it first.
+    unanswered: Mutex<HashMap<Server, u32>>,
     /// Counts the SYNs; a SYN's sequence number is the keyed hash of its count.
     count: AtomicU64,
     secret: RandomState,
@@ -199,6 +205,7 @@ impl ViaProber {
             port,
             v6,
             pending: Mutex::new(HashMap::new()),
+            unanswered: Mutex::new(HashMap::new()),
             count: AtomicU64::new(0),
             secret: RandomState::new(),
         })
@@ -221,12 +228,37 @@ impl ViaProber {
             .secret
             .hash_one(self.count.fetch_add(1, Ordering::Relaxed)) as u32;
         let key = (target.ip(), target.port(), seq);
+        let server = (target, delivery, path.mac, path.source);
         let (sender, receiver) = oneshot::channel();
         self.pending().insert(key, sender);
-        let waiting = Waiting { prober: self, key };
+        let mut waiting = Waiting {
+            prober: self,
+            key,
+            server: Some(server),
+        };
+        let leftover = self
+            .unanswered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&server);
+        if let Some(old) = leftover {
+            let reset = probe_packet(
+                delivery,
+                path.source,
+                target,
+                self.port,
+                old.wrapping_add(1),
+                RST,
+            );
+            if let Err(e) = self.send(&path, &reset) {
+                tracing::debug!(%target, "resetting an unanswered probe's connection: {e}");
+            }
+        }
         let syn = probe_packet(delivery, path.source, target, self.port, seq, SYN);
         self.send(&path, &syn).map_err(ViaError::Send)?;
         let answer = receiver.await.map_err(|_| ViaError::Stopped)?;
+        // Answered: nothing to reset before the next probe.
+        waiting.server = None;
         drop(waiting);
         if answer == Answer::Open {
             let reset = probe_packet(
@@ -274,15 +306,29 @@ impl ViaProber {
     }
 }
 
-/// Forgets a SYN whose probe ended (answered, failed, or dropped on timeout).
+/// A real server as a probe reaches it: the target (VIP:port), the delivery, the next hop's MAC
+/// and the source address.
+type Server = (SocketAddr, Delivery, [u8; 6], IpAddr);
+
+/// Forgets a SYN whose probe ended (answered, failed, or dropped on timeout); one that got no
+/// answer is remembered as its server's unanswered SYN.
 struct Waiting<'a> {
     prober: &'a ViaProber,
     key: Key,
+    /// The server, while the SYN has no answer.
+    server: Option<Server>,
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.prober.pending().remove(&self.key);
+        if let Some(server) = self.server {
+            self.prober
+                .unanswered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(server, self.key.2);
+        }
     }
 }
 
