@@ -226,35 +226,56 @@ pub struct Prober {
     secret: RandomState,
 }
 
-/// The probers made so far, by network namespace (its inode) and family. They live as long as
-/// the process, as their receiving threads do.
-static PROBERS: OnceLock<Mutex<HashMap<(u64, bool), &'static Prober>>> = OnceLock::new();
+/// Probers of one kind, by network namespace (its inode) and family. They live as long as the
+/// process, as their receiving threads do.
+pub(super) type Probers<P> = OnceLock<Mutex<HashMap<(u64, bool), &'static P>>>;
+
+/// The prober of `probers` for the family `v6` in the calling thread's network namespace, made
+/// by `open` on first use and given a receiving thread named `name` that runs `receive`; why
+/// it could not be made, as a sentence.
+pub(super) fn prober_in_this_namespace<P: Sync + 'static>(
+    probers: &'static Probers<P>,
+    v6: bool,
+    name: &str,
+    open: impl FnOnce() -> io::Result<P>,
+    receive: fn(&'static P),
+) -> Result<&'static P, String> {
+    let netns = std::fs::metadata("/proc/thread-self/ns/net")
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .map_err(|e| format!("reading the network namespace: {e}"))?;
+    let mut made = probers
+        .get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(prober) = made.get(&(netns, v6)) {
+        return Ok(prober);
+    }
+    let prober: &'static P = Box::leak(Box::new(open().map_err(|e| e.to_string())?));
+    std::thread::Builder::new()
+        .name(format!("{name}-v{}", if v6 { 6 } else { 4 }))
+        .spawn(move || receive(prober))
+        .map_err(|e| format!("starting the receiver: {e}"))?;
+    made.insert((netns, v6), prober);
+    tracing::debug!(v6, prober = name, "prober ready");
+    Ok(prober)
+}
+
+/// The half-open probers made so far.
+static PROBERS: Probers<Prober> = OnceLock::new();
 
 impl Prober {
     /// The prober for `family_of`'s address family in the calling thread's network namespace,
     /// made on first use.
     pub fn for_target(family_of: IpAddr) -> Result<&'static Prober, ProbeError> {
         let v6 = family_of.is_ipv6();
-        let netns = std::fs::metadata("/proc/thread-self/ns/net")
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .map_err(|e| ProbeError::Setup(format!("reading the network namespace: {e}")))?;
-        let mut probers = PROBERS
-            .get_or_init(|| Mutex::new(HashMap::new()))
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(prober) = probers.get(&(netns, v6)) {
-            return Ok(prober);
-        }
-        let prober: &'static Prober = Box::leak(Box::new(
-            Prober::open(v6).map_err(|e| ProbeError::Setup(e.to_string()))?,
-        ));
-        std::thread::Builder::new()
-            .name(format!("xlb-syn-v{}", if v6 { 6 } else { 4 }))
-            .spawn(move || prober.receive())
-            .map_err(|e| ProbeError::Setup(format!("starting the receiver: {e}")))?;
-        probers.insert((netns, v6), prober);
-        tracing::debug!(v6, port = prober.port(), "half-open prober ready");
-        Ok(prober)
+        prober_in_this_namespace(
+            &PROBERS,
+            v6,
+            "xlb-syn",
+            || Prober::open(v6),
+            |p| p.receive(),
+        )
+        .map_err(ProbeError::Setup)
     }
 
     fn open(v6: bool) -> io::Result<Prober> {

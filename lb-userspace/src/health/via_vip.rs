@@ -36,8 +36,8 @@ use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, Socket, Type};
 use tokio::sync::oneshot;
 
 use super::half_open::{
-    answer_filter, checksum, parse_answer_v4, parse_answer_v6, reserve_port, source_for,
-    tcp_segment, v6_octets, Answer, Key, Layout, RST, SYN,
+    answer_filter, checksum, parse_answer_v4, parse_answer_v6, prober_in_this_namespace,
+    reserve_port, source_for, tcp_segment, v6_octets, Answer, Key, Layout, Probers, RST, SYN,
 };
 use crate::{neighbour::Netlink, state::Forwarding};
 
@@ -153,35 +153,22 @@ pub struct ViaProber {
     secret: RandomState,
 }
 
-/// The probers made so far, by network namespace (its inode) and family; they live as long as
-/// the process, as their receiving threads do.
-static PROBERS: OnceLock<Mutex<HashMap<(u64, bool), &'static ViaProber>>> = OnceLock::new();
+/// The forwarding-path probers made so far.
+static PROBERS: Probers<ViaProber> = OnceLock::new();
 
 impl ViaProber {
     /// The prober for `family_of`'s address family in the calling thread's network namespace,
     /// made on first use.
     pub fn for_family(family_of: IpAddr) -> Result<&'static ViaProber, ViaError> {
         let v6 = family_of.is_ipv6();
-        let netns = std::fs::metadata("/proc/thread-self/ns/net")
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .map_err(|e| ViaError::Setup(format!("reading the network namespace: {e}")))?;
-        let mut probers = PROBERS
-            .get_or_init(|| Mutex::new(HashMap::new()))
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(prober) = probers.get(&(netns, v6)) {
-            return Ok(prober);
-        }
-        let prober: &'static ViaProber = Box::leak(Box::new(
-            ViaProber::open(v6).map_err(|e| ViaError::Setup(e.to_string()))?,
-        ));
-        std::thread::Builder::new()
-            .name(format!("xlb-via-v{}", if v6 { 6 } else { 4 }))
-            .spawn(move || prober.receive())
-            .map_err(|e| ViaError::Setup(format!("starting the receiver: {e}")))?;
-        probers.insert((netns, v6), prober);
-        tracing::debug!(v6, port = prober.port, "forwarding-path prober ready");
-        Ok(prober)
+        prober_in_this_namespace(
+            &PROBERS,
+            v6,
+            "xlb-via",
+            || ViaProber::open(v6),
+            |p| p.receive(),
+        )
+        .map_err(ViaError::Setup)
     }
 
     fn open(v6: bool) -> io::Result<ViaProber> {
