@@ -1981,6 +1981,23 @@ mod tests {
             )
         }
 
+        /// A runtime over the fake data path whose health engine checks the servers of `rules`,
+        /// with the rules applied, and the engine's events.
+        fn checked(
+            rules: &str,
+        ) -> (
+            Runtime<FakeDataPath>,
+            tokio::sync::mpsc::UnboundedReceiver<crate::health::engine::HealthEvent>,
+        ) {
+            let (engine, events) =
+                crate::health::engine::Engine::new(tokio::runtime::Handle::current(), 4);
+            let mut rt = Runtime::new(FakeDataPath::default(), None)
+                .with_health(engine)
+                .expect("no targets yet");
+            rt.change_to(state(rules)).expect("applied");
+            (rt, events)
+        }
+
         async fn next_event(
             events: &mut tokio::sync::mpsc::UnboundedReceiver<crate::health::engine::HealthEvent>,
         ) -> crate::health::engine::HealthEvent {
@@ -2022,12 +2039,7 @@ mod tests {
                 check(a11),
                 check(a12),
             );
-            let (engine, mut events) =
-                crate::health::engine::Engine::new(tokio::runtime::Handle::current(), 4);
-            let mut rt = Runtime::new(FakeDataPath::default(), None)
-                .with_health(engine)
-                .expect("no targets yet");
-            rt.change_to(state(&rules)).expect("applied");
+            let (mut rt, mut events) = checked(&rules);
             for _ in 0..2 {
                 let up = next_event(&mut events).await;
                 assert!(up.result.ok, "{}", up.real);
@@ -2095,12 +2107,7 @@ mod tests {
                 check(a11),
                 check(a12),
             );
-            let (engine, mut events) =
-                crate::health::engine::Engine::new(tokio::runtime::Handle::current(), 4);
-            let mut rt = Runtime::new(FakeDataPath::default(), None)
-                .with_health(engine)
-                .expect("no targets yet");
-            rt.change_to(state(&rules)).expect("applied");
+            let (mut rt, mut events) = checked(&rules);
             for _ in 0..2 {
                 let up = next_event(&mut events).await;
                 assert!(up.result.ok, "{}", up.real);
@@ -2169,12 +2176,7 @@ mod tests {
                 check(a12),
                 check(b21)
             );
-            let (engine, mut events) =
-                crate::health::engine::Engine::new(tokio::runtime::Handle::current(), 4);
-            let mut rt = Runtime::new(FakeDataPath::default(), None)
-                .with_health(engine)
-                .expect("no targets yet");
-            rt.change_to(state(&rules)).expect("applied");
+            let (mut rt, mut events) = checked(&rules);
             for _ in 0..3 {
                 let up = next_event(&mut events).await;
                 assert!(up.result.ok, "{}", up.real);
@@ -2227,12 +2229,7 @@ mod tests {
                  -a -t 10.0.0.1:80 -r 10.0.0.12:80 -g -w 100\n",
                 check(port)
             );
-            let (engine, mut events) =
-                crate::health::engine::Engine::new(tokio::runtime::Handle::current(), 4);
-            let mut rt = Runtime::new(FakeDataPath::default(), None)
-                .with_health(engine)
-                .expect("no targets yet");
-            rt.change_to(state(&rules)).expect("applied");
+            let (mut rt, mut events) = checked(&rules);
             assert_eq!(
                 weight_of(&rt, "10.0.0.1:80", "10.0.0.11:80"),
                 0,
