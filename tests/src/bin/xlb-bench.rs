@@ -85,19 +85,26 @@ fn ns_per_packet(ns: &Netns, program: &Xdp, packet: &[u8], ifindex: u32) -> f64 
     best
 }
 
-fn data_path() {
-    let ns = Netns::new("bench");
+/// The balancer's namespace of the benches: fx0 at 10.10.0.1/24, forwarding on, the real server
+/// 10.10.0.21's neighbour entry; fx0's index; and a data path for 8 services.
+fn bench_lab(name: &str) -> (Netns, u32, Dataplane) {
+    let ns = Netns::new(name);
     ns.sh(
         "ip link add fx0 type veth peer name fx1 && ip link set fx0 up && ip link set fx1 up && \
          ip addr add 10.10.0.1/24 dev fx0 && sysctl -qw net.ipv4.conf.fx0.forwarding=1 && \
          ip neigh replace 10.10.0.21 lladdr 02:00:00:00:01:21 dev fx0 nud permanent",
     );
     let ifindex = ns.ifindex("fx0");
-    let mut dp = Dataplane::load(&LoadOptions {
+    let dp = Dataplane::load(&LoadOptions {
         max_services: Some(8),
         ..LoadOptions::default()
     })
     .expect("load the data path");
+    (ns, ifindex, dp)
+}
+
+/// The Maglev service 10.10.0.100:80 with its one real server, 10.10.0.21 by direct routing.
+fn one_real_service(dp: &mut Dataplane) -> (ServiceKey, lb_userspace::dataplane::RealId) {
     let key = ServiceKey::v4(0x0a0a_0064, 80, PROTO_TCP);
     dp.upsert_service(key, 0, 0).expect("service");
     let id = dp
@@ -109,6 +116,12 @@ fn data_path() {
         weight: 1,
     }]);
     dp.set_maglev_table(key, &table).expect("table");
+    (key, id)
+}
+
+fn data_path() {
+    let (ns, ifindex, mut dp) = bench_lab("bench");
+    one_real_service(&mut dp);
     let decap = Decapsulator::load(&[IpAddr::from([10, 10, 0, 1])], None).expect("decapsulator");
 
     let plain = Ipv4Packet::tcp([10, 10, 0, 50], 40000, [10, 10, 0, 99], 80, ACK).build();
@@ -196,18 +209,7 @@ const THRESHOLD_PACKETS: u32 = 20_000;
 
 /// What an upper connection threshold costs a new flow (see the module's comment).
 fn thresholds() {
-    let ns = Netns::new("thresh");
-    ns.sh(
-        "ip link add fx0 type veth peer name fx1 && ip link set fx0 up && ip link set fx1 up && \
-         ip addr add 10.10.0.1/24 dev fx0 && sysctl -qw net.ipv4.conf.fx0.forwarding=1 && \
-         ip neigh replace 10.10.0.21 lladdr 02:00:00:00:01:21 dev fx0 nud permanent",
-    );
-    let ifindex = ns.ifindex("fx0");
-    let mut dp = Dataplane::load(&LoadOptions {
-        max_services: Some(8),
-        ..LoadOptions::default()
-    })
-    .expect("load the data path");
+    let (ns, ifindex, mut dp) = bench_lab("thresh");
     if let Some(n) = dp
         .program()
         .ok()
@@ -273,29 +275,8 @@ fn thresholds() {
 
 /// What a SYN flood costs per packet, with full tables (see the module's comment).
 fn flood() {
-    let ns = Netns::new("flood");
-    ns.sh(
-        "ip link add fx0 type veth peer name fx1 && ip link set fx0 up && ip link set fx1 up && \
-         ip addr add 10.10.0.1/24 dev fx0 && sysctl -qw net.ipv4.conf.fx0.forwarding=1 && \
-         ip neigh replace 10.10.0.21 lladdr 02:00:00:00:01:21 dev fx0 nud permanent",
-    );
-    let ifindex = ns.ifindex("fx0");
-    let mut dp = Dataplane::load(&LoadOptions {
-        max_services: Some(8),
-        ..LoadOptions::default()
-    })
-    .expect("load the data path");
-    let key = ServiceKey::v4(0x0a0a_0064, 80, PROTO_TCP);
-    dp.upsert_service(key, 0, 0).expect("service");
-    let real = dp
-        .add_real(RealServer::v4(0x0a0a_0015, Forwarding::DirectRoute))
-        .expect("real");
-    let table = maglev::build(&[maglev::Backend {
-        identity: &[10, 10, 0, 21, 0, 80],
-        id: real,
-        weight: 1,
-    }]);
-    dp.set_maglev_table(key, &table).expect("table");
+    let (ns, ifindex, mut dp) = bench_lab("flood");
+    let (key, real) = one_real_service(&mut dp);
     let service = dp.service(&key).expect("the service").id;
     let established = Connection {
         real,
