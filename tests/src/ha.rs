@@ -123,6 +123,22 @@ impl<'a> Keepalived<'a> {
 
     /// Starts the process (again), logging to its directory.
     pub fn spawn(&mut self) {
+        // keepalived refuses to start ("daemon is already running") while a pid file names a
+        // process that still exists, and a VRRP child killed with its parent can stay a zombie
+        // until whoever inherited it reaps it (CI's init may never do so): wait for the killed
+        // processes to be gone and remove their pid files.
+        for file in ["keepalived.pid", "vrrp.pid"] {
+            let path = self.dir.join(file);
+            let Some(pid) = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|pid| pid.trim().parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if wait_until(Duration::from_secs(3), || !running(pid)) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -190,6 +206,16 @@ impl Drop for Keepalived<'_> {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Whether `pid` names a live process (a zombie, killed but not reaped, is not).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
 
 /// One request of the recording client.
