@@ -4,7 +4,8 @@
 //!
 //! What [`run`] does, in order: reads the configuration file (a refused file stops it before
 //! anything is touched); loads the data path or adopts the pinned one (same maps, same
-//! connection table) and attaches it; brings the running state to the configuration file in one
+//! connection table) and attaches it (in generic mode, with the offloads that would hand it
+//! merged super-packets turned off: `offloads`); brings the running state to the configuration file in one
 //! transaction ([`start_state`] says which state wins when); starts the health checks; serves the
 //! control socket and the metrics; and, until `shutdown` completes, reloads the configuration
 //! on SIGHUP, switches the debug events on SIGUSR1/SIGUSR2, folds health results and slow starts
@@ -27,7 +28,7 @@ use crate::{
     dataplane::{Dataplane, DataplaneError, LoadOptions},
     health::engine::{Engine, HealthEvent, DEFAULT_MAX_CONCURRENT_CHECKS},
     layout::{self, LayoutError, Pinned, Versions},
-    metrics,
+    metrics, offloads,
     runtime::{RateEstimator, Runtime, RuntimeError, Saved},
     state::DesiredState,
     upgrade::{OldTable, UpgradeError},
@@ -293,13 +294,26 @@ async fn start_and_serve(
         }
         Adopted::Nothing => (Runtime::new(dp, state_file), None),
     };
+    let offloads_record = offloads::record_path(&config.state_file);
     for iface in &config.ifaces {
+        // Read before the program comes: the kernel turns LRO and hardware GRO off for a generic
+        // program, and xlbd restores what was on before.
+        let before = offloads::observe(iface);
         let dp = runtime.dataplane();
         config
             .attach_mode
             .attach(iface, |mode| dp.attach_pinned(iface, mode, &config.pin_dir))
             .map_err(data_path(format!("attaching to {iface}")))?;
         tracing::info!(iface, mode = ?config.attach_mode, "attached");
+        if let Err(e) = before.and_then(|before| offloads::after_attach(&offloads_record, &before))
+        {
+            tracing::error!(
+                iface,
+                error = %crate::errors::error_chain(&e),
+                "the offloads of the interface's receive path are left as they are: in generic \
+                 mode, merged super-packets may reach the balancer (tunneled uploads stall)"
+            );
+        }
     }
     if let Some(old) = old_table {
         // What the old program added until its links were handed over.
@@ -354,6 +368,12 @@ async fn start_and_serve(
             source,
         })?;
         let _ = std::fs::remove_file(&config.state_file);
+        if let Err(e) = offloads::after_detach(&offloads_record, Some(&config.ifaces)) {
+            tracing::error!(
+                error = %crate::errors::error_chain(&e),
+                "the offloads xlbd turned off for generic mode are not restored"
+            );
+        }
     } else {
         tracing::info!("exiting; the balancer keeps forwarding (pinned)");
     }

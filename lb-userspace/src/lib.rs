@@ -16,6 +16,8 @@
 //!   and ipvsadm's operations on it (pure; no flag syntax).
 //! - [`ipvsadm`]: xlbadm's ipvsadm-compatible command line, listings and save/restore format (pure).
 //! - [`neighbour`]: keeping real servers' next hops resolved in the kernel.
+//! - [`offloads`]: GRO/LRO (and a veth peer's TSO/GSO) off where the balancer runs in generic
+//!   mode, restored when it is detached.
 //! - [`convert`]: conversions from the desired state to data-path keys and entries.
 //! - [`plan`]: the steps between two desired states (pure).
 //! - [`runtime`]: the daemon's state; applies changes whole or not at all, saves them.
@@ -46,6 +48,7 @@ pub mod maglev;
 mod mapped;
 pub mod metrics;
 pub mod neighbour;
+pub mod offloads;
 pub mod plan;
 pub mod program;
 pub mod runtime;

@@ -7,8 +7,8 @@
 //! waiting for traffic of its own to the server. An entry the operator made permanent is left as
 //! it is.
 //!
-//! The same messages as `ip route get`, `ip neigh replace ... managed` and `ip addr show`, on one
-//! socket of the calling thread's network namespace, without a process per request.
+//! The same messages as `ip route get`, `ip neigh replace ... managed`, `ip addr show` and `ip link
+//! show`, on one socket of the calling thread's network namespace, without a process per request.
 
 use std::net::IpAddr;
 
@@ -18,6 +18,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage, AddressScope},
+    link::LinkMessage,
     neighbour::{
         NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourMessage, NeighbourState,
     },
@@ -246,6 +247,23 @@ impl Netlink {
             })
             .filter(|a| a.header.index == ifindex)
             .filter_map(global_address)
+            .collect())
+    }
+
+    /// Every interface of the namespace, as `ip link show` lists them.
+    pub fn links(&mut self) -> Result<Vec<LinkMessage>, NeighbourError> {
+        let reply = self
+            .request(
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                NLM_F_DUMP,
+            )
+            .map_err(io_err("listing interfaces"))?;
+        Ok(reply
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(link) => Some(link),
+                _ => None,
+            })
             .collect())
     }
 }

@@ -39,6 +39,8 @@ pub struct Daemon<'a> {
     child: Option<Child>,
     /// What runs xlbd inside the namespace (such as setpriv with its options), if anything.
     wrapper: Vec<String>,
+    /// The interface it balances on.
+    iface: String,
 }
 
 impl<'a> Daemon<'a> {
@@ -50,6 +52,14 @@ impl<'a> Daemon<'a> {
     /// Starts xlbd with no configuration and extra arguments.
     pub fn start_with_args(ns: &'a Netns, extra: &[&str]) -> Self {
         let mut daemon = Self::prepare(ns, None);
+        daemon.spawn_with(extra);
+        daemon
+    }
+
+    /// Starts xlbd on `iface` (generic mode) with no configuration and extra arguments.
+    pub fn start_on(ns: &'a Netns, iface: &str, extra: &[&str]) -> Self {
+        let mut daemon = Self::prepare(ns, None);
+        daemon.iface = iface.to_owned();
         daemon.spawn_with(extra);
         daemon
     }
@@ -108,12 +118,18 @@ impl<'a> Daemon<'a> {
             pin_dir,
             child: None,
             wrapper: Vec::new(),
+            iface: "eth0".to_owned(),
         }
     }
 
     /// Its control socket.
     pub fn socket(&self) -> PathBuf {
         self.dir.join("xlb.sock")
+    }
+
+    /// Its state file.
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("state.json")
     }
 
     /// Its configuration file (which need not exist).
@@ -188,7 +204,7 @@ impl<'a> Daemon<'a> {
         command
             .args([
                 "--iface",
-                "eth0",
+                &self.iface,
                 "--xdp-mode",
                 "generic",
                 "--report-every",
@@ -201,7 +217,7 @@ impl<'a> Daemon<'a> {
             .arg("--pin-dir")
             .arg(&self.pin_dir)
             .arg("--state-file")
-            .arg(self.dir.join("state.json"))
+            .arg(self.state_file())
             .args(extra);
         command
     }

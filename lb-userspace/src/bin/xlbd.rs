@@ -34,7 +34,7 @@ use lb_userspace::{
     decap,
     errors::error_chain,
     health::engine::DEFAULT_MAX_CONCURRENT_CHECKS,
-    links, metrics,
+    links, metrics, offloads,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -159,7 +159,8 @@ enum Sub {
     },
     /// Take the balancer off interfaces after xlbd was killed (kill -9, a crash): removes the
     /// pinned links, which detaches the program (`ip link set dev IF xdp off` cannot replace a
-    /// pinned bpf_link). The program's and maps' pins stay, so that an xlbd started later adopts
+    /// pinned bpf_link), and turns back on the offloads xlbd turned off for generic mode. The
+    /// program's and maps' pins stay, so that an xlbd started later adopts
     /// them with the connection table, unless --all is given. Refused while an xlbd answers on
     /// the control socket (stop it with --detach-on-exit instead), unless --force.
     Detach {
@@ -177,7 +178,8 @@ enum Sub {
         /// does: the connection table is forgotten (only with no --iface).
         #[arg(long, conflicts_with = "ifaces")]
         all: bool,
-        /// The state file removed with --all.
+        /// The state file removed with --all; the record of the offloads xlbd turned off for
+        /// generic mode, restored here, lies beside it (STATE.offloads.json).
         #[arg(long, default_value = "/run/xlb/state.json")]
         state_file: PathBuf,
         /// Detach even though an xlbd answers on the control socket (a hung one): it keeps
@@ -432,6 +434,25 @@ fn detach(
                 r.iface
             );
         }
+    }
+    // What xlbd turned off for generic mode comes back on the interfaces that are off the
+    // balancer now.
+    let detached: Vec<String> = removed
+        .iter()
+        .filter(|r| !r.still_held)
+        .map(|r| r.iface.clone())
+        .collect();
+    let record = offloads::record_path(state_file);
+    let everything = ifaces.is_empty() && !held;
+    let restored = offloads::after_detach(&record, (!everything).then_some(detached.as_slice()))
+        .map_err(|e| anyhow::anyhow!(error_chain(&e)))
+        .context("restoring the offloads xlbd turned off for generic mode")?;
+    for r in &restored {
+        println!(
+            "{}: turned {} on again, as it was before xlbd attached in generic mode",
+            r.name,
+            r.features.join(", ")
+        );
     }
     if all {
         Dataplane::remove_pins(pin_dir)
