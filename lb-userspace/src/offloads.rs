@@ -80,6 +80,20 @@ pub enum OffloadError {
         #[source]
         source: nix::Error,
     },
+    /// The record is another network namespace's.
+    #[error(
+        "the record of changed offloads {} is another network namespace's (net:[{theirs}], this \
+         is net:[{ours}]): give the xlbd of each namespace a state file of its own (--state-file)",
+        .path.display()
+    )]
+    OtherNamespace {
+        /// The file.
+        path: PathBuf,
+        /// The namespace it was written in.
+        theirs: u64,
+        /// This thread's namespace.
+        ours: u64,
+    },
     /// The record of what was changed could not be read or written.
     #[error("{what} the record of changed offloads {}", .path.display())]
     Record {
@@ -275,6 +289,10 @@ pub struct Held {
 /// What xlbd turned off and must turn on again: the file beside the state file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
+    /// The network namespace of the devices (the inode of its `ns/net`): device names and
+    /// indexes mean something only there.
+    #[serde(default)]
+    pub netns: Option<u64>,
     /// The devices.
     pub held: Vec<Held>,
 }
@@ -382,8 +400,37 @@ pub fn record_path(state_file: &Path) -> PathBuf {
     state_file.with_file_name(format!("{stem}.offloads.json"))
 }
 
-/// The record at `path`; an empty one when there is no file.
+/// The network namespace of the calling thread: the inode of its `ns/net`.
+fn this_netns(path: &Path) -> Result<u64, OffloadError> {
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .map_err(|source| OffloadError::Record {
+            what: "telling the network namespace of",
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// The record at `path`, which must be this network namespace's; an empty one when there is no
+/// file.
 fn read_record(path: &Path) -> Result<Record, OffloadError> {
+    let record = read_any_record(path)?;
+    let ours = this_netns(path)?;
+    match record.netns {
+        Some(theirs) if theirs != ours && !record.is_empty() => Err(OffloadError::OtherNamespace {
+            path: path.to_owned(),
+            theirs,
+            ours,
+        }),
+        _ => Ok(Record {
+            netns: Some(ours),
+            ..record
+        }),
+    }
+}
+
+/// The record at `path`, of whatever namespace; an empty one when there is no file.
+fn read_any_record(path: &Path) -> Result<Record, OffloadError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Record::default()),
@@ -753,6 +800,28 @@ mod tests {
         // Another interface's release leaves br0's devices alone.
         assert!(record.release(Some(&["eth5".to_owned()])).is_empty());
         assert_eq!(record.held.len(), 1);
+    }
+
+    #[test]
+    fn a_record_of_another_network_namespace_is_refused_and_an_empty_one_is_removed() {
+        let dir = std::env::temp_dir().join(format!("xlb-offloads-{}", std::process::id()));
+        let path = dir.join("state.offloads.json");
+        let mut record = Record::default();
+        record.hold("eth0", &[observed("eth0", 2, &["rx-gro"])]);
+        write_record(&path, &record).expect("write");
+        let mut read = read_record(&path).expect("read back");
+        assert_eq!(read.held, record.held);
+        assert!(read.netns.is_some(), "the namespace is recorded");
+        read.netns = read.netns.map(|n| n + 1);
+        std::fs::write(&path, serde_json::to_string(&read).expect("json")).expect("write");
+        let refused = read_record(&path).expect_err("another namespace's record");
+        assert!(
+            crate::errors::error_chain(&refused).contains("another network namespace's"),
+            "{refused}"
+        );
+        write_record(&path, &Record::default()).expect("write an empty record");
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
