@@ -7,7 +7,9 @@
 //!   a bridge hands them to a veth whose peer xlbd runs on.
 //!
 //! xlbd turns those offloads off while it is attached (GRO on the port; TSO/GSO on the peer, which
-//! is in its namespace) and turns them on again when it is detached, across a restart.
+//! is in its namespace) and turns them on again when it is detached, across a restart. Each test
+//! then turns the offload on again behind xlbd's back and sees the upload stall, so that a lab
+//! that makes no super-packets cannot pass for a fix.
 
 use std::{
     path::Path,
@@ -58,21 +60,25 @@ fn tunneled_service(daemon: &Daemon) {
     daemon.adm_ok(&["-a", "-t", &vip, "-r", "10.81.3.2:9000", "-i"]);
 }
 
-/// Uploads [`UPLOAD`] bytes to the VIP's sink; the throughput in MB/s, or the failure.
-fn upload(lab: &RoutedLab) -> Result<f64, String> {
+/// How long the upload is given to show that it stalls with the offloads back on.
+const STALLED: Duration = Duration::from_secs(10);
+
+/// Uploads [`UPLOAD`] bytes to the VIP's sink within `within`; the throughput in MB/s, or the
+/// failure.
+fn upload(lab: &RoutedLab, within: Duration) -> Result<f64, String> {
     let script = format!(
         "import socket\n\
          s = socket.create_connection(('{VIP4}', 9000), timeout={})\n\
          s.sendall(b'x' * {UPLOAD})\n\
          s.shutdown(socket.SHUT_WR)\n\
          print(s.recv(100).decode().strip())\n",
-        WITHIN.as_secs()
+        within.as_secs()
     );
     let started = Instant::now();
     let out = lab
         .client
         .command("timeout")
-        .args([&WITHIN.as_secs().to_string(), "python3", "-c", &script])
+        .args([&within.as_secs().to_string(), "python3", "-c", &script])
         .output()
         .expect("upload client");
     let seconds = started.elapsed().as_secs_f64();
@@ -84,6 +90,30 @@ fn upload(lab: &RoutedLab) -> Result<f64, String> {
             "after {seconds:.1} s: {answer:?} {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ))
+    }
+}
+
+/// The bytes the balancer forwarded to the service so far (`-L --stats --exact`).
+fn forwarded(daemon: &Daemon) -> u64 {
+    let stats = daemon.adm_ok(&["-L", "-n", "--stats", "--exact"]);
+    stats
+        .lines()
+        .find(|l| l.starts_with("TCP"))
+        .and_then(|l| l.split_whitespace().nth(5))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no service line with its bytes:\n{stats}"))
+}
+
+/// Uploads again, with an offload turned on again behind xlbd's back: it must stall. Says how
+/// much got through.
+fn stalls(lab: &RoutedLab, daemon: &Daemon, offload: &str) {
+    let before = forwarded(daemon);
+    match upload(lab, STALLED) {
+        Ok(mb_s) => panic!("with {offload}, the upload went through at {mb_s:.1} MB/s"),
+        Err(e) => eprintln!(
+            "with {offload}: stalled {e}, {:.2} MB forwarded",
+            (forwarded(daemon) - before) as f64 / 1e6
+        ),
     }
 }
 
@@ -148,7 +178,9 @@ fn a_tunneled_upload_completes_when_a_port_below_the_generic_interface_merges_wi
         "generic-receive-offload"
     ));
     daemon.spawn();
-    match upload(&lab) {
+    // It answers once it has attached and seen to the offloads (it binds its socket before).
+    daemon.adm_ok(&["-L", "-n"]);
+    match upload(&lab, WITHIN) {
         Ok(mb_s) => eprintln!("upload through the bridge: {mb_s:.1} MB/s"),
         Err(e) => panic!(
             "the upload stalled {e}\n{}\n{}",
@@ -156,6 +188,9 @@ fn a_tunneled_upload_completes_when_a_port_below_the_generic_interface_merges_wi
             daemon.log()
         ),
     }
+    // The lab does make super-packets: with GRO on again on the port, the upload stalls.
+    lab.balancer.sh("ethtool -K eth0 gro on >/dev/null");
+    stalls(&lab, &daemon, "GRO on on the port");
     daemon.stop();
     let out = detach(&lab.balancer, &daemon);
     assert!(
@@ -192,7 +227,7 @@ fn a_tunneled_upload_completes_when_a_veth_peer_in_the_namespace_sends_tso_buffe
             daemon.log()
         );
     }
-    match upload(&lab) {
+    match upload(&lab, WITHIN) {
         Ok(mb_s) => eprintln!("upload from the veth peer: {mb_s:.1} MB/s"),
         Err(e) => panic!(
             "the upload stalled {e}\n{}\n{}",
@@ -200,6 +235,9 @@ fn a_tunneled_upload_completes_when_a_veth_peer_in_the_namespace_sends_tso_buffe
             daemon.log()
         ),
     }
+    // The lab does make super-packets: with TSO on again on the peer, the upload stalls.
+    lab.balancer.sh("ethtool -K up0 tso on gso on >/dev/null");
+    stalls(&lab, &daemon, "TSO on on the peer");
     // --detach-on-exit restores them.
     daemon.stop();
     for feature in ["tx-tcp-segmentation", "tx-tcp6-segmentation", "tx-gso-list"] {
