@@ -335,7 +335,21 @@ async fn connection<D: DataPath>(
             match serde_json::from_str::<Request>(&line) {
                 Ok(request) => {
                     tracing::debug!(?request, "control request");
-                    handle(&mut *shared.lock().await, request)
+                    let change = matches!(
+                        request,
+                        Request::Change(_) | Request::Changes { .. } | Request::Reload
+                    );
+                    let (response, next_hops) = {
+                        let mut shared = shared.lock().await;
+                        let response = handle(&mut shared, request);
+                        (response, shared.runtime.next_hops().cloned())
+                    };
+                    // A change answers once the next hops of the servers it added are resolved
+                    // (as when the change made the entries itself), waited for without the lock.
+                    if let Some(next_hops) = next_hops.filter(|_| change) {
+                        next_hops.wait().await;
+                    }
+                    response
                 }
                 Err(e) => Response::error(format!("malformed request: {e}")),
             }

@@ -28,7 +28,10 @@ use crate::{
     dataplane::{Dataplane, DataplaneError, LoadOptions},
     health::engine::{Engine, HealthEvent, DEFAULT_MAX_CONCURRENT_CHECKS},
     layout::{self, LayoutError, Pinned, Versions},
-    metrics, offloads,
+    metrics,
+    neighbour::{NeighbourError, Netlink},
+    next_hops::NextHops,
+    offloads,
     runtime::{RateEstimator, Runtime, RuntimeError, Saved},
     state::DesiredState,
     upgrade::{OldTable, UpgradeError},
@@ -198,6 +201,9 @@ pub enum DaemonError {
         #[source]
         source: Box<RuntimeError>,
     },
+    /// The thread that keeps the real servers' next hops resolved could not start.
+    #[error("starting the neighbour thread (it keeps the real servers' next hops resolved)")]
+    NextHops(#[source] NeighbourError),
     /// A signal handler could not be installed.
     #[error("handling {signal}")]
     Signal {
@@ -262,6 +268,10 @@ async fn start_and_serve(
     dp.set_tunnel_source(v4, v6)
         .map_err(data_path("setting the tunnel source"))?;
 
+    // The route socket is opened here, in the daemon's network namespace.
+    let next_hops = Netlink::open()
+        .and_then(NextHops::start)
+        .map_err(DaemonError::NextHops)?;
     let state_file = Some(config.state_file.clone());
     let (mut runtime, old_table) = match adopted {
         Adopted::Maps(saved) => {
@@ -269,11 +279,14 @@ async fn start_and_serve(
                 services = saved.desired.services.len(),
                 "adopted the running state and its connection table"
             );
-            (Runtime::adopt(dp, saved, state_file), None)
+            (
+                Runtime::adopt(dp, saved, state_file).with_next_hops(next_hops),
+                None,
+            )
         }
         Adopted::NewMaps { saved, old_table } => {
             // The new maps get the rules and the connections before the program runs on them.
-            let mut runtime = Runtime::new(dp, state_file);
+            let mut runtime = Runtime::new(dp, state_file).with_next_hops(next_hops);
             runtime
                 .change_to(saved.desired)
                 .map_err(|source| DaemonError::Runtime {
@@ -292,7 +305,7 @@ async fn start_and_serve(
             }
             (runtime, old_table)
         }
-        Adopted::Nothing => (Runtime::new(dp, state_file), None),
+        Adopted::Nothing => (Runtime::new(dp, state_file).with_next_hops(next_hops), None),
     };
     let offloads_record = offloads::record_path(&config.state_file);
     for iface in &config.ifaces {
@@ -617,6 +630,12 @@ async fn serve<D: DataPath + 'static>(
         mut health_events,
         mut signals,
     } = inputs;
+    // The next hops of the servers the start installed are resolved before xlbd says it
+    // balances (and before it answers xlbadm), as when the start made the entries itself.
+    let next_hops = shared.lock().await.runtime.next_hops().cloned();
+    if let Some(next_hops) = next_hops {
+        next_hops.wait().await;
+    }
     let server = tokio::spawn(control::serve(control, shared.clone()));
     let mut logs = tokio::time::interval(Duration::from_millis(200));
     let mut rates = tokio::time::interval(Duration::from_secs(2));
@@ -727,7 +746,7 @@ async fn refresh_ramps<D: DataPath>(shared: &Mutex<Shared<D>>) {
 /// those servers (`drop_no_neighbour`) until something resolves them again: when that counter
 /// grew since `seen`, the entries are made again, for every real server. Returns the counter.
 async fn resolve_lost_next_hops<D: DataPath>(shared: &Mutex<Shared<D>>, seen: u64) -> u64 {
-    let mut guard = shared.lock().await;
+    let guard = shared.lock().await;
     let Ok(counters) = guard.runtime.datapath().global_counters() else {
         return seen;
     };
@@ -748,7 +767,10 @@ async fn resolve_lost_next_hops<D: DataPath>(shared: &Mutex<Shared<D>>, seen: u6
             "packets dropped for want of a real server's neighbour entry (flushed when a link \
              went down?): making the entries again"
         );
-        guard.runtime.dataplane().keep_next_hops_resolved(&addrs);
+        // Only said here: the neighbour thread does the netlink work without the lock.
+        if let Some(next_hops) = guard.runtime.next_hops() {
+            next_hops.keep_resolved(addrs);
+        }
     }
     now
 }
@@ -1067,6 +1089,111 @@ mod tests {
             reference.datapath().contents().behaviour(),
             "the data path holds something else than the file says"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The neighbour work is done outside the daemon's lock: while the neighbour thread is held
+    /// (a slow kernel), a change is applied and other requests are answered; the change itself
+    /// is answered once the next hop of the server it added is resolved, as when the change made
+    /// the entry itself (xlbadm returns with the entry in place).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_is_answered_once_its_next_hops_are_resolved_without_the_lock_held() {
+        use crate::{
+            control::{Request, Response},
+            datapath::fake::FakeDataPath,
+            next_hops::FakeResolver,
+            state::{Change, Forwarding, RealServer},
+        };
+
+        let dir = std::env::temp_dir().join(format!("xlb-neighbour-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("test directory");
+        let file = dir.join("xlb.toml");
+        let socket = dir.join("xlb.sock");
+        std::fs::write(
+            &file,
+            "[[services]]\naddress = \"10.0.0.1:80\"\n\
+             [[services.reals]]\naddress = \"10.0.0.11:80\"\n",
+        )
+        .expect("write");
+        let mut config = Config::new(Vec::new(), file.clone());
+        config.signals = false;
+        let resolver = FakeResolver::default();
+        let runtime = Runtime::new(FakeDataPath::default(), None)
+            .with_next_hops(NextHops::start(resolver.clone()).expect("the neighbour thread"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let control = control::bind(&socket).expect("bind the control socket");
+        let daemon = tokio::spawn(async move {
+            run_over(runtime, &config, control, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        let call = |request: Request| {
+            let socket = socket.clone();
+            async move {
+                tokio::task::spawn_blocking(move || control::call(&socket, &request))
+                    .await
+                    .expect("the client thread")
+                    .expect("an answer")
+            }
+        };
+        let running = || async {
+            match call(Request::State).await {
+                Response::State(state) => state,
+                other => panic!("{other:?}"),
+            }
+        };
+        let ip = |a: &str| a.parse::<IpAddr>().expect("address");
+        let service = running().await.services[0].addr;
+        assert_eq!(
+            resolver.asked(),
+            [ip("10.0.0.11")],
+            "the file's server was resolved before xlbd answered"
+        );
+
+        resolver.hold(true);
+        let add = tokio::spawn(call(Request::Change(Change::AddReal {
+            service,
+            real: RealServer {
+                addr: ip("10.0.0.12"),
+                port: 80,
+                forwarding: Forwarding::DirectRoute,
+                weight: 1,
+                upper_threshold: 0,
+                lower_threshold: 0,
+            },
+            check: Default::default(),
+        })));
+        let applied = tokio::time::timeout(Duration::from_secs(10), async {
+            while running().await.services[0].reals.len() < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(
+            applied.is_ok(),
+            "the change was not applied, or the daemon did not answer, while the neighbour \
+             thread was held"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !add.is_finished(),
+            "the change was answered before its next hop was resolved"
+        );
+        assert_eq!(resolver.asked(), [ip("10.0.0.11")]);
+        resolver.hold(false);
+        let answer = tokio::time::timeout(Duration::from_secs(10), add)
+            .await
+            .expect("an answer once the thread is free")
+            .expect("the client task");
+        assert_eq!(answer, Response::Ok);
+        assert_eq!(resolver.asked(), [ip("10.0.0.11"), ip("10.0.0.12")]);
+
+        stop.send(()).expect("the daemon is running");
+        daemon
+            .await
+            .expect("the daemon's task")
+            .expect("a clean stop");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -10,7 +10,7 @@ pub mod fake;
 
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
 use lb_common::{
@@ -21,8 +21,6 @@ use lb_common::{
 use crate::{
     capacity::Capacity,
     dataplane::{Dataplane, DataplaneError, RealId},
-    errors::error_chain,
-    neighbour,
 };
 
 /// What the runtime does to the data path. Every write either takes effect whole or fails and
@@ -143,11 +141,6 @@ pub trait DataPath: Send {
         v4: Option<Ipv4Addr>,
         v6: Option<Ipv6Addr>,
     ) -> Result<(), DataplaneError>;
-
-    /// Keeps the next hops of these real servers resolved (the data path forwards to them
-    /// through the kernel's neighbour table). Best effort: the data path counts the drops of a
-    /// server whose next hop stays unresolved.
-    fn keep_next_hops_resolved(&mut self, addrs: &BTreeSet<IpAddr>);
 }
 
 /// The BPF maps: each operation is the [`Dataplane`] method of the same name.
@@ -290,23 +283,6 @@ impl DataPath for Dataplane {
     ) -> Result<(), DataplaneError> {
         Dataplane::set_tunnel_source(self, v4, v6)
     }
-
-    /// A managed neighbour entry for each address (one the operator made is left alone), over
-    /// one routing socket.
-    fn keep_next_hops_resolved(&mut self, addrs: &BTreeSet<IpAddr>) {
-        let mut netlink = match neighbour::Netlink::open() {
-            Ok(netlink) => netlink,
-            Err(e) => {
-                tracing::warn!(error = %error_chain(&e), "cannot keep the real servers' next hops resolved");
-                return;
-            }
-        };
-        for &addr in addrs {
-            if let Err(e) = netlink.keep_resolved(addr) {
-                tracing::warn!(real = %addr, error = %error_chain(&e), "cannot keep the real server's next hop resolved");
-            }
-        }
-    }
 }
 
 /// A boxed data path is one too, for a runtime that picks its data path at run time
@@ -447,9 +423,5 @@ impl<D: DataPath + ?Sized> DataPath for Box<D> {
         v6: Option<Ipv6Addr>,
     ) -> Result<(), DataplaneError> {
         (**self).set_tunnel_source(v4, v6)
-    }
-
-    fn keep_next_hops_resolved(&mut self, addrs: &BTreeSet<IpAddr>) {
-        (**self).keep_next_hops_resolved(addrs);
     }
 }

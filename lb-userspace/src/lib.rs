@@ -15,7 +15,10 @@
 //! - [`state`]: the desired state (virtual services, real servers, `Change`, typed health settings)
 //!   and ipvsadm's operations on it (pure; no flag syntax).
 //! - [`ipvsadm`]: xlbadm's ipvsadm-compatible command line, listings and save/restore format (pure).
-//! - [`neighbour`]: keeping real servers' next hops resolved in the kernel.
+//! - [`neighbour`]: rtnetlink: real servers' next hops and neighbour entries, an interface's
+//!   addresses and links.
+//! - [`next_hops`]: the neighbour thread that keeps real servers' next hops resolved, outside the
+//!   daemon's lock.
 //! - [`offloads`]: GRO/LRO (and a veth peer's TSO/GSO) off where the balancer runs in generic
 //!   mode, restored when it is detached.
 //! - [`convert`]: conversions from the desired state to data-path keys and entries.
@@ -48,6 +51,7 @@ pub mod maglev;
 mod mapped;
 pub mod metrics;
 pub mod neighbour;
+pub mod next_hops;
 pub mod offloads;
 pub mod plan;
 pub mod program;

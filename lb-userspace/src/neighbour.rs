@@ -9,6 +9,8 @@
 //!
 //! The same messages as `ip route get`, `ip neigh replace ... managed`, `ip addr show` and `ip link
 //! show`, on one socket of the calling thread's network namespace, without a process per request.
+//! The daemon makes the entries on a thread of its own, outside its state lock:
+//! [`crate::next_hops`].
 
 use std::net::IpAddr;
 

@@ -25,6 +25,7 @@ use crate::{
     errors::error_chain,
     health::engine::{Engine, EngineStats, Target, TargetError},
     maglev,
+    next_hops::NextHops,
     plan::{plan, Scheduling, Step},
     sequence,
     state::{DesiredState, Protocol, RealServer, Scheduler, ServiceAddr, VirtualService},
@@ -270,6 +271,8 @@ pub struct Runtime<D = Dataplane> {
     /// The services a refused change left in an unknown state: a step of its rollback was
     /// refused too. The next change rewrites them whole ([`Self::plan_to`]).
     unsure: BTreeSet<ServiceAddr>,
+    /// The neighbour thread, told the next hops of the real servers a change adds.
+    next_hops: Option<NextHops>,
 }
 
 impl Runtime {
@@ -294,6 +297,7 @@ impl<D: DataPath> Runtime<D> {
             down: Default::default(),
             ramping: BTreeSet::new(),
             unsure: BTreeSet::new(),
+            next_hops: None,
         }
     }
 
@@ -303,6 +307,19 @@ impl<D: DataPath> Runtime<D> {
         engine.update_targets(targets(&self.desired)?)?;
         self.health = Some(engine);
         Ok(self)
+    }
+
+    /// Tells `next_hops` (the neighbour thread) the next hops of the real servers each change
+    /// adds, for it to keep them resolved; the change does not wait for it.
+    pub fn with_next_hops(mut self, next_hops: NextHops) -> Self {
+        self.next_hops = Some(next_hops);
+        self
+    }
+
+    /// The neighbour thread the changes tell, if any: to wait for it
+    /// ([`NextHops::settled`]) once the state lock is released.
+    pub fn next_hops(&self) -> Option<&NextHops> {
+        self.next_hops.as_ref()
     }
 
     /// A runtime over adopted (pinned) maps that hold `saved`.
@@ -319,6 +336,7 @@ impl<D: DataPath> Runtime<D> {
             failed: Default::default(),
             down: Default::default(),
             ramping: BTreeSet::new(),
+            next_hops: None,
         };
         runtime.rewrite_scheduling();
         runtime
@@ -688,9 +706,9 @@ impl<D: DataPath> Runtime<D> {
         if !steps.is_empty() {
             tracing::info!(steps = steps.len(), "data path updated");
         }
-        let added = added_reals(&steps);
-        if !added.is_empty() {
-            self.dp.keep_next_hops_resolved(&added);
+        if let Some(next_hops) = &self.next_hops {
+            // Only said here: the neighbour thread does the netlink work without the lock.
+            next_hops.keep_resolved(added_reals(&steps));
         }
         self.applied = to;
         self.unsure.clear();
@@ -1615,6 +1633,7 @@ mod tests {
             capacity::Capacity,
             datapath::fake::{FakeDataPath, Write},
             ipvsadm::save::restore,
+            next_hops::FakeResolver,
         };
 
         /// A desired state from `-R` rules.
@@ -1744,12 +1763,56 @@ mod tests {
                     ])
                 )])
             );
+        }
+
+        /// The change only tells the neighbour thread which next hops it needs (the servers it
+        /// adds): it completes while the thread is held, as it would while the kernel is slow,
+        /// and the thread resolves them once free, without the runtime.
+        #[tokio::test]
+        async fn a_change_tells_the_neighbour_thread_its_new_next_hops_and_does_not_wait() {
+            let resolver = FakeResolver::default();
+            let next_hops = NextHops::start(resolver.clone()).expect("the neighbour thread");
+            let mut rt = Runtime::new(FakeDataPath::default(), None).with_next_hops(next_hops);
+            resolver.hold(true);
+            rt.change_to(state(
+                "-A -t 10.0.0.1:80\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.11:80 -g -w 1\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.12:80 -i -w 2\n",
+            ))
+            .expect("applied while the neighbour thread is held");
             assert_eq!(
-                dp.next_hops_asked(),
-                [
-                    "10.0.0.11".parse::<IpAddr>().expect("addr"),
-                    "10.0.0.12".parse().expect("addr")
-                ]
+                rt.datapath().contents().reals.len(),
+                2,
+                "both servers are in the maps"
+            );
+            let next_hops = rt.next_hops().expect("the neighbour thread").clone();
+            assert!(
+                !next_hops.settled(Duration::from_millis(50)).await,
+                "the held thread has resolved nothing"
+            );
+            assert!(resolver.asked().is_empty());
+            // A change that adds no server asks for nothing more.
+            rt.change_to(state(
+                "-A -t 10.0.0.1:80\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.11:80 -g -w 3\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.12:80 -i -w 2\n",
+            ))
+            .expect("weight changed");
+            resolver.hold(false);
+            assert!(next_hops.settled(Duration::from_secs(10)).await);
+            let ip = |a: &str| a.parse::<IpAddr>().expect("addr");
+            assert_eq!(resolver.asked(), [ip("10.0.0.11"), ip("10.0.0.12")]);
+            rt.change_to(state(
+                "-A -t 10.0.0.1:80\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.11:80 -g -w 3\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.13:80 -i -w 2\n",
+            ))
+            .expect("a server replaced");
+            assert!(next_hops.settled(Duration::from_secs(10)).await);
+            assert_eq!(
+                resolver.asked(),
+                [ip("10.0.0.11"), ip("10.0.0.12"), ip("10.0.0.13")],
+                "only the server added"
             );
         }
 

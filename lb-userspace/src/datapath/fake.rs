@@ -11,7 +11,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
 use aya::{maps::MapError, sys::SyscallError};
@@ -228,8 +228,6 @@ pub struct FakeDataPath {
     /// Connection thresholds, connections and overload flags of real servers.
     limits: BTreeMap<RealId, RealLimits>,
     config: DataplaneConfig,
-    /// The addresses whose next hops were asked for, in order.
-    next_hops: Vec<IpAddr>,
     writes: Vec<Write>,
     /// Writes asked for since the start (the log can be taken).
     writes_seen: usize,
@@ -262,7 +260,6 @@ impl FakeDataPath {
             active: BTreeMap::new(),
             limits: BTreeMap::new(),
             config: DataplaneConfig::default(),
-            next_hops: Vec::new(),
             writes: Vec::new(),
             writes_seen: 0,
             failing: BTreeMap::new(),
@@ -321,11 +318,6 @@ impl FakeDataPath {
     /// The data-path settings (debug events, tunnel sources).
     pub fn config(&self) -> DataplaneConfig {
         self.config
-    }
-
-    /// The real servers whose next hops were to be kept resolved, in the order asked.
-    pub fn next_hops_asked(&self) -> &[IpAddr] {
-        &self.next_hops
     }
 
     /// Counts traffic of a service, as the data path would.
@@ -680,10 +672,6 @@ impl DataPath for FakeDataPath {
         self.config.tunnel_src_v4 = v4.map_or(0, |a| u32::from(a).to_be());
         self.config.tunnel_src_v6 = v6.map_or([0; 4], |a| bytemuck::cast(a.octets()));
         Ok(())
-    }
-
-    fn keep_next_hops_resolved(&mut self, addrs: &BTreeSet<IpAddr>) {
-        self.next_hops.extend(addrs);
     }
 }
 
