@@ -8,6 +8,9 @@
 //! inside it. The first form is read too, and means the same: a `[services.addr]` table
 //! (`protocol`, `addr`, `port`), a real server's `addr` and `port`, and its check in the
 //! service's `[services.real_checks."RIP:PORT"]`.
+//!
+//! A `[timeouts]` table sets the connection table's idle timeouts in seconds (`tcp_secs`,
+//! `tcpfin_secs`, `udp_secs`: `ipvsadm --set`); a key left out is IPVS's default.
 
 use std::{
     collections::BTreeMap,
@@ -22,6 +25,7 @@ use thiserror::Error;
 
 use crate::state::{
     health::{CheckOptions, ServiceHealth},
+    timeouts::{ConnectionTimeouts, MAX_CONNECTION_TIMEOUT_SECS},
     Change, DesiredState, Forwarding, Persistence, Protocol, RealServer, SchedFlags, Scheduler,
     ServiceAddr, StateError, DEFAULT_WEIGHT,
 };
@@ -145,6 +149,41 @@ pub fn load(file: &Path) -> Result<Option<DesiredState>, LoadError> {
 struct File {
     #[serde(default)]
     services: Vec<ServiceEntry>,
+    timeouts: Option<TimeoutsEntry>,
+}
+
+/// The `[timeouts]` table: seconds, each key IPVS's default when left out.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimeoutsEntry {
+    tcp_secs: Option<u32>,
+    tcpfin_secs: Option<u32>,
+    udp_secs: Option<u32>,
+}
+
+impl TimeoutsEntry {
+    /// The timeouts, or the mistake of the first key that is out of range (a 0, which
+    /// `ipvsadm --set` takes for "keep the current value", means nothing in a file).
+    fn timeouts(&self) -> Result<ConnectionTimeouts, (String, ConfigFileError)> {
+        let defaults = ConnectionTimeouts::default();
+        let secs = |key: &str, value: Option<u32>, default: u32| match value {
+            None => Ok(default),
+            Some(secs) if (1..=MAX_CONNECTION_TIMEOUT_SECS).contains(&secs) => Ok(secs),
+            Some(secs) => Err(form(
+                format!("timeouts.{key}"),
+                format!(
+                    "{key} = {secs} is not a timeout: write a number of seconds from 1 to \
+                     {MAX_CONNECTION_TIMEOUT_SECS} (31 days), or leave the key out for IPVS's \
+                     default of {default}"
+                ),
+            )),
+        };
+        Ok(ConnectionTimeouts {
+            tcp_secs: secs("tcp_secs", self.tcp_secs, defaults.tcp_secs)?,
+            tcpfin_secs: secs("tcpfin_secs", self.tcpfin_secs, defaults.tcpfin_secs)?,
+            udp_secs: secs("udp_secs", self.udp_secs, defaults.udp_secs)?,
+        })
+    }
 }
 
 /// A `[[services]]` table.
@@ -389,6 +428,12 @@ pub fn parse(file: &Path, text: &str) -> Result<DesiredState, Refused> {
     };
     // Rebuilt through the same operations as xlbadm's commands.
     let mut checked = DesiredState::default();
+    if let Some(entry) = &parsed.timeouts {
+        match entry.timeouts() {
+            Ok(timeouts) => checked.timeouts = timeouts,
+            Err(mistake) => refuse(mistake),
+        }
+    }
     for (i, service) in parsed.services.iter().enumerate() {
         let path = format!("services[{i}]");
         let addr = match service.service_addr(&path) {
@@ -859,6 +904,36 @@ weight = 2
     }
 
     const SERVICE: &str = "[[services]]\nscheduler = \"mh\"\n[services.addr]\nprotocol = \"tcp\"\naddr = \"10.0.0.1\"\nport = 80\n";
+
+    #[test]
+    fn the_connection_timeouts_are_a_table_whose_keys_left_out_are_ipvss_defaults() {
+        let state = parse("[timeouts]\nudp_secs = 10\n").expect("a valid file");
+        assert_eq!(
+            state.timeouts,
+            ConnectionTimeouts {
+                tcp_secs: 900,
+                tcpfin_secs: 120,
+                udp_secs: 10
+            }
+        );
+        assert_eq!(
+            parse("").expect("empty").timeouts,
+            ConnectionTimeouts::default()
+        );
+        assert_eq!(
+            error(&format!(
+                "{SERVICE}\n[timeouts]\ntcp_secs = 60\ntcpfin_secs = 0\n"
+            )),
+            "xlb.toml:10:1: timeouts.tcpfin_secs: tcpfin_secs = 0 is not a timeout: write a \
+             number of seconds from 1 to 2678400 (31 days), or leave the key out for IPVS's \
+             default of 120"
+        );
+        assert!(
+            error("[timeouts]\ntcp = 60\n").contains("unknown field `tcp`"),
+            "{}",
+            error("[timeouts]\ntcp = 60\n")
+        );
+    }
 
     #[test]
     fn the_scheduler_and_its_flags_are_keys_of_a_service() {

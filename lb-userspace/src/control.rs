@@ -281,6 +281,13 @@ pub fn summary(old: &DesiredState, new: &DesiredState) -> String {
             }
         }
     }
+    if old.timeouts != new.timeouts {
+        let t = new.timeouts;
+        parts.push(format!(
+            "connection timeouts (tcp tcpfin udp) now {} {} {}",
+            t.tcp_secs, t.tcpfin_secs, t.udp_secs
+        ));
+    }
     if parts.is_empty() {
         "no change".to_owned()
     } else {

@@ -132,6 +132,27 @@ pub trait DataPath: Send {
     /// Forgets every connection; returns how many there were.
     fn flush_connections(&mut self) -> Result<usize, DataplaneError>;
 
+    /// Removes connection-table entries that idled out, as read by [`Self::connections`], each
+    /// only while its last packet is still the one read; returns how many were removed.
+    fn expire_connections(
+        &mut self,
+        entries: &[(FlowKey, Connection)],
+    ) -> Result<usize, DataplaneError>;
+
+    /// Gives persistent clients, as read by [`Self::persistent_clients`], a new last-seen time,
+    /// each only while it is still as read; returns how many were written.
+    fn hold_persistent_clients(
+        &mut self,
+        held: &[(PersistKey, Persistent, u64)],
+    ) -> Result<usize, DataplaneError>;
+
+    /// Removes persistent clients past their timeout, as read, each only while it is still as
+    /// read; returns how many were removed.
+    fn expire_persistent_clients(
+        &mut self,
+        lapsed: &[(PersistKey, Persistent)],
+    ) -> Result<usize, DataplaneError>;
+
     /// Switches the data path's debug events on or off.
     fn set_debug_events(&mut self, on: bool) -> Result<(), DataplaneError>;
 
@@ -270,6 +291,27 @@ impl DataPath for Dataplane {
 
     fn flush_connections(&mut self) -> Result<usize, DataplaneError> {
         Dataplane::flush_connections(self)
+    }
+
+    fn expire_connections(
+        &mut self,
+        entries: &[(FlowKey, Connection)],
+    ) -> Result<usize, DataplaneError> {
+        Dataplane::expire_connections(self, entries)
+    }
+
+    fn hold_persistent_clients(
+        &mut self,
+        held: &[(PersistKey, Persistent, u64)],
+    ) -> Result<usize, DataplaneError> {
+        Dataplane::hold_persistent_clients(self, held)
+    }
+
+    fn expire_persistent_clients(
+        &mut self,
+        lapsed: &[(PersistKey, Persistent)],
+    ) -> Result<usize, DataplaneError> {
+        Dataplane::expire_persistent_clients(self, lapsed)
     }
 
     fn set_debug_events(&mut self, on: bool) -> Result<(), DataplaneError> {
@@ -411,6 +453,27 @@ impl<D: DataPath + ?Sized> DataPath for Box<D> {
 
     fn flush_connections(&mut self) -> Result<usize, DataplaneError> {
         (**self).flush_connections()
+    }
+
+    fn expire_connections(
+        &mut self,
+        entries: &[(FlowKey, Connection)],
+    ) -> Result<usize, DataplaneError> {
+        (**self).expire_connections(entries)
+    }
+
+    fn hold_persistent_clients(
+        &mut self,
+        held: &[(PersistKey, Persistent, u64)],
+    ) -> Result<usize, DataplaneError> {
+        (**self).hold_persistent_clients(held)
+    }
+
+    fn expire_persistent_clients(
+        &mut self,
+        lapsed: &[(PersistKey, Persistent)],
+    ) -> Result<usize, DataplaneError> {
+        (**self).expire_persistent_clients(lapsed)
     }
 
     fn set_debug_events(&mut self, on: bool) -> Result<(), DataplaneError> {

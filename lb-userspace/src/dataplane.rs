@@ -1172,6 +1172,79 @@ impl Dataplane {
         Ok(doomed.len())
     }
 
+    /// Removes connection-table entries that idled out (embryonic ones from the embryonic
+    /// table), each only while its last packet is still the one read: a flow that a packet
+    /// refreshed since stays. Returns how many were removed.
+    pub fn expire_connections(&mut self, entries: &[(FlowKey, Connection)]) -> Result<usize> {
+        let mut removed = 0;
+        for (key, read) in entries {
+            let table = if read.flags & CONN_F_EMBRYONIC != 0 {
+                &mut self.embryonic
+            } else {
+                &mut self.conntrack
+            };
+            match table.get(key, 0) {
+                Ok(now) if now.last_seen_ns == read.last_seen_ns => {}
+                Ok(_) | Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err("reading the connection table")(e)),
+            }
+            match table.remove(key) {
+                Ok(()) => removed += 1,
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err("expiring connections")(e)),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Gives persistent clients a new last-seen time, each only while it is still the client
+    /// read (the same server, epoch and time: the data path did not give it another server
+    /// meanwhile). Returns how many were written.
+    pub fn hold_persistent_clients(
+        &mut self,
+        held: &[(PersistKey, Persistent, u64)],
+    ) -> Result<usize> {
+        let mut written = 0;
+        for (key, read, last_seen_ns) in held {
+            match self.persist.get(key, 0) {
+                Ok(now) if now == *read => {}
+                Ok(_) | Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err("reading the persistence table")(e)),
+            }
+            let client = Persistent {
+                last_seen_ns: *last_seen_ns,
+                ..*read
+            };
+            self.persist
+                .insert(key, client, 0)
+                .map_err(map_err("holding persistent clients"))?;
+            written += 1;
+        }
+        Ok(written)
+    }
+
+    /// Removes persistent clients past their timeout, each only while it is still as read.
+    /// Returns how many were removed.
+    pub fn expire_persistent_clients(
+        &mut self,
+        lapsed: &[(PersistKey, Persistent)],
+    ) -> Result<usize> {
+        let mut removed = 0;
+        for (key, read) in lapsed {
+            match self.persist.get(key, 0) {
+                Ok(now) if now == *read => {}
+                Ok(_) | Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err("reading the persistence table")(e)),
+            }
+            match self.persist.remove(key) {
+                Ok(()) => removed += 1,
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err("expiring persistent clients")(e)),
+            }
+        }
+        Ok(removed)
+    }
+
     /// Switches the data path's debug events (aya-log) on or off.
     pub fn set_debug_events(&mut self, on: bool) -> Result<()> {
         let mut config = self.config.get(&0, 0).unwrap_or_default();

@@ -23,6 +23,8 @@
 //!   mode, restored when it is detached.
 //! - [`convert`]: conversions from the desired state to data-path keys and entries.
 //! - [`plan`]: the steps between two desired states (pure).
+//! - [`expiry`]: which connection-table entries and persistent clients idle out, decided once a
+//!   second (pure).
 //! - [`runtime`]: the daemon's state; applies changes whole or not at all, saves them.
 //! - [`config`]: the configuration file, checked by xlbadm's rules.
 //! - [`control`]: the control socket between xlbadm and xlbd.
@@ -43,6 +45,7 @@ pub mod datapath;
 pub mod dataplane;
 pub mod decap;
 pub mod errors;
+pub mod expiry;
 pub mod health;
 pub mod ipvsadm;
 pub mod layout;

@@ -23,12 +23,16 @@ use crate::{
     datapath::DataPath,
     dataplane::{Dataplane, DataplaneError, RealId},
     errors::error_chain,
+    expiry::{self, ConnKind},
     health::engine::{Engine, EngineStats, Target, TargetError},
     maglev,
     next_hops::NextHops,
     plan::{plan, Scheduling, Step},
     sequence,
-    state::{DesiredState, Protocol, RealServer, Scheduler, ServiceAddr, VirtualService},
+    state::{
+        timeouts::ConnectionTimeouts, DesiredState, Protocol, RealServer, Scheduler, ServiceAddr,
+        VirtualService,
+    },
     status::{ConnectionListing, Listing, Rates, RealHealth, RealListing, Stats},
 };
 
@@ -442,8 +446,8 @@ impl<D: DataPath> Runtime<D> {
     /// second or so): the others are not recomputed, and nothing is when no server ramps up.
     /// Returns whether anything changed.
     pub fn refresh_ramps(&mut self) -> Result<bool, RuntimeError> {
-        // The same timer brings lc/wlc's connection counts in line (nothing without them).
-        self.correct_connection_counts();
+        // The same timer expires idle connections and brings the connection counts in line.
+        self.sweep();
         if self.ramping.is_empty() {
             return Ok(false);
         }
@@ -497,12 +501,68 @@ impl<D: DataPath> Runtime<D> {
         Ok(true)
     }
 
+    /// Once a second (with [`Self::refresh_ramps`]): removes the connection-table entries idle
+    /// longer than their timeout (their next packet is a new flow, scheduled again), holds the
+    /// persistent clients that still have connections and lets the others lapse
+    /// ([`expiry::sweep`]), and then corrects the connection counts from the entries left.
+    /// One walk of the connection table.
+    pub fn sweep(&mut self) {
+        let now = monotonic_ns();
+        let entries = match self.dp.connections() {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "reading the connection table to expire idle connections");
+                return;
+            }
+        };
+        let persistence = self.persistence_settings();
+        let clients = if persistence.is_empty() {
+            Vec::new()
+        } else {
+            self.dp.persistent_clients().unwrap_or_else(|e| {
+                tracing::warn!(error = %error_chain(&e), "reading the persistence table to hold its clients");
+                Vec::new()
+            })
+        };
+        let timeouts = self.desired.timeouts;
+        let swept = expiry::sweep(entries, &clients, &persistence, &timeouts, now);
+        if !swept.expired.is_empty() {
+            match self.dp.expire_connections(&swept.expired) {
+                Ok(n) => tracing::debug!(expired = n, "idle connections expired"),
+                Err(e) => tracing::warn!(error = %error_chain(&e), "expiring idle connections"),
+            }
+        }
+        if !swept.held.is_empty() {
+            if let Err(e) = self.dp.hold_persistent_clients(&swept.held) {
+                tracing::warn!(error = %error_chain(&e), "holding persistent clients with live connections");
+            }
+        }
+        if !swept.lapsed.is_empty() {
+            if let Err(e) = self.dp.expire_persistent_clients(&swept.lapsed) {
+                tracing::warn!(error = %error_chain(&e), "expiring persistent clients");
+            }
+        }
+        self.correct_connection_counts(&count_connections(swept.live, now, &timeouts));
+    }
+
+    /// The persistence settings of each persistent service, by id.
+    fn persistence_settings(&self) -> BTreeMap<u32, lb_common::PersistSettings> {
+        self.applied
+            .services
+            .iter()
+            .filter(|s| s.persistence.is_some())
+            .filter_map(|svc| {
+                let id = self.dp.service(&service_key(&svc.addr))?.id;
+                Some((id, self.dp.persistence(id)?))
+            })
+            .collect()
+    }
+
     /// Writes the active connections of every real server of a least-connection service (`lc`,
     /// `wlc`), and the connections (active and inactive) of every real server with thresholds
-    /// (`-x`), from the connection table: the data path only adds one for each new flow, so
-    /// closed, reset and idled-out connections leave its counts here (once a second, with
-    /// [`Self::refresh_ramps`]). Nothing to do, and no walk of the table, without such a server.
-    fn correct_connection_counts(&mut self) {
+    /// (`-x`), from the connection table's `counts`: the data path only adds one for each new
+    /// flow, so closed, reset and idled-out connections leave its counts here.
+    fn correct_connection_counts(&mut self, counts: &ConnectionCounts) {
         let mut least = Vec::new();
         let mut limited = Vec::new();
         for svc in &self.applied.services {
@@ -521,13 +581,6 @@ impl<D: DataPath> Runtime<D> {
         if least.is_empty() && limited.is_empty() {
             return;
         }
-        let counts = match self.connection_counts() {
-            Ok(counts) => counts,
-            Err(e) => {
-                tracing::warn!(error = %error_chain(&e), "counting the real servers' connections");
-                return;
-            }
-        };
         if !least.is_empty() {
             let active: Vec<(RealId, u32)> = least
                 .iter()
@@ -1161,7 +1214,11 @@ impl<D: DataPath> Runtime<D> {
     /// Active and inactive connections per real server ([`count_connections`]). Walks the whole
     /// connection table.
     pub fn connection_counts(&self) -> Result<ConnectionCounts, DataplaneError> {
-        Ok(count_connections(self.dp.connections()?, monotonic_ns()))
+        Ok(count_connections(
+            self.dp.connections()?,
+            monotonic_ns(),
+            &self.desired.timeouts,
+        ))
     }
 
     /// The connection table as `-L -c` lists it (entries that have not idled out).
@@ -1177,9 +1234,10 @@ impl<D: DataPath> Runtime<D> {
         }
         let mut out = Vec::new();
         for (flow, conn) in self.dp.connections()? {
-            let (Some(state), Some((service, addr, port))) =
-                (ConnState::of(&flow, &conn, now), reals.get(&conn.real))
-            else {
+            let (Some(state), Some((service, addr, port))) = (
+                ConnState::of(&flow, &conn, now, &self.desired.timeouts),
+                reals.get(&conn.real),
+            ) else {
                 continue;
             };
             out.push(ConnectionListing {
@@ -1309,15 +1367,16 @@ pub type ConnectionCounts = BTreeMap<RealId, (u32, u32)>;
 
 /// Active and inactive connections per real server in the connection table's `entries` (read at
 /// `now_ns`), as ipvsadm counts them: a TCP connection is active until it closes or idles out;
-/// embryonic (SYN_RECV) and closing TCP flows and UDP flows are inactive; idled-out entries are
-/// not counted.
+/// embryonic (SYN_RECV) and closing TCP flows and UDP flows are inactive; entries idled out
+/// (past their `timeouts`, not yet swept) are not counted.
 pub fn count_connections(
     entries: impl IntoIterator<Item = (lb_common::FlowKey, lb_common::Connection)>,
     now_ns: u64,
+    timeouts: &ConnectionTimeouts,
 ) -> ConnectionCounts {
     let mut counts = ConnectionCounts::new();
     for (flow, conn) in entries {
-        let Some(state) = ConnState::of(&flow, &conn, now_ns) else {
+        let Some(state) = ConnState::of(&flow, &conn, now_ns, timeouts) else {
             continue;
         };
         let entry = counts.entry(conn.real).or_default();
@@ -1403,22 +1462,24 @@ struct ConnState {
 }
 
 impl ConnState {
-    /// `None` once the entry has idled out (it stays in the LRU table until evicted).
-    fn of(flow: &lb_common::FlowKey, conn: &lb_common::Connection, now_ns: u64) -> Option<Self> {
-        // IPVS's default timeouts: TCP established 900 s, closing 120 s, SYN_RECV 60 s, UDP
-        // 300 s. An embryonic flow (a SYN seen, in the embryonic table) is IPVS's SYN_RECV, an
+    /// `None` once the entry has idled out (until the next sweep removes it,
+    /// [`Runtime::sweep`]).
+    fn of(
+        flow: &lb_common::FlowKey,
+        conn: &lb_common::Connection,
+        now_ns: u64,
+        timeouts: &ConnectionTimeouts,
+    ) -> Option<Self> {
+        // An embryonic flow (a SYN seen, in the embryonic table) is IPVS's SYN_RECV, an
         // inactive connection.
-        let closing = conn.flags & lb_common::conntrack::CONN_F_CLOSING != 0;
-        let embryonic = conn.flags & lb_common::conntrack::CONN_F_EMBRYONIC != 0;
-        let (active, name, timeout) = if flow.proto != lb_common::PROTO_TCP {
-            (false, "UDP", 300)
-        } else if embryonic {
-            (false, "SYN_RECV", 60)
-        } else if closing {
-            (false, "FIN_WAIT", 120)
-        } else {
-            (true, "ESTABLISHED", 900)
+        let kind = ConnKind::of(flow, conn);
+        let (active, name) = match kind {
+            ConnKind::Udp => (false, "UDP"),
+            ConnKind::Handshake => (false, "SYN_RECV"),
+            ConnKind::Closing => (false, "FIN_WAIT"),
+            ConnKind::Established => (true, "ESTABLISHED"),
         };
+        let timeout = u64::from(kind.timeout_secs(timeouts));
         let idle = now_ns.saturating_sub(conn.last_seen_ns) / 1_000_000_000;
         (idle < timeout).then(|| Self {
             active,
@@ -1552,6 +1613,7 @@ mod tests {
                 entry(lb_common::PROTO_UDP, 2, 0, 299),
             ],
             now,
+            &ConnectionTimeouts::default(),
         );
         assert_eq!(
             counts,
@@ -1579,17 +1641,18 @@ mod tests {
             (flow, conn)
         };
         let (young, old) = (embryonic(1, 5), embryonic(1, 60));
-        let state = ConnState::of(&young.0, &young.1, now).expect("not idled out");
+        let state = ConnState::of(&young.0, &young.1, now, &ConnectionTimeouts::default())
+            .expect("not idled out");
         assert_eq!(
             (state.name, state.active, state.expire_secs),
             ("SYN_RECV", false, 55)
         );
         assert!(
-            ConnState::of(&old.0, &old.1, now).is_none(),
+            ConnState::of(&old.0, &old.1, now, &ConnectionTimeouts::default()).is_none(),
             "idled out after 60 s"
         );
         assert_eq!(
-            count_connections([young, old], now),
+            count_connections([young, old], now, &ConnectionTimeouts::default()),
             ConnectionCounts::from([(1, (0, 1))]),
             "a SYN_RECV connection is inactive"
         );
@@ -2416,7 +2479,7 @@ mod tests {
             // Active only: the closing one does not count.
             assert_eq!(rt.datapath().active_connections(1), Some(2));
             assert_eq!(rt.datapath().active_connections(2), Some(1));
-            // A service of another scheduler costs no walk and no write.
+            // A service of another scheduler costs no write.
             let mut mh = Runtime::new(FakeDataPath::default(), None);
             mh.change_to(state(TWO_SERVICES)).expect("applied");
             mh.dataplane().take_writes();
@@ -2472,7 +2535,7 @@ mod tests {
             let limits = rt.datapath().real_limits(1);
             assert_eq!((limits.upper, limits.lower), (10, 4));
             assert_eq!((limits.conns, limits.is_overloaded()), (3, false));
-            // Without any threshold, a refresh walks nothing and writes nothing.
+            // Without any threshold, a refresh writes nothing.
             rt.change_to(state(
                 "-A -t 10.0.0.1:80 -s rr\n\
                  -a -t 10.0.0.1:80 -r 10.0.0.11:80 -g -w 1\n\
@@ -2483,6 +2546,188 @@ mod tests {
             rt.dataplane().take_writes();
             rt.refresh_ramps().expect("refreshed");
             assert!(rt.datapath().writes().is_empty());
+        }
+
+        #[test]
+        fn the_sweep_expires_flows_idle_past_their_protocols_timeout_and_their_servers_count_them_no_more(
+        ) {
+            let mut rt = Runtime::new(FakeDataPath::default(), None);
+            rt.change_to(state(
+                "-A -t 10.0.0.1:80 -s lc\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.11:80 -g -w 1 -x 100\n\
+                 --set 5 0 2\n",
+            ))
+            .expect("applied");
+            assert_eq!(
+                rt.desired().timeouts,
+                ConnectionTimeouts {
+                    tcp_secs: 5,
+                    tcpfin_secs: 120,
+                    udp_secs: 2
+                },
+                "0 keeps tcpfin"
+            );
+            const SECOND: u64 = 1_000_000_000;
+            let now = monotonic_ns();
+            let udp = |sport| lb_common::FlowKey {
+                proto: lb_common::PROTO_UDP,
+                ..client_flow(sport)
+            };
+            let closing = lb_common::conntrack::CONN_F_CLOSING;
+            // (flow, idle seconds, flags, still there after the sweep)
+            let entries = [
+                (client_flow(1000), 1, 0, true),
+                (client_flow(1001), 6, 0, false),
+                (client_flow(1002), 6, closing, true),
+                (udp(1003), 1, 0, true),
+                (udp(1004), 3, 0, false),
+            ];
+            for (flow, idle, flags, _) in entries {
+                let conn = lb_common::Connection {
+                    real: 1,
+                    last_seen_ns: now - idle * SECOND,
+                    flags,
+                    ..Default::default()
+                };
+                rt.dataplane().track(flow, conn);
+            }
+            rt.refresh_ramps().expect("refreshed");
+            let left: BTreeSet<u16> = rt
+                .datapath()
+                .connections()
+                .expect("connections")
+                .iter()
+                .map(|(flow, _)| u16::from_be(flow.sport))
+                .collect();
+            let kept: BTreeSet<u16> = entries
+                .iter()
+                .filter(|e| e.3)
+                .map(|e| u16::from_be(e.0.sport))
+                .collect();
+            assert_eq!(
+                left, kept,
+                "the established flow idle 6 s of 5 and the UDP one 3 s of 2 went"
+            );
+            assert_eq!(rt.datapath().active_connections(1), Some(1));
+            assert_eq!(rt.datapath().real_limits(1).conns, 3);
+            // -L -c counts down from the timeouts in force.
+            let mut expiries: Vec<(String, u32)> = rt
+                .connections()
+                .expect("listing")
+                .into_iter()
+                .map(|c| (c.state, c.expire_secs))
+                .collect();
+            expiries.sort();
+            assert_eq!(
+                expiries,
+                [
+                    ("ESTABLISHED".to_owned(), 4),
+                    ("FIN_WAIT".to_owned(), 114),
+                    ("UDP".to_owned(), 1)
+                ]
+            );
+        }
+
+        #[test]
+        fn an_entry_a_packet_refreshed_after_the_sweep_read_it_is_not_expired() {
+            let mut dp = FakeDataPath::default();
+            let old = lb_common::Connection {
+                real: 1,
+                last_seen_ns: 1,
+                ..Default::default()
+            };
+            dp.track(client_flow(1000), old);
+            let read = dp.connections().expect("connections");
+            dp.track(
+                client_flow(1000),
+                lb_common::Connection {
+                    last_seen_ns: 2,
+                    ..old
+                },
+            );
+            assert_eq!(dp.expire_connections(&read).expect("expired"), 0);
+            assert_eq!(dp.connections().expect("connections").len(), 1);
+        }
+
+        #[test]
+        fn a_persistent_client_is_held_while_its_connection_lives_and_lapses_its_timeout_after() {
+            const SECOND: u64 = 1_000_000_000;
+            let mut rt = Runtime::new(FakeDataPath::default(), None);
+            rt.change_to(state(
+                "-A -t 10.0.0.1:80 -s rr -p 3\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.11:80 -g -w 1\n",
+            ))
+            .expect("applied");
+            let service = rt
+                .datapath()
+                .service(&key("10.0.0.1:80"))
+                .expect("service")
+                .id;
+            let settings = rt.datapath().persistence(service).expect("persistent");
+            let flow = client_flow(1000);
+            let client_key = settings.key(service, &flow.src, flow.family);
+            let now = monotonic_ns();
+            // Its last new connection 2.5 s ago, of -p 3; the connection still open.
+            rt.dataplane().remember_client(
+                client_key,
+                lb_common::Persistent {
+                    real: 1,
+                    service_epoch: 0,
+                    last_seen_ns: now - 2_500_000_000,
+                },
+            );
+            let conn = lb_common::Connection {
+                real: 1,
+                service,
+                last_seen_ns: now - 10 * SECOND,
+                ..Default::default()
+            };
+            rt.dataplane().track(flow, conn);
+            let last_seen = |rt: &Runtime<FakeDataPath>| {
+                rt.datapath()
+                    .persistent_clients()
+                    .expect("clients")
+                    .first()
+                    .map(|(_, c)| c.last_seen_ns)
+            };
+            rt.sweep();
+            let held = last_seen(&rt).expect("held");
+            assert!(held > now, "held a sweep ahead: {held} vs {now}");
+            let listed = rt.connections().expect("listing");
+            let template = listed.iter().find(|c| c.state == "NONE").expect("listed");
+            assert_eq!(template.expire_secs, 3, "{listed:?}");
+            // The connection ends (idle past the 900 s of TCP): the client keeps its server for
+            // 3 s from then.
+            rt.dataplane().track(
+                flow,
+                lb_common::Connection {
+                    last_seen_ns: now - 901 * SECOND,
+                    ..conn
+                },
+            );
+            rt.dataplane().remember_client(
+                client_key,
+                lb_common::Persistent {
+                    real: 1,
+                    service_epoch: 0,
+                    last_seen_ns: now - SECOND,
+                },
+            );
+            rt.sweep();
+            assert!(rt.datapath().connections().expect("connections").is_empty());
+            let ended = last_seen(&rt).expect("kept");
+            assert!(ended >= now, "its timeout starts when the connection ends");
+            // 3 s later, no connection: it lapses.
+            rt.dataplane().remember_client(
+                client_key,
+                lb_common::Persistent {
+                    real: 1,
+                    service_epoch: 0,
+                    last_seen_ns: now - 3 * SECOND,
+                },
+            );
+            rt.sweep();
+            assert_eq!(last_seen(&rt), None, "lapsed and removed");
         }
 
         /// A TCP flow from 192.0.2.1:`sport` to the service 10.0.0.1:80, as the data path keys it.

@@ -13,6 +13,7 @@
 //! - `endpoint` (its types are named here): [`ServiceAddr`], [`Protocol`],
 //!   [`Forwarding`], the identities everything else is built from.
 //! - [`health`]: each service's health settings and each real server's own check options.
+//! - [`timeouts`]: the connection table's idle timeouts per protocol (`--set`).
 
 use std::{
     collections::BTreeMap,
@@ -24,11 +25,13 @@ use thiserror::Error;
 
 pub mod command;
 pub mod health;
+pub mod timeouts;
 
 mod endpoint;
 
 pub use endpoint::{Forwarding, Protocol, ServiceAddr};
 use health::{CheckOptions, ConfigError, ServiceHealth};
+use timeouts::ConnectionTimeouts;
 
 /// ipvsadm's persistence timeout when `-p` has no value: libipvs' `IPVS_SVC_PERSISTENT_TIMEOUT`
 /// (6*60). The man page says 300 s, but ipvsadm and `ipvsadm -S` really use 360, and we follow the
@@ -338,6 +341,11 @@ pub struct DesiredState {
     /// configuration file (or one of comments only) means no services.
     #[serde(default)]
     pub services: Vec<VirtualService>,
+    /// The connection table's idle timeouts (`--set`): not part of the services, so `-C` keeps
+    /// them and `-S` does not save them, as with IPVS. Left out of a state file when they are
+    /// IPVS's defaults.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub timeouts: ConnectionTimeouts,
 }
 
 /// One ipvsadm operation on the desired state, as `xlbadm` sends it to `xlbd` and `-R` applies it.
@@ -411,6 +419,16 @@ pub enum Change {
     },
     /// `-C`: remove every service.
     Clear,
+    /// `--set TCP TCPFIN UDP`: the connection table's idle timeouts, in seconds; a 0 keeps the
+    /// timeout it would replace.
+    SetTimeouts {
+        /// Established TCP connections.
+        tcp_secs: u32,
+        /// TCP connections that saw a FIN or RST.
+        tcpfin_secs: u32,
+        /// UDP flows.
+        udp_secs: u32,
+    },
 }
 
 /// Why an operation was refused. Display strings are ipvsadm's own messages where it has one.
@@ -438,6 +456,14 @@ pub enum StateError {
     /// A persistence timeout outside 1..=[`MAX_PERSISTENCE_TIMEOUT_SECS`].
     #[error("invalid timeout value `{timeout_secs}' specified")]
     InvalidTimeout {
+        /// The timeout given.
+        timeout_secs: u32,
+    },
+    /// A connection timeout (`--set`) above [`timeouts::MAX_CONNECTION_TIMEOUT_SECS`].
+    #[error("invalid timeout value `{timeout_secs}' specified: the {which} timeout is at most {max} seconds (31 days)", max = timeouts::MAX_CONNECTION_TIMEOUT_SECS)]
+    InvalidConnectionTimeout {
+        /// Which timeout: `tcp`, `tcpfin` or `udp`.
+        which: &'static str,
         /// The timeout given.
         timeout_secs: u32,
     },
@@ -539,6 +565,17 @@ impl Change {
             Change::AddReal { service, real, .. } | Change::EditReal { service, real, .. } => {
                 validate_real(service, real)
             }
+            Change::SetTimeouts {
+                tcp_secs,
+                tcpfin_secs,
+                udp_secs,
+            } => match ConnectionTimeouts::too_long(*tcp_secs, *tcpfin_secs, *udp_secs) {
+                Some((which, timeout_secs)) => Err(StateError::InvalidConnectionTimeout {
+                    which,
+                    timeout_secs,
+                }),
+                None => Ok(()),
+            },
             Change::DeleteService { .. } | Change::DeleteReal { .. } | Change::Clear => Ok(()),
         }
     }
@@ -614,6 +651,14 @@ impl DesiredState {
                 port,
             } => next.delete_real(service, *addr, *port)?,
             Change::Clear => next.clear(),
+            Change::SetTimeouts {
+                tcp_secs,
+                tcpfin_secs,
+                udp_secs,
+            } => {
+                change.validate()?;
+                next.timeouts = next.timeouts.set(*tcp_secs, *tcpfin_secs, *udp_secs);
+            }
         }
         *self = next;
         Ok(())

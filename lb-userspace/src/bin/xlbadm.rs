@@ -7,7 +7,7 @@ use lb_userspace::{
     control::{self, CallError, NumberedChange, Request, Response, DEFAULT_SOCKET},
     errors::error_chain,
     ipvsadm::{
-        format::{format_connections, format_listing},
+        format::{format_connections, format_listing, format_timeouts},
         parse::{self, Command},
         save,
     },
@@ -41,7 +41,10 @@ fn main() -> ExitCode {
         Command::Save => Request::State,
         Command::Reload => Request::Reload,
         Command::List(options) => {
-            let request = if options.connections {
+            // The timeouts are part of the desired state.
+            let request = if options.timeout {
+                Request::State
+            } else if options.connections {
                 Request::Connections
             } else {
                 Request::List
@@ -91,7 +94,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Response::State(state) => {
-            print!("{}", save::save(&state));
+            if list_options.is_some_and(|o| o.timeout) {
+                print!("{}", format_timeouts(&state.timeouts));
+            } else {
+                print!("{}", save::save(&state));
+            }
             ExitCode::SUCCESS
         }
         Response::Connections(conns) => {

@@ -65,6 +65,12 @@ pub enum Write {
     ZeroRealCounters(RealId),
     /// [`DataPath::flush_connections`].
     FlushConnections,
+    /// [`DataPath::expire_connections`].
+    ExpireConnections,
+    /// [`DataPath::hold_persistent_clients`].
+    HoldPersistentClients,
+    /// [`DataPath::expire_persistent_clients`].
+    ExpirePersistentClients,
     /// [`DataPath::set_debug_events`].
     SetDebugEvents(bool),
     /// [`DataPath::set_tunnel_source`].
@@ -92,6 +98,9 @@ impl Write {
             Self::ZeroServiceCounters(_) => "zeroing a service's counters",
             Self::ZeroRealCounters(_) => "zeroing a real server's counters",
             Self::FlushConnections => "flushing the connection table",
+            Self::ExpireConnections => "expiring connections",
+            Self::HoldPersistentClients => "holding persistent clients",
+            Self::ExpirePersistentClients => "expiring persistent clients",
             Self::SetDebugEvents(_) | Self::SetTunnelSource => "writing the data-path settings",
         }
     }
@@ -651,6 +660,54 @@ impl DataPath for FakeDataPath {
         let flushed = self.connections.len();
         self.connections.clear();
         Ok(flushed)
+    }
+
+    fn expire_connections(
+        &mut self,
+        entries: &[(FlowKey, Connection)],
+    ) -> Result<usize, DataplaneError> {
+        self.write(Write::ExpireConnections)?;
+        let mut removed = 0;
+        for (key, read) in entries {
+            if self
+                .connections
+                .get(key)
+                .is_some_and(|now| now.last_seen_ns == read.last_seen_ns)
+            {
+                self.connections.remove(key);
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn hold_persistent_clients(
+        &mut self,
+        held: &[(PersistKey, Persistent, u64)],
+    ) -> Result<usize, DataplaneError> {
+        self.write(Write::HoldPersistentClients)?;
+        let mut written = 0;
+        for (key, read, last_seen_ns) in held {
+            if let Some(client) = self.persistent.get_mut(key).filter(|now| **now == *read) {
+                client.last_seen_ns = *last_seen_ns;
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
+    fn expire_persistent_clients(
+        &mut self,
+        lapsed: &[(PersistKey, Persistent)],
+    ) -> Result<usize, DataplaneError> {
+        self.write(Write::ExpirePersistentClients)?;
+        let before = self.persistent.len();
+        for (key, read) in lapsed {
+            if self.persistent.get(key) == Some(read) {
+                self.persistent.remove(key);
+            }
+        }
+        Ok(before - self.persistent.len())
     }
 
     fn set_debug_events(&mut self, on: bool) -> Result<(), DataplaneError> {

@@ -13,7 +13,8 @@
 //! K, M, G, T (powers of 1000) above 8 digits unless `--exact`. `OutPkts` and `OutBytes` are 0 for
 //! direct routing and tunneling, since replies go straight to the client, as with ipvsadm.
 //!
-//! `-c` lists the connection table as ipvsadm's `print_conn` does, from [`ConnectionListing`]s.
+//! `-c` lists the connection table as ipvsadm's `print_conn` does, from [`ConnectionListing`]s;
+//! `--timeout` the connection timeouts as its `list_timeout` does.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -21,12 +22,20 @@ use thiserror::Error;
 
 use super::{parse::ListOptions, ports};
 use crate::{
-    state::{Forwarding, Netmask, Protocol},
+    state::{timeouts::ConnectionTimeouts, Forwarding, Netmask, Protocol},
     status::{ConnectionListing, Listing, RealListing, ServiceListing, Stats},
 };
 
 /// The first line of a full listing, as ipvsadm prints it with the kernel's IPVS 1.2.1.
 pub const HEADER: &str = "IP Virtual Server version 1.2.1 (size=4096)";
+
+/// `-L --timeout`: the connection timeouts in seconds, as ipvsadm's `list_timeout` prints them.
+pub fn format_timeouts(timeouts: &ConnectionTimeouts) -> String {
+    format!(
+        "Timeout (tcp tcpfin udp): {} {} {}\n",
+        timeouts.tcp_secs, timeouts.tcpfin_secs, timeouts.udp_secs
+    )
+}
 
 /// Why a listing could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -575,6 +584,14 @@ mod tests {
             "IP Virtual Server version 1.2.1 (size=4096)\n\
              Prot LocalAddress:Port Scheduler Flags\n\
              \x20 -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+        );
+    }
+
+    #[test]
+    fn the_timeouts_print_as_ipvsadms_list_timeout() {
+        assert_eq!(
+            format_timeouts(&ConnectionTimeouts::default()),
+            "Timeout (tcp tcpfin udp): 900 120 300\n"
         );
     }
 

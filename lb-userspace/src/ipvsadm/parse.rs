@@ -37,6 +37,7 @@ use super::{
 };
 use crate::state::{
     health::{CheckOptions, ServiceHealth},
+    timeouts::MAX_CONNECTION_TIMEOUT_SECS,
     Change, Forwarding, Netmask, Persistence, Protocol, RealServer, SchedFlags, Scheduler,
     ServiceAddr, StateError, UnknownScheduler, DEFAULT_PERSISTENCE_TIMEOUT_SECS, DEFAULT_WEIGHT,
     MAX_PERSISTENCE_TIMEOUT_SECS, MAX_THRESHOLD, MAX_WEIGHT,
@@ -105,6 +106,9 @@ pub struct ListOptions {
     /// `--health`: the health-check listing (state, check, last result, latency, reason).
     #[serde(default)]
     pub health: bool,
+    /// `--timeout`: the connection table's timeouts (`Timeout (tcp tcpfin udp): ...`) alone.
+    #[serde(default)]
+    pub timeout: bool,
 }
 
 impl Default for ListOptions {
@@ -120,6 +124,7 @@ impl Default for ListOptions {
             exact: false,
             sort: true,
             health: false,
+            timeout: false,
         }
     }
 }
@@ -228,6 +233,19 @@ pub enum ParseError {
     /// `-p` with a timeout outside 1..=31 days.
     #[error("invalid timeout value `{value}' specified")]
     InvalidTimeout {
+        /// The value given.
+        value: String,
+    },
+    /// `--set` with fewer than three values.
+    #[error(
+        "--set option requires 3 timeout values (tcp tcpfin udp, in seconds; 0 keeps a value)"
+    )]
+    SetNeedsThreeTimeouts,
+    /// `--set` with a value that is not a number of seconds within 0..=31 days.
+    #[error("invalid timeout value `{value}' specified: the {which} timeout is a number of seconds from 0 (keep the current one) to {max}", max = MAX_CONNECTION_TIMEOUT_SECS)]
+    InvalidConnectionTimeout {
+        /// `tcp`, `tcpfin` or `udp`.
+        which: &'static str,
         /// The value given.
         value: String,
     },
@@ -449,7 +467,7 @@ fn parse_ipvsadm(args: &[String]) -> Result<Invocation, ParseError> {
         match token {
             Token::Positional(word) => {
                 line.anything = true;
-                line.unexpected.get_or_insert_with(|| word.to_owned());
+                line.words.push(word.to_owned());
             }
             Token::Option {
                 flag: Flag::Help, ..
@@ -482,6 +500,7 @@ pub fn usage(program: &str) -> String {
   {p} -d -t|u service-address -r server-address
   {p} -L|l [-t|u service-address] [options]
   {p} -Z [-t|u service-address]
+  {p} --set tcp tcpfin udp
   {p} -h
 
 Commands:
@@ -498,6 +517,7 @@ Either long or short options are allowed.
   --delete-server   -d        delete real server
   --list            -L|-l     list the table
   --zero            -Z        zero counters in a service or all services
+  --set tcp tcpfin udp        set connection timeout values (seconds; 0 keeps a value)
   --help            -h        display this help message
   --version         -v        display the version
 
@@ -518,6 +538,7 @@ Options:
   --u-threshold  -x uthreshold        upper threshold of connections
   --l-threshold  -y lthreshold        lower threshold of connections
   --connection   -c                   output of current connections
+  --timeout                           output of timeout (tcp tcpfin udp)
   --stats                             output of statistics information
   --rate                              output of rate information
   --exact                             expand numbers (display exact values)
@@ -569,6 +590,7 @@ enum Verb {
     Reload,
     Save,
     Zero,
+    SetTimeouts,
 }
 
 impl Verb {
@@ -587,22 +609,25 @@ impl Verb {
             Verb::Reload => "reload",
             Verb::Save => "save",
             Verb::Zero => "zero",
+            Verb::SetTimeouts => "set",
         }
     }
 
     /// ipvsadm's `commands_v_options` row for the options xlbadm has, one character per entry of
     /// [`Opt::ALL`]: `+` required, `x` illegal, `1` at most one of the `1`s, space optional.
     fn rules(self) -> &'static [u8; Opt::COUNT] {
-        //                                   n c svc s p M r fwd w x y st rt thr pc nosort ex tun b
+        //                                   n c svc s p M r fwd w x y tot st rt thr pc nosort ex tun b
         match self {
-            Verb::AddService | Verb::EditService => b"xx+   xxxxxxxxxxxx ",
-            Verb::DeleteService => b"xx+xxxxxxxxxxxxxxxx",
-            Verb::Clear | Verb::Restore | Verb::Reload => b"xxxxxxxxxxxxxxxxxxx",
-            Verb::List => b" 11xxxxxxxx      xx",
-            Verb::AddServer | Verb::EditServer => b"xx+xxx+    xxxxxx x",
-            Verb::DeleteServer => b"xx+xxx+xxxxxxxxxxxx",
-            Verb::Save => b" xxxxxxxxxxxxxxxxxx",
-            Verb::Zero => b"xx xxxxxxxxxxxxxxxx",
+            Verb::AddService | Verb::EditService => b"xx+   xxxxxxxxxxxxx ",
+            Verb::DeleteService => b"xx+xxxxxxxxxxxxxxxxx",
+            Verb::Clear | Verb::Restore | Verb::Reload | Verb::SetTimeouts => {
+                b"xxxxxxxxxxxxxxxxxxxx"
+            }
+            Verb::List => b" 11xxxxxxxx1      xx",
+            Verb::AddServer | Verb::EditServer => b"xx+xxx+    xxxxxxx x",
+            Verb::DeleteServer => b"xx+xxx+xxxxxxxxxxxxx",
+            Verb::Save => b" xxxxxxxxxxxxxxxxxxx",
+            Verb::Zero => b"xx xxxxxxxxxxxxxxxxx",
         }
     }
 }
@@ -622,6 +647,7 @@ enum Opt {
     Weight,
     UThreshold,
     LThreshold,
+    Timeout,
     Stats,
     Rate,
     Thresholds,
@@ -633,7 +659,7 @@ enum Opt {
 }
 
 impl Opt {
-    const COUNT: usize = 19;
+    const COUNT: usize = 20;
     const ALL: [Opt; Opt::COUNT] = [
         Opt::Numeric,
         Opt::Connection,
@@ -646,6 +672,7 @@ impl Opt {
         Opt::Weight,
         Opt::UThreshold,
         Opt::LThreshold,
+        Opt::Timeout,
         Opt::Stats,
         Opt::Rate,
         Opt::Thresholds,
@@ -670,6 +697,7 @@ impl Opt {
             Opt::Weight => "weight",
             Opt::UThreshold => "u-threshold",
             Opt::LThreshold => "l-threshold",
+            Opt::Timeout => "timeout",
             Opt::Stats => "stats",
             Opt::Rate => "rate",
             Opt::Thresholds => "thresholds",
@@ -709,6 +737,7 @@ enum Flag {
     Exact,
     Thresholds,
     PersistentConn,
+    Timeout,
     Sort,
     NoSort,
     TunType,
@@ -894,18 +923,8 @@ const SPECS: &[Spec] = &[
         Flag::SchedFlags,
         Arg::Required,
     ),
-    spec(
-        None,
-        Some("set"),
-        Flag::Unsupported("IPVS connection timeouts"),
-        Arg::No,
-    ),
-    spec(
-        None,
-        Some("timeout"),
-        Flag::Unsupported("IPVS connection timeouts"),
-        Arg::No,
-    ),
+    spec(None, Some("set"), Flag::Verb(Verb::SetTimeouts), Arg::No),
+    spec(None, Some("timeout"), Flag::Timeout, Arg::No),
     spec(
         None,
         Some("start-daemon"),
@@ -1009,6 +1028,11 @@ impl<'a> Tokens<'a> {
             return self.long(long).map(Some);
         }
         match arg.strip_prefix('-') {
+            // No option is a digit: `-1` is a (negative) number, for a message about the value
+            // rather than an unknown option `-1`.
+            Some(cluster) if cluster.starts_with(|c: char| c.is_ascii_digit()) => {
+                Ok(Some(Token::Positional(arg)))
+            }
             Some(cluster) if !cluster.is_empty() => self.short(cluster).map(Some),
             _ => Ok(Some(Token::Positional(arg))),
         }
@@ -1092,7 +1116,9 @@ struct Line {
     /// Whether anything but `--socket` was given: a line with nothing else lists, as ipvsadm
     /// with no arguments does.
     anything: bool,
-    unexpected: Option<String>,
+    /// The words that are neither options nor their values: `--set`'s three timeouts, or a
+    /// mistake.
+    words: Vec<String>,
     socket: Option<PathBuf>,
     service: Option<ServiceAddr>,
     scheduler: Option<Scheduler>,
@@ -1213,6 +1239,7 @@ impl Line {
             Flag::Exact => self.mark(Opt::Exact)?,
             Flag::Thresholds => self.mark(Opt::Thresholds)?,
             Flag::PersistentConn => self.mark(Opt::PersistentConn)?,
+            Flag::Timeout => self.mark(Opt::Timeout)?,
             Flag::NoSort => self.mark(Opt::NoSort)?,
             // ipvsadm: "does nothing, for backwards compatibility".
             Flag::Sort => {}
@@ -1260,8 +1287,12 @@ impl Line {
             }
             return Ok(self.finish_with(Command::List(ListOptions::default())));
         };
-        if let Some(argument) = self.unexpected {
-            return Err(ParseError::UnexpectedArgument { argument });
+        // --set takes its three timeouts as words (ipvsadm: poptGetArg after the options).
+        let taken = if verb == Verb::SetTimeouts { 3 } else { 0 };
+        if let Some(argument) = self.words.get(taken) {
+            return Err(ParseError::UnexpectedArgument {
+                argument: argument.clone(),
+            });
         }
         self.check_combinations(verb)?;
         let command = self.command(verb)?;
@@ -1404,6 +1435,7 @@ impl Line {
                 exact: self.has(Opt::Exact),
                 sort: !self.has(Opt::NoSort),
                 health: false,
+                timeout: self.has(Opt::Timeout),
             }),
             Verb::Zero => Command::Zero {
                 service: self.service,
@@ -1411,8 +1443,31 @@ impl Line {
             Verb::Save => Command::Save,
             Verb::Restore => Command::Restore,
             Verb::Reload => Command::Reload,
+            Verb::SetTimeouts => Command::Change(self.set_timeouts()?),
         };
         Ok(command)
+    }
+
+    /// `--set TCP TCPFIN UDP`: three numbers of seconds, 0 keeping the current value (ipvsadm's
+    /// `parse_timeout(arg, 0, MAX_TIMEOUT)` for each).
+    fn set_timeouts(&self) -> Result<Change, ParseError> {
+        let [tcp, tcpfin, udp] = match self.words.as_slice() {
+            [tcp, tcpfin, udp, ..] => [tcp, tcpfin, udp],
+            _ => return Err(ParseError::SetNeedsThreeTimeouts),
+        };
+        let secs = |which: &'static str, text: &String| {
+            number_in(text, 0, MAX_CONNECTION_TIMEOUT_SECS).ok_or_else(|| {
+                ParseError::InvalidConnectionTimeout {
+                    which,
+                    value: text.clone(),
+                }
+            })
+        };
+        Ok(Change::SetTimeouts {
+            tcp_secs: secs("tcp", tcp)?,
+            tcpfin_secs: secs("tcpfin", tcpfin)?,
+            udp_secs: secs("udp", udp)?,
+        })
     }
 
     /// ipvsadm's `parse_sched_flags`: a comma-separated list of the scheduler's flags.
@@ -2164,6 +2219,66 @@ mod tests {
                 persistent_conn: true,
                 ..ListOptions::default()
             })
+        );
+    }
+
+    #[test]
+    fn set_takes_three_timeouts_in_seconds_where_0_keeps_a_value() {
+        assert_eq!(
+            command("--set 900 0 5"),
+            Command::Change(Change::SetTimeouts {
+                tcp_secs: 900,
+                tcpfin_secs: 0,
+                udp_secs: 5
+            })
+        );
+        assert_eq!(
+            command("--set 1 1 2678400"),
+            Command::Change(Change::SetTimeouts {
+                tcp_secs: 1,
+                tcpfin_secs: 1,
+                udp_secs: 2_678_400
+            })
+        );
+        assert_eq!(
+            message("--set 900 120"),
+            "--set option requires 3 timeout values (tcp tcpfin udp, in seconds; 0 keeps a value)"
+        );
+        assert_eq!(
+            message("--set 900 abc 300"),
+            "invalid timeout value `abc' specified: the tcpfin timeout is a number of seconds \
+             from 0 (keep the current one) to 2678400"
+        );
+        assert_eq!(
+            message("--set -1 120 300"),
+            "invalid timeout value `-1' specified: the tcp timeout is a number of seconds from 0 \
+             (keep the current one) to 2678400"
+        );
+        assert!(message("--set 900 120 2678401").contains("the udp timeout"));
+        assert_eq!(message("--set 1 2 3 4"), "unexpected argument 4");
+        assert_eq!(
+            message("--set 1 2 3 -t 10.0.0.1:80"),
+            "Illegal 'service-address' option with the 'set' command"
+        );
+        assert_eq!(err("--set 900 abc 300").exit_code(), 2);
+    }
+
+    #[test]
+    fn list_timeout_asks_for_the_timeouts_alone() {
+        assert_eq!(
+            command("-L --timeout"),
+            Command::List(ListOptions {
+                timeout: true,
+                ..ListOptions::default()
+            })
+        );
+        assert_eq!(
+            message("-L --timeout -c"),
+            "The option 'timeout' conflicts with the 'connection' option in the 'list' command"
+        );
+        assert_eq!(
+            message("-A -t 10.0.0.1:80 --timeout"),
+            "Illegal 'timeout' option with the 'add-service' command"
         );
     }
 

@@ -23,6 +23,7 @@ use crate::{
     control::Shared,
     dataplane::DataplaneError,
     runtime::{count_connections, monotonic_ns, ConnectionCounts},
+    state::timeouts::ConnectionTimeouts,
     status::Listing,
 };
 
@@ -119,7 +120,8 @@ async fn sample(shared: &Mutex<Shared>, table: &ConnectionTable) -> Result<Sampl
         ConnectionTable::Runtime => shared.lock().await.runtime.connection_counts()?,
         ConnectionTable::Pinned(path) => {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || walk_pinned(&path)).await??
+            let timeouts = shared.lock().await.runtime.desired().timeouts;
+            tokio::task::spawn_blocking(move || walk_pinned(&path, &timeouts)).await??
         }
     };
     let shared = shared.lock().await;
@@ -130,7 +132,10 @@ async fn sample(shared: &Mutex<Shared>, table: &ConnectionTable) -> Result<Sampl
 
 /// Counts the connections in the table pinned at `path`, and in the embryonic table pinned
 /// beside it when there is one, through handles of our own.
-fn walk_pinned(path: &std::path::Path) -> Result<ConnectionCounts, MapError> {
+fn walk_pinned(
+    path: &std::path::Path,
+    timeouts: &ConnectionTimeouts,
+) -> Result<ConnectionCounts, MapError> {
     let open = |path: &std::path::Path| {
         let map = Map::from_map_data(MapData::from_pin(path)?)?;
         HashMap::<_, FlowKey, Connection>::try_from(map)
@@ -145,5 +150,5 @@ fn walk_pinned(path: &std::path::Path) -> Result<ConnectionCounts, MapError> {
             entries.push((key, conn));
         }
     }
-    Ok(count_connections(entries, now_ns))
+    Ok(count_connections(entries, now_ns, timeouts))
 }
