@@ -1221,7 +1221,8 @@ impl<D: DataPath> Runtime<D> {
         ))
     }
 
-    /// The connection table as `-L -c` lists it (entries that have not idled out).
+    /// The connection table as `-L -c` lists it, with each entry's seconds left of its timeout
+    /// (0 for one that idled out, until the sweep removes it), and the persistent clients.
     pub fn connections(&self) -> Result<Vec<ConnectionListing>, DataplaneError> {
         let now = monotonic_ns();
         let mut reals: BTreeMap<RealId, (ServiceAddr, IpAddr, u16)> = BTreeMap::new();
@@ -1234,12 +1235,10 @@ impl<D: DataPath> Runtime<D> {
         }
         let mut out = Vec::new();
         for (flow, conn) in self.dp.connections()? {
-            let (Some(state), Some((service, addr, port))) = (
-                ConnState::of(&flow, &conn, now, &self.desired.timeouts),
-                reals.get(&conn.real),
-            ) else {
+            let Some((service, addr, port)) = reals.get(&conn.real) else {
                 continue;
             };
+            let state = ConnState::of(&flow, &conn, now, &self.desired.timeouts);
             out.push(ConnectionListing {
                 protocol: service.protocol,
                 expire_secs: state.expire_secs,
@@ -1367,8 +1366,8 @@ pub type ConnectionCounts = BTreeMap<RealId, (u32, u32)>;
 
 /// Active and inactive connections per real server in the connection table's `entries` (read at
 /// `now_ns`), as ipvsadm counts them: a TCP connection is active until it closes or idles out;
-/// embryonic (SYN_RECV) and closing TCP flows and UDP flows are inactive; entries idled out
-/// (past their `timeouts`, not yet swept) are not counted.
+/// embryonic (SYN_RECV) and closing TCP flows and UDP flows are inactive. An entry past its
+/// timeout counts until the sweep removes it (the data path still follows it until then).
 pub fn count_connections(
     entries: impl IntoIterator<Item = (lb_common::FlowKey, lb_common::Connection)>,
     now_ns: u64,
@@ -1376,9 +1375,7 @@ pub fn count_connections(
 ) -> ConnectionCounts {
     let mut counts = ConnectionCounts::new();
     for (flow, conn) in entries {
-        let Some(state) = ConnState::of(&flow, &conn, now_ns, timeouts) else {
-            continue;
-        };
+        let state = ConnState::of(&flow, &conn, now_ns, timeouts);
         let entry = counts.entry(conn.real).or_default();
         if state.active {
             entry.0 += 1;
@@ -1462,14 +1459,15 @@ struct ConnState {
 }
 
 impl ConnState {
-    /// `None` once the entry has idled out (until the next sweep removes it,
-    /// [`Runtime::sweep`]).
+    /// An entry idle past its timeout is still the data path's (its packets still follow it)
+    /// until the next sweep removes it ([`Runtime::sweep`], within a second): it is listed with
+    /// 0 seconds left, and counted.
     fn of(
         flow: &lb_common::FlowKey,
         conn: &lb_common::Connection,
         now_ns: u64,
         timeouts: &ConnectionTimeouts,
-    ) -> Option<Self> {
+    ) -> Self {
         // An embryonic flow (a SYN seen, in the embryonic table) is IPVS's SYN_RECV, an
         // inactive connection.
         let kind = ConnKind::of(flow, conn);
@@ -1481,11 +1479,11 @@ impl ConnState {
         };
         let timeout = u64::from(kind.timeout_secs(timeouts));
         let idle = now_ns.saturating_sub(conn.last_seen_ns) / 1_000_000_000;
-        (idle < timeout).then(|| Self {
+        Self {
             active,
             name,
-            expire_secs: (timeout - idle) as u32,
-        })
+            expire_secs: timeout.saturating_sub(idle) as u32,
+        }
     }
 }
 
@@ -1607,7 +1605,6 @@ mod tests {
             [
                 entry(tcp, 1, 0, 10),
                 entry(tcp, 1, 0, 899),
-                entry(tcp, 1, 0, 900),
                 entry(tcp, 1, closing, 119),
                 entry(tcp, 2, closing, 120),
                 entry(lb_common::PROTO_UDP, 2, 0, 299),
@@ -1617,8 +1614,8 @@ mod tests {
         );
         assert_eq!(
             counts,
-            ConnectionCounts::from([(1, (2, 1)), (2, (0, 1))]),
-            "established < 900 s active, closing < 120 s and UDP < 300 s inactive"
+            ConnectionCounts::from([(1, (2, 1)), (2, (0, 2))]),
+            "established active, closing and UDP inactive (idled out or not: until swept)"
         );
     }
 
@@ -1641,18 +1638,21 @@ mod tests {
             (flow, conn)
         };
         let (young, old) = (embryonic(1, 5), embryonic(1, 60));
-        let state = ConnState::of(&young.0, &young.1, now, &ConnectionTimeouts::default())
-            .expect("not idled out");
+        let timeouts = ConnectionTimeouts::default();
+        let state = ConnState::of(&young.0, &young.1, now, &timeouts);
         assert_eq!(
             (state.name, state.active, state.expire_secs),
             ("SYN_RECV", false, 55)
         );
-        assert!(
-            ConnState::of(&old.0, &old.1, now, &ConnectionTimeouts::default()).is_none(),
-            "idled out after 60 s"
-        );
         assert_eq!(
-            count_connections([young, old], now, &ConnectionTimeouts::default()),
+            ConnState::of(&old.0, &old.1, now, &timeouts).expire_secs,
+            0,
+            "idled out after 60 s: 0 s left until the sweep removes it"
+        );
+        assert!(expiry::idled_out(&old.0, &old.1, &timeouts, now));
+        assert!(!expiry::idled_out(&young.0, &young.1, &timeouts, now));
+        assert_eq!(
+            count_connections([young], now, &timeouts),
             ConnectionCounts::from([(1, (0, 1))]),
             "a SYN_RECV connection is inactive"
         );
