@@ -15,6 +15,9 @@
 //! - Thresholds: ns per new flow (a SYN from a new source, one packet a call) under `mh`, `rr`
 //!   and `wlc` with an upper connection threshold (`-x`) on the real server that the run never
 //!   reaches, against the same without one; and the balancer's verifier count.
+//! - Sweep: xlbd's once-a-second walk of a full connection table (262,144 entries) that expires
+//!   idle entries (`--set`) and makes the connection counts, with none to expire and with half
+//!   of them idle past their timeout.
 //! - Maglev: building a 65537-slot table for 100 servers, and for 100, 1000 and 4096 servers of
 //!   which one has a weight far above the others', against one server.
 //! - Health checks: 10,000 targets checked every second by xlbd's checker, for each check kind
@@ -271,6 +274,49 @@ fn thresholds() {
             with / without
         );
     }
+}
+
+/// What xlbd's sweep of a full connection table costs (see the module's comment).
+fn sweep() {
+    let (_ns, _ifindex, mut dp) = bench_lab("sweep");
+    let (key, real) = one_real_service(&mut dp);
+    let service = dp.service(&key).expect("the service").id;
+    let fill = |dp: &mut Dataplane, idle_every: u32| {
+        let now = lb_userspace::runtime::monotonic_ns();
+        for i in 0..MAX_CONNECTIONS {
+            let idle = idle_every != 0 && i % idle_every == 0;
+            let conn = Connection {
+                real,
+                service,
+                last_seen_ns: if idle { 0 } else { now },
+                flags: 0,
+                service_epoch: dp.service_epoch(service).expect("epoch"),
+            };
+            dp.insert_connection(source_flow(i), conn, false)
+                .expect("fill the connection table");
+        }
+    };
+    fill(&mut dp, 0);
+    let mut runtime = lb_userspace::runtime::Runtime::new(dp, None);
+    let mut none = f64::MAX;
+    for _ in 0..5 {
+        let started = Instant::now();
+        runtime.sweep();
+        none = none.min(started.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut dp = runtime.into_datapath();
+    fill(&mut dp, 2);
+    let before = dp.connections().expect("read").len();
+    let mut runtime = lb_userspace::runtime::Runtime::new(dp, None);
+    let started = Instant::now();
+    runtime.sweep();
+    let half = started.elapsed().as_secs_f64() * 1e3;
+    let after = runtime.datapath().connections().expect("read").len();
+    println!(
+        "sweep of a full connection table ({before} entries): nothing to expire {none:.1} ms \
+         (best of 5); {} of them expired {half:.1} ms",
+        before - after
+    );
 }
 
 /// What a SYN flood costs per packet, with full tables (see the module's comment).
@@ -640,6 +686,7 @@ fn main() -> anyhow::Result<()> {
             "data-path",
             "flood",
             "thresholds",
+            "sweep",
             "maglev",
             "health",
             "control",
@@ -647,8 +694,8 @@ fn main() -> anyhow::Result<()> {
         .contains(&o.as_str())
     }) {
         anyhow::bail!(
-            "unknown benchmark {unknown:?} (expected data-path, flood, thresholds, maglev, health \
-             or control)"
+            "unknown benchmark {unknown:?} (expected data-path, flood, thresholds, sweep, maglev, \
+             health or control)"
         );
     }
     if wanted("data-path") {
@@ -665,6 +712,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("thresholds") {
         thresholds();
+    }
+    if wanted("sweep") {
+        sweep();
     }
     if wanted("maglev") {
         maglev_build();
