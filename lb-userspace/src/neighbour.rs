@@ -4,8 +4,8 @@
 //! The data path takes each next hop's MAC from the kernel's neighbour table and drops (counting
 //! `drop_no_neighbour`) while there is none, so every real server's next hop gets a *managed*
 //! neighbour entry (Linux >= 5.16): the kernel resolves it at once and keeps it resolved, without
-//! waiting for traffic of its own to the server. An entry the operator made permanent is left as
-//! it is.
+//! waiting for traffic of its own to the server. An entry the operator made permanent (or a
+//! noarp one) is left as it is.
 //!
 //! The same messages as `ip route get`, `ip neigh replace ... managed`, `ip addr show` and `ip link
 //! show`, on one socket of the calling thread's network namespace, without a process per request.
@@ -183,10 +183,11 @@ impl Netlink {
                 IpAddr::V4(a) => NeighbourAddress::Inet(a),
                 IpAddr::V6(a) => NeighbourAddress::Inet6(a),
             }));
-        // An entry the operator made permanent is theirs: left as it is.
+        // An entry the operator made permanent is theirs: left as it is (a noarp one too: it
+        // needs no resolution, and the kernel makes them itself on links without ARP).
         if let Ok(found) = self.request(RouteNetlinkMessage::GetNeighbour(entry.clone()), 0) {
-            if found.iter().any(is_permanent) {
-                tracing::debug!(%addr, next_hop = %hop.addr, "a permanent neighbour entry is in place: left alone");
+            if found.iter().any(is_static) {
+                tracing::debug!(%addr, next_hop = %hop.addr, "a permanent (or noarp) neighbour entry is in place: left alone");
                 return Ok(());
             }
         }
@@ -306,8 +307,14 @@ fn resolved_mac(message: &RouteNetlinkMessage) -> Option<[u8; 6]> {
     })
 }
 
-fn is_permanent(message: &RouteNetlinkMessage) -> bool {
-    matches!(message, RouteNetlinkMessage::NewNeighbour(n) if n.header.state == NeighbourState::Permanent)
+/// Whether a neighbour entry is one that is never resolved: permanent (as an operator makes it)
+/// or noarp.
+fn is_static(message: &RouteNetlinkMessage) -> bool {
+    matches!(
+        message,
+        RouteNetlinkMessage::NewNeighbour(n)
+            if matches!(n.header.state, NeighbourState::Permanent | NeighbourState::Noarp)
+    )
 }
 
 /// The address an address message holds (its local address, else its address), unless its
@@ -369,14 +376,23 @@ mod tests {
     }
 
     #[test]
-    fn only_an_entry_the_operator_made_permanent_is_left_alone() {
+    fn only_an_entry_the_operator_made_permanent_or_a_noarp_one_is_left_alone() {
         let mut entry = NeighbourMessage::default();
-        entry.header.state = NeighbourState::Permanent;
-        assert!(is_permanent(&RouteNetlinkMessage::NewNeighbour(
-            entry.clone()
-        )));
-        entry.header.state = NeighbourState::Reachable;
-        assert!(!is_permanent(&RouteNetlinkMessage::NewNeighbour(entry)));
+        for (state, left_alone) in [
+            (NeighbourState::Permanent, true),
+            (NeighbourState::Noarp, true),
+            (NeighbourState::Reachable, false),
+            (NeighbourState::Stale, false),
+            (NeighbourState::Failed, false),
+            (NeighbourState::Incomplete, false),
+        ] {
+            entry.header.state = state;
+            assert_eq!(
+                is_static(&RouteNetlinkMessage::NewNeighbour(entry.clone())),
+                left_alone,
+                "{state:?}"
+            );
+        }
     }
 
     #[test]

@@ -516,16 +516,22 @@ fn xlbd_under_ip_netns_exec_refuses_pins_that_would_vanish_and_nsenter_keeps_the
 #[ignore = "needs root: run with cargo xtask test"]
 fn a_permanent_neighbour_entry_the_operator_made_is_left_alone() {
     root::require();
-    let lab = DrLab::new(2);
+    let lab = DrLab::new(3);
     let daemon = Daemon::start(&lab.balancer);
     let vip = format!("{VIP}:80");
-    // The operator pins real server 1's MAC; real server 2 is left to xlbd.
+    // The operator pins real server 1's MAC, and server 3's with a noarp entry; real server 2 is
+    // left to xlbd.
     let pinned = "02:00:00:00:99:01";
     lab.balancer.sh(&format!(
         "ip neigh replace {} lladdr {pinned} dev eth0 nud permanent",
         real_addr(0)
     ));
-    add_dr_service(&daemon, &vip, 2);
+    let noarp = "02:00:00:00:99:03";
+    lab.balancer.sh(&format!(
+        "ip neigh replace {} lladdr {noarp} dev eth0 nud noarp",
+        real_addr(2)
+    ));
+    add_dr_service(&daemon, &vip, 3);
     let first = lab
         .balancer
         .sh(&format!("ip neigh show {} dev eth0", real_addr(0)));
@@ -539,6 +545,17 @@ fn a_permanent_neighbour_entry_the_operator_made_is_left_alone() {
     assert!(
         second.contains("managed") || second.contains("MANAGED"),
         "real server 2 has no managed entry: {second}"
+    );
+    let third = lab.balancer.sh(&format!(
+        "ip -d neigh show {} dev eth0 nud all",
+        real_addr(2)
+    ));
+    assert!(
+        third.contains(noarp)
+            && third.contains("NOARP")
+            && !third.contains("managed")
+            && !third.contains("MANAGED"),
+        "the operator's noarp entry was replaced: {third}"
     );
 }
 
