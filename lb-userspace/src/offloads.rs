@@ -630,8 +630,8 @@ pub fn after_attach(record: &Path, before: &Before) -> Result<(), OffloadError> 
             iface,
             veth = %peer,
             "{peer} is a veth whose peer is in another network namespace, out of xlbd's reach: \
-             in generic mode, what the peer's stack sends with TSO/GSO (or forwards after GRO) \
-             arrives here as super-packets, which a tunneled service answers with 'fragmentation \
+             in generic mode, the TSO/GSO buffers its peer sends (or forwards after GRO) arrive \
+             here whole, as super-packets that a tunneled service answers with 'fragmentation \
              needed', and uploads through it stall. Turn segmentation off on the peer \
              (ethtool -K PEER tso off gso off) or attach in native mode (--xdp-mode native), \
              where the kernel does it itself"
