@@ -98,7 +98,7 @@ pub const SERVICE_F_FALLBACK: u32 = 1 << 3;
 
 /// How many slots of its table a scheduler tries past an overloaded server (one whose connections
 /// reached its upper threshold, [`crate::RealLimits`]) before it gives the flow no server: the
-/// verifier needs a bound (each slot more costs the verifier about 17,000 processed instructions),
+/// verifier needs a bound (each slot more costs the verifier about 2,700 processed instructions),
 /// and with a quarter of a table's servers overloaded 8 slots miss the others once in 65,536 new
 /// flows (half: once in 256).
 pub const OVERLOAD_PROBES: u32 = 8;

@@ -41,7 +41,7 @@ static EVENT_TEXT: PerCpuArray<EventText> = PerCpuArray::with_max_entries(1, 0);
 pub fn hand_over(ctx: &XdpContext, verdict: &Verdict, mut note: DebugEvent) {
     note.action = verdict.action();
     note.reason = match verdict {
-        Verdict::Pass(reason) | Verdict::Drop(reason) => *reason as u32,
+        Verdict::Pass(reason) | Verdict::Drop(reason) => *reason,
         _ => u32::MAX,
     };
     let Some(slot) = maps::DEBUG_EVENT.get_ptr_mut(0) else {

@@ -35,9 +35,11 @@ const IPV6_HDR_LEN: usize = 40;
 const TUNNEL_TTL: u8 = 64;
 
 /// Send the packet to `real` by its forwarding method; `flow_label` is an IPv6 flow's (for a
-/// tunnel's outer header), `now` the packet's coarse time.
+/// tunnel's outer header), `now` the packet's coarse time. `TAGGED`: the program for frames with
+/// a VLAN tag, whose IP header is at 18 (else 14): a constant for the verifier, which knows
+/// nothing of the parsed packet's fields (parse.rs).
 #[inline(always)]
-pub fn forward(
+pub fn forward<const TAGGED: bool>(
     ctx: &XdpContext,
     packet: &Packet,
     real_id: u32,
@@ -51,7 +53,7 @@ pub fn forward(
     }
     match Forwarding::from_u8(real.forward) {
         Some(Forwarding::DirectRoute) => direct_route(ctx, packet, real_id, real, now),
-        Some(Forwarding::Tunnel) => tunnel(ctx, packet, real_id, real, flow_label, now),
+        Some(Forwarding::Tunnel) => tunnel::<TAGGED>(ctx, packet, real_id, real, flow_label, now),
         None => Verdict::drop(GlobalStat::DropUnsupportedForward),
     }
 }
@@ -109,7 +111,7 @@ fn direct_route(
 }
 
 #[inline(always)]
-fn tunnel(
+fn tunnel<const TAGGED: bool>(
     ctx: &XdpContext,
     packet: &Packet,
     real_id: u32,
@@ -143,7 +145,7 @@ fn tunnel(
         Err(NoRoute::TooBig(mtu)) => return too_big(ctx, packet, mtu, overhead as u16),
     };
     // The VLAN tag, if any, before the new header overwrites where it was.
-    let tag = if packet.l3_off == 18 {
+    let tag = if TAGGED {
         match ptr_at::<[u8; 4]>(ctx, 12) {
             // SAFETY: ptr_at checked that the bytes lie inside the packet.
             Some(tag) => Some(unsafe { *tag }),
@@ -162,7 +164,11 @@ fn tunnel(
         0x86dd
     };
     let l3 = if write_l2(ctx, &params.dmac, &params.smac, tag, ether_type) {
-        packet.l3_off
+        if TAGGED {
+            18
+        } else {
+            14
+        }
     } else {
         return Verdict::drop(GlobalStat::DropAdjustFailed);
     };

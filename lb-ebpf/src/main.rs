@@ -42,12 +42,21 @@ mod verdict;
 
 #[cfg(target_arch = "bpf")]
 mod program {
-    use aya_ebpf::{macros::xdp, programs::XdpContext};
+    use core::mem::MaybeUninit;
 
-    use lb_common::config::{DebugEvent, EVENT_INSERT_FAILED, EVENT_NEW_FLOW, EVENT_NONE};
+    use aya_ebpf::{bindings::xdp_md, macros::xdp, programs::XdpContext};
+
+    use lb_common::{
+        config::{DebugEvent, EVENT_INSERT_FAILED, EVENT_NEW_FLOW, EVENT_NONE},
+        maps::TAIL_CALL_BALANCER_VLAN,
+        FlowKey, Service,
+    };
 
     use crate::{
-        conntrack, events, forward, maps, parse, schedule, service, stats, verdict::Verdict,
+        conntrack, events, forward, maps,
+        parse::{self, Packet},
+        schedule, service, stats,
+        verdict::Verdict,
     };
 
     /// The balancer's entry point, for frames without a VLAN tag (it hands tagged ones to
@@ -80,19 +89,39 @@ mod program {
     /// The verdict for one packet; `note` gets what a debug event would say about a new flow.
     #[inline(always)]
     fn balance<const TAGGED: bool>(ctx: &XdpContext, note: &mut DebugEvent) -> Verdict {
-        let packet = match parse::parse::<TAGGED>(ctx) {
-            Ok(packet) => packet,
-            Err(verdict) => return verdict,
+        // Zeroed: a global function may be given only memory whose every byte was written
+        // (unless the loader has CAP_PERFMON).
+        let mut parsed = MaybeUninit::<Packet>::zeroed();
+        // SAFETY: this program's context and a pointer to this frame's slot.
+        let code = unsafe {
+            if TAGGED {
+                xlb_parse_vlan(ctx.ctx, parsed.as_mut_ptr())
+            } else {
+                xlb_parse(ctx.ctx, parsed.as_mut_ptr())
+            }
         };
+        if code != parse::PARSED {
+            if code == parse::PARSE_TAGGED {
+                // SAFETY: the context is this program's; the tail call does not return on
+                // success.
+                unsafe { maps::TAIL_CALLS.tail_call(ctx, TAIL_CALL_BALANCER_VLAN) };
+                // Only when the tagged program is missing from its slot: the kernel gets the
+                // frame as it is.
+                return Verdict::pass(lb_common::GlobalStat::PassNotIp);
+            }
+            return Verdict::from_code(code);
+        }
+        // SAFETY: parsing wrote the packet.
+        let packet = unsafe { parsed.assume_init_ref() };
         let now = conntrack::now();
         // What a new flow's choice writes once the flow is forwarded (see schedule::Pending).
         let mut pending = schedule::Pending::new();
         // The embryonic table only when the connection table does not know the flow: a known
         // flow costs one lookup. An embryonic flow's packet is settled there (promoted by the
         // handshake's ACK, forgotten on a RST) and then forwarded as a known flow's.
-        let known = match conntrack::lookup(&packet, now) {
+        let known = match conntrack::lookup(packet, now) {
             Some(known) => Some(known),
-            None => conntrack::lookup_embryonic(&packet, now),
+            None => conntrack::lookup_embryonic(packet, now),
         };
         let (service, real_id, real, flow_label, new_flow, count_later) = match known {
             Some(known) => (
@@ -111,9 +140,13 @@ mod program {
                         Verdict::pass(lb_common::GlobalStat::PassNoService),
                     );
                 };
-                let Some(real_id) = schedule::choose(&svc, &packet.flow, now, &mut pending) else {
+                // SAFETY: pointers to this frame's values.
+                let (real_id, choice) =
+                    unpack_choice(unsafe { xlb_choose(&svc, &packet.flow, now) });
+                pending = choice;
+                if real_id == 0 {
                     return Verdict::drop(lb_common::GlobalStat::DropNoReal);
-                };
+                }
                 let Some(real) = maps::real(real_id) else {
                     return Verdict::drop(lb_common::GlobalStat::DropNoReal);
                 };
@@ -131,7 +164,7 @@ mod program {
                 (svc.id, real_id, real, flow_label, true, count_later)
             }
         };
-        let verdict = forward::forward(ctx, &packet, real_id, &real, flow_label, now);
+        let verdict = forward::forward::<TAGGED>(ctx, packet, real_id, &real, flow_label, now);
         // Counted once forward() is back: when the next hop had to be looked up, the balancer ran
         // again on the packet (see next_hop.rs), and only that run gets here.
         if !new_flow {
@@ -146,7 +179,7 @@ mod program {
             } else if new_flow {
                 schedule::commit(service, &packet.flow, real_id, now, &pending);
                 let remembered =
-                    conntrack::remember(&packet, service, real_id, flow_label, count_later, now);
+                    conntrack::remember(packet, service, real_id, flow_label, count_later, now);
                 note.kind = if remembered {
                     EVENT_NEW_FLOW
                 } else {
@@ -156,9 +189,88 @@ mod program {
                 note.real = real_id;
                 note.sport = packet.flow.sport;
             }
-            stats::count_forwarded(service, real_id, packet.len, new_flow && !packet.icmp_error);
+            stats::count_forwarded(
+                service,
+                real_id,
+                u64::from(packet.len),
+                new_flow && !packet.icmp_error,
+            );
         }
         verdict
+    }
+
+    /// The scheduler's choice of a real server for a new flow ([`schedule::choose`]) as a global
+    /// function of the program (exported, never inlined), which the verifier checks once, on its
+    /// own, from its arguments' types; the balancer then goes on after it from one state whatever
+    /// way the choice went, where every way out of the scheduler's walks past overloaded servers
+    /// would otherwise make the verifier walk the rest of the program once more (89,599 processed
+    /// instructions for the balancer with the choice inlined). Returns the server's id (0 for
+    /// none) and what [`schedule::commit`] is to write, packed ([`unpack_choice`]): a global
+    /// function may be given only memory whose every byte was written, which a
+    /// [`schedule::Pending`] with its padding is not.
+    ///
+    /// # Safety
+    /// Each pointer is null or valid for reads of its type for the call.
+    #[unsafe(no_mangle)]
+    #[inline(never)]
+    pub unsafe extern "C" fn xlb_choose(
+        svc: *const Service,
+        flow: *const FlowKey,
+        now: u64,
+    ) -> u64 {
+        // SAFETY: the caller's promise.
+        let (Some(svc), Some(flow)) = (unsafe { svc.as_ref() }, unsafe { flow.as_ref() }) else {
+            return 0;
+        };
+        let mut pending = schedule::Pending::new();
+        let real = schedule::choose(svc, flow, now, &mut pending).unwrap_or(0);
+        u64::from(real)
+            | u64::from(pending.turn) << CHOICE_TURN
+            | u64::from(pending.remember) << CHOICE_REMEMBER
+            | u64::from(pending.count) << CHOICE_COUNT
+            | u64::from(pending.advance) << CHOICE_ADVANCE
+    }
+
+    /// Bits of [`xlb_choose`]'s answer above the server's id: whether the choice took a
+    /// round-robin turn, remembers a persistent client, counts a connection, and the round-robin
+    /// position that follows (a slot of a table: 17 bits).
+    const CHOICE_TURN: u32 = 32;
+    const CHOICE_REMEMBER: u32 = 33;
+    const CHOICE_COUNT: u32 = 34;
+    const CHOICE_ADVANCE: u32 = 40;
+
+    /// The server's id and the pending writes of an answer of [`xlb_choose`].
+    #[inline(always)]
+    fn unpack_choice(choice: u64) -> (u32, schedule::Pending) {
+        let mut pending = schedule::Pending::new();
+        pending.turn = choice >> CHOICE_TURN & 1 != 0;
+        pending.remember = choice >> CHOICE_REMEMBER & 1 != 0;
+        pending.count = choice >> CHOICE_COUNT & 1 != 0;
+        pending.advance = (choice >> CHOICE_ADVANCE) as u32;
+        (choice as u32, pending)
+    }
+
+    /// Parses a frame without a VLAN tag into `packet` (see [`parse::parse_into`]): a global
+    /// function of the program (exported, never inlined), checked once by the verifier.
+    ///
+    /// # Safety
+    /// `ctx` is the program's context; `packet` is null or valid for writes.
+    #[unsafe(no_mangle)]
+    #[inline(never)]
+    pub unsafe extern "C" fn xlb_parse(ctx: *mut xdp_md, packet: *mut Packet) -> u32 {
+        // SAFETY: the caller's promise.
+        unsafe { parse::parse_into::<false>(ctx, packet) }
+    }
+
+    /// [`xlb_parse`] for frames with a VLAN tag.
+    ///
+    /// # Safety
+    /// As for [`xlb_parse`].
+    #[unsafe(no_mangle)]
+    #[inline(never)]
+    pub unsafe extern "C" fn xlb_parse_vlan(ctx: *mut xdp_md, packet: *mut Packet) -> u32 {
+        // SAFETY: the caller's promise.
+        unsafe { parse::parse_into::<true>(ctx, packet) }
     }
 }
 

@@ -23,10 +23,8 @@
 //!   that quotes another's flow is passed); other ICMP (echo) is passed, so the VIP answers ping
 //!   itself.
 
-use aya_ebpf::programs::XdpContext;
-use lb_common::{
-    maps::TAIL_CALL_BALANCER_VLAN, FlowKey, GlobalStat, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP,
-};
+use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
+use lb_common::{FlowKey, GlobalStat, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 pub use lb_ebpf::packet::ptr_at;
 use lb_ebpf::packet::{self, ETH_P_IP, ETH_P_IPV6};
 use network_types::{
@@ -36,7 +34,7 @@ use network_types::{
     udp::UdpHdr,
 };
 
-use crate::{maps, service, verdict::Verdict};
+use crate::{service, verdict::Verdict};
 
 const IP_DF: u16 = 0x4000;
 const IP_MF: u16 = 0x2000;
@@ -58,14 +56,15 @@ const TCP_ACK: u8 = 0x10;
 /// Length of the ICMP header before the quoted packet.
 const ICMP_HDR_LEN: usize = 8;
 
-/// A packet for a VIP, parsed.
+/// A packet for a VIP, parsed (written in place by the balancer's global parsing functions).
 pub struct Packet {
     /// The flow as the client sent it (for an ICMP error: the quoted flow, turned around).
     pub flow: FlowKey,
-    /// The packet's length from the start of the Ethernet header, for the byte counters.
-    pub len: u64,
+    /// The packet's length from the start of the Ethernet header, for the byte counters (a frame
+    /// is shorter than 4 GiB).
+    pub len: u32,
     /// Offset of the IP header: 14, or 18 behind a VLAN tag.
-    pub l3_off: usize,
+    pub l3_off: u16,
     /// Length of the whole IP packet, host order, from its length field: checked to lie within
     /// the frame (a frame may be longer: Ethernet padding) and to hold the IP header.
     pub ip_len: u16,
@@ -102,29 +101,65 @@ impl Packet {
     }
 }
 
-/// Parse the packet down to its flow, or say why it is not forwarded. `TAGGED`: the program for
-/// frames with a VLAN tag (IP header at 18), else the one for frames without (at 14), which
-/// hands a tagged frame to the other by a tail call: each program then knows where its IP header
-/// is, and the verifier walks each once instead of the two offsets through one program.
+/// What [`parse_into`] returns for a frame parsed into its packet.
+pub const PARSED: u32 = 0;
+
+/// What [`parse_into`] returns for a frame with a VLAN tag in the program for frames without:
+/// the frame is for the tagged program (main.rs hands it over). Not a [`Verdict::code`].
+pub const PARSE_TAGGED: u32 = 4 << 16;
+
+/// Parse the frame down to its packet, written to `out`: [`PARSED`], or the [`Verdict::code`]
+/// that says why it is not forwarded, or [`PARSE_TAGGED`]. The body of the balancer's global
+/// parsing functions (main.rs), which the verifier checks once, on their own: the balancer goes
+/// on from one state whatever the frame was (IPv4 or IPv6, TCP, UDP or an ICMP error, with IP
+/// options or not), where each way out of the parsing would otherwise make it walk the rest of
+/// the program once more.
+///
+/// # Safety
+/// `ctx` is the program's context; `out` is null or valid for writes of a [`Packet`].
 #[inline(always)]
-pub fn parse<const TAGGED: bool>(ctx: &XdpContext) -> Result<Packet, Verdict> {
+pub unsafe fn parse_into<const TAGGED: bool>(ctx: *mut xdp_md, out: *mut Packet) -> u32 {
+    if out.is_null() {
+        return Verdict::pass(GlobalStat::PassMalformed).code();
+    }
+    // SAFETY: the caller's promise, and not null.
+    match unsafe { parse::<TAGGED>(&XdpContext::new(ctx), out) } {
+        Ok(()) => PARSED,
+        Err(code) => code,
+    }
+}
+
+/// Parse the packet down to its flow, or say why it is not forwarded (a [`Verdict::code`], or
+/// [`PARSE_TAGGED`]). `TAGGED`: the program for frames with a VLAN tag (IP header at 18), else
+/// the one for frames without (at 14), which hands a tagged frame to the other by a tail call:
+/// each program then knows where its IP header is, and the verifier walks each once instead of
+/// the two offsets through one program.
+///
+/// # Safety
+/// `out` is valid for writes of a [`Packet`]; written in place (the parsing functions' frame is
+/// part of the balancer's 512 bytes of stack), whole before any field is changed.
+#[inline(always)]
+unsafe fn parse<const TAGGED: bool>(ctx: &XdpContext, out: *mut Packet) -> Result<(), u32> {
     let (ether_type, l3) =
-        packet::ether_type(ctx).ok_or(Verdict::pass(GlobalStat::PassMalformed))?;
+        packet::ether_type(ctx).ok_or(Verdict::pass(GlobalStat::PassMalformed).code())?;
     let tagged = l3 != EthHdr::LEN;
     if tagged != TAGGED {
-        if tagged {
-            // SAFETY: the context is this program's; the tail call does not return on success.
-            unsafe { maps::TAIL_CALLS.tail_call(ctx, TAIL_CALL_BALANCER_VLAN) };
-        }
-        // Only when the tagged program is missing from its slot (or the untagged one was
-        // tail-called for a frame with a tag): the kernel gets the frame as it is.
-        return Err(Verdict::pass(GlobalStat::PassNotIp));
+        // A tagged frame in the untagged program goes to the tagged one; a frame without a tag
+        // in the tagged program (tail-called for it by mistake): the kernel gets it as it is.
+        return Err(if tagged {
+            PARSE_TAGGED
+        } else {
+            Verdict::pass(GlobalStat::PassNotIp).code()
+        });
     }
     match ether_type {
-        ETH_P_IP => parse_v4(ctx, l3),
-        ETH_P_IPV6 => parse_v6(ctx, l3),
+        // SAFETY: the caller's promise.
+        ETH_P_IP => unsafe { parse_v4(ctx, l3, out) },
+        // SAFETY: the caller's promise.
+        ETH_P_IPV6 => unsafe { parse_v6(ctx, l3, out) },
         _ => Err(Verdict::pass(GlobalStat::PassNotIp)),
     }
+    .map_err(|verdict| verdict.code())
 }
 
 /// Ports at `l4` of a TCP or UDP header, and the TCP flags (0 for UDP). The header must lie
@@ -174,8 +209,10 @@ fn quoted_ports(ctx: &XdpContext, l4: usize, ip_end: usize) -> Result<([u8; 2], 
     Ok(([p[0], p[1]], [p[2], p[3]]))
 }
 
+/// # Safety
+/// As for [`parse`].
 #[inline(always)]
-fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
+unsafe fn parse_v4(ctx: &XdpContext, l3: usize, out: *mut Packet) -> Result<(), Verdict> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, l3).ok_or(Verdict::pass(GlobalStat::PassMalformed))?;
     // SAFETY: ptr_at checked that the header lies inside the packet.
     let ip = unsafe { &*ip };
@@ -190,17 +227,23 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
     if !service::maybe_vip(&dst, FAMILY_V4) {
         return Err(Verdict::pass(GlobalStat::PassNotVip));
     }
-    parse_v4_for_vip(ctx, l3, ip, ihl).map_err(|v| service::confirm_vip(&dst, FAMILY_V4, v))
+    // SAFETY: the caller's promise.
+    unsafe { parse_v4_for_vip(ctx, l3, ip, ihl, out) }
+        .map_err(|v| service::confirm_vip(&dst, FAMILY_V4, v))
 }
 
 /// The rest of [`parse_v4`], for a destination that may be a VIP.
+///
+/// # Safety
+/// As for [`parse`].
 #[inline(always)]
-fn parse_v4_for_vip(
+unsafe fn parse_v4_for_vip(
     ctx: &XdpContext,
     l3: usize,
     ip: &Ipv4Hdr,
     ihl: usize,
-) -> Result<Packet, Verdict> {
+    out: *mut Packet,
+) -> Result<(), Verdict> {
     let dst = u32::from_ne_bytes(ip.dst_addr);
     let l4 = l3 + ihl * 4;
     if ptr_at::<u8>(ctx, l4 - 1).is_none() {
@@ -227,34 +270,39 @@ fn parse_v4_for_vip(
         return Err(Verdict::drop(GlobalStat::DropFragmentFirst));
     }
     let proto = ip.proto;
-    let mut packet = Packet {
-        flow: FlowKey {
-            src: [u32::from_ne_bytes(ip.src_addr), 0, 0, 0],
-            dst: [dst, 0, 0, 0],
-            sport: 0,
-            dport: 0,
-            proto,
-            family: FAMILY_V4,
-            _pad: [0; 2],
-        },
-        len: frame_len as u64,
-        l3_off: l3,
-        ip_len,
-        tos: ip.tos,
-        dont_fragment: frags & IP_DF != 0,
-        ip_id: u16::from_ne_bytes(ip.id),
-        ip_options: ihl > 5,
-        closing: false,
-        tcp_flags: 0,
-        icmp_error: false,
+    // SAFETY: the caller's promise.
+    unsafe {
+        out.write(Packet {
+            flow: FlowKey {
+                src: [u32::from_ne_bytes(ip.src_addr), 0, 0, 0],
+                dst: [dst, 0, 0, 0],
+                sport: 0,
+                dport: 0,
+                proto,
+                family: FAMILY_V4,
+                _pad: [0; 2],
+            },
+            len: frame_len as u32,
+            l3_off: l3 as u16,
+            ip_len,
+            tos: ip.tos,
+            dont_fragment: frags & IP_DF != 0,
+            ip_id: u16::from_ne_bytes(ip.id),
+            ip_options: ihl > 5,
+            closing: false,
+            tcp_flags: 0,
+            icmp_error: false,
+        })
     };
+    // SAFETY: written whole just above.
+    let packet = unsafe { &mut *out };
     if proto == PROTO_TCP || proto == PROTO_UDP {
         let (sport, dport, flags) = ports(ctx, l4, ip_end, proto)?;
         packet.flow.sport = u16::from_ne_bytes(sport);
         packet.flow.dport = u16::from_ne_bytes(dport);
         packet.closing = flags & (TCP_FIN | TCP_RST) != 0;
         packet.tcp_flags = flags;
-        return Ok(packet);
+        return Ok(());
     }
     if proto != PROTO_ICMP {
         return Err(Verdict::pass(GlobalStat::PassOtherProto));
@@ -299,11 +347,13 @@ fn parse_v4_for_vip(
         _pad: [0; 2],
     };
     packet.icmp_error = true;
-    Ok(packet)
+    Ok(())
 }
 
+/// # Safety
+/// As for [`parse`].
 #[inline(always)]
-fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
+unsafe fn parse_v6(ctx: &XdpContext, l3: usize, out: *mut Packet) -> Result<(), Verdict> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, l3).ok_or(Verdict::pass(GlobalStat::PassMalformed))?;
     // SAFETY: ptr_at checked that the header lies inside the packet.
     let ip = unsafe { &*ip };
@@ -314,17 +364,23 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
     if !service::maybe_vip(&dst, FAMILY_V6) {
         return Err(Verdict::pass(GlobalStat::PassNotVip));
     }
-    parse_v6_for_vip(ctx, l3, ip, dst).map_err(|v| service::confirm_vip(&dst, FAMILY_V6, v))
+    // SAFETY: the caller's promise.
+    unsafe { parse_v6_for_vip(ctx, l3, ip, dst, out) }
+        .map_err(|v| service::confirm_vip(&dst, FAMILY_V6, v))
 }
 
 /// The rest of [`parse_v6`], for a destination that may be a VIP.
+///
+/// # Safety
+/// As for [`parse`].
 #[inline(always)]
-fn parse_v6_for_vip(
+unsafe fn parse_v6_for_vip(
     ctx: &XdpContext,
     l3: usize,
     ip: &Ipv6Hdr,
     dst: [u32; 4],
-) -> Result<Packet, Verdict> {
+    out: *mut Packet,
+) -> Result<(), Verdict> {
     let frame_len = ctx.data_end() - ctx.data();
     // At most 65535 + 40: no wrap in 32 bits.
     let ip_len32 = u32::from(u16::from_be_bytes(ip.payload_len)) + Ipv6Hdr::LEN as u32;
@@ -341,35 +397,40 @@ fn parse_v6_for_vip(
     }
     let proto = ip.next_hdr;
     let l4 = l3 + Ipv6Hdr::LEN;
-    let mut packet = Packet {
-        flow: FlowKey {
-            src: addr_words(&ip.src_addr),
-            dst,
-            sport: 0,
-            dport: 0,
-            proto,
-            family: FAMILY_V6,
-            _pad: [0; 2],
-        },
-        len: frame_len as u64,
-        l3_off: l3,
-        // Within the frame, checked above, so it fits 16 bits.
-        ip_len: ip_len32 as u16,
-        tos: (u16::from_be_bytes([ip.vcf[0], ip.vcf[1]]) >> 4) as u8,
-        dont_fragment: true,
-        ip_id: 0,
-        ip_options: false,
-        closing: false,
-        tcp_flags: 0,
-        icmp_error: false,
+    // SAFETY: the caller's promise.
+    unsafe {
+        out.write(Packet {
+            flow: FlowKey {
+                src: addr_words(&ip.src_addr),
+                dst,
+                sport: 0,
+                dport: 0,
+                proto,
+                family: FAMILY_V6,
+                _pad: [0; 2],
+            },
+            len: frame_len as u32,
+            l3_off: l3 as u16,
+            // Within the frame, checked above, so it fits 16 bits.
+            ip_len: ip_len32 as u16,
+            tos: (u16::from_be_bytes([ip.vcf[0], ip.vcf[1]]) >> 4) as u8,
+            dont_fragment: true,
+            ip_id: 0,
+            ip_options: false,
+            closing: false,
+            tcp_flags: 0,
+            icmp_error: false,
+        })
     };
+    // SAFETY: written whole just above.
+    let packet = unsafe { &mut *out };
     if proto == PROTO_TCP || proto == PROTO_UDP {
         let (sport, dport, flags) = ports(ctx, l4, ip_end, proto)?;
         packet.flow.sport = u16::from_ne_bytes(sport);
         packet.flow.dport = u16::from_ne_bytes(dport);
         packet.closing = flags & (TCP_FIN | TCP_RST) != 0;
         packet.tcp_flags = flags;
-        return Ok(packet);
+        return Ok(());
     }
     if proto == PROTO_IPV6_FRAGMENT {
         let frag: *const [u8; 8] =
@@ -424,7 +485,7 @@ fn parse_v6_for_vip(
         _pad: [0; 2],
     };
     packet.icmp_error = true;
-    Ok(packet)
+    Ok(())
 }
 
 /// `value`, hidden from the optimiser. From `ip_end <= frame length` and `l4 + n <= ip_end`

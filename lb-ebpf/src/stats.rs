@@ -7,7 +7,13 @@ use crate::{maps, verdict::Verdict};
 /// Add one to a global counter.
 #[inline(always)]
 pub fn count(stat: GlobalStat) {
-    if let Some(counter) = maps::GLOBAL_STATS.get_ptr_mut(stat as u32) {
+    count_index(stat as u32);
+}
+
+/// Add one to the global counter at `index` (a [`GlobalStat`]'s).
+#[inline(always)]
+fn count_index(index: u32) {
+    if let Some(counter) = maps::GLOBAL_STATS.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot, written by this CPU only.
         unsafe { *counter += 1 };
     }
@@ -19,11 +25,11 @@ pub fn count_verdict(verdict: &Verdict) {
     match verdict {
         Verdict::Pass(reason) => {
             count(GlobalStat::VerdictPass);
-            count(*reason);
+            count_index(*reason);
         }
         Verdict::Drop(reason) => {
             count(GlobalStat::VerdictDrop);
-            count(*reason);
+            count_index(*reason);
         }
         Verdict::Tx | Verdict::Reply => count(GlobalStat::VerdictTx),
         Verdict::Redirect(_) => count(GlobalStat::VerdictRedirect),
