@@ -85,6 +85,19 @@ crate::user_pod!(NextHop);
 /// its upper threshold and has not yet dropped back to its lower one, so schedulers pass it by.
 pub const LIMIT_F_OVERLOADED: u32 = 1 << 0;
 
+/// [`RealLimits::flags`]: the server is full (`ovf`): its active connections
+/// ([`crate::maps::REAL_CONNS`]) exceed its weight ([`crate::maps::REAL_WEIGHTS`]), so schedulers
+/// pass it by as an overloaded one. Only a server with [`LIMIT_F_WEIGHT_CAP`] gets it: set by the
+/// data path when it counts such a server's connection, set or cleared by userspace when it
+/// writes the counts or the weight. Kept apart from the overload flag, whose thresholds count
+/// every connection, so that the schedulers still test one word.
+pub const LIMIT_F_FULL: u32 = 1 << 1;
+
+/// [`RealLimits::flags`]: the server belongs to an `ovf` service: it is full ([`LIMIT_F_FULL`])
+/// while its active connections exceed its weight, as IPVS's `ovf` passes it by. Set by
+/// userspace.
+pub const LIMIT_F_WEIGHT_CAP: u32 = 1 << 2;
+
 /// A real server's connection thresholds (ipvsadm's `-x` and `-y`) and what the data path counts
 /// against them. A server without thresholds has `upper == 0` and costs a new flow one read.
 #[repr(C)]
@@ -131,6 +144,26 @@ impl RealLimits {
     #[inline(always)]
     pub const fn is_overloaded(&self) -> bool {
         self.flags & LIMIT_F_OVERLOADED != 0
+    }
+
+    /// Whether the flag says full (`ovf`: active connections beyond the weight).
+    #[inline(always)]
+    pub const fn is_full(&self) -> bool {
+        self.flags & LIMIT_F_FULL != 0
+    }
+
+    /// These flags with the server marked as an `ovf` server's (`capped`) or not, full when
+    /// capped and its `active` connections exceed its `weight` (IPVS's `ovf` test).
+    #[inline(always)]
+    pub const fn with_weight_cap(flags: u32, capped: bool, active: u32, weight: u32) -> u32 {
+        let flags = flags & !(LIMIT_F_WEIGHT_CAP | LIMIT_F_FULL);
+        if !capped {
+            flags
+        } else if active > weight {
+            flags | LIMIT_F_WEIGHT_CAP | LIMIT_F_FULL
+        } else {
+            flags | LIMIT_F_WEIGHT_CAP
+        }
     }
 }
 
@@ -183,6 +216,26 @@ mod tests {
         assert!(!l.overloaded_at(1, true), "1 * 4 < 2 * 3");
         let l = limits(i32::MAX as u32, 0);
         assert!(l.overloaded_at(i32::MAX as u32 - 1, true), "no overflow");
+    }
+
+    #[test]
+    fn an_ovf_server_is_full_once_its_active_connections_exceed_its_weight() {
+        let capped = |active| RealLimits::with_weight_cap(LIMIT_F_OVERLOADED, true, active, 3);
+        assert_eq!(
+            capped(3),
+            LIMIT_F_OVERLOADED | LIMIT_F_WEIGHT_CAP,
+            "3 of weight 3"
+        );
+        assert_eq!(
+            capped(4),
+            LIMIT_F_OVERLOADED | LIMIT_F_WEIGHT_CAP | LIMIT_F_FULL
+        );
+        // No longer ovf's: neither mark stays, the overload flag does.
+        let flags = LIMIT_F_WEIGHT_CAP | LIMIT_F_FULL | LIMIT_F_OVERLOADED;
+        assert_eq!(
+            RealLimits::with_weight_cap(flags, false, 9, 3),
+            LIMIT_F_OVERLOADED
+        );
     }
 
     #[test]

@@ -80,6 +80,13 @@ pub const SCHED_DEST_HASH: u8 = 3;
 /// connections ([`crate::maps::REAL_CONNS`]; with weights, fewer per unit of weight).
 pub const SCHED_LEAST_CONN: u8 = 4;
 
+/// [`Service::scheduler`]: the first server by weight (ipvsadm's `fo`, and `ovf` with
+/// [`SERVICE_F_OVERFLOW`]): the service's table holds the servers with a weight above 0 from
+/// slot 0, highest weight first (ties in the order the servers were added), up to its first
+/// empty slot, and a new flow takes the first of them that takes new connections, trying at most
+/// [`OVERLOAD_PROBES`].
+pub const SCHED_WEIGHT_ORDER: u8 = 5;
+
 /// Persistence (ipvsadm's `-p`): a new flow of a client that the service's persistence table
 /// ([`crate::maps::PERSIST`]) remembers goes to the client's real server; its timeout and mask
 /// are in [`crate::maps::PERSIST_SETTINGS`]. Bit 0, which meant a source hash before persistence
@@ -95,6 +102,24 @@ pub const SERVICE_F_WEIGHTED: u32 = 1 << 2;
 /// table instead of none (ipvsadm's `sh-fallback`). Without it the flow gets no server, as in
 /// IPVS; `mh` always tries the next slots.
 pub const SERVICE_F_FALLBACK: u32 = 1 << 3;
+
+/// [`SCHED_LEAST_CONN`] compares expected delays, (connections + 1) per unit of weight, instead
+/// of connections per unit of weight (with [`SERVICE_F_WEIGHTED`]): ipvsadm's `sed`.
+pub const SERVICE_F_EXPECTED_DELAY: u32 = 1 << 4;
+
+/// [`SCHED_LEAST_CONN`]: of the two servers drawn, one without active connections wins outright
+/// (the first drawn when both are idle), before the expected delays are compared: ipvsadm's
+/// `nq` (with [`SERVICE_F_WEIGHTED`] and [`SERVICE_F_EXPECTED_DELAY`]).
+pub const SERVICE_F_IDLE_FIRST: u32 = 1 << 5;
+
+/// [`SCHED_WEIGHT_ORDER`] counts its servers' active connections ([`crate::maps::REAL_CONNS`])
+/// and passes by a server whose connections exceed its weight ([`crate::maps::REAL_WEIGHTS`]), as
+/// IPVS's `ovf` does: ipvsadm's `ovf`. The servers carry the test ([`crate::RealLimits`]'s
+/// `LIMIT_F_WEIGHT_CAP` and `LIMIT_F_FULL`), so the walk tests one flag per server as for the
+/// thresholds. Userspace sets this bit on TCP services only (a UDP flow is never an active
+/// connection, so a UDP `ovf` service is `fo`): the data path then counts without a test of the
+/// protocol.
+pub const SERVICE_F_OVERFLOW: u32 = 1 << 6;
 
 /// How many slots of its table a scheduler tries past an overloaded server (one whose connections
 /// reached its upper threshold, [`crate::RealLimits`]) before it gives the flow no server: the

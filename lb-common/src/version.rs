@@ -13,7 +13,10 @@
 /// (`XLB_EMBRYONIC`) and its two global counters; the connection table is unchanged (its entries
 /// never carry the embryonic flags), so its connections are carried over.
 /// 4: the connection thresholds (`XLB_REAL_LIMITS`) and `SERVICE_F_FALLBACK`.
-pub const LAYOUT: u32 = 4;
+/// 5: scheduler `SCHED_WEIGHT_ORDER` (`fo`, `ovf`) and the service flags
+/// `SERVICE_F_EXPECTED_DELAY`, `SERVICE_F_IDLE_FIRST` (`sed`, `nq`) and `SERVICE_F_OVERFLOW`, and
+/// the real servers' `LIMIT_F_FULL` and `LIMIT_F_WEIGHT_CAP` (`ovf`).
+pub const LAYOUT: u32 = 5;
 
 /// The layout of the connection table alone.
 pub const CONNTRACK_LAYOUT: u32 = 1;

@@ -131,7 +131,7 @@ pub fn remember(
 /// A packet of the embryonic flow `known` (`flags`: its entry's), before it is forwarded to the
 /// flow's server: a SYN again (a retransmission) leaves the flow as it is; a RST forgets it, as
 /// the handshake never completed; anything else (the handshake's ACK) moves it into the
-/// connection table, where its server counts it as active if it is a least-connection
+/// connection table, where its server counts it as active if it is a least-connection or `ovf`
 /// service's.
 ///
 /// Done before forwarding, not once the packet is forwarded as a new flow's writes are: a

@@ -951,8 +951,9 @@ weight = 2
     #[test]
     fn a_malformed_file_is_refused_at_its_line_and_field() {
         assert_eq!(
-            error("[[services]]\nscheduler = \"sed\"\n"),
-            "xlb.toml:2:13: services[0].scheduler: xlb does not implement the 'sed' scheduler yet (xlb supports: rr|wrr|lc|wlc|sh|dh|mh)"
+            error("[[services]]\nscheduler = \"lblc\"\n"),
+            "xlb.toml:2:13: services[0].scheduler: xlb does not implement the 'lblc' scheduler yet \
+             (xlb supports: rr|wrr|lc|wlc|sed|nq|fo|ovf|sh|dh|mh)"
         );
         assert_eq!(
             error(&SERVICE.replace("10.0.0.1", "10.0.0.300")),

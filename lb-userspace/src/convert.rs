@@ -9,7 +9,8 @@ use crate::{
 use lb_common::{
     service::{
         SCHED_DEST_HASH, SCHED_LEAST_CONN, SCHED_MAGLEV, SCHED_SEQUENCE, SCHED_SOURCE_HASH,
-        SERVICE_F_FALLBACK, SERVICE_F_HASH_PORT, SERVICE_F_PERSISTENT, SERVICE_F_WEIGHTED,
+        SCHED_WEIGHT_ORDER, SERVICE_F_EXPECTED_DELAY, SERVICE_F_FALLBACK, SERVICE_F_HASH_PORT,
+        SERVICE_F_IDLE_FIRST, SERVICE_F_OVERFLOW, SERVICE_F_PERSISTENT, SERVICE_F_WEIGHTED,
     },
     PersistSettings, ServiceKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP,
 };
@@ -26,11 +27,15 @@ pub struct SchedulingEntry {
     pub persistence: Option<PersistSettings>,
 }
 
-/// The data-path form of a service's scheduling.
-pub fn scheduling_entry(scheduling: &Scheduling) -> SchedulingEntry {
+/// The data-path form of the scheduling of `service`.
+pub fn scheduling_entry(service: &ServiceAddr, scheduling: &Scheduling) -> SchedulingEntry {
     let scheduler = match scheduling.scheduler {
         Scheduler::RoundRobin | Scheduler::WeightedRoundRobin => SCHED_SEQUENCE,
-        Scheduler::LeastConnection | Scheduler::WeightedLeastConnection => SCHED_LEAST_CONN,
+        Scheduler::LeastConnection
+        | Scheduler::WeightedLeastConnection
+        | Scheduler::ShortestExpectedDelay
+        | Scheduler::NeverQueue => SCHED_LEAST_CONN,
+        Scheduler::WeightedFailover | Scheduler::Overflow => SCHED_WEIGHT_ORDER,
         Scheduler::SourceHash => SCHED_SOURCE_HASH,
         Scheduler::DestinationHash => SCHED_DEST_HASH,
         Scheduler::Maglev => SCHED_MAGLEV,
@@ -51,9 +56,17 @@ pub fn scheduling_entry(scheduling: &Scheduling) -> SchedulingEntry {
     if persistence.is_some() {
         flags |= SERVICE_F_PERSISTENT;
     }
-    if scheduling.scheduler == Scheduler::WeightedLeastConnection {
-        flags |= SERVICE_F_WEIGHTED;
-    }
+    flags |= match scheduling.scheduler {
+        Scheduler::WeightedLeastConnection => SERVICE_F_WEIGHTED,
+        Scheduler::ShortestExpectedDelay => SERVICE_F_WEIGHTED | SERVICE_F_EXPECTED_DELAY,
+        Scheduler::NeverQueue => {
+            SERVICE_F_WEIGHTED | SERVICE_F_EXPECTED_DELAY | SERVICE_F_IDLE_FIRST
+        }
+        // A UDP flow is never an active connection: a UDP ovf service is fo, and the data path
+        // counts the flows of a service with the flag without looking at their protocol.
+        Scheduler::Overflow if service.protocol == Protocol::Tcp => SERVICE_F_OVERFLOW,
+        _ => 0,
+    };
     SchedulingEntry {
         scheduler,
         flags,

@@ -57,8 +57,13 @@ pub trait DataPath: Send {
     /// Sets the weights of real servers as `wlc` weighs their connections.
     fn set_real_weights(&mut self, weights: &[(RealId, u32)]) -> Result<(), DataplaneError>;
 
-    /// Sets the active connections of real servers as `lc`/`wlc` compare them.
+    /// Sets the active connections of real servers as `lc`/`wlc`/`sed`/`nq` compare them, and
+    /// whether each `ovf` server is full with them.
     fn set_connection_counts(&mut self, counts: &[(RealId, u32)]) -> Result<(), DataplaneError>;
+
+    /// Marks real servers as an `ovf` service's (`capped`: full while their active connections
+    /// exceed their weight) or not.
+    fn set_weight_caps(&mut self, ids: &[RealId], capped: bool) -> Result<(), DataplaneError>;
 
     /// Sets a real server's connection thresholds (`-x`, `-y`; 0 = none).
     fn set_real_thresholds(
@@ -201,6 +206,10 @@ impl DataPath for Dataplane {
 
     fn set_connection_counts(&mut self, counts: &[(RealId, u32)]) -> Result<(), DataplaneError> {
         Dataplane::set_connection_counts(self, counts)
+    }
+
+    fn set_weight_caps(&mut self, ids: &[RealId], capped: bool) -> Result<(), DataplaneError> {
+        Dataplane::set_weight_caps(self, ids, capped)
     }
 
     fn set_real_thresholds(
@@ -365,6 +374,10 @@ impl<D: DataPath + ?Sized> DataPath for Box<D> {
 
     fn set_connection_counts(&mut self, counts: &[(RealId, u32)]) -> Result<(), DataplaneError> {
         (**self).set_connection_counts(counts)
+    }
+
+    fn set_weight_caps(&mut self, ids: &[RealId], capped: bool) -> Result<(), DataplaneError> {
+        (**self).set_weight_caps(ids, capped)
     }
 
     fn set_real_thresholds(

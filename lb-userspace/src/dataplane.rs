@@ -21,7 +21,7 @@ use lb_common::{
     hash::{vip_filter_slot, VIP_FILTER_WORDS},
     limits::{EMPTY_MAGLEV_TABLE, MAGLEV_TABLE_SIZE, MAGLEV_TABLE_STRIDE},
     maps as names,
-    real::LIMIT_F_OVERLOADED,
+    real::{LIMIT_F_FULL, LIMIT_F_OVERLOADED, LIMIT_F_WEIGHT_CAP},
     Connection, Counters, DataplaneConfig, FlowKey, GlobalStat, NextHop, PersistKey,
     PersistSettings, Persistent, RealLimits, RealServer, Service, ServiceKey,
 };
@@ -774,14 +774,55 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Sets the active connections of real servers as `lc`/`wlc` compare them.
+    /// Sets the active connections of real servers as `lc`/`wlc`/`sed`/`nq` compare them, and
+    /// whether each `ovf` server is full with them.
     pub fn set_connection_counts(&mut self, counts: &[(RealId, u32)]) -> Result<()> {
         for (id, count) in counts {
             self.real_conns
                 .set(*id, *count, 0)
                 .map_err(map_err("writing a real server's connection count"))?;
+            self.update_weight_cap(*id, None)?;
         }
         Ok(())
+    }
+
+    /// Marks real servers as an `ovf` service's (`capped`: full while their active connections
+    /// exceed their weight) or not, and whether each is full now.
+    pub fn set_weight_caps(&mut self, ids: &[RealId], capped: bool) -> Result<()> {
+        for id in ids {
+            self.update_weight_cap(*id, Some(capped))?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites a real server's `ovf` marks from its count and weight: as an `ovf` server's or
+    /// not when `capped` says, else as they are. Written only when they change.
+    fn update_weight_cap(&mut self, id: RealId, capped: Option<bool>) -> Result<()> {
+        let mut limits = self
+            .real_limits
+            .get(&id, 0)
+            .map_err(map_err("reading a real server's connection thresholds"))?;
+        let capped = capped.unwrap_or(limits.flags & LIMIT_F_WEIGHT_CAP != 0);
+        // Not an ovf server's, and not marked: one read (every rebuild of every service asks).
+        if !capped && limits.flags & (LIMIT_F_WEIGHT_CAP | LIMIT_F_FULL) == 0 {
+            return Ok(());
+        }
+        let active = self
+            .real_conns
+            .get(&id, 0)
+            .map_err(map_err("reading a real server's connection count"))?;
+        let weight = self
+            .real_weights
+            .get(&id, 0)
+            .map_err(map_err("reading a real server's weight"))?;
+        let flags = RealLimits::with_weight_cap(limits.flags, capped, active, weight);
+        if flags == limits.flags {
+            return Ok(());
+        }
+        limits.flags = flags;
+        self.real_limits
+            .set(id, limits, 0)
+            .map_err(map_err("writing a real server's ovf marks"))
     }
 
     /// Sets a real server's connection thresholds (`-x`, `-y`; 0 = none), keeping its count.
@@ -793,7 +834,8 @@ impl Dataplane {
             upper,
             lower,
             conns: if upper == 0 { 0 } else { old.conns },
-            flags: 0,
+            // ovf's marks are the weight's, not the thresholds'.
+            flags: old.flags & (LIMIT_F_WEIGHT_CAP | LIMIT_F_FULL),
         };
         if limits.overloaded_at(limits.conns, false) {
             limits.flags |= LIMIT_F_OVERLOADED;

@@ -162,11 +162,15 @@ impl fmt::Display for Step {
 type RealKey = (IpAddr, u16);
 
 /// Which table a scheduler reads: its own sequence (`rr`, `wrr`), every server in turn (`lc`,
-/// `wlc`) or a consistent-hash table (`sh`, `dh`, `mh`, which share it).
+/// `wlc`, `sed`, `nq`), the servers by weight (`fo`; `ovf`'s is the same table, but the rebuild
+/// also marks its servers, so it is a kind of its own) or a consistent-hash table (`sh`, `dh`,
+/// `mh`, which share it).
 fn table_kind(scheduler: Scheduler) -> Scheduler {
     match scheduler {
         Scheduler::SourceHash | Scheduler::DestinationHash => Scheduler::Maglev,
-        Scheduler::WeightedLeastConnection => Scheduler::LeastConnection,
+        Scheduler::WeightedLeastConnection
+        | Scheduler::ShortestExpectedDelay
+        | Scheduler::NeverQueue => Scheduler::LeastConnection,
         other => other,
     }
 }

@@ -355,7 +355,7 @@ impl<D: DataPath> Runtime<D> {
             let Some(entry) = self.dp.service(&key) else {
                 continue;
             };
-            let want = scheduling_entry(&Scheduling::of(svc));
+            let want = scheduling_entry(&svc.addr, &Scheduling::of(svc));
             if entry.scheduler == want.scheduler
                 && entry.flags == want.flags
                 && self.dp.persistence(entry.id) == want.persistence
@@ -558,8 +558,8 @@ impl<D: DataPath> Runtime<D> {
             .collect()
     }
 
-    /// Writes the active connections of every real server of a least-connection service (`lc`,
-    /// `wlc`), and the connections (active and inactive) of every real server with thresholds
+    /// Writes the active connections of every real server of a service that reads them (`lc`,
+    /// `wlc`, `sed`, `nq`, `ovf`), and the connections (active and inactive) of every real server with thresholds
     /// (`-x`), from the connection table's `counts`: the data path only adds one for each new
     /// flow, so closed, reset and idled-out connections leave its counts here.
     fn correct_connection_counts(&mut self, counts: &ConnectionCounts) {
@@ -570,7 +570,7 @@ impl<D: DataPath> Runtime<D> {
                 let Some(id) = self.real_id(&svc.addr, real.addr, real.port) else {
                     continue;
                 };
-                if svc.scheduler.is_least_connection() {
+                if svc.scheduler.counts_connections() {
                     least.push(id);
                 }
                 if real.upper_threshold != 0 {
@@ -587,7 +587,7 @@ impl<D: DataPath> Runtime<D> {
                 .map(|id| (*id, counts.get(id).map_or(0, |(active, _)| *active)))
                 .collect();
             if let Err(e) = self.dp.set_connection_counts(&active) {
-                tracing::warn!(error = %error_chain(&e), "writing active connections for lc/wlc");
+                tracing::warn!(error = %error_chain(&e), "writing the active connections");
             }
         }
         if !limited.is_empty() {
@@ -866,7 +866,7 @@ impl<D: DataPath> Runtime<D> {
                 service,
                 scheduling,
             } => {
-                let entry = scheduling_entry(scheduling);
+                let entry = scheduling_entry(service, scheduling);
                 let id =
                     self.dp
                         .upsert_service(service_key(service), entry.scheduler, entry.flags)?;
@@ -970,11 +970,16 @@ impl<D: DataPath> Runtime<D> {
         };
         let key = service_key(service);
         self.dp.set_maglev_table(key, &table)?;
-        if job.scheduler.is_least_connection() {
+        if job.scheduler.counts_connections() {
             let weights: Vec<(RealId, u32)> =
                 job.backends.iter().map(|(_, id, w)| (*id, *w)).collect();
             self.dp.set_real_weights(&weights)?;
         }
+        // ovf's servers are full beyond their weight; a service that is no longer ovf (its
+        // scheduler changed, which rebuilds its table) lets its servers' marks go.
+        let ids: Vec<RealId> = job.backends.iter().map(|(_, id, _)| *id).collect();
+        self.dp
+            .set_weight_caps(&ids, job.scheduler == Scheduler::Overflow)?;
         if job.scheduler.is_sequence() {
             // Each CPU starts its walk of the new sequence at its own place.
             let len = table.iter().take_while(|&&real| real != 0).count();
@@ -1409,8 +1414,14 @@ impl TableJob {
             Scheduler::WeightedRoundRobin => {
                 return sequence::table(&sequence::weighted_round_robin(&weights()))
             }
-            Scheduler::LeastConnection | Scheduler::WeightedLeastConnection => {
+            Scheduler::LeastConnection
+            | Scheduler::WeightedLeastConnection
+            | Scheduler::ShortestExpectedDelay
+            | Scheduler::NeverQueue => {
                 return sequence::cyclic_table(&sequence::round_robin(&weights()))
+            }
+            Scheduler::WeightedFailover | Scheduler::Overflow => {
+                return sequence::table(&sequence::by_weight(&weights()))
             }
             Scheduler::SourceHash | Scheduler::DestinationHash | Scheduler::Maglev => {}
         }
@@ -2485,6 +2496,95 @@ mod tests {
             mh.dataplane().take_writes();
             mh.refresh_ramps().expect("refreshed");
             assert!(mh.datapath().writes().is_empty());
+        }
+
+        #[test]
+        fn ovf_orders_its_servers_by_weight_and_marks_them_full_beyond_their_weight() {
+            let mut rt = Runtime::new(FakeDataPath::default(), None);
+            let ovf = "-A -t 10.0.0.1:80 -s ovf\n\
+                       -a -t 10.0.0.1:80 -r 10.0.0.11:80 -g -w 1\n\
+                       -a -t 10.0.0.1:80 -r 10.0.0.12:80 -g -w 2\n\
+                       -a -t 10.0.0.1:80 -r 10.0.0.13:80 -g -w 0\n";
+            rt.change_to(state(ovf)).expect("applied");
+            let svc = &rt.datapath().contents().services[0].1;
+            assert_eq!(svc.scheduler, lb_common::service::SCHED_WEIGHT_ORDER);
+            assert_eq!(svc.flags, lb_common::service::SERVICE_F_OVERFLOW);
+            assert_eq!(
+                svc.table[..3],
+                [2, 1, 0],
+                "heaviest first, the quiesced one out"
+            );
+            assert_eq!(rt.datapath().real_weight(2), Some(2));
+            let now = monotonic_ns();
+            for sport in 1000..1003 {
+                let conn = lb_common::Connection {
+                    real: 2,
+                    last_seen_ns: now,
+                    ..Default::default()
+                };
+                rt.dataplane().track(client_flow(sport), conn);
+            }
+            rt.refresh_ramps().expect("refreshed");
+            // 3 active connections of weight 2: full; rs11's 0 of 1 is not.
+            assert!(rt.datapath().real_limits(2).is_full());
+            assert!(!rt.datapath().real_limits(1).is_full());
+            // A weight of 3 takes it back at once.
+            rt.change_to(state(&ovf.replace("12:80 -g -w 2", "12:80 -g -w 3")))
+                .expect("applied");
+            assert!(!rt.datapath().real_limits(2).is_full());
+            // As fo (or any other scheduler) its servers are never full.
+            rt.change_to(state(
+                &ovf.replace("-s ovf", "-s fo").replace("-w 2", "-w 1"),
+            ))
+            .expect("applied");
+            assert_eq!(rt.datapath().real_limits(2).flags, 0);
+            let svc = &rt.datapath().contents().services[0].1;
+            assert_eq!(
+                (svc.scheduler, svc.flags),
+                (lb_common::service::SCHED_WEIGHT_ORDER, 0)
+            );
+        }
+
+        #[test]
+        fn sed_and_nq_are_least_connection_services_with_their_flags_and_udp_ovf_counts_nothing() {
+            use lb_common::service::*;
+            let mut rt = Runtime::new(FakeDataPath::default(), None);
+            rt.change_to(state(
+                "-A -t 10.0.0.1:80 -s sed\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.11:80 -g -w 3\n\
+                 -A -t 10.0.0.2:80 -s nq\n\
+                 -a -t 10.0.0.2:80 -r 10.0.0.11:80 -g -w 3\n\
+                 -A -u 10.0.0.3:53 -s ovf\n\
+                 -a -u 10.0.0.3:53 -r 10.0.0.11:53 -g -w 3\n",
+            ))
+            .expect("applied");
+            let contents = rt.datapath().contents();
+            let entry = |i: usize| {
+                (
+                    contents.services[i].1.scheduler,
+                    contents.services[i].1.flags,
+                )
+            };
+            assert_eq!(
+                entry(0),
+                (
+                    SCHED_LEAST_CONN,
+                    SERVICE_F_WEIGHTED | SERVICE_F_EXPECTED_DELAY
+                )
+            );
+            assert_eq!(
+                entry(1),
+                (
+                    SCHED_LEAST_CONN,
+                    SERVICE_F_WEIGHTED | SERVICE_F_EXPECTED_DELAY | SERVICE_F_IDLE_FIRST
+                )
+            );
+            assert_eq!(
+                entry(2),
+                (SCHED_WEIGHT_ORDER, 0),
+                "a UDP flow is never active"
+            );
+            assert_eq!(rt.datapath().real_weight(1), Some(3));
         }
 
         #[test]

@@ -66,6 +66,19 @@ pub fn weighted_round_robin(servers: &[(u32, u32)]) -> Vec<u32> {
     sequence
 }
 
+/// `fo` and `ovf`: the servers with a weight above 0, highest weight first, servers of one
+/// weight in the order given (IPVS takes the first of the highest weight in its list).
+pub fn by_weight(servers: &[(u32, u32)]) -> Vec<u32> {
+    let mut live: Vec<(u32, u32)> = servers
+        .iter()
+        .copied()
+        .filter(|(_, weight)| *weight > 0)
+        .collect();
+    // Stable: ties keep their order.
+    live.sort_by_key(|&(_, weight)| std::cmp::Reverse(weight));
+    live.into_iter().map(|(id, _)| id).collect()
+}
+
 /// The sequence as a table of [`MAGLEV_TABLE_SIZE`] slots: the sequence, then empty slots.
 pub fn table(sequence: &[u32]) -> Vec<u32> {
     let mut table = sequence[..sequence.len().min(MAX_LEN)].to_vec();
@@ -104,6 +117,15 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn by_weight_puts_the_heaviest_first_and_keeps_the_order_of_ties() {
+        assert_eq!(
+            by_weight(&[(1, 2), (2, 5), (3, 0), (4, 2), (5, 5)]),
+            vec![2, 5, 1, 4]
+        );
+        assert!(by_weight(&[(1, 0)]).is_empty());
+    }
 
     fn shares(sequence: &[u32]) -> BTreeMap<u32, usize> {
         let mut counts = BTreeMap::new();

@@ -68,6 +68,18 @@ pub enum Scheduler {
     /// Weighted least connections (`wlc`): of two servers drawn at random, the one with fewer
     /// active connections per unit of weight.
     WeightedLeastConnection,
+    /// Shortest expected delay (`sed`): of two servers drawn at random, the one with the fewer
+    /// active connections plus one (the new flow) per unit of weight.
+    ShortestExpectedDelay,
+    /// Never queue (`nq`): of two servers drawn at random, one without active connections, else
+    /// as `sed`.
+    NeverQueue,
+    /// Weighted failover (`fo`): the available server (weight above 0, not overloaded) with the
+    /// highest weight.
+    WeightedFailover,
+    /// Overflow (`ovf`): the available server with the highest weight while its active
+    /// connections do not exceed its weight, then the next by weight.
+    Overflow,
     /// Source hashing (`sh`): a client address's flows all go to one server, by a consistent
     /// (Maglev) table weighted like `mh`'s.
     SourceHash,
@@ -79,9 +91,9 @@ pub enum Scheduler {
     Maglev,
 }
 
-/// ipvsadm's schedulers that xlb refuses by name: they balance by expected delays, overflow
-/// order or locality tables, which xlb's data path does not keep.
-const UNIMPLEMENTED_SCHEDULERS: &[&str] = &["sed", "nq", "fo", "ovf", "lblc", "lblcr", "twos"];
+/// ipvsadm's schedulers that xlb refuses by name: they balance by locality tables (`lblc`,
+/// `lblcr`), which xlb's data path does not keep, or by random choices of its own (`twos`).
+const UNIMPLEMENTED_SCHEDULERS: &[&str] = &["lblc", "lblcr", "twos"];
 
 impl Scheduler {
     /// Every scheduler xlb implements, in the order `-h` and error messages list them.
@@ -90,6 +102,10 @@ impl Scheduler {
         Scheduler::WeightedRoundRobin,
         Scheduler::LeastConnection,
         Scheduler::WeightedLeastConnection,
+        Scheduler::ShortestExpectedDelay,
+        Scheduler::NeverQueue,
+        Scheduler::WeightedFailover,
+        Scheduler::Overflow,
         Scheduler::SourceHash,
         Scheduler::DestinationHash,
         Scheduler::Maglev,
@@ -102,6 +118,10 @@ impl Scheduler {
             Scheduler::WeightedRoundRobin => "wrr",
             Scheduler::LeastConnection => "lc",
             Scheduler::WeightedLeastConnection => "wlc",
+            Scheduler::ShortestExpectedDelay => "sed",
+            Scheduler::NeverQueue => "nq",
+            Scheduler::WeightedFailover => "fo",
+            Scheduler::Overflow => "ovf",
             Scheduler::SourceHash => "sh",
             Scheduler::DestinationHash => "dh",
             Scheduler::Maglev => "mh",
@@ -129,17 +149,33 @@ impl Scheduler {
     }
 
     /// Whether the scheduler walks a sequence (`rr`, `wrr`) rather than hashing into a
-    /// consistent table (`sh`, `dh`, `mh`) or drawing from every server in turn (`lc`, `wlc`).
+    /// consistent table (`sh`, `dh`, `mh`), drawing from every server in turn (`lc`, `wlc`,
+    /// `sed`, `nq`) or taking the first by weight (`fo`, `ovf`).
     pub fn is_sequence(self) -> bool {
         matches!(self, Scheduler::RoundRobin | Scheduler::WeightedRoundRobin)
     }
 
-    /// Whether the scheduler balances by active connections (`lc`, `wlc`).
+    /// Whether the scheduler takes the less loaded of two servers drawn at random (`lc`, `wlc`,
+    /// `sed`, `nq`).
     pub fn is_least_connection(self) -> bool {
         matches!(
             self,
-            Scheduler::LeastConnection | Scheduler::WeightedLeastConnection
+            Scheduler::LeastConnection
+                | Scheduler::WeightedLeastConnection
+                | Scheduler::ShortestExpectedDelay
+                | Scheduler::NeverQueue
         )
+    }
+
+    /// Whether the scheduler reads its servers' active connections and weights, which the
+    /// runtime writes for it (the least-connection schedulers and `ovf`).
+    pub fn counts_connections(self) -> bool {
+        self.is_least_connection() || self == Scheduler::Overflow
+    }
+
+    /// Whether the scheduler takes the first available server by weight (`fo`, `ovf`).
+    pub fn is_weight_order(self) -> bool {
+        matches!(self, Scheduler::WeightedFailover | Scheduler::Overflow)
     }
 
     /// The names of its `-b` flags: (fallback, port), for the schedulers that have them.
@@ -959,16 +995,17 @@ mod tests {
         let err = Scheduler::from_name("xyz").expect_err("no such scheduler");
         assert_eq!(
             err.to_string(),
-            "Scheduler not found: 'xyz' (xlb supports: rr|wrr|lc|wlc|sh|dh|mh)"
+            "Scheduler not found: 'xyz' (xlb supports: rr|wrr|lc|wlc|sed|nq|fo|ovf|sh|dh|mh)"
         );
     }
 
     #[test]
     fn an_ipvs_scheduler_xlb_lacks_is_refused_by_name() {
-        let err = Scheduler::from_name("sed").expect_err("sed is not implemented");
+        let err = Scheduler::from_name("lblc").expect_err("lblc is not implemented");
         assert_eq!(
             err.to_string(),
-            "xlb does not implement the 'sed' scheduler yet (xlb supports: rr|wrr|lc|wlc|sh|dh|mh)"
+            "xlb does not implement the 'lblc' scheduler yet (xlb supports: \
+             rr|wrr|lc|wlc|sed|nq|fo|ovf|sh|dh|mh)"
         );
     }
 

@@ -1,11 +1,15 @@
 //! A minimal owner of services for tests that drive the dataplane directly (before the daemon):
 //! keeps each service's real servers and weights and rebuilds its table (Maglev, or the `wrr`
-//! sequence for [`SCHED_SEQUENCE`], every server in turn for [`SCHED_LEAST_CONN`]) on every change.
+//! sequence for [`SCHED_SEQUENCE`], every server in turn for [`SCHED_LEAST_CONN`], the servers by
+//! weight for [`SCHED_WEIGHT_ORDER`]) on every change.
 
 use std::net::Ipv4Addr;
 
 use lb_common::{
-    service::{SCHED_LEAST_CONN, SCHED_MAGLEV, SCHED_SEQUENCE, SERVICE_F_PERSISTENT},
+    service::{
+        SCHED_LEAST_CONN, SCHED_MAGLEV, SCHED_SEQUENCE, SCHED_WEIGHT_ORDER, SERVICE_F_OVERFLOW,
+        SERVICE_F_PERSISTENT,
+    },
     Forwarding, PersistSettings, RealServer, ServiceKey,
 };
 use lb_userspace::{
@@ -120,6 +124,16 @@ impl TestService {
     }
 
     fn rebuild(&self, dp: &mut Dataplane) {
+        if self.scheduler == SCHED_WEIGHT_ORDER {
+            let weights: Vec<(u32, u32)> = self.reals.iter().map(|r| (r.id, r.weight)).collect();
+            dp.set_maglev_table(self.key, &sequence::table(&sequence::by_weight(&weights)))
+                .expect("set the servers by weight");
+            dp.set_real_weights(&weights).expect("set weights");
+            let ids: Vec<u32> = self.reals.iter().map(|r| r.id).collect();
+            dp.set_weight_caps(&ids, self.flags & SERVICE_F_OVERFLOW != 0)
+                .expect("mark ovf's servers");
+            return;
+        }
         if self.scheduler == SCHED_LEAST_CONN {
             let weights: Vec<(u32, u32)> = self.reals.iter().map(|r| (r.id, r.weight)).collect();
             dp.set_maglev_table(

@@ -211,3 +211,98 @@ fn an_upper_threshold_of_2_caps_a_server_at_2_connections_until_it_is_raised() {
         assert_eq!(client.again(), who);
     }
 }
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn weighted_failover_and_overflow_fill_the_heaviest_server_first() {
+    root::require();
+    let lab = DrLab::new(2);
+    let daemon = Daemon::start(&lab.balancer);
+    add_service(&daemon, &["-s", "fo"], 2);
+    let vip = format!("{VIP}:80");
+    let rs2 = format!("{}:80", real_addr(1));
+    daemon.adm_ok(&["-e", "-t", &vip, "-r", &rs2, "-g", "-w", "3"]);
+    let listing = daemon.adm_ok(&["-L", "-n"]);
+    assert!(
+        listing.contains(&format!("TCP  {VIP}:80 fo\n")),
+        "{listing}"
+    );
+    // fo: every new connection to the heaviest, rs2.
+    let (counts, failed) = lab.spread(10);
+    assert_eq!((counts, failed), (vec![0, 10], 0));
+    // Quiesced, it gives way to the next by weight.
+    daemon.adm_ok(&["-e", "-t", &vip, "-r", &rs2, "-g", "-w", "0"]);
+    let (counts, failed) = lab.spread(5);
+    assert_eq!((counts, failed), (vec![5, 0], 0));
+
+    // ovf: rs2 (weight 2) takes connections while it holds no more than 2, then rs1 (weight 1).
+    daemon.adm_ok(&["-E", "-t", &vip, "-s", "ovf"]);
+    daemon.adm_ok(&["-e", "-t", &vip, "-r", &rs2, "-g", "-w", "2"]);
+    let saved = daemon.adm_ok(&["-S", "-n"]);
+    assert!(saved.contains(&format!("-A -t {vip} -s ovf\n")), "{saved}");
+    // Each held connection is counted once its handshake completes, before the next opens.
+    let held: Vec<(KeepAliveClient, String)> =
+        (0..4).map(|_| KeepAliveClient::open(&lab.client)).collect();
+    let whom: Vec<&str> = held.iter().map(|(_, who)| who.as_str()).collect();
+    assert_eq!(whom, ["rs2", "rs2", "rs2", "rs1"]);
+    // rs2 beyond its weight (3 of 2); rs1 at 1 of weight 1 takes one more.
+    let (counts, failed) = lab.spread(1);
+    assert_eq!((counts, failed), (vec![1, 0], 0));
+    drop(held);
+    // The held connections closed: xlbd counts them out within a second or two, and rs2 is
+    // first again.
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    let (counts, failed) = lab.spread(1);
+    assert_eq!((counts, failed), (vec![0, 1], 0));
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn never_queue_sends_new_connections_to_the_idle_server_that_sed_would_pass_by() {
+    root::require();
+    let lab = DrLab::new(2);
+    let daemon = Daemon::start(&lab.balancer);
+    add_service(&daemon, &["-s", "nq"], 2);
+    let vip = format!("{VIP}:80");
+    let (rs1, rs2) = (
+        format!("{}:80", real_addr(0)),
+        format!("{}:80", real_addr(1)),
+    );
+    // rs1: weight 10 with 3 connections held, expected delay (3 + 1) / 10; rs2 idle at weight 1,
+    // (0 + 1) / 1. sed prefers rs1; nq the idle rs2.
+    daemon.adm_ok(&["-e", "-t", &vip, "-r", &rs2, "-g", "-w", "0"]);
+    let held: Vec<_> = (0..3)
+        .map(|_| {
+            let (client, who) = KeepAliveClient::open(&lab.client);
+            assert_eq!(who, "rs1");
+            client
+        })
+        .collect();
+    daemon.adm_ok(&["-e", "-t", &vip, "-r", &rs1, "-g", "-w", "10"]);
+    daemon.adm_ok(&["-e", "-t", &vip, "-r", &rs2, "-g", "-w", "1"]);
+    // One new connection at a time, each after xlbd counted the last one out (it closed): rs2
+    // is idle for each. Two random draws of two servers find it 3 times in 4.
+    let tries = 12;
+    let mut to_rs2 = 0;
+    for _ in 0..tries {
+        std::thread::sleep(std::time::Duration::from_millis(1_300));
+        let (counts, failed) = lab.spread(1);
+        assert_eq!(failed, 0);
+        to_rs2 += counts[1];
+    }
+    eprintln!("nq: {to_rs2} of {tries} new connections to the idle server");
+    // Binomial(12, 3/4) is 5 or less once in 700 runs; sed's (1/4) is 6 or more once in 25.
+    assert!(to_rs2 >= 6, "{to_rs2} of {tries} to the idle server");
+    // As sed, by the same draws: 3 in 4 to rs1.
+    daemon.adm_ok(&["-E", "-t", &vip, "-s", "sed"]);
+    let mut to_rs2 = 0;
+    for _ in 0..tries {
+        std::thread::sleep(std::time::Duration::from_millis(1_300));
+        let (counts, failed) = lab.spread(1);
+        assert_eq!(failed, 0);
+        to_rs2 += counts[1];
+    }
+    eprintln!("sed: {to_rs2} of {tries} new connections to the idle server");
+    assert!(to_rs2 <= 6, "{to_rs2} of {tries} to the idle server");
+    drop(held);
+}

@@ -1,6 +1,6 @@
 //! The schedulers and persistence in the data path, through BPF_PROG_TEST_RUN: which real server
-//! each new flow gets from `rr`, `wrr`, `lc`, `wlc`, `sh` (with and without `sh-port`), `dh` and
-//! a persistent service, and that known flows keep theirs.
+//! each new flow gets from `rr`, `wrr`, `lc`, `wlc`, `sed`, `nq`, `fo`, `ovf`, `sh` (with and
+//! without `sh-port`), `dh` and a persistent service, and that known flows keep theirs.
 //!
 //! The namespace is datapath.rs's: one veth (fx0, 10.10.0.1/24) and permanent neighbour entries
 //! for the real servers, whose MACs end in their address's last byte, so the destination MAC of
@@ -14,7 +14,8 @@ use lb_common::{
     limits::MAGLEV_TABLE_SIZE,
     service::{
         SCHED_DEST_HASH, SCHED_LEAST_CONN, SCHED_MAGLEV, SCHED_SEQUENCE, SCHED_SOURCE_HASH,
-        SERVICE_F_FALLBACK, SERVICE_F_HASH_PORT, SERVICE_F_WEIGHTED,
+        SCHED_WEIGHT_ORDER, SERVICE_F_EXPECTED_DELAY, SERVICE_F_FALLBACK, SERVICE_F_HASH_PORT,
+        SERVICE_F_IDLE_FIRST, SERVICE_F_OVERFLOW, SERVICE_F_WEIGHTED,
     },
     PROTO_TCP,
 };
@@ -108,7 +109,12 @@ impl Bench {
     /// The last byte of the server a SYN from `client:sport` went to, or `None` when the data
     /// path dropped it for want of a server.
     fn try_send(&self, client: [u8; 4], sport: u16, port: u16) -> Option<u8> {
-        let packet = Ipv4Packet::tcp(client, sport, VIP, port, SYN).build();
+        self.try_send_flags(client, sport, port, SYN)
+    }
+
+    /// As [`Self::try_send`], for a TCP packet with `flags`.
+    fn try_send_flags(&self, client: [u8; 4], sport: u16, port: u16, flags: u8) -> Option<u8> {
+        let packet = Ipv4Packet::tcp(client, sport, VIP, port, flags).build();
         let program = self.dp.program().expect("program");
         let out = self
             .ns
@@ -509,4 +515,174 @@ fn a_persistent_client_keeps_its_overloaded_server_and_every_new_flow_counts() {
         2,
         "rr gave it every other UDP flow"
     );
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn shortest_expected_delay_counts_the_new_flow_in_each_servers_delay() {
+    let mut bench = bench();
+    // rs11: idle at weight 1, delay (0 + 1) / 1; rs12: 5 connections at weight 10, (5 + 1) / 10.
+    // wlc prefers rs11 (0 / 1 < 5 / 10), sed rs12.
+    let reals = [(0, 1), (1, 10)];
+    let sed = bench.service(
+        80,
+        SCHED_LEAST_CONN,
+        SERVICE_F_WEIGHTED | SERVICE_F_EXPECTED_DELAY,
+        &reals,
+    );
+    let wlc = bench.service(81, SCHED_LEAST_CONN, SERVICE_F_WEIGHTED, &reals);
+    for svc in [&sed, &wlc] {
+        let (a, b) = (svc.reals[0].id, svc.reals[1].id);
+        bench
+            .dp
+            .set_connection_counts(&[(a, 0), (b, 5)])
+            .expect("counts");
+    }
+    // SYNs: not counted (embryonic), so every flow meets the same counts. Two draws of two
+    // servers: the other one only when both draw it (1 in 4).
+    let got = tally(&bench, 80, 200);
+    assert!(got.get(&12).copied().unwrap_or(0) > 130, "sed: {got:?}");
+    let got = tally(&bench, 81, 200);
+    assert!(got.get(&11).copied().unwrap_or(0) > 130, "wlc: {got:?}");
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn shortest_expected_delay_shares_counted_flows_by_weight() {
+    let mut bench = bench();
+    let svc = bench.service(
+        80,
+        SCHED_LEAST_CONN,
+        SERVICE_F_WEIGHTED | SERVICE_F_EXPECTED_DELAY,
+        &[(0, 1), (1, 3)],
+    );
+    // First packets that are no SYN: each flow counts at once, so each choice meets the
+    // previous ones.
+    let mut got = std::collections::BTreeMap::<u8, u32>::new();
+    for sport in 0..400 {
+        *got.entry(bench.send_flags([10, 10, 0, 50], 5000 + sport, 80, ACK))
+            .or_default() += 1;
+    }
+    let light = got.get(&11).copied().unwrap_or(0);
+    let counted = |i: usize| bench.dp.connection_count(svc.reals[i].id).expect("count");
+    assert_eq!(counted(0) + counted(1), 400);
+    // Weights 1:3, a quarter for rs11; two draws of two servers give it at least the quarter of
+    // pairs that are rs11 twice, so the share cannot drop below, and the other pairs bring it
+    // back up to it.
+    println!("sed 1:3 over 400 counted flows: {got:?}");
+    assert!((90..=125).contains(&light), "{got:?}");
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn never_queue_gives_a_new_flow_to_an_idle_server_it_draws() {
+    let mut bench = bench();
+    // rs11 idle at weight 1 (sed's delay 1), rs12 at 5 of weight 10 (0.6): sed prefers rs12,
+    // nq the idle rs11.
+    let nq = SERVICE_F_WEIGHTED | SERVICE_F_EXPECTED_DELAY | SERVICE_F_IDLE_FIRST;
+    let svc = bench.service(80, SCHED_LEAST_CONN, nq, &[(0, 1), (1, 10)]);
+    let (a, b) = (svc.reals[0].id, svc.reals[1].id);
+    bench
+        .dp
+        .set_connection_counts(&[(a, 0), (b, 5)])
+        .expect("counts");
+    let got = tally(&bench, 80, 200);
+    assert!(got.get(&11).copied().unwrap_or(0) > 130, "{got:?}");
+    // A counted flow ends rs11's idleness at once: then as sed, rs12 (0.6 against 2).
+    let mut sport = 6000;
+    while bench.send_flags([10, 10, 0, 51], sport, 80, ACK) != 11 {
+        sport += 1;
+    }
+    assert_eq!(bench.dp.connection_count(a).expect("count"), 1);
+    let later = bench.sequence(80, 7000, 200);
+    let to_rs12 = later.iter().filter(|s| **s == 12).count();
+    assert!(to_rs12 > 130, "{later:?}");
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn never_queue_finds_one_idle_server_of_four_as_often_as_two_draws_do() {
+    let mut bench = bench();
+    let nq = SERVICE_F_WEIGHTED | SERVICE_F_EXPECTED_DELAY | SERVICE_F_IDLE_FIRST;
+    let svc = bench.service(80, SCHED_LEAST_CONN, nq, &[(0, 1), (1, 1), (2, 1), (3, 1)]);
+    let counts: Vec<(u32, u32)> = svc
+        .reals
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id, if i == 3 { 0 } else { 5 }))
+        .collect();
+    bench.dp.set_connection_counts(&counts).expect("counts");
+    // SYNs, not counted: every flow meets one idle server (rs14) among four. Two independent
+    // draws find it with 1 - (3/4)^2 = 7/16 (43.75 %); the busy three share the rest.
+    let flows = 1600;
+    let got = tally(&bench, 80, flows);
+    let idle = f64::from(got.get(&14).copied().unwrap_or(0)) / f64::from(flows);
+    println!(
+        "nq, one idle server of four: {:.1} % of new flows to it",
+        idle * 100.0
+    );
+    assert!((0.39..=0.49).contains(&idle), "{got:?}");
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn weighted_failover_sends_every_new_flow_to_the_heaviest_available_server() {
+    let mut bench = bench();
+    let mut svc = bench.service(80, SCHED_WEIGHT_ORDER, 0, &[(0, 1), (1, 3), (2, 2)]);
+    assert_eq!(bench.sequence(80, 1000, 6), vec![12; 6]);
+    // rs12 at its upper threshold: the next by weight, rs13.
+    let heavy = svc.reals[1].id;
+    bench.dp.set_real_thresholds(heavy, 2, 0).expect("-x 2");
+    assert_eq!(bench.sequence(80, 2000, 4), vec![12, 12, 13, 13]);
+    // Known flows keep their server.
+    assert_eq!(bench.send([10, 10, 0, 50], 2000, 80), 12);
+    // rs13 quiesced (weight 0): rs11.
+    svc.set_weight(&mut bench.dp, RS[2].into(), 0);
+    assert_eq!(bench.sequence(80, 3000, 3), vec![11; 3]);
+    // rs12 back below its lower threshold: everything to it again.
+    bench.dp.set_threshold_counts(&[(heavy, 0)]).expect("count");
+    assert_eq!(bench.sequence(80, 4000, 2), vec![12, 12]);
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn overflow_fills_the_heaviest_server_up_to_its_weight_then_the_next() {
+    let mut bench = bench();
+    let svc = bench.service(
+        80,
+        SCHED_WEIGHT_ORDER,
+        SERVICE_F_OVERFLOW,
+        &[(0, 1), (1, 2)],
+    );
+    let (light, heavy) = (svc.reals[0].id, svc.reals[1].id);
+    let first = |bench: &Bench, sport: u16| bench.try_send_flags([10, 10, 0, 50], sport, 80, ACK);
+    // IPVS's ovf passes a server by once its active connections exceed its weight: rs12 takes
+    // a third at 2 of weight 2, then rs11 two, then nothing is left.
+    let got: Vec<Option<u8>> = (1000..1006).map(|sport| first(&bench, sport)).collect();
+    assert_eq!(
+        got,
+        [Some(12), Some(12), Some(12), Some(11), Some(11), None]
+    );
+    assert!(limits(&bench, heavy).is_full() && limits(&bench, light).is_full());
+    // Userspace counts what the connection table holds: one of rs12's closed.
+    bench
+        .dp
+        .set_connection_counts(&[(heavy, 2), (light, 2)])
+        .expect("counts");
+    assert!(!limits(&bench, heavy).is_full());
+    assert_eq!(first(&bench, 2000), Some(12));
+    // A SYN's flow counts once its handshake completes (IPVS's SYN_RECV is inactive): a burst
+    // of SYNs all go to the first server, and their ACKs make it full.
+    bench
+        .dp
+        .set_connection_counts(&[(heavy, 0), (light, 0)])
+        .expect("counts");
+    let syns = bench.sequence(80, 3000, 4);
+    assert_eq!(syns, vec![12; 4]);
+    for i in 0..4 {
+        assert_eq!(bench.send_flags([10, 10, 0, 50], 3000 + i, 80, ACK), 12);
+    }
+    assert_eq!(bench.dp.connection_count(heavy).expect("count"), 4);
+    assert!(limits(&bench, heavy).is_full());
+    assert_eq!(first(&bench, 4000), Some(11));
 }

@@ -17,7 +17,7 @@ use std::{
 use aya::{maps::MapError, sys::SyscallError};
 use lb_common::{
     limits::{EMPTY_MAGLEV_TABLE, MAGLEV_TABLE_SIZE},
-    real::LIMIT_F_OVERLOADED,
+    real::{LIMIT_F_FULL, LIMIT_F_OVERLOADED, LIMIT_F_WEIGHT_CAP},
     Connection, Counters, DataplaneConfig, FlowKey, GlobalStat, PersistKey, PersistSettings,
     Persistent, RealLimits, RealServer, Service, ServiceKey,
 };
@@ -49,6 +49,8 @@ pub enum Write {
     SetConnectionCounts,
     /// [`DataPath::set_real_thresholds`].
     SetRealThresholds(RealId),
+    /// [`DataPath::set_weight_caps`], with whether the servers are capped.
+    SetWeightCaps(bool),
     /// [`DataPath::set_threshold_counts`].
     SetThresholdCounts,
     /// [`DataPath::add_real`], with the entry.
@@ -91,6 +93,7 @@ impl Write {
             Self::SetConnectionCounts => "writing real servers' connection counts",
             Self::SetRealThresholds(_) => "writing a real server's connection thresholds",
             Self::SetThresholdCounts => "writing a real server's connection count",
+            Self::SetWeightCaps(_) => "writing a real server's ovf marks",
             Self::AddReal(_) => "adding a real server",
             Self::UpdateReal(_) => "updating a real server",
             Self::RemoveReal(_) => "removing a real server",
@@ -356,6 +359,15 @@ impl FakeDataPath {
         self.limits.get(&id).copied().unwrap_or_default()
     }
 
+    /// As the data path's: a real server's `ovf` marks from its count and weight.
+    fn update_weight_cap(&mut self, id: RealId, capped: Option<bool>) {
+        let limits = self.limits.entry(id).or_default();
+        let capped = capped.unwrap_or(limits.flags & LIMIT_F_WEIGHT_CAP != 0);
+        let active = self.active.get(&id).copied().unwrap_or(0);
+        let weight = self.weights.get(&id).copied().unwrap_or(0);
+        limits.flags = RealLimits::with_weight_cap(limits.flags, capped, active, weight);
+    }
+
     /// Remembers a persistent client, as the data path would for a persistent service's new flow.
     pub fn remember_client(&mut self, key: PersistKey, client: Persistent) {
         self.persistent.insert(key, client);
@@ -476,6 +488,28 @@ impl DataPath for FakeDataPath {
     fn set_connection_counts(&mut self, counts: &[(RealId, u32)]) -> Result<(), DataplaneError> {
         self.write(Write::SetConnectionCounts)?;
         self.active.extend(counts.iter().copied());
+        for (id, _) in counts {
+            self.update_weight_cap(*id, None);
+        }
+        Ok(())
+    }
+
+    fn set_weight_caps(&mut self, ids: &[RealId], capped: bool) -> Result<(), DataplaneError> {
+        // As the data path, which writes only the servers whose marks change: the servers of
+        // any service but ovf's, once unmarked, cost nothing (and log nothing here).
+        let changes = ids.iter().any(|id| {
+            let limits = self.real_limits(*id);
+            let active = self.active.get(id).copied().unwrap_or(0);
+            let weight = self.weights.get(id).copied().unwrap_or(0);
+            RealLimits::with_weight_cap(limits.flags, capped, active, weight) != limits.flags
+        });
+        if !changes {
+            return Ok(());
+        }
+        self.write(Write::SetWeightCaps(capped))?;
+        for id in ids {
+            self.update_weight_cap(*id, Some(capped));
+        }
         Ok(())
     }
 
@@ -492,10 +526,10 @@ impl DataPath for FakeDataPath {
             upper,
             lower,
             conns,
-            flags: 0,
+            flags: old.flags & (LIMIT_F_WEIGHT_CAP | LIMIT_F_FULL),
         };
         if limits.overloaded_at(conns, false) {
-            limits.flags = LIMIT_F_OVERLOADED;
+            limits.flags |= LIMIT_F_OVERLOADED;
         }
         self.limits.insert(id, limits);
         Ok(())
@@ -509,7 +543,11 @@ impl DataPath for FakeDataPath {
             };
             let over = limits.overloaded_at(*count, limits.is_overloaded());
             limits.conns = *count;
-            limits.flags = if over { LIMIT_F_OVERLOADED } else { 0 };
+            limits.flags = if over {
+                limits.flags | LIMIT_F_OVERLOADED
+            } else {
+                limits.flags & !LIMIT_F_OVERLOADED
+            };
         }
         Ok(())
     }

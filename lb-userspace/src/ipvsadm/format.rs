@@ -562,6 +562,33 @@ mod tests {
     }
 
     #[test]
+    fn the_connection_schedulers_are_listed_by_their_ipvsadm_names() {
+        let schedulers = [
+            Scheduler::ShortestExpectedDelay,
+            Scheduler::NeverQueue,
+            Scheduler::WeightedFailover,
+            Scheduler::Overflow,
+        ];
+        let listing = Listing {
+            services: schedulers
+                .iter()
+                .enumerate()
+                .map(|(i, scheduler)| ServiceListing {
+                    scheduler: *scheduler,
+                    ..service(tcp(&format!("10.0.0.{}", i + 1), 80), None, vec![])
+                })
+                .collect(),
+        };
+        let text = format_listing(&listing, &numeric(), no_names).expect("listing");
+        for (i, name) in ["sed", "nq", "fo", "ovf"].iter().enumerate() {
+            assert!(
+                text.contains(&format!("TCP  10.0.0.{}:80 {name}\n", i + 1)),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn list_numeric_matches_ipvsadms_layout() {
         assert_eq!(
             format_listing(&sample(), &numeric(), no_names).expect("listing"),

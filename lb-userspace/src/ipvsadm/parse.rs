@@ -1806,15 +1806,16 @@ mod tests {
 
     #[test]
     fn an_unknown_scheduler_is_rejected_naming_the_supported_ones() {
-        let e = err("-A -t 10.0.0.1:80 -s sed");
+        let e = err("-A -t 10.0.0.1:80 -s lblc");
         assert_eq!(
             e.to_string(),
-            "xlb does not implement the 'sed' scheduler yet (xlb supports: rr|wrr|lc|wlc|sh|dh|mh)"
+            "xlb does not implement the 'lblc' scheduler yet (xlb supports: \
+             rr|wrr|lc|wlc|sed|nq|fo|ovf|sh|dh|mh)"
         );
         assert_eq!(e.exit_code(), 2);
         assert_eq!(
             message("-A -t 10.0.0.1:80 -s fastest"),
-            "Scheduler not found: 'fastest' (xlb supports: rr|wrr|lc|wlc|sh|dh|mh)"
+            "Scheduler not found: 'fastest' (xlb supports: rr|wrr|lc|wlc|sed|nq|fo|ovf|sh|dh|mh)"
         );
     }
 
@@ -1825,6 +1826,10 @@ mod tests {
             ("wrr", Scheduler::WeightedRoundRobin),
             ("lc", Scheduler::LeastConnection),
             ("wlc", Scheduler::WeightedLeastConnection),
+            ("sed", Scheduler::ShortestExpectedDelay),
+            ("nq", Scheduler::NeverQueue),
+            ("fo", Scheduler::WeightedFailover),
+            ("ovf", Scheduler::Overflow),
             ("sh", Scheduler::SourceHash),
             ("dh", Scheduler::DestinationHash),
             ("mh", Scheduler::Maglev),

@@ -460,6 +460,10 @@ mod tests {
                     -A -t 10.0.0.5:0 -s mh -b mh-port -p 60\n\
                     -A -t 10.0.0.6:80 -s lc\n\
                     -A -t 10.0.0.7:80 -s wlc -p 60\n\
+                    -A -t 10.0.0.8:80 -s sed\n\
+                    -A -t 10.0.0.9:80 -s nq -p 60\n\
+                    -A -t 10.0.0.10:80 -s fo\n\
+                    -A -t 10.0.0.11:80 -s ovf\n\
                     -A -u [2001:db8::1]:53 -s sh -p 120 -M 64\n";
         let state = restore(&DesiredState::default(), text).expect("restore");
         assert_eq!(save(&state), text.replace("                    ", ""));
@@ -562,11 +566,12 @@ mod tests {
     #[test]
     fn restore_reports_bad_syntax_with_its_line() {
         let err =
-            restore(&DesiredState::default(), "\n-A -t 10.0.0.1:80 -s sed\n").expect_err("sed");
+            restore(&DesiredState::default(), "\n-A -t 10.0.0.1:80 -s lblc\n").expect_err("lblc");
         assert_eq!(err.line, 2);
         assert_eq!(
             err.to_string(),
-            "line 2: xlb does not implement the 'sed' scheduler yet (xlb supports: rr|wrr|lc|wlc|sh|dh|mh)"
+            "line 2: xlb does not implement the 'lblc' scheduler yet (xlb supports: \
+             rr|wrr|lc|wlc|sed|nq|fo|ovf|sh|dh|mh)"
         );
     }
 
