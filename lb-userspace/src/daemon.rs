@@ -25,14 +25,15 @@ use crate::{
     config::{self, LoadError},
     control::{self, Request, Response, Shared},
     datapath::DataPath,
-    dataplane::{Dataplane, DataplaneError, LoadOptions},
+    dataplane::{ConnectionTables, Dataplane, DataplaneError, LoadOptions},
+    expiry,
     health::engine::{Engine, HealthEvent, DEFAULT_MAX_CONCURRENT_CHECKS},
     layout::{self, LayoutError, Pinned, Versions},
     metrics,
     neighbour::{NeighbourError, Netlink},
     next_hops::NextHops,
     offloads,
-    runtime::{RateEstimator, Runtime, RuntimeError, Saved},
+    runtime::{monotonic_ns, sweep_tables, RateEstimator, Runtime, RuntimeError, Saved},
     state::DesiredState,
     upgrade::{OldTable, UpgradeError},
 };
@@ -339,6 +340,16 @@ async fn start_and_serve(
         );
     }
     layout::write(&config.pin_dir, Versions::CURRENT).map_err(DaemonError::Layout)?;
+    // The sweep walks the whole connection table every second: through handles of its own on
+    // the pins, off the state lock.
+    let pinned_tables = ConnectionTables::open_pinned(&config.pin_dir)
+        .inspect_err(|e| {
+            tracing::warn!(
+                error = %crate::errors::error_chain(e),
+                "the sweep of the connection table runs under the state lock"
+            );
+        })
+        .ok();
     let (shared, health_events) = start(runtime, file, &config)?;
     let metrics = listeners.metrics.map(|listener| {
         match listener.local_addr() {
@@ -361,6 +372,7 @@ async fn start_and_serve(
         Inputs {
             health_events,
             signals,
+            pinned_tables,
         },
         shutdown,
     )
@@ -416,6 +428,7 @@ pub async fn run_over<D: DataPath + 'static>(
         Inputs {
             health_events,
             signals,
+            pinned_tables: None,
         },
         shutdown,
     )
@@ -593,6 +606,9 @@ struct Inputs {
     health_events: UnboundedReceiver<HealthEvent>,
     /// The signals, if it handles them.
     signals: Option<Signals>,
+    /// The pinned connection tables, for a sweep off the state lock; without them the runtime
+    /// sweeps its own under the lock.
+    pinned_tables: Option<ConnectionTables>,
 }
 
 /// Installs the daemon's signal handlers when `config` says so, first thing at start: a SIGHUP
@@ -629,6 +645,7 @@ async fn serve<D: DataPath + 'static>(
     let Inputs {
         mut health_events,
         mut signals,
+        pinned_tables,
     } = inputs;
     // The next hops of the servers the start installed are resolved before xlbd says it
     // balances (and before it answers xlbadm), as when the start made the entries itself.
@@ -637,6 +654,8 @@ async fn serve<D: DataPath + 'static>(
         next_hops.wait().await;
     }
     let server = tokio::spawn(control::serve(control, shared.clone()));
+    let sweeper = pinned_tables.map(|tables| tokio::spawn(sweep_pinned(shared.clone(), tables)));
+    let sweeps_off_lock = sweeper.is_some();
     let mut logs = tokio::time::interval(Duration::from_millis(200));
     let mut rates = tokio::time::interval(Duration::from_secs(2));
     // Slow starts ramp weights up: bring their services' tables along every second (nothing is
@@ -674,7 +693,7 @@ async fn serve<D: DataPath + 'static>(
                 }
             }
             Some(event) = health_events.recv() => refresh_service(&shared, &event.service).await,
-            _ = ramps.tick() => refresh_ramps(&shared).await,
+            _ = ramps.tick() => refresh_ramps(&shared, sweeps_off_lock).await,
             _ = neighbours.tick() => {
                 no_neighbour = resolve_lost_next_hops(&shared, no_neighbour).await;
             }
@@ -703,6 +722,9 @@ async fn serve<D: DataPath + 'static>(
         }
     }
     server.abort();
+    if let Some(sweeper) = sweeper {
+        sweeper.abort();
+    }
     if let Some(metrics_server) = metrics_server {
         metrics_server.abort();
     }
@@ -731,13 +753,53 @@ async fn refresh_service<D: DataPath>(
     }
 }
 
-/// Brings the services whose servers ramp up (slow starts) in line with their weights now.
-async fn refresh_ramps<D: DataPath>(shared: &Mutex<Shared<D>>) {
-    if let Err(e) = shared.lock().await.runtime.refresh_ramps() {
+/// Brings the services whose servers ramp up (slow starts) in line with their weights now, and
+/// sweeps the connection table unless [`sweep_pinned`] does (`swept_elsewhere`).
+async fn refresh_ramps<D: DataPath>(shared: &Mutex<Shared<D>>, swept_elsewhere: bool) {
+    let mut guard = shared.lock().await;
+    let refreshed = if swept_elsewhere {
+        guard.runtime.refresh_ramping()
+    } else {
+        guard.runtime.refresh_ramps()
+    };
+    if let Err(e) = refreshed {
         tracing::error!(
             error = %crate::errors::error_chain(&e),
             "applying health-check results to the data path"
         );
+    }
+}
+
+/// Every [`expiry::SWEEP_PERIOD`], sweeps the pinned `tables` ([`sweep_tables`]: idle
+/// connections expired, persistent clients held or let go) on a blocking thread, off the state
+/// lock, which is taken only to read the timeouts and persistence settings and to write the
+/// connection counts. A full table's walk takes about 0.1 s (BENCHMARKS.md); the runtime's
+/// changes meanwhile are safe, as the sweep writes only entries still as it read them.
+async fn sweep_pinned<D: DataPath>(shared: Arc<Mutex<Shared<D>>>, tables: ConnectionTables) {
+    let tables = Arc::new(std::sync::Mutex::new(tables));
+    let mut ticks = tokio::time::interval(expiry::SWEEP_PERIOD);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let inputs = shared.lock().await.runtime.sweep_inputs();
+        let tables = tables.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            let mut tables = tables
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            sweep_tables(&mut *tables, &inputs, monotonic_ns())
+        })
+        .await;
+        match swept {
+            Ok(Some(counts)) => shared
+                .lock()
+                .await
+                .runtime
+                .correct_connection_counts(&counts),
+            // Logged by the sweep.
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "the sweep of the connection table failed"),
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use lb_common::{
 
 use crate::{
     capacity::Capacity,
-    dataplane::{Dataplane, DataplaneError, RealId},
+    dataplane::{ConnectionTables, Dataplane, DataplaneError, RealId},
 };
 
 /// What the runtime does to the data path. Every write either takes effect whole or fails and
@@ -167,6 +167,97 @@ pub trait DataPath: Send {
         v4: Option<Ipv4Addr>,
         v6: Option<Ipv6Addr>,
     ) -> Result<(), DataplaneError>;
+}
+
+/// The tables a sweep reads and writes ([`crate::runtime::sweep_tables`]): a data path's own
+/// ([`Through`], under the daemon's lock), or handles of their own on the pinned maps
+/// ([`ConnectionTables`], off it). Each is the [`DataPath`] method of the same name.
+pub trait SweptTables {
+    /// [`DataPath::connections`].
+    fn connections(&self) -> Result<Vec<(FlowKey, Connection)>, DataplaneError>;
+    /// [`DataPath::persistent_clients`].
+    fn persistent_clients(&self) -> Result<Vec<(PersistKey, Persistent)>, DataplaneError>;
+    /// [`DataPath::expire_connections`].
+    fn expire_connections(
+        &mut self,
+        entries: &[(FlowKey, Connection)],
+    ) -> Result<usize, DataplaneError>;
+    /// [`DataPath::hold_persistent_clients`].
+    fn hold_persistent_clients(
+        &mut self,
+        held: &[(PersistKey, Persistent, u64)],
+    ) -> Result<usize, DataplaneError>;
+    /// [`DataPath::expire_persistent_clients`].
+    fn expire_persistent_clients(
+        &mut self,
+        lapsed: &[(PersistKey, Persistent)],
+    ) -> Result<usize, DataplaneError>;
+}
+
+/// A data path's own tables, for a sweep through it.
+pub struct Through<'a, D: ?Sized>(pub &'a mut D);
+
+impl<D: DataPath + ?Sized> SweptTables for Through<'_, D> {
+    fn connections(&self) -> Result<Vec<(FlowKey, Connection)>, DataplaneError> {
+        self.0.connections()
+    }
+
+    fn persistent_clients(&self) -> Result<Vec<(PersistKey, Persistent)>, DataplaneError> {
+        self.0.persistent_clients()
+    }
+
+    fn expire_connections(
+        &mut self,
+        entries: &[(FlowKey, Connection)],
+    ) -> Result<usize, DataplaneError> {
+        self.0.expire_connections(entries)
+    }
+
+    fn hold_persistent_clients(
+        &mut self,
+        held: &[(PersistKey, Persistent, u64)],
+    ) -> Result<usize, DataplaneError> {
+        self.0.hold_persistent_clients(held)
+    }
+
+    fn expire_persistent_clients(
+        &mut self,
+        lapsed: &[(PersistKey, Persistent)],
+    ) -> Result<usize, DataplaneError> {
+        self.0.expire_persistent_clients(lapsed)
+    }
+}
+
+/// The pinned maps, through handles of their own.
+impl SweptTables for ConnectionTables {
+    fn connections(&self) -> Result<Vec<(FlowKey, Connection)>, DataplaneError> {
+        ConnectionTables::connections(self)
+    }
+
+    fn persistent_clients(&self) -> Result<Vec<(PersistKey, Persistent)>, DataplaneError> {
+        ConnectionTables::persistent_clients(self)
+    }
+
+    fn expire_connections(
+        &mut self,
+        entries: &[(FlowKey, Connection)],
+    ) -> Result<usize, DataplaneError> {
+        ConnectionTables::expire_connections(self, entries)
+    }
+
+    fn hold_persistent_clients(
+        &mut self,
+        held: &[(PersistKey, Persistent, u64)],
+    ) -> Result<usize, DataplaneError> {
+        ConnectionTables::hold_persistent_clients(self, held)
+    }
+
+    fn expire_persistent_clients(
+        &mut self,
+        lapsed: &[(PersistKey, Persistent)],
+    ) -> Result<usize, DataplaneError> {
+        ConnectionTables::expire_persistent_clients(self, lapsed)
+    }
 }
 
 /// The BPF maps: each operation is the [`Dataplane`] method of the same name.

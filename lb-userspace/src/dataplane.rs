@@ -252,14 +252,9 @@ pub struct Dataplane {
     service_epochs: Array<MapData, u32>,
     reals: Array<MapData, RealServer>,
     next_hops: PerCpuArray<MapData, NextHop>,
-    conntrack: HashMap<MapData, FlowKey, Connection>,
-    /// Embryonic TCP flows (a SYN seen), apart from the connection table until promoted.
-    embryonic: HashMap<MapData, FlowKey, Connection>,
-    /// Second descriptors of the connection table and the embryonic table, for batch reads.
-    conntrack_fd: OwnedFd,
-    embryonic_fd: OwnedFd,
+    /// The connection, embryonic and persistence tables.
+    flows: ConnectionTables,
     sched_cursors: PerCpuArray<MapData, u32>,
-    persist: HashMap<MapData, PersistKey, Persistent>,
     persist_settings: Array<MapData, PersistSettings>,
     real_conns: Array<MapData, u32>,
     real_weights: Array<MapData, u32>,
@@ -305,6 +300,165 @@ where
         .take_map(name)
         .ok_or(DataplaneError::Missing { what: "map", name })?;
     T::try_from(map).map_err(map_err(format!("opening map {name}")))
+}
+
+/// The connection table, the embryonic table and the persistence table: what xlbd's sweep reads
+/// and writes. The daemon's own are in its [`Dataplane`]; [`ConnectionTables::open_pinned`] opens
+/// handles of their own on the pinned maps, for a sweep that runs off the daemon's lock.
+pub struct ConnectionTables {
+    conntrack: HashMap<MapData, FlowKey, Connection>,
+    /// Embryonic TCP flows (a SYN seen), apart from the connection table until promoted.
+    embryonic: HashMap<MapData, FlowKey, Connection>,
+    /// Second descriptors of the connection table and the embryonic table, for batch reads.
+    conntrack_fd: OwnedFd,
+    embryonic_fd: OwnedFd,
+    persist: HashMap<MapData, PersistKey, Persistent>,
+}
+
+impl ConnectionTables {
+    /// Handles of their own on the tables pinned in `pin_dir`.
+    pub fn open_pinned(pin_dir: &Path) -> Result<Self> {
+        fn open<K: aya::Pod, V: aya::Pod>(
+            pin_dir: &Path,
+            name: &'static str,
+        ) -> Result<(HashMap<MapData, K, V>, OwnedFd)> {
+            let path = pin_dir.join(name);
+            let opening = || map_err(format!("opening the pinned map {}", path.display()));
+            let data = MapData::from_pin(&path).map_err(opening())?;
+            let fd = data.fd().as_fd().try_clone_to_owned().map_err(|e| {
+                opening()(MapError::from(aya::sys::SyscallError {
+                    call: "dup",
+                    io_error: e,
+                }))
+            })?;
+            let map = aya::maps::Map::from_map_data(data).map_err(opening())?;
+            Ok((HashMap::try_from(map).map_err(opening())?, fd))
+        }
+        let (conntrack, conntrack_fd) = open(pin_dir, names::CONNTRACK)?;
+        let (embryonic, embryonic_fd) = open(pin_dir, names::EMBRYONIC)?;
+        let (persist, _) = open(pin_dir, names::PERSIST)?;
+        Ok(Self {
+            conntrack,
+            embryonic,
+            conntrack_fd,
+            embryonic_fd,
+            persist,
+        })
+    }
+
+    /// Every entry of the persistence table (persistent clients and their real servers).
+    pub fn persistent_clients(&self) -> Result<Vec<(PersistKey, Persistent)>> {
+        self.persist
+            .iter()
+            .map(|r| r.map_err(map_err("reading the persistence table")))
+            .collect()
+    }
+
+    /// The connection table's entries, then the embryonic table's (their flags include
+    /// [`CONN_F_EMBRYONIC`]).
+    ///
+    /// Read in batches of thousands (`BPF_MAP_LOOKUP_BATCH`), so that a full table (a SYN flood
+    /// fills the embryonic one) costs the control plane milliseconds, not two system calls per
+    /// entry; key by key where the kernel refuses batches.
+    pub fn connections(&self) -> Result<Vec<(FlowKey, Connection)>> {
+        let read = |fd: &OwnedFd,
+                    map: &HashMap<MapData, FlowKey, Connection>,
+                    what: &'static str|
+         -> Result<Vec<(FlowKey, Connection)>> {
+            match batch::lookup_all(fd.as_fd()) {
+                Ok(all) => Ok(all),
+                Err(e) => {
+                    tracing::debug!(error = %e, "{what}: no batch reads, key by key instead");
+                    map.iter()
+                        .map(|r| r.map_err(map_err(format!("reading the {what}"))))
+                        .collect()
+                }
+            }
+        };
+        let mut all = read(&self.conntrack_fd, &self.conntrack, "connection table")?;
+        all.extend(
+            read(&self.embryonic_fd, &self.embryonic, "embryonic table")?
+                .into_iter()
+                .map(|(key, mut conn)| {
+                    conn.flags |= CONN_F_EMBRYONIC;
+                    (key, conn)
+                }),
+        );
+        Ok(all)
+    }
+
+    /// Removes connection-table entries that idled out (embryonic ones from the embryonic
+    /// table), each only while its last packet is still the one read: a flow that a packet
+    /// refreshed since stays. Returns how many were removed.
+    pub fn expire_connections(&mut self, entries: &[(FlowKey, Connection)]) -> Result<usize> {
+        let mut removed = 0;
+        for (key, read) in entries {
+            let table = if read.flags & CONN_F_EMBRYONIC != 0 {
+                &mut self.embryonic
+            } else {
+                &mut self.conntrack
+            };
+            match table.get(key, 0) {
+                Ok(now) if now.last_seen_ns == read.last_seen_ns => {}
+                Ok(_) | Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err("reading the connection table")(e)),
+            }
+            match table.remove(key) {
+                Ok(()) => removed += 1,
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err("expiring connections")(e)),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Gives persistent clients a new last-seen time, each only while it is still the client
+    /// read (the same server, epoch and time: the data path did not give it another server
+    /// meanwhile). Returns how many were written.
+    pub fn hold_persistent_clients(
+        &mut self,
+        held: &[(PersistKey, Persistent, u64)],
+    ) -> Result<usize> {
+        let mut written = 0;
+        for (key, read, last_seen_ns) in held {
+            match self.persist.get(key, 0) {
+                Ok(now) if now == *read => {}
+                Ok(_) | Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err("reading the persistence table")(e)),
+            }
+            let client = Persistent {
+                last_seen_ns: *last_seen_ns,
+                ..*read
+            };
+            self.persist
+                .insert(key, client, 0)
+                .map_err(map_err("holding persistent clients"))?;
+            written += 1;
+        }
+        Ok(written)
+    }
+
+    /// Removes persistent clients past their timeout, each only while it is still as read.
+    /// Returns how many were removed.
+    pub fn expire_persistent_clients(
+        &mut self,
+        lapsed: &[(PersistKey, Persistent)],
+    ) -> Result<usize> {
+        let mut removed = 0;
+        for (key, read) in lapsed {
+            match self.persist.get(key, 0) {
+                Ok(now) if now == *read => {}
+                Ok(_) | Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err("reading the persistence table")(e)),
+            }
+            match self.persist.remove(key) {
+                Ok(()) => removed += 1,
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err("expiring persistent clients")(e)),
+            }
+        }
+        Ok(removed)
+    }
 }
 
 impl Dataplane {
@@ -381,12 +535,14 @@ impl Dataplane {
             service_epochs: take(&mut ebpf, names::SERVICE_EPOCHS)?,
             reals: take(&mut ebpf, names::REALS)?,
             next_hops: take(&mut ebpf, names::NEXT_HOPS)?,
-            conntrack: take(&mut ebpf, names::CONNTRACK)?,
-            embryonic: take(&mut ebpf, names::EMBRYONIC)?,
-            conntrack_fd,
-            embryonic_fd,
+            flows: ConnectionTables {
+                conntrack: take(&mut ebpf, names::CONNTRACK)?,
+                embryonic: take(&mut ebpf, names::EMBRYONIC)?,
+                conntrack_fd,
+                embryonic_fd,
+                persist: take(&mut ebpf, names::PERSIST)?,
+            },
             sched_cursors: take(&mut ebpf, names::SCHED_CURSORS)?,
-            persist: take(&mut ebpf, names::PERSIST)?,
             persist_settings: take(&mut ebpf, names::PERSIST_SETTINGS)?,
             real_conns: take(&mut ebpf, names::REAL_CONNS)?,
             real_weights: take(&mut ebpf, names::REAL_WEIGHTS)?,
@@ -894,10 +1050,7 @@ impl Dataplane {
 
     /// Every entry of the persistence table (persistent clients and their real servers).
     pub fn persistent_clients(&self) -> Result<Vec<(PersistKey, Persistent)>> {
-        self.persist
-            .iter()
-            .map(|r| r.map_err(map_err("reading the persistence table")))
-            .collect()
+        self.flows.persistent_clients()
     }
 
     /// Forgets the persistent clients that match.
@@ -912,7 +1065,7 @@ impl Dataplane {
             .map(|(k, _)| k)
             .collect();
         for key in &doomed {
-            match self.persist.remove(key) {
+            match self.flows.persist.remove(key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_err("flushing the persistence table")(e)),
             }
@@ -1124,30 +1277,7 @@ impl Dataplane {
     /// fills the embryonic one) costs the control plane milliseconds, not two system calls per
     /// entry; key by key where the kernel refuses batches.
     pub fn connections(&self) -> Result<Vec<(FlowKey, Connection)>> {
-        let read = |fd: &OwnedFd,
-                    map: &HashMap<MapData, FlowKey, Connection>,
-                    what: &'static str|
-         -> Result<Vec<(FlowKey, Connection)>> {
-            match batch::lookup_all(fd.as_fd()) {
-                Ok(all) => Ok(all),
-                Err(e) => {
-                    tracing::debug!(error = %e, "{what}: no batch reads, key by key instead");
-                    map.iter()
-                        .map(|r| r.map_err(map_err(format!("reading the {what}"))))
-                        .collect()
-                }
-            }
-        };
-        let mut all = read(&self.conntrack_fd, &self.conntrack, "connection table")?;
-        all.extend(
-            read(&self.embryonic_fd, &self.embryonic, "embryonic table")?
-                .into_iter()
-                .map(|(key, mut conn)| {
-                    conn.flags |= CONN_F_EMBRYONIC;
-                    (key, conn)
-                }),
-        );
-        Ok(all)
+        self.flows.connections()
     }
 
     /// Writes a connection-table entry (to the embryonic table when its flags include
@@ -1161,9 +1291,9 @@ impl Dataplane {
     ) -> Result<bool> {
         const BPF_NOEXIST: u64 = 1;
         let table = if connection.flags & CONN_F_EMBRYONIC != 0 {
-            &mut self.embryonic
+            &mut self.flows.embryonic
         } else {
-            &mut self.conntrack
+            &mut self.flows.conntrack
         };
         match table.insert(key, connection, if only_new { BPF_NOEXIST } else { 0 }) {
             Ok(()) => Ok(true),
@@ -1201,9 +1331,9 @@ impl Dataplane {
             .collect();
         for (key, embryonic) in &doomed {
             let table = if *embryonic {
-                &mut self.embryonic
+                &mut self.flows.embryonic
             } else {
-                &mut self.conntrack
+                &mut self.flows.conntrack
             };
             match table.remove(key) {
                 // Evicted or removed by someone else meanwhile: gone either way.
@@ -1214,77 +1344,25 @@ impl Dataplane {
         Ok(doomed.len())
     }
 
-    /// Removes connection-table entries that idled out (embryonic ones from the embryonic
-    /// table), each only while its last packet is still the one read: a flow that a packet
-    /// refreshed since stays. Returns how many were removed.
+    /// [`ConnectionTables::expire_connections`] on the daemon's tables.
     pub fn expire_connections(&mut self, entries: &[(FlowKey, Connection)]) -> Result<usize> {
-        let mut removed = 0;
-        for (key, read) in entries {
-            let table = if read.flags & CONN_F_EMBRYONIC != 0 {
-                &mut self.embryonic
-            } else {
-                &mut self.conntrack
-            };
-            match table.get(key, 0) {
-                Ok(now) if now.last_seen_ns == read.last_seen_ns => {}
-                Ok(_) | Err(MapError::KeyNotFound) => continue,
-                Err(e) => return Err(map_err("reading the connection table")(e)),
-            }
-            match table.remove(key) {
-                Ok(()) => removed += 1,
-                Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err("expiring connections")(e)),
-            }
-        }
-        Ok(removed)
+        self.flows.expire_connections(entries)
     }
 
-    /// Gives persistent clients a new last-seen time, each only while it is still the client
-    /// read (the same server, epoch and time: the data path did not give it another server
-    /// meanwhile). Returns how many were written.
+    /// [`ConnectionTables::hold_persistent_clients`] on the daemon's tables.
     pub fn hold_persistent_clients(
         &mut self,
         held: &[(PersistKey, Persistent, u64)],
     ) -> Result<usize> {
-        let mut written = 0;
-        for (key, read, last_seen_ns) in held {
-            match self.persist.get(key, 0) {
-                Ok(now) if now == *read => {}
-                Ok(_) | Err(MapError::KeyNotFound) => continue,
-                Err(e) => return Err(map_err("reading the persistence table")(e)),
-            }
-            let client = Persistent {
-                last_seen_ns: *last_seen_ns,
-                ..*read
-            };
-            self.persist
-                .insert(key, client, 0)
-                .map_err(map_err("holding persistent clients"))?;
-            written += 1;
-        }
-        Ok(written)
+        self.flows.hold_persistent_clients(held)
     }
 
-    /// Removes persistent clients past their timeout, each only while it is still as read.
-    /// Returns how many were removed.
+    /// [`ConnectionTables::expire_persistent_clients`] on the daemon's tables.
     pub fn expire_persistent_clients(
         &mut self,
         lapsed: &[(PersistKey, Persistent)],
     ) -> Result<usize> {
-        let mut removed = 0;
-        for (key, read) in lapsed {
-            match self.persist.get(key, 0) {
-                Ok(now) if now == *read => {}
-                Ok(_) | Err(MapError::KeyNotFound) => continue,
-                Err(e) => return Err(map_err("reading the persistence table")(e)),
-            }
-            match self.persist.remove(key) {
-                Ok(()) => removed += 1,
-                Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err("expiring persistent clients")(e)),
-            }
-        }
-        Ok(removed)
+        self.flows.expire_persistent_clients(lapsed)
     }
 
     /// Switches the data path's debug events (aya-log) on or off.

@@ -20,7 +20,7 @@ use thiserror::Error;
 use crate::{
     capacity,
     convert::{identity, real_entry, scheduling_entry, service_key},
-    datapath::DataPath,
+    datapath::{DataPath, SweptTables, Through},
     dataplane::{Dataplane, DataplaneError, RealId},
     errors::error_chain,
     expiry::{self, ConnKind},
@@ -448,6 +448,12 @@ impl<D: DataPath> Runtime<D> {
     pub fn refresh_ramps(&mut self) -> Result<bool, RuntimeError> {
         // The same timer expires idle connections and brings the connection counts in line.
         self.sweep();
+        self.refresh_ramping()
+    }
+
+    /// [`Self::refresh_ramps`] without the sweep: for a daemon that sweeps the pinned tables off
+    /// its lock ([`sweep_tables`]).
+    pub fn refresh_ramping(&mut self) -> Result<bool, RuntimeError> {
         if self.ramping.is_empty() {
             return Ok(false);
         }
@@ -507,42 +513,19 @@ impl<D: DataPath> Runtime<D> {
     /// ([`expiry::sweep`]), and then corrects the connection counts from the entries left.
     /// One walk of the connection table.
     pub fn sweep(&mut self) {
-        let now = monotonic_ns();
-        let entries = match self.dp.connections() {
-            Ok(entries) => entries,
-            Err(e) => {
-                tracing::warn!(error = %error_chain(&e), "reading the connection table to expire idle connections");
-                return;
-            }
-        };
-        let persistence = self.persistence_settings();
-        let clients = if persistence.is_empty() {
-            Vec::new()
-        } else {
-            self.dp.persistent_clients().unwrap_or_else(|e| {
-                tracing::warn!(error = %error_chain(&e), "reading the persistence table to hold its clients");
-                Vec::new()
-            })
-        };
-        let timeouts = self.desired.timeouts;
-        let swept = expiry::sweep(entries, &clients, &persistence, &timeouts, now);
-        if !swept.expired.is_empty() {
-            match self.dp.expire_connections(&swept.expired) {
-                Ok(n) => tracing::debug!(expired = n, "idle connections expired"),
-                Err(e) => tracing::warn!(error = %error_chain(&e), "expiring idle connections"),
-            }
+        let inputs = self.sweep_inputs();
+        if let Some(counts) = sweep_tables(&mut Through(&mut self.dp), &inputs, monotonic_ns()) {
+            self.correct_connection_counts(&counts);
         }
-        if !swept.held.is_empty() {
-            if let Err(e) = self.dp.hold_persistent_clients(&swept.held) {
-                tracing::warn!(error = %error_chain(&e), "holding persistent clients with live connections");
-            }
+    }
+
+    /// What a sweep needs of the runtime ([`sweep_tables`]): the timeouts in force and each
+    /// persistent service's settings.
+    pub fn sweep_inputs(&self) -> SweepInputs {
+        SweepInputs {
+            timeouts: self.desired.timeouts,
+            persistence: self.persistence_settings(),
         }
-        if !swept.lapsed.is_empty() {
-            if let Err(e) = self.dp.expire_persistent_clients(&swept.lapsed) {
-                tracing::warn!(error = %error_chain(&e), "expiring persistent clients");
-            }
-        }
-        self.correct_connection_counts(&count_connections(swept.live, now, &timeouts));
     }
 
     /// The persistence settings of each persistent service, by id.
@@ -562,7 +545,7 @@ impl<D: DataPath> Runtime<D> {
     /// `wlc`, `sed`, `nq`, `ovf`), and the connections (active and inactive) of every real server with thresholds
     /// (`-x`), from the connection table's `counts`: the data path only adds one for each new
     /// flow, so closed, reset and idled-out connections leave its counts here.
-    fn correct_connection_counts(&mut self, counts: &ConnectionCounts) {
+    pub fn correct_connection_counts(&mut self, counts: &ConnectionCounts) {
         let mut least = Vec::new();
         let mut limited = Vec::new();
         for svc in &self.applied.services {
@@ -1364,6 +1347,66 @@ impl<D: DataPath> Runtime<D> {
         }
         rates.update(monotonic_ns(), services, reals);
     }
+}
+
+/// What a sweep needs of the runtime ([`Runtime::sweep_inputs`]).
+#[derive(Clone, Debug, Default)]
+pub struct SweepInputs {
+    /// The connection timeouts in force.
+    pub timeouts: ConnectionTimeouts,
+    /// The persistence settings of each persistent service, by id.
+    pub persistence: BTreeMap<u32, lb_common::PersistSettings>,
+}
+
+/// One sweep of `tables` at `now` ([`expiry::sweep`]): removes the entries idle past their
+/// timeouts, holds the persistent clients with live connections and removes the lapsed ones;
+/// returns the connection counts of the entries left, or `None` when the connection table could
+/// not be read (logged). Every write is best effort, logged when refused, and only touches an
+/// entry still as it was read, so the sweep may run while the runtime changes the data path.
+pub fn sweep_tables(
+    tables: &mut impl SweptTables,
+    inputs: &SweepInputs,
+    now: u64,
+) -> Option<ConnectionCounts> {
+    let entries = match tables.connections() {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), "reading the connection table to expire idle connections");
+            return None;
+        }
+    };
+    let clients = if inputs.persistence.is_empty() {
+        Vec::new()
+    } else {
+        tables.persistent_clients().unwrap_or_else(|e| {
+            tracing::warn!(error = %error_chain(&e), "reading the persistence table to hold its clients");
+            Vec::new()
+        })
+    };
+    let swept = expiry::sweep(
+        entries,
+        &clients,
+        &inputs.persistence,
+        &inputs.timeouts,
+        now,
+    );
+    if !swept.expired.is_empty() {
+        match tables.expire_connections(&swept.expired) {
+            Ok(n) => tracing::debug!(expired = n, "idle connections expired"),
+            Err(e) => tracing::warn!(error = %error_chain(&e), "expiring idle connections"),
+        }
+    }
+    if !swept.held.is_empty() {
+        if let Err(e) = tables.hold_persistent_clients(&swept.held) {
+            tracing::warn!(error = %error_chain(&e), "holding persistent clients with live connections");
+        }
+    }
+    if !swept.lapsed.is_empty() {
+        if let Err(e) = tables.expire_persistent_clients(&swept.lapsed) {
+            tracing::warn!(error = %error_chain(&e), "expiring persistent clients");
+        }
+    }
+    Some(count_connections(swept.live, now, &inputs.timeouts))
 }
 
 /// (active, inactive) connections by real server, from [`Runtime::connection_counts`].

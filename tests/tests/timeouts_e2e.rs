@@ -114,6 +114,11 @@ fn an_idle_udp_flow_expires_after_the_udp_timeout_and_its_next_packet_is_schedul
         "the expired flow's next packet is a new connection"
     );
     assert!(listed());
+    let log = daemon.log();
+    assert!(
+        !log.contains("under the state lock"),
+        "xlbd sweeps the pinned tables off its lock: {log}"
+    );
 }
 
 #[test]
