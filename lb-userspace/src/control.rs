@@ -450,6 +450,16 @@ mod tests {
     }
 
     #[test]
+    fn a_reloads_summary_says_when_the_connection_timeouts_changed() {
+        let old = state(SERVICE);
+        let new = state(&format!("{SERVICE}[timeouts]\nudp_secs = 30\n"));
+        assert_eq!(
+            summary(&old, &new),
+            "connection timeouts (tcp tcpfin udp) now 900 120 30"
+        );
+    }
+
+    #[test]
     fn a_reloads_summary_counts_what_was_added_removed_and_changed() {
         let old = state(&format!(
             "{SERVICE}{}{}",

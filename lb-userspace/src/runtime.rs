@@ -2983,6 +2983,35 @@ mod tests {
         }
 
         #[test]
+        fn the_connection_timeouts_are_saved_with_the_state_kept_by_clear_and_left_out_of_save() {
+            let file = StateFile::new("timeouts");
+            let mut rt = Runtime::new(FakeDataPath::default(), Some(file.0.clone()));
+            let mut desired = state(TWO_SERVICES);
+            desired
+                .apply(&crate::state::Change::SetTimeouts {
+                    tcp_secs: 60,
+                    tcpfin_secs: 0,
+                    udp_secs: 10,
+                })
+                .expect("set");
+            desired.apply(&crate::state::Change::Clear).expect("clear");
+            rt.change_to(desired).expect("applied");
+            let saved = Saved::read(&file.0).expect("the state file");
+            let set = ConnectionTimeouts {
+                tcp_secs: 60,
+                tcpfin_secs: 120,
+                udp_secs: 10,
+            };
+            assert_eq!(saved.desired.timeouts, set, "-C keeps them; a restart too");
+            let adopted = Runtime::adopt(rt.into_datapath(), saved, None);
+            assert_eq!(adopted.desired().timeouts, set);
+            assert!(
+                !crate::ipvsadm::save::save(adopted.desired()).contains("--set"),
+                "ipvsadm -S does not save the timeouts"
+            );
+        }
+
+        #[test]
         fn a_restarted_runtime_adopts_the_saved_state_and_the_maps_without_writing() {
             let file = StateFile::new("adopt");
             let mut first = Runtime::new(FakeDataPath::default(), Some(file.0.clone()));
