@@ -310,7 +310,7 @@ if [ "${SCHEDULERS:-1}" = 1 ] && want sched; then
 	SCHED_OUT=
 	# "X -x": scheduler X with an upper connection threshold on the real server that the runs
 	# never reach (every new flow reads and counts it; no server is passed by).
-	for sched in "mh" "rr" "wrr" "lc" "wlc" "sh" "sh -b sh-port" "dh" "mh -p 300" "rr -p 300" "wrr -p 300 -M 255.255.255.0" "mh -x" "rr -x" "wlc -x"; do
+	for sched in "mh" "rr" "wrr" "lc" "wlc" "sed" "nq" "fo" "ovf" "sh" "sh -b sh-port" "dh" "mh -p 300" "rr -p 300" "wrr -p 300 -M 255.255.255.0" "mh -x" "rr -x" "wlc -x" "ovf -x"; do
 		thr=0
 		case "$sched" in *" -x") thr=2000000000; sched=${sched% -x} ;; esac
 		# shellcheck disable=SC2086 # the scheduler's options are words
