@@ -350,18 +350,20 @@ async fn start_and_serve(
             );
         })
         .ok();
+    // Its counts are the metrics' too: one walk of the table a second, not two.
+    let (swept_counts, counts) = tokio::sync::watch::channel(Arc::default());
     let (shared, health_events) = start(runtime, file, &config)?;
     let metrics = listeners.metrics.map(|listener| {
         match listener.local_addr() {
             Ok(addr) => tracing::info!(%addr, "serving metrics (/metrics) and the status page (/)"),
             Err(e) => tracing::warn!(error = %e, "the metrics listener has no address"),
         }
-        let conntrack = config.pin_dir.join(lb_common::maps::CONNTRACK);
-        tokio::spawn(metrics::serve(
-            listener,
-            shared.clone(),
-            metrics::ConnectionTable::Pinned(conntrack),
-        ))
+        let table = if pinned_tables.is_some() {
+            metrics::ConnectionTable::Swept(counts)
+        } else {
+            metrics::ConnectionTable::Pinned(config.pin_dir.join(lb_common::maps::CONNTRACK))
+        };
+        tokio::spawn(metrics::serve(listener, shared.clone(), table))
     });
     serve(
         shared,
@@ -372,7 +374,7 @@ async fn start_and_serve(
         Inputs {
             health_events,
             signals,
-            pinned_tables,
+            pinned_tables: pinned_tables.map(|tables| (tables, swept_counts)),
         },
         shutdown,
     )
@@ -600,15 +602,19 @@ fn start_state(running: &DesiredState, file: Option<DesiredState>) -> (&'static 
 /// The signals a daemon answers: SIGHUP, SIGUSR1, SIGUSR2.
 type Signals = (Signal, Signal, Signal);
 
+/// Where the sweep sends the connection counts it makes.
+type SweptCounts = tokio::sync::watch::Sender<Arc<crate::runtime::ConnectionCounts>>;
+
 /// What a serving daemon answers besides its sockets.
 struct Inputs {
     /// The health checks' events.
     health_events: UnboundedReceiver<HealthEvent>,
     /// The signals, if it handles them.
     signals: Option<Signals>,
-    /// The pinned connection tables, for a sweep off the state lock; without them the runtime
-    /// sweeps its own under the lock.
-    pinned_tables: Option<ConnectionTables>,
+    /// The pinned connection tables, for a sweep off the state lock, and where it sends the
+    /// connection counts it makes (for the metrics); without them the runtime sweeps its own
+    /// under the lock.
+    pinned_tables: Option<(ConnectionTables, SweptCounts)>,
 }
 
 /// Installs the daemon's signal handlers when `config` says so, first thing at start: a SIGHUP
@@ -654,7 +660,8 @@ async fn serve<D: DataPath + 'static>(
         next_hops.wait().await;
     }
     let server = tokio::spawn(control::serve(control, shared.clone()));
-    let sweeper = pinned_tables.map(|tables| tokio::spawn(sweep_pinned(shared.clone(), tables)));
+    let sweeper = pinned_tables
+        .map(|(tables, counts)| tokio::spawn(sweep_pinned(shared.clone(), tables, counts)));
     let sweeps_off_lock = sweeper.is_some();
     let mut logs = tokio::time::interval(Duration::from_millis(200));
     let mut rates = tokio::time::interval(Duration::from_secs(2));
@@ -775,7 +782,11 @@ async fn refresh_ramps<D: DataPath>(shared: &Mutex<Shared<D>>, swept_elsewhere: 
 /// lock, which is taken only to read the timeouts and persistence settings and to write the
 /// connection counts. A full table's walk takes about 0.1 s (BENCHMARKS.md); the runtime's
 /// changes meanwhile are safe, as the sweep writes only entries still as it read them.
-async fn sweep_pinned<D: DataPath>(shared: Arc<Mutex<Shared<D>>>, tables: ConnectionTables) {
+async fn sweep_pinned<D: DataPath>(
+    shared: Arc<Mutex<Shared<D>>>,
+    tables: ConnectionTables,
+    counts_out: SweptCounts,
+) {
     let tables = Arc::new(std::sync::Mutex::new(tables));
     let mut ticks = tokio::time::interval(expiry::SWEEP_PERIOD);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -791,11 +802,14 @@ async fn sweep_pinned<D: DataPath>(shared: Arc<Mutex<Shared<D>>>, tables: Connec
         })
         .await;
         match swept {
-            Ok(Some(counts)) => shared
-                .lock()
-                .await
-                .runtime
-                .correct_connection_counts(&counts),
+            Ok(Some(counts)) => {
+                shared
+                    .lock()
+                    .await
+                    .runtime
+                    .correct_connection_counts(&counts);
+                counts_out.send_replace(Arc::new(counts));
+            }
             // Logged by the sweep.
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "the sweep of the connection table failed"),

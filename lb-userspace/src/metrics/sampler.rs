@@ -2,10 +2,12 @@
 //! of the connection table, however many scrapers there are) and adds each service's traffic to
 //! the history. Scrapes serve the last sample.
 //!
-//! xlbd's connection table is pinned: the sampler walks it through a handle of its own, on a
-//! blocking thread, without the daemon's lock (which a table of a million flows would hold for
-//! seconds). The lock is taken only to read the counters, one lookup per service and server.
-//! Without a pin, the walk goes through the runtime, under the lock.
+//! xlbd's connection table is pinned and swept every second off the daemon's lock (expiring idle
+//! entries): the sampler takes the counts of the last sweep ([`ConnectionTable::Swept`]), or, when
+//! xlbd does not sweep the pins, walks the table through a handle of its own, on a blocking
+//! thread, without the daemon's lock (which a table of a million flows would hold for seconds).
+//! The lock is taken only to read the counters, one lookup per service and server. Without a pin,
+//! the walk goes through the runtime, under the lock.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -62,12 +64,15 @@ impl Sampled {
 }
 
 /// Where the sampler reads the connection table.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum ConnectionTable {
     /// Through the runtime, under the daemon's lock.
     Runtime,
     /// The map pinned at this path (xlbd's `PIN_DIR/XLB_CONNTRACK`), without the lock.
     Pinned(PathBuf),
+    /// No walk of its own: the counts of xlbd's last sweep of the connection table, which walks
+    /// it every second anyway (`daemon`'s sweep of the pinned tables).
+    Swept(watch::Receiver<Arc<ConnectionCounts>>),
 }
 
 /// Why a sample was not taken (the previous one stays in force).
@@ -123,6 +128,7 @@ async fn sample(shared: &Mutex<Shared>, table: &ConnectionTable) -> Result<Sampl
             let timeouts = shared.lock().await.runtime.desired().timeouts;
             tokio::task::spawn_blocking(move || walk_pinned(&path, &timeouts)).await??
         }
+        ConnectionTable::Swept(counts) => counts.borrow().as_ref().clone(),
     };
     let shared = shared.lock().await;
     let now_ns = monotonic_ns();
