@@ -946,6 +946,11 @@ weight = 2
         assert!(state.services[0].sched_flags.port);
         let wrong = SERVICE.replace("\"mh\"", "\"rr\"\nsched_flags = { port = true }");
         assert!(error(&wrong).contains("the 'rr' scheduler takes no scheduler flags"));
+        for scheduler in crate::state::Scheduler::ALL {
+            let text = SERVICE.replace("\"mh\"", &format!("\"{}\"", scheduler.name()));
+            let state = parse(&text).expect("a valid file");
+            assert_eq!(state.services[0].scheduler, *scheduler);
+        }
     }
 
     #[test]
