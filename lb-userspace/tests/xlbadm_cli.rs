@@ -31,9 +31,15 @@ fn a_bad_option_combination_exits_2_before_any_contact_with_the_daemon() {
 
 #[test]
 fn an_unknown_scheduler_is_rejected_with_the_supported_ones() {
+    // A scheduler of ipvsadm's that xlb lacks is refused before any contact with the daemon,
+    // naming the ones it has; one xlb has gets as far as the (missing) daemon.
+    let (code, _, err) = xlbadm(&["-A", "-t", "10.0.0.1:80", "-s", "lblc"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("does not implement the 'lblc'"), "{err}");
+    assert!(err.contains("mh") && err.contains("ovf"), "{err}");
     let (code, _, err) = xlbadm(&["-A", "-t", "10.0.0.1:80", "-s", "sed"]);
-    assert_ne!(code, 0);
-    assert!(err.contains("mh"), "{err}");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("xlbd is not running"), "{err}");
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //!
 //! What differs, on purpose:
 //! - the default scheduler is `mh` (Maglev); ipvsadm's is `wlc`; the schedulers xlb lacks
-//!   (`sed`, `nq`, `fo`, `ovf`, `lblc`, `lblcr`, `twos`) are refused by name; `-y` above `-x`
+//!   (`lblc`, `lblcr`, `twos`) are refused by name; `-y` above `-x`
 //!   is refused here (IPVS refuses it when the rule reaches the kernel);
 //! - `-m` (NAT), firewall marks, SCTP, sync daemons, one-packet scheduling and persistence
 //!   engines are refused with a message that names the feature;
