@@ -17,6 +17,7 @@
 //!   restarts), failures attributed, xlbd's figures checked for growth.
 //! - [`root`]: the guard that root-only tests call first.
 
+pub mod cli;
 pub mod daemon;
 pub mod fixture;
 pub mod fuzz;

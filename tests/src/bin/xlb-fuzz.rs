@@ -6,7 +6,8 @@
 
 use std::process::ExitCode;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
+use clap::Parser as _;
 
 fn main() -> ExitCode {
     match run() {
@@ -19,35 +20,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Generated frames through the balancer and the decapsulator, each compared with the model.
+#[derive(clap::Parser)]
+#[command(name = "xlb-fuzz")]
+struct Args {
+    /// Frames for the balancer (the decapsulator gets a quarter as many); `_` may group digits.
+    #[arg(long, default_value = "1000000", value_parser = xlb_tests::cli::count)]
+    packets: u64,
+    /// The generator's seed, decimal or 0x-hex: the same seed gives the same frames.
+    #[arg(long, default_value = "0x786c6221", value_parser = xlb_tests::cli::seed)]
+    seed: u64,
+}
+
 fn run() -> Result<bool> {
-    let mut packets: u64 = 1_000_000;
-    let mut seed: u64 = 0x786c_6221;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "--packets" => {
-                let v = value("--packets")?;
-                packets = v
-                    .replace('_', "")
-                    .parse()
-                    .with_context(|| format!("--packets {v}: not a number"))?;
-            }
-            "--seed" => {
-                let v = value("--seed")?;
-                seed = match v.strip_prefix("0x") {
-                    Some(hex) => u64::from_str_radix(hex, 16),
-                    None => v.parse(),
-                }
-                .with_context(|| format!("--seed {v}: not a number"))?;
-            }
-            "-h" | "--help" => {
-                println!("usage: xlb-fuzz [--packets N (1000000)] [--seed S (0x786c6221)]");
-                return Ok(true);
-            }
-            other => bail!("unknown argument {other} (usage: xlb-fuzz [--packets N] [--seed S])"),
-        }
-    }
+    let Args { packets, seed } = Args::parse();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("xlb-fuzz loads XDP programs into a namespace of its own: run it as root");

@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+use clap::Parser as _;
 
 /// Set by SIGINT or SIGTERM.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -19,9 +20,6 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 extern "C" fn interrupted(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
-
-const USAGE: &str =
-    "usage: xlb-soak [--minutes N (10)] [--seed S (0x736f616b)] [--samples FILE.csv]";
 
 fn main() -> ExitCode {
     match run() {
@@ -34,38 +32,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// Continuous client load through a lab while everything around it changes.
+#[derive(clap::Parser)]
+#[command(name = "xlb-soak")]
+struct Args {
+    /// How long the load runs, in minutes (a fraction is fine).
+    #[arg(long, default_value = "10", value_parser = xlb_tests::cli::minutes)]
+    minutes: f64,
+    /// The seed of the changes' order and timing, decimal or 0x-hex.
+    #[arg(long, default_value = "0x736f616b", value_parser = xlb_tests::cli::seed)]
+    seed: u64,
+    /// Where to write xlbd's sampled figures as CSV.
+    #[arg(long, value_name = "FILE.csv")]
+    samples: Option<std::path::PathBuf>,
+}
+
 fn run() -> Result<bool> {
-    let mut minutes: f64 = 10.0;
-    let mut seed: u64 = 0x736f_616b;
-    let mut samples: Option<std::path::PathBuf> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "--minutes" => {
-                let v = value("--minutes")?;
-                minutes = v
-                    .parse()
-                    .ok()
-                    .filter(|m: &f64| m.is_finite() && *m > 0.0)
-                    .with_context(|| format!("--minutes {v}: not a positive number"))?;
-            }
-            "--seed" => {
-                let v = value("--seed")?;
-                seed = match v.strip_prefix("0x") {
-                    Some(hex) => u64::from_str_radix(hex, 16),
-                    None => v.parse(),
-                }
-                .with_context(|| format!("--seed {v}: not a number"))?;
-            }
-            "--samples" => samples = Some(value("--samples")?.into()),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(true);
-            }
-            other => bail!("unknown argument {other} ({USAGE})"),
-        }
-    }
+    let Args {
+        minutes,
+        seed,
+        samples,
+    } = Args::parse();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("xlb-soak creates network namespaces and loads XDP programs: run it as root");
