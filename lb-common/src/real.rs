@@ -140,6 +140,39 @@ impl RealLimits {
         }
     }
 
+    /// These limits with new thresholds (IPVS's `-x`/`-y` on `-a`/`-e`): the count is kept while
+    /// there is an upper threshold, `ovf`'s marks (the weight's, not the thresholds') are kept,
+    /// and the server is overloaded if the count already reaches the new upper threshold.
+    #[inline(always)]
+    pub const fn with_thresholds(self, upper: u32, lower: u32) -> Self {
+        let mut limits = Self {
+            upper,
+            lower,
+            conns: if upper == 0 { 0 } else { self.conns },
+            flags: self.flags & (LIMIT_F_WEIGHT_CAP | LIMIT_F_FULL),
+        };
+        if limits.overloaded_at(limits.conns, false) {
+            limits.flags |= LIMIT_F_OVERLOADED;
+        }
+        limits
+    }
+
+    /// These limits with the server's connections counted anew (by userspace, from the
+    /// connection table): overloaded or not by IPVS's rule ([`Self::overloaded_at`]).
+    #[inline(always)]
+    pub const fn with_count(self, conns: u32) -> Self {
+        let over = self.overloaded_at(conns, self.is_overloaded());
+        Self {
+            conns,
+            flags: if over {
+                self.flags | LIMIT_F_OVERLOADED
+            } else {
+                self.flags & !LIMIT_F_OVERLOADED
+            },
+            ..self
+        }
+    }
+
     /// Whether the flag says overloaded.
     #[inline(always)]
     pub const fn is_overloaded(&self) -> bool {
@@ -216,6 +249,39 @@ mod tests {
         assert!(!l.overloaded_at(1, true), "1 * 4 < 2 * 3");
         let l = limits(i32::MAX as u32, 0);
         assert!(l.overloaded_at(i32::MAX as u32 - 1, true), "no overflow");
+    }
+
+    #[test]
+    fn new_thresholds_keep_the_count_and_ovfs_marks_and_a_new_count_moves_the_flag() {
+        let counted = RealLimits {
+            upper: 10,
+            lower: 4,
+            conns: 5,
+            flags: LIMIT_F_WEIGHT_CAP | LIMIT_F_FULL | LIMIT_F_OVERLOADED,
+        };
+        let lowered = counted.with_thresholds(5, 0);
+        assert_eq!(
+            (lowered.conns, lowered.flags),
+            (5, LIMIT_F_WEIGHT_CAP | LIMIT_F_FULL | LIMIT_F_OVERLOADED),
+            "5 connections reach the new upper threshold"
+        );
+        let raised = counted.with_thresholds(20, 0);
+        assert_eq!(
+            raised.flags,
+            LIMIT_F_WEIGHT_CAP | LIMIT_F_FULL,
+            "freed at once"
+        );
+        assert_eq!(
+            counted.with_thresholds(0, 0).conns,
+            0,
+            "no threshold, no count"
+        );
+        // Overloaded at 10, stays so down to the lower threshold 4, free below it.
+        let l = limits(10, 4).with_count(10);
+        assert!(l.is_overloaded() && l.conns == 10);
+        assert!(l.with_count(4).is_overloaded());
+        assert!(!l.with_count(3).is_overloaded());
+        assert!(!limits(10, 4).with_count(9).is_overloaded());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use lb_common::{
     hash::{vip_filter_slot, VIP_FILTER_WORDS},
     limits::{EMPTY_MAGLEV_TABLE, MAGLEV_TABLE_SIZE, MAGLEV_TABLE_STRIDE},
     maps as names,
-    real::{LIMIT_F_FULL, LIMIT_F_OVERLOADED, LIMIT_F_WEIGHT_CAP},
+    real::{LIMIT_F_FULL, LIMIT_F_WEIGHT_CAP},
     Connection, Counters, DataplaneConfig, FlowKey, GlobalStat, NextHop, PersistKey,
     PersistSettings, Persistent, RealLimits, RealServer, Service, ServiceKey,
 };
@@ -316,6 +316,16 @@ pub struct ConnectionTables {
 }
 
 impl ConnectionTables {
+    /// The table a flow's entry lives in: the embryonic table when `flags` (the entry's) include
+    /// [`CONN_F_EMBRYONIC`], the connection table otherwise.
+    fn table_of(&mut self, flags: u32) -> &mut HashMap<MapData, FlowKey, Connection> {
+        if flags & CONN_F_EMBRYONIC != 0 {
+            &mut self.embryonic
+        } else {
+            &mut self.conntrack
+        }
+    }
+
     /// Handles of their own on the tables pinned in `pin_dir`.
     pub fn open_pinned(pin_dir: &Path) -> Result<Self> {
         fn open<K: aya::Pod, V: aya::Pod>(
@@ -393,11 +403,7 @@ impl ConnectionTables {
     pub fn expire_connections(&mut self, entries: &[(FlowKey, Connection)]) -> Result<usize> {
         let mut removed = 0;
         for (key, read) in entries {
-            let table = if read.flags & CONN_F_EMBRYONIC != 0 {
-                &mut self.embryonic
-            } else {
-                &mut self.conntrack
-            };
+            let table = self.table_of(read.flags);
             match table.get(key, 0) {
                 Ok(now) if now.last_seen_ns == read.last_seen_ns => {}
                 Ok(_) | Err(MapError::KeyNotFound) => continue,
@@ -985,17 +991,11 @@ impl Dataplane {
     /// As IPVS does on such a change, the server stays overloaded only when it has `upper`
     /// connections or more.
     pub fn set_real_thresholds(&mut self, id: RealId, upper: u32, lower: u32) -> Result<()> {
-        let old = self.real_limits.get(&id, 0).unwrap_or_default();
-        let mut limits = RealLimits {
-            upper,
-            lower,
-            conns: if upper == 0 { 0 } else { old.conns },
-            // ovf's marks are the weight's, not the thresholds'.
-            flags: old.flags & (LIMIT_F_WEIGHT_CAP | LIMIT_F_FULL),
-        };
-        if limits.overloaded_at(limits.conns, false) {
-            limits.flags |= LIMIT_F_OVERLOADED;
-        }
+        let limits = self
+            .real_limits
+            .get(&id, 0)
+            .unwrap_or_default()
+            .with_thresholds(upper, lower);
         self.real_limits
             .set(id, limits, 0)
             .map_err(map_err("writing a real server's connection thresholds"))
@@ -1005,20 +1005,14 @@ impl Dataplane {
     /// in the connection table, and whether each is overloaded with them.
     pub fn set_threshold_counts(&mut self, counts: &[(RealId, u32)]) -> Result<()> {
         for (id, count) in counts {
-            let mut limits = self
+            let limits = self
                 .real_limits
                 .get(id, 0)
                 .map_err(map_err("reading a real server's connection thresholds"))?;
             if limits.upper == 0 {
                 continue;
             }
-            let over = limits.overloaded_at(*count, limits.is_overloaded());
-            limits.conns = *count;
-            limits.flags = if over {
-                limits.flags | LIMIT_F_OVERLOADED
-            } else {
-                limits.flags & !LIMIT_F_OVERLOADED
-            };
+            let limits = limits.with_count(*count);
             self.real_limits
                 .set(*id, limits, 0)
                 .map_err(map_err("writing a real server's connection count"))?;
@@ -1290,11 +1284,7 @@ impl Dataplane {
         only_new: bool,
     ) -> Result<bool> {
         const BPF_NOEXIST: u64 = 1;
-        let table = if connection.flags & CONN_F_EMBRYONIC != 0 {
-            &mut self.flows.embryonic
-        } else {
-            &mut self.flows.conntrack
-        };
+        let table = self.flows.table_of(connection.flags);
         match table.insert(key, connection, if only_new { BPF_NOEXIST } else { 0 }) {
             Ok(()) => Ok(true),
             Err(MapError::SyscallError(e))
@@ -1323,19 +1313,14 @@ impl Dataplane {
         &mut self,
         mut matches: impl FnMut(&Connection) -> bool,
     ) -> Result<usize> {
-        let doomed: Vec<(FlowKey, bool)> = self
+        let doomed: Vec<(FlowKey, u32)> = self
             .connections()?
             .into_iter()
             .filter(|(_, c)| matches(c))
-            .map(|(k, c)| (k, c.flags & CONN_F_EMBRYONIC != 0))
+            .map(|(k, c)| (k, c.flags))
             .collect();
-        for (key, embryonic) in &doomed {
-            let table = if *embryonic {
-                &mut self.flows.embryonic
-            } else {
-                &mut self.flows.conntrack
-            };
-            match table.remove(key) {
+        for (key, flags) in &doomed {
+            match self.flows.table_of(*flags).remove(key) {
                 // Evicted or removed by someone else meanwhile: gone either way.
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_err("flushing the connection table")(e)),

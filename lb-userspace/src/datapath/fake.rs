@@ -17,7 +17,7 @@ use std::{
 use aya::{maps::MapError, sys::SyscallError};
 use lb_common::{
     limits::{EMPTY_MAGLEV_TABLE, MAGLEV_TABLE_SIZE},
-    real::{LIMIT_F_FULL, LIMIT_F_OVERLOADED, LIMIT_F_WEIGHT_CAP},
+    real::LIMIT_F_WEIGHT_CAP,
     Connection, Counters, DataplaneConfig, FlowKey, GlobalStat, PersistKey, PersistSettings,
     Persistent, RealLimits, RealServer, Service, ServiceKey,
 };
@@ -520,17 +520,7 @@ impl DataPath for FakeDataPath {
         lower: u32,
     ) -> Result<(), DataplaneError> {
         self.write(Write::SetRealThresholds(id))?;
-        let old = self.real_limits(id);
-        let conns = if upper == 0 { 0 } else { old.conns };
-        let mut limits = RealLimits {
-            upper,
-            lower,
-            conns,
-            flags: old.flags & (LIMIT_F_WEIGHT_CAP | LIMIT_F_FULL),
-        };
-        if limits.overloaded_at(conns, false) {
-            limits.flags |= LIMIT_F_OVERLOADED;
-        }
+        let limits = self.real_limits(id).with_thresholds(upper, lower);
         self.limits.insert(id, limits);
         Ok(())
     }
@@ -541,13 +531,7 @@ impl DataPath for FakeDataPath {
             let Some(limits) = self.limits.get_mut(id).filter(|l| l.upper != 0) else {
                 continue;
             };
-            let over = limits.overloaded_at(*count, limits.is_overloaded());
-            limits.conns = *count;
-            limits.flags = if over {
-                limits.flags | LIMIT_F_OVERLOADED
-            } else {
-                limits.flags & !LIMIT_F_OVERLOADED
-            };
+            *limits = limits.with_count(*count);
         }
         Ok(())
     }
