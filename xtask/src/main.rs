@@ -248,7 +248,7 @@ fn bench(only: &[String], katran_src: Option<&std::path::Path>) -> Result<()> {
         harness(None, None)?;
     } else if only.iter().any(|o| o == "live") {
         // Named alone: the live-frames run only (data-path includes it).
-        println!("xtask: live frames on a veth pair, xlb against a MAC-swap program");
+        println!("xtask: live frames on a veth pair, xlb against a MAC-swap program and a known flow's floor");
         harness(None, Some("live"))?;
     }
     if let Some(dir) = katran_src.filter(|_| wants("katran")) {
