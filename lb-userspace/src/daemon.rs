@@ -9,7 +9,10 @@
 //! transaction ([`start_state`] says which state wins when); starts the health checks; serves the
 //! control socket and the metrics; and, until `shutdown` completes, reloads the configuration
 //! on SIGHUP, switches the debug events on SIGUSR1/SIGUSR2, folds health results and slow starts
-//! into the tables, samples rates and reports counters.
+//! into the tables, samples rates and reports counters. On exit with `detach_on_exit` it keeps
+//! forwarding while a VIP of its services is still a local address ([`handover`]), then detaches.
+
+pub mod handover;
 
 use std::{future::Future, net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -92,6 +95,10 @@ pub struct Config {
     /// before it detaches, so that what holds the VIP for it (keepalived's track script, a BGP
     /// speaker's health hook) hands it over while the data path still forwards.
     pub detach_delay: Duration,
+    /// With `detach_on_exit`, after `detach_delay`: how long the daemon waits, at most, while a
+    /// VIP of its services is an address of its network namespace (a keepalived master's), for
+    /// it to move to another balancer before the data path goes ([`handover`]); zero: no wait.
+    pub detach_wait_vip: Duration,
     /// Start with the data path's debug events on.
     pub debug_events: bool,
     /// Sources of tunneled packets (one IPv4 and/or one IPv6); none: the kernel's choice.
@@ -120,6 +127,7 @@ impl Config {
             state_file: PathBuf::from("/run/xlb/state.json"),
             detach_on_exit: false,
             detach_delay: Duration::ZERO,
+            detach_wait_vip: handover::DEFAULT_BOUND,
             debug_events: false,
             tunnel_sources: Vec::new(),
             max_concurrent_checks: DEFAULT_MAX_CONCURRENT_CHECKS,
@@ -365,6 +373,9 @@ async fn start_and_serve(
         };
         tokio::spawn(metrics::serve(listener, shared.clone(), table))
     });
+    // The services as they are when the daemon stops: their VIPs are waited for before it
+    // detaches.
+    let services = shared.clone();
     serve(
         shared,
         &config,
@@ -387,6 +398,20 @@ async fn start_and_serve(
                  over, for the VIP to move to another balancer"
             );
             tokio::time::sleep(config.detach_delay).await;
+        }
+        let vips: Vec<IpAddr> = services
+            .lock()
+            .await
+            .runtime
+            .desired()
+            .services
+            .iter()
+            .map(|s| s.addr.addr)
+            .collect();
+        let bound = config.detach_wait_vip;
+        // Rtnetlink reads block: off the runtime's threads.
+        if let Err(e) = tokio::task::spawn_blocking(move || handover::wait(vips, bound)).await {
+            tracing::error!(error = %e, "the wait for the VIPs to leave failed: detaching");
         }
         tracing::info!("detaching and removing every pin");
         Dataplane::remove_pins(&config.pin_dir).map_err(|source| DaemonError::Pins {

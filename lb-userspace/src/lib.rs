@@ -15,8 +15,8 @@
 //! - [`state`]: the desired state (virtual services, real servers, `Change`, typed health settings)
 //!   and ipvsadm's operations on it (pure; no flag syntax).
 //! - [`ipvsadm`]: xlbadm's ipvsadm-compatible command line, listings and save/restore format (pure).
-//! - [`neighbour`]: rtnetlink: real servers' next hops and neighbour entries, an interface's
-//!   addresses and links.
+//! - [`neighbour`]: rtnetlink: real servers' next hops and neighbour entries, the addresses of
+//!   an interface (or of them all) and links.
 //! - [`next_hops`]: the neighbour thread that keeps real servers' next hops resolved, outside the
 //!   daemon's lock.
 //! - [`offloads`]: GRO/LRO (and a veth peer's TSO/GSO) off where the balancer runs in generic
@@ -28,7 +28,8 @@
 //! - [`runtime`]: the daemon's state; applies changes whole or not at all, saves them.
 //! - [`config`]: the configuration file, checked by xlbadm's rules.
 //! - [`control`]: the control socket between xlbadm and xlbd.
-//! - [`daemon`]: the daemon as a library (`daemon::run`): start-up, adoption, reload, serving.
+//! - [`daemon`]: the daemon as a library (`daemon::run`): start-up, adoption, reload, serving;
+//!   `daemon::handover`: on exit, the wait for the VIPs that are local addresses to leave.
 //! - [`health`]: health checks of real servers and what they mean for the tables.
 //! - [`status`]: the status model (services, servers, counters, health, connections) that `-L` and the metrics render.
 //! - [`metrics`]: Prometheus metrics and the status page over HTTP (axum), from samples taken

@@ -20,7 +20,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage, AddressScope},
-    link::LinkMessage,
+    link::{LinkAttribute, LinkFlags, LinkMessage},
     neighbour::{
         NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourMessage, NeighbourState,
     },
@@ -62,6 +62,17 @@ pub struct NextHop {
     pub ifindex: u32,
     /// Whether the server is a local address (no neighbour to resolve).
     pub local: bool,
+}
+
+/// An address of an interface of the namespace: the kernel delivers what is sent to it locally.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalAddress {
+    /// The address.
+    pub addr: IpAddr,
+    /// The interface's name (`eth0`), or its index when the kernel gave no name.
+    pub iface: String,
+    /// Whether the interface is a loopback device (`lo`).
+    pub loopback: bool,
 }
 
 /// A route socket of the calling thread's network namespace.
@@ -253,6 +264,40 @@ impl Netlink {
             .collect())
     }
 
+    /// Every address of every interface of the namespace, whatever its scope (`ip addr show`).
+    pub fn local_addresses(&mut self) -> Result<Vec<LocalAddress>, NeighbourError> {
+        let reply = self
+            .request(
+                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+                NLM_F_DUMP,
+            )
+            .map_err(io_err("listing addresses"))?;
+        let links = self.links()?;
+        Ok(reply
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) => Some(a),
+                _ => None,
+            })
+            .filter_map(|a| {
+                let addr = address_of(a)?;
+                let link = links.iter().find(|l| l.header.index == a.header.index);
+                Some(LocalAddress {
+                    addr,
+                    iface: link
+                        .and_then(|l| {
+                            l.attributes.iter().find_map(|attribute| match attribute {
+                                LinkAttribute::IfName(name) => Some(name.clone()),
+                                _ => None,
+                            })
+                        })
+                        .unwrap_or_else(|| format!("interface {}", a.header.index)),
+                    loopback: link.is_some_and(|l| l.header.flags.contains(LinkFlags::Loopback)),
+                })
+            })
+            .collect())
+    }
+
     /// Every interface of the namespace, as `ip link show` lists them.
     pub fn links(&mut self) -> Result<Vec<LinkMessage>, NeighbourError> {
         let reply = self
@@ -323,6 +368,12 @@ fn global_address(message: &AddressMessage) -> Option<IpAddr> {
     if message.header.scope == AddressScope::Link {
         return None;
     }
+    address_of(message)
+}
+
+/// The address an address message holds: its local address (the other end's is the address of
+/// a point-to-point IPv4 one), else its address.
+fn address_of(message: &AddressMessage) -> Option<IpAddr> {
     let mut found = None;
     for attribute in &message.attributes {
         match attribute {
@@ -445,6 +496,15 @@ mod tests {
         let lo = nix::net::if_::if_nametoindex("lo").expect("lo exists");
         let addrs = netlink.global_addresses(lo).expect("lo's addresses");
         assert!(addrs.contains(&IpAddr::from([127, 0, 0, 1])), "{addrs:?}");
+        let local = netlink
+            .local_addresses()
+            .expect("the namespace's addresses");
+        assert!(
+            local
+                .iter()
+                .any(|a| a.addr == IpAddr::from([127, 0, 0, 1]) && a.iface == "lo" && a.loopback),
+            "{local:?}"
+        );
         let hop = netlink
             .next_hop(IpAddr::from([127, 0, 0, 1]))
             .expect("a route to 127.0.0.1");

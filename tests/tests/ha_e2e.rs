@@ -1,16 +1,19 @@
-//! High availability end to end: `xlbd detach` takes the data path down after `kill -9`; two
-//! balancers with keepalived (the shipped example and track script) hand the VIP over when the
-//! master's xlbd is frozen, killed or stopped, when its keepalived dies, when it is cut off the
-//! network and when it has no live real server, with a client requesting all along: the gap in
-//! service and the failed requests are measured and printed, long-lived connections keep their
-//! real server, and the old master takes the VIP back. A hard cut of the master (its switch port
-//! dropping everything) is measured five times with a prober opening a connection every 20 ms:
-//! each gap under a second. Flows that move to the other balancer after a real server was added
-//! or quiesced break exactly where the Maglev tables say. A pair with `nopreempt` and an IPv6 VIP
-//! keeps the returning master a backup and moves both VIPs. Two balancers with BIRD (the shipped
-//! example and health hook) announce the VIP to a router running BIRD with ECMP: flows are
-//! spread over both, 1000 flows get the same real server through either, and a balancer whose
-//! xlbd or BIRD is frozen, killed or stopped is withdrawn without breaking a flow.
+//! High availability end to end: `xlbd detach` takes the data path down after `kill -9`; a
+//! stopping xlbd (`--detach-on-exit`) waits for a VIP that is a local address to leave, up to its
+//! bound (`--detach-wait-vip`), and says so; two balancers with keepalived (the shipped example
+//! and track script) hand the VIP over when the master's xlbd is frozen, killed or stopped (in
+//! either order: a stopping xlbd waits for the VIP to leave), when its keepalived dies, when it is
+//! cut off the network and when it has no live real server, with a client requesting all along:
+//! the gap in service and the failed requests are measured and printed, long-lived connections
+//! keep their real server, and the old master takes the VIP back. A hard cut of the master (its
+//! switch port dropping everything) is measured five times with a prober opening a connection
+//! every 20 ms: each gap under a second. Flows that move to the other balancer after a real
+//! server was added or quiesced break exactly where the Maglev tables say. A pair with
+//! `nopreempt` and an IPv6 VIP keeps the returning master a backup and moves both VIPs. Two
+//! balancers with BIRD (the shipped example and health hook) announce the VIP to a router
+//! running BIRD with ECMP: flows are spread over both, 1000 flows get the same real server
+//! through either, and a balancer whose xlbd or BIRD is frozen, killed or stopped is withdrawn
+//! without breaking a flow.
 
 use std::time::Duration;
 
@@ -121,6 +124,85 @@ fn xlbd_detach_takes_the_data_path_down_after_kill_9() {
     );
     assert!(!has_xdp(&lab));
     assert!(!daemon.pin_dir.exists(), "pins left after --all");
+}
+
+/// Stops `daemon` (SIGTERM): how long it took, and what it logged meanwhile.
+fn timed_stop(daemon: &mut Daemon) -> (f64, String) {
+    let logged = daemon.log().len();
+    let start = ha::now();
+    daemon.stop();
+    (ha::now() - start, daemon.log()[logged..].to_owned())
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_stopping_xlbd_waits_for_a_local_vip_up_to_its_bound_and_says_so() {
+    root::require();
+    // The DR lab's balancer holds the VIP on eth0, configured statically: nothing moves it.
+    let lab = DrLab::new(2);
+    let mut daemon = Daemon::start_with_config(&lab.balancer, Some(&config()));
+    daemon.adm_ok(&["-L", "-n"]);
+    daemon.stop();
+    let bounded = ["--detach-on-exit", "--detach-wait-vip", "1"];
+    daemon.spawn_with(&bounded);
+    daemon.adm_ok(&["-L", "-n"]);
+    let (_, failed) = lab.spread(5);
+    assert_eq!(failed, 0, "{}", daemon.log());
+    let (took, log) = timed_stop(&mut daemon);
+    println!("static VIP on eth0, --detach-wait-vip 1: stopped in {took:.2} s");
+    assert!((1.0..4.0).contains(&took), "stopped in {took:.2} s:\n{log}");
+    assert!(
+        log.contains(&format!("{VIP} on eth0"))
+            && log.contains("the bound is reached with these VIPs still local: detaching anyway"),
+        "{log}"
+    );
+    assert!(!has_xdp(&lab), "still attached:\n{log}");
+
+    // On lo (a BGP balancer's VIP): the bound is waited, for the routes to be withdrawn.
+    lab.balancer.sh(&format!(
+        "ip addr del {VIP}/32 dev eth0 && ip addr add {VIP}/32 dev lo"
+    ));
+    daemon.spawn_with(&bounded);
+    daemon.adm_ok(&["-L", "-n"]);
+    let (took, log) = timed_stop(&mut daemon);
+    println!("static VIP on lo, --detach-wait-vip 1: stopped in {took:.2} s");
+    assert!((1.0..4.0).contains(&took), "stopped in {took:.2} s:\n{log}");
+    assert!(
+        log.contains(&format!("{VIP} on lo"))
+            && log.contains("VIPs on a loopback device stay there")
+            && !log.contains("detaching anyway"),
+        "{log}"
+    );
+    assert!(!has_xdp(&lab));
+
+    // No VIP local: no wait, whatever the bound (the default here, 5 s).
+    lab.balancer.sh(&format!("ip addr del {VIP}/32 dev lo"));
+    daemon.spawn_with(&["--detach-on-exit"]);
+    daemon.adm_ok(&["-L", "-n"]);
+    let (took, log) = timed_stop(&mut daemon);
+    println!("no local VIP: stopped in {took:.2} s");
+    assert!(took < 3.0, "stopped in {took:.2} s:\n{log}");
+    assert!(!log.contains(&format!("{VIP} on")), "{log}");
+    assert!(!has_xdp(&lab));
+
+    // The wait turned off: a local VIP is not waited for.
+    lab.balancer.sh(&format!("ip addr add {VIP}/32 dev eth0"));
+    daemon.spawn_with(&["--detach-on-exit", "--detach-wait-vip", "0"]);
+    daemon.adm_ok(&["-L", "-n"]);
+    let (took, log) = timed_stop(&mut daemon);
+    println!("static VIP on eth0, --detach-wait-vip 0: stopped in {took:.2} s");
+    assert!(took < 3.0, "stopped in {took:.2} s:\n{log}");
+    assert!(!log.contains(&format!("{VIP} on")), "{log}");
+    assert!(!has_xdp(&lab));
+
+    // Bad values are refused with a sentence, and the flag needs --detach-on-exit.
+    let refused = daemon.start_refused(&["--detach-on-exit", "--detach-wait-vip", "7200"]);
+    assert!(
+        refused.contains("is not a number of seconds from 0 to 3600"),
+        "{refused}"
+    );
+    let refused = daemon.start_refused(&["--detach-wait-vip", "2"]);
+    assert!(refused.contains("--detach-on-exit"), "{refused}");
 }
 
 /// The three long-lived connections of a phase, and who answered each.
@@ -347,13 +429,19 @@ fn a_keepalived_pair_hands_the_vip_over_and_flows_keep_their_real_server() {
         },
         false,
     );
-    // The wrong order: xlbd --detach-on-exit stopped while lb1 is master. Its kernel refuses
-    // connections to the VIP until the track script (every second) notices.
+    // The wrong order: xlbd --detach-on-exit stopped while lb1 is master. xlbd closes its metrics,
+    // the track script (every second) fails and keepalived hands the VIP over; xlbd forwards
+    // until the VIP is no address of lb1's (then 1 s more), so that its kernel never refuses a
+    // connection to the VIP. The default bound (5 s) applies.
+    let mut wrong_order = None;
     phase(
         "xlbd --detach-on-exit stopped on the master",
         &mut |cut| {
             if cut {
+                let logged = xlbd1.log().len();
+                let start = ha::now();
                 xlbd1.stop();
+                wrong_order = Some((ha::now() - start, xlbd1.log()[logged..].to_owned()));
             } else {
                 xlbd1.spawn_with(&["--detach-on-exit", "--detach-delay", "2"]);
                 xlbd1.adm_ok(&["-L", "-n"]);
@@ -377,6 +465,23 @@ fn a_keepalived_pair_hands_the_vip_over_and_flows_keep_their_real_server() {
     );
     drop(recorder);
 
+    // The wrong order's stop waited for the VIP, which left (the bound was not reached).
+    let (stop_took, stop_log) = wrong_order.expect("the wrong order's phase ran");
+    println!("the wrong order: xlbd took {stop_took:.2} s to stop");
+    for line in stop_log.lines().filter(|l| l.contains("VIP")) {
+        println!("  {line}");
+    }
+    assert!(
+        stop_log.contains("10.77.0.100 on eth0")
+            && stop_log.contains("no VIP is a local address any more")
+            && !stop_log.contains("detaching anyway"),
+        "xlbd did not wait for the VIP to leave:\n{stop_log}"
+    );
+    assert!(
+        stop_took < 5.0,
+        "xlbd took {stop_took:.2} s to stop: the VIP left late"
+    );
+
     println!("phase | requests | failed | gap (s) | failed on lb1's return | gap (s)");
     for f in &figures {
         println!(
@@ -385,11 +490,12 @@ fn a_keepalived_pair_hands_the_vip_over_and_flows_keep_their_real_server() {
         );
     }
     for f in &figures {
-        // The data path outlives the daemon or keepalived, or lb1 hands over before it goes:
-        // nothing fails. Elsewhere lb1 cannot forward until lb2 has the VIP.
+        // The data path outlives the daemon or keepalived, or lb1 hands over before it goes
+        // (the wrong order too: xlbd waits for the VIP to leave): nothing fails, and the phase
+        // checked that no long-lived connection broke. Elsewhere lb1 cannot forward until lb2
+        // has the VIP.
         if !f.phase.starts_with("master cut off (its switch")
             && !f.phase.starts_with("no live real server")
-            && !f.phase.starts_with("xlbd --detach-on-exit stopped")
         {
             assert_eq!(f.failed, 0, "{}: requests failed", f.phase);
         }

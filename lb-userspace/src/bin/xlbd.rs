@@ -10,7 +10,9 @@
 //! Restarts do not interrupt traffic: the program, its maps and its links are pinned under the pin
 //! directory, and a daemon that finds them (with its state file) adopts them: same maps, same
 //! connection table, and the program in each link is replaced atomically by its own. By default
-//! the balancer keeps forwarding after the daemon exits; `--detach-on-exit` removes everything.
+//! the balancer keeps forwarding after the daemon exits; `--detach-on-exit` removes everything,
+//! once the VIPs that are local addresses have left (`--detach-wait-vip`: a keepalived master
+//! hands them over first).
 //!
 //! After `kill -9` (or a crash) the balancer keeps forwarding; `xlbd detach` takes it off the
 //! interfaces by removing the pinned links.
@@ -75,9 +77,25 @@ struct Args {
     detach_on_exit: bool,
     /// With --detach-on-exit: seconds to wait before detaching, with the metrics and control
     /// socket already closed, so that keepalived's track script or a BGP health hook hands the
-    /// VIP to another balancer while this one still forwards (e.g. 2 with a check every second).
+    /// VIP to another balancer while this one still forwards (e.g. 2 with a check every second);
+    /// then --detach-wait-vip waits for the VIPs that are still local addresses.
     #[arg(long, value_name = "SECONDS", default_value_t = 0.0, requires = "detach_on_exit", value_parser = parse_delay)]
     detach_delay: f64,
+    /// With --detach-on-exit: at most this many seconds (after --detach-delay, if given: the two
+    /// add up) of forwarding while a VIP of the services is still an address of this host (of
+    /// xlbd's network namespace), so that keepalived's track script, failing once the metrics are
+    /// closed, moves it to the backup before the data path goes; once no VIP is local, 1 s more
+    /// while the neighbours learn the new holder. A VIP that is no local address (a BGP
+    /// balancer's route) is not waited for; one configured statically, or on lo, stays, and
+    /// costs the whole wait on every stop (logged). 0: no wait.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = daemon::handover::DEFAULT_BOUND.as_secs_f64(),
+        requires = "detach_on_exit",
+        value_parser = parse_delay
+    )]
+    detach_wait_vip: f64,
     /// Start with the data path's debug events on.
     #[arg(long)]
     debug_events: bool,
@@ -105,7 +123,7 @@ struct Args {
     metrics_listen: Listen,
 }
 
-/// `--detach-delay`: seconds, from 0 to an hour.
+/// `--detach-delay`, `--detach-wait-vip`: seconds, from 0 to an hour.
 fn parse_delay(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(seconds) if (0.0..=3600.0).contains(&seconds) => Ok(seconds),
@@ -264,6 +282,7 @@ async fn main() -> Result<()> {
         state_file: args.state_file,
         detach_on_exit: args.detach_on_exit,
         detach_delay: Duration::from_secs_f64(args.detach_delay),
+        detach_wait_vip: Duration::from_secs_f64(args.detach_wait_vip),
         debug_events: args.debug_events,
         tunnel_sources: args.tunnel_sources,
         max_concurrent_checks: args.max_concurrent_checks,
@@ -483,5 +502,54 @@ impl From<Mode> for AttachMode {
             Mode::Generic => AttachMode::Generic,
             Mode::Auto => AttachMode::Auto,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(["xlbd", "--iface", "eth0"].iter().chain(extra))
+    }
+
+    #[test]
+    fn the_detach_waits_take_seconds_from_0_to_an_hour_with_detach_on_exit_only() {
+        let args = parse(&["--detach-on-exit"]).expect("the defaults");
+        assert_eq!(args.detach_delay, 0.0);
+        assert_eq!(
+            args.detach_wait_vip,
+            daemon::handover::DEFAULT_BOUND.as_secs_f64()
+        );
+        let args = parse(&[
+            "--detach-on-exit",
+            "--detach-delay",
+            "2",
+            "--detach-wait-vip",
+            "0.5",
+        ])
+        .expect("both");
+        assert_eq!((args.detach_delay, args.detach_wait_vip), (2.0, 0.5));
+        assert_eq!(
+            parse(&["--detach-on-exit", "--detach-wait-vip", "0"])
+                .expect("0 turns the wait off")
+                .detach_wait_vip,
+            0.0
+        );
+        for bad in ["7200", "nan", "inf", "soon", ""] {
+            let error = parse(&["--detach-on-exit", "--detach-wait-vip", bad])
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                error.contains(&format!(
+                    "\"{bad}\" is not a number of seconds from 0 to 3600"
+                )),
+                "{error}"
+            );
+        }
+        let error = parse(&["--detach-wait-vip", "2"])
+            .expect_err("without --detach-on-exit")
+            .to_string();
+        assert!(error.contains("--detach-on-exit"), "{error}");
     }
 }
