@@ -72,7 +72,8 @@ struct Args {
     /// Where the desired state and its data-path ids are saved after every change.
     #[arg(long, default_value = "/run/xlb/state.json")]
     state_file: PathBuf,
-    /// On exit, detach from the interfaces and remove every pin (default: keep forwarding).
+    /// On exit, detach from the interfaces and remove every pin (default: keep forwarding), once
+    /// the VIPs that are addresses of this host have left (see --detach-wait-vip).
     #[arg(long)]
     detach_on_exit: bool,
     /// With --detach-on-exit: seconds to wait before detaching, with the metrics and control
