@@ -191,7 +191,7 @@ impl Probe {
                 shell,
             } => self.exec(command, *dynamic_weight, *shell).await,
             ProbeKind::TcpHalfOpen { prober, source } => {
-                let verdict = tokio::time::timeout(self.timeout, self.half_open(prober, source))
+                let verdict = tokio::time::timeout(self.timeout, self.half_open(prober))
                     .await
                     .unwrap_or_else(|_| Err(self.timed_out()));
                 if verdict.is_err() {
@@ -222,48 +222,80 @@ impl Probe {
                 .await
                 .unwrap_or_else(|_| Err(self.timed_out())),
         };
-        let latency = started.elapsed();
-        match verdict {
-            Ok(weight) => CheckResult {
-                ok: true,
-                latency,
-                reason: None,
-                weight,
-            },
-            Err(reason) => CheckResult {
-                ok: false,
-                latency,
-                reason: Some(reason),
-                weight: None,
-            },
-        }
+        check_result(verdict, started.elapsed())
     }
 
     fn timed_out(&self) -> Reason {
         format!("timed out after {}", format_duration(self.timeout))
     }
 
-    async fn half_open(
-        &self,
-        prober: &Result<&'static Prober, Reason>,
-        source: &Mutex<Option<IpAddr>>,
-    ) -> Result<Option<u32>, Reason> {
-        let prober = prober.as_ref().map_err(Clone::clone)?;
+    /// For the engine's batched half-open checks ([`super::engine`]): the prober of a plain
+    /// half-open check (not through the forwarding path) whose prober could be made; `None`
+    /// for every other check, which [`Probe::run`] runs.
+    pub(super) fn half_open_prober(&self) -> Option<&'static Prober> {
+        match &self.kind {
+            ProbeKind::TcpHalfOpen {
+                prober: Ok(prober), ..
+            } => Some(prober),
+            _ => None,
+        }
+    }
+
+    /// The check's timeout.
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// A half-open check's source address, as [`Probe::run`] finds it: the one known, or the
+    /// one the route to the target gives now (then kept).
+    pub(super) fn half_open_source(&self) -> Result<IpAddr, Reason> {
+        let ProbeKind::TcpHalfOpen { source, .. } = &self.kind else {
+            return Err("not a half-open check".to_owned());
+        };
         let known = *source.lock().unwrap_or_else(|p| p.into_inner());
-        let from = match known {
-            Some(from) => from,
+        match known {
+            Some(from) => Ok(from),
             None => {
                 let from = half_open::source_for(self.target)
                     .map_err(|e| format!("no route to {}: {e}", self.target.ip()))?;
                 *source.lock().unwrap_or_else(|p| p.into_inner()) = Some(from);
-                from
+                Ok(from)
             }
-        };
-        match prober.probe(from, self.target).await {
-            Ok(Answer::Open) => Ok(None),
-            Ok(Answer::Refused) => Err("connect: refused (reset)".to_owned()),
-            Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// The result of a half-open check run by the engine's batch: its verdict as
+    /// [`Probe::run`] gives it (`None` is silence until the timeout), the source forgotten on
+    /// failure as there.
+    pub(super) fn half_open_result(
+        &self,
+        outcome: Option<Result<Answer, half_open::ProbeError>>,
+        latency: Duration,
+    ) -> CheckResult {
+        let verdict = match outcome {
+            None => Err(self.timed_out()),
+            Some(outcome) => half_open_verdict(outcome),
+        };
+        if verdict.is_err() {
+            if let ProbeKind::TcpHalfOpen { source, .. } = &self.kind {
+                *source.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+        }
+        check_result(verdict, latency)
+    }
+
+    /// A half-open check that failed before its SYN left (no route), as [`Probe::run`] says it.
+    pub(super) fn failed(&self, reason: Reason, latency: Duration) -> CheckResult {
+        check_result(Err(reason), latency)
+    }
+
+    async fn half_open(
+        &self,
+        prober: &Result<&'static Prober, Reason>,
+    ) -> Result<Option<u32>, Reason> {
+        let prober = prober.as_ref().map_err(Clone::clone)?;
+        let from = self.half_open_source()?;
+        half_open_verdict(prober.probe(from, self.target).await)
     }
 
     async fn via_vip(
@@ -365,6 +397,35 @@ impl Probe {
             Outcome::Signalled => Err("killed by a signal".to_owned()),
             Outcome::TimedOut => Err(self.timed_out()),
         }
+    }
+}
+
+/// A check's result from its verdict.
+fn check_result(verdict: Result<Option<u32>, Reason>, latency: Duration) -> CheckResult {
+    match verdict {
+        Ok(weight) => CheckResult {
+            ok: true,
+            latency,
+            reason: None,
+            weight,
+        },
+        Err(reason) => CheckResult {
+            ok: false,
+            latency,
+            reason: Some(reason),
+            weight: None,
+        },
+    }
+}
+
+/// A half-open check's verdict from its prober's answer.
+fn half_open_verdict(
+    outcome: Result<Answer, half_open::ProbeError>,
+) -> Result<Option<u32>, Reason> {
+    match outcome {
+        Ok(Answer::Open) => Ok(None),
+        Ok(Answer::Refused) => Err("connect: refused (reset)".to_owned()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -12,7 +12,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard, OnceLock, PoisonError,
     },
     time::{Duration, Instant},
@@ -25,6 +25,8 @@ use tokio::{
     sync::{mpsc, Semaphore},
     task::AbortHandle,
 };
+
+mod batch;
 
 use super::{
     checker::{CheckResult, Probe},
@@ -177,6 +179,9 @@ struct Entry {
     generation: u64,
     /// Its task, once spawned.
     task: Option<AbortHandle>,
+    /// Set when the entry is stopped: its check in the batch of half-open checks, which has
+    /// no task of its own, ends at its next round.
+    stopped: Arc<AtomicBool>,
     kind: CheckKind,
     checked: SocketAddr,
     machine: TargetMachine,
@@ -189,6 +194,7 @@ impl Entry {
         if let Some(task) = &self.task {
             task.abort();
         }
+        self.stopped.store(true, Ordering::Relaxed);
     }
 }
 
@@ -214,6 +220,9 @@ impl Shared {
 pub struct Engine {
     runtime: Handle,
     shared: Arc<Shared>,
+    /// The task that runs the half-open checks ([`batch`]), once there is one: where to send
+    /// it targets, and its handle.
+    batch: OnceLock<(mpsc::UnboundedSender<batch::Slot>, AbortHandle)>,
 }
 
 impl Engine {
@@ -234,7 +243,14 @@ impl Engine {
             max_lateness_ns: AtomicU64::new(0),
             late: AtomicU64::new(0),
         });
-        (Engine { runtime, shared }, receiver)
+        (
+            Engine {
+                runtime,
+                shared,
+                batch: OnceLock::new(),
+            },
+            receiver,
+        )
     }
 
     /// Makes `targets` the set that is checked: new ones start (unknown, or as their spec says),
@@ -289,12 +305,14 @@ impl Engine {
                 };
                 let generation = self.shared.generations.fetch_add(1, Ordering::Relaxed);
                 let interval = target.spec.timing.interval;
+                let stopped = Arc::new(AtomicBool::new(false));
                 to_start.push((
                     key,
                     generation,
                     probe,
                     interval,
                     now + first_offset(&key, interval),
+                    stopped.clone(),
                 ));
                 entries.insert(
                     key,
@@ -304,6 +322,7 @@ impl Engine {
                         target,
                         generation,
                         task: None,
+                        stopped,
                         machine,
                         last,
                         last_failure,
@@ -311,13 +330,35 @@ impl Engine {
                 );
             }
         }
-        let started: Vec<(Key, u64, AbortHandle)> = to_start
-            .into_iter()
-            .map(|(key, generation, probe, interval, first)| {
-                let task = watch(self.shared.clone(), key, generation, probe, interval, first);
-                (key, generation, self.runtime.spawn(task).abort_handle())
-            })
-            .collect();
+        let mut started: Vec<(Key, u64, AbortHandle)> = Vec::with_capacity(to_start.len());
+        for (key, generation, probe, interval, due, stopped) in to_start {
+            // Half-open checks go to the batch's task; they stop when their entry is stopped,
+            // or at their next result if it was replaced meanwhile (by generation), as a task
+            // does.
+            if let Some(prober) = probe.half_open_prober() {
+                let slot = batch::Slot {
+                    key,
+                    generation,
+                    stopped,
+                    probe,
+                    prober,
+                    interval,
+                    due,
+                };
+                let (slots, _) = self.batch.get_or_init(|| {
+                    let (sender, receiver) = mpsc::unbounded_channel();
+                    let task = self
+                        .runtime
+                        .spawn(batch::run(self.shared.clone(), receiver));
+                    (sender, task.abort_handle())
+                });
+                // The task ends only with the engine.
+                let _ = slots.send(slot);
+                continue;
+            }
+            let task = watch(self.shared.clone(), key, generation, probe, interval, due);
+            started.push((key, generation, self.runtime.spawn(task).abort_handle()));
+        }
         let mut entries = self.shared.entries();
         for (key, generation, task) in started {
             // An entry replaced meanwhile by another update is not this task's: the task stops by
@@ -392,6 +433,9 @@ impl Drop for Engine {
     fn drop(&mut self) {
         for entry in self.shared.entries().values() {
             entry.stop();
+        }
+        if let Some((_, task)) = self.batch.get() {
+            task.abort();
         }
     }
 }
@@ -727,6 +771,70 @@ mod tests {
             events.try_recv().is_err(),
             "the other targets never changed, and each change is sent once"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs root (a raw socket)"]
+    async fn half_open_targets_share_one_batch_and_each_gets_its_own_verdict() {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+        let (a, _a_task) = serve(any).await;
+        let (b, b_task) = serve(any).await;
+        let half_open = CheckSpec {
+            check: crate::state::health::Check::TcpHalfOpen,
+            ..fast_tcp()
+        };
+        // 40 targets, each a real server of its own service, on two listeners.
+        let targets: Vec<Target> = (0..40_u16)
+            .map(|i| Target {
+                service: ServiceAddr {
+                    port: 1000 + i,
+                    ..service()
+                },
+                spec: half_open.clone(),
+                ..target(if i % 2 == 0 { a } else { b })
+            })
+            .collect();
+        let (engine, mut events) = Engine::new(Handle::current(), 8);
+        engine.update_targets(targets).expect("valid targets");
+        let mut up = 0;
+        while up < 40 {
+            let event = next_event(&mut events).await;
+            assert_eq!(event.transition, health(Health::Unknown, Health::Up));
+            up += 1;
+        }
+        b_task.abort();
+        let _ = b_task.await;
+        for _ in 0..20 {
+            let event = next_event(&mut events).await;
+            assert_eq!(
+                (event.real, event.transition),
+                (b, health(Health::Up, Health::Down))
+            );
+            assert_eq!(
+                event.result.reason.as_deref(),
+                Some("connect: refused (reset)")
+            );
+        }
+        // Gone targets stop: only a's remain, and they stay up.
+        let stays: Vec<Target> = engine
+            .snapshot()
+            .iter()
+            .filter(|s| s.real == a)
+            .map(|s| Target {
+                service: s.service,
+                spec: half_open.clone(),
+                ..target(a)
+            })
+            .collect();
+        engine.update_targets(stays).expect("valid targets");
+        let before = engine.stats();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let after = engine.stats();
+        let checks = after.checks - before.checks;
+        // 20 targets every 300 ms for 700 ms: 2 or 3 rounds each.
+        assert!((40..=60).contains(&checks), "{checks} checks");
+        assert_eq!(after.failures, before.failures);
+        assert!(events.try_recv().is_err(), "no change after the removal");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,16 +24,16 @@ use std::{
     os::fd::AsRawFd as _,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Mutex, MutexGuard, OnceLock,
+        Arc, Mutex, MutexGuard, OnceLock,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use nix::sys::socket::{
     recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
 };
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 /// TCP header flags.
 const FIN: u8 = 0x01;
@@ -217,13 +217,42 @@ impl ProbeSocket {
 /// receives them.
 pub struct Prober {
     socket: ProbeSocket,
-    pending: Mutex<HashMap<Key, oneshot::Sender<Outcome>>>,
+    pending: Mutex<HashMap<Key, Waiter>>,
     /// SYNs to send at the next flush, and whether one is on its way.
     outbox: Mutex<Vec<Outgoing>>,
     flush_scheduled: AtomicBool,
     /// Counts the SYNs; a SYN's sequence number is the keyed hash of its count.
     count: AtomicU64,
     secret: RandomState,
+}
+
+/// Who waits for the answer to a SYN.
+enum Waiter {
+    /// One probe ([`Prober::probe`]).
+    One(oneshot::Sender<Outcome>),
+    /// A batch of them ([`Prober::send_batch`]): the answer goes to the sink with the token.
+    Batch { sink: Arc<BatchSink>, token: u64 },
+}
+
+/// Where the receiving thread leaves the answers to a batch's SYNs
+/// ([`Prober::send_batch`]), and wakes the batch's owner once per read of answers rather than
+/// once per answer.
+#[derive(Default)]
+pub struct BatchSink {
+    answers: Mutex<Vec<(u64, Answer, Instant)>>,
+    notify: Notify,
+}
+
+impl BatchSink {
+    /// Waits until answers are there (or were left since the last take).
+    pub async fn ready(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Takes the answers so far: each SYN's token, its answer, and when it was read.
+    pub fn take(&self, into: &mut Vec<(u64, Answer, Instant)>) {
+        into.append(&mut self.answers.lock().unwrap_or_else(|p| p.into_inner()));
+    }
 }
 
 /// Probers of one kind, by network namespace (its inode) and family. They live as long as the
@@ -295,7 +324,7 @@ impl Prober {
         self.socket.port()
     }
 
-    fn pending(&self) -> MutexGuard<'_, HashMap<Key, oneshot::Sender<Outcome>>> {
+    fn pending(&self) -> MutexGuard<'_, HashMap<Key, Waiter>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -321,7 +350,7 @@ impl Prober {
             .hash_one(self.count.fetch_add(1, Ordering::Relaxed)) as u32;
         let key = (target.ip(), target.port(), seq);
         let (sender, receiver) = oneshot::channel();
-        self.pending().insert(key, sender);
+        self.pending().insert(key, Waiter::One(sender));
         let waiting = Waiting { prober: self, key };
         let segment = syn(source, target, self.port(), seq);
         self.outbox().push(Outgoing { key, segment });
@@ -353,15 +382,78 @@ impl Prober {
         }
         let mut pending = self.pending();
         for (index, errno) in failed {
-            if let Some(waiter) = pending.remove(&batch[index].key) {
-                let _ = waiter.send(Err(errno));
+            match pending.remove(&batch[index].key) {
+                Some(Waiter::One(waiter)) => {
+                    let _ = waiter.send(Err(errno));
+                }
+                // Only `probe` queues in the outbox.
+                Some(Waiter::Batch { .. }) | None => {}
             }
+        }
+    }
+
+    /// Sends a SYN to each `(token, source, target)` of `probes` at once (one `sendmmsg` per
+    /// [`BATCH`]), each answer to be left in `sink` with its token. The keys of the SYNs, in
+    /// order, to [`Prober::forget`] those that get no answer; the probes whose SYN could not be
+    /// sent, by index, with their error (those are forgotten already).
+    pub fn send_batch(
+        &self,
+        sink: &Arc<BatchSink>,
+        probes: &[(u64, IpAddr, SocketAddr)],
+        keys: &mut Vec<Key>,
+    ) -> Vec<(usize, ProbeError)> {
+        let outgoing: Vec<Outgoing> = probes
+            .iter()
+            .map(|&(_, source, target)| {
+                let seq = self
+                    .secret
+                    .hash_one(self.count.fetch_add(1, Ordering::Relaxed))
+                    as u32;
+                Outgoing {
+                    key: (target.ip(), target.port(), seq),
+                    segment: syn(source, target, self.port(), seq),
+                }
+            })
+            .collect();
+        {
+            let mut pending = self.pending();
+            for (o, &(token, _, _)) in outgoing.iter().zip(probes) {
+                pending.insert(
+                    o.key,
+                    Waiter::Batch {
+                        sink: sink.clone(),
+                        token,
+                    },
+                );
+            }
+        }
+        keys.extend(outgoing.iter().map(|o| o.key));
+        let failed = self.socket.send(&outgoing);
+        if failed.is_empty() {
+            return Vec::new();
+        }
+        let mut pending = self.pending();
+        failed
+            .into_iter()
+            .map(|(index, errno)| {
+                pending.remove(&outgoing[index].key);
+                (index, ProbeError::Send(io::Error::from_raw_os_error(errno)))
+            })
+            .collect()
+    }
+
+    /// Forgets the SYNs of `keys` (their probes timed out or were dropped).
+    pub fn forget(&self, keys: impl IntoIterator<Item = Key>) {
+        let mut pending = self.pending();
+        for key in keys {
+            pending.remove(&key);
         }
     }
 
     /// The receiving thread: answers in, waiting probes woken.
     fn receive(&self) {
         let mut buffers = ReceiveBuffers::default();
+        let mut woken: Vec<Arc<BatchSink>> = Vec::new();
         loop {
             let answers = match self.socket.receive(&mut buffers) {
                 Ok(answers) => answers,
@@ -375,11 +467,29 @@ impl Prober {
             if answers.is_empty() {
                 continue;
             }
+            let at = Instant::now();
             let mut pending = self.pending();
             for (key, answer) in answers {
-                if let Some(waiter) = pending.remove(&key) {
-                    let _ = waiter.send(Ok(answer));
+                match pending.remove(&key) {
+                    Some(Waiter::One(waiter)) => {
+                        let _ = waiter.send(Ok(answer));
+                    }
+                    Some(Waiter::Batch { sink, token }) => {
+                        sink.answers
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((token, answer, at));
+                        // Once per sink and read: the owner takes all that is there.
+                        if !woken.iter().any(|w| Arc::ptr_eq(w, &sink)) {
+                            woken.push(sink);
+                        }
+                    }
+                    None => {}
                 }
+            }
+            drop(pending);
+            for sink in woken.drain(..) {
+                sink.notify.notify_one();
             }
         }
     }
