@@ -10,7 +10,9 @@
 //!
 //! One [`Prober`] per network namespace and address family serves every target: a raw TCP
 //! socket sends the SYNs, and a thread receives the answers through a socket filter that lets
-//! only SYN-ACKs and resets to the probe port through. The probe port is reserved by a TCP
+//! only SYN-ACKs and resets to the probe port through. The engine sends the SYNs of a whole
+//! grid step at once ([`Prober::send_batch`]) and takes their answers from a [`BatchSink`];
+//! [`Prober::probe`] is the one-check form. The probe port is reserved by a TCP
 //! socket bound to it (never listening), so that no connection of the host can take it.
 //! Answers are matched by address, port and sequence number, and sequence numbers are keyed
 //! hashes of a counter: a stray packet cannot pass a target that did not answer its own SYN,

@@ -8,7 +8,8 @@
 //! - [`half_open`]: the half-open TCP check's raw-socket SYN prober.
 //! - [`via_vip`]: the check through the forwarding path (`--check-via-vip`): a SYN to the VIP
 //!   sent to the real server's MAC or inside its tunnel.
-//! - [`engine`]: runs the checks on schedule, records the results, reports the changes.
+//! - [`engine`]: runs the checks on schedule, records the results, reports the changes; the
+//!   half-open checks of an engine in one batch (one task, one `sendmmsg` per grid step).
 //! - [`bench`]: the engine's cost for many targets, for `cargo xtask bench`.
 //!
 //! What to check is the desired state's ([`crate::state::health`]); the flags that set it are
