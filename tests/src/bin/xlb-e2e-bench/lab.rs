@@ -2,7 +2,7 @@
 //! namespaces of its own, removed (with every process in them) when the lab is dropped.
 //!
 //! ```text
-//! client 10.79.0.2 ── br0 ── balancer 10.79.0.1, VIPs 10.79.0.100-103 on eth0
+//! client 10.79.0.2 ── br0 ── balancer 10.79.0.1, VIPs 10.79.0.100-104 on eth0
 //!                      ├── rs1 10.79.0.11   nginx on :80, the VIPs on lo, xlb's decapsulator
 //!                      ├── rs2 10.79.0.12
 //!                      └── rs3 10.79.0.13
@@ -28,13 +28,18 @@ use xlb_tests::netns::{run_sh, sh, veth, Netns};
 pub const BALANCER: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 1);
 /// The client's address.
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 2);
-/// The VIPs, one per xlb service: DR to rs1, IP-in-IP to rs1, DR to all, IP-in-IP to all.
-pub const VIPS: [Ipv4Addr; 4] = [
+/// The VIPs, one per xlb service: DR to rs1, IP-in-IP to rs1, DR to all, IP-in-IP to all; then
+/// [`FLOOR_VIP`].
+pub const VIPS: [Ipv4Addr; 5] = [
     Ipv4Addr::new(10, 79, 0, 100),
     Ipv4Addr::new(10, 79, 0, 101),
     Ipv4Addr::new(10, 79, 0, 102),
     Ipv4Addr::new(10, 79, 0, 103),
+    FLOOR_VIP,
 ];
+/// The VIP of the floor's fixed forwarder to rs1 (see `floor.rs`), held like the others: the
+/// balancer answers ARP for it, the real servers have it on `lo`.
+pub const FLOOR_VIP: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 104);
 /// How many real servers the lab has.
 pub const REALS: usize = 3;
 

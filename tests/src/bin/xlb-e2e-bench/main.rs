@@ -3,25 +3,30 @@
 //! user-space balancers in the same place.
 //!
 //! wrk runs in a client namespace against nginx real servers, with keep-alive and with a new
-//! connection per request (`Connection: close`): directly to one real server; through xlb in
-//! native XDP mode by direct routing and by IP-in-IP, to one real server and to three; and
-//! through HAProxy (TCP mode), pen and nginx's stream proxy in the balancer's namespace, to three.
+//! connection per request (`Connection: close`): directly to one real server; through the floor
+//! of any XDP forwarder on the balancer's veth (a fixed MAC rewrite and XDP_TX to that server, no
+//! lookup: [`floor`]); through xlb in native XDP mode by direct routing and by IP-in-IP, to one
+//! real server and to three; and through HAProxy (TCP mode), pen and nginx's stream proxy in the
+//! balancer's namespace, to three.
 //! The targets are interleaved: every round measures each of them once in each mode, the order
 //! of the targets rotating from round to round, after one warm-up round that is not counted.
 //! Each figure is the median over the rounds, and rates are shown as a multiple of the direct
 //! connection's in the same run. The issue's goals (through xlb to one server at least 0.97× the
 //! direct rate with a p99 within 10 %, through xlb to three at least 1.2× the best proxy) are
-//! reported, not asserted.
+//! reported, not asserted, with xlb by direct routing to one server as a multiple of the floor and
+//! the floor as a multiple of direct: what is xlb's and what the veth lab's.
 //!
 //! Knobs (environment): `XLB_E2E_SECONDS` per run (5), `XLB_E2E_ROUNDS` (3),
 //! `XLB_E2E_CONNECTIONS` wrk keeps open (32), `XLB_E2E_THREADS` of wrk (1).
 //!
 //! Layout: [`lab`] builds the namespaces and the real servers, [`xlb`] runs xlbd and its services,
-//! [`proxies`] the user-space balancers, [`wrk`] runs the client and reads its report.
+//! [`floor`] the fixed forwarder, [`proxies`] the user-space balancers, [`wrk`] runs the client
+//! and reads its report.
 //!
 //! Every namespace, process, mount and file of the run is removed when it ends, also on failure
 //! and on SIGINT/SIGTERM (the run stops after the wrk run in progress). Needs root.
 
+mod floor;
 mod lab;
 mod proxies;
 mod wrk;
@@ -38,7 +43,8 @@ use anyhow::{bail, Context as _};
 use xlb_tests::root;
 
 use crate::{
-    lab::{real_addr, require_binaries, wait_for_answer, Lab, BALANCER, REALS},
+    floor::Floor,
+    lab::{real_addr, require_binaries, wait_for_answer, Lab, BALANCER, FLOOR_VIP, REALS},
     proxies::{Proxy, NGINX_STREAM_MODULE},
     wrk::{ConnectionUse, Load, Report},
     xlb::{vip, Forwarding, Xlb},
@@ -67,6 +73,8 @@ const PACKAGES: &[(&str, &str)] = &[
 enum Target {
     /// Straight to the first real server.
     Direct,
+    /// To the first real server through the fixed XDP forwarder on the balancer ([`floor`]).
+    Floor,
     /// Through xlb to this many real servers.
     Xlb(Forwarding, usize),
     /// Through a user-space proxy to all real servers.
@@ -74,8 +82,9 @@ enum Target {
 }
 
 impl Target {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::Direct,
+        Self::Floor,
         Self::Xlb(Forwarding::DirectRoute, 1),
         Self::Xlb(Forwarding::Tunnel, 1),
         Self::Xlb(Forwarding::DirectRoute, REALS),
@@ -88,6 +97,7 @@ impl Target {
     fn name(self) -> &'static str {
         match self {
             Self::Direct => "direct to one real server",
+            Self::Floor => "XDP forwarder floor",
             Self::Xlb(forwarding, _) => forwarding.name(),
             Self::Proxy(proxy) => proxy.name(),
         }
@@ -95,7 +105,7 @@ impl Target {
 
     fn reals(self) -> usize {
         match self {
-            Self::Direct => 1,
+            Self::Direct | Self::Floor => 1,
             Self::Xlb(_, reals) => reals,
             Self::Proxy(_) => REALS,
         }
@@ -104,6 +114,7 @@ impl Target {
     fn url(self) -> String {
         match self {
             Self::Direct => format!("http://{}:80/", real_addr(0)),
+            Self::Floor => format!("http://{FLOOR_VIP}:80/"),
             Self::Xlb(forwarding, reals) => format!("http://{}:80/", vip(forwarding, reals)),
             Self::Proxy(proxy) => format!("http://{BALANCER}:{}/", proxy.port()),
         }
@@ -116,7 +127,7 @@ impl Target {
 
 /// The targets measured one after the other: xlb's four share one start of xlbd.
 fn blocks() -> Vec<Vec<Target>> {
-    let mut blocks = vec![vec![Target::Direct]];
+    let mut blocks = vec![vec![Target::Direct], vec![Target::Floor]];
     blocks.push(Target::ALL.into_iter().filter(|t| t.is_xlb()).collect());
     blocks.extend(
         Target::ALL
@@ -193,6 +204,11 @@ fn measure(lab: &Lab, block: &[Target], load: Load, runs: Option<&mut Runs>) -> 
     } else {
         None
     };
+    let floor = if block.contains(&Target::Floor) {
+        Some(Floor::start(lab)?)
+    } else {
+        None
+    };
     let mut runs = runs;
     for &target in block {
         // Every server behind the target answers before it is measured.
@@ -212,6 +228,7 @@ fn measure(lab: &Lab, block: &[Target], load: Load, runs: Option<&mut Runs>) -> 
         }
     }
     drop(xlb);
+    drop(floor);
     Ok(())
 }
 
@@ -281,8 +298,26 @@ fn print_results(runs: &Runs, rounds: u64, load: Load) {
         }
     }
     println!("\ngoals (reported, not asserted):");
+    let position = |target: Target| {
+        Target::ALL
+            .iter()
+            .position(|&x| x == target)
+            .expect("a target")
+    };
     for (m, use_) in ConnectionUse::ALL.into_iter().enumerate() {
         let (direct_rate, _, direct_p99, _) = medians(&runs[0][m]);
+        let (floor_rate, _, floor_p99, _) = medians(&runs[position(Target::Floor)][m]);
+        let (dr_rate, _, dr_p99, _) =
+            medians(&runs[position(Target::Xlb(Forwarding::DirectRoute, 1))][m]);
+        println!(
+            "  {}, the XDP forwarder floor: {:.2}× direct, p99 {:.2}× direct's; xlb direct \
+             routing, one real server: {:.2}× the floor, p99 {:.2}× the floor's",
+            use_.label(),
+            floor_rate / direct_rate,
+            floor_p99 / direct_p99,
+            dr_rate / floor_rate,
+            dr_p99 / floor_p99
+        );
         for forwarding in [Forwarding::DirectRoute, Forwarding::Tunnel] {
             let t = Target::ALL
                 .iter()

@@ -53,6 +53,22 @@ pub fn vip(forwarding: Forwarding, reals: usize) -> std::net::Ipv4Addr {
     }
 }
 
+/// The program a veth needs on its peer to take XDP_TX'd frames in native mode, attached to the
+/// balancer's bridge port: xlb's own with no service, which passes everything. Detached when
+/// dropped.
+pub fn peer_pass_all(lab: &Lab) -> anyhow::Result<Dataplane> {
+    let mut peer = Dataplane::load(&LoadOptions {
+        max_services: Some(1),
+        max_connections: Some(1024),
+        ..LoadOptions::default()
+    })
+    .context("loading the peer's pass-all program")?;
+    lab.switch
+        .enter(|| peer.attach("plb", XdpMode::Driver))
+        .context("attaching the pass-all program to the balancer's bridge port")?;
+    Ok(peer)
+}
+
 /// A running xlbd with the lab's services, and the peer's pass-all program.
 pub struct Xlb<'a> {
     lab: &'a Lab,
@@ -63,15 +79,7 @@ pub struct Xlb<'a> {
 impl<'a> Xlb<'a> {
     /// Starts xlbd on the balancer's eth0 in native mode and sets up the four services.
     pub fn start(lab: &'a Lab) -> anyhow::Result<Self> {
-        let mut peer = Dataplane::load(&LoadOptions {
-            max_services: Some(1),
-            max_connections: Some(1024),
-            ..LoadOptions::default()
-        })
-        .context("loading the peer's pass-all program")?;
-        lab.switch
-            .enter(|| peer.attach("plb", XdpMode::Driver))
-            .context("attaching the pass-all program to the balancer's bridge port")?;
+        let peer = peer_pass_all(lab)?;
         let dir = Self::dir(lab);
         std::fs::create_dir_all(&dir).context("xlbd's directory")?;
         let _ = std::fs::remove_file(dir.join("state.json"));
