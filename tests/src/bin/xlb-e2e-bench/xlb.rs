@@ -96,6 +96,9 @@ impl<'a> Xlb<'a> {
                 "--detach-on-exit",
             ])
             .args(["--report-every", "0", "--metrics-listen", "off"])
+            // The VIPs are the balancer's addresses for good here (nothing moves them): no
+            // waiting for them to leave on exit.
+            .args(["--detach-wait-vip", "0"])
             .arg("--config")
             .arg(dir.join("none.toml"))
             .arg("--socket")
