@@ -14,7 +14,16 @@
 
 pub mod handover;
 
-use std::{future::Future, net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::IpAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use aya::programs::XdpMode;
 use thiserror::Error;
@@ -391,14 +400,6 @@ async fn start_and_serve(
     )
     .await?;
     if config.detach_on_exit {
-        if !config.detach_delay.is_zero() {
-            tracing::info!(
-                delay = ?config.detach_delay,
-                "metrics and control socket closed; the balancer forwards until the delay is \
-                 over, for the VIP to move to another balancer"
-            );
-            tokio::time::sleep(config.detach_delay).await;
-        }
         let vips: Vec<IpAddr> = services
             .lock()
             .await
@@ -408,11 +409,8 @@ async fn start_and_serve(
             .iter()
             .map(|s| s.addr.addr)
             .collect();
-        let bound = config.detach_wait_vip;
-        // Rtnetlink reads block: off the runtime's threads.
-        if let Err(e) = tokio::task::spawn_blocking(move || handover::wait(vips, bound)).await {
-            tracing::error!(error = %e, "the wait for the VIPs to leave failed: detaching");
-        }
+        drop(services);
+        before_detaching(&config, vips).await?;
         tracing::info!("detaching and removing every pin");
         Dataplane::remove_pins(&config.pin_dir).map_err(|source| DaemonError::Pins {
             what: "removing the pins",
@@ -430,6 +428,77 @@ async fn start_and_serve(
         tracing::info!("exiting; the balancer keeps forwarding (pinned)");
     }
     Ok(())
+}
+
+/// The waits of a stopping daemon before it detaches, its metrics and control socket closed:
+/// `detach_delay`, then as long as a VIP of `vips` is a local address ([`handover`], at most
+/// `detach_wait_vip`). A second SIGINT or SIGTERM (when the daemon handles signals) ends them.
+async fn before_detaching(config: &Config, vips: Vec<IpAddr>) -> Result<(), DaemonError> {
+    // Made now, they hear only the signals that come from now on, not the one that stopped
+    // the daemon.
+    let mut again = if config.signals {
+        let on = |kind: SignalKind, name: &'static str| {
+            signal(kind).map_err(|source| DaemonError::Signal {
+                signal: name,
+                source,
+            })
+        };
+        Some((
+            on(SignalKind::interrupt(), "SIGINT")?,
+            on(SignalKind::terminate(), "SIGTERM")?,
+        ))
+    } else {
+        None
+    };
+    let hurried = || {
+        tracing::info!("a second SIGINT or SIGTERM: detaching at once");
+    };
+    if !config.detach_delay.is_zero() {
+        tracing::info!(
+            delay = ?config.detach_delay,
+            "metrics and control socket closed; the balancer forwards until the delay is \
+             over, for the VIP to move to another balancer"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(config.detach_delay) => {}
+            () = stop_signal(&mut again) => {
+                hurried();
+                return Ok(());
+            }
+        }
+    }
+    let bound = config.detach_wait_vip;
+    let hurry = Arc::new(AtomicBool::new(false));
+    // Rtnetlink reads block: off the runtime's threads.
+    let mut wait = tokio::task::spawn_blocking({
+        let hurry = hurry.clone();
+        move || handover::wait(vips, bound, &hurry)
+    });
+    let waited = tokio::select! {
+        waited = &mut wait => waited,
+        () = stop_signal(&mut again) => {
+            hurried();
+            hurry.store(true, Ordering::Relaxed);
+            wait.await
+        }
+    };
+    if let Err(e) = waited {
+        tracing::error!(error = %e, "the wait for the VIPs to leave failed: detaching");
+    }
+    Ok(())
+}
+
+/// The next SIGINT or SIGTERM of `signals`; never without them.
+async fn stop_signal(signals: &mut Option<(Signal, Signal)>) {
+    match signals {
+        Some((int, term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs a daemon over `runtime`, a data path that is already loaded and set up (fresh, or

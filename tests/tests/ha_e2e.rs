@@ -195,6 +195,26 @@ fn a_stopping_xlbd_waits_for_a_local_vip_up_to_its_bound_and_says_so() {
     assert!(!log.contains(&format!("{VIP} on")), "{log}");
     assert!(!has_xdp(&lab));
 
+    // A second SIGTERM ends the wait (here the default bound, 5 s) at once.
+    daemon.spawn_with(&["--detach-on-exit"]);
+    daemon.adm_ok(&["-L", "-n"]);
+    let logged = daemon.log().len();
+    let start = ha::now();
+    daemon.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    daemon.stop();
+    let took = ha::now() - start;
+    let log = daemon.log()[logged..].to_owned();
+    println!("static VIP on eth0, a second SIGTERM 0.5 s after the first: stopped in {took:.2} s");
+    assert!(took < 3.0, "stopped in {took:.2} s:\n{log}");
+    assert!(
+        log.contains(&format!("{VIP} on eth0"))
+            && log.contains("a second SIGINT or SIGTERM: detaching at once")
+            && !log.contains("detaching anyway"),
+        "{log}"
+    );
+    assert!(!has_xdp(&lab));
+
     // Bad values are refused with a sentence, and the flag needs --detach-on-exit.
     let refused = daemon.start_refused(&["--detach-on-exit", "--detach-wait-vip", "7200"]);
     assert!(

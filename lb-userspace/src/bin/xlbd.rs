@@ -88,7 +88,8 @@ struct Args {
     /// closed, moves it to the backup before the data path goes; once no VIP is local, 1 s more
     /// while the neighbours learn the new holder. A VIP that is no local address (a BGP
     /// balancer's route) is not waited for; one configured statically, or on lo, stays, and
-    /// costs the whole wait on every stop (logged). 0: no wait.
+    /// costs the whole wait on every stop (logged). 0: no wait. A second SIGINT or SIGTERM ends
+    /// this wait and --detach-delay's at once.
     #[arg(
         long,
         value_name = "SECONDS",

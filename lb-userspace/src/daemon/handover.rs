@@ -25,6 +25,7 @@
 
 use std::{
     net::IpAddr,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -142,7 +143,7 @@ impl Handover {
             "metrics and control socket closed; the balancer forwards until these VIPs are no \
              local address any more, so that keepalived's track script moves them to another \
              balancer first (a VIP configured statically stays: the whole bound is waited; \
-             --detach-wait-vip 0 turns the wait off)"
+             --detach-wait-vip 0 turns the wait off, a second SIGINT or SIGTERM ends it)"
         );
         if self.held.iter().any(|a| a.loopback) {
             tracing::info!(
@@ -186,9 +187,10 @@ fn list(held: &[LocalAddress]) -> String {
 }
 
 /// Waits, in the calling thread's network namespace, until [`Handover`] says to detach: the
-/// addresses read over rtnetlink every [`POLL`]. Blocks the thread; a bound of 0 returns at
-/// once, without a look. When the addresses cannot be read it says so and returns.
-pub fn wait(vips: impl IntoIterator<Item = IpAddr>, bound: Duration) {
+/// addresses read over rtnetlink every [`POLL`], or until `hurry` is set (checked as often).
+/// Blocks the thread; a bound of 0 returns at once, without a look. When the addresses cannot be
+/// read it says so and returns.
+pub fn wait(vips: impl IntoIterator<Item = IpAddr>, bound: Duration, hurry: &AtomicBool) {
     if bound.is_zero() {
         return;
     }
@@ -208,7 +210,7 @@ pub fn wait(vips: impl IntoIterator<Item = IpAddr>, bound: Duration) {
         Err(e) => return cannot_read(e),
     };
     let start = Instant::now();
-    loop {
+    while !hurry.load(Ordering::Relaxed) {
         match netlink.local_addresses() {
             Ok(local) => {
                 if handover.step(start.elapsed(), &local) == Next::Detach {
