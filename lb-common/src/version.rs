@@ -16,7 +16,9 @@
 /// 5: scheduler `SCHED_WEIGHT_ORDER` (`fo`, `ovf`) and the service flags
 /// `SERVICE_F_EXPECTED_DELAY`, `SERVICE_F_IDLE_FIRST` (`sed`, `nq`) and `SERVICE_F_OVERFLOW`, and
 /// the real servers' `LIMIT_F_FULL` and `LIMIT_F_WEIGHT_CAP` (`ovf`).
-pub const LAYOUT: u32 = 5;
+/// 6: the global counters (`XLB_GLOBAL`) are one per-CPU value holding every counter
+/// ([`crate::GlobalCounters`]) instead of one entry per counter.
+pub const LAYOUT: u32 = 6;
 
 /// The layout of the connection table alone.
 pub const CONNTRACK_LAYOUT: u32 = 1;

@@ -76,8 +76,9 @@ mod program {
     #[inline(always)]
     fn run<const TAGGED: bool>(ctx: &XdpContext) -> u32 {
         let mut note = DebugEvent::default();
-        let verdict = balance::<TAGGED>(ctx, &mut note);
-        stats::count_verdict(&verdict);
+        let mut conntrack_hit = false;
+        let verdict = balance::<TAGGED>(ctx, &mut note, &mut conntrack_hit);
+        stats::count_verdict(&verdict, conntrack_hit);
         // A known flow forwarded has nothing to tell: it skips even the switch's load.
         let eventful = !verdict.is_forwarded() || note.kind != EVENT_NONE;
         if eventful && maps::debug_events() {
@@ -86,18 +87,35 @@ mod program {
         verdict.action()
     }
 
-    /// The verdict for one packet; `note` gets what a debug event would say about a new flow.
+    /// The verdict for one packet; `note` gets what a debug event would say about a new flow,
+    /// `conntrack_hit` whether the connection table knew the flow (counted with the verdict).
     #[inline(always)]
-    fn balance<const TAGGED: bool>(ctx: &XdpContext, note: &mut DebugEvent) -> Verdict {
+    fn balance<const TAGGED: bool>(
+        ctx: &XdpContext,
+        note: &mut DebugEvent,
+        conntrack_hit: &mut bool,
+    ) -> Verdict {
         let mut parsed = PacketSlot(MaybeUninit::uninit());
-        parsed.zero();
         let slot = parsed.0.as_mut_ptr();
-        // SAFETY: this program's context and a pointer to this frame's slot.
-        let code = unsafe {
-            if TAGGED {
-                xlb_parse_vlan(ctx.ctx, slot)
-            } else {
-                xlb_parse(ctx.ctx, slot)
+        // The common frame inline, the rest by the global parsing function (which needs the
+        // slot zeroed).
+        let common = if TAGGED {
+            parse::PARSE_UNSURE
+        } else {
+            // SAFETY: a pointer to this frame's slot.
+            unsafe { parse::parse_common(ctx, slot) }
+        };
+        let code = if common != parse::PARSE_UNSURE {
+            common
+        } else {
+            parsed.zero();
+            // SAFETY: this program's context and a pointer to this frame's slot.
+            unsafe {
+                if TAGGED {
+                    xlb_parse_vlan(ctx.ctx, slot)
+                } else {
+                    xlb_parse(ctx.ctx, slot)
+                }
             }
         };
         if code != parse::PARSED {
@@ -167,9 +185,7 @@ mod program {
         let verdict = forward::forward::<TAGGED>(ctx, packet, real_id, &real, flow_label, now);
         // Counted once forward() is back: when the next hop had to be looked up, the balancer ran
         // again on the packet (see next_hop.rs), and only that run gets here.
-        if !new_flow {
-            stats::count(lb_common::GlobalStat::ConntrackHit);
-        }
+        *conntrack_hit = !new_flow;
         if packet.ip_options {
             stats::count(lb_common::GlobalStat::SeenIpOptions);
         }

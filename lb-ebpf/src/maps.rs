@@ -11,9 +11,8 @@ use lb_common::{
         maglev_elements, real_ids, MAGLEV_TABLES, MAX_CONNECTIONS, MAX_EMBRYONIC, MAX_PERSISTENT,
         MAX_REALS, MAX_SERVICES,
     },
-    stats::GLOBAL_STATS_LEN,
-    Connection, Counters, DataplaneConfig, FlowKey, NextHop, PersistKey, PersistSettings,
-    Persistent, RealLimits, RealServer, Service, ServiceKey,
+    Connection, Counters, DataplaneConfig, FlowKey, GlobalCounters, NextHop, PersistKey,
+    PersistSettings, Persistent, RealLimits, RealServer, Service, ServiceKey,
 };
 
 /// Keep an LRU free list per CPU instead of one shared list, so that CPUs inserting new flows do
@@ -133,9 +132,9 @@ pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(
 pub static REAL_STATS: PerCpuArray<Counters> =
     PerCpuArray::with_max_entries(real_ids(MAX_REALS), 0);
 
-/// Global counter index → per-CPU packet count. Written by the data path.
+/// Every global counter, per CPU, in one value (index 0). Written by the data path.
 #[map(name = "XLB_GLOBAL")]
-pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GLOBAL_STATS_LEN, 0);
+pub static GLOBAL_STATS: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
 
 /// Egress interface index → the same interface, for XDP_REDIRECT through a devmap (the kernel
 /// bulks such frames). Written by userspace with the interfaces where it attaches; an interface

@@ -133,7 +133,7 @@ pub fn xlb_next_hop(ctx: XdpContext) -> u32 {
         Some(req) => refresh(&ctx, &req),
         None => Verdict::drop(GlobalStat::DropNoRoute),
     };
-    stats::count_verdict(&verdict);
+    stats::count_verdict(&verdict, false);
     verdict.action()
 }
 

@@ -108,6 +108,90 @@ pub const PARSED: u32 = 0;
 /// the frame is for the tagged program (main.rs hands it over). Not a [`Verdict::code`].
 pub const PARSE_TAGGED: u32 = 4 << 16;
 
+/// What [`parse_common`] returns for a frame that is not the common one: the full parser
+/// ([`parse_into`]) decides. Not a [`Verdict::code`].
+pub const PARSE_UNSURE: u32 = 5 << 16;
+
+/// The common frame, parsed inline before the global parsing function is called: untagged
+/// Ethernet, IPv4 without options, TCP, not a fragment, its length within the frame and holding
+/// the TCP header, TTL above 0, a source that is not martian. Writes the whole packet and returns
+/// [`PARSED`]; returns [`Verdict::pass`]`(PassNotVip)`'s code for an IPv4 frame the VIP filter
+/// clears (as [`parse_v4`] would); anything else is [`PARSE_UNSURE`], for [`parse_into`], which
+/// decides every frame the same way whether or not this ran first. It spares the common frame
+/// the call, the zeroing of the slot a global function needs, and the bounds checked again
+/// after the call (5-8 ns of a known flow's ~70).
+///
+/// # Safety
+/// `out` is valid for writes of a [`Packet`].
+#[inline(always)]
+pub unsafe fn parse_common(ctx: &XdpContext, out: *mut Packet) -> u32 {
+    const L4: usize = EthHdr::LEN + IPV4_HDR_LEN;
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return PARSE_UNSURE;
+    };
+    // SAFETY: ptr_at checked that the header lies inside the packet.
+    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IP {
+        return PARSE_UNSURE;
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
+        return PARSE_UNSURE;
+    };
+    // SAFETY: as above.
+    let ip = unsafe { &*ip };
+    if ip.vihl != 0x45 {
+        return PARSE_UNSURE;
+    }
+    let dst = u32::from_ne_bytes(ip.dst_addr);
+    if !service::maybe_vip(&[dst, 0, 0, 0], FAMILY_V4) {
+        return Verdict::pass(GlobalStat::PassNotVip).code();
+    }
+    let frags = u16::from_be_bytes(ip.frags);
+    if ip.proto != PROTO_TCP
+        || ip.ttl == 0
+        || frags & (IP_OFFSET_MASK | IP_MF) != 0
+        || martian_v4(&ip.src_addr)
+    {
+        return PARSE_UNSURE;
+    }
+    let frame_len = ctx.data_end() - ctx.data();
+    let ip_len = u16::from_be_bytes(ip.tot_len);
+    let ip_end = EthHdr::LEN + ip_len as usize;
+    if ip_end < L4 + TCP_HDR_LEN || ip_end > frame_len {
+        return PARSE_UNSURE;
+    }
+    let Some(tcp) = ptr_at::<[u8; TCP_HDR_LEN]>(ctx, L4) else {
+        return PARSE_UNSURE;
+    };
+    // SAFETY: as above.
+    let tcp = unsafe { &*tcp };
+    let flags = tcp[13];
+    // SAFETY: the caller's promise.
+    unsafe {
+        out.write(Packet {
+            flow: FlowKey {
+                src: [u32::from_ne_bytes(ip.src_addr), 0, 0, 0],
+                dst: [dst, 0, 0, 0],
+                sport: u16::from_ne_bytes([tcp[0], tcp[1]]),
+                dport: u16::from_ne_bytes([tcp[2], tcp[3]]),
+                proto: PROTO_TCP,
+                family: FAMILY_V4,
+                _pad: [0; 2],
+            },
+            len: frame_len as u32,
+            l3_off: EthHdr::LEN as u16,
+            ip_len,
+            tos: ip.tos,
+            dont_fragment: frags & IP_DF != 0,
+            ip_id: u16::from_ne_bytes(ip.id),
+            ip_options: false,
+            closing: flags & (TCP_FIN | TCP_RST) != 0,
+            tcp_flags: flags,
+            icmp_error: false,
+        })
+    };
+    PARSED
+}
+
 /// Parse the frame down to its packet, written to `out`: [`PARSED`], or the [`Verdict::code`]
 /// that says why it is not forwarded, or [`PARSE_TAGGED`]. The body of the balancer's global
 /// parsing functions (main.rs), which the verifier checks once, on their own: the balancer goes

@@ -1,38 +1,53 @@
 //! Per-CPU counters: global by verdict and reason, per service and per real server.
 
-use lb_common::GlobalStat;
+use lb_common::{GlobalCounters, GlobalStat};
 
 use crate::{maps, verdict::Verdict};
+
+/// This CPU's global counters.
+#[inline(always)]
+fn globals() -> Option<*mut GlobalCounters> {
+    maps::GLOBAL_STATS.get_ptr_mut(0)
+}
+
+/// Add one to the counter at `index` (a [`GlobalStat`]'s) of `counters`.
+#[inline(always)]
+fn bump(counters: *mut GlobalCounters, index: u32) {
+    // SAFETY: a per-CPU value, written by this CPU only.
+    if let Some(counter) = unsafe { (*counters).0.get_mut(index as usize) } {
+        *counter += 1;
+    }
+}
 
 /// Add one to a global counter.
 #[inline(always)]
 pub fn count(stat: GlobalStat) {
-    count_index(stat as u32);
-}
-
-/// Add one to the global counter at `index` (a [`GlobalStat`]'s).
-#[inline(always)]
-fn count_index(index: u32) {
-    if let Some(counter) = maps::GLOBAL_STATS.get_ptr_mut(index) {
-        // SAFETY: a per-CPU slot, written by this CPU only.
-        unsafe { *counter += 1 };
+    if let Some(counters) = globals() {
+        bump(counters, stat as u32);
     }
 }
 
-/// Count the verdict and, for a packet not forwarded, its reason.
+/// Count the verdict and, for a packet not forwarded, its reason, and a connection-table hit:
+/// one lookup of the global counters per packet.
 #[inline(always)]
-pub fn count_verdict(verdict: &Verdict) {
+pub fn count_verdict(verdict: &Verdict, conntrack_hit: bool) {
+    let Some(counters) = globals() else {
+        return;
+    };
     match verdict {
         Verdict::Pass(reason) => {
-            count(GlobalStat::VerdictPass);
-            count_index(*reason);
+            bump(counters, GlobalStat::VerdictPass as u32);
+            bump(counters, *reason);
         }
         Verdict::Drop(reason) => {
-            count(GlobalStat::VerdictDrop);
-            count_index(*reason);
+            bump(counters, GlobalStat::VerdictDrop as u32);
+            bump(counters, *reason);
         }
-        Verdict::Tx | Verdict::Reply => count(GlobalStat::VerdictTx),
-        Verdict::Redirect(_) => count(GlobalStat::VerdictRedirect),
+        Verdict::Tx | Verdict::Reply => bump(counters, GlobalStat::VerdictTx as u32),
+        Verdict::Redirect(_) => bump(counters, GlobalStat::VerdictRedirect as u32),
+    }
+    if conntrack_hit {
+        bump(counters, GlobalStat::ConntrackHit as u32);
     }
 }
 

@@ -22,8 +22,8 @@ use lb_common::{
     limits::{EMPTY_MAGLEV_TABLE, MAGLEV_TABLE_SIZE, MAGLEV_TABLE_STRIDE},
     maps as names,
     real::{LIMIT_F_FULL, LIMIT_F_WEIGHT_CAP},
-    Connection, Counters, DataplaneConfig, FlowKey, GlobalStat, NextHop, PersistKey,
-    PersistSettings, Persistent, RealLimits, RealServer, Service, ServiceKey,
+    Connection, Counters, DataplaneConfig, FlowKey, GlobalCounters, GlobalStat, NextHop,
+    PersistKey, PersistSettings, Persistent, RealLimits, RealServer, Service, ServiceKey,
 };
 use thiserror::Error;
 
@@ -261,7 +261,7 @@ pub struct Dataplane {
     real_limits: Array<MapData, RealLimits>,
     service_stats: PerCpuArray<MapData, Counters>,
     real_stats: PerCpuArray<MapData, Counters>,
-    global_stats: PerCpuArray<MapData, u64>,
+    global_stats: PerCpuArray<MapData, GlobalCounters>,
     config: Array<MapData, DataplaneConfig>,
     egress: DevMapHash<MapData>,
     capacity: Capacity,
@@ -1243,25 +1243,27 @@ impl Dataplane {
 
     /// Every global counter, summed over the CPUs.
     pub fn global_counters(&self) -> Result<Vec<(GlobalStat, u64)>> {
-        GlobalStat::ALL
+        let sum = self.global_sum()?;
+        Ok(GlobalStat::ALL
             .iter()
-            .map(|&stat| {
-                let values = self
-                    .global_stats
-                    .get(&(stat as u32), 0)
-                    .map_err(map_err("reading the global counters"))?;
-                Ok((stat, values.iter().copied().fold(0u64, u64::wrapping_add)))
-            })
-            .collect()
+            .map(|&stat| (stat, sum.get(stat)))
+            .collect())
     }
 
     /// One global counter, summed over the CPUs.
     pub fn global_counter(&self, stat: GlobalStat) -> Result<u64> {
+        Ok(self.global_sum()?.get(stat))
+    }
+
+    /// The global counters (one value per CPU), summed over the CPUs.
+    fn global_sum(&self) -> Result<GlobalCounters> {
         let values = self
             .global_stats
-            .get(&(stat as u32), 0)
+            .get(&0, 0)
             .map_err(map_err("reading the global counters"))?;
-        Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
+        Ok(values
+            .iter()
+            .fold(GlobalCounters::default(), |sum, cpu| sum.add(cpu)))
     }
 
     /// The connection table's entries, then the embryonic table's (their flags include
