@@ -105,7 +105,11 @@ mod program {
             // SAFETY: a pointer to this frame's slot.
             unsafe { parse::parse_common(ctx, slot) }
         };
-        let code = if common != parse::PARSE_UNSURE {
+        let code = if common == parse::PARSED {
+            // SAFETY: a pointer to this frame's slot, written whole.
+            unsafe { xlb_settle(slot) };
+            common
+        } else if common != parse::PARSE_UNSURE {
             common
         } else {
             parsed.zero();
@@ -294,6 +298,24 @@ mod program {
     pub unsafe extern "C" fn xlb_parse(ctx: *mut xdp_md, packet: *mut Packet) -> u32 {
         // SAFETY: the caller's promise.
         unsafe { parse::parse_into::<false>(ctx, packet) }
+    }
+
+    /// Nothing for the program, everything for the verifier: the packet `parse_common` wrote
+    /// passes through a global function, after which the verifier knows of it what it knows
+    /// after [`xlb_parse`] (its bytes written, their values unknown), so that it walks the rest
+    /// of the program once for both ways of parsing instead of once more for the constants the
+    /// inline parser wrote.
+    ///
+    /// # Safety
+    /// `packet` is null or valid for reads of a whole [`Packet`].
+    #[unsafe(no_mangle)]
+    #[inline(never)]
+    pub unsafe extern "C" fn xlb_settle(packet: *mut Packet) -> u32 {
+        if packet.is_null() {
+            return 0;
+        }
+        // SAFETY: the caller's promise; volatile, so that the call is not optimised away.
+        unsafe { core::ptr::read_volatile(&raw const (*packet).len) }
     }
 
     /// [`xlb_parse`] for frames with a VLAN tag.

@@ -167,27 +167,30 @@ pub unsafe fn parse_common(ctx: &XdpContext, out: *mut Packet) -> u32 {
     let flags = tcp[13];
     // SAFETY: the caller's promise.
     unsafe {
-        out.write(Packet {
-            flow: FlowKey {
-                src: [u32::from_ne_bytes(ip.src_addr), 0, 0, 0],
-                dst: [dst, 0, 0, 0],
-                sport: u16::from_ne_bytes([tcp[0], tcp[1]]),
-                dport: u16::from_ne_bytes([tcp[2], tcp[3]]),
-                proto: PROTO_TCP,
-                family: FAMILY_V4,
-                _pad: [0; 2],
+        write_packet(
+            out,
+            Packet {
+                flow: FlowKey {
+                    src: [u32::from_ne_bytes(ip.src_addr), 0, 0, 0],
+                    dst: [dst, 0, 0, 0],
+                    sport: u16::from_ne_bytes([tcp[0], tcp[1]]),
+                    dport: u16::from_ne_bytes([tcp[2], tcp[3]]),
+                    proto: PROTO_TCP,
+                    family: FAMILY_V4,
+                    _pad: [0; 2],
+                },
+                len: frame_len as u32,
+                l3_off: EthHdr::LEN as u16,
+                ip_len,
+                tos: ip.tos,
+                dont_fragment: frags & IP_DF != 0,
+                ip_id: u16::from_ne_bytes(ip.id),
+                ip_options: false,
+                closing: flags & (TCP_FIN | TCP_RST) != 0,
+                tcp_flags: flags,
+                icmp_error: false,
             },
-            len: frame_len as u32,
-            l3_off: EthHdr::LEN as u16,
-            ip_len,
-            tos: ip.tos,
-            dont_fragment: frags & IP_DF != 0,
-            ip_id: u16::from_ne_bytes(ip.id),
-            ip_options: false,
-            closing: flags & (TCP_FIN | TCP_RST) != 0,
-            tcp_flags: flags,
-            icmp_error: false,
-        })
+        )
     };
     PARSED
 }
@@ -356,27 +359,30 @@ unsafe fn parse_v4_for_vip(
     let proto = ip.proto;
     // SAFETY: the caller's promise.
     unsafe {
-        out.write(Packet {
-            flow: FlowKey {
-                src: [u32::from_ne_bytes(ip.src_addr), 0, 0, 0],
-                dst: [dst, 0, 0, 0],
-                sport: 0,
-                dport: 0,
-                proto,
-                family: FAMILY_V4,
-                _pad: [0; 2],
+        write_packet(
+            out,
+            Packet {
+                flow: FlowKey {
+                    src: [u32::from_ne_bytes(ip.src_addr), 0, 0, 0],
+                    dst: [dst, 0, 0, 0],
+                    sport: 0,
+                    dport: 0,
+                    proto,
+                    family: FAMILY_V4,
+                    _pad: [0; 2],
+                },
+                len: frame_len as u32,
+                l3_off: l3 as u16,
+                ip_len,
+                tos: ip.tos,
+                dont_fragment: frags & IP_DF != 0,
+                ip_id: u16::from_ne_bytes(ip.id),
+                ip_options: ihl > 5,
+                closing: false,
+                tcp_flags: 0,
+                icmp_error: false,
             },
-            len: frame_len as u32,
-            l3_off: l3 as u16,
-            ip_len,
-            tos: ip.tos,
-            dont_fragment: frags & IP_DF != 0,
-            ip_id: u16::from_ne_bytes(ip.id),
-            ip_options: ihl > 5,
-            closing: false,
-            tcp_flags: 0,
-            icmp_error: false,
-        })
+        )
     };
     // SAFETY: written whole just above.
     let packet = unsafe { &mut *out };
@@ -421,14 +427,20 @@ unsafe fn parse_v4_for_vip(
     }
     let (isport, idport) = quoted_ports(ctx, inner_l3 + inner_ihl * 4, ip_end)?;
     // The quoted packet went from the VIP to the client: turn it around into the client's flow.
-    packet.flow = FlowKey {
-        src: [u32::from_ne_bytes(inner.dst_addr), 0, 0, 0],
-        dst: [u32::from_ne_bytes(inner.src_addr), 0, 0, 0],
-        sport: u16::from_ne_bytes(idport),
-        dport: u16::from_ne_bytes(isport),
-        proto: inner_proto,
-        family: FAMILY_V4,
-        _pad: [0; 2],
+    // SAFETY: the packet's own flow.
+    unsafe {
+        write_flow(
+            &raw mut packet.flow,
+            FlowKey {
+                src: [u32::from_ne_bytes(inner.dst_addr), 0, 0, 0],
+                dst: [u32::from_ne_bytes(inner.src_addr), 0, 0, 0],
+                sport: u16::from_ne_bytes(idport),
+                dport: u16::from_ne_bytes(isport),
+                proto: inner_proto,
+                family: FAMILY_V4,
+                _pad: [0; 2],
+            },
+        )
     };
     packet.icmp_error = true;
     Ok(())
@@ -483,28 +495,31 @@ unsafe fn parse_v6_for_vip(
     let l4 = l3 + Ipv6Hdr::LEN;
     // SAFETY: the caller's promise.
     unsafe {
-        out.write(Packet {
-            flow: FlowKey {
-                src: addr_words(&ip.src_addr),
-                dst,
-                sport: 0,
-                dport: 0,
-                proto,
-                family: FAMILY_V6,
-                _pad: [0; 2],
+        write_packet(
+            out,
+            Packet {
+                flow: FlowKey {
+                    src: addr_words(&ip.src_addr),
+                    dst,
+                    sport: 0,
+                    dport: 0,
+                    proto,
+                    family: FAMILY_V6,
+                    _pad: [0; 2],
+                },
+                len: frame_len as u32,
+                l3_off: l3 as u16,
+                // Within the frame, checked above, so it fits 16 bits.
+                ip_len: ip_len32 as u16,
+                tos: (u16::from_be_bytes([ip.vcf[0], ip.vcf[1]]) >> 4) as u8,
+                dont_fragment: true,
+                ip_id: 0,
+                ip_options: false,
+                closing: false,
+                tcp_flags: 0,
+                icmp_error: false,
             },
-            len: frame_len as u32,
-            l3_off: l3 as u16,
-            // Within the frame, checked above, so it fits 16 bits.
-            ip_len: ip_len32 as u16,
-            tos: (u16::from_be_bytes([ip.vcf[0], ip.vcf[1]]) >> 4) as u8,
-            dont_fragment: true,
-            ip_id: 0,
-            ip_options: false,
-            closing: false,
-            tcp_flags: 0,
-            icmp_error: false,
-        })
+        )
     };
     // SAFETY: written whole just above.
     let packet = unsafe { &mut *out };
@@ -559,17 +574,68 @@ unsafe fn parse_v6_for_vip(
         return Err(Verdict::pass(GlobalStat::PassIcmpQuoteMismatch));
     }
     let (isport, idport) = quoted_ports(ctx, inner_l3 + Ipv6Hdr::LEN, ip_end)?;
-    packet.flow = FlowKey {
-        src: addr_words(&inner.dst_addr),
-        dst: addr_words(&inner.src_addr),
-        sport: u16::from_ne_bytes(idport),
-        dport: u16::from_ne_bytes(isport),
-        proto: inner_proto,
-        family: FAMILY_V6,
-        _pad: [0; 2],
+    // SAFETY: the packet's own flow.
+    unsafe {
+        write_flow(
+            &raw mut packet.flow,
+            FlowKey {
+                src: addr_words(&inner.dst_addr),
+                dst: addr_words(&inner.src_addr),
+                sport: u16::from_ne_bytes(idport),
+                dport: u16::from_ne_bytes(isport),
+                proto: inner_proto,
+                family: FAMILY_V6,
+                _pad: [0; 2],
+            },
+        )
     };
     packet.icmp_error = true;
     Ok(())
+}
+
+/// Writes a parsed packet to `out` field by field, by volatile stores. A plain write of the
+/// whole lets LLVM make the run of zeroes in it (an IPv4 flow's unused address words, the ports
+/// before they are read, the flags) a call of `memset`, which the BPF target writes a byte at a
+/// time in a function of its own: 7-10 ns of a known flow's ~70 in `xlb_parse`.
+///
+/// # Safety
+/// `out` is valid for writes of a [`Packet`].
+#[inline(always)]
+unsafe fn write_packet(out: *mut Packet, packet: Packet) {
+    // SAFETY: the caller's promise; every field of `out` is written.
+    unsafe {
+        write_flow(&raw mut (*out).flow, packet.flow);
+        (&raw mut (*out).len).write_volatile(packet.len);
+        (&raw mut (*out).l3_off).write_volatile(packet.l3_off);
+        (&raw mut (*out).ip_len).write_volatile(packet.ip_len);
+        (&raw mut (*out).tos).write_volatile(packet.tos);
+        (&raw mut (*out).dont_fragment).write_volatile(packet.dont_fragment);
+        (&raw mut (*out).ip_id).write_volatile(packet.ip_id);
+        (&raw mut (*out).ip_options).write_volatile(packet.ip_options);
+        (&raw mut (*out).closing).write_volatile(packet.closing);
+        (&raw mut (*out).tcp_flags).write_volatile(packet.tcp_flags);
+        (&raw mut (*out).icmp_error).write_volatile(packet.icmp_error);
+    }
+}
+
+/// Writes a flow key to `out` by volatile stores (see [`write_packet`]).
+///
+/// # Safety
+/// `out` is valid for writes of a [`FlowKey`].
+#[inline(always)]
+unsafe fn write_flow(out: *mut FlowKey, flow: FlowKey) {
+    // SAFETY: the caller's promise; every field of `out` is written.
+    unsafe {
+        for i in 0..4 {
+            (&raw mut (*out).src[i]).write_volatile(flow.src[i]);
+            (&raw mut (*out).dst[i]).write_volatile(flow.dst[i]);
+        }
+        (&raw mut (*out).sport).write_volatile(flow.sport);
+        (&raw mut (*out).dport).write_volatile(flow.dport);
+        (&raw mut (*out).proto).write_volatile(flow.proto);
+        (&raw mut (*out).family).write_volatile(flow.family);
+        (&raw mut (*out)._pad).write_volatile(flow._pad);
+    }
 }
 
 /// `value`, hidden from the optimiser. From `ip_end <= frame length` and `l4 + n <= ip_end`
