@@ -241,22 +241,33 @@ fn write_outer_v6(
     dst: [u32; 4],
     flow_label: u32,
 ) -> bool {
-    let Some(ip) = ptr_at::<[u8; IPV6_HDR_LEN]>(ctx, l3) else {
+    let Some(ip) = ptr_at::<[u16; IPV6_HDR_LEN / 2]>(ctx, l3) else {
         return false;
     };
-    // SAFETY: ptr_at checked that the header lies inside the packet.
-    let ip = unsafe { &mut *ip };
     // Worked out for a new flow and remembered with its connection (0, "unlabeled", for an
     // entry made before labels were kept).
     let label = flow_label & 0x000f_ffff;
     let vcf = (6u32 << 28) | (u32::from(packet.tos) << 20) | label;
-    ip[0..4].copy_from_slice(&vcf.to_be_bytes());
-    ip[4..6].copy_from_slice(&packet.ip_len.to_be_bytes());
-    ip[6] = PROTO_IPV6;
-    ip[7] = TUNNEL_TTL;
-    for i in 0..4 {
-        ip[8 + i * 4..12 + i * 4].copy_from_slice(&src[i].to_ne_bytes());
-        ip[24 + i * 4..28 + i * 4].copy_from_slice(&dst[i].to_ne_bytes());
+    // Stored by 16-bit words, as the IPv4 header (write_outer_v4): 2-byte aligned.
+    let head = [
+        (vcf >> 16) as u16,
+        vcf as u16,
+        packet.ip_len,
+        u16::from(PROTO_IPV6) << 8 | u16::from(TUNNEL_TTL),
+    ];
+    // SAFETY: ptr_at checked that the header lies inside the packet; 2-byte aligned.
+    unsafe {
+        for (i, word) in head.iter().enumerate() {
+            (*ip)[i] = word.to_be();
+        }
+        // The addresses as they sit in the maps (network order), half a word at a time.
+        for i in 0..4 {
+            let (s, d) = (src[i].to_ne_bytes(), dst[i].to_ne_bytes());
+            (*ip)[4 + i * 2] = u16::from_ne_bytes([s[0], s[1]]);
+            (*ip)[5 + i * 2] = u16::from_ne_bytes([s[2], s[3]]);
+            (*ip)[12 + i * 2] = u16::from_ne_bytes([d[0], d[1]]);
+            (*ip)[13 + i * 2] = u16::from_ne_bytes([d[2], d[3]]);
+        }
     }
     true
 }
