@@ -582,12 +582,33 @@ fn health_checks() -> anyhow::Result<()> {
             CheckKind::TcpHalfOpen => half_floor,
             _ => floor,
         };
+        // A floor lost in the machine's background (net share under 0.1 % of a core) gives no
+        // ratio.
+        let ratio = |of: f64, to: f64| {
+            if to >= 0.001 {
+                format!("{:.2}×", of / to)
+            } else {
+                "n/a×".to_owned()
+            }
+        };
+        // Half-open: the process (the checker and its prober's thread; the servers are never
+        // woken) against the floor's thread, a ratio that a busy machine hardly moves.
+        let threads_ratio = match kind {
+            CheckKind::TcpHalfOpen => format!(
+                "; process vs the floor's thread {}",
+                ratio(
+                    report.share(report.process_cpu),
+                    half.thread.as_secs_f64() / probes * rate
+                )
+            ),
+            _ => String::new(),
+        };
         println!(
-            "  {:<40}  {:>6.1}% of one core   {:.2}   ({:.2}× its kernel floor; raw {:.1}%, idle after {:.1}%, checker threads {:.1}%, whole process with the servers {:.1}%)",
+            "  {:<40}  {:>6.1}% of one core   {:.2}   ({} its kernel floor; raw {:.1}%, idle after {:.1}%, checker threads {:.1}%, whole process with the servers {:.1}%{threads_ratio})",
             format!("xlbd's checker, {kind}"),
             net * 100.0,
             net / floor,
-            net / own_floor.max(f64::MIN_POSITIVE),
+            ratio(net, own_floor),
             raw * 100.0,
             idle_after * 100.0,
             report.share(report.threads_cpu) * 100.0,
