@@ -145,7 +145,7 @@ impl GlobalCounters {
     }
 
     /// Word-wise sum, for adding up the per-CPU values.
-    pub fn add(mut self, other: &Self) -> Self {
+    pub fn plus(mut self, other: &Self) -> Self {
         for (mine, theirs) in self.0.iter_mut().zip(other.0.iter()) {
             *mine = mine.wrapping_add(*theirs);
         }
@@ -179,7 +179,7 @@ mod tests {
         a.0[GlobalStat::ConntrackHit as usize] = u64::MAX;
         b.0[GlobalStat::ConntrackHit as usize] = 2;
         b.0[GlobalStat::VerdictTx as usize] = 5;
-        let sum = a.add(&b);
+        let sum = a.plus(&b);
         assert_eq!(
             sum.get(GlobalStat::ConntrackHit),
             1,

@@ -1263,7 +1263,7 @@ impl Dataplane {
             .map_err(map_err("reading the global counters"))?;
         Ok(values
             .iter()
-            .fold(GlobalCounters::default(), |sum, cpu| sum.add(cpu)))
+            .fold(GlobalCounters::default(), |sum, cpu| sum.plus(cpu)))
     }
 
     /// The connection table's entries, then the embryonic table's (their flags include
