@@ -23,6 +23,8 @@
 //!   that quotes another's flow is passed); other ICMP (echo) is passed, so the VIP answers ping
 //!   itself.
 
+use core::mem::size_of;
+
 use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
 use lb_common::{FlowKey, GlobalStat, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 pub use lb_ebpf::packet::ptr_at;
@@ -108,6 +110,74 @@ pub const PARSED: u32 = 0;
 /// the frame is for the tagged program (main.rs hands it over). Not a [`Verdict::code`].
 pub const PARSE_TAGGED: u32 = 4 << 16;
 
+/// The IPv4 header as the inline parser reads it: its 16-bit fields as 16-bit words (values as
+/// they sit in the packet), so that they take one 16-bit load each, where network-types' byte
+/// arrays make the BPF target load a byte at a time. 2-byte aligned, as the frame is: a frame
+/// starts at an even address (XDP's headroom is even) and the IP header at 14.
+#[repr(C)]
+struct Ipv4Words {
+    vihl: u8,
+    tos: u8,
+    tot_len: u16,
+    id: u16,
+    frags: u16,
+    ttl: u8,
+    proto: u8,
+    check: u16,
+    src: [u16; 2],
+    dst: [u16; 2],
+}
+
+/// The IPv6 header, read as [`Ipv4Words`] is.
+#[repr(C)]
+struct Ipv6Words {
+    vcf: [u16; 2],
+    payload_len: u16,
+    next_hdr: u8,
+    hop_limit: u8,
+    src: [u16; 8],
+    dst: [u16; 8],
+}
+
+/// The TCP header, read as [`Ipv4Words`] is (at 34 or 54: even).
+#[repr(C)]
+struct TcpWords {
+    sport: u16,
+    dport: u16,
+    seq: [u16; 2],
+    ack: [u16; 2],
+    offset: u8,
+    flags: u8,
+    window: u16,
+    check: u16,
+    urgent: u16,
+}
+
+const _: () = assert!(
+    size_of::<Ipv4Words>() == IPV4_HDR_LEN
+        && size_of::<Ipv6Words>() == Ipv6Hdr::LEN
+        && size_of::<TcpWords>() == TCP_HDR_LEN
+);
+
+/// Two 16-bit words of the packet as the 32-bit word their four bytes make in the packet's
+/// order (what `u32::from_ne_bytes` makes of the bytes).
+#[inline(always)]
+fn join(halves: [u16; 2]) -> u32 {
+    let (a, b) = (halves[0].to_ne_bytes(), halves[1].to_ne_bytes());
+    u32::from_ne_bytes([a[0], a[1], b[0], b[1]])
+}
+
+/// An IPv6 address of 16-bit words as four words in network order, as the maps hold it.
+#[inline(always)]
+fn join4(halves: &[u16; 8]) -> [u32; 4] {
+    [
+        join([halves[0], halves[1]]),
+        join([halves[2], halves[3]]),
+        join([halves[4], halves[5]]),
+        join([halves[6], halves[7]]),
+    ]
+}
+
 /// What [`parse_common`] returns for a frame that is not the common one: the full parser
 /// ([`parse_into`]) decides. Not a [`Verdict::code`].
 pub const PARSE_UNSURE: u32 = 5 << 16;
@@ -139,7 +209,7 @@ pub unsafe fn parse_common(ctx: &XdpContext, out: *mut Packet) -> u32 {
     if ether_type != ETH_P_IP {
         return PARSE_UNSURE;
     }
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
+    let Some(ip) = ptr_at::<Ipv4Words>(ctx, EthHdr::LEN) else {
         return PARSE_UNSURE;
     };
     // SAFETY: as above.
@@ -147,40 +217,40 @@ pub unsafe fn parse_common(ctx: &XdpContext, out: *mut Packet) -> u32 {
     if ip.vihl != 0x45 {
         return PARSE_UNSURE;
     }
-    let dst = u32::from_ne_bytes(ip.dst_addr);
+    let dst = join(ip.dst);
     if !service::maybe_vip(&[dst, 0, 0, 0], FAMILY_V4) {
         return Verdict::pass(GlobalStat::PassNotVip).code();
     }
-    let frags = u16::from_be_bytes(ip.frags);
+    let frags = u16::from_be(ip.frags);
     if ip.proto != PROTO_TCP
         || ip.ttl == 0
         || frags & (IP_OFFSET_MASK | IP_MF) != 0
-        || martian_v4(&ip.src_addr)
+        || martian_v4(&join(ip.src).to_ne_bytes())
     {
         return PARSE_UNSURE;
     }
     let frame_len = ctx.data_end() - ctx.data();
-    let ip_len = u16::from_be_bytes(ip.tot_len);
+    let ip_len = u16::from_be(ip.tot_len);
     let ip_end = EthHdr::LEN + ip_len as usize;
     if ip_end < L4 + TCP_HDR_LEN || ip_end > frame_len {
         return PARSE_UNSURE;
     }
-    let Some(tcp) = ptr_at::<[u8; TCP_HDR_LEN]>(ctx, L4) else {
+    let Some(tcp) = ptr_at::<TcpWords>(ctx, L4) else {
         return PARSE_UNSURE;
     };
     // SAFETY: as above.
     let tcp = unsafe { &*tcp };
-    let flags = tcp[13];
+    let flags = tcp.flags;
     // SAFETY: the caller's promise.
     unsafe {
         write_packet(
             out,
             Packet {
                 flow: FlowKey {
-                    src: [u32::from_ne_bytes(ip.src_addr), 0, 0, 0],
+                    src: [join(ip.src), 0, 0, 0],
                     dst: [dst, 0, 0, 0],
-                    sport: u16::from_ne_bytes([tcp[0], tcp[1]]),
-                    dport: u16::from_ne_bytes([tcp[2], tcp[3]]),
+                    sport: tcp.sport,
+                    dport: tcp.dport,
                     proto: PROTO_TCP,
                     family: FAMILY_V4,
                     _pad: [0; 2],
@@ -190,7 +260,7 @@ pub unsafe fn parse_common(ctx: &XdpContext, out: *mut Packet) -> u32 {
                 ip_len,
                 tos: ip.tos,
                 dont_fragment: frags & IP_DF != 0,
-                ip_id: u16::from_ne_bytes(ip.id),
+                ip_id: ip.id,
                 ip_options: false,
                 closing: flags & (TCP_FIN | TCP_RST) != 0,
                 tcp_flags: flags,
@@ -209,42 +279,43 @@ pub unsafe fn parse_common(ctx: &XdpContext, out: *mut Packet) -> u32 {
 #[inline(always)]
 unsafe fn parse_common_v6(ctx: &XdpContext, out: *mut Packet) -> u32 {
     const L4: usize = EthHdr::LEN + Ipv6Hdr::LEN;
-    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, EthHdr::LEN) else {
+    let Some(ip) = ptr_at::<Ipv6Words>(ctx, EthHdr::LEN) else {
         return PARSE_UNSURE;
     };
     // SAFETY: ptr_at checked that the header lies inside the packet.
     let ip = unsafe { &*ip };
-    if ip.vcf[0] >> 4 != 6 {
+    if ip.vcf[0].to_ne_bytes()[0] >> 4 != 6 {
         return PARSE_UNSURE;
     }
-    let dst: [u32; 4] = addr_words(&ip.dst_addr);
+    let dst = join4(&ip.dst);
     if !service::maybe_vip(&dst, FAMILY_V6) {
         return Verdict::pass(GlobalStat::PassNotVip).code();
     }
-    if ip.next_hdr != PROTO_TCP || ip.hop_limit == 0 || martian_v6(&ip.src_addr) {
+    let src = join4(&ip.src);
+    if ip.next_hdr != PROTO_TCP || ip.hop_limit == 0 || martian_v6_words(&src) {
         return PARSE_UNSURE;
     }
     let frame_len = ctx.data_end() - ctx.data();
-    let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
+    let payload_len = u16::from_be(ip.payload_len) as usize;
     if payload_len < TCP_HDR_LEN || L4 + payload_len > frame_len {
         return PARSE_UNSURE;
     }
-    let Some(tcp) = ptr_at::<[u8; TCP_HDR_LEN]>(ctx, L4) else {
+    let Some(tcp) = ptr_at::<TcpWords>(ctx, L4) else {
         return PARSE_UNSURE;
     };
     // SAFETY: as above.
     let tcp = unsafe { &*tcp };
-    let flags = tcp[13];
+    let flags = tcp.flags;
     // SAFETY: the caller's promise.
     unsafe {
         write_packet(
             out,
             Packet {
                 flow: FlowKey {
-                    src: addr_words(&ip.src_addr),
+                    src,
                     dst,
-                    sport: u16::from_ne_bytes([tcp[0], tcp[1]]),
-                    dport: u16::from_ne_bytes([tcp[2], tcp[3]]),
+                    sport: tcp.sport,
+                    dport: tcp.dport,
                     proto: PROTO_TCP,
                     family: FAMILY_V6,
                     _pad: [0; 2],
@@ -253,7 +324,7 @@ unsafe fn parse_common_v6(ctx: &XdpContext, out: *mut Packet) -> u32 {
                 l3_off: EthHdr::LEN as u16,
                 // Within the frame, checked above, so it fits 16 bits.
                 ip_len: (payload_len + Ipv6Hdr::LEN) as u16,
-                tos: (u16::from_be_bytes([ip.vcf[0], ip.vcf[1]]) >> 4) as u8,
+                tos: (u16::from_be(ip.vcf[0]) >> 4) as u8,
                 dont_fragment: true,
                 ip_id: 0,
                 ip_options: false,
@@ -729,10 +800,16 @@ fn martian_v4(src: &[u8; 4]) -> bool {
 /// (::ffff:0:0/96, which the kernel drops as a source too).
 #[inline(always)]
 fn martian_v6(src: &[u8; 16]) -> bool {
-    if src[0] == 0xff || (src[0] == 0xfe && src[1] & 0xc0 == 0x80) {
+    martian_v6_words(&addr_words(src))
+}
+
+/// [`martian_v6`] of an address as four words in network order.
+#[inline(always)]
+fn martian_v6_words(w: &[u32; 4]) -> bool {
+    let first = w[0].to_ne_bytes();
+    if first[0] == 0xff || (first[0] == 0xfe && first[1] & 0xc0 == 0x80) {
         return true;
     }
-    let w = addr_words(src);
     if w[0] != 0 || w[1] != 0 {
         return false;
     }
