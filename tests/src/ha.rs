@@ -551,6 +551,15 @@ impl<'a> Bird<'a> {
         self.hook = Some(child);
     }
 
+    /// Stops the health hook (killed and waited for), so that a test can set the protocol by
+    /// hand without the hook setting it back within a second.
+    pub fn stop_hook(&mut self) {
+        if let Some(mut child) = self.hook.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Runs a birdc command against it and panics when it fails.
     pub fn birdc(&self, command: &str) -> String {
         self.ns

@@ -1282,7 +1282,11 @@ fn bird_announces_the_vip_from_two_balancers_and_the_router_spreads_flows_over_b
     );
 
     // The same real server whichever balancer a flow crosses: 1000 flows through lb1 alone,
-    // then the same 1000 (same source ports) through lb2 alone.
+    // then the same 1000 (same source ports) through lb2 alone. The hooks are stopped meanwhile:
+    // each enables its balancer's VIPs again every second (CI once saw the router keep both
+    // paths while lb2's hook undid the test's `disable`).
+    bird1.stop_hook();
+    bird2.stop_hook();
     let only = |on: &Bird, off: &Bird| {
         off.birdc("disable xlb_vips");
         on.birdc("enable xlb_vips");
@@ -1304,7 +1308,8 @@ fn bird_announces_the_vip_from_two_balancers_and_the_router_spreads_flows_over_b
         .count();
     println!("1000 flows: {differ} got another real server through the other balancer");
     assert_eq!(differ, 0, "a flow's real server depends on the balancer");
-    bird1.birdc("enable xlb_vips");
+    bird1.start_hook(&service);
+    bird2.start_hook(&service);
     assert!(wait_until(Duration::from_secs(10), || paths(&router) == 2));
 
     // Losing a balancer, with a client requesting all along and three long-lived connections:
