@@ -30,7 +30,7 @@ pub struct Known {
     /// The real server's id.
     pub real_id: u32,
     /// The real server.
-    pub real: RealServer,
+    pub real: &'static RealServer,
     /// The flow label it recorded (IPv6; 0 when none).
     pub flow_label: u32,
 }

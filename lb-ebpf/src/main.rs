@@ -186,7 +186,7 @@ mod program {
                 (svc.id, real_id, real, flow_label, true, count_later)
             }
         };
-        let verdict = forward::forward::<TAGGED>(ctx, packet, real_id, &real, flow_label, now);
+        let verdict = forward::forward::<TAGGED>(ctx, packet, real_id, real, flow_label, now);
         // Counted once forward() is back: when the next hop had to be looked up, the balancer ran
         // again on the packet (see next_hop.rs), and only that run gets here.
         *conntrack_hit = !new_flow;
