@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::XdpContext,
     EbpfContext as _,
 };
-use lb_common::{Forwarding, GlobalStat, RealServer, FAMILY_V4};
+use lb_common::{Forwarding, GlobalStat, NextHop, RealServer, FAMILY_V4};
 
 use lb_ebpf::packet::{PROTO_IPIP, PROTO_IPV6};
 
@@ -64,10 +64,13 @@ fn too_big(ctx: &XdpContext, packet: &Packet, mtu: u16, overhead: u16) -> Verdic
     icmp::too_big(ctx, &icmp::Offender::of(packet), mtu, overhead)
 }
 
-/// Leaves through the FIB's interface: back out of the ingress one, or redirected.
+/// Leaves through the next hop's interface: back out of the ingress one, or redirected. The
+/// entry was looked up for this packet's ingress interface (next_hop checked it), so its own
+/// copy of the ingress index is compared: reading the context's again costs three loads.
 #[inline(always)]
-fn send(ctx: &XdpContext, ifindex: u32) -> Verdict {
-    if ifindex == ctx.ingress_ifindex() as u32 {
+fn send(hop: &NextHop) -> Verdict {
+    let ifindex = hop.ifindex;
+    if ifindex == hop.ingress_ifindex {
         return Verdict::Tx;
     }
     match maps::EGRESS.redirect(ifindex, 0) {
@@ -103,7 +106,7 @@ fn direct_route(
     if !write_hop_macs(ctx, params) {
         return Verdict::drop(GlobalStat::DropNoRoute);
     }
-    send(ctx, params.ifindex)
+    send(params)
 }
 
 #[inline(always)]
@@ -176,7 +179,7 @@ fn tunnel<const TAGGED: bool>(
     if !written {
         return Verdict::drop(GlobalStat::DropAdjustFailed);
     }
-    send(ctx, params.ifindex)
+    send(params)
 }
 
 #[inline(always)]
