@@ -51,16 +51,18 @@ pub fn count_verdict(verdict: &Verdict, conntrack_hit: bool) {
     }
 }
 
-/// Count a forwarded packet for its service and real server.
+/// Count a forwarded packet for its service and real server; a new flow's also as a connection
+/// (only then: a known flow's packet, the common one, does not write the connection counters).
 #[inline(always)]
 pub fn count_forwarded(service: u32, real: u32, bytes: u64, new_flow: bool) {
-    let conns = new_flow as u64;
     if let Some(c) = maps::SERVICE_STATS.get_ptr_mut(service) {
         // SAFETY: a per-CPU slot, written by this CPU only.
         unsafe {
             (*c).packets += 1;
             (*c).bytes += bytes;
-            (*c).conns += conns;
+            if new_flow {
+                (*c).conns += 1;
+            }
         }
     }
     if let Some(c) = maps::REAL_STATS.get_ptr_mut(real) {
@@ -68,7 +70,9 @@ pub fn count_forwarded(service: u32, real: u32, bytes: u64, new_flow: bool) {
         unsafe {
             (*c).packets += 1;
             (*c).bytes += bytes;
-            (*c).conns += conns;
+            if new_flow {
+                (*c).conns += 1;
+            }
         }
     }
 }
