@@ -20,7 +20,7 @@
 # Missing Debian packages (clang-16 llvm-16 libbpf-dev bpftool libelf-dev zlib1g-dev gcc iproute2)
 # are installed with apt-get.
 #
-# Env: REPEAT (2000000) ROUNDS (5) CPU (1) PIN_DIR (/sys/fs/bpf/xlbkb) ONLY (harness case filter)
+# Env: REPEAT (300000) ROUNDS (30: see README.md, "Many calls") CPU (1) PIN_DIR (/sys/fs/bpf/xlbkb) ONLY (harness case filter)
 #      DIRECT=1 (also the unwrapped runs) VERBOSE=1 (hex dumps of the last output packets)
 #      KATRAN_2STEP=1 (Katran built the Makefile-bpf way) HOLD_SECS=N (keep the lab up N s)
 #      SCALE=0 (skip the scaling runs) LIVE=0 (skip the live-frames run) LIVE_PACKETS (4000000)
@@ -29,8 +29,8 @@
 set -euo pipefail
 
 here=$(dirname "$(readlink -f "$0")")
-REPEAT=${REPEAT:-2000000}
-ROUNDS=${ROUNDS:-5}
+REPEAT=${REPEAT:-300000}
+ROUNDS=${ROUNDS:-30}
 CPU=${CPU:-1}
 PIN=${PIN_DIR:-/sys/fs/bpf/xlbkb}
 NS=kb-$$
