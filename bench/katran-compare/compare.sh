@@ -295,6 +295,15 @@ END {
 		printf "\n"
 		split("xlb.ack_hit_dr|xlb.ack_hit_tun|xlb.ack_hit_dr6|xlb.ack_hit_tun6|katran.ack_hit|katran.ack_hit6", fs, "|")
 		for (i=1; i in fs; i++) if ((fs[i] in best) && fl > 0) printf "  %-22s net %4d = %5.2f x the floor\n", fs[i], best[fs[i]]-fp, (best[fs[i]]-fp)/fl
+		# Each known-flow case against the floor of its own shape (family, tunnel or not).
+		split("xlb.ack_hit_dr floor.lru_tx|xlb.ack_hit_tun floor.lru_ipip_tx|katran.ack_hit floor.lru_ipip_tx|xlb.ack_hit_dr6 floor.lru6_tx|xlb.ack_hit_tun6 floor.lru_ip6ip6_tx|katran.ack_hit6 floor.lru_ip6ip6_tx", ps, "|")
+		hdr=0
+		for (i=1; i in ps; i++) {
+			split(ps[i], pr, " ")
+			if (!(pr[1] in best) || !(pr[2] in best) || best[pr[2]] - fp <= 0) continue
+			if (!hdr++) printf "each against the floor of its shape (net of XDP_PASS):\n"
+			printf "  %-22s net %4d = %5.2f x %s (net %d)\n", pr[1], best[pr[1]]-fp, (best[pr[1]]-fp)/(best[pr[2]]-fp), pr[2], best[pr[2]]-fp
+		}
 	}
 	printf "(net and ratio: xlb/Katran of (case - XDP_PASS floor); ratio/TX: over the swap+XDP_TX floor for forwarded cases;\n ratio(med): the same with medians; the new-flow rows use the new-flow wrapper floor for both)\n"
 }'
