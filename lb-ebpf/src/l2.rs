@@ -30,7 +30,8 @@ pub fn write_l2(
     write_type(ctx, tag, ether_type)
 }
 
-/// [`write_l2`] with the addresses of a next hop (an entry of the next-hop cache).
+/// [`write_l2`] with the addresses of a next hop (an entry of the next-hop cache). Without a tag,
+/// the whole header by 16-bit words after one bounds check.
 #[inline(always)]
 pub fn write_hop_l2(
     ctx: &XdpContext,
@@ -38,7 +39,16 @@ pub fn write_hop_l2(
     tag: Option<[u8; 4]>,
     ether_type: u16,
 ) -> bool {
-    write_hop_macs(ctx, hop) && write_type(ctx, tag, ether_type)
+    if tag.is_some() {
+        return write_hop_macs(ctx, hop) && write_type(ctx, tag, ether_type);
+    }
+    let Some(eth) = ptr_at::<[u16; 7]>(ctx, 0) else {
+        return false;
+    };
+    write_macs_at(eth.cast(), hop);
+    // SAFETY: within the frame (checked by ptr_at), 2-byte aligned (see write_hop_macs).
+    unsafe { (*eth)[6] = ether_type.to_be() };
+    true
 }
 
 /// Writes the next hop's destination and source MAC addresses at the start of the frame, by six
@@ -51,17 +61,24 @@ pub fn write_hop_macs(ctx: &XdpContext, hop: &NextHop) -> bool {
     let Some(eth) = ptr_at::<[u16; 6]>(ctx, 0) else {
         return false;
     };
+    write_macs_at(eth, hop);
+    true
+}
+
+/// The next hop's two MAC addresses into the 12 bytes at `eth`, which the caller checked lie
+/// within the frame.
+#[inline(always)]
+fn write_macs_at(eth: *mut [u16; 6], hop: &NextHop) {
     let dmac = (&raw const hop.dmac).cast::<u16>();
     let smac = (&raw const hop.smac).cast::<u16>();
     for i in 0..3 {
-        // SAFETY: within the frame (checked by ptr_at) and within the entry's two addresses,
+        // SAFETY: within the frame (the caller's check) and within the entry's two addresses,
         // 2-byte aligned on both sides (see above).
         unsafe {
             (*eth)[i] = dmac.add(i).read();
             (*eth)[3 + i] = smac.add(i).read();
         }
     }
-    true
 }
 
 /// The ethertype after the addresses (behind the VLAN tag, when there is one).
