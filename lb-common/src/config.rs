@@ -52,6 +52,23 @@ pub struct DebugEvent {
 
 crate::user_pod!(DebugEvent);
 
+/// The kernel's coarse monotonic clock as this CPU's data path last read it, and the tick
+/// (`jiffies`) it read it in (per-CPU, index 0 of [`crate::maps::CLOCK`]). The coarse clock moves
+/// once a tick, when the tick moves `jiffies` (which a program reads with one load: the verifier
+/// inlines `bpf_jiffies64`), so a packet in the same tick takes the time from here instead of
+/// calling `bpf_ktime_get_coarse_ns`. At most one tick staler than the helper's answer (when the
+/// helper was called between the tick's two updates), which the timeouts it serves do not feel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct TickClock {
+    /// `jiffies` when `ns` was read; 0 before the first read.
+    pub jiffies: u64,
+    /// The coarse clock's nanoseconds then.
+    pub ns: u64,
+}
+
+crate::user_pod!(TickClock);
+
 /// What the balancer hands its ICMP program for a "fragmentation needed" / "packet too big" reply
 /// (per-CPU scratch, index 0 of [`crate::maps::ICMP_REPLY`]). Replies are rare, and built by a
 /// program of their own reached by a tail call, so that the balancer carries no reply code.

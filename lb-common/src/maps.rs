@@ -110,6 +110,9 @@ pub const ICMP_REPLY: &str = "XLB_ICMP_REPLY";
 /// Index 0 → per-CPU [`crate::config::DebugEvent`], the balancer's note to the event program.
 /// Written by the data path.
 pub const DEBUG_EVENT: &str = "XLB_DEBUG_EVENT";
+/// Index 0 → per-CPU [`crate::config::TickClock`], the coarse clock as the data path last read it.
+/// Written by the data path.
+pub const CLOCK: &str = "XLB_CLOCK";
 
 /// Program: the real-server decapsulator, attached to a real server's interface.
 pub const PROG_DECAP: &str = "xlb_decap";

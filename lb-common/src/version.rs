@@ -18,7 +18,8 @@
 /// the real servers' `LIMIT_F_FULL` and `LIMIT_F_WEIGHT_CAP` (`ovf`).
 /// 6: the global counters (`XLB_GLOBAL`) are one per-CPU value holding every counter
 /// ([`crate::GlobalCounters`]) instead of one entry per counter.
-pub const LAYOUT: u32 = 6;
+/// 7: the per-CPU clock (`XLB_CLOCK`, [`crate::config::TickClock`]).
+pub const LAYOUT: u32 = 7;
 
 /// The layout of the connection table alone.
 pub const CONNTRACK_LAYOUT: u32 = 1;

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    config::{DebugEvent, IcmpReply, NextHopRequest},
+    config::{DebugEvent, IcmpReply, NextHopRequest, TickClock},
     hash::VIP_FILTER_WORDS,
     limits::{
         maglev_elements, real_ids, MAGLEV_TABLES, MAX_CONNECTIONS, MAX_EMBRYONIC, MAX_PERSISTENT,
@@ -158,6 +158,11 @@ pub static ICMP_REPLY: PerCpuArray<IcmpReply> = PerCpuArray::with_max_entries(1,
 /// Index 0 → per-CPU note from the balancer to the debug-event program. Written by the data path.
 #[map(name = "XLB_DEBUG_EVENT")]
 pub static DEBUG_EVENT: PerCpuArray<DebugEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Index 0 → per-CPU coarse time of this tick ([`crate::conntrack::now`]). Written by the data
+/// path.
+#[map(name = "XLB_CLOCK")]
+pub static CLOCK: PerCpuArray<TickClock> = PerCpuArray::with_max_entries(1, 0);
 
 /// Index 0 → run-time settings. Written by userspace.
 #[map(name = "XLB_CONFIG")]

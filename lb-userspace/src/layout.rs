@@ -30,7 +30,7 @@ use crate::program;
 pub const RECORD: &str = "XLB_LAYOUT";
 
 /// Every map of the object, as pinned.
-pub const ALL_MAPS: [&str; 24] = [
+pub const ALL_MAPS: [&str; 25] = [
     names::SERVICES,
     names::VIP_ADDRS,
     names::VIP_FILTER,
@@ -55,6 +55,7 @@ pub const ALL_MAPS: [&str; 24] = [
     names::REAL_WEIGHTS,
     names::EMBRYONIC,
     names::REAL_LIMITS,
+    names::CLOCK,
 ];
 
 /// Layout versions, as the record holds them.
