@@ -21,7 +21,7 @@
 # are installed with apt-get.
 #
 # Env: REPEAT (300000) ROUNDS (30: see README.md, "Many calls") CPU (1) PIN_DIR (/sys/fs/bpf/xlbkb) ONLY (harness case filter)
-#      DIRECT=1 (also the unwrapped runs) VERBOSE=1 (hex dumps of the last output packets)
+#      RUNS (3: harness runs, each case's best over them) DIRECT=1 (also the unwrapped runs) VERBOSE=1 (hex dumps of the last output packets)
 #      KATRAN_2STEP=1 (Katran built the Makefile-bpf way) HOLD_SECS=N (keep the lab up N s)
 #      SCALE=0 (skip the scaling runs) LIVE=0 (skip the live-frames run) LIVE_PACKETS (4000000)
 #      BATCH (64) SCALE_REALS (4096) SCALE_SERVICES (512) SCHEDULERS=0 (skip the per-scheduler
@@ -31,6 +31,8 @@ set -euo pipefail
 here=$(dirname "$(readlink -f "$0")")
 REPEAT=${REPEAT:-300000}
 ROUNDS=${ROUNDS:-30}
+RUNS=${RUNS:-3}
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: RUNS must be a whole number of at least 1, not '$RUNS'" >&2; exit 2; }
 CPU=${CPU:-1}
 PIN=${PIN_DIR:-/sys/fs/bpf/xlbkb}
 NS=kb-$$
@@ -254,16 +256,26 @@ XARGS=("${ARGS[@]}") # xlb alone: the scaling and live-frames runs
 [ -n "${ONLY:-}" ] && ARGS+=(--only "$ONLY")
 [ "${DIRECT:-0}" = 1 ] && ARGS+=(--direct)
 [ "${VERBOSE:-0}" = 1 ] && ARGS+=(-v)
-OUT=$("$B/harness" "${ARGS[@]}" 2> >(grep -v '^libbpf: elf: skipping' >&2))
-echo "$OUT"
+# RUNS > 1: the harness runs that many times (a new process each: new packet buffers and stack),
+# every run's lines are printed, and the summary takes each case's best (and median) over them.
+OUT=
+for run in $(seq 1 "$RUNS"); do
+	[ "$RUNS" = 1 ] || echo "# run $run of $RUNS"
+	o=$("$B/harness" "${ARGS[@]}" 2> >(grep -v '^libbpf: elf: skipping' >&2))
+	echo "$o"
+	OUT+=$o$'\n'
+done
 
 # ---- summary: (case - floor) ratios, xlb / Katran ----
 echo "$OUT" | awk '
-/^RESULT/ { id=$2; split($3,a,"="); best[id]=a[2]+0; split($4,m,"="); med[id]=m[2]+0; ok[id]=($0 ~ / OK \|/) }
+/^RESULT/ { id=$2; split($3,a,"="); b=a[2]+0; split($4,m,"="); md=m[2]+0; okl=($0 ~ / OK \|/)
+	if (!(id in best) || b < best[id]) best[id]=b
+	if (!(id in med) || md < med[id]) med[id]=md
+	if (id in seen) ok[id]=(ok[id] && okl); else { ok[id]=okl; seen[id]=1 } }
 END {
 	if (!("floor.pass" in best)) exit
 	fp=best["floor.pass"]; ft=best["floor.swap_tx"]; fn=best["floor.pass_newflow"]
-	printf "\nSUMMARY (best of %s calls; ns/packet; net = case - floor; floors: pass %d, swap+TX %d, pass behind the new-flow wrapper %d)\n", "'"$ROUNDS"'", fp, ft, fn
+	printf "\nSUMMARY (best of %s calls%s; ns/packet; net = case - floor; floors: pass %d, swap+TX %d, pass behind the new-flow wrapper %d)\n", "'"$ROUNDS"'", ('"$RUNS"' > 1 ? " in each of '"$RUNS"' runs, best run (median: the lowest run median)" : ""), fp, ft, fn
 	printf "%-58s %5s %6s %8s %8s %6s %8s %9s\n", "comparison (best ns)", "xlb", "katran", "xlb-net", "kat-net", "ratio", "ratio/TX", "ratio(med)"
 	n=split("ACK hit, DR (xlb) vs IPIP (katran)|ACK hit, IPIP both|SYN same flow (xlb: conntrack hit; katran: CH+LRU update)|SYN new flow every run (both: miss + insert)|non-VIP (XDP_PASS)|IPv6 ACK hit, DR (xlb) vs IP6IP6 (katran)|IPv6 ACK hit, IP6IP6 both", label, "|")
 	split("xlb.ack_hit_dr|xlb.ack_hit_tun|xlb.syn_dr|xlb.syn_newflow_dr|xlb.nonvip|xlb.ack_hit_dr6|xlb.ack_hit_tun6", xs, "|")
