@@ -71,27 +71,69 @@ impl PersistSettings {
     }
 
     /// The key of a client at `src` (network order, as in a [`crate::FlowKey`]) of service `service`.
+    ///
+    /// Built as six 32-bit words, the family's word holding the padding's zeroes: a literal's
+    /// three bytes of padding became a call of the BPF target's byte-wise `memset` on every new
+    /// flow of a persistent service (and zeroing the key first was cut back to those three bytes).
     #[inline(always)]
     pub const fn key(&self, service: u32, src: &[u32; 4], family: u8) -> PersistKey {
-        PersistKey {
+        // The family is the first byte of its word in memory, the three padding bytes after it.
+        #[cfg(target_endian = "little")]
+        let family_word = family as u32;
+        #[cfg(target_endian = "big")]
+        let family_word = (family as u32) << 24;
+        let words: [u32; 6] = [
             service,
-            family,
-            _pad: [0; 3],
-            client: [
-                src[0] & self.mask[0],
-                src[1] & self.mask[1],
-                src[2] & self.mask[2],
-                src[3] & self.mask[3],
-            ],
-        }
+            family_word,
+            src[0] & self.mask[0],
+            src[1] & self.mask[1],
+            src[2] & self.mask[2],
+            src[3] & self.mask[3],
+        ];
+        // SAFETY: PersistKey is repr(C), 24 bytes of plain integers aligned to 4 (checked below):
+        // service, family and its padding, then the four address words.
+        unsafe { core::mem::transmute::<[u32; 6], PersistKey>(words) }
     }
 }
 
 crate::user_pod!(PersistKey, Persistent, PersistSettings);
 
+// `PersistSettings::key` builds a key from six words.
+const _: () = assert!(
+    core::mem::size_of::<PersistKey>() == 24
+        && core::mem::align_of::<PersistKey>() == 4
+        && core::mem::offset_of!(PersistKey, family) == 4
+        && core::mem::offset_of!(PersistKey, client) == 8
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_holds_the_service_the_family_zero_padding_and_the_masked_client() {
+        let settings = PersistSettings::v4(300, 0xffff_ff00);
+        let src = [0x0a00_0105u32.to_be(), 7, 8, 9];
+        let key = settings.key(42, &src, crate::FAMILY_V6);
+        assert_eq!(
+            key,
+            PersistKey {
+                service: 42,
+                family: crate::FAMILY_V6,
+                _pad: [0; 3],
+                client: [
+                    src[0] & settings.mask[0],
+                    src[1] & settings.mask[1],
+                    src[2] & settings.mask[2],
+                    src[3] & settings.mask[3],
+                ],
+            }
+        );
+        assert_eq!(
+            &bytemuck::bytes_of(&key)[4..8],
+            &[crate::FAMILY_V6, 0, 0, 0]
+        );
+    }
 
     #[test]
     fn clients_of_one_network_share_a_key_under_its_mask() {
