@@ -61,7 +61,10 @@ pub const CONNTRACK: &str = "XLB_CONNTRACK";
 /// until the client's next packet moves them there. Written by the data path, read and flushed by
 /// userspace.
 pub const EMBRYONIC: &str = "XLB_EMBRYONIC";
-/// Service id → per-CPU [`crate::Counters`]. Written by the data path.
+/// Service id → per-CPU [`crate::Counters`]: what the real servers that have left the service had
+/// counted. Written by userspace when it removes a server: the data path counts a service's
+/// packets only in its servers' [`REAL_STATS`] (a real-server id belongs to one service), so a
+/// service's counters are this plus its servers'.
 pub const SERVICE_STATS: &str = "XLB_SVC_STATS";
 /// Real-server id → per-CPU [`crate::Counters`]. Written by the data path.
 pub const REAL_STATS: &str = "XLB_REAL_STATS";

@@ -25,7 +25,9 @@ impl Forwarding {
 }
 
 /// A real server as the data path sees it. An entry whose `family` is 0 is unused: a connection
-/// that still points at it is scheduled anew.
+/// that still points at it is scheduled anew. A real-server id belongs to one service: the entry
+/// carries that service's epoch, which a known flow's connection must have recorded (one read of
+/// the entry the flow needs anyway, instead of a lookup of the service's epoch).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct RealServer {
@@ -37,6 +39,10 @@ pub struct RealServer {
     pub forward: u8,
     /// Padding made explicit so that the type is `Pod`.
     pub _pad: [u8; 2],
+    /// The epoch of the service the id belongs to (`XLB_SERVICE_EPOCHS`), written by userspace
+    /// when it adds the server; 0 once that service is removed, so that its known flows stop
+    /// being followed at once.
+    pub service_epoch: u32,
 }
 
 impl RealServer {
@@ -47,6 +53,7 @@ impl RealServer {
             family: crate::FAMILY_V4,
             forward: forward as u8,
             _pad: [0; 2],
+            service_epoch: 0,
         }
     }
 

@@ -19,7 +19,10 @@
 /// 6: the global counters (`XLB_GLOBAL`) are one per-CPU value holding every counter
 /// ([`crate::GlobalCounters`]) instead of one entry per counter.
 /// 7: the per-CPU clock (`XLB_CLOCK`, [`crate::config::TickClock`]).
-pub const LAYOUT: u32 = 7;
+/// 8: a real server's entry carries its service's epoch ([`crate::RealServer::service_epoch`]),
+/// and the data path counts a service's packets only in its real servers' counters: a service's
+/// entry of `XLB_SVC_STATS` holds what servers that have left it had counted.
+pub const LAYOUT: u32 = 8;
 
 /// The layout of the connection table alone.
 pub const CONNTRACK_LAYOUT: u32 = 1;

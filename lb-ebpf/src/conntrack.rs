@@ -3,8 +3,8 @@
 //!
 //! It is asked first, before the service: a known flow, the common case, then costs one hash
 //! lookup. An entry only counts while its real server exists and its service still exists under
-//! the epoch the entry recorded, so a removed (or removed and re-added) service's flows are not
-//! followed.
+//! the epoch the entry recorded (which the server's entry carries), so a removed (or removed and
+//! re-added) service's flows are not followed.
 //!
 //! A TCP flow whose first packet is a SYN (without ACK) is embryonic: it is remembered in a table
 //! of its own ([`maps::EMBRYONIC`], an LRU a quarter of the connection table's size) until the
@@ -76,10 +76,12 @@ pub fn lookup_embryonic(packet: &Packet, now: u64) -> Option<Known> {
 /// The flow of entry `conn`, while its service and real server are still those it was given.
 #[inline(always)]
 fn found(conn: &mut Connection, packet: &Packet, now: u64) -> Option<Known> {
-    if maps::service_epoch(conn.service) != conn.service_epoch {
+    // The server's entry carries its service's epoch: 0 once the service is removed, another
+    // once the id belongs to another service.
+    let real = maps::real(conn.real)?;
+    if real.service_epoch != conn.service_epoch {
         return None;
     }
-    let real = maps::real(conn.real)?;
     // Written only when it changed (once a tick at most), so that a flow's packets on several
     // CPUs do not keep taking its cache line from each other.
     if conn.last_seen_ns != now {
@@ -104,6 +106,7 @@ pub fn remember(
     packet: &Packet,
     service: u32,
     real: u32,
+    service_epoch: u32,
     flow_label: u32,
     count_on_promotion: bool,
     now: u64,
@@ -117,7 +120,7 @@ pub fn remember(
             | (u32::from(packet.closing) * CONN_F_CLOSING)
             | (u32::from(packet.syn()) * CONN_F_EMBRYONIC)
             | (u32::from(count_on_promotion) * CONN_F_COUNT_ON_PROMOTION),
-        service_epoch: maps::service_epoch(service),
+        service_epoch,
     };
     stats::count(GlobalStat::ConntrackMiss);
     // A full table evicts its least recently used flow, so the insert only fails on a kernel
@@ -154,7 +157,7 @@ fn settle(packet: &Packet, known: &Known, flags: u32, now: u64) {
             last_seen_ns: now,
             flags: (flags & !(CONN_F_EMBRYONIC | CONN_F_COUNT_ON_PROMOTION))
                 | if packet.closing { CONN_F_CLOSING } else { 0 },
-            service_epoch: maps::service_epoch(service),
+            service_epoch: known.real.service_epoch,
         };
         // On a failed insert (a kernel allocation failure) the flow stays embryonic and its next
         // packet tries again.

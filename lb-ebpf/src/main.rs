@@ -198,8 +198,15 @@ mod program {
                 stats::count(lb_common::GlobalStat::SeenIcmpErrorForwarded);
             } else if new_flow {
                 schedule::commit(service, &packet.flow, real_id, now, &pending);
-                let remembered =
-                    conntrack::remember(packet, service, real_id, flow_label, count_later, now);
+                let remembered = conntrack::remember(
+                    packet,
+                    service,
+                    real_id,
+                    real.service_epoch,
+                    flow_label,
+                    count_later,
+                    now,
+                );
                 note.kind = if remembered {
                     EVENT_NEW_FLOW
                 } else {
@@ -210,7 +217,6 @@ mod program {
                 note.sport = packet.flow.sport;
             }
             stats::count_forwarded(
-                service,
                 real_id,
                 u64::from(packet.len),
                 new_flow && !packet.icmp_error,

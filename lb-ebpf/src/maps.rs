@@ -123,7 +123,9 @@ pub static CONNTRACK: LruHashMap<FlowKey, Connection> =
 pub static EMBRYONIC: LruHashMap<FlowKey, Connection> =
     LruHashMap::with_max_entries(MAX_EMBRYONIC, BPF_F_NO_COMMON_LRU);
 
-/// Service id → per-CPU counters. Written by the data path.
+/// Service id → per-CPU counters of the servers that have left the service. Written by
+/// userspace only (the data path counts in [`REAL_STATS`]); in the object so that it is created
+/// and pinned with the other maps.
 #[map(name = "XLB_SVC_STATS")]
 pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 

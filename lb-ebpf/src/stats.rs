@@ -1,4 +1,5 @@
-//! Per-CPU counters: global by verdict and reason, per service and per real server.
+//! Per-CPU counters: global by verdict and reason, and per real server (a service's are its
+//! servers', summed by userspace).
 
 use lb_common::{GlobalCounters, GlobalStat};
 
@@ -51,22 +52,14 @@ pub fn count_verdict(verdict: &Verdict, conntrack_hit: bool) {
     }
 }
 
-/// Count a forwarded packet for its service and real server; a new flow's also as a connection
-/// (only then: a known flow's packet, the common one, does not write the connection counters).
+/// Count a forwarded packet for its real server; a new flow's also as a connection (only then: a
+/// known flow's packet, the common one, does not write the connection counters). A service's
+/// counters are its servers' (a real-server id belongs to one service), summed by userspace with
+/// what servers that left it had counted: one per-CPU lookup per packet instead of two.
 #[inline(always)]
-pub fn count_forwarded(service: u32, real: u32, bytes: u64, new_flow: bool) {
-    if let Some(c) = maps::SERVICE_STATS.get_ptr_mut(service) {
-        // SAFETY: a per-CPU slot, written by this CPU only.
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += bytes;
-            if new_flow {
-                (*c).conns += 1;
-            }
-        }
-    }
+pub fn count_forwarded(real: u32, bytes: u64, new_flow: bool) {
     if let Some(c) = maps::REAL_STATS.get_ptr_mut(real) {
-        // SAFETY: as above.
+        // SAFETY: a per-CPU slot, written by this CPU only.
         unsafe {
             (*c).packets += 1;
             (*c).bytes += bytes;

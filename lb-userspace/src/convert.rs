@@ -101,6 +101,8 @@ pub fn real_entry(real: &RealServer) -> lb_common::RealServer {
         family,
         forward: forward as u8,
         _pad: [0; 2],
+        // Set by the data path's add_real, from the service the server is added to.
+        service_epoch: 0,
     }
 }
 

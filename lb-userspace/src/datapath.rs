@@ -96,9 +96,10 @@ pub trait DataPath: Send {
     /// The entry of a service, if it is there.
     fn service(&self, key: &ServiceKey) -> Option<Service>;
 
-    /// Adds a real server under the lowest free id and returns it;
-    /// [`DataplaneError::RealsFull`] when every id is taken.
-    fn add_real(&mut self, real: RealServer) -> Result<RealId, DataplaneError>;
+    /// Adds a real server to service `service` (its id) under the lowest free id and returns it
+    /// (the id belongs to that service alone); [`DataplaneError::RealsFull`] when every id is
+    /// taken, [`DataplaneError::NoSuchServiceId`] when no service has that id.
+    fn add_real(&mut self, service: u32, real: RealServer) -> Result<RealId, DataplaneError>;
 
     /// Rewrites the entry of a real server (its forwarding method changed).
     fn update_real(&mut self, id: RealId, real: RealServer) -> Result<(), DataplaneError>;
@@ -122,7 +123,8 @@ pub trait DataPath: Send {
     /// Zeroes a real server's counters.
     fn zero_real_counters(&mut self, id: RealId) -> Result<(), DataplaneError>;
 
-    /// A service's packets, bytes and new connections.
+    /// A service's packets, bytes and new connections: its servers' and those of the servers
+    /// that left it.
     fn service_counters(&self, id: u32) -> Result<Counters, DataplaneError>;
 
     /// A real server's packets, bytes and new connections.
@@ -341,8 +343,8 @@ impl DataPath for Dataplane {
         Dataplane::service(self, key)
     }
 
-    fn add_real(&mut self, real: RealServer) -> Result<RealId, DataplaneError> {
-        Dataplane::add_real(self, real)
+    fn add_real(&mut self, service: u32, real: RealServer) -> Result<RealId, DataplaneError> {
+        Dataplane::add_real(self, service, real)
     }
 
     fn update_real(&mut self, id: RealId, real: RealServer) -> Result<(), DataplaneError> {
@@ -507,8 +509,8 @@ impl<D: DataPath + ?Sized> DataPath for Box<D> {
         (**self).service(key)
     }
 
-    fn add_real(&mut self, real: RealServer) -> Result<RealId, DataplaneError> {
-        (**self).add_real(real)
+    fn add_real(&mut self, service: u32, real: RealServer) -> Result<RealId, DataplaneError> {
+        (**self).add_real(service, real)
     }
 
     fn update_real(&mut self, id: RealId, real: RealServer) -> Result<(), DataplaneError> {

@@ -6,7 +6,7 @@
 //! allocated here; on a load that adopts pinned maps they are recovered from the maps' contents.
 
 use std::{
-    collections::{BTreeSet, HashMap as StdHashMap},
+    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
     os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
@@ -138,6 +138,12 @@ pub enum DataplaneError {
         /// Its key.
         key: ServiceKey,
     },
+    /// A real server was to be added to a service id that is not in use.
+    #[error("no service has id {id} in the data path")]
+    NoSuchServiceId {
+        /// The id.
+        id: u32,
+    },
     /// A Maglev table of the wrong size was given.
     #[error("a Maglev table has {expected} slots, not {got}")]
     TableSize {
@@ -267,6 +273,10 @@ pub struct Dataplane {
     capacity: Capacity,
     free_service_ids: BTreeSet<u32>,
     free_real_ids: BTreeSet<u32>,
+    /// Each real-server id in use and the id of the service it belongs to (while that service
+    /// exists): whose counters a server's are, and whose epoch its entry carries. Rebuilt from
+    /// the entries' epochs when pinned maps are adopted.
+    real_owners: BTreeMap<RealId, u32>,
     tables: TablePool,
 }
 
@@ -562,6 +572,7 @@ impl Dataplane {
             capacity,
             free_service_ids: BTreeSet::new(),
             free_real_ids: BTreeSet::new(),
+            real_owners: BTreeMap::new(),
             tables: TablePool::new(0, []),
         };
         dataplane.recover_ids()?;
@@ -606,16 +617,21 @@ impl Dataplane {
     fn recover_ids(&mut self) -> Result<()> {
         let mut used_services = BTreeSet::new();
         let mut used_tables = BTreeSet::new();
+        // A service's epoch is never given to another: it names the service a server's entry
+        // belongs to.
+        let mut epochs = BTreeMap::new();
         for entry in self.services.iter() {
             let (_, svc) = entry.map_err(map_err("reading the services"))?;
             used_services.insert(svc.id);
             used_tables.insert(svc.table);
+            epochs.insert(self.service_epoch(svc.id)?, svc.id);
         }
         self.free_service_ids = (0..self.capacity.services)
             .filter(|id| !used_services.contains(id))
             .collect();
         self.tables = TablePool::new(self.capacity.tables(), used_tables);
         let mut free_reals = BTreeSet::new();
+        self.real_owners.clear();
         for id in 1..self.capacity.real_ids() {
             let real = self
                 .reals
@@ -623,6 +639,8 @@ impl Dataplane {
                 .map_err(map_err("reading the real servers"))?;
             if !real.is_used() {
                 free_reals.insert(id);
+            } else if let Some(&service) = epochs.get(&real.service_epoch) {
+                self.real_owners.insert(id, service);
             }
         }
         self.free_real_ids = free_reals;
@@ -877,10 +895,23 @@ impl Dataplane {
         self.services
             .remove(&key)
             .map_err(map_err("removing a service"))?;
-        // Its known flows stop being followed at once.
+        // Its known flows stop being followed at once: they compare the epoch they recorded with
+        // their server's entry's.
         self.service_epochs
             .set(svc.id, 0, 0)
             .map_err(map_err("clearing a service's epoch"))?;
+        let owned: Vec<RealId> = self.owned_reals(svc.id).collect();
+        for id in owned {
+            let mut real = self
+                .reals
+                .get(&id, 0)
+                .map_err(map_err("reading a real server"))?;
+            real.service_epoch = 0;
+            self.reals
+                .set(id, real, 0)
+                .map_err(map_err("clearing a real server's service epoch"))?;
+            self.real_owners.remove(&id);
+        }
         let vip = key.vip_only();
         match self.vip_addrs.get(&vip, 0) {
             Ok(n) if n > 1 => self
@@ -1072,8 +1103,14 @@ impl Dataplane {
         self.services.get(key, 0).ok()
     }
 
-    /// Adds a real server and returns its id.
-    pub fn add_real(&mut self, real: RealServer) -> Result<RealId> {
+    /// Adds a real server to service `service` (its id) and returns the server's id, which
+    /// belongs to that service alone.
+    pub fn add_real(&mut self, service: u32, mut real: RealServer) -> Result<RealId> {
+        let epoch = self.service_epoch(service)?;
+        if epoch == 0 {
+            return Err(DataplaneError::NoSuchServiceId { id: service });
+        }
+        real.service_epoch = epoch;
         let id = *self
             .free_real_ids
             .first()
@@ -1095,11 +1132,18 @@ impl Dataplane {
             .set(id, real, 0)
             .map_err(map_err("adding a real server"))?;
         self.free_real_ids.remove(&id);
+        self.real_owners.insert(id, service);
         Ok(id)
     }
 
-    /// Changes a real server's entry in place (e.g. its forwarding method).
-    pub fn update_real(&mut self, id: RealId, real: RealServer) -> Result<()> {
+    /// Changes a real server's entry in place (e.g. its forwarding method); it stays its
+    /// service's.
+    pub fn update_real(&mut self, id: RealId, mut real: RealServer) -> Result<()> {
+        real.service_epoch = self
+            .reals
+            .get(&id, 0)
+            .map_err(map_err("reading a real server"))?
+            .service_epoch;
         self.reals
             .set(id, real, 0)
             .map_err(map_err("updating a real server"))?;
@@ -1121,11 +1165,46 @@ impl Dataplane {
         self.reals
             .set(id, RealServer::default(), 0)
             .map_err(map_err("removing a real server"))?;
+        // What it counted stays its service's (the data path no longer counts for it).
+        if let Some(service) = self.real_owners.remove(&id) {
+            self.retire_counters(service, id)?;
+        }
         self.forget_next_hop(id)?;
         self.flush_connections_where(|c| c.real == id)?;
         self.flush_persistent_where(|_, p| p.real == id)?;
         self.free_real_ids.insert(id);
         Ok(())
+    }
+
+    /// The ids of the real servers of service `id`.
+    fn owned_reals(&self, id: u32) -> impl Iterator<Item = RealId> + '_ {
+        self.real_owners
+            .iter()
+            .filter(move |(_, &owner)| owner == id)
+            .map(|(&real, _)| real)
+    }
+
+    /// Adds real server `real`'s counters to those its service `service` keeps of the servers
+    /// that left it, CPU by CPU (the data path writes neither any more).
+    fn retire_counters(&mut self, service: u32, real: RealId) -> Result<()> {
+        let counted = self
+            .real_stats
+            .get(&real, 0)
+            .map_err(map_err("reading a real server's counters"))?;
+        let retired = self
+            .service_stats
+            .get(&service, 0)
+            .map_err(map_err("reading a service's counters"))?;
+        let sums: Vec<Counters> = retired
+            .iter()
+            .zip(counted.iter())
+            .map(|(a, b)| a.add(*b))
+            .collect();
+        let values = aya::maps::PerCpuValues::try_from(sums)
+            .map_err(|source| DataplaneError::Cpus { source })?;
+        self.service_stats
+            .set(service, values, 0)
+            .map_err(map_err("writing a service's counters"))
     }
 
     /// Replaces the service's Maglev table: writes a free table of the pool whole, then makes it
@@ -1217,11 +1296,16 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Zeroes a service's counters.
+    /// Zeroes a service's counters: what its servers count and what those that left it had.
     pub fn zero_service_counters(&mut self, id: u32) -> Result<()> {
         self.service_stats
             .set(id, zeroed_per_cpu()?, 0)
-            .map_err(map_err("zeroing a service's counters"))
+            .map_err(map_err("zeroing a service's counters"))?;
+        let owned: Vec<RealId> = self.owned_reals(id).collect();
+        for real in owned {
+            self.zero_real_counters(real)?;
+        }
+        Ok(())
     }
 
     /// Zeroes a real server's counters.
@@ -1231,9 +1315,14 @@ impl Dataplane {
             .map_err(map_err("zeroing a real server's counters"))
     }
 
-    /// Packets, bytes and new connections of a service, summed over the CPUs.
+    /// Packets, bytes and new connections of a service, summed over the CPUs: its servers'
+    /// counters and those of the servers that left it.
     pub fn service_counters(&self, id: u32) -> Result<Counters> {
-        sum_counters(&self.service_stats, id)
+        let mut total = sum_counters(&self.service_stats, id)?;
+        for real in self.owned_reals(id) {
+            total = total.add(sum_counters(&self.real_stats, real)?);
+        }
+        Ok(total)
     }
 
     /// Packets, bytes and new connections sent to a real server, summed over the CPUs.

@@ -861,11 +861,17 @@ impl<D: DataPath> Runtime<D> {
                 self.installed.services.entry(*service).or_default();
             }
             Step::AddReal { service, real } => {
+                let key = service_key(service);
                 let reals = self.installed.services.entry(*service).or_default();
                 if let std::collections::btree_map::Entry::Vacant(slot) =
                     reals.entry(SocketAddr::new(real.addr, real.port))
                 {
-                    let id = self.dp.add_real(real_entry(real))?;
+                    // The plan adds a service before its servers.
+                    let svc = self
+                        .dp
+                        .service(&key)
+                        .ok_or(DataplaneError::NoSuchService { key })?;
+                    let id = self.dp.add_real(svc.id, real_entry(real))?;
                     slot.insert(id);
                     if real.upper_threshold != 0 || real.lower_threshold != 0 {
                         self.dp.set_real_thresholds(

@@ -165,14 +165,16 @@ impl Bench {
                         family: FAMILY_V6,
                         forward: forward as u8,
                         _pad: [0; 2],
+                        service_epoch: 0,
                     },
                     real.octets().to_vec(),
                 ),
                 _ => unreachable!("the world has no service across families"),
             };
-            dp.upsert_service(key, lb_common::service::SCHED_MAGLEV, 0)
+            let service = dp
+                .upsert_service(key, lb_common::service::SCHED_MAGLEV, 0)
                 .expect("service");
-            let id = dp.add_real(real).expect("real");
+            let id = dp.add_real(service, real).expect("real");
             let table = maglev::build(&[maglev::Backend {
                 identity: &identity,
                 id,

@@ -87,8 +87,12 @@ impl TestService {
 
     /// Adds a direct-routing real server and rebuilds the table.
     pub fn add_real(&mut self, dp: &mut Dataplane, addr: Ipv4Addr, weight: u32) -> RealId {
+        let service = self.id(dp);
         let id = dp
-            .add_real(RealServer::v4(u32::from(addr), Forwarding::DirectRoute))
+            .add_real(
+                service,
+                RealServer::v4(u32::from(addr), Forwarding::DirectRoute),
+            )
             .expect("add real");
         self.reals.push(TestReal { addr, id, weight });
         self.rebuild(dp);

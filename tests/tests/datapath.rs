@@ -8,8 +8,8 @@
 use std::{cell::RefCell, net::Ipv4Addr};
 
 use lb_common::{
-    hash::flow_hash, limits::MAGLEV_TABLE_SIZE, FlowKey, GlobalStat, ServiceKey, PROTO_TCP,
-    PROTO_UDP,
+    hash::flow_hash, limits::MAGLEV_TABLE_SIZE, Counters, FlowKey, GlobalStat, ServiceKey,
+    PROTO_TCP, PROTO_UDP,
 };
 use lb_userspace::dataplane::{Dataplane, LoadOptions};
 use xlb_tests::{
@@ -432,6 +432,82 @@ fn forwarded_packets_are_counted_for_their_service_and_real_server() {
         bench.dp.service_counters(dns_id).expect("counters").packets,
         0
     );
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_services_counters_keep_what_a_removed_server_counted_and_survive_a_new_daemon() {
+    let bench = bench();
+    let pins = PinDir(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/xlbt{}-count",
+        std::process::id()
+    )));
+    let options = LoadOptions {
+        max_services: Some(8),
+        max_connections: Some(4096),
+        pin_dir: Some(pins.0.clone()),
+        ..LoadOptions::default()
+    };
+    let mut first = Dataplane::load(&options).expect("load with pins");
+    let mut svc = TestService::add(&mut first, VIP.into(), 80, PROTO_TCP);
+    let a = svc.add_real(&mut first, RS[0].into(), 1);
+    let b = svc.add_real(&mut first, RS[1].into(), 1);
+    let run = |dp: &Dataplane, packet: &[u8]| {
+        let program = dp.program().expect("program");
+        bench
+            .ns
+            .enter(|| fixture::run(program, packet, bench.ifindex))
+    };
+    // Flows until both servers have some.
+    let mut sent = 0u64;
+    let mut bytes = 0u64;
+    for port in 43000..43040 {
+        let syn = Ipv4Packet::tcp(CLIENT, port, VIP, 80, SYN).build();
+        assert_eq!(run(&first, &syn).action, action::TX);
+        sent += 1;
+        bytes += syn.len() as u64;
+    }
+    let id = first.service(&svc.key).expect("service").id;
+    let (ca, cb) = (
+        first.real_counters(a).expect("a"),
+        first.real_counters(b).expect("b"),
+    );
+    assert!(ca.packets > 0 && cb.packets > 0, "{ca:?} {cb:?}");
+    let total = first.service_counters(id).expect("service");
+    assert_eq!(
+        (total.packets, total.bytes, total.conns),
+        (sent, bytes, sent)
+    );
+
+    // A second daemon adopting the pinned maps finds whose servers they are.
+    let mut second = Dataplane::load(&options).expect("adopt the pins");
+    assert_eq!(second.service_counters(id).expect("adopted"), total);
+
+    // A server leaves: what it counted stays the service's; the other goes on counting.
+    svc.remove_real(&mut second, RS[0].into());
+    assert_eq!(second.service_counters(id).expect("after removal"), total);
+    let ack = Ipv4Packet::tcp(CLIENT, 43000, VIP, 80, ACK).build();
+    assert_eq!(run(&second, &ack).action, action::TX);
+    let after = second.service_counters(id).expect("one more");
+    assert_eq!(after.packets, total.packets + 1);
+    assert_eq!(
+        second.real_counters(b).expect("b").packets,
+        cb.packets + 1,
+        "the remaining server took the removed one's flow"
+    );
+
+    // Zeroed: the service's and its servers'.
+    second.zero_service_counters(id).expect("zero");
+    assert_eq!(
+        second.service_counters(id).expect("zeroed"),
+        Counters::default()
+    );
+    assert_eq!(
+        second.real_counters(b).expect("b zeroed"),
+        Counters::default()
+    );
+    drop(second);
+    drop(first);
 }
 
 #[test]

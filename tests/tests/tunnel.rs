@@ -43,8 +43,8 @@ struct Bench {
 }
 
 fn add_service(dp: &mut Dataplane, key: ServiceKey, real: RealServer, identity: &[u8]) {
-    dp.upsert_service(key, 0, 0).expect("service");
-    let id = dp.add_real(real).expect("real");
+    let service = dp.upsert_service(key, 0, 0).expect("service");
+    let id = dp.add_real(service, real).expect("real");
     let table = maglev::build(&[maglev::Backend {
         identity,
         id,
@@ -59,6 +59,7 @@ fn real_v6(addr: [u8; 16], forward: Forwarding) -> RealServer {
         family: FAMILY_V6,
         forward: forward as u8,
         _pad: [0; 2],
+        service_epoch: 0,
     }
 }
 

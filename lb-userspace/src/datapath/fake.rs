@@ -575,7 +575,10 @@ impl DataPath for FakeDataPath {
         self.services.get(key).copied()
     }
 
-    fn add_real(&mut self, real: RealServer) -> Result<RealId, DataplaneError> {
+    fn add_real(&mut self, service: u32, real: RealServer) -> Result<RealId, DataplaneError> {
+        if !self.services.values().any(|svc| svc.id == service) {
+            return Err(DataplaneError::NoSuchServiceId { id: service });
+        }
         self.write(Write::AddReal(real))?;
         let id = (1..self.capacity.real_ids())
             .find(|id| !self.reals.contains_key(id))
@@ -771,6 +774,7 @@ mod tests {
             family: lb_common::FAMILY_V4,
             forward: lb_common::Forwarding::DirectRoute as u8,
             _pad: [0; 2],
+            service_epoch: 0,
         }
     }
 
@@ -791,14 +795,14 @@ mod tests {
         dp.remove_service(key(1)).expect("remove");
         assert_eq!(dp.upsert_service(key(3), 0, 0).expect("reused"), 0);
 
-        assert_eq!(dp.add_real(real(1)).expect("first"), 1);
-        assert_eq!(dp.add_real(real(2)).expect("second"), 2);
+        assert_eq!(dp.add_real(0, real(1)).expect("first"), 1);
+        assert_eq!(dp.add_real(0, real(2)).expect("second"), 2);
         assert!(matches!(
-            dp.add_real(real(3)),
+            dp.add_real(0, real(3)),
             Err(DataplaneError::RealsFull { max: 2 })
         ));
         dp.remove_real(1).expect("remove");
-        assert_eq!(dp.add_real(real(3)).expect("reused"), 1);
+        assert_eq!(dp.add_real(0, real(3)).expect("reused"), 1);
     }
 
     #[test]
@@ -842,14 +846,14 @@ mod tests {
         dp.upsert_service(key(1), 0, 0).expect("service");
         let before = dp.contents();
         dp.fail_write(2, libc::E2BIG);
-        dp.add_real(real(1)).expect("the first write succeeds");
-        let refused = dp.add_real(real(2)).expect_err("the second fails");
+        dp.add_real(0, real(1)).expect("the first write succeeds");
+        let refused = dp.add_real(0, real(2)).expect_err("the second fails");
         assert_eq!(
             error_chain(&refused),
             "adding a real server failed: `bpf_map_update_elem` failed: Argument list too long \
              (os error 7)"
         );
-        assert_eq!(dp.add_real(real(2)).expect("the third succeeds"), 2);
+        assert_eq!(dp.add_real(0, real(2)).expect("the third succeeds"), 2);
         assert_eq!(dp.writes().len(), 4);
         assert_eq!(
             dp.writes()[2],
@@ -864,8 +868,9 @@ mod tests {
     #[test]
     fn removing_a_real_server_forgets_its_connections() {
         let mut dp = FakeDataPath::default();
-        let a = dp.add_real(real(1)).expect("a");
-        let b = dp.add_real(real(2)).expect("b");
+        dp.upsert_service(key(1), 0, 0).expect("service");
+        let a = dp.add_real(0, real(1)).expect("a");
+        let b = dp.add_real(0, real(2)).expect("b");
         for (port, id) in [(1, a), (2, b), (3, a)] {
             let flow = FlowKey {
                 sport: port,

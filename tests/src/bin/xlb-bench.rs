@@ -109,9 +109,12 @@ fn bench_lab(name: &str) -> (Netns, u32, Dataplane) {
 /// The Maglev service 10.10.0.100:80 with its one real server, 10.10.0.21 by direct routing.
 fn one_real_service(dp: &mut Dataplane) -> (ServiceKey, lb_userspace::dataplane::RealId) {
     let key = ServiceKey::v4(0x0a0a_0064, 80, PROTO_TCP);
-    dp.upsert_service(key, 0, 0).expect("service");
+    let service = dp.upsert_service(key, 0, 0).expect("service");
     let id = dp
-        .add_real(RealServer::v4(0x0a0a_0015, Forwarding::DirectRoute))
+        .add_real(
+            service,
+            RealServer::v4(0x0a0a_0015, Forwarding::DirectRoute),
+        )
         .expect("real");
     let table = maglev::build(&[maglev::Backend {
         identity: &[10, 10, 0, 21, 0, 80],
@@ -230,9 +233,12 @@ fn thresholds() {
     let mut reals = Vec::new();
     for (_, port, scheduler, flags) in schedulers {
         let key = ServiceKey::v4(0x0a0a_0064, port, PROTO_TCP);
-        dp.upsert_service(key, scheduler, flags).expect("service");
+        let service = dp.upsert_service(key, scheduler, flags).expect("service");
         let real = dp
-            .add_real(RealServer::v4(0x0a0a_0015, Forwarding::DirectRoute))
+            .add_real(
+                service,
+                RealServer::v4(0x0a0a_0015, Forwarding::DirectRoute),
+            )
             .expect("real");
         // One server: Maglev's table, rr's sequence of one and lc's every slot are all it.
         dp.set_maglev_table(key, &vec![real; 65537]).expect("table");
