@@ -53,7 +53,8 @@ pub struct DebugEvent {
 crate::user_pod!(DebugEvent);
 
 /// The kernel's coarse monotonic clock as this CPU's data path last read it, and the tick
-/// (`jiffies`) it read it in (per-CPU, index 0 of [`crate::maps::CLOCK`]). The coarse clock moves
+/// (`jiffies`) it read it in (per-CPU, in index 0 of [`crate::maps::GLOBAL_STATS`]: see
+/// [`crate::CpuGlobals`]). The coarse clock moves
 /// once a tick, when the tick moves `jiffies` (which a program reads with one load: the verifier
 /// inlines `bpf_jiffies64`), so a packet in the same tick takes the time from here instead of
 /// calling `bpf_ktime_get_coarse_ns`. At most one tick staler than the helper's answer (when the

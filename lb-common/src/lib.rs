@@ -29,7 +29,7 @@ pub use conntrack::{Connection, FlowKey};
 pub use persist::{PersistKey, PersistSettings, Persistent};
 pub use real::{Forwarding, NextHop, RealLimits, RealServer};
 pub use service::{Service, ServiceKey};
-pub use stats::{Counters, GlobalCounters, GlobalStat};
+pub use stats::{Counters, CpuGlobals, GlobalCounters, GlobalStat};
 
 /// Address family tag used in keys: IPv4.
 pub const FAMILY_V4: u8 = 4;

@@ -68,8 +68,12 @@ pub const EMBRYONIC: &str = "XLB_EMBRYONIC";
 pub const SERVICE_STATS: &str = "XLB_SVC_STATS";
 /// Real-server id → per-CPU [`crate::Counters`]. Written by the data path.
 pub const REAL_STATS: &str = "XLB_REAL_STATS";
-/// [`crate::GlobalStat`] → per-CPU packet count. Written by the data path.
+/// Index 0 → per-CPU [`crate::CpuGlobals`]: every global counter, indexed by
+/// [`crate::GlobalStat`], and the data path's clock. Written by the data path.
 pub const GLOBAL_STATS: &str = "XLB_GLOBAL";
+/// The per-CPU clock of layout 7 (now in [`GLOBAL_STATS`]): no longer created, only unpinned
+/// when pins of that layout are replaced.
+pub const RETIRED_CLOCK: &str = "XLB_CLOCK";
 /// Interface index → the same interface: the devmap of XDP_REDIRECT. Written by userspace with
 /// the interfaces of the balancer's network namespace.
 pub const EGRESS: &str = "XLB_EGRESS";
@@ -113,9 +117,6 @@ pub const ICMP_REPLY: &str = "XLB_ICMP_REPLY";
 /// Index 0 → per-CPU [`crate::config::DebugEvent`], the balancer's note to the event program.
 /// Written by the data path.
 pub const DEBUG_EVENT: &str = "XLB_DEBUG_EVENT";
-/// Index 0 → per-CPU [`crate::config::TickClock`], the coarse clock as the data path last read it.
-/// Written by the data path.
-pub const CLOCK: &str = "XLB_CLOCK";
 
 /// Program: the real-server decapsulator, attached to a real server's interface.
 pub const PROG_DECAP: &str = "xlb_decap";

@@ -161,6 +161,22 @@ impl Default for GlobalCounters {
 
 crate::user_pod!(GlobalCounters);
 
+/// One CPU's value of [`crate::maps::GLOBAL_STATS`]: every global counter, then the coarse clock
+/// as this CPU's data path last read it. One value, so that a packet's clock and its counters take
+/// one map lookup, whose pointer the balancer checks once: with the clock in a map of its own the
+/// verifier walked more of the balancer (without the global function that made it walk the inline
+/// parser's packet as the full parser's, 35,728 processed instructions instead of 30,520).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct CpuGlobals {
+    /// The counters, indexed by [`GlobalStat`].
+    pub counters: GlobalCounters,
+    /// The clock ([`crate::config::TickClock`]); nothing userspace reads.
+    pub clock: crate::config::TickClock,
+}
+
+crate::user_pod!(CpuGlobals);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,9 @@
 /// 8: a real server's entry carries its service's epoch ([`crate::RealServer::service_epoch`]),
 /// and the data path counts a service's packets only in its real servers' counters: a service's
 /// entry of `XLB_SVC_STATS` holds what servers that have left it had counted.
-pub const LAYOUT: u32 = 8;
+/// 9: the per-CPU clock is part of `XLB_GLOBAL`'s value ([`crate::CpuGlobals`]); `XLB_CLOCK` is
+/// gone.
+pub const LAYOUT: u32 = 9;
 
 /// The layout of the connection table alone.
 pub const CONNTRACK_LAYOUT: u32 = 1;

@@ -117,7 +117,7 @@ pub fn xlb_icmp_reply(ctx: XdpContext) -> u32 {
         }
         None => Verdict::drop(GlobalStat::DropTooBig),
     };
-    stats::count_verdict(&verdict, false);
+    stats::count_verdict(stats::globals(), &verdict, false);
     verdict.action()
 }
 

@@ -5,13 +5,13 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    config::{DebugEvent, IcmpReply, NextHopRequest, TickClock},
+    config::{DebugEvent, IcmpReply, NextHopRequest},
     hash::VIP_FILTER_WORDS,
     limits::{
         maglev_elements, real_ids, MAGLEV_TABLES, MAX_CONNECTIONS, MAX_EMBRYONIC, MAX_PERSISTENT,
         MAX_REALS, MAX_SERVICES,
     },
-    Connection, Counters, DataplaneConfig, FlowKey, GlobalCounters, NextHop, PersistKey,
+    Connection, Counters, CpuGlobals, DataplaneConfig, FlowKey, NextHop, PersistKey,
     PersistSettings, Persistent, RealLimits, RealServer, Service, ServiceKey,
 };
 
@@ -134,9 +134,10 @@ pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(
 pub static REAL_STATS: PerCpuArray<Counters> =
     PerCpuArray::with_max_entries(real_ids(MAX_REALS), 0);
 
-/// Every global counter, per CPU, in one value (index 0). Written by the data path.
+/// Every global counter and the clock, per CPU, in one value (index 0). Written by the data
+/// path.
 #[map(name = "XLB_GLOBAL")]
-pub static GLOBAL_STATS: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
+pub static GLOBAL_STATS: PerCpuArray<CpuGlobals> = PerCpuArray::with_max_entries(1, 0);
 
 /// Egress interface index → the same interface, for XDP_REDIRECT through a devmap (the kernel
 /// bulks such frames). Written by userspace with the interfaces where it attaches; an interface
@@ -160,11 +161,6 @@ pub static ICMP_REPLY: PerCpuArray<IcmpReply> = PerCpuArray::with_max_entries(1,
 /// Index 0 → per-CPU note from the balancer to the debug-event program. Written by the data path.
 #[map(name = "XLB_DEBUG_EVENT")]
 pub static DEBUG_EVENT: PerCpuArray<DebugEvent> = PerCpuArray::with_max_entries(1, 0);
-
-/// Index 0 → per-CPU coarse time of this tick ([`crate::conntrack::now`]). Written by the data
-/// path.
-#[map(name = "XLB_CLOCK")]
-pub static CLOCK: PerCpuArray<TickClock> = PerCpuArray::with_max_entries(1, 0);
 
 /// Index 0 → run-time settings. Written by userspace.
 #[map(name = "XLB_CONFIG")]

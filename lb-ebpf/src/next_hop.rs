@@ -133,7 +133,7 @@ pub fn xlb_next_hop(ctx: XdpContext) -> u32 {
         Some(req) => refresh(&ctx, &req),
         None => Verdict::drop(GlobalStat::DropNoRoute),
     };
-    stats::count_verdict(&verdict, false);
+    stats::count_verdict(stats::globals(), &verdict, false);
     verdict.action()
 }
 
@@ -166,7 +166,7 @@ fn refresh(ctx: &XdpContext, req: &NextHopRequest) -> Verdict {
         mtu => mtu,
     };
     let hop = NextHop {
-        expires_ns: conntrack::now() + NEXT_HOP_TTL_NS,
+        expires_ns: conntrack::now_or_helper(stats::globals()) + NEXT_HOP_TTL_NS,
         ifindex: params.ifindex,
         ingress_ifindex: ctx.ingress_ifindex() as u32,
         mtu,

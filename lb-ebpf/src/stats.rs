@@ -1,21 +1,21 @@
 //! Per-CPU counters: global by verdict and reason, and per real server (a service's are its
 //! servers', summed by userspace).
 
-use lb_common::{GlobalCounters, GlobalStat};
+use lb_common::{CpuGlobals, GlobalStat};
 
 use crate::{maps, verdict::Verdict};
 
-/// This CPU's global counters.
+/// This CPU's global counters (and clock: see [`crate::conntrack::now`]).
 #[inline(always)]
-fn globals() -> Option<*mut GlobalCounters> {
+pub fn globals() -> Option<*mut CpuGlobals> {
     maps::GLOBAL_STATS.get_ptr_mut(0)
 }
 
-/// Add one to the counter at `index` (a [`GlobalStat`]'s) of `counters`.
+/// Add one to the counter at `index` (a [`GlobalStat`]'s) of `globals`.
 #[inline(always)]
-fn bump(counters: *mut GlobalCounters, index: u32) {
+fn bump(globals: *mut CpuGlobals, index: u32) {
     // SAFETY: a per-CPU value, written by this CPU only.
-    if let Some(counter) = unsafe { (*counters).0.get_mut(index as usize) } {
+    if let Some(counter) = unsafe { (*globals).counters.0.get_mut(index as usize) } {
         *counter += 1;
     }
 }
@@ -23,16 +23,16 @@ fn bump(counters: *mut GlobalCounters, index: u32) {
 /// Add one to a global counter.
 #[inline(always)]
 pub fn count(stat: GlobalStat) {
-    if let Some(counters) = globals() {
-        bump(counters, stat as u32);
+    if let Some(globals) = globals() {
+        bump(globals, stat as u32);
     }
 }
 
-/// Count the verdict and, for a packet not forwarded, its reason, and a connection-table hit:
-/// one lookup of the global counters per packet.
+/// Count the verdict and, for a packet not forwarded, its reason, and a connection-table hit, in
+/// this CPU's `globals` (looked up once per packet, for the clock too).
 #[inline(always)]
-pub fn count_verdict(verdict: &Verdict, conntrack_hit: bool) {
-    let Some(counters) = globals() else {
+pub fn count_verdict(globals: Option<*mut CpuGlobals>, verdict: &Verdict, conntrack_hit: bool) {
+    let Some(counters) = globals else {
         return;
     };
     match verdict {

@@ -22,15 +22,15 @@ use lb_common::{
     limits::{EMPTY_MAGLEV_TABLE, MAGLEV_TABLE_SIZE, MAGLEV_TABLE_STRIDE},
     maps as names,
     real::{LIMIT_F_FULL, LIMIT_F_WEIGHT_CAP},
-    Connection, Counters, DataplaneConfig, FlowKey, GlobalCounters, GlobalStat, NextHop,
-    PersistKey, PersistSettings, Persistent, RealLimits, RealServer, Service, ServiceKey,
+    Connection, Counters, CpuGlobals, DataplaneConfig, FlowKey, GlobalCounters, GlobalStat,
+    NextHop, PersistKey, PersistSettings, Persistent, RealLimits, RealServer, Service, ServiceKey,
 };
 use thiserror::Error;
 
 use crate::{
     batch,
     capacity::{self, Capacity, CapacityError, TablePool},
-    layout::ALL_MAPS,
+    layout::{ALL_MAPS, RETIRED_MAPS},
     links,
     mapped::MappedArray,
     program,
@@ -267,7 +267,7 @@ pub struct Dataplane {
     real_limits: Array<MapData, RealLimits>,
     service_stats: PerCpuArray<MapData, Counters>,
     real_stats: PerCpuArray<MapData, Counters>,
-    global_stats: PerCpuArray<MapData, GlobalCounters>,
+    global_stats: PerCpuArray<MapData, CpuGlobals>,
     config: Array<MapData, DataplaneConfig>,
     egress: DevMapHash<MapData>,
     capacity: Capacity,
@@ -1350,9 +1350,9 @@ impl Dataplane {
             .global_stats
             .get(&0, 0)
             .map_err(map_err("reading the global counters"))?;
-        Ok(values
-            .iter()
-            .fold(GlobalCounters::default(), |sum, cpu| sum.plus(cpu)))
+        Ok(values.iter().fold(GlobalCounters::default(), |sum, cpu| {
+            sum.plus(&cpu.counters)
+        }))
     }
 
     /// The connection table's entries, then the embryonic table's (their flags include
@@ -1490,7 +1490,7 @@ impl Dataplane {
     /// them), and `dir` once nothing else is pinned there (links stay: the balancer keeps
     /// forwarding with the maps its program holds).
     pub fn unpin(dir: &Path) -> std::io::Result<()> {
-        for name in ALL_MAPS {
+        for name in ALL_MAPS.iter().chain(&RETIRED_MAPS) {
             match std::fs::remove_file(dir.join(name)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
                 _ => {}

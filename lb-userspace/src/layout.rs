@@ -29,8 +29,12 @@ use crate::program;
 /// The record's pin name in the pin directory.
 pub const RECORD: &str = "XLB_LAYOUT";
 
+/// Maps earlier layouts pinned that this one does not have: unpinned with the others when pins
+/// of such a layout are replaced.
+pub const RETIRED_MAPS: [&str; 1] = [names::RETIRED_CLOCK];
+
 /// Every map of the object, as pinned.
-pub const ALL_MAPS: [&str; 25] = [
+pub const ALL_MAPS: [&str; 24] = [
     names::SERVICES,
     names::VIP_ADDRS,
     names::VIP_FILTER,
@@ -55,7 +59,6 @@ pub const ALL_MAPS: [&str; 25] = [
     names::REAL_WEIGHTS,
     names::EMBRYONIC,
     names::REAL_LIMITS,
-    names::CLOCK,
 ];
 
 /// Layout versions, as the record holds them.

@@ -106,6 +106,13 @@ fn upgrades_keep_every_flow_and_a_connection_table_of_another_layout_is_refused(
     layout::write(&daemon.pin_dir, older).expect("record an older layout");
     let embryonic = daemon.pin_dir.join(lb_common::maps::EMBRYONIC);
     std::fs::remove_file(&embryonic).expect("unpin the embryonic table");
+    // And a map the older layouts had and this one has not (layout 7's clock), which the move
+    // must unpin with the rest.
+    let retired = daemon.pin_dir.join(lb_common::maps::RETIRED_CLOCK);
+    aya::maps::MapData::from_pin(daemon.pin_dir.join(lb_common::maps::CONFIG))
+        .expect("open a pinned map")
+        .pin(&retired)
+        .expect("pin it under the retired name");
     let started = Instant::now();
     daemon.spawn();
     serving(&daemon, 3);
@@ -134,6 +141,7 @@ fn upgrades_keep_every_flow_and_a_connection_table_of_another_layout_is_refused(
     );
     assert_eq!(layout::read(&daemon.pin_dir), Some(Ok(Versions::CURRENT)));
     assert!(embryonic.exists(), "the new map set has no embryonic table");
+    assert!(!retired.exists(), "the retired map is still pinned");
     let listing = daemon.adm_ok(&["-L", "-n"]);
     assert!(
         listing.contains(&format!("{owner_addr}:80")) && listing.contains(&vip),
@@ -176,6 +184,7 @@ fn upgrades_keep_every_flow_and_a_connection_table_of_another_layout_is_refused(
     );
     assert_eq!(layout::read(&daemon.pin_dir), Some(Ok(Versions::CURRENT)));
     assert!(embryonic.exists(), "the new map set has no embryonic table");
+    assert!(!retired.exists(), "the retired map is still pinned");
     let listing = daemon.adm_ok(&["-L", "-n"]);
     assert!(
         listing.contains(&vip),
