@@ -263,14 +263,42 @@ fn write_outer_v6(
         for (i, word) in head.iter().enumerate() {
             (*ip)[i] = word.to_be();
         }
-        // The addresses as they sit in the maps (network order), half a word at a time.
-        for i in 0..4 {
-            let (s, d) = (src[i].to_ne_bytes(), dst[i].to_ne_bytes());
-            (*ip)[4 + i * 2] = u16::from_ne_bytes([s[0], s[1]]);
-            (*ip)[5 + i * 2] = u16::from_ne_bytes([s[2], s[3]]);
-            (*ip)[12 + i * 2] = u16::from_ne_bytes([d[0], d[1]]);
-            (*ip)[13 + i * 2] = u16::from_ne_bytes([d[2], d[3]]);
-        }
+        // The addresses as they sit in the maps (network order), a word at a time at offsets
+        // of 2 modulo 4 ([`store_word`]: 1 ns less per packet than by half words).
+        let base = ip.cast::<u8>();
+        store_word::<8>(base, src[0]);
+        store_word::<12>(base, src[1]);
+        store_word::<16>(base, src[2]);
+        store_word::<20>(base, src[3]);
+        store_word::<24>(base, dst[0]);
+        store_word::<28>(base, dst[1]);
+        store_word::<32>(base, dst[2]);
+        store_word::<36>(base, dst[3]);
     }
     true
+}
+
+/// Stores `word` at `OFF` bytes past `p`, which is only 2-byte aligned, by one 32-bit store,
+/// written by hand: LLVM's BPF target splits a store it cannot prove 4-byte aligned into bytes
+/// (`write_unaligned` of a `u32` is four byte stores), and the target feature that lets it make
+/// misaligned accesses (`+allows-misaligned-mem-access`) applies to the whole program, where it
+/// also merged the parsers' 16-bit loads into 32-bit ones (3-4 ns slower). The kernel takes a
+/// misaligned access to packet memory on the CPUs that do them well
+/// (`CONFIG_HAVE_EFFICIENT_UNALIGNED_ACCESS`: x86-64, arm64, ...), as the verifier checks
+/// every packet access without `BPF_F_STRICT_ALIGNMENT`.
+///
+/// # Safety
+/// `OFF..OFF + 4` past `p` lies within the packet, as checked by `ptr_at`.
+#[inline(always)]
+unsafe fn store_word<const OFF: usize>(p: *mut u8, word: u32) {
+    // SAFETY: the caller's promise; the instruction touches those four bytes only.
+    unsafe {
+        core::arch::asm!(
+            "*(u32 *)({p} + {off}) = {w}",
+            p = in(reg) p,
+            off = const OFF,
+            w = in(reg) u64::from(word),
+            options(nostack, preserves_flags)
+        );
+    }
 }
