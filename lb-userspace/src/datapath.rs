@@ -104,6 +104,10 @@ pub trait DataPath: Send {
     /// Rewrites the entry of a real server (its forwarding method changed).
     fn update_real(&mut self, id: RealId, real: RealServer) -> Result<(), DataplaneError>;
 
+    /// Gives real server `id`, still in the data path, to service `service` (its id): what a
+    /// rollback needs when it adds back a service that was removed before its servers were.
+    fn adopt_real(&mut self, service: u32, id: RealId) -> Result<(), DataplaneError>;
+
     /// Removes a real server (out of every table already) and forgets its connections.
     fn remove_real(&mut self, id: RealId) -> Result<(), DataplaneError>;
 
@@ -351,6 +355,10 @@ impl DataPath for Dataplane {
         Dataplane::update_real(self, id, real)
     }
 
+    fn adopt_real(&mut self, service: u32, id: RealId) -> Result<(), DataplaneError> {
+        Dataplane::adopt_real(self, service, id)
+    }
+
     fn remove_real(&mut self, id: RealId) -> Result<(), DataplaneError> {
         Dataplane::remove_real(self, id)
     }
@@ -515,6 +523,10 @@ impl<D: DataPath + ?Sized> DataPath for Box<D> {
 
     fn update_real(&mut self, id: RealId, real: RealServer) -> Result<(), DataplaneError> {
         (**self).update_real(id, real)
+    }
+
+    fn adopt_real(&mut self, service: u32, id: RealId) -> Result<(), DataplaneError> {
+        (**self).adopt_real(service, id)
     }
 
     fn remove_real(&mut self, id: RealId) -> Result<(), DataplaneError> {

@@ -144,6 +144,12 @@ pub enum DataplaneError {
         /// The id.
         id: u32,
     },
+    /// A real-server id that is not in use was named.
+    #[error("no real server has id {id} in the data path")]
+    NoSuchReal {
+        /// The id.
+        id: u32,
+    },
     /// A Maglev table of the wrong size was given.
     #[error("a Maglev table has {expected} slots, not {got}")]
     TableSize {
@@ -1173,6 +1179,29 @@ impl Dataplane {
         self.flush_connections_where(|c| c.real == id)?;
         self.flush_persistent_where(|_, p| p.real == id)?;
         self.free_real_ids.insert(id);
+        Ok(())
+    }
+
+    /// Gives real server `id` (in use) to service `service`: its entry takes the service's epoch
+    /// and its counters count for it. For a rollback that adds back a service removed before its
+    /// servers were ([`Self::remove_service`] took their epoch away).
+    pub fn adopt_real(&mut self, service: u32, id: RealId) -> Result<()> {
+        let epoch = self.service_epoch(service)?;
+        if epoch == 0 {
+            return Err(DataplaneError::NoSuchServiceId { id: service });
+        }
+        let mut real = self
+            .reals
+            .get(&id, 0)
+            .map_err(map_err("reading a real server"))?;
+        if !real.is_used() {
+            return Err(DataplaneError::NoSuchReal { id });
+        }
+        real.service_epoch = epoch;
+        self.reals
+            .set(id, real, 0)
+            .map_err(map_err("giving a real server to a service"))?;
+        self.real_owners.insert(id, service);
         Ok(())
     }
 

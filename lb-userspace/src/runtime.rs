@@ -858,6 +858,19 @@ impl<D: DataPath> Runtime<D> {
                 if entry.persistence.is_some() || matches!(step, Step::SetScheduling { .. }) {
                     self.dp.set_persistence(id, entry.persistence)?;
                 }
+                // Servers the data path still holds for a service it does not: a rollback adding
+                // back a service removed before its servers were. They become the new entry's.
+                if matches!(step, Step::AddService { .. }) {
+                    let kept: Vec<RealId> = self
+                        .installed
+                        .services
+                        .get(service)
+                        .map(|reals| reals.values().copied().collect())
+                        .unwrap_or_default();
+                    for real in kept {
+                        self.dp.adopt_real(id, real)?;
+                    }
+                }
                 self.installed.services.entry(*service).or_default();
             }
             Step::AddReal { service, real } => {
@@ -2939,6 +2952,54 @@ mod tests {
             ))
             .expect("removed");
             assert_eq!(destinations(&rt), ["192.0.2.1:1000 -> 10.0.0.11:80"]);
+        }
+
+        #[test]
+        fn a_rollback_that_adds_back_a_removed_service_gives_it_the_servers_still_there() {
+            let before = state(
+                "-A -t 10.0.0.100:80\n-a -t 10.0.0.100:80 -r 10.0.0.11:80 -g\n\
+                 -a -t 10.0.0.100:80 -r 10.0.0.12:80 -g\n",
+            );
+            // Where the removal's first server removal comes, after the service's.
+            let mut reference = Runtime::new(FakeDataPath::default(), None);
+            reference.change_to(before.clone()).expect("before");
+            reference.dataplane().take_writes();
+            reference
+                .change_to(DesiredState::default())
+                .expect("removed");
+            let writes = reference.datapath().writes();
+            let service_gone = writes
+                .iter()
+                .position(|w| matches!(w, Write::RemoveService(_)))
+                .expect("the service is removed");
+            let first_real = writes
+                .iter()
+                .position(|w| matches!(w, Write::RemoveReal(_)))
+                .expect("its servers are removed");
+            assert!(service_gone < first_real, "{writes:?}");
+
+            let mut rt = Runtime::new(FakeDataPath::default(), None);
+            rt.change_to(before.clone()).expect("before");
+            let maps = rt.datapath().contents();
+            let kept: Vec<RealId> = maps.reals.keys().copied().collect();
+            rt.dataplane().take_writes();
+            rt.dataplane().fail_write(first_real + 1, libc::E2BIG);
+            rt.change_to(DesiredState::default())
+                .expect_err("a server removal is refused");
+            let id = rt
+                .datapath()
+                .service(&service_key(&before.services[0].addr))
+                .expect("added back")
+                .id;
+            for real in kept {
+                assert!(
+                    rt.datapath().writes().contains(&Write::AdoptReal(id, real)),
+                    "server {real} not given back to the service: {:?}",
+                    rt.datapath().writes()
+                );
+            }
+            assert_eq!(rt.datapath().contents().behaviour(), maps.behaviour());
+            assert_eq!(rt.applied(), &before);
         }
 
         #[test]

@@ -122,6 +122,14 @@ impl TestService {
         dp.remove_real(real.id).expect("remove real");
     }
 
+    /// Gives the service a server the data path still holds (as a rollback does for a service it
+    /// adds back) and rebuilds the table.
+    pub fn adopt_real(&mut self, dp: &mut Dataplane, real: TestReal) {
+        dp.adopt_real(self.id(dp), real.id).expect("adopt real");
+        self.reals.push(real);
+        self.rebuild(dp);
+    }
+
     /// The real server with this id.
     pub fn real(&self, id: RealId) -> Option<&TestReal> {
         self.reals.iter().find(|r| r.id == id)

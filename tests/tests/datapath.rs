@@ -821,6 +821,43 @@ fn a_removed_services_known_flows_are_not_followed_even_while_their_server_exist
     );
 }
 
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_service_added_back_with_the_server_it_kept_counts_that_servers_packets() {
+    let mut bench = bench();
+    let vip = [10, 10, 0, 106];
+    let mut svc = TestService::add(&mut bench.dp, Ipv4Addr::from(vip), 80, PROTO_TCP);
+    svc.add_real(&mut bench.dp, RS[0].into(), 1);
+    let syn = Ipv4Packet::tcp(CLIENT, 52100, vip, 80, SYN).build();
+    let ack = Ipv4Packet::tcp(CLIENT, 52100, vip, 80, ACK).build();
+    assert_eq!(bench.run(&syn).packet[0..6], rs_mac(RS[0])[..]);
+
+    // Removed before its server (the runtime's order); then added back, as a rollback does,
+    // with the server the data path still holds.
+    bench
+        .dp
+        .remove_service(svc.key)
+        .expect("remove the service");
+    let kept = svc.reals[0].clone();
+    let mut again = TestService::add(&mut bench.dp, Ipv4Addr::from(vip), 80, PROTO_TCP);
+    again.adopt_real(&mut bench.dp, kept.clone());
+    let id = again.id(&bench.dp);
+    let hits = bench.counter(GlobalStat::ConntrackHit);
+    // The flow of the removed service is new to this one: scheduled (to the one server) and
+    // counted as its connection; its next packet is a known flow of the new service.
+    for _ in 0..2 {
+        let out = bench.run(&ack);
+        assert_eq!(out.action, action::TX);
+        assert_eq!(out.packet[0..6], rs_mac(RS[0])[..]);
+    }
+    assert_eq!(bench.counter(GlobalStat::ConntrackHit), hits + 1);
+    let counted = bench.dp.service_counters(id).expect("counters");
+    assert!(
+        counted.packets >= 2 && counted.conns >= 1,
+        "the adopted server's packets are not the service's: {counted:?}"
+    );
+}
+
 /// Removes a pin directory when dropped, so that a failing test leaves no maps behind.
 struct PinDir(std::path::PathBuf);
 

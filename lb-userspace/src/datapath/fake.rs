@@ -57,6 +57,8 @@ pub enum Write {
     AddReal(RealServer),
     /// [`DataPath::update_real`].
     UpdateReal(RealId),
+    /// [`DataPath::adopt_real`], with the service's id and the server's.
+    AdoptReal(u32, RealId),
     /// [`DataPath::remove_real`].
     RemoveReal(RealId),
     /// [`DataPath::set_maglev_table`].
@@ -96,6 +98,7 @@ impl Write {
             Self::SetWeightCaps(_) => "writing a real server's ovf marks",
             Self::AddReal(_) => "adding a real server",
             Self::UpdateReal(_) => "updating a real server",
+            Self::AdoptReal(..) => "giving a real server to a service",
             Self::RemoveReal(_) => "removing a real server",
             Self::SetMaglevTable(_) => "writing a Maglev table",
             Self::ZeroServiceCounters(_) => "zeroing a service's counters",
@@ -598,6 +601,17 @@ impl DataPath for FakeDataPath {
             self.reals.insert(id, real);
         } else {
             self.reals.remove(&id);
+        }
+        Ok(())
+    }
+
+    fn adopt_real(&mut self, service: u32, id: RealId) -> Result<(), DataplaneError> {
+        if !self.services.values().any(|svc| svc.id == service) {
+            return Err(DataplaneError::NoSuchServiceId { id: service });
+        }
+        self.write(Write::AdoptReal(service, id))?;
+        if !self.reals.contains_key(&id) {
+            return Err(DataplaneError::NoSuchReal { id });
         }
         Ok(())
     }
