@@ -908,14 +908,7 @@ impl Dataplane {
             .map_err(map_err("clearing a service's epoch"))?;
         let owned: Vec<RealId> = self.owned_reals(svc.id).collect();
         for id in owned {
-            let mut real = self
-                .reals
-                .get(&id, 0)
-                .map_err(map_err("reading a real server"))?;
-            real.service_epoch = 0;
-            self.reals
-                .set(id, real, 0)
-                .map_err(map_err("clearing a real server's service epoch"))?;
+            self.set_real_service_epoch(id, 0)?;
             self.real_owners.remove(&id);
         }
         let vip = key.vip_only();
@@ -1112,11 +1105,7 @@ impl Dataplane {
     /// Adds a real server to service `service` (its id) and returns the server's id, which
     /// belongs to that service alone.
     pub fn add_real(&mut self, service: u32, mut real: RealServer) -> Result<RealId> {
-        let epoch = self.service_epoch(service)?;
-        if epoch == 0 {
-            return Err(DataplaneError::NoSuchServiceId { id: service });
-        }
-        real.service_epoch = epoch;
+        real.service_epoch = self.live_service_epoch(service)?;
         let id = *self
             .free_real_ids
             .first()
@@ -1186,10 +1175,22 @@ impl Dataplane {
     /// and its counters count for it. For a rollback that adds back a service removed before its
     /// servers were ([`Self::remove_service`] took their epoch away).
     pub fn adopt_real(&mut self, service: u32, id: RealId) -> Result<()> {
-        let epoch = self.service_epoch(service)?;
-        if epoch == 0 {
-            return Err(DataplaneError::NoSuchServiceId { id: service });
+        let epoch = self.live_service_epoch(service)?;
+        self.set_real_service_epoch(id, epoch)?;
+        self.real_owners.insert(id, service);
+        Ok(())
+    }
+
+    /// The epoch of service `service`, which must exist.
+    fn live_service_epoch(&self, service: u32) -> Result<u32> {
+        match self.service_epoch(service)? {
+            0 => Err(DataplaneError::NoSuchServiceId { id: service }),
+            epoch => Ok(epoch),
         }
+    }
+
+    /// Rewrites the service epoch in real server `id`'s entry (in use).
+    fn set_real_service_epoch(&mut self, id: RealId, epoch: u32) -> Result<()> {
         let mut real = self
             .reals
             .get(&id, 0)
@@ -1200,9 +1201,7 @@ impl Dataplane {
         real.service_epoch = epoch;
         self.reals
             .set(id, real, 0)
-            .map_err(map_err("giving a real server to a service"))?;
-        self.real_owners.insert(id, service);
-        Ok(())
+            .map_err(map_err("writing a real server's service epoch"))
     }
 
     /// The ids of the real servers of service `id`.

@@ -861,13 +861,7 @@ impl<D: DataPath> Runtime<D> {
                 // Servers the data path still holds for a service it does not: a rollback adding
                 // back a service removed before its servers were. They become the new entry's.
                 if matches!(step, Step::AddService { .. }) {
-                    let kept: Vec<RealId> = self
-                        .installed
-                        .services
-                        .get(service)
-                        .map(|reals| reals.values().copied().collect())
-                        .unwrap_or_default();
-                    for real in kept {
+                    for real in self.installed_ids(service) {
                         self.dp.adopt_real(id, real)?;
                     }
                 }
@@ -947,6 +941,15 @@ impl<D: DataPath> Runtime<D> {
             }
         }
         Ok(())
+    }
+
+    /// The ids of the real servers the data path holds for `service`.
+    fn installed_ids(&self, service: &ServiceAddr) -> Vec<RealId> {
+        self.installed
+            .services
+            .get(service)
+            .map(|reals| reals.values().copied().collect())
+            .unwrap_or_default()
     }
 
     fn real_id(&self, service: &ServiceAddr, addr: IpAddr, port: u16) -> Option<RealId> {
@@ -1098,13 +1101,7 @@ impl<D: DataPath> Runtime<D> {
             if let Some(svc) = self.dp.service(&service_key(&addr)) {
                 self.dp.zero_service_counters(svc.id)?;
             }
-            let ids: Vec<RealId> = self
-                .installed
-                .services
-                .get(&addr)
-                .map(|r| r.values().copied().collect())
-                .unwrap_or_default();
-            for id in ids {
+            for id in self.installed_ids(&addr) {
                 self.dp.zero_real_counters(id)?;
             }
         }

@@ -17,7 +17,7 @@ use xlb_tests::{
     netns::Netns,
     packet::{self, Ipv4Packet, ACK, FIN, L4, RST, SYN},
     root,
-    services::TestService,
+    services::{TestReal, TestService},
 };
 
 const OUR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
@@ -781,22 +781,28 @@ fn lengths_that_disagree_with_the_frame_and_martian_sources_are_never_forwarded(
     check(&bench, cases);
 }
 
+/// A flow of service `vip`:80 with one server (RS[0]), opened by a SYN; then the service is
+/// removed while its server's entry stays (the runtime removes it in a later step). Returns the
+/// server and the flow's ACK.
+fn flow_of_a_removed_service(bench: &mut Bench, vip: [u8; 4], sport: u16) -> (TestReal, Vec<u8>) {
+    let mut svc = TestService::add(&mut bench.dp, Ipv4Addr::from(vip), 80, PROTO_TCP);
+    svc.add_real(&mut bench.dp, RS[0].into(), 1);
+    let syn = Ipv4Packet::tcp(CLIENT, sport, vip, 80, SYN).build();
+    assert_eq!(bench.run(&syn).packet[0..6], rs_mac(RS[0])[..]);
+    bench
+        .dp
+        .remove_service(svc.key)
+        .expect("remove the service");
+    let kept = svc.reals.remove(0);
+    (kept, Ipv4Packet::tcp(CLIENT, sport, vip, 80, ACK).build())
+}
+
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn a_removed_services_known_flows_are_not_followed_even_while_their_server_exists() {
     let mut bench = bench();
     let vip = [10, 10, 0, 105];
-    let mut svc = TestService::add(&mut bench.dp, Ipv4Addr::from(vip), 80, PROTO_TCP);
-    svc.add_real(&mut bench.dp, RS[0].into(), 1);
-    let syn = Ipv4Packet::tcp(CLIENT, 52000, vip, 80, SYN).build();
-    let ack = Ipv4Packet::tcp(CLIENT, 52000, vip, 80, ACK).build();
-    assert_eq!(bench.run(&syn).packet[0..6], rs_mac(RS[0])[..]);
-
-    // The service goes; its real server's entry stays (the runtime removes it in a later step).
-    bench
-        .dp
-        .remove_service(svc.key)
-        .expect("remove the service");
+    let (_, ack) = flow_of_a_removed_service(&mut bench, vip, 52000);
     check(
         &bench,
         vec![Case {
@@ -826,21 +832,11 @@ fn a_removed_services_known_flows_are_not_followed_even_while_their_server_exist
 fn a_service_added_back_with_the_server_it_kept_counts_that_servers_packets() {
     let mut bench = bench();
     let vip = [10, 10, 0, 106];
-    let mut svc = TestService::add(&mut bench.dp, Ipv4Addr::from(vip), 80, PROTO_TCP);
-    svc.add_real(&mut bench.dp, RS[0].into(), 1);
-    let syn = Ipv4Packet::tcp(CLIENT, 52100, vip, 80, SYN).build();
-    let ack = Ipv4Packet::tcp(CLIENT, 52100, vip, 80, ACK).build();
-    assert_eq!(bench.run(&syn).packet[0..6], rs_mac(RS[0])[..]);
-
     // Removed before its server (the runtime's order); then added back, as a rollback does,
     // with the server the data path still holds.
-    bench
-        .dp
-        .remove_service(svc.key)
-        .expect("remove the service");
-    let kept = svc.reals[0].clone();
+    let (kept, ack) = flow_of_a_removed_service(&mut bench, vip, 52100);
     let mut again = TestService::add(&mut bench.dp, Ipv4Addr::from(vip), 80, PROTO_TCP);
-    again.adopt_real(&mut bench.dp, kept.clone());
+    again.adopt_real(&mut bench.dp, kept);
     let id = again.id(&bench.dp);
     let hits = bench.counter(GlobalStat::ConntrackHit);
     // The flow of the removed service is new to this one: scheduled (to the one server) and
