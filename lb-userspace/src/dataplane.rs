@@ -33,6 +33,7 @@ use crate::{
     layout::{ALL_MAPS, RETIRED_MAPS},
     links,
     mapped::MappedArray,
+    owners::RealOwners,
     program,
 };
 
@@ -282,7 +283,7 @@ pub struct Dataplane {
     /// Each real-server id in use and the id of the service it belongs to (while that service
     /// exists): whose counters a server's are, and whose epoch its entry carries. Rebuilt from
     /// the entries' epochs when pinned maps are adopted.
-    real_owners: BTreeMap<RealId, u32>,
+    real_owners: RealOwners,
     tables: TablePool,
 }
 
@@ -578,7 +579,7 @@ impl Dataplane {
             capacity,
             free_service_ids: BTreeSet::new(),
             free_real_ids: BTreeSet::new(),
-            real_owners: BTreeMap::new(),
+            real_owners: RealOwners::default(),
             tables: TablePool::new(0, []),
         };
         dataplane.recover_ids()?;
@@ -909,7 +910,7 @@ impl Dataplane {
         let owned: Vec<RealId> = self.owned_reals(svc.id).collect();
         for id in owned {
             self.set_real_service_epoch(id, 0)?;
-            self.real_owners.remove(&id);
+            self.real_owners.remove(id);
         }
         let vip = key.vip_only();
         match self.vip_addrs.get(&vip, 0) {
@@ -1161,7 +1162,7 @@ impl Dataplane {
             .set(id, RealServer::default(), 0)
             .map_err(map_err("removing a real server"))?;
         // What it counted stays its service's (the data path no longer counts for it).
-        if let Some(service) = self.real_owners.remove(&id) {
+        if let Some(service) = self.real_owners.remove(id) {
             self.retire_counters(service, id)?;
         }
         self.forget_next_hop(id)?;
@@ -1206,10 +1207,7 @@ impl Dataplane {
 
     /// The ids of the real servers of service `id`.
     fn owned_reals(&self, id: u32) -> impl Iterator<Item = RealId> + '_ {
-        self.real_owners
-            .iter()
-            .filter(move |(_, &owner)| owner == id)
-            .map(|(&real, _)| real)
+        self.real_owners.reals(id)
     }
 
     /// Adds real server `real`'s counters to those its service `service` keeps of the servers

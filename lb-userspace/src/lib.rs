@@ -57,6 +57,7 @@ pub mod metrics;
 pub mod neighbour;
 pub mod next_hops;
 pub mod offloads;
+pub mod owners;
 pub mod plan;
 pub mod program;
 pub mod runtime;
