@@ -64,24 +64,26 @@ pub fn build_sized(backends: &[Backend<'_>], size: u32) -> Result<Vec<u32>, Magl
 
 /// Fills a table of `size` slots; `size` is prime.
 fn fill(backends: &[Backend<'_>], size: u32) -> Vec<u32> {
-    let mut table = vec![0u32; size as usize];
     let mut live: Vec<&Backend<'_>> = backends.iter().filter(|b| b.weight > 0).collect();
     if live.is_empty() {
-        return table;
+        return vec![0u32; size as usize];
     }
     // The order of turns decides contested slots, so make it independent of configuration order.
     live.sort_by(|a, b| a.identity.cmp(b.identity).then(a.id.cmp(&b.id)));
+    let mut filler = Filler::new(&live, size);
 
-    let m = u64::from(size);
-    let perms: Vec<(u64, u64)> = live
-        .iter()
-        .map(|b| {
-            let offset = fnv1a64(b.identity, 0xcbf2_9ce4_8422_2325) % m;
-            let skip = fnv1a64(b.identity, 0x8422_2325_cbf2_9ce4) % (m - 1).max(1) + 1;
-            (offset, skip)
-        })
-        .collect();
     let max_weight = u64::from(live.iter().map(|b| b.weight).max().unwrap_or(1));
+    if live.iter().all(|b| u64::from(b.weight) == max_weight) {
+        // Equal weights (the usual service): every round, each server in turn claims one slot,
+        // which is the order the turns below take for them, without a heap.
+        loop {
+            for i in 0..live.len() {
+                if filler.claim(i) {
+                    return filler.table;
+                }
+            }
+        }
+    }
     // After round r, a server of weight w has made ⌊r·w/max⌋ claims (its credit form); its k-th
     // claim therefore falls in round ⌈k·max/w⌉. Within a round, servers take their turns in
     // sorted order and make all of that round's claims in one turn.
@@ -91,34 +93,74 @@ fn fill(backends: &[Backend<'_>], size: u32) -> Vec<u32> {
         .enumerate()
         .map(|(i, b)| Reverse((round_of_claim(1, u64::from(b.weight)), i)))
         .collect();
-    let mut next = vec![0u64; live.len()];
     let mut claims = vec![0u64; live.len()];
-    let mut claimed = vec![false; size as usize];
-    let mut filled = 0u64;
-
-    while let Some(Reverse((round, i))) = turns.pop() {
+    // The next turn is always the first's; it is rescheduled in place (one sift instead of a pop
+    // and a push).
+    while let Some(mut turn) = turns.peek_mut() {
+        let Reverse((round, i)) = *turn;
         let weight = u64::from(live[i].weight);
-        let (offset, skip) = perms[i];
         let due = round * weight / max_weight;
         while claims[i] < due {
             claims[i] += 1;
-            let slot = loop {
-                let c = ((offset + next[i] * skip) % m) as usize;
-                next[i] += 1;
-                if !claimed[c] {
-                    break c;
-                }
-            };
-            claimed[slot] = true;
-            table[slot] = live[i].id;
-            filled += 1;
-            if filled == m {
-                return table;
+            if filler.claim(i) {
+                return filler.table;
             }
         }
-        turns.push(Reverse((round_of_claim(claims[i] + 1, weight), i)));
+        *turn = Reverse((round_of_claim(claims[i] + 1, weight), i));
     }
-    table
+    filler.table
+}
+
+/// A table being filled: the servers' places in their permutations and the slots taken.
+struct Filler {
+    table: Vec<u32>,
+    claimed: Vec<bool>,
+    /// Per server (in turn order): its id, the next slot of its permutation and its step.
+    servers: Vec<(u32, u64, u64)>,
+    size: u64,
+    filled: u64,
+}
+
+impl Filler {
+    fn new(live: &[&Backend<'_>], size: u32) -> Self {
+        let m = u64::from(size);
+        let servers = live
+            .iter()
+            .map(|b| {
+                let offset = fnv1a64(b.identity, 0xcbf2_9ce4_8422_2325) % m;
+                let skip = fnv1a64(b.identity, 0x8422_2325_cbf2_9ce4) % (m - 1).max(1) + 1;
+                (b.id, offset, skip)
+            })
+            .collect();
+        Self {
+            table: vec![0u32; size as usize],
+            claimed: vec![false; size as usize],
+            servers,
+            size: m,
+            filled: 0,
+        }
+    }
+
+    /// Server `i` claims the next free slot of its permutation `offset + j * skip (mod size)`,
+    /// walked by adding the step (less the size once past the end) rather than by a division per
+    /// slot tried; whether the table is now full.
+    fn claim(&mut self, i: usize) -> bool {
+        let (id, pos, skip) = &mut self.servers[i];
+        let slot = loop {
+            let c = *pos as usize;
+            *pos += *skip;
+            if *pos >= self.size {
+                *pos -= self.size;
+            }
+            if !self.claimed[c] {
+                break c;
+            }
+        };
+        self.claimed[slot] = true;
+        self.table[slot] = *id;
+        self.filled += 1;
+        self.filled == self.size
+    }
 }
 
 /// Whether `n` is prime, by trial division (at most 65,536 divisions for a `u32`).
@@ -324,6 +366,9 @@ mod tests {
         }
     }
 
+    const GOLDEN_EQUAL: u64 = 0xa8d6_d65f_b5fb_db04;
+    const GOLDEN_WEIGHTED: u64 = 0x3632_1ecb_2240_8797;
+
     /// xorshift64*: reproducible random cases without a dependency.
     struct Random(u64);
 
@@ -338,6 +383,25 @@ mod tests {
         fn below(&mut self, n: u64) -> u64 {
             self.next() % n
         }
+    }
+
+    /// Balancers of different versions must build the same tables (a flow keeps its server when
+    /// the other balancer takes over during an upgrade): the tables of two fixed sets of servers,
+    /// by a digest, as every version since the builder's first has built them.
+    #[test]
+    fn tables_stay_those_every_earlier_version_built() {
+        let digest = |table: &[u32]| {
+            let bytes: Vec<u8> = table.iter().flat_map(|id| id.to_le_bytes()).collect();
+            fnv1a64(&bytes, 0xcbf2_9ce4_8422_2325)
+        };
+        let ids = identities(8);
+        let equal = build(&backends(&ids, &[1; 8]));
+        let ids = identities(5);
+        let weighted = build(&backends(&ids, &[1, 2, 3, 0, 65535]));
+        assert_eq!(
+            (digest(&equal), digest(&weighted)),
+            (GOLDEN_EQUAL, GOLDEN_WEIGHTED)
+        );
     }
 
     #[test]
@@ -357,10 +421,13 @@ mod tests {
             };
             let n = random.below(most_servers + 1) as usize;
             let skewed = random.below(3) == 0;
+            // Every fifth case gives every server the same weight (the builder's shortcut).
+            let equal = (case % 5 == 1).then(|| 1 + random.below(100) as u32);
             let weights: Vec<u32> = (0..n)
-                .map(|_| match random.below(10) {
-                    0 => 0,
-                    1 if skewed => [65535, 1_000_000, u32::MAX][random.below(3) as usize],
+                .map(|_| match (equal, random.below(10)) {
+                    (Some(weight), _) => weight,
+                    (None, 0) => 0,
+                    (None, 1) if skewed => [65535, 1_000_000, u32::MAX][random.below(3) as usize],
                     _ => 1 + random.below(if skewed { 3 } else { 100 }) as u32,
                 })
                 .collect();
