@@ -239,8 +239,12 @@ pub fn summary(old: &DesiredState, new: &DesiredState) -> String {
     addrs.extend(new.services.iter().map(|s| s.addr));
     addrs.sort();
     addrs.dedup();
+    let (old_services, new_services) = (old.services_by_addr(), new.services_by_addr());
     for addr in addrs {
-        let (was, is) = (old.service(&addr), new.service(&addr));
+        let (was, is) = (
+            old_services.get(&addr).copied(),
+            new_services.get(&addr).copied(),
+        );
         let settings = |s: &VirtualService| (s.scheduler, s.persistence, s.health.clone());
         count(
             &mut services,

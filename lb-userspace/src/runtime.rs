@@ -591,13 +591,17 @@ impl<D: DataPath> Runtime<D> {
     /// weight (failed), of the persistent services only or of every service.
     fn held_servers(&self, persistent_only: bool) -> BTreeSet<RealId> {
         let mut held_ids = BTreeSet::new();
+        let applied_services = self.applied.services_by_addr();
         for svc in self
             .desired
             .services
             .iter()
             .filter(|s| !persistent_only || s.persistence.is_some())
         {
-            let Some(applied) = self.applied.service(&svc.addr) else {
+            let (Some(applied), Some(ids)) = (
+                applied_services.get(&svc.addr),
+                self.installed.services.get(&svc.addr),
+            ) else {
                 continue;
             };
             for real in svc.reals.iter().filter(|r| r.weight > 0) {
@@ -606,7 +610,7 @@ impl<D: DataPath> Runtime<D> {
                     .iter()
                     .find(|r| r.addr == real.addr && r.port == real.port)
                     .is_none_or(|r| r.weight == 0);
-                if let (true, Some(id)) = (held, self.real_id(&svc.addr, real.addr, real.port)) {
+                if let (true, Some(&id)) = (held, ids.get(&SocketAddr::new(real.addr, real.port))) {
                     held_ids.insert(id);
                 }
             }
@@ -1140,13 +1144,14 @@ impl<D: DataPath> Runtime<D> {
                 )
             })
             .collect();
+        let applied_services = self.applied.services_by_addr();
         for svc in &mut listing.services {
             if let Some(entry) = self.dp.service(&service_key(&svc.addr)) {
                 let c = self.dp.service_counters(entry.id)?;
                 svc.stats = stats(c);
                 svc.rates = rates.service(entry.id);
             }
-            let applied = self.applied.service(&svc.addr);
+            let applied = applied_services.get(&svc.addr).copied();
             for real in &mut svc.reals {
                 // The weight in force: 0 while the health checks hold the server out.
                 real.weight = applied
