@@ -450,7 +450,9 @@ fn maglev_build() {
         "  baseline: 1 server                      {:>8.2} ms   1.00",
         one.as_secs_f64() * 1e3
     );
-    let cases: [MaglevCase; 4] = [
+    let cases: [MaglevCase; 6] = [
+        ("8 servers, weight 1 (a usual service)", 8, |_| 1),
+        ("8 servers, weights 1-3", 8, |i| 1 + (i as u32 % 3)),
         ("100 servers, weights 1-3", 100, |i| 1 + (i as u32 % 3)),
         ("100 servers, one of weight 65535", 100, skewed),
         ("1000 servers, one of weight 65535", 1000, skewed),
@@ -685,6 +687,14 @@ fn control() -> anyhow::Result<()> {
         timed(&["-e", "-t", &vip, "-r", real, "-g", "-w", &weight])
     });
     let save = median_of(21, |_| timed(&["-S", "-n"]));
+    let list = median_of(21, |_| timed(&["-L", "-n"]));
+    let stats = median_of(21, |_| timed(&["-L", "-n", "--stats"]));
+    // What the idle daemon spends holding the balancer: each second it samples every counter
+    // for the rates and the metrics, and sweeps the tables.
+    let idle = Duration::from_secs(10);
+    let cpu_before = process_cpu(daemon.pid())?;
+    std::thread::sleep(idle);
+    let idle_cpu = process_cpu(daemon.pid())? - cpu_before;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!("control ({SERVICES} services × {REALS} real servers, release xlbd and xlbadm):");
     println!(
@@ -701,7 +711,48 @@ fn control() -> anyhow::Result<()> {
         ms(edit),
         ms(edit) / ms(save)
     );
+    println!(
+        "  xlbadm -L -n (median of 21)                      {:>8.1} ms   {:.2}",
+        ms(list),
+        ms(list) / ms(save)
+    );
+    println!(
+        "  xlbadm -L -n --stats (median of 21)              {:>8.1} ms   {:.2}",
+        ms(stats),
+        ms(stats) / ms(save)
+    );
+    println!(
+        "  xlbd idle, CPU time per second of {:?}          {:>8.1} ms   {:.2}",
+        idle,
+        ms(idle_cpu) / idle.as_secs_f64(),
+        ms(idle_cpu) / idle.as_secs_f64() / ms(save)
+    );
     Ok(())
+}
+
+/// The CPU time (user and system) process `pid` has used so far, from /proc/PID/stat.
+fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The fields after the command's closing parenthesis; utime and stime are the 14th and
+    // 15th of the line, the 12th and 13th after it.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("no command name in /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .context("/proc/PID/stat is shorter than expected")?
+            .parse()
+            .context("a CPU time in /proc/PID/stat is not a number")
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_nanos(
+        (ticks(11)? + ticks(12)?) * 1_000_000_000 / hz,
+    ))
 }
 
 fn main() -> anyhow::Result<()> {
