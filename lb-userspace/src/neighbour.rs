@@ -42,6 +42,14 @@ pub enum NeighbourError {
         #[source]
         source: std::io::Error,
     },
+    /// The kernel's neighbour table for the family holds no more entries: it is at its
+    /// `gc_thresh3`, which is 1024 by default, below the number of real servers a balancer may
+    /// have on link.
+    #[error("the kernel's neighbour table is full (net.{family}.neigh.default.gc_thresh3)")]
+    TableFull {
+        /// `ipv4` or `ipv6`, as in the sysctl's name.
+        family: &'static str,
+    },
     /// The kernel has no route to the server.
     #[error("no route to {addr}")]
     NoRoute {
@@ -209,7 +217,16 @@ impl Netlink {
             RouteNetlinkMessage::NewNeighbour(entry),
             NLM_F_ACK | NLM_F_REPLACE | NLM_F_CREATE,
         )
-        .map_err(io_err("adding a managed neighbour entry"))?;
+        .map_err(|source| match source.raw_os_error() {
+            // neigh_create's answer when the table is at gc_thresh3 and nothing can be collected.
+            Some(libc::ENOBUFS) => NeighbourError::TableFull {
+                family: if hop.addr.is_ipv4() { "ipv4" } else { "ipv6" },
+            },
+            _ => NeighbourError::Netlink {
+                what: "adding a managed neighbour entry",
+                source,
+            },
+        })?;
         tracing::debug!(%addr, next_hop = %hop.addr, ifindex = hop.ifindex, "managed neighbour entry in place");
         Ok(())
     }

@@ -130,13 +130,70 @@ fn work(
             addrs.extend(more);
             number = later;
         }
-        for addr in addrs {
-            if let Err(e) = resolver.keep_resolved(addr) {
-                tracing::warn!(real = %addr, error = %error_chain(&e), "cannot keep the real server's next hop resolved");
-            }
-        }
+        resolve(&mut resolver, addrs).log();
         done.send_replace(number);
     }
+}
+
+/// The next hops a request could not keep resolved.
+#[derive(Debug, Default)]
+struct Unresolved {
+    /// The servers whose entry the kernel's full neighbour table refused, by family (the
+    /// sysctl's name for it): one sentence for all of them, not one line each (4,096 servers on
+    /// link against the default limit of 1,024 would be 3,072 lines, again at each retry).
+    table_full: std::collections::BTreeMap<&'static str, Vec<IpAddr>>,
+    /// Every other failure, each with its server.
+    failed: Vec<(IpAddr, NeighbourError)>,
+}
+
+/// Asks `resolver` for each of `addrs` in turn.
+fn resolve(resolver: &mut impl Resolver, addrs: BTreeSet<IpAddr>) -> Unresolved {
+    let mut unresolved = Unresolved::default();
+    for addr in addrs {
+        match resolver.keep_resolved(addr) {
+            Ok(()) => {}
+            Err(NeighbourError::TableFull { family }) => {
+                unresolved.table_full.entry(family).or_default().push(addr);
+            }
+            Err(e) => unresolved.failed.push((addr, e)),
+        }
+    }
+    unresolved
+}
+
+impl Unresolved {
+    fn log(&self) {
+        for (addr, e) in &self.failed {
+            tracing::warn!(real = %addr, error = %error_chain(e), "cannot keep the real server's next hop resolved");
+        }
+        for (family, addrs) in &self.table_full {
+            tracing::warn!("{}", table_full_message(family, addrs));
+        }
+    }
+}
+
+/// What an operator is told when the kernel's neighbour table refused entries: how many, which
+/// (the first few), what it costs and what to raise.
+fn table_full_message(family: &str, addrs: &[IpAddr]) -> String {
+    const SHOWN: usize = 3;
+    let mut which: Vec<String> = addrs.iter().take(SHOWN).map(IpAddr::to_string).collect();
+    if addrs.len() > SHOWN {
+        which.push("…".to_owned());
+    }
+    let (hops, servers, are) = if addrs.len() == 1 {
+        ("hop", "server", "is")
+    } else {
+        ("hops", "servers", "are")
+    };
+    format!(
+        "the kernel's neighbour table is full: the next {hops} of {} real {servers} ({}) {are} not \
+         kept resolved, and packets to them are dropped (drop_no_neighbour) while the kernel has \
+         no entry for them; raise net.{family}.neigh.default.gc_thresh3 (and gc_thresh2) above \
+         the number of real servers on link (xlbd makes the entries again when it sees such \
+         drops)",
+        addrs.len(),
+        which.join(", ")
+    )
 }
 
 /// A resolver in memory, for tests: it records the addresses it was asked for, and can be held
@@ -150,6 +207,8 @@ pub struct FakeResolver {
 struct FakeState {
     asked: Vec<IpAddr>,
     held: bool,
+    /// Addresses whose entry a full neighbour table refuses.
+    full: BTreeSet<IpAddr>,
 }
 
 impl FakeResolver {
@@ -162,6 +221,11 @@ impl FakeResolver {
     pub fn hold(&self, held: bool) {
         self.state().held = held;
         self.shared.1.notify_all();
+    }
+
+    /// Makes the neighbour table refuse `addrs` as a full one does.
+    pub fn table_full_for(&self, addrs: BTreeSet<IpAddr>) {
+        self.state().full = addrs;
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
@@ -179,6 +243,11 @@ impl Resolver for FakeResolver {
             )
             .unwrap_or_else(PoisonError::into_inner);
         state.asked.push(addr);
+        if state.full.contains(&addr) {
+            return Err(NeighbourError::TableFull {
+                family: if addr.is_ipv4() { "ipv4" } else { "ipv6" },
+            });
+        }
         Ok(())
     }
 }
@@ -191,6 +260,35 @@ mod tests {
         list.iter()
             .map(|a| a.parse().expect("an address"))
             .collect()
+    }
+
+    #[test]
+    fn a_full_neighbour_table_is_told_once_per_family_with_its_count_and_the_sysctl() {
+        let mut resolver = FakeResolver::default();
+        let all = addrs(&[
+            "10.8.0.1", "10.8.0.2", "10.8.0.3", "10.8.0.4", "10.8.0.5", "fd00::1",
+        ]);
+        let full = addrs(&["10.8.0.2", "10.8.0.3", "10.8.0.4", "10.8.0.5", "fd00::1"]);
+        resolver.table_full_for(full);
+        let unresolved = resolve(&mut resolver, all.clone());
+        assert_eq!(resolver.asked().len(), all.len(), "every address asked");
+        assert!(unresolved.failed.is_empty());
+        assert_eq!(
+            unresolved.table_full.keys().copied().collect::<Vec<_>>(),
+            ["ipv4", "ipv6"]
+        );
+        let v4 = &unresolved.table_full["ipv4"];
+        assert_eq!(v4.len(), 4);
+        assert_eq!(
+            table_full_message("ipv4", v4),
+            "the kernel's neighbour table is full: the next hops of 4 real servers (10.8.0.2, \
+             10.8.0.3, 10.8.0.4, …) are not kept resolved, and packets to them are dropped \
+             (drop_no_neighbour) while the kernel has no entry for them; raise \
+             net.ipv4.neigh.default.gc_thresh3 (and gc_thresh2) above the number of real \
+             servers on link (xlbd makes the entries again when it sees such drops)"
+        );
+        assert!(table_full_message("ipv6", &unresolved.table_full["ipv6"])
+            .contains("the next hop of 1 real server (fd00::1) is not kept resolved"));
     }
 
     #[tokio::test]

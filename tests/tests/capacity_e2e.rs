@@ -18,6 +18,35 @@ fn reals_listed(listing: &str) -> usize {
         .count()
 }
 
+/// 4,096 real servers on link want 4,096 neighbour entries: past the kernel's limit (its
+/// `gc_thresh3`, global to every namespace, 1,024 by default) the operator reads one sentence
+/// with the count and the sysctl, not a line per server.
+fn neighbour_table_told_once(log: &str) {
+    assert!(
+        !log.contains("cannot keep the real server's next hop resolved"),
+        "a line per server: {log}"
+    );
+    let limit: usize = std::fs::read_to_string("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(usize::MAX);
+    let told: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("the kernel's neighbour table is full"))
+        .collect();
+    if limit < 1024 * 3 {
+        assert_eq!(told.len(), 1, "{log}");
+        assert!(
+            told[0].contains("real servers (10.8.")
+                && told[0].contains("raise net.ipv4.neigh.default.gc_thresh3"),
+            "{}",
+            told[0]
+        );
+    } else if limit > 8192 {
+        assert!(told.is_empty(), "{log}");
+    }
+}
+
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn a_balancer_holds_512_services_of_8_servers_and_refuses_more_with_the_option_to_raise_it() {
@@ -34,6 +63,7 @@ fn a_balancer_holds_512_services_of_8_servers_and_refuses_more_with_the_option_t
     let listing = daemon.adm_ok(&["-L", "-n"]);
     assert_eq!(services_listed(&listing), 512, "{listing}");
     assert_eq!(reals_listed(&listing), 4096);
+    neighbour_table_told_once(&daemon.log());
     let saved = daemon.adm_ok(&["-S", "-n"]);
 
     // The 513th service: the limit and the option, nothing changed.
