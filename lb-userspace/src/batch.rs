@@ -102,3 +102,71 @@ pub fn lookup_all<K: bytemuck::Pod, V: bytemuck::Pod>(
         }
     }
 }
+
+/// Entries `0..len` of the per-CPU array `map`, each as its `cpus` values (`V`: the map's value
+/// type, a multiple of 8 bytes long, as the kernel lays each CPU's value out), read with
+/// `BPF_MAP_LOOKUP_BATCH`: a few calls for thousands of entries, where `PerCpuArray::get` takes
+/// one per entry.
+pub fn lookup_per_cpu<V: bytemuck::Pod>(
+    map: BorrowedFd<'_>,
+    len: u32,
+    cpus: usize,
+) -> std::io::Result<Vec<Vec<V>>> {
+    assert_eq!(
+        std::mem::size_of::<V>() % 8,
+        0,
+        "per-CPU values are laid out 8-byte aligned"
+    );
+    const CHUNK: u32 = 1024;
+    let mut all = Vec::with_capacity(len as usize);
+    let mut position: Option<u32> = None;
+    while (all.len() as u32) < len {
+        let chunk = CHUNK.min(len - all.len() as u32) as usize;
+        let mut keys = vec![0u32; chunk];
+        let mut values = vec![V::zeroed(); chunk * cpus];
+        let mut next = 0u32;
+        let mut attr = BatchAttr {
+            in_batch: position.as_ref().map_or(0, |p| p as *const u32 as u64),
+            out_batch: &mut next as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: attr points to a live, fully initialised bpf_attr batch member; keys and values
+        // have room for `count` entries of the map's key size and `cpus` values of `V` each, and
+        // the tokens are live u32s, for the duration of the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let got = (attr.count as usize).min(chunk);
+        let error = (rc < 0).then(std::io::Error::last_os_error);
+        // An array answers its keys in order from the position, so entry i is key i.
+        for (i, key) in keys.iter().take(got).enumerate() {
+            if *key as usize != all.len() {
+                return Err(std::io::Error::other(
+                    "a batch read of an array answered keys out of order",
+                ));
+            }
+            all.push(values[i * cpus..(i + 1) * cpus].to_vec());
+        }
+        match error {
+            None => position = Some(next),
+            // The end of the array.
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Some(e) => return Err(e),
+        }
+    }
+    if (all.len() as u32) < len {
+        return Err(std::io::Error::other(
+            "a batch read of an array ended before its last entry",
+        ));
+    }
+    Ok(all)
+}

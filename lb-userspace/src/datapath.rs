@@ -20,7 +20,7 @@ use lb_common::{
 
 use crate::{
     capacity::Capacity,
-    dataplane::{ConnectionTables, Dataplane, DataplaneError, RealId},
+    dataplane::{AllCounters, ConnectionTables, Dataplane, DataplaneError, RealId},
 };
 
 /// What the runtime does to the data path. Every write either takes effect whole or fails and
@@ -133,6 +133,10 @@ pub trait DataPath: Send {
 
     /// A real server's packets, bytes and new connections.
     fn real_counters(&self, id: RealId) -> Result<Counters, DataplaneError>;
+
+    /// Every service's and real server's counters at once (as [`Self::service_counters`] and
+    /// [`Self::real_counters`] give them one by one).
+    fn all_counters(&self) -> Result<AllCounters, DataplaneError>;
 
     /// Every global counter.
     fn global_counters(&self) -> Result<Vec<(GlobalStat, u64)>, DataplaneError>;
@@ -391,6 +395,10 @@ impl DataPath for Dataplane {
         Dataplane::real_counters(self, id)
     }
 
+    fn all_counters(&self) -> Result<AllCounters, DataplaneError> {
+        Dataplane::all_counters(self)
+    }
+
     fn global_counters(&self) -> Result<Vec<(GlobalStat, u64)>, DataplaneError> {
         Dataplane::global_counters(self)
     }
@@ -559,6 +567,10 @@ impl<D: DataPath + ?Sized> DataPath for Box<D> {
 
     fn real_counters(&self, id: RealId) -> Result<Counters, DataplaneError> {
         (**self).real_counters(id)
+    }
+
+    fn all_counters(&self) -> Result<AllCounters, DataplaneError> {
+        (**self).all_counters()
     }
 
     fn global_counters(&self) -> Result<Vec<(GlobalStat, u64)>, DataplaneError> {

@@ -12,7 +12,9 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, ProgramArray},
+    maps::{
+        Array, DevMapHash, HashMap, IterableMap as _, MapData, MapError, PerCpuArray, ProgramArray,
+    },
     programs::{ProgramError, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
@@ -285,6 +287,27 @@ pub struct Dataplane {
     /// the entries' epochs when pinned maps are adopted.
     real_owners: RealOwners,
     tables: TablePool,
+}
+
+/// Every service's and real server's counters, read at once ([`Dataplane::all_counters`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AllCounters {
+    /// By service id: its servers' counters and those of the servers that left it.
+    pub services: Vec<Counters>,
+    /// By real-server id.
+    pub reals: Vec<Counters>,
+}
+
+impl AllCounters {
+    /// Service `id`'s counters (zero for an id past the map).
+    pub fn service(&self, id: u32) -> Counters {
+        self.services.get(id as usize).copied().unwrap_or_default()
+    }
+
+    /// Real server `id`'s counters (zero for an id past the map).
+    pub fn real(&self, id: RealId) -> Counters {
+        self.reals.get(id as usize).copied().unwrap_or_default()
+    }
 }
 
 /// A second descriptor of the object's array or hash map `name`, for the batch calls aya does not
@@ -1351,6 +1374,25 @@ impl Dataplane {
         Ok(total)
     }
 
+    /// Every service's and real server's counters, summed over the CPUs: what a listing or a
+    /// rate sample reads, in a few batch reads where reading them one by one took a system call
+    /// per server, twice (its row, its service's sum). One by one on kernels without batch reads
+    /// of arrays (before 5.6).
+    pub fn all_counters(&self) -> Result<AllCounters> {
+        let reals = per_cpu_sums(&self.real_stats, self.capacity.real_ids())?;
+        let retired = per_cpu_sums(&self.service_stats, self.capacity.services)?;
+        let services = retired
+            .iter()
+            .enumerate()
+            .map(|(id, left)| {
+                self.owned_reals(id as u32).fold(*left, |sum, real| {
+                    sum.add(reals.get(real as usize).copied().unwrap_or_default())
+                })
+            })
+            .collect();
+        Ok(AllCounters { services, reals })
+    }
+
     /// Packets, bytes and new connections sent to a real server, summed over the CPUs.
     pub fn real_counters(&self, id: RealId) -> Result<Counters> {
         sum_counters(&self.real_stats, id)
@@ -1634,6 +1676,18 @@ fn zeroed_per_cpu<T: aya::Pod + Default + Clone>() -> Result<aya::maps::PerCpuVa
     let cpus = aya::util::nr_cpus().map_err(|(_, source)| DataplaneError::Cpus { source })?;
     aya::maps::PerCpuValues::try_from(vec![T::default(); cpus])
         .map_err(|source| DataplaneError::Cpus { source })
+}
+
+/// Entries `0..len` of a per-CPU counter map, each summed over the CPUs: by batch reads where
+/// the kernel has them, else one by one.
+fn per_cpu_sums(map: &PerCpuArray<MapData, Counters>, len: u32) -> Result<Vec<Counters>> {
+    let sum = |cpus: &[Counters]| cpus.iter().fold(Counters::default(), |a, c| a.add(*c));
+    if let Ok(cpus) = aya::util::nr_cpus() {
+        if let Ok(all) = batch::lookup_per_cpu::<Counters>(map.map().fd().as_fd(), len, cpus) {
+            return Ok(all.iter().map(|values| sum(values)).collect());
+        }
+    }
+    (0..len).map(|id| sum_counters(map, id)).collect()
 }
 
 fn sum_counters(map: &PerCpuArray<MapData, Counters>, id: u32) -> Result<Counters> {

@@ -21,7 +21,7 @@ use crate::{
     capacity,
     convert::{identity, real_entry, scheduling_entry, service_key},
     datapath::{DataPath, SweptTables, Through},
-    dataplane::{Dataplane, DataplaneError, RealId},
+    dataplane::{AllCounters, Dataplane, DataplaneError, RealId},
     errors::error_chain,
     expiry::{self, ConnKind},
     health::engine::{Engine, EngineStats, Target, TargetError},
@@ -1145,10 +1145,10 @@ impl<D: DataPath> Runtime<D> {
             })
             .collect();
         let applied_services = self.applied.services_by_addr();
+        let counters = self.dp.all_counters()?;
         for svc in &mut listing.services {
             if let Some(entry) = self.dp.service(&service_key(&svc.addr)) {
-                let c = self.dp.service_counters(entry.id)?;
-                svc.stats = stats(c);
+                svc.stats = stats(counters.service(entry.id));
                 svc.rates = rates.service(entry.id);
             }
             let applied = applied_services.get(&svc.addr).copied();
@@ -1164,7 +1164,7 @@ impl<D: DataPath> Runtime<D> {
                 real.health = health
                     .get(&(svc.addr, SocketAddr::new(real.addr, real.port)))
                     .cloned();
-                self.fill_real(&svc.addr, real, conns, rates)?;
+                self.fill_real(&svc.addr, real, conns, rates, &counters);
                 if let Some(id) = self.real_id(&svc.addr, real.addr, real.port) {
                     real.persistent_conns = persistent.get(&id).copied().unwrap_or(0);
                 }
@@ -1194,7 +1194,7 @@ impl<D: DataPath> Runtime<D> {
                     latency_us: None,
                     last_failure: None,
                 });
-                self.fill_real(&svc.addr, &mut real, conns, rates)?;
+                self.fill_real(&svc.addr, &mut real, conns, rates, &counters);
                 svc.reals.push(real);
             }
         }
@@ -1208,16 +1208,16 @@ impl<D: DataPath> Runtime<D> {
         real: &mut RealListing,
         conns: &ConnectionCounts,
         rates: &RateEstimator,
-    ) -> Result<(), DataplaneError> {
+        counters: &AllCounters,
+    ) {
         let Some(id) = self.real_id(service, real.addr, real.port) else {
-            return Ok(());
+            return;
         };
-        real.stats = stats(self.dp.real_counters(id)?);
+        real.stats = stats(counters.real(id));
         real.rates = rates.real(id);
         let (active, inactive) = conns.get(&id).copied().unwrap_or((0, 0));
         real.active_conns = active;
         real.inactive_conns = inactive;
-        Ok(())
     }
 
     /// Active and inactive connections per real server ([`count_connections`]). Walks the whole
@@ -1346,13 +1346,18 @@ impl<D: DataPath> Runtime<D> {
 
     /// Takes a sample of every counter for the rate estimator.
     pub fn sample(&self, rates: &mut RateEstimator) {
+        let counters = match self.dp.all_counters() {
+            Ok(counters) => counters,
+            Err(e) => {
+                tracing::debug!(error = %error_chain(&e), "no rate sample this time: the counters cannot be read");
+                return;
+            }
+        };
         let mut services = BTreeMap::new();
         let mut reals = BTreeMap::new();
         for svc in &self.desired.services {
             if let Some(entry) = self.dp.service(&service_key(&svc.addr)) {
-                if let Ok(c) = self.dp.service_counters(entry.id) {
-                    services.insert(entry.id, c);
-                }
+                services.insert(entry.id, counters.service(entry.id));
             }
             for id in self
                 .installed
@@ -1361,9 +1366,7 @@ impl<D: DataPath> Runtime<D> {
                 .into_iter()
                 .flat_map(|r| r.values())
             {
-                if let Ok(c) = self.dp.real_counters(*id) {
-                    reals.insert(*id, c);
-                }
+                reals.insert(*id, counters.real(*id));
             }
         }
         rates.update(monotonic_ns(), services, reals);

@@ -427,6 +427,14 @@ fn forwarded_packets_are_counted_for_their_service_and_real_server() {
     for c in [svc, real] {
         assert_eq!((c.packets, c.bytes, c.conns), (2, bytes, 1), "{c:?}");
     }
+    // Read at once (batch reads of the per-CPU maps), the same figures for every id.
+    let all = bench.dp.all_counters().expect("every counter");
+    assert_eq!(all.service(svc_id), svc);
+    assert_eq!(all.real(real_id), real);
+    assert_eq!(all.reals.len() as u32, bench.dp.capacity().real_ids());
+    for id in 0..bench.dp.capacity().real_ids() {
+        assert_eq!(all.real(id), bench.dp.real_counters(id).expect("one"), "{id}");
+    }
     let dns_id = bench.dp.service(&bench.dns.key).expect("service").id;
     assert_eq!(
         bench.dp.service_counters(dns_id).expect("counters").packets,
@@ -490,6 +498,11 @@ fn a_services_counters_keep_what_a_removed_server_counted_and_survive_a_new_daem
     assert_eq!(run(&second, &ack).action, action::TX);
     let after = second.service_counters(id).expect("one more");
     assert_eq!(after.packets, total.packets + 1);
+    assert_eq!(
+        second.all_counters().expect("every counter").service(id),
+        after,
+        "read at once: the remaining server's and the removed one's"
+    );
     assert_eq!(
         second.real_counters(b).expect("b").packets,
         cb.packets + 1,

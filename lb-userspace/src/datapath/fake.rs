@@ -25,7 +25,7 @@ use lb_common::{
 use super::DataPath;
 use crate::{
     capacity::{Capacity, TablePool},
-    dataplane::{DataplaneError, RealId},
+    dataplane::{AllCounters, DataplaneError, RealId},
 };
 
 /// One write asked of the data path, as [`FakeDataPath::writes`] logs it (refused ones too).
@@ -684,6 +684,21 @@ impl DataPath for FakeDataPath {
 
     fn real_counters(&self, id: RealId) -> Result<Counters, DataplaneError> {
         Ok(self.real_counters.get(&id).copied().unwrap_or_default())
+    }
+
+    fn all_counters(&self) -> Result<AllCounters, DataplaneError> {
+        let by_id = |map: &BTreeMap<u32, Counters>| {
+            let len = map.keys().next_back().map_or(0, |&last| last as usize + 1);
+            let mut all = vec![Counters::default(); len];
+            for (&id, &c) in map {
+                all[id as usize] = c;
+            }
+            all
+        };
+        Ok(AllCounters {
+            services: by_id(&self.service_counters),
+            reals: by_id(&self.real_counters),
+        })
     }
 
     fn global_counters(&self) -> Result<Vec<(GlobalStat, u64)>, DataplaneError> {
