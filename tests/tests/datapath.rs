@@ -433,7 +433,11 @@ fn forwarded_packets_are_counted_for_their_service_and_real_server() {
     assert_eq!(all.real(real_id), real);
     assert_eq!(all.reals.len() as u32, bench.dp.capacity().real_ids());
     for id in 0..bench.dp.capacity().real_ids() {
-        assert_eq!(all.real(id), bench.dp.real_counters(id).expect("one"), "{id}");
+        assert_eq!(
+            all.real(id),
+            bench.dp.real_counters(id).expect("one"),
+            "{id}"
+        );
     }
     let dns_id = bench.dp.service(&bench.dns.key).expect("service").id;
     assert_eq!(
