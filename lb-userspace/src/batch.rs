@@ -51,6 +51,46 @@ pub fn update<V: Copy>(map: BorrowedFd<'_>, keys: &[u32], values: &[V]) -> std::
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
+/// One `BPF_MAP_LOOKUP_BATCH` call on `map` from `position` (`None`: the start) into `keys` and
+/// `values`, which have room for `keys.len()` entries of the map's key and value sizes (`values`
+/// holds each key's value, or its values of every CPU, contiguously): how many entries it
+/// answered, the position after them, and the kernel's error, if any (`ENOENT`: the end).
+///
+/// # Safety
+/// `K` and `V` are the map's key and value (or per-CPU value) types, and `values` has room for
+/// `keys.len()` keys' values: the kernel writes that many bytes.
+unsafe fn lookup_batch<K: bytemuck::Pod, V: bytemuck::Pod>(
+    map: BorrowedFd<'_>,
+    position: Option<u32>,
+    keys: &mut [K],
+    values: &mut [V],
+) -> (usize, u32, Option<std::io::Error>) {
+    let chunk = keys.len();
+    let mut next = 0u32;
+    let mut attr = BatchAttr {
+        in_batch: position.as_ref().map_or(0, |p| p as *const u32 as u64),
+        out_batch: &mut next as *mut u32 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: chunk as u32,
+        map_fd: map.as_raw_fd() as u32,
+        ..BatchAttr::default()
+    };
+    // SAFETY: attr points to a live, fully initialised bpf_attr batch member; keys and values
+    // have room for `count` entries of the map's key and value sizes (the caller's promise), and
+    // the tokens are live u32s, for the duration of the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_BATCH,
+            &mut attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    let error = (rc < 0).then(std::io::Error::last_os_error);
+    ((attr.count as usize).min(chunk), next, error)
+}
+
 /// Every entry of the hash map `map` (keys `K`, values `V`: the map's own sizes), read with
 /// `BPF_MAP_LOOKUP_BATCH`, some thousands per call, where walking it key by key takes two calls
 /// per entry. The kernel walks the buckets in order, so entries the data path adds or evicts
@@ -65,29 +105,9 @@ pub fn lookup_all<K: bytemuck::Pod, V: bytemuck::Pod>(
     loop {
         let mut keys = vec![K::zeroed(); chunk];
         let mut values = vec![V::zeroed(); chunk];
-        let mut next = 0u32;
-        let mut attr = BatchAttr {
-            in_batch: position.as_ref().map_or(0, |p| p as *const u32 as u64),
-            out_batch: &mut next as *mut u32 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: chunk as u32,
-            map_fd: map.as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        // SAFETY: attr points to a live, fully initialised bpf_attr batch member; keys and values
-        // have room for `count` entries of the map's key and value sizes (K and V), and the
-        // tokens are live u32s, for the duration of the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        let got = (attr.count as usize).min(chunk);
-        let error = (rc < 0).then(std::io::Error::last_os_error);
+        // SAFETY: K and V are the map's key and value types (this function's contract), one
+        // value per key.
+        let (got, next, error) = unsafe { lookup_batch(map, position, &mut keys, &mut values) };
         all.extend(keys.into_iter().zip(values).take(got));
         let Some(error) = error else {
             position = Some(next);
@@ -124,29 +144,9 @@ pub fn lookup_per_cpu<V: bytemuck::Pod>(
         let chunk = CHUNK.min(len - all.len() as u32) as usize;
         let mut keys = vec![0u32; chunk];
         let mut values = vec![V::zeroed(); chunk * cpus];
-        let mut next = 0u32;
-        let mut attr = BatchAttr {
-            in_batch: position.as_ref().map_or(0, |p| p as *const u32 as u64),
-            out_batch: &mut next as *mut u32 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: chunk as u32,
-            map_fd: map.as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        // SAFETY: attr points to a live, fully initialised bpf_attr batch member; keys and values
-        // have room for `count` entries of the map's key size and `cpus` values of `V` each, and
-        // the tokens are live u32s, for the duration of the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        let got = (attr.count as usize).min(chunk);
-        let error = (rc < 0).then(std::io::Error::last_os_error);
+        // SAFETY: an array's keys are u32s and V its value type (this function's contract),
+        // `cpus` values per key.
+        let (got, next, error) = unsafe { lookup_batch(map, position, &mut keys, &mut values) };
         // An array answers its keys in order from the position, so entry i is key i.
         for (i, key) in keys.iter().take(got).enumerate() {
             if *key as usize != all.len() {

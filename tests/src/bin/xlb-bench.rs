@@ -706,27 +706,27 @@ fn control() -> anyhow::Result<()> {
         ms(restore),
         ms(restore) / ms(save)
     );
-    println!(
-        "  xlbadm -e of one weight (median of 21)           {:>8.1} ms   {:.2}",
-        ms(edit),
-        ms(edit) / ms(save)
-    );
-    println!(
-        "  xlbadm -L -n (median of 21)                      {:>8.1} ms   {:.2}",
-        ms(list),
-        ms(list) / ms(save)
-    );
-    println!(
-        "  xlbadm -L -n --stats (median of 21)              {:>8.1} ms   {:.2}",
-        ms(stats),
-        ms(stats) / ms(save)
-    );
-    println!(
-        "  xlbd idle, CPU time per second of {:?}          {:>8.1} ms   {:.2}",
-        idle,
-        ms(idle_cpu) / idle.as_secs_f64(),
-        ms(idle_cpu) / idle.as_secs_f64() / ms(save)
-    );
+    let rows = [
+        (
+            "xlbadm -e of one weight (median of 21)           ".to_owned(),
+            edit,
+        ),
+        (
+            "xlbadm -L -n (median of 21)                      ".to_owned(),
+            list,
+        ),
+        (
+            "xlbadm -L -n --stats (median of 21)              ".to_owned(),
+            stats,
+        ),
+        (
+            format!("xlbd idle, CPU time per second of {idle:?}          "),
+            idle_cpu.div_f64(idle.as_secs_f64()),
+        ),
+    ];
+    for (label, took) in rows {
+        println!("  {label}{:>8.1} ms   {:.2}", ms(took), ms(took) / ms(save));
+    }
     Ok(())
 }
 
