@@ -7,7 +7,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::dataplane::RealId;
+/// A real-server id (`dataplane::RealId`, spelled out so that this leaf module needs nothing of
+/// the dataplane's).
+type RealId = u32;
 
 /// Real-server ids and the service id each belongs to, indexed both ways.
 #[derive(Clone, Debug, Default)]
