@@ -20,6 +20,25 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// The `bpf` system call `cmd` (a batch command) with `attr`; the kernel's error, if any.
+///
+/// # Safety
+/// Every pointer in `attr` is valid, for the duration of the call, for what the command reads or
+/// writes through it: `count` keys and values of the map's sizes, and the batch tokens.
+unsafe fn batch_call(cmd: libc::c_long, attr: &mut BatchAttr) -> Option<std::io::Error> {
+    // SAFETY: attr is a live, fully initialised bpf_attr batch member; its pointers are the
+    // caller's promise.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    (rc < 0).then(std::io::Error::last_os_error)
+}
+
 /// Writes `values[i]` at `keys[i]` for every i in one call (`V` is the map's value type).
 pub fn update<V: Copy>(map: BorrowedFd<'_>, keys: &[u32], values: &[V]) -> std::io::Result<()> {
     assert_eq!(keys.len(), values.len(), "one value per key");
@@ -30,18 +49,10 @@ pub fn update<V: Copy>(map: BorrowedFd<'_>, keys: &[u32], values: &[V]) -> std::
         map_fd: map.as_raw_fd() as u32,
         ..BatchAttr::default()
     };
-    // SAFETY: attr points to a live, fully initialised bpf_attr batch member, and keys/values
-    // stay borrowed (alive and unmoved) for the duration of the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &mut attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
+    // SAFETY: keys and values stay borrowed (alive and unmoved) for the duration of the call,
+    // one value of the map's type per key.
+    if let Some(error) = unsafe { batch_call(BPF_MAP_UPDATE_BATCH, &mut attr) } {
+        return Err(error);
     }
     if attr.count as usize != keys.len() {
         return Err(std::io::Error::other("a batch update stopped part way"));
@@ -76,18 +87,9 @@ unsafe fn lookup_batch<K: bytemuck::Pod, V: bytemuck::Pod>(
         map_fd: map.as_raw_fd() as u32,
         ..BatchAttr::default()
     };
-    // SAFETY: attr points to a live, fully initialised bpf_attr batch member; keys and values
-    // have room for `count` entries of the map's key and value sizes (the caller's promise), and
-    // the tokens are live u32s, for the duration of the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_BATCH,
-            &mut attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>(),
-        )
-    };
-    let error = (rc < 0).then(std::io::Error::last_os_error);
+    // SAFETY: keys and values have room for `count` entries of the map's key and value sizes
+    // (the caller's promise), and the tokens are live u32s, for the duration of the call.
+    let error = unsafe { batch_call(BPF_MAP_LOOKUP_BATCH, &mut attr) };
     ((attr.count as usize).min(chunk), next, error)
 }
 
