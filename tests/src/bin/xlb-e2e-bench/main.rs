@@ -17,7 +17,10 @@
 //! the floor as a multiple of direct: what is xlb's and what the veth lab's.
 //!
 //! Knobs (environment): `XLB_E2E_SECONDS` per run (5), `XLB_E2E_ROUNDS` (3),
-//! `XLB_E2E_CONNECTIONS` wrk keeps open (32), `XLB_E2E_THREADS` of wrk (1).
+//! `XLB_E2E_CONNECTIONS` wrk keeps open (32), `XLB_E2E_THREADS` of wrk (1), `XLB_E2E_TARGETS`
+//! (every target: a comma-separated list of [`Target::key`]s measures only those, and the
+//! direct connection, which every rate is a multiple of; more rounds of fewer targets in the
+//! same time, for a comparison the rounds' spread would otherwise hide).
 //!
 //! Layout: [`lab`] builds the namespaces and the real servers, [`xlb`] runs xlbd and its services,
 //! [`floor`] the fixed forwarder, [`proxies`] the user-space balancers, [`wrk`] runs the client
@@ -123,10 +126,51 @@ impl Target {
     fn is_xlb(self) -> bool {
         matches!(self, Self::Xlb(..))
     }
+
+    /// Its name in `XLB_E2E_TARGETS`.
+    fn key(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Floor => "floor",
+            Self::Xlb(Forwarding::DirectRoute, 1) => "xlb-dr-1",
+            Self::Xlb(Forwarding::Tunnel, 1) => "xlb-ipip-1",
+            Self::Xlb(Forwarding::DirectRoute, _) => "xlb-dr-3",
+            Self::Xlb(Forwarding::Tunnel, _) => "xlb-ipip-3",
+            Self::Proxy(Proxy::Haproxy) => "haproxy",
+            Self::Proxy(Proxy::Pen) => "pen",
+            Self::Proxy(Proxy::NginxStream) => "nginx-stream",
+        }
+    }
+
+    /// The targets `XLB_E2E_TARGETS` names (all of them when it is unset), with the direct
+    /// connection always among them.
+    fn selected(list: Option<&str>) -> anyhow::Result<Vec<Self>> {
+        let Some(list) = list else {
+            return Ok(Self::ALL.to_vec());
+        };
+        let mut wanted = vec![Self::Direct];
+        for key in list.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+            let Some(target) = Self::ALL.into_iter().find(|t| t.key() == key) else {
+                let keys: Vec<&str> = Self::ALL.iter().map(|t| t.key()).collect();
+                bail!(
+                    "XLB_E2E_TARGETS names \"{key}\", which is no target of this bench (they \
+                     are: {})",
+                    keys.join(", ")
+                );
+            };
+            if !wanted.contains(&target) {
+                wanted.push(target);
+            }
+        }
+        Ok(Self::ALL
+            .into_iter()
+            .filter(|t| wanted.contains(t))
+            .collect())
+    }
 }
 
-/// The targets measured one after the other: xlb's four share one start of xlbd.
-fn blocks() -> Vec<Vec<Target>> {
+/// The targets measured one after the other, of those `selected`: xlb's share one start of xlbd.
+fn blocks(selected: &[Target]) -> Vec<Vec<Target>> {
     let mut blocks = vec![vec![Target::Direct], vec![Target::Floor]];
     blocks.push(Target::ALL.into_iter().filter(|t| t.is_xlb()).collect());
     blocks.extend(
@@ -136,6 +180,15 @@ fn blocks() -> Vec<Vec<Target>> {
             .map(|t| vec![t]),
     );
     blocks
+        .into_iter()
+        .map(|block| {
+            block
+                .into_iter()
+                .filter(|t| selected.contains(t))
+                .collect::<Vec<_>>()
+        })
+        .filter(|block| !block.is_empty())
+        .collect()
 }
 
 fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
@@ -280,6 +333,9 @@ fn print_results(runs: &Runs, rounds: u64, load: Load) {
         );
         let direct = medians(&runs[0][m]).0;
         for (t, target) in Target::ALL.into_iter().enumerate() {
+            if runs[t][m].is_empty() {
+                continue;
+            }
             let (rate, p50, p99, errors) = medians(&runs[t][m]);
             let rates = runs[t][m].iter().map(|r| r.requests_per_s / 1000.0);
             let low = rates.clone().fold(f64::INFINITY, f64::min);
@@ -297,32 +353,35 @@ fn print_results(runs: &Runs, rounds: u64, load: Load) {
             );
         }
     }
-    println!("\ngoals (reported, not asserted):");
+    println!("\ngoals (reported, not asserted; a line needs the targets it compares):");
     let position = |target: Target| {
         Target::ALL
             .iter()
             .position(|&x| x == target)
             .expect("a target")
     };
+    let measured = |target: Target| runs[position(target)].iter().all(|r| !r.is_empty());
     for (m, use_) in ConnectionUse::ALL.into_iter().enumerate() {
         let (direct_rate, _, direct_p99, _) = medians(&runs[0][m]);
         let (floor_rate, _, floor_p99, _) = medians(&runs[position(Target::Floor)][m]);
         let (dr_rate, _, dr_p99, _) =
             medians(&runs[position(Target::Xlb(Forwarding::DirectRoute, 1))][m]);
-        println!(
-            "  {}, the XDP forwarder floor: {:.2}× direct, p99 {:.2}× direct's; xlb direct \
-             routing, one real server: {:.2}× the floor, p99 {:.2}× the floor's",
-            use_.label(),
-            floor_rate / direct_rate,
-            floor_p99 / direct_p99,
-            dr_rate / floor_rate,
-            dr_p99 / floor_p99
-        );
+        if measured(Target::Floor) && measured(Target::Xlb(Forwarding::DirectRoute, 1)) {
+            println!(
+                "  {}, the XDP forwarder floor: {:.2}× direct, p99 {:.2}× direct's; xlb direct \
+                 routing, one real server: {:.2}× the floor, p99 {:.2}× the floor's",
+                use_.label(),
+                floor_rate / direct_rate,
+                floor_p99 / direct_p99,
+                dr_rate / floor_rate,
+                dr_p99 / floor_p99
+            );
+        }
         for forwarding in [Forwarding::DirectRoute, Forwarding::Tunnel] {
-            let t = Target::ALL
-                .iter()
-                .position(|&x| x == Target::Xlb(forwarding, 1))
-                .expect("a target");
+            if !measured(Target::Xlb(forwarding, 1)) {
+                continue;
+            }
+            let t = position(Target::Xlb(forwarding, 1));
             let (rate, _, p99, _) = medians(&runs[t][m]);
             println!(
                 "  {}, {}, one real server: {:.2}× direct (goal ≥ 0.97), p99 {:.2}× direct's \
@@ -333,18 +392,20 @@ fn print_results(runs: &Runs, rounds: u64, load: Load) {
                 p99 / direct_p99
             );
         }
-        let (best_rate, best) = Target::ALL
+        let Some((best_rate, best)) = Target::ALL
             .into_iter()
             .enumerate()
-            .filter(|(_, t)| matches!(t, Target::Proxy(_)))
+            .filter(|(t, target)| matches!(target, Target::Proxy(_)) && !runs[*t][m].is_empty())
             .map(|(t, target)| (medians(&runs[t][m]).0, target.name()))
             .max_by(|a, b| a.0.total_cmp(&b.0))
-            .expect("a proxy");
+        else {
+            continue;
+        };
         for forwarding in [Forwarding::DirectRoute, Forwarding::Tunnel] {
-            let t = Target::ALL
-                .iter()
-                .position(|&x| x == Target::Xlb(forwarding, REALS))
-                .expect("a target");
+            if !measured(Target::Xlb(forwarding, REALS)) {
+                continue;
+            }
+            let t = position(Target::Xlb(forwarding, REALS));
             println!(
                 "  {}, {}, three real servers: {:.2}× the best proxy ({best}) (goal ≥ 1.2)",
                 use_.label(),
@@ -361,23 +422,26 @@ fn main() -> anyhow::Result<()> {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
     }
-    require_binaries()?;
-    install_packages()?;
+    // The knobs first: a mistyped one is told before anything is installed or built.
     let load = Load {
         duration: Duration::from_secs(env_number("XLB_E2E_SECONDS", 5)?),
         connections: env_number("XLB_E2E_CONNECTIONS", 32)?.try_into()?,
         threads: env_number("XLB_E2E_THREADS", 1)?.try_into()?,
     };
     let rounds = env_number("XLB_E2E_ROUNDS", 3)?;
+    let selected = Target::selected(std::env::var("XLB_E2E_TARGETS").ok().as_deref())?;
+    require_binaries()?;
+    install_packages()?;
     println!("e2e: building the lab (client, balancer, {REALS} nginx real servers)");
     let lab = Lab::new()?;
     let _proxies = Proxies(
         Proxy::ALL
             .into_iter()
+            .filter(|p| selected.contains(&Target::Proxy(*p)))
             .map(|p| p.start(&lab.balancer, &lab.dir))
             .collect::<anyhow::Result<_>>()?,
     );
-    let blocks = blocks();
+    let blocks = blocks(&selected);
     println!("e2e: warm-up round (1 s runs, not counted)");
     let warm_up = Load {
         duration: Duration::from_secs(1),
@@ -396,4 +460,66 @@ fn main() -> anyhow::Result<()> {
     }
     print_results(&runs, rounds, load);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_target_is_measured_unless_some_are_named() {
+        assert_eq!(Target::selected(None).unwrap(), Target::ALL.to_vec());
+        let keys: Vec<&str> = Target::ALL.iter().map(|t| t.key()).collect();
+        let mut unique = keys.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            keys.len(),
+            "two targets share a key: {keys:?}"
+        );
+    }
+
+    #[test]
+    fn named_targets_are_measured_with_the_direct_connection_in_their_blocks() {
+        let selected = Target::selected(Some("xlb-ipip-1, floor,xlb-dr-1,floor")).unwrap();
+        assert_eq!(
+            selected,
+            vec![
+                Target::Direct,
+                Target::Floor,
+                Target::Xlb(Forwarding::DirectRoute, 1),
+                Target::Xlb(Forwarding::Tunnel, 1),
+            ]
+        );
+        assert_eq!(
+            blocks(&selected),
+            vec![
+                vec![Target::Direct],
+                vec![Target::Floor],
+                vec![
+                    Target::Xlb(Forwarding::DirectRoute, 1),
+                    Target::Xlb(Forwarding::Tunnel, 1)
+                ],
+            ]
+        );
+        let proxies = Target::selected(Some("pen")).unwrap();
+        assert_eq!(proxies, vec![Target::Direct, Target::Proxy(Proxy::Pen)]);
+        assert_eq!(
+            blocks(&proxies),
+            vec![vec![Target::Direct], vec![Target::Proxy(Proxy::Pen)]]
+        );
+        assert_eq!(blocks(&Target::ALL).concat(), Target::ALL.to_vec());
+    }
+
+    #[test]
+    fn an_unknown_target_is_refused_with_the_names_there_are() {
+        let err = Target::selected(Some("floor,xlb")).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "XLB_E2E_TARGETS names \"xlb\", which is no target of this bench (they are: \
+             direct, floor, xlb-dr-1, xlb-ipip-1, xlb-dr-3, xlb-ipip-3, haproxy, pen, \
+             nginx-stream)"
+        );
+    }
 }
