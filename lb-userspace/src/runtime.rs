@@ -1080,14 +1080,26 @@ impl<D: DataPath> Runtime<D> {
         };
         let tmp = path.with_extension("tmp");
         let write = || -> std::io::Result<()> {
-            if let Some(dir) = path.parent() {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            if let Some(dir) = dir {
                 std::fs::create_dir_all(dir)?;
             }
-            let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-            serde_json::to_writer(&mut file, &saved).map_err(std::io::Error::other)?;
-            std::io::Write::flush(&mut file)?;
+            // Made whole in memory and written by one call (through an 8 KiB buffer, 628 KB at
+            // 512 services × 8 servers took 77 writes), then synced before it replaces the old
+            // file, and the rename synced in its directory: after a crash or a power cut the
+            // file is the old state or the new one, never a truncated one, which xlbd would
+            // not read (it would start from the configuration file alone).
+            let text = serde_json::to_vec(&saved).map_err(std::io::Error::other)?;
+            let mut file = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut file, &text)?;
+            file.sync_all()?;
             drop(file);
-            std::fs::rename(&tmp, path)
+            std::fs::rename(&tmp, path)?;
+            // A file system that cannot sync a directory (EINVAL) still has the file whole.
+            match std::fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all() {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+                other => other,
+            }
         };
         write().map_err(|source| RuntimeError::Save {
             path: path.clone(),
@@ -3081,6 +3093,27 @@ mod tests {
                 !crate::ipvsadm::save::save(adopted.desired()).contains("--set"),
                 "ipvsadm -S does not save the timeouts"
             );
+        }
+
+        #[test]
+        fn each_change_replaces_the_state_file_whole_and_leaves_nothing_beside_it() {
+            let file = StateFile::new("replace");
+            let mut rt = Runtime::new(FakeDataPath::default(), Some(file.0.clone()));
+            let big = state(TWO_SERVICES);
+            rt.change_to(big.clone()).expect("applied");
+            assert_eq!(Saved::read(&file.0).expect("the state file").desired, big);
+            // A smaller state after a bigger one: the file holds it alone.
+            let small = state("-A -t 10.0.0.1:80\n");
+            rt.change_to(small.clone()).expect("applied");
+            let text = std::fs::read_to_string(&file.0).expect("read");
+            let saved: Saved = serde_json::from_str(&text).expect("one JSON document, whole");
+            assert_eq!(saved.desired, small);
+            let dir = file.0.parent().expect("a directory");
+            let names: Vec<String> = std::fs::read_dir(dir)
+                .expect("list")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(names, ["state.json"], "no temporary file left");
         }
 
         #[test]
