@@ -57,6 +57,13 @@ pub enum Request {
     State,
     /// The listing with counters (for `-L`).
     List,
+    /// The listing of one service (for `-L -t|-u|-f ADDR`): a listing with that service alone,
+    /// or with none when there is no such service. An xlbd older than this request answers it
+    /// with "malformed request: unknown variant": xlbadm then asks for [`Request::List`].
+    ListService {
+        /// The service.
+        service: ServiceAddr,
+    },
     /// The connection table (for `-L -c`).
     Connections,
     /// Zero the counters of one service or of all (`-Z`).
@@ -108,7 +115,18 @@ pub enum Response {
     },
 }
 
+/// How the daemon's answer to a request it cannot read begins.
+const MALFORMED: &str = "malformed request: ";
+
 impl Response {
+    /// Whether this is an xlbd's refusal of a request it does not know: one newer than that
+    /// xlbd (an upgrade installed, the old daemon still running), which the caller may ask
+    /// again in an older form.
+    pub fn is_unknown_request(&self) -> bool {
+        matches!(self, Response::Error { message, .. }
+            if message.strip_prefix(MALFORMED).is_some_and(|e| e.starts_with("unknown variant")))
+    }
+
     fn error(message: impl std::fmt::Display) -> Self {
         Self::Error {
             message: message.to_string(),
@@ -168,6 +186,10 @@ pub fn handle<D: DataPath>(shared: &mut Shared<D>, request: Request) -> Response
         Request::Reload => reload(runtime, &shared.config),
         Request::State => Response::State(runtime.desired().clone()),
         Request::List => match runtime.listing(&shared.rates) {
+            Ok(listing) => Response::Listing(listing),
+            Err(e) => Response::refused(&e),
+        },
+        Request::ListService { service } => match runtime.listing_of(&shared.rates, &service) {
             Ok(listing) => Response::Listing(listing),
             Err(e) => Response::refused(&e),
         },
@@ -362,7 +384,7 @@ async fn connection<D: DataPath>(
                     }
                     response
                 }
-                Err(e) => Response::error(format!("malformed request: {e}")),
+                Err(e) => Response::error(format!("{MALFORMED}{e}")),
             }
         };
         let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
@@ -438,6 +460,40 @@ pub enum CallError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_request_this_xlbd_does_not_know_is_told_apart_from_other_errors() {
+        // What an xlbd without `list_service` answers it (it reads requests into its own enum).
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(rename_all = "snake_case")]
+        enum OlderRequest {
+            List,
+            State,
+        }
+        let sent = serde_json::to_string(&super::Request::ListService {
+            service: crate::state::ServiceAddr {
+                protocol: crate::state::Protocol::Tcp,
+                addr: [10, 0, 0, 1].into(),
+                port: 80,
+            },
+        })
+        .expect("serialized");
+        let refusal = serde_json::from_str::<OlderRequest>(&sent).expect_err("unknown to it");
+        let answer = super::Response::error(format!("{}{refusal}", super::MALFORMED));
+        assert!(answer.is_unknown_request(), "{answer:?}");
+        for other in [
+            super::Response::error("No such service"),
+            super::Response::error(format!("{}expected value at line 1", super::MALFORMED)),
+            super::Response::Ok,
+        ] {
+            assert!(!other.is_unknown_request(), "{other:?}");
+        }
+        // And this xlbd reads it.
+        assert!(matches!(
+            serde_json::from_str::<super::Request>(&sent),
+            Ok(super::Request::ListService { .. })
+        ));
+    }
+
     use std::path::Path;
 
     use super::*;

@@ -1129,6 +1129,17 @@ impl<D: DataPath> Runtime<D> {
         self.listing_with(rates, &self.connection_counts()?)
     }
 
+    /// The listing of one service (`-L -t ADDR`), as [`Self::listing`] lists it, without the
+    /// others: their counters are not read, nor their health gathered, nor sent. Empty when
+    /// there is no such service.
+    pub fn listing_of(
+        &self,
+        rates: &RateEstimator,
+        service: &ServiceAddr,
+    ) -> Result<Listing, DataplaneError> {
+        self.listing_filtered(rates, &self.connection_counts()?, Some(service))
+    }
+
     /// [`Self::listing`] with connection counts taken earlier ([`Self::connection_counts`]):
     /// what the metrics serve, so that a scrape reads the counters but not the whole
     /// connection table.
@@ -1137,12 +1148,29 @@ impl<D: DataPath> Runtime<D> {
         rates: &RateEstimator,
         conns: &ConnectionCounts,
     ) -> Result<Listing, DataplaneError> {
+        self.listing_filtered(rates, conns, None)
+    }
+
+    /// The listing of every service, or of `only`.
+    fn listing_filtered(
+        &self,
+        rates: &RateEstimator,
+        conns: &ConnectionCounts,
+        only: Option<&ServiceAddr>,
+    ) -> Result<Listing, DataplaneError> {
         let mut listing = Listing::from_state(&self.desired);
+        if let Some(only) = only {
+            listing.services.retain(|s| s.addr == *only);
+            if listing.services.is_empty() {
+                return Ok(listing);
+            }
+        }
         let persistent = self.persistent_counts()?;
         let health: BTreeMap<(ServiceAddr, SocketAddr), RealHealth> = self
             .health
             .iter()
             .flat_map(|engine| engine.snapshot())
+            .filter(|status| only.is_none_or(|only| status.service == *only))
             .map(|status| {
                 (
                     (status.service, status.real),
@@ -1157,7 +1185,10 @@ impl<D: DataPath> Runtime<D> {
             })
             .collect();
         let applied_services = self.applied.services_by_addr();
-        let counters = self.dp.all_counters()?;
+        let counters = match only {
+            None => self.dp.all_counters()?,
+            Some(service) => self.counters_of(service)?,
+        };
         for svc in &mut listing.services {
             if let Some(entry) = self.dp.service(&service_key(&svc.addr)) {
                 svc.stats = stats(counters.service(entry.id));
@@ -1211,6 +1242,29 @@ impl<D: DataPath> Runtime<D> {
             }
         }
         Ok(listing)
+    }
+
+    /// The counters of `service` and of its real servers in the data path, read one by one (for
+    /// a few ids cheaper than every id at once), in [`AllCounters`]' form.
+    fn counters_of(&self, service: &ServiceAddr) -> Result<AllCounters, DataplaneError> {
+        let mut counters = AllCounters::default();
+        if let Some(entry) = self.dp.service(&service_key(service)) {
+            let id = entry.id as usize;
+            counters
+                .services
+                .resize(id + 1, lb_common::Counters::default());
+            counters.services[id] = self.dp.service_counters(entry.id)?;
+        }
+        for id in self.installed_ids(service) {
+            let index = id as usize;
+            if counters.reals.len() <= index {
+                counters
+                    .reals
+                    .resize(index + 1, lb_common::Counters::default());
+            }
+            counters.reals[index] = self.dp.real_counters(id)?;
+        }
+        Ok(counters)
     }
 
     /// A listed real server's counters, rates and connections, when it is in the data path.
@@ -2533,6 +2587,92 @@ mod tests {
                 ]
             );
             assert_eq!(packets(&rt), [(0, vec![0, 0]), (50, vec![50])]);
+        }
+
+        #[test]
+        fn one_services_listing_is_its_entry_in_the_whole_listing() {
+            let mut rt = Runtime::new(FakeDataPath::default(), None);
+            rt.change_to(state(
+                "-A -t 10.0.0.1:80 -s rr\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.11:80 -g -w 1\n\
+                 -a -t 10.0.0.1:80 -r 10.0.0.12:80 -g -w 2\n\
+                 -A -t 10.0.0.2:80 -p 300\n\
+                 -a -t 10.0.0.2:80 -r 10.0.0.21:80 -g -w 1\n\
+                 -A -u 10.0.0.1:53\n\
+                 -a -u 10.0.0.1:53 -r 10.0.0.11:53 -g -w 1\n",
+            ))
+            .expect("applied");
+            for id in 0..3 {
+                rt.dataplane().count_service(
+                    id,
+                    lb_common::Counters {
+                        packets: 10 + u64::from(id),
+                        bytes: 1000,
+                        conns: 1,
+                    },
+                );
+            }
+            for id in 1..5 {
+                rt.dataplane().count_real(
+                    id,
+                    lb_common::Counters {
+                        packets: 100 * u64::from(id),
+                        bytes: 7 * u64::from(id),
+                        conns: u64::from(id),
+                    },
+                );
+            }
+            let now = monotonic_ns();
+            for (sport, real, flags) in [
+                (1000, 1, 0),
+                (1001, 2, lb_common::conntrack::CONN_F_CLOSING),
+                (1002, 3, 0),
+            ] {
+                let conn = lb_common::Connection {
+                    real,
+                    last_seen_ns: now,
+                    flags,
+                    ..Default::default()
+                };
+                rt.dataplane().track(client_flow(sport), conn);
+            }
+            let rates = RateEstimator::default();
+            let all = rt.listing(&rates).expect("listing");
+            assert_eq!(all.services.len(), 3);
+            for service in &all.services {
+                let one = rt.listing_of(&rates, &service.addr).expect("listing");
+                assert_eq!(
+                    one.services,
+                    std::slice::from_ref(service),
+                    "{}",
+                    service.addr
+                );
+            }
+            // Per service: its packets, and per server its packets, active and inactive.
+            type Listed = Vec<(u64, Vec<(u64, u32, u32)>)>;
+            let listed: Listed = all
+                .services
+                .iter()
+                .map(|s| {
+                    let reals = s.reals.iter();
+                    let reals = reals.map(|r| (r.stats.in_pkts, r.active_conns, r.inactive_conns));
+                    (s.stats.in_pkts, reals.collect())
+                })
+                .collect();
+            assert_eq!(
+                listed,
+                [
+                    (10, vec![(100, 1, 0), (200, 0, 1)]),
+                    (11, vec![(300, 1, 0)]),
+                    (12, vec![(400, 0, 0)]),
+                ],
+                "the entries compared are not empty ones"
+            );
+            let none = rt.listing_of(&rates, &tcp("10.0.0.3:80")).expect("listing");
+            assert!(
+                none.services.is_empty(),
+                "no such service: an empty listing"
+            );
         }
 
         #[test]

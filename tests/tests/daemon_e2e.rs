@@ -61,6 +61,20 @@ fn xlbadm_configures_xlbd_which_survives_a_restart_without_losing_a_request() {
     let listing = daemon.adm_ok(&["-L", "-n"]);
     assert!(listing.contains(&format!("TCP  {vip} mh")), "{listing}");
     assert_eq!(listing.matches("Route").count(), 2, "{listing}");
+    // One service listed by itself (xlbd sends that service alone): the same lines, without
+    // the version line, as ipvsadm prints one service.
+    let (version, lines) = listing.split_once('\n').expect("a listing");
+    assert!(
+        version.starts_with("IP Virtual Server version"),
+        "{listing}"
+    );
+    assert_eq!(daemon.adm_ok(&["-L", "-n", "-t", &vip]), lines);
+    let none = daemon.adm(&["-L", "-n", "-t", &format!("{VIP}:81")]);
+    assert!(!none.status.success());
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("No such service"),
+        "{none:?}"
+    );
 
     // Count what the client sends to the VIP with an nftables counter.
     lab.client.sh(&format!(

@@ -46,6 +46,8 @@ fn main() -> ExitCode {
                 Request::State
             } else if options.connections {
                 Request::Connections
+            } else if let Some(service) = options.service {
+                Request::ListService { service }
             } else {
                 Request::List
             };
@@ -72,7 +74,15 @@ fn main() -> ExitCode {
             }
         }
     };
-    let response = match control::call(&socket, &request) {
+    let response = match control::call(&socket, &request).and_then(|response| {
+        // An xlbd older than the request for one service's listing: the whole listing, which
+        // the formatting filters, as it did before.
+        if matches!(request, Request::ListService { .. }) && response.is_unknown_request() {
+            control::call(&socket, &Request::List)
+        } else {
+            Ok(response)
+        }
+    }) {
         Ok(r) => r,
         Err(e @ CallError::NotRunning { .. }) => {
             eprintln!("{e}");

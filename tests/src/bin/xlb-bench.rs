@@ -689,6 +689,7 @@ fn control() -> anyhow::Result<()> {
     let save = median_of(21, |_| timed(&["-S", "-n"]));
     let list = median_of(21, |_| timed(&["-L", "-n"]));
     let stats = median_of(21, |_| timed(&["-L", "-n", "--stats"]));
+    let one = median_of(21, |_| timed(&["-L", "-n", "-t", &vip]));
     // What the idle daemon spends holding the balancer: each second it samples every counter
     // for the rates and the metrics, and sweeps the tables.
     let idle = Duration::from_secs(10);
@@ -718,6 +719,10 @@ fn control() -> anyhow::Result<()> {
         (
             "xlbadm -L -n --stats (median of 21)              ".to_owned(),
             stats,
+        ),
+        (
+            "xlbadm -L -n -t VIP, one service (median of 21)  ".to_owned(),
+            one,
         ),
         (
             format!("xlbd idle, CPU time per second of {idle:?}          "),
