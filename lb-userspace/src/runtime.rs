@@ -2386,15 +2386,10 @@ mod tests {
             let embryonic = lb_common::conntrack::CONN_F_EMBRYONIC;
             // Port 1000: a handshake given to rs1; 1001: rs1's established flow; 1002: a
             // handshake given to rs2.
-            for (sport, real, flags) in [(1000, 1, embryonic), (1001, 1, 0), (1002, 2, embryonic)] {
-                let conn = lb_common::Connection {
-                    real,
-                    last_seen_ns: monotonic_ns(),
-                    flags,
-                    ..Default::default()
-                };
-                rt.dataplane().track(client_flow(sport), conn);
-            }
+            track(
+                &mut rt,
+                &[(1000, 1, embryonic), (1001, 1, 0), (1002, 2, embryonic)],
+            );
             let ports = |rt: &Runtime<FakeDataPath>| -> Vec<u16> {
                 let mut ports: Vec<u16> = rt
                     .datapath()
@@ -2622,20 +2617,8 @@ mod tests {
                     },
                 );
             }
-            let now = monotonic_ns();
-            for (sport, real, flags) in [
-                (1000, 1, 0),
-                (1001, 2, lb_common::conntrack::CONN_F_CLOSING),
-                (1002, 3, 0),
-            ] {
-                let conn = lb_common::Connection {
-                    real,
-                    last_seen_ns: now,
-                    flags,
-                    ..Default::default()
-                };
-                rt.dataplane().track(client_flow(sport), conn);
-            }
+            let closing = lb_common::conntrack::CONN_F_CLOSING;
+            track(&mut rt, &[(1000, 1, 0), (1001, 2, closing), (1002, 3, 0)]);
             let rates = RateEstimator::default();
             let all = rt.listing(&rates).expect("listing");
             assert_eq!(all.services.len(), 3);
@@ -2689,22 +2672,7 @@ mod tests {
             let svc = &rt.datapath().contents().services[0].1;
             assert_eq!(svc.flags, lb_common::service::SERVICE_F_WEIGHTED);
             assert_eq!(svc.shares().get(&1), Some(&32_769), "every server in turn");
-            let now = monotonic_ns();
-            for (sport, real, flags) in [
-                (1000, 1, 0),
-                (1001, 1, 0),
-                (1002, 1, lb_common::conntrack::CONN_F_CLOSING),
-                (1003, 2, 0),
-            ] {
-                let flow = client_flow(sport);
-                let conn = lb_common::Connection {
-                    real,
-                    last_seen_ns: now,
-                    flags,
-                    ..Default::default()
-                };
-                rt.dataplane().track(flow, conn);
-            }
+            track(&mut rt, &TWO_ACTIVE_ONE_CLOSING_AND_ONE);
             rt.refresh_ramps().expect("refreshed");
             // Active only: the closing one does not count.
             assert_eq!(rt.datapath().active_connections(1), Some(2));
@@ -2734,15 +2702,7 @@ mod tests {
                 "heaviest first, the quiesced one out"
             );
             assert_eq!(rt.datapath().real_weight(2), Some(2));
-            let now = monotonic_ns();
-            for sport in 1000..1003 {
-                let conn = lb_common::Connection {
-                    real: 2,
-                    last_seen_ns: now,
-                    ..Default::default()
-                };
-                rt.dataplane().track(client_flow(sport), conn);
-            }
+            track(&mut rt, &[(1000, 2, 0), (1001, 2, 0), (1002, 2, 0)]);
             rt.refresh_ramps().expect("refreshed");
             // 3 active connections of weight 2: full; rs11's 0 of 1 is not.
             assert!(rt.datapath().real_limits(2).is_full());
@@ -2820,21 +2780,7 @@ mod tests {
                 rt.datapath().real_limits(2),
                 lb_common::RealLimits::default()
             );
-            let now = monotonic_ns();
-            for (sport, real, flags) in [
-                (1000, 1, 0),
-                (1001, 1, 0),
-                (1002, 1, lb_common::conntrack::CONN_F_CLOSING),
-                (1003, 2, 0),
-            ] {
-                let conn = lb_common::Connection {
-                    real,
-                    last_seen_ns: now,
-                    flags,
-                    ..Default::default()
-                };
-                rt.dataplane().track(client_flow(sport), conn);
-            }
+            track(&mut rt, &TWO_ACTIVE_ONE_CLOSING_AND_ONE);
             rt.refresh_ramps().expect("refreshed");
             // Active and inactive (IPVS's totalconns): 3 of -x 3, overloaded.
             let limits = rt.datapath().real_limits(1);
@@ -3050,6 +2996,30 @@ mod tests {
         }
 
         /// A TCP flow from 192.0.2.1:`sport` to the service 10.0.0.1:80, as the data path keys it.
+        /// Three connections to real server 1, the last closing (two active, one inactive), and
+        /// one to real server 2: (client port, real server, flags).
+        const TWO_ACTIVE_ONE_CLOSING_AND_ONE: [(u16, RealId, u32); 4] = [
+            (1000, 1, 0),
+            (1001, 1, 0),
+            (1002, 1, lb_common::conntrack::CONN_F_CLOSING),
+            (1003, 2, 0),
+        ];
+
+        /// Connections of `client_flow(sport)` to `real` with `flags`, seen now, in the fake's
+        /// connection table.
+        fn track(rt: &mut Runtime<FakeDataPath>, flows: &[(u16, RealId, u32)]) {
+            let now = monotonic_ns();
+            for &(sport, real, flags) in flows {
+                let conn = lb_common::Connection {
+                    real,
+                    last_seen_ns: now,
+                    flags,
+                    ..Default::default()
+                };
+                rt.dataplane().track(client_flow(sport), conn);
+            }
+        }
+
         fn client_flow(sport: u16) -> lb_common::FlowKey {
             lb_common::FlowKey {
                 src: [
