@@ -460,6 +460,10 @@ pub enum CallError {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use super::*;
+
     #[test]
     fn a_request_this_xlbd_does_not_know_is_told_apart_from_other_errors() {
         // What an xlbd without `list_service` answers it (it reads requests into its own enum).
@@ -493,10 +497,6 @@ mod tests {
             Ok(super::Request::ListService { .. })
         ));
     }
-
-    use std::path::Path;
-
-    use super::*;
 
     fn state(text: &str) -> DesiredState {
         crate::config::parse(Path::new("xlb.toml"), text).unwrap_or_else(|e| panic!("{e}"))
