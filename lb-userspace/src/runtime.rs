@@ -1130,8 +1130,8 @@ impl<D: DataPath> Runtime<D> {
     }
 
     /// The listing of one service (`-L -t ADDR`), as [`Self::listing`] lists it, without the
-    /// others: their counters are not read, nor their health gathered, nor sent. Empty when
-    /// there is no such service.
+    /// others: their counters are not read nor listed, nor sent. Empty when there is no such
+    /// service.
     pub fn listing_of(
         &self,
         rates: &RateEstimator,
@@ -1247,22 +1247,24 @@ impl<D: DataPath> Runtime<D> {
     /// The counters of `service` and of its real servers in the data path, read one by one (for
     /// a few ids cheaper than every id at once), in [`AllCounters`]' form.
     fn counters_of(&self, service: &ServiceAddr) -> Result<AllCounters, DataplaneError> {
+        /// `value` at `index` of `by_id`, which grows to hold it.
+        fn put(by_id: &mut Vec<lb_common::Counters>, index: u32, value: lb_common::Counters) {
+            let index = index as usize;
+            if by_id.len() <= index {
+                by_id.resize(index + 1, lb_common::Counters::default());
+            }
+            by_id[index] = value;
+        }
         let mut counters = AllCounters::default();
         if let Some(entry) = self.dp.service(&service_key(service)) {
-            let id = entry.id as usize;
-            counters
-                .services
-                .resize(id + 1, lb_common::Counters::default());
-            counters.services[id] = self.dp.service_counters(entry.id)?;
+            put(
+                &mut counters.services,
+                entry.id,
+                self.dp.service_counters(entry.id)?,
+            );
         }
         for id in self.installed_ids(service) {
-            let index = id as usize;
-            if counters.reals.len() <= index {
-                counters
-                    .reals
-                    .resize(index + 1, lb_common::Counters::default());
-            }
-            counters.reals[index] = self.dp.real_counters(id)?;
+            put(&mut counters.reals, id, self.dp.real_counters(id)?);
         }
         Ok(counters)
     }
