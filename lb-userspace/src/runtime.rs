@@ -2964,11 +2964,17 @@ mod tests {
             let template = listed.iter().find(|c| c.state == "NONE").expect("listed");
             assert_eq!(template.expire_secs, 3, "{listed:?}");
             // The connection ends (idle past the 900 s of TCP): the client keeps its server for
-            // 3 s from then.
+            // 3 s from then. Swept at a time of the test's (`at`, 901 s after the connection's
+            // last packet), which a machine up for less than 901 s has not reached.
+            let at = now + 901 * SECOND;
+            let sweep_at = |rt: &mut Runtime<FakeDataPath>, at: u64| {
+                let inputs = rt.sweep_inputs();
+                sweep_tables(&mut Through(rt.dataplane()), &inputs, at).expect("swept");
+            };
             rt.dataplane().track(
                 flow,
                 lb_common::Connection {
-                    last_seen_ns: now - 901 * SECOND,
+                    last_seen_ns: now,
                     ..conn
                 },
             );
@@ -2977,23 +2983,23 @@ mod tests {
                 lb_common::Persistent {
                     real: 1,
                     service_epoch: 0,
-                    last_seen_ns: now - SECOND,
+                    last_seen_ns: at - SECOND,
                 },
             );
-            rt.sweep();
+            sweep_at(&mut rt, at);
             assert!(rt.datapath().connections().expect("connections").is_empty());
             let ended = last_seen(&rt).expect("kept");
-            assert!(ended >= now, "its timeout starts when the connection ends");
+            assert!(ended >= at, "its timeout starts when the connection ends");
             // 3 s later, no connection: it lapses.
             rt.dataplane().remember_client(
                 client_key,
                 lb_common::Persistent {
                     real: 1,
                     service_epoch: 0,
-                    last_seen_ns: now - 3 * SECOND,
+                    last_seen_ns: at - 3 * SECOND,
                 },
             );
-            rt.sweep();
+            sweep_at(&mut rt, at);
             assert_eq!(last_seen(&rt), None, "lapsed and removed");
         }
 
