@@ -333,6 +333,7 @@ fn demo(down: bool) -> Result<()> {
     if !down {
         setup::toolchain()?;
         setup::require_btf()?;
+        setup::bpffs()?;
         setup::packages()?;
         cargo(&["build", "--bins"], false)?;
     }
@@ -358,6 +359,7 @@ fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
              (use --unit-only for the unit tests alone)",
         )?;
         setup::require_btf()?;
+        setup::bpffs()?;
         setup::packages()?;
     }
     let mut args = vec!["test", "--workspace", "--no-fail-fast"];

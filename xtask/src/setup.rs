@@ -63,6 +63,23 @@ pub fn require_btf() -> Result<()> {
     Ok(())
 }
 
+/// Mounts the BPF file system on /sys/fs/bpf when nothing is mounted there (a fresh container
+/// or VM whose init does not): xlbd pins there by default, and so do the data-path tests.
+pub fn bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    if mounts
+        .lines()
+        .any(|line| line.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
+    {
+        return Ok(());
+    }
+    println!("xtask: mounting the BPF file system on /sys/fs/bpf");
+    run(
+        Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]),
+        "mounting the BPF file system on /sys/fs/bpf",
+    )
+}
+
 fn cargo_home() -> Result<PathBuf> {
     if let Some(home) = std::env::var_os("CARGO_HOME") {
         return Ok(PathBuf::from(home));
