@@ -14,6 +14,8 @@ use std::{
 
 use std::time::Instant;
 
+mod save_cache;
+
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -282,6 +284,8 @@ pub struct Runtime<D = Dataplane> {
     changed: BTreeMap<ServiceAddr, u64>,
     /// The services this runtime settled (`SERVICE_F_SETTLED`) and has not changed since.
     settled: BTreeSet<ServiceAddr>,
+    /// The pieces of the last state file, for the next one.
+    save_cache: save_cache::SaveCache,
 }
 
 impl Runtime {
@@ -309,6 +313,7 @@ impl<D: DataPath> Runtime<D> {
             next_hops: None,
             changed: BTreeMap::new(),
             settled: BTreeSet::new(),
+            save_cache: Default::default(),
         }
     }
 
@@ -351,6 +356,7 @@ impl<D: DataPath> Runtime<D> {
             // The xlbd before may have changed them a moment ago.
             changed: BTreeMap::new(),
             settled: BTreeSet::new(),
+            save_cache: Default::default(),
         };
         let now = monotonic_ns();
         for svc in &runtime.applied.services {
@@ -1165,31 +1171,22 @@ impl<D: DataPath> Runtime<D> {
         })
     }
 
-    fn save(&self) -> Result<(), RuntimeError> {
+    fn save(&mut self) -> Result<(), RuntimeError> {
         let Some(path) = &self.state_file else {
             return Ok(());
         };
-        // Borrowed, not cloned, and compact: with thousands of real servers the file is written
-        // after every change, and its size is most of a change's time. `applied` is left out
-        // when it is the desired state (a reader takes the desired state then).
-        #[derive(Serialize)]
-        struct SavedRef<'a> {
-            desired: &'a DesiredState,
-            applied: Option<&'a DesiredState>,
-            installed: &'a Installed,
-            #[serde(skip_serializing_if = "BTreeSet::is_empty")]
-            unsure: &'a BTreeSet<ServiceAddr>,
-            commands_without_shell: bool,
-        }
-        let saved = SavedRef {
-            desired: &self.desired,
-            applied: (self.applied != self.desired).then_some(&self.applied),
-            installed: &self.installed,
-            unsure: &self.unsure,
-            commands_without_shell: true,
-        };
+        // Compact, and made from the pieces of the last file where services did not change
+        // (save_cache.rs): with thousands of real servers the file is written after every
+        // change. `applied` is left out when it is the desired state (a reader takes the
+        // desired state then).
+        let applied = (self.applied != self.desired).then_some(&self.applied);
+        let text = self
+            .save_cache
+            .json(&self.desired, applied, &self.installed, &self.unsure)
+            .map_err(std::io::Error::other);
         let tmp = path.with_extension("tmp");
         let write = || -> std::io::Result<()> {
+            let text = text?;
             let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
             if let Some(dir) = dir {
                 std::fs::create_dir_all(dir)?;
@@ -1199,7 +1196,6 @@ impl<D: DataPath> Runtime<D> {
             // file, and the rename synced in its directory: after a crash or a power cut the
             // file is the old state or the new one, never a truncated one, which xlbd would
             // not read (it would start from the configuration file alone).
-            let text = serde_json::to_vec(&saved).map_err(std::io::Error::other)?;
             let mut file = std::fs::File::create(&tmp)?;
             std::io::Write::write_all(&mut file, &text)?;
             file.sync_all()?;
