@@ -133,9 +133,9 @@ fn refresh<'a, T: Clone + PartialEq + 'a>(
     items: impl Iterator<Item = (ServiceAddr, &'a T)>,
     serialize: impl Fn(&ServiceAddr, &T) -> serde_json::Result<Box<RawValue>>,
 ) -> serde_json::Result<()> {
-    let mut seen = BTreeSet::new();
+    let mut seen = Vec::new();
     for (addr, value) in items {
-        seen.insert(addr);
+        seen.push(addr);
         if pieces.get(&addr).is_some_and(|piece| piece.value == *value) {
             continue;
         }
@@ -148,7 +148,9 @@ fn refresh<'a, T: Clone + PartialEq + 'a>(
             },
         );
     }
+    // Every service seen has its piece: more pieces means some services are gone.
     if seen.len() != pieces.len() {
+        let seen: BTreeSet<ServiceAddr> = seen.into_iter().collect();
         pieces.retain(|addr, _| seen.contains(addr));
     }
     Ok(())
