@@ -463,7 +463,6 @@ mod tests {
             stats: Stats::default(),
             rates: Rates::default(),
             reals,
-            settled: false,
         }
     }
 

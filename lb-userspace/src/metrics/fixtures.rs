@@ -88,7 +88,6 @@ pub fn listing() -> Listing {
                     }),
                 ),
             ],
-            settled: true,
         }],
     }
 }
