@@ -121,6 +121,48 @@ pub const SERVICE_F_IDLE_FIRST: u32 = 1 << 5;
 /// protocol.
 pub const SERVICE_F_OVERFLOW: u32 = 1 << 6;
 
+/// A SYN that the connection table does not know skips the embryonic table
+/// ([`crate::maps::EMBRYONIC`]) and is scheduled at once: the service's choice depends on the
+/// flow and its table alone (`mh`, `sh` or `dh`, not persistent, no server with an upper
+/// threshold), and userspace found every embryonic flow of the service on the server the table
+/// gives it now, so a retransmitted SYN reaches the server its first one did either way. Set by
+/// userspace's sweep ([`settled`]) once the last change of the service's table is a second old;
+/// every write of the service's table or scheduling clears it in the same update, so that a SYN
+/// looks its flow up in the embryonic table whenever its first SYN may have gone elsewhere.
+/// Saves a new flow's SYN one hash lookup that misses (40-50 ns).
+pub const SERVICE_F_SETTLED: u32 = 1 << 7;
+
+/// Whether a service's choice of a server depends on the flow and the service's table alone,
+/// so that it can be [`SERVICE_F_SETTLED`]: `mh`, `sh` (with or without `sh-port`) or `dh`, not
+/// persistent; thresholds are the caller's to rule out (an overloaded server is passed by).
+pub const fn choice_is_the_tables(scheduler: u8, flags: u32) -> bool {
+    matches!(
+        scheduler,
+        SCHED_MAGLEV | SCHED_SOURCE_HASH | SCHED_DEST_HASH
+    ) && flags & SERVICE_F_PERSISTENT == 0
+}
+
+/// The slot of a service's table that the scheduler gives `flow` before any overloaded server
+/// is passed by (the data path's choice, `lb-ebpf`'s schedule.rs), for a service whose choice is
+/// the table's ([`choice_is_the_tables`]); the data path's hash schedulers use it too.
+#[inline(always)]
+pub const fn table_slot(scheduler: u8, flags: u32, flow: &crate::FlowKey) -> u32 {
+    let hash = match scheduler {
+        SCHED_SOURCE_HASH => crate::hash::address_hash(
+            &flow.src,
+            flow.family,
+            if flags & SERVICE_F_HASH_PORT != 0 {
+                flow.sport
+            } else {
+                0
+            },
+        ),
+        SCHED_DEST_HASH => crate::hash::address_hash(&flow.dst, flow.family, 0),
+        _ => crate::hash::flow_hash(flow),
+    };
+    hash % crate::limits::MAGLEV_TABLE_SIZE
+}
+
 /// How many slots of its table a scheduler tries past an overloaded server (one whose connections
 /// reached its upper threshold, [`crate::RealLimits`]) before it gives the flow no server: the
 /// verifier needs a bound (each slot more costs the verifier about 2,700 processed instructions),

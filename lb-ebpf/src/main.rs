@@ -154,10 +154,27 @@ mod program {
         let mut pending = schedule::Pending::new();
         // The embryonic table only when the connection table does not know the flow: a known
         // flow costs one lookup. An embryonic flow's packet is settled there (promoted by the
-        // handshake's ACK, forgotten on a RST) and then forwarded as a known flow's.
+        // handshake's ACK, forgotten on a RST) and then forwarded as a known flow's. A SYN asks
+        // for its service first: a settled service's SYN skips the embryonic table (its flow's
+        // first SYN, if this is a retransmission, went where the table sends this one; see
+        // SERVICE_F_SETTLED), and a SYN for no service has no embryonic flow to find (an entry
+        // outlives its service only to be refused by its epoch).
+        let mut svc = None;
+        let syn = packet.syn();
         let known = match conntrack::lookup(packet, now) {
             Some(known) => Some(known),
-            None => conntrack::lookup_embryonic(packet, now),
+            None => {
+                if syn {
+                    svc = service::lookup(&packet.flow);
+                }
+                let skip =
+                    syn && svc.is_none_or(|s| s.flags & lb_common::service::SERVICE_F_SETTLED != 0);
+                if skip {
+                    None
+                } else {
+                    conntrack::lookup_embryonic(packet, now)
+                }
+            }
         };
         let (service, real_id, real, flow_label, new_flow, count_later) = match known {
             Some(known) => (
@@ -169,7 +186,10 @@ mod program {
                 false,
             ),
             None => {
-                let Some(svc) = service::lookup(&packet.flow) else {
+                if !syn {
+                    svc = service::lookup(&packet.flow);
+                }
+                let Some(svc) = svc else {
                     return service::confirm_vip(
                         &packet.flow.dst,
                         packet.flow.family,

@@ -15,13 +15,12 @@
 //! loaded (IPVS's templates do not look at the overload flag either).
 
 use lb_common::{
-    hash::{address_hash, flow_hash},
     limits::MAGLEV_TABLE_SIZE,
     real::{LIMIT_F_FULL, LIMIT_F_OVERLOADED, LIMIT_F_WEIGHT_CAP},
     service::{
-        OVERLOAD_PROBES, SCHED_DEST_HASH, SCHED_LEAST_CONN, SCHED_SEQUENCE, SCHED_SOURCE_HASH,
-        SCHED_WEIGHT_ORDER, SERVICE_F_EXPECTED_DELAY, SERVICE_F_FALLBACK, SERVICE_F_HASH_PORT,
-        SERVICE_F_IDLE_FIRST, SERVICE_F_OVERFLOW, SERVICE_F_PERSISTENT, SERVICE_F_WEIGHTED,
+        table_slot, OVERLOAD_PROBES, SCHED_LEAST_CONN, SCHED_SEQUENCE, SCHED_SOURCE_HASH,
+        SCHED_WEIGHT_ORDER, SERVICE_F_EXPECTED_DELAY, SERVICE_F_FALLBACK, SERVICE_F_IDLE_FIRST,
+        SERVICE_F_OVERFLOW, SERVICE_F_PERSISTENT, SERVICE_F_WEIGHTED,
     },
     FlowKey, Persistent, Service, PROTO_TCP,
 };
@@ -140,24 +139,12 @@ fn schedule(svc: &Service, flow: &FlowKey, pending: &mut Pending) -> Option<u32>
     } else if svc.scheduler == SCHED_WEIGHT_ORDER {
         (0, OVERLOAD_PROBES)
     } else {
-        let hash = if svc.scheduler == SCHED_SOURCE_HASH {
-            let port = if svc.flags & SERVICE_F_HASH_PORT != 0 {
-                flow.sport
-            } else {
-                0
-            };
-            address_hash(&flow.src, flow.family, port)
-        } else if svc.scheduler == SCHED_DEST_HASH {
-            address_hash(&flow.dst, flow.family, 0)
-        } else {
-            flow_hash(flow)
-        };
         // An overloaded server: IPVS's dh and sh (without sh-fallback) give no server; mh and
         // sh-fallback the next available server of the table.
         let fallback = svc.scheduler == lb_common::service::SCHED_MAGLEV
             || (svc.scheduler == SCHED_SOURCE_HASH && svc.flags & SERVICE_F_FALLBACK != 0);
         (
-            hash % MAGLEV_TABLE_SIZE,
+            table_slot(svc.scheduler, svc.flags, flow),
             if fallback { OVERLOAD_PROBES } else { 1 },
         )
     };

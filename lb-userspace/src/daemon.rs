@@ -887,6 +887,7 @@ async fn sweep_pinned<D: DataPath>(
     loop {
         ticks.tick().await;
         let inputs = shared.lock().await.runtime.sweep_inputs();
+        let inputs_kept = inputs.clone();
         let tables = tables.clone();
         let swept = tokio::task::spawn_blocking(move || {
             let mut tables = tables
@@ -896,13 +897,12 @@ async fn sweep_pinned<D: DataPath>(
         })
         .await;
         match swept {
-            Ok(Some(counts)) => {
-                shared
-                    .lock()
-                    .await
-                    .runtime
-                    .correct_connection_counts(&counts);
-                counts_out.send_replace(Arc::new(counts));
+            Ok(Some(swept)) => {
+                let mut guard = shared.lock().await;
+                guard.runtime.correct_connection_counts(&swept.counts);
+                guard.runtime.settle(&inputs_kept, &swept.handshakes);
+                drop(guard);
+                counts_out.send_replace(Arc::new(swept.counts));
             }
             // Logged by the sweep.
             Ok(None) => {}

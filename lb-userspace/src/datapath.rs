@@ -121,6 +121,11 @@ pub trait DataPath: Send {
     /// The live Maglev table of a service.
     fn maglev_table(&self, key: &ServiceKey) -> Result<Vec<u32>, DataplaneError>;
 
+    /// Sets or clears a service's `SERVICE_F_SETTLED` (its SYNs skip the embryonic table),
+    /// keeping the rest of its entry; [`DataplaneError::NoSuchService`] when it is not there.
+    /// [`Self::upsert_service`] and [`Self::set_maglev_table`] clear it in the update they make.
+    fn settle_service(&mut self, key: ServiceKey, settled: bool) -> Result<(), DataplaneError>;
+
     /// Zeroes a service's counters.
     fn zero_service_counters(&mut self, id: u32) -> Result<(), DataplaneError>;
 
@@ -375,6 +380,10 @@ impl DataPath for Dataplane {
         Dataplane::set_maglev_table(self, key, table)
     }
 
+    fn settle_service(&mut self, key: ServiceKey, settled: bool) -> Result<(), DataplaneError> {
+        Dataplane::settle_service(self, key, settled)
+    }
+
     fn maglev_table(&self, key: &ServiceKey) -> Result<Vec<u32>, DataplaneError> {
         Dataplane::maglev_table(self, key)
     }
@@ -547,6 +556,10 @@ impl<D: DataPath + ?Sized> DataPath for Box<D> {
 
     fn set_maglev_table(&mut self, key: ServiceKey, table: &[u32]) -> Result<(), DataplaneError> {
         (**self).set_maglev_table(key, table)
+    }
+
+    fn settle_service(&mut self, key: ServiceKey, settled: bool) -> Result<(), DataplaneError> {
+        (**self).settle_service(key, settled)
     }
 
     fn maglev_table(&self, key: &ServiceKey) -> Result<Vec<u32>, DataplaneError> {

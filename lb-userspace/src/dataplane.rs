@@ -24,6 +24,7 @@ use lb_common::{
     limits::{EMPTY_MAGLEV_TABLE, MAGLEV_TABLE_SIZE, MAGLEV_TABLE_STRIDE},
     maps as names,
     real::{LIMIT_F_FULL, LIMIT_F_WEIGHT_CAP},
+    service::SERVICE_F_SETTLED,
     Connection, Counters, CpuGlobals, DataplaneConfig, FlowKey, GlobalCounters, GlobalStat,
     NextHop, PersistKey, PersistSettings, Persistent, RealLimits, RealServer, Service, ServiceKey,
 };
@@ -1271,6 +1272,9 @@ impl Dataplane {
             .get(&key, 0)
             .map_err(|_| DataplaneError::NoSuchService { key })?;
         let old = svc.table;
+        // Its SYNs look their flows up in the embryonic table again until a sweep finds every
+        // handshake in progress on the server the new table gives it (see SERVICE_F_SETTLED).
+        svc.flags &= !SERVICE_F_SETTLED;
         svc.table = if table.iter().all(|&real| real == 0) {
             EMPTY_MAGLEV_TABLE
         } else {
@@ -1293,6 +1297,26 @@ impl Dataplane {
         }
         self.tables.give_back(old);
         Ok(())
+    }
+
+    /// Sets or clears the service's `SERVICE_F_SETTLED`, keeping the rest of its entry.
+    pub fn settle_service(&mut self, key: ServiceKey, settled: bool) -> Result<()> {
+        let mut svc = self
+            .services
+            .get(&key, 0)
+            .map_err(|_| DataplaneError::NoSuchService { key })?;
+        let flags = if settled {
+            svc.flags | SERVICE_F_SETTLED
+        } else {
+            svc.flags & !SERVICE_F_SETTLED
+        };
+        if flags == svc.flags {
+            return Ok(());
+        }
+        svc.flags = flags;
+        self.services
+            .insert(key, svc, 0)
+            .map_err(map_err("settling a service"))
     }
 
     /// The live Maglev table of a service.

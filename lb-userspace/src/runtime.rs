@@ -279,6 +279,11 @@ pub struct Runtime<D = Dataplane> {
     unsure: BTreeSet<ServiceAddr>,
     /// The neighbour thread, told the next hops of the real servers a change adds.
     next_hops: Option<NextHops>,
+    /// When each service was last changed in the data path (monotonic ns): the sweep settles a
+    /// service a second after its last change at the earliest ([`Self::settle`]).
+    changed: BTreeMap<ServiceAddr, u64>,
+    /// The services this runtime settled (`SERVICE_F_SETTLED`) and has not changed since.
+    settled: BTreeSet<ServiceAddr>,
     /// The pieces of the last state file, for the next one.
     save_cache: save_cache::SaveCache,
 }
@@ -306,6 +311,8 @@ impl<D: DataPath> Runtime<D> {
             ramping: BTreeSet::new(),
             unsure: BTreeSet::new(),
             next_hops: None,
+            changed: BTreeMap::new(),
+            settled: BTreeSet::new(),
             save_cache: Default::default(),
         }
     }
@@ -346,8 +353,15 @@ impl<D: DataPath> Runtime<D> {
             down: Default::default(),
             ramping: BTreeSet::new(),
             next_hops: None,
+            // The xlbd before may have changed them a moment ago.
+            changed: BTreeMap::new(),
+            settled: BTreeSet::new(),
             save_cache: Default::default(),
         };
+        let now = monotonic_ns();
+        for svc in &runtime.applied.services {
+            runtime.changed.insert(svc.addr, now);
+        }
         runtime.rewrite_scheduling();
         runtime
     }
@@ -520,17 +534,98 @@ impl<D: DataPath> Runtime<D> {
     /// One walk of the connection table.
     pub fn sweep(&mut self) {
         let inputs = self.sweep_inputs();
-        if let Some(counts) = sweep_tables(&mut Through(&mut self.dp), &inputs, monotonic_ns()) {
-            self.correct_connection_counts(&counts);
+        if let Some(swept) = sweep_tables(&mut Through(&mut self.dp), &inputs, monotonic_ns()) {
+            self.correct_connection_counts(&swept.counts);
+            self.settle(&inputs, &swept.handshakes);
         }
     }
 
-    /// What a sweep needs of the runtime ([`sweep_tables`]): the timeouts in force and each
-    /// persistent service's settings.
+    /// What a sweep needs of the runtime ([`sweep_tables`]): the timeouts in force, each
+    /// persistent service's settings, and the services it may settle.
     pub fn sweep_inputs(&self) -> SweepInputs {
         SweepInputs {
             timeouts: self.desired.timeouts,
             persistence: self.persistence_settings(),
+            settling: self.settling(monotonic_ns()),
+        }
+    }
+
+    /// The services a sweep at `now` may settle, by id: those whose choice of a server is their
+    /// table's (`mh`, `sh`, `dh`, not persistent, no server with an upper threshold), not settled
+    /// yet, and last changed a second ago or more, so that no packet is still being scheduled
+    /// on a table they had before.
+    fn settling(&self, now: u64) -> BTreeMap<u32, Settling> {
+        let mut settling = BTreeMap::new();
+        for svc in &self.applied.services {
+            if self.settled.contains(&svc.addr) {
+                continue;
+            }
+            let changed = self.changed.get(&svc.addr).copied();
+            if changed.is_some_and(|at| now.saturating_sub(at) < SETTLE_AFTER_NS) {
+                continue;
+            }
+            let entry = scheduling_entry(&svc.addr, &Scheduling::of(svc));
+            if !lb_common::service::choice_is_the_tables(entry.scheduler, entry.flags)
+                || svc.reals.iter().any(|r| r.upper_threshold != 0)
+            {
+                continue;
+            }
+            let key = service_key(&svc.addr);
+            let Some(id) = self.dp.service(&key).map(|s| s.id) else {
+                continue;
+            };
+            settling.insert(
+                id,
+                Settling {
+                    addr: svc.addr,
+                    scheduler: entry.scheduler,
+                    flags: entry.flags,
+                    changed,
+                },
+            );
+        }
+        settling
+    }
+
+    /// After a sweep made with `inputs`: settles each service of `inputs.settling` that has not
+    /// changed since and whose handshakes in progress (`handshakes`, as the sweep read the
+    /// embryonic table) are all on the server its table gives them now. Its SYNs then skip the
+    /// embryonic table (`SERVICE_F_SETTLED`): a retransmitted SYN is scheduled again, to the
+    /// server its first SYN went to. A service with a handshake elsewhere (its first SYN came
+    /// before the table's last change) is tried again at the next sweep; the handshake ends
+    /// or idles out within a minute.
+    pub fn settle(&mut self, inputs: &SweepInputs, handshakes: &Handshakes) {
+        for (id, settling) in &inputs.settling {
+            if self.changed.get(&settling.addr).copied() != settling.changed
+                || self.settled.contains(&settling.addr)
+            {
+                continue;
+            }
+            let key = service_key(&settling.addr);
+            if self.dp.service(&key).map(|s| s.id) != Some(*id) {
+                continue;
+            }
+            if let Some(flows) = handshakes.get(id).filter(|f| !f.is_empty()) {
+                let Ok(table) = self.dp.maglev_table(&key) else {
+                    continue;
+                };
+                if !flows
+                    .iter()
+                    .all(|&(slot, real)| table_choice(&table, slot) == Some(real))
+                {
+                    continue;
+                }
+            }
+            match self.dp.settle_service(key, true) {
+                Ok(()) => {
+                    self.settled.insert(settling.addr);
+                }
+                Err(e) => tracing::warn!(
+                    service = %settling.addr,
+                    error = %error_chain(&e),
+                    "settling a service (its SYNs keep asking the embryonic table)"
+                ),
+            }
         }
     }
 
@@ -850,6 +945,11 @@ impl<D: DataPath> Runtime<D> {
         target: &DesiredState,
         prebuilt: &mut Tables,
     ) -> Result<(), DataplaneError> {
+        // Whatever the step, the service is settled again only a second after it (see
+        // Self::settle); its table and scheduling writes clear the flag in the data path.
+        let changed = step_service(step);
+        self.changed.insert(changed, monotonic_ns());
+        self.settled.remove(&changed);
         match step {
             Step::AddService {
                 service,
@@ -890,6 +990,11 @@ impl<D: DataPath> Runtime<D> {
                         .ok_or(DataplaneError::NoSuchService { key })?;
                     let id = self.dp.add_real(svc.id, real_entry(real))?;
                     slot.insert(id);
+                    if real.upper_threshold != 0 {
+                        // An overloaded server is passed by: the table alone no longer
+                        // says where a retransmitted SYN goes.
+                        self.dp.settle_service(key, false)?;
+                    }
                     if real.upper_threshold != 0 || real.lower_threshold != 0 {
                         self.dp.set_real_thresholds(
                             id,
@@ -901,6 +1006,10 @@ impl<D: DataPath> Runtime<D> {
             }
             Step::UpdateReal { service, real } => {
                 if let Some(id) = self.real_id(service, real.addr, real.port) {
+                    if real.upper_threshold != 0 {
+                        // As for a new server with a threshold.
+                        self.dp.settle_service(service_key(service), false)?;
+                    }
                     self.dp.update_real(id, real_entry(real))?;
                     self.dp
                         .set_real_thresholds(id, real.upper_threshold, real.lower_threshold)?;
@@ -935,6 +1044,7 @@ impl<D: DataPath> Runtime<D> {
                 {
                     self.installed.services.remove(service);
                 }
+                self.changed.remove(service);
             }
         }
         if let Step::RemoveReal { service, .. } = step {
@@ -1444,18 +1554,63 @@ pub struct SweepInputs {
     pub timeouts: ConnectionTimeouts,
     /// The persistence settings of each persistent service, by id.
     pub persistence: BTreeMap<u32, lb_common::PersistSettings>,
+    /// The services the sweep may settle ([`Runtime::settle`]), by id.
+    pub settling: BTreeMap<u32, Settling>,
+}
+
+/// A service a sweep may settle: what the sweep needs to work out the table slot of each of
+/// its handshakes, and when the runtime last changed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settling {
+    /// The service.
+    pub addr: ServiceAddr,
+    /// Its `SCHED_*`.
+    pub scheduler: u8,
+    /// Its `SERVICE_F_*`.
+    pub flags: u32,
+    /// When the runtime last changed it (monotonic ns), if it did.
+    pub changed: Option<u64>,
+}
+
+/// The handshakes in progress (embryonic flows) of the services being settled, by service id:
+/// each flow's slot of its service's table ([`lb_common::service::table_slot`]) and its real
+/// server.
+pub type Handshakes = BTreeMap<u32, Vec<(u32, RealId)>>;
+
+/// What one sweep found ([`sweep_tables`]).
+#[derive(Clone, Debug, Default)]
+pub struct Swept {
+    /// The connection counts of the entries left.
+    pub counts: ConnectionCounts,
+    /// The handshakes of the services of [`SweepInputs::settling`].
+    pub handshakes: Handshakes,
+}
+
+/// How long after its last change a service may be settled: longer than a packet takes
+/// through the data path, so that none is still scheduled on a table it had before.
+pub const SETTLE_AFTER_NS: u64 = 1_000_000_000;
+
+/// The server the data path gives a flow whose walk starts at `slot` of `table`, when no
+/// server is overloaded (schedule.rs, `first_admitted`): the slot's, or the first slot's when
+/// it is empty; `None` for an empty table.
+fn table_choice(table: &[u32], slot: u32) -> Option<RealId> {
+    let real = match table.get(slot as usize).copied()? {
+        0 => *table.first()?,
+        real => real,
+    };
+    (real != 0).then_some(real)
 }
 
 /// One sweep of `tables` at `now` ([`expiry::sweep`]): removes the entries idle past their
 /// timeouts, holds the persistent clients with live connections and removes the lapsed ones;
-/// returns the connection counts of the entries left, or `None` when the connection table could
-/// not be read (logged). Every write is best effort, logged when refused, and only touches an
+/// returns the connection counts of the entries left and the handshakes of the services being
+/// settled, or `None` when the connection table could not be read (logged). Every write is best effort, logged when refused, and only touches an
 /// entry still as it was read, so the sweep may run while the runtime changes the data path.
 pub fn sweep_tables(
     tables: &mut impl SweptTables,
     inputs: &SweepInputs,
     now: u64,
-) -> Option<ConnectionCounts> {
+) -> Option<Swept> {
     let entries = match tables.connections() {
         Ok(entries) => entries,
         Err(e) => {
@@ -1463,6 +1618,22 @@ pub fn sweep_tables(
             return None;
         }
     };
+    let mut handshakes = Handshakes::new();
+    if !inputs.settling.is_empty() {
+        // Idled-out handshakes too: the sweep's removal of one is best effort.
+        for (flow, conn) in &entries {
+            if conn.flags & lb_common::conntrack::CONN_F_EMBRYONIC == 0 {
+                continue;
+            }
+            if let Some(s) = inputs.settling.get(&conn.service) {
+                let slot = lb_common::service::table_slot(s.scheduler, s.flags, flow);
+                handshakes
+                    .entry(conn.service)
+                    .or_default()
+                    .push((slot, conn.real));
+            }
+        }
+    }
     let clients = if inputs.persistence.is_empty() {
         Vec::new()
     } else {
@@ -1494,7 +1665,10 @@ pub fn sweep_tables(
             tracing::warn!(error = %error_chain(&e), "expiring persistent clients");
         }
     }
-    Some(count_connections(swept.live, now, &inputs.timeouts))
+    Some(Swept {
+        counts: count_connections(swept.live, now, &inputs.timeouts),
+        handshakes,
+    })
 }
 
 /// (active, inactive) connections by real server, from [`Runtime::connection_counts`].
@@ -3359,6 +3533,190 @@ mod tests {
                 ),
                 "{e}"
             );
+        }
+
+        /// Makes every change of `rt` a second older: the next sweep may settle its services.
+        fn age_changes(rt: &mut Runtime<FakeDataPath>) {
+            for at in rt.changed.values_mut() {
+                *at = at.saturating_sub(SETTLE_AFTER_NS);
+            }
+        }
+
+        fn is_settled(rt: &Runtime<FakeDataPath>, service: &str) -> bool {
+            let flags = rt.datapath().service(&key(service)).expect("service").flags;
+            flags & lb_common::service::SERVICE_F_SETTLED != 0
+        }
+
+        /// An embryonic flow of service 10.0.0.1:80 from client port `sport`, given to `real`.
+        fn handshake(rt: &mut Runtime<FakeDataPath>, sport: u16, real: RealId) {
+            let service = rt
+                .datapath()
+                .service(&key("10.0.0.1:80"))
+                .expect("service")
+                .id;
+            let conn = lb_common::Connection {
+                real,
+                service,
+                last_seen_ns: monotonic_ns(),
+                flags: lb_common::conntrack::CONN_F_EMBRYONIC,
+                ..Default::default()
+            };
+            rt.dataplane().track(client_flow(sport), conn);
+        }
+
+        /// The server service 10.0.0.1:80's table gives the flow from client port `sport`.
+        fn table_server(rt: &Runtime<FakeDataPath>, sport: u16) -> RealId {
+            let svc = rt.datapath().service(&key("10.0.0.1:80")).expect("service");
+            let table = rt
+                .datapath()
+                .maglev_table(&key("10.0.0.1:80"))
+                .expect("table");
+            let slot =
+                lb_common::service::table_slot(svc.scheduler, svc.flags, &client_flow(sport));
+            table_choice(&table, slot).expect("a server")
+        }
+
+        const MAGLEV_TWO: &str = "-A -t 10.0.0.1:80 -s mh\n\
+            -a -t 10.0.0.1:80 -r 10.0.0.11:80 -g -w 1\n\
+            -a -t 10.0.0.1:80 -r 10.0.0.12:80 -g -w 1\n";
+
+        #[test]
+        fn a_maglev_service_is_settled_by_the_first_sweep_a_second_after_its_last_change() {
+            let mut rt = Runtime::new(FakeDataPath::default(), None);
+            rt.change_to(state(MAGLEV_TWO)).expect("applied");
+            rt.sweep();
+            assert!(!is_settled(&rt, "10.0.0.1:80"), "changed a moment ago");
+            age_changes(&mut rt);
+            rt.sweep();
+            assert!(is_settled(&rt, "10.0.0.1:80"));
+            let writes = rt.datapath().writes().len();
+            rt.sweep();
+            assert_eq!(
+                rt.datapath().writes().len(),
+                writes,
+                "settled once, not every sweep"
+            );
+            // A new weight: the table's write clears the flag, and the service waits again.
+            let mut next = rt.desired().clone();
+            next.services[0].reals[0].weight = 3;
+            rt.change_to(next).expect("applied");
+            assert!(!is_settled(&rt, "10.0.0.1:80"), "the new table cleared it");
+            rt.sweep();
+            assert!(!is_settled(&rt, "10.0.0.1:80"));
+            age_changes(&mut rt);
+            rt.sweep();
+            assert!(is_settled(&rt, "10.0.0.1:80"));
+        }
+
+        #[test]
+        fn a_handshake_on_another_server_than_the_table_gives_keeps_its_service_unsettled() {
+            let mut rt = Runtime::new(FakeDataPath::default(), None);
+            rt.change_to(state(MAGLEV_TWO)).expect("applied");
+            // Its first SYN went by a table before the last: to the server the table does not
+            // give it now.
+            let now_there = table_server(&rt, 1000);
+            let other = if now_there == 1 { 2 } else { 1 };
+            handshake(&mut rt, 1000, other);
+            let right = table_server(&rt, 1001);
+            handshake(&mut rt, 1001, right);
+            age_changes(&mut rt);
+            rt.sweep();
+            assert!(
+                !is_settled(&rt, "10.0.0.1:80"),
+                "a retransmitted SYN must find its flow in the embryonic table"
+            );
+            // The handshake completes (or idles out): the next sweep settles the service.
+            handshake(&mut rt, 1000, now_there);
+            rt.sweep();
+            assert!(is_settled(&rt, "10.0.0.1:80"));
+        }
+
+        #[test]
+        fn only_a_service_whose_table_alone_chooses_is_settled() {
+            let mut rt = Runtime::new(FakeDataPath::default(), None);
+            rt.change_to(state(
+                "-A -t 10.0.0.1:80 -s mh\n-a -t 10.0.0.1:80 -r 10.0.0.11:80 -g -w 1\n\
+                 -A -t 10.0.0.2:80 -s sh\n-a -t 10.0.0.2:80 -r 10.0.0.11:80 -g -w 1\n\
+                 -A -t 10.0.0.3:80 -s dh\n-a -t 10.0.0.3:80 -r 10.0.0.11:80 -g -w 1\n\
+                 -A -t 10.0.0.4:80 -s rr\n-a -t 10.0.0.4:80 -r 10.0.0.11:80 -g -w 1\n\
+                 -A -t 10.0.0.5:80 -s wlc\n-a -t 10.0.0.5:80 -r 10.0.0.11:80 -g -w 1\n\
+                 -A -t 10.0.0.6:80 -s mh -p 60\n-a -t 10.0.0.6:80 -r 10.0.0.11:80 -g -w 1\n\
+                 -A -t 10.0.0.7:80 -s mh\n-a -t 10.0.0.7:80 -r 10.0.0.11:80 -g -w 1 -x 10\n\
+                 -A -t 10.0.0.8:80 -s ovf\n-a -t 10.0.0.8:80 -r 10.0.0.11:80 -g -w 1\n",
+            ))
+            .expect("applied");
+            age_changes(&mut rt);
+            rt.sweep();
+            let settled: Vec<bool> = (1..=8)
+                .map(|n| is_settled(&rt, &format!("10.0.0.{n}:80")))
+                .collect();
+            assert_eq!(
+                settled,
+                [true, true, true, false, false, false, false, false],
+                "mh, sh, dh; not rr, wlc, persistence, a threshold or ovf"
+            );
+            // A threshold on a settled service's server: cleared before the threshold is set.
+            let mut next = rt.desired().clone();
+            next.services[0].reals[0].upper_threshold = 5;
+            rt.change_to(next).expect("applied");
+            assert!(!is_settled(&rt, "10.0.0.1:80"));
+            age_changes(&mut rt);
+            rt.sweep();
+            assert!(
+                !is_settled(&rt, "10.0.0.1:80"),
+                "an overloaded server is passed by"
+            );
+        }
+
+        #[test]
+        fn a_service_is_not_settled_when_it_changed_after_the_sweep_read_its_inputs() {
+            let mut rt = Runtime::new(FakeDataPath::default(), None);
+            rt.change_to(state(MAGLEV_TWO)).expect("applied");
+            age_changes(&mut rt);
+            // The daemon's sweep: inputs under the lock, the walk off it, the settling under it.
+            let inputs = rt.sweep_inputs();
+            assert_eq!(inputs.settling.len(), 1);
+            let swept =
+                sweep_tables(&mut Through(rt.dataplane()), &inputs, monotonic_ns()).expect("swept");
+            let mut next = rt.desired().clone();
+            next.services[0].reals[1].weight = 2;
+            rt.change_to(next).expect("applied");
+            rt.settle(&inputs, &swept.handshakes);
+            assert!(
+                !is_settled(&rt, "10.0.0.1:80"),
+                "its table changed meanwhile"
+            );
+        }
+
+        #[test]
+        fn an_adopted_service_is_settled_a_second_after_the_adoption() {
+            let mut rt = Runtime::new(FakeDataPath::default(), None);
+            rt.change_to(state(MAGLEV_TWO)).expect("applied");
+            let saved = Saved {
+                desired: rt.desired().clone(),
+                applied: None,
+                installed: rt.installed.clone(),
+                unsure: BTreeSet::new(),
+                commands_without_shell: true,
+            };
+            let dp = rt.into_datapath();
+            let mut adopted = Runtime::adopt(dp, saved, None);
+            adopted.sweep();
+            assert!(
+                !is_settled(&adopted, "10.0.0.1:80"),
+                "the xlbd before may have just changed it"
+            );
+            age_changes(&mut adopted);
+            adopted.sweep();
+            assert!(is_settled(&adopted, "10.0.0.1:80"));
+        }
+
+        #[test]
+        fn the_table_choice_is_the_slots_server_or_the_first_slots_when_it_is_empty() {
+            assert_eq!(table_choice(&[3, 0, 5], 2), Some(5));
+            assert_eq!(table_choice(&[3, 0, 5], 1), Some(3));
+            assert_eq!(table_choice(&[0, 0, 0], 1), None);
+            assert_eq!(table_choice(&[3, 0, 5], 7), None);
         }
     }
 }

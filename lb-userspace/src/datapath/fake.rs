@@ -18,6 +18,7 @@ use aya::{maps::MapError, sys::SyscallError};
 use lb_common::{
     limits::{EMPTY_MAGLEV_TABLE, MAGLEV_TABLE_SIZE},
     real::LIMIT_F_WEIGHT_CAP,
+    service::SERVICE_F_SETTLED,
     Connection, Counters, DataplaneConfig, FlowKey, GlobalStat, PersistKey, PersistSettings,
     Persistent, RealLimits, RealServer, Service, ServiceKey,
 };
@@ -63,6 +64,8 @@ pub enum Write {
     RemoveReal(RealId),
     /// [`DataPath::set_maglev_table`].
     SetMaglevTable(ServiceKey),
+    /// [`DataPath::settle_service`], with whether the service is settled.
+    SettleService(ServiceKey, bool),
     /// [`DataPath::zero_service_counters`].
     ZeroServiceCounters(u32),
     /// [`DataPath::zero_real_counters`].
@@ -101,6 +104,7 @@ impl Write {
             Self::AdoptReal(..) => "giving a real server to a service",
             Self::RemoveReal(_) => "removing a real server",
             Self::SetMaglevTable(_) => "writing a Maglev table",
+            Self::SettleService(..) => "settling a service",
             Self::ZeroServiceCounters(_) => "zeroing a service's counters",
             Self::ZeroRealCounters(_) => "zeroing a real server's counters",
             Self::FlushConnections => "flushing the connection table",
@@ -653,8 +657,23 @@ impl DataPath for FakeDataPath {
         };
         if let Some(svc) = self.services.get_mut(&key) {
             svc.table = live;
+            svc.flags &= !SERVICE_F_SETTLED;
         }
         self.pool.give_back(old);
+        Ok(())
+    }
+
+    fn settle_service(&mut self, key: ServiceKey, settled: bool) -> Result<(), DataplaneError> {
+        self.write(Write::SettleService(key, settled))?;
+        let svc = self
+            .services
+            .get_mut(&key)
+            .ok_or(DataplaneError::NoSuchService { key })?;
+        if settled {
+            svc.flags |= SERVICE_F_SETTLED;
+        } else {
+            svc.flags &= !SERVICE_F_SETTLED;
+        }
         Ok(())
     }
 
