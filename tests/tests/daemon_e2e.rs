@@ -192,6 +192,71 @@ fn xlbadm_configures_xlbd_which_survives_a_restart_without_losing_a_request() {
     assert!(!link.contains("xdp"), "still attached:\n{link}");
 }
 
+/// Whether the pinned service entry of TCP `VIP:port` has `SERVICE_F_SETTLED` (its SYNs skip
+/// the embryonic table).
+fn settled(daemon: &Daemon, port: u16) -> bool {
+    let data = aya::maps::MapData::from_pin(daemon.pin_dir.join(lb_common::maps::SERVICES))
+        .expect("open the pinned services");
+    let services: aya::maps::HashMap<_, lb_common::ServiceKey, lb_common::Service> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("a hash map");
+    let key = lb_common::ServiceKey::v4(u32::from(VIP), port, lb_common::PROTO_TCP);
+    let svc = services.get(&key, 0).expect("the service");
+    svc.flags & lb_common::service::SERVICE_F_SETTLED != 0
+}
+
+/// Polls [`settled`] for up to 10 s; whether it became `want`.
+fn becomes_settled(daemon: &Daemon, port: u16, want: bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if settled(daemon, port) == want {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn xlbd_settles_a_maglev_service_a_moment_after_each_change_and_never_a_round_robin_one() {
+    root::require();
+    let lab = DrLab::new(2);
+    let daemon = Daemon::start(&lab.balancer);
+    let vip = format!("{VIP}:80");
+    add_dr_service(&daemon, &vip, 2);
+    assert!(
+        !settled(&daemon, 80),
+        "settled at once: a SYN retransmitted across the change could move"
+    );
+    assert!(becomes_settled(&daemon, 80, true), "{}", daemon.log());
+    let (counts, failed) = lab.spread(40);
+    assert_eq!(failed, 0, "through the settled service: {counts:?}");
+    // A weight edited: the new table unsettles the service in the same update (the flag is
+    // clear when xlbadm returns), and the sweep settles it again.
+    daemon.adm_ok(&[
+        "-e",
+        "-t",
+        &vip,
+        "-r",
+        &format!("{}:80", real_addr(0)),
+        "-g",
+        "-w",
+        "3",
+    ]);
+    assert!(
+        !settled(&daemon, 80),
+        "a new table left the service settled"
+    );
+    assert!(becomes_settled(&daemon, 80, true), "{}", daemon.log());
+    // Round robin: a retransmitted SYN scheduled again would take the next turn.
+    daemon.adm_ok(&["-E", "-t", &vip, "-s", "rr"]);
+    assert!(!settled(&daemon, 80));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!settled(&daemon, 80), "a round-robin service was settled");
+    let (counts, failed) = lab.spread(40);
+    assert_eq!(failed, 0, "{counts:?}");
+}
+
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn xlbd_installs_its_configuration_file_and_refuses_a_bad_one() {
