@@ -376,8 +376,9 @@ impl<D: DataPath> Runtime<D> {
                 continue;
             };
             let want = scheduling_entry(&svc.addr, &Scheduling::of(svc));
+            // Settled or not is the sweep's, not the configuration's.
             if entry.scheduler == want.scheduler
-                && entry.flags == want.flags
+                && entry.flags & !lb_common::service::SERVICE_F_SETTLED == want.flags
                 && self.dp.persistence(entry.id) == want.persistence
             {
                 continue;
@@ -3700,7 +3701,7 @@ mod tests {
                 commands_without_shell: true,
             };
             let dp = rt.into_datapath();
-            let mut adopted = Runtime::adopt(dp, saved, None);
+            let mut adopted = Runtime::adopt(dp, saved.clone(), None);
             adopted.sweep();
             assert!(
                 !is_settled(&adopted, "10.0.0.1:80"),
@@ -3709,6 +3710,17 @@ mod tests {
             age_changes(&mut adopted);
             adopted.sweep();
             assert!(is_settled(&adopted, "10.0.0.1:80"));
+            // Adopted again, settled: the flag is kept and the entry not rewritten.
+            let dp = adopted.into_datapath();
+            let writes = dp.writes().len();
+            let again = Runtime::adopt(dp, saved, None);
+            assert!(is_settled(&again, "10.0.0.1:80"));
+            assert_eq!(
+                again.datapath().writes().len(),
+                writes,
+                "{:?}",
+                &again.datapath().writes()[writes..]
+            );
         }
 
         #[test]
