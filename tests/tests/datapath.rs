@@ -1131,6 +1131,18 @@ fn a_syn_flood_from_random_sources_evicts_no_established_flow() {
     );
 }
 
+/// Sends `syn` again (a retransmission): the embryonic table finds its flow, which goes to
+/// `server`.
+fn found_embryonic(bench: &Bench, syn: &[u8], server: [u8; 4]) {
+    let young_hits = bench.counter(GlobalStat::ConntrackEmbryonicHit);
+    assert_eq!(server_of(bench, syn), server, "a retransmitted SYN moved");
+    assert_eq!(
+        bench.counter(GlobalStat::ConntrackEmbryonicHit) - young_hits,
+        1,
+        "not found in the embryonic table"
+    );
+}
+
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn a_settled_services_syn_skips_the_embryonic_table_and_reaches_its_first_syns_server() {
@@ -1144,12 +1156,7 @@ fn a_settled_services_syn_skips_the_embryonic_table_and_reaches_its_first_syns_s
     let owner = server_of(&bench, &syn);
     // Not settled (a new service): a retransmitted SYN is found in the embryonic table.
     assert!(!settled(&bench));
-    let young_hits = bench.counter(GlobalStat::ConntrackEmbryonicHit);
-    assert_eq!(server_of(&bench, &syn), owner);
-    assert_eq!(
-        bench.counter(GlobalStat::ConntrackEmbryonicHit) - young_hits,
-        1
-    );
+    found_embryonic(&bench, &syn, owner);
 
     // Settled, as xlbd's sweep leaves a service whose handshakes are all where its table sends
     // them: the retransmitted SYN skips the embryonic table, is scheduled again (a miss), to the
@@ -1189,12 +1196,7 @@ fn a_settled_services_syn_skips_the_embryonic_table_and_reaches_its_first_syns_s
     let first = server_of(&bench, &b);
     bench.web.set_weight(&mut bench.dp, first.into(), 0);
     assert!(!settled(&bench), "a new table left the service settled");
-    let young_hits = bench.counter(GlobalStat::ConntrackEmbryonicHit);
-    assert_eq!(server_of(&bench, &b), first, "a retransmitted SYN moved");
-    assert_eq!(
-        bench.counter(GlobalStat::ConntrackEmbryonicHit) - young_hits,
-        1
-    );
+    found_embryonic(&bench, &b, first);
     // Settling the service by hand now would be wrong (the sweep does not: that handshake is
     // on another server than the table gives it); the table alone now sends the SYN elsewhere.
     bench
