@@ -1300,6 +1300,7 @@ impl<D: DataPath> Runtime<D> {
             if let Some(entry) = self.dp.service(&service_key(&svc.addr)) {
                 svc.stats = stats(counters.service(entry.id));
                 svc.rates = rates.service(entry.id);
+                svc.settled = entry.flags & lb_common::service::SERVICE_F_SETTLED != 0;
             }
             let applied = applied_services.get(&svc.addr).copied();
             for real in &mut svc.reals {

@@ -36,6 +36,15 @@ pub struct ServiceListing {
     pub rates: Rates,
     /// Its real servers.
     pub reals: Vec<RealListing>,
+    /// Whether its SYNs skip the embryonic table (`SERVICE_F_SETTLED`: its choice of a server
+    /// is its table's, and every handshake in progress is on the server the table gives it).
+    /// Left out when not (and by an xlbd before it).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub settled: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// One real server in a [`ServiceListing`].
@@ -127,6 +136,7 @@ impl Listing {
                 stats: Stats::default(),
                 rates: Rates::default(),
                 reals: service.reals.iter().map(RealListing::idle).collect(),
+                settled: false,
             })
             .collect();
         Listing { services }

@@ -229,6 +229,17 @@ fn xlbd_settles_a_maglev_service_a_moment_after_each_change_and_never_a_round_ro
         "settled at once: a SYN retransmitted across the change could move"
     );
     assert!(becomes_settled(&daemon, 80, true), "{}", daemon.log());
+    let settled_metric = || {
+        let metrics = lab
+            .balancer
+            .sh("curl -s --fail --max-time 5 http://127.0.0.1:9641/metrics");
+        sample(
+            &metrics,
+            "xlb_service_settled",
+            &format!(r#"{{service="{vip}",protocol="tcp"}}"#),
+        )
+    };
+    assert_eq!(settled_metric(), 1, "the metric says so");
     let (counts, failed) = lab.spread(40);
     assert_eq!(failed, 0, "through the settled service: {counts:?}");
     // A weight edited: the new table unsettles the service in the same update (the flag is
@@ -253,6 +264,7 @@ fn xlbd_settles_a_maglev_service_a_moment_after_each_change_and_never_a_round_ro
     assert!(!settled(&daemon, 80));
     std::thread::sleep(Duration::from_secs(3));
     assert!(!settled(&daemon, 80), "a round-robin service was settled");
+    assert_eq!(settled_metric(), 0);
     let (counts, failed) = lab.spread(40);
     assert_eq!(failed, 0, "{counts:?}");
 }

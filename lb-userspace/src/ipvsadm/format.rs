@@ -463,6 +463,7 @@ mod tests {
             stats: Stats::default(),
             rates: Rates::default(),
             reals,
+            settled: false,
         }
     }
 

@@ -88,6 +88,7 @@ pub fn listing() -> Listing {
                     }),
                 ),
             ],
+            settled: true,
         }],
     }
 }

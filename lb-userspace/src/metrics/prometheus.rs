@@ -143,6 +143,13 @@ pub fn render(
         Counter,
         "Bytes from clients forwarded for the service, counted from the Ethernet header.",
     );
+    let mut svc_settled = Family::new(
+        "xlb_service_settled",
+        Gauge,
+        "1 when the service's SYNs skip the embryonic table: its choice of a server is its \
+         table's (mh, sh, dh; not persistent; no -x) and every handshake in progress is where the \
+         table sends it (see the README, SYN floods).",
+    );
     let mut real_conns = Family::new(
         "xlb_real_connections_total",
         Counter,
@@ -200,6 +207,7 @@ pub fn render(
         svc_conns.add(&svc_labels, svc.stats.conns);
         svc_packets.add(&svc_labels, svc.stats.in_pkts);
         svc_bytes.add(&svc_labels, svc.stats.in_bytes);
+        svc_settled.add(&svc_labels, u64::from(svc.settled));
         for real in &svc.reals {
             let addr = SocketAddr::new(real.addr, real.port).to_string();
             let l = labels(&[
@@ -229,6 +237,7 @@ pub fn render(
         svc_conns,
         svc_packets,
         svc_bytes,
+        svc_settled,
         real_conns,
         real_packets,
         real_bytes,
@@ -288,6 +297,7 @@ mod tests {
             format!("xlb_service_connections_total{{{svc}}} 50"),
             format!("xlb_service_packets_total{{{svc}}} 500"),
             format!("xlb_service_bytes_total{{{svc}}} 30000"),
+            format!("xlb_service_settled{{{svc}}} 1"),
             format!("xlb_real_connections_total{{{r2}}} 20"),
             format!("xlb_real_connections_total{{{r3}}} 30"),
             format!("xlb_real_packets_total{{{r2}}} 200"),
