@@ -18,7 +18,7 @@ use lb_common::{
     conntrack::{
         CONN_FLOW_LABEL_SHIFT, CONN_F_CLOSING, CONN_F_COUNT_ON_PROMOTION, CONN_F_EMBRYONIC,
     },
-    Connection, CpuGlobals, GlobalStat, RealServer, PROTO_TCP,
+    Connection, CpuGlobals, FlowKey, GlobalStat, RealServer, PROTO_TCP,
 };
 
 use crate::{maps, parse::Packet, schedule, stats};
@@ -98,38 +98,86 @@ fn found(conn: &mut Connection, packet: &Packet, now: u64) -> Option<Known> {
     })
 }
 
-/// Remember the real server chosen for a new flow; whether the table took it. A SYN's flow goes
-/// to the embryonic table, with `count_on_promotion` (its server's active connections go up when
-/// it is promoted); every other flow to the connection table.
+/// What [`remember`] did with a new flow.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Remembered {
+    /// The flow is in its table now.
+    Inserted = 0,
+    /// A SYN whose flow the embryonic table holds already: a retransmission, or the same SYN
+    /// seen twice (on two CPUs at once). Not a new connection; its entry is refreshed.
+    Again = 1,
+    /// The table refused it (a kernel allocation failure); its next packet is scheduled again.
+    Failed = 2,
+}
+
+/// Remember the real server chosen for a new flow (`flow`; `syn`: its packet is a SYN without ACK,
+/// `closing`: it has FIN or RST), and say whether the table took it. A SYN's flow goes to the embryonic table if it is not there yet,
+/// with `count_on_promotion` (its server's active connections go up when it is promoted); every
+/// other flow to the connection table.
+///
+/// A SYN is claimed with `BPF_NOEXIST`: a SYN of a settled service (main.rs) reaches here without
+/// an embryonic lookup, so a retransmission is told from a new connection here, by the entry its
+/// first SYN left ([`Remembered::Again`]: counted as an embryonic hit, as a lookup would have).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn remember(
-    packet: &Packet,
+    flow: &FlowKey,
+    syn: bool,
+    closing: bool,
     service: u32,
     real: u32,
     service_epoch: u32,
     flow_label: u32,
     count_on_promotion: bool,
     now: u64,
-) -> bool {
-    // The flags without branches: the verifier walks this once per way `forward` ended.
+) -> Remembered {
+    // The flags without branches.
     let conn = Connection {
         real,
         service,
         last_seen_ns: now,
         flags: (flow_label << CONN_FLOW_LABEL_SHIFT)
-            | (u32::from(packet.closing) * CONN_F_CLOSING)
-            | (u32::from(packet.syn()) * CONN_F_EMBRYONIC)
+            | (u32::from(closing) * CONN_F_CLOSING)
+            | (u32::from(syn) * CONN_F_EMBRYONIC)
             | (u32::from(count_on_promotion) * CONN_F_COUNT_ON_PROMOTION),
         service_epoch,
     };
-    stats::count(GlobalStat::ConntrackMiss);
     // A full table evicts its least recently used flow, so the insert only fails on a kernel
-    // allocation failure; the flow is then scheduled again on its next packet.
-    if packet.syn() {
-        return maps::EMBRYONIC.insert(&packet.flow, &conn, 0).is_ok();
+    // allocation failure (or, for a SYN, when its flow is there already).
+    let inserted = if syn {
+        maps::EMBRYONIC.insert(flow, &conn, BPF_NOEXIST)
+    } else {
+        maps::CONNTRACK.insert(flow, &conn, 0)
+    };
+    match inserted {
+        Ok(()) => {
+            stats::count(GlobalStat::ConntrackMiss);
+            Remembered::Inserted
+        }
+        Err(EEXIST) if syn => {
+            if let Some(entry) = maps::EMBRYONIC.get_ptr_mut(flow) {
+                // SAFETY: as in `lookup`.
+                let entry = unsafe { &mut *entry };
+                if entry.last_seen_ns != now {
+                    entry.last_seen_ns = now;
+                }
+            }
+            stats::count(GlobalStat::ConntrackEmbryonicHit);
+            Remembered::Again
+        }
+        Err(_) => {
+            stats::count(GlobalStat::ConntrackMiss);
+            Remembered::Failed
+        }
     }
-    maps::CONNTRACK.insert(&packet.flow, &conn, 0).is_ok()
 }
+
+/// `BPF_NOEXIST`: an insert that fails when the key is there.
+const BPF_NOEXIST: u64 = 1;
+
+/// The map helpers' answer to a `BPF_NOEXIST` insert of a key that is there: `-EEXIST`.
+const EEXIST: i32 = -17;
 
 /// A packet of the embryonic flow `known` (`flags`: its entry's), before it is forwarded to the
 /// flow's server: a SYN again (a retransmission) leaves the flow as it is; a RST forgets it, as

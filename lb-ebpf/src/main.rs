@@ -150,8 +150,9 @@ mod program {
         };
         *globals = Some(cpu);
         let now = conntrack::now(cpu);
-        // What a new flow's choice writes once the flow is forwarded (see schedule::Pending).
-        let mut pending = schedule::Pending::new();
+        // What a new flow's choice writes once the flow is forwarded (see schedule::Pending), as
+        // xlb_choose packed it with the server's id.
+        let mut choice = 0;
         // The embryonic table only when the connection table does not know the flow: a known
         // flow costs one lookup. An embryonic flow's packet is settled there (promoted by the
         // handshake's ACK, forgotten on a RST) and then forwarded as a known flow's. A SYN asks
@@ -176,13 +177,12 @@ mod program {
                 }
             }
         };
-        let (service, real_id, real, flow_label, new_flow, count_later) = match known {
+        let (service, real_id, real, flow_label, new_flow) = match known {
             Some(known) => (
                 known.service,
                 known.real_id,
                 known.real,
                 known.flow_label,
-                false,
                 false,
             ),
             None => {
@@ -197,52 +197,53 @@ mod program {
                     );
                 };
                 // SAFETY: pointers to this frame's values.
-                let (real_id, choice) =
-                    unpack_choice(unsafe { xlb_choose(&svc, &packet.flow, now) });
-                pending = choice;
+                choice = unsafe { xlb_choose(&svc, &packet.flow, now) };
+                let real_id = choice as u32;
                 if real_id == 0 {
                     return Verdict::drop(lb_common::GlobalStat::DropNoReal);
                 }
                 let Some(real) = maps::real(real_id) else {
                     return Verdict::drop(lb_common::GlobalStat::DropNoReal);
                 };
-                // A SYN's flow is embryonic: its server counts it as active once it is promoted
-                // (IPVS counts a SYN_RECV connection as inactive), not now. Without branches, so
-                // that the verifier does not walk what follows once per case.
-                let count_later = pending.count & packet.syn();
-                pending.count &= !packet.syn();
                 // IPv6: worked out once, remembered with the connection for its later packets.
                 let flow_label = if packet.flow.family == lb_common::FAMILY_V6 {
                     lb_common::hash::flow_hash(&packet.flow) & 0x000f_ffff
                 } else {
                     0
                 };
-                (svc.id, real_id, real, flow_label, true, count_later)
+                (svc.id, real_id, real, flow_label, true)
             }
         };
         let verdict = forward::forward::<TAGGED>(ctx, packet, real_id, real, flow_label, now);
-        // Counted once forward() is back: when the next hop had to be looked up, the balancer ran
-        // again on the packet (see next_hop.rs), and only that run gets here.
-        *conntrack_hit = !new_flow;
         if packet.ip_options {
             stats::count(lb_common::GlobalStat::SeenIpOptions);
         }
+        // Counted once forward() is back: when the next hop had to be looked up, the balancer ran
+        // again on the packet (see next_hop.rs), and only that run gets here.
+        let mut again = false;
         if verdict.is_forwarded() {
             if packet.icmp_error {
                 stats::count(lb_common::GlobalStat::SeenIcmpErrorForwarded);
             } else if new_flow {
-                schedule::commit(service, &packet.flow, real_id, now, &pending);
-                let remembered = conntrack::remember(
-                    packet,
-                    service,
-                    real_id,
-                    real.service_epoch,
-                    flow_label,
-                    count_later,
-                    now,
-                );
-                note.kind = if remembered {
+                // SAFETY: a pointer to this frame's flow.
+                let remembered = unsafe {
+                    xlb_new_flow(
+                        &packet.flow,
+                        choice,
+                        u64::from(service) | u64::from(real.service_epoch) << 32,
+                        u64::from(flow_label)
+                            | u64::from(syn) << NEW_FLOW_SYN
+                            | u64::from(packet.closing) << NEW_FLOW_CLOSING,
+                        now,
+                    )
+                };
+                // A retransmitted SYN (of a settled service, which skipped the embryonic lookup)
+                // is the embryonic flow's packet, as if the lookup had found it.
+                again = remembered == conntrack::Remembered::Again as u32;
+                note.kind = if remembered == conntrack::Remembered::Inserted as u32 {
                     EVENT_NEW_FLOW
+                } else if again {
+                    EVENT_NONE
                 } else {
                     EVENT_INSERT_FAILED
                 };
@@ -253,9 +254,10 @@ mod program {
             stats::count_forwarded(
                 real_id,
                 u64::from(packet.len),
-                new_flow && !packet.icmp_error,
+                new_flow && !packet.icmp_error && !again,
             );
         }
+        *conntrack_hit = !new_flow || again;
         verdict
     }
 
@@ -317,16 +319,73 @@ mod program {
     const CHOICE_COUNT: u32 = 34;
     const CHOICE_ADVANCE: u32 = 40;
 
-    /// The server's id and the pending writes of an answer of [`xlb_choose`].
+    /// The pending writes of an answer of [`xlb_choose`].
     #[inline(always)]
-    fn unpack_choice(choice: u64) -> (u32, schedule::Pending) {
+    fn unpack_choice(choice: u64) -> schedule::Pending {
         let mut pending = schedule::Pending::new();
         pending.turn = choice >> CHOICE_TURN & 1 != 0;
         pending.remember = choice >> CHOICE_REMEMBER & 1 != 0;
         pending.count = choice >> CHOICE_COUNT & 1 != 0;
         pending.advance = (choice >> CHOICE_ADVANCE) as u32;
-        (choice as u32, pending)
+        pending
     }
+
+    /// What a new flow forwarded writes: the flow in its table ([`conntrack::remember`]), then,
+    /// unless it was there already (a retransmitted SYN), what its choice changes
+    /// ([`schedule::commit`]). Returns a [`conntrack::Remembered`].
+    ///
+    /// A global function of the program (exported, never inlined), which the verifier checks
+    /// once, from its arguments' types: the balancer then goes on after it from one state,
+    /// however the writes went, and its frame (the entries written) is not the balancer's,
+    /// whose stack with the parsing function's is at the verifier's 512-byte limit.
+    /// Arguments packed as scalars: `choice` is [`xlb_choose`]'s answer (the server's id and
+    /// the pending writes), `ids` the service's id and (above bit 32) the epoch its server
+    /// carries, `label` the IPv6 flow label with the packet's SYN and closing bits
+    /// ([`NEW_FLOW_SYN`], [`NEW_FLOW_CLOSING`]).
+    ///
+    /// # Safety
+    /// `flow` is null or valid for reads of a flow key for the call.
+    #[unsafe(no_mangle)]
+    #[inline(never)]
+    pub unsafe extern "C" fn xlb_new_flow(
+        flow: *const FlowKey,
+        choice: u64,
+        ids: u64,
+        label: u64,
+        now: u64,
+    ) -> u32 {
+        // SAFETY: the caller's promise.
+        let Some(flow) = (unsafe { flow.as_ref() }) else {
+            return conntrack::Remembered::Failed as u32;
+        };
+        let (service, real) = (ids as u32, choice as u32);
+        let syn = label >> NEW_FLOW_SYN & 1 != 0;
+        let mut pending = unpack_choice(choice);
+        // A SYN's flow is embryonic: its server counts it as active once it is promoted (IPVS
+        // counts a SYN_RECV connection as inactive), not now.
+        let count_later = pending.count & syn;
+        pending.count &= !syn;
+        let remembered = conntrack::remember(
+            flow,
+            syn,
+            label >> NEW_FLOW_CLOSING & 1 != 0,
+            service,
+            real,
+            (ids >> 32) as u32,
+            label as u32 & 0x000f_ffff,
+            count_later,
+            now,
+        );
+        if remembered != conntrack::Remembered::Again {
+            schedule::commit(service, flow, real, now, &pending);
+        }
+        remembered as u32
+    }
+
+    /// Bits of [`xlb_new_flow`]'s `label` above the flow label's 20: the packet is a SYN
+    /// without ACK; it has FIN or RST.
+    const NEW_FLOW_SYN: u32 = 20;
+    const NEW_FLOW_CLOSING: u32 = 21;
 
     /// Parses a frame without a VLAN tag into `packet` (see [`parse::parse_into`]): a global
     /// function of the program (exported, never inlined), checked once by the verifier.
