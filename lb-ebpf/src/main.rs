@@ -158,7 +158,8 @@ mod program {
         // handshake's ACK, forgotten on a RST) and then forwarded as a known flow's. A SYN asks
         // for its service first: a settled service's SYN skips the embryonic table (its flow's
         // first SYN, if this is a retransmission, went where the table sends this one; see
-        // SERVICE_F_SETTLED), and a SYN for no service has no embryonic flow to find (an entry
+        // SERVICE_F_SETTLED; its claim of the flow, xlb_new_flow, still tells it from a new
+        // connection), and a SYN for no service has no embryonic flow to find (an entry
         // outlives its service only to be refused by its epoch).
         let mut svc = None;
         let syn = packet.syn();
