@@ -111,10 +111,10 @@ pub enum Remembered {
     Failed = 2,
 }
 
-/// Remember the real server chosen for a new flow (`flow`; `syn`: its packet is a SYN without ACK,
-/// `closing`: it has FIN or RST), and say whether the table took it. A SYN's flow goes to the embryonic table if it is not there yet,
-/// with `count_on_promotion` (its server's active connections go up when it is promoted); every
-/// other flow to the connection table.
+/// Remember the real server chosen for a new flow (`flow`; `syn`: its packet is a SYN without
+/// ACK, `closing`: it has FIN or RST), and say whether the table took it. A SYN's flow goes to
+/// the embryonic table if it is not there yet, with `count_on_promotion` (its server's active
+/// connections go up when it is promoted); every other flow to the connection table.
 ///
 /// A SYN is claimed with `BPF_NOEXIST`: a SYN of a settled service (main.rs) reaches here without
 /// an embryonic lookup, so a retransmission is told from a new connection here, by the entry its
