@@ -64,6 +64,7 @@ mod layout {
     fn map_types_have_the_sizes_the_data_path_expects() {
         assert_eq!(size_of::<ServiceKey>(), 20);
         assert_eq!(size_of::<Service>(), 16);
+        assert_eq!(size_of::<service::ServiceCacheSlot>(), 48);
         assert_eq!(size_of::<RealServer>(), 24);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<Connection>(), 24);

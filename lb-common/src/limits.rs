@@ -21,6 +21,12 @@ pub const fn maglev_elements(tables: u32) -> u32 {
 /// Virtual services one balancer holds (service ids are `0..MAX_SERVICES`), Katran's default.
 pub const MAX_SERVICES: u32 = 512;
 
+/// Slots of each CPU's service cache ([`crate::maps::SERVICE_CACHE`]), a power of two: 48 bytes
+/// each, 192 KiB a CPU. A cache, not a table: two services in one slot take turns (each new flow
+/// of the other does the hash lookup), so it is sized for few such pairs at 512 services (about
+/// 32 of 512 × 511 / 2, one flow of two of each pair a lookup when both are busy on one CPU).
+pub const SERVICE_CACHE_SLOTS: u32 = 4096;
+
 /// Maglev tables beyond one per service in the pool: a change writes a spare table whole and then
 /// makes it live, freeing the table it replaces. Freed tables are reused last, so a table that
 /// just left service goes unwritten for at least this many rewrites (each far longer than a packet

@@ -49,6 +49,16 @@ pub const REAL_WEIGHTS: &str = "XLB_REAL_WEIGHTS";
 pub const REAL_LIMITS: &str = "XLB_REAL_LIMITS";
 /// Real-server id → [`crate::RealServer`]. Written by userspace.
 pub const REALS: &str = "XLB_REALS";
+/// Slot ([`crate::hash::service_cache_slot`]) → per-CPU [`crate::service::ServiceCacheSlot`]:
+/// each CPU's copies of the [`SERVICES`] entries its new flows found, so that the next new flow
+/// of a service reads its entry without a hash lookup. Written by the data path (each CPU its
+/// own); never pinned (a cache of the program that made it).
+pub const SERVICE_CACHE: &str = "XLB_SVC_CACHE";
+/// Index 0 → the services' generation (`u64`): userspace adds one after every write of
+/// [`SERVICES`], which makes every [`SERVICE_CACHE`] copy taken before it stale. Memory-mapped
+/// (`BPF_F_MMAPABLE`) and written by one aligned 8-byte store, so that the data path never reads
+/// half of a new value; never pinned (its daemon's, as the cache is its program's).
+pub const SERVICE_GENERATION: &str = "XLB_SVC_GEN";
 /// Real-server id → per-CPU [`crate::NextHop`]: the FIB's answer, reused briefly. Written by the
 /// data path; cleared by userspace when a real server changes.
 pub const NEXT_HOPS: &str = "XLB_NEXT_HOPS";

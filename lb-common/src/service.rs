@@ -198,7 +198,24 @@ impl Service {
     }
 }
 
-crate::user_pod!(ServiceKey, Service);
+/// One slot of a CPU's service cache ([`crate::maps::SERVICE_CACHE`]): the entry [`Self::key`]
+/// found in [`crate::maps::SERVICES`] (the "all ports" service's when the port has none), while
+/// the services' generation ([`crate::maps::SERVICE_GENERATION`]) is still
+/// [`Self::generation`]. An empty slot's key has family 0, which no packet's has.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ServiceCacheSlot {
+    /// The key the packet asked for.
+    pub key: ServiceKey,
+    /// Padding made explicit so that the type is `Pod`.
+    pub _pad: u32,
+    /// The services' generation when the entry was read.
+    pub generation: u64,
+    /// The entry.
+    pub service: Service,
+}
+
+crate::user_pod!(ServiceKey, Service, ServiceCacheSlot);
 
 #[cfg(test)]
 mod tests {

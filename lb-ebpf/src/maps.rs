@@ -9,8 +9,9 @@ use lb_common::{
     hash::VIP_FILTER_WORDS,
     limits::{
         maglev_elements, real_ids, MAGLEV_TABLES, MAX_CONNECTIONS, MAX_EMBRYONIC, MAX_PERSISTENT,
-        MAX_REALS, MAX_SERVICES,
+        MAX_REALS, MAX_SERVICES, SERVICE_CACHE_SLOTS,
     },
+    service::ServiceCacheSlot,
     Connection, Counters, CpuGlobals, DataplaneConfig, FlowKey, NextHop, PersistKey,
     PersistSettings, Persistent, RealLimits, RealServer, Service, ServiceKey,
 };
@@ -20,12 +21,24 @@ use lb_common::{
 /// flow whose packets arrive on several CPUs (generic XDP, no RSS) still finds its entry.
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
-/// Let userspace map the array into its memory and write a whole Maglev table with one copy.
+/// Let userspace map the array into its memory and write a whole Maglev table with one copy (and
+/// the services' generation with one 8-byte store).
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// (VIP, port, proto) → service. Written by userspace.
 #[map(name = "XLB_SERVICES")]
 pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Slot → this CPU's copy of a [`SERVICES`] entry (see `lb_common::maps::SERVICE_CACHE`).
+/// Written by the data path.
+#[map(name = "XLB_SVC_CACHE")]
+pub static SERVICE_CACHE: PerCpuArray<ServiceCacheSlot> =
+    PerCpuArray::with_max_entries(SERVICE_CACHE_SLOTS, 0);
+
+/// Index 0 → the services' generation (see `lb_common::maps::SERVICE_GENERATION`). Written by
+/// userspace, through its mapping.
+#[map(name = "XLB_SVC_GEN")]
+pub static SERVICE_GENERATION: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// VIP address → number of services on it. Written by userspace.
 #[map(name = "XLB_VIP_ADDRS")]

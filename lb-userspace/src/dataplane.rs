@@ -24,7 +24,7 @@ use lb_common::{
     limits::{EMPTY_MAGLEV_TABLE, MAGLEV_TABLE_SIZE, MAGLEV_TABLE_STRIDE},
     maps as names,
     real::{LIMIT_F_FULL, LIMIT_F_WEIGHT_CAP},
-    service::SERVICE_F_SETTLED,
+    service::{ServiceCacheSlot, SERVICE_F_SETTLED},
     Connection, Counters, CpuGlobals, DataplaneConfig, FlowKey, GlobalCounters, GlobalStat,
     NextHop, PersistKey, PersistSettings, Persistent, RealLimits, RealServer, Service, ServiceKey,
 };
@@ -35,7 +35,7 @@ use crate::{
     capacity::{self, Capacity, CapacityError, TablePool},
     layout::{ALL_MAPS, RETIRED_MAPS},
     links,
-    mapped::MappedArray,
+    mapped::{MappedArray, MappedGeneration},
     owners::RealOwners,
     program,
 };
@@ -162,6 +162,15 @@ pub enum DataplaneError {
         /// What was given.
         got: usize,
     },
+    /// A map could not be mapped into memory.
+    #[error("{what} failed (the kernel refused to map it into memory)")]
+    MapIo {
+        /// What was being mapped.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A map's descriptor could not be duplicated.
     #[error("duplicating a map or program descriptor")]
     Dup {
@@ -251,7 +260,7 @@ pub type RealId = u32;
 /// The loaded data path and typed handles on its maps.
 pub struct Dataplane {
     ebpf: Ebpf,
-    services: HashMap<MapData, ServiceKey, Service>,
+    services: ServiceMap,
     vip_addrs: HashMap<MapData, ServiceKey, u32>,
     vip_filter: Array<MapData, u64>,
     /// How many VIP addresses share each set bit of the VIP filter (word, bit).
@@ -333,6 +342,21 @@ fn map_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd> {
         .map_err(|source| DataplaneError::Dup { source })
 }
 
+/// The services' generation mapped, on a machine that keeps loads in order (x86-64: see
+/// lb-ebpf's service.rs); `None` elsewhere, which leaves the data path's service cache off.
+fn service_generation(ebpf: &Ebpf) -> Result<Option<MappedGeneration>> {
+    if !cfg!(target_arch = "x86_64") {
+        return Ok(None);
+    }
+    let fd = map_fd(ebpf, names::SERVICE_GENERATION)?;
+    MappedGeneration::new(fd.as_fd())
+        .map(Some)
+        .map_err(|source| DataplaneError::MapIo {
+            what: "mapping the services' generation",
+            source,
+        })
+}
+
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
@@ -341,6 +365,57 @@ where
         .take_map(name)
         .ok_or(DataplaneError::Missing { what: "map", name })?;
     T::try_from(map).map_err(map_err(format!("opening map {name}")))
+}
+
+/// The services map ([`names::SERVICES`]), whose every write is followed by a new services'
+/// generation ([`names::SERVICE_GENERATION`]): the data path keeps per-CPU copies of the entries
+/// its new flows found and takes a copy only while the generation is the one it was made under.
+/// Without the mapping (a machine whose loads may pass each other: see lb-ebpf's service.rs) the
+/// generation stays 0, which the data path reads as "no copies".
+struct ServiceMap {
+    map: HashMap<MapData, ServiceKey, Service>,
+    generation: Option<MappedGeneration>,
+}
+
+impl ServiceMap {
+    fn new(
+        map: HashMap<MapData, ServiceKey, Service>,
+        generation: Option<MappedGeneration>,
+    ) -> Self {
+        if let Some(generation) = &generation {
+            // A fresh map holds 0, "no copies": copies start with the first generation.
+            generation.set(generation.get().max(1));
+        }
+        Self { map, generation }
+    }
+
+    fn get(&self, key: &ServiceKey, flags: u64) -> Result<Service, MapError> {
+        self.map.get(key, flags)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Result<(ServiceKey, Service), MapError>> + '_ {
+        self.map.iter()
+    }
+
+    fn insert(&mut self, key: ServiceKey, svc: Service, flags: u64) -> Result<(), MapError> {
+        let written = self.map.insert(key, svc, flags);
+        self.next_generation();
+        written
+    }
+
+    fn remove(&mut self, key: &ServiceKey) -> Result<(), MapError> {
+        let removed = self.map.remove(key);
+        self.next_generation();
+        removed
+    }
+
+    /// Every copy the data path holds is stale from now on (also after a failed write, which
+    /// may have done part of its work).
+    fn next_generation(&self) {
+        if let Some(generation) = &self.generation {
+            generation.set(generation.get().wrapping_add(1).max(1));
+        }
+    }
 }
 
 /// The connection table, the embryonic table and the persistence table: what xlbd's sweep reads
@@ -573,7 +648,10 @@ impl Dataplane {
             })
             .ok(),
             maglev_fd,
-            services: take(&mut ebpf, names::SERVICES)?,
+            services: ServiceMap::new(
+                take(&mut ebpf, names::SERVICES)?,
+                service_generation(&ebpf)?,
+            ),
             vip_addrs: take(&mut ebpf, names::VIP_ADDRS)?,
             vip_filter: take(&mut ebpf, names::VIP_FILTER)?,
             vip_filter_users: StdHashMap::new(),
@@ -1563,6 +1641,30 @@ impl Dataplane {
     /// The underlying object, for the logger (`aya_log::EbpfLogger::init`).
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
+    }
+
+    /// The services' generation (0: the data path keeps no copies of service entries) and every
+    /// CPU's filled slots of the service cache ([`names::SERVICE_CACHE`]): what the data path
+    /// would take a new flow's service from.
+    pub fn service_cache(&self) -> Result<(u64, Vec<ServiceCacheSlot>)> {
+        let generation = self.services.generation.as_ref().map_or(0, |g| g.get());
+        let map = self
+            .ebpf
+            .map(names::SERVICE_CACHE)
+            .ok_or(DataplaneError::Missing {
+                what: "map",
+                name: names::SERVICE_CACHE,
+            })?;
+        let cache = PerCpuArray::<_, ServiceCacheSlot>::try_from(map)
+            .map_err(map_err("opening the service cache"))?;
+        let mut filled = Vec::new();
+        for slot in 0..lb_common::limits::SERVICE_CACHE_SLOTS {
+            let cpus = cache
+                .get(&slot, 0)
+                .map_err(map_err("reading the service cache"))?;
+            filled.extend(cpus.iter().filter(|s| s.key.family != 0).copied());
+        }
+        Ok((generation, filled))
     }
 
     /// Every service in the data path with its entry.

@@ -1,9 +1,14 @@
-//! The `u32` slots of an array map mapped into this process (`BPF_F_MMAPABLE`, Linux >= 5.5,
-//! values laid end to end; the Maglev map holds two slots per 8-byte element): the Maglev
-//! pool is written with a memory copy, where `BPF_MAP_UPDATE_BATCH` copies and checks each of a
+//! Array maps mapped into this process (`BPF_F_MMAPABLE`, Linux >= 5.5, values laid end to end):
+//! the services' generation ([`MappedGeneration`]), and the `u32` slots of the Maglev pool (two
+//! slots per 8-byte element), which is written with a memory copy, where `BPF_MAP_UPDATE_BATCH` copies and checks each of a
 //! table's 65537 slots one by one in the kernel (about 5 ms a table here, most of a restore).
 
-use std::{num::NonZeroUsize, os::fd::BorrowedFd, ptr::NonNull};
+use std::{
+    num::NonZeroUsize,
+    os::fd::BorrowedFd,
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 
@@ -71,6 +76,65 @@ impl Drop for MappedArray {
         let unmapped = unsafe { munmap(self.ptr.cast(), self.len * std::mem::size_of::<u32>()) };
         if let Err(e) = unmapped {
             tracing::warn!(error = %e, "unmapping the Maglev pool failed");
+        }
+    }
+}
+
+/// The services' generation (`lb_common::maps::SERVICE_GENERATION`, a one-element `u64` array
+/// created with `BPF_F_MMAPABLE`) mapped into this process, so that a new value is one aligned
+/// 8-byte store: written through the map helpers it would be a byte copy, which the data path
+/// could read half done and take for a generation it cached under long ago.
+pub struct MappedGeneration {
+    ptr: NonNull<AtomicU64>,
+}
+
+// SAFETY: the mapping belongs to this value alone; the value it points at is atomic.
+unsafe impl Send for MappedGeneration {}
+// SAFETY: as above.
+unsafe impl Sync for MappedGeneration {}
+
+impl MappedGeneration {
+    /// Maps the generation of the array map `map`.
+    pub fn new(map: BorrowedFd<'_>) -> std::io::Result<Self> {
+        // SAFETY: a fresh shared mapping of the map's fd, owned by the value returned; the kernel
+        // checks length and flags. A mapping starts at a page, so the value is 8-byte aligned.
+        let ptr = unsafe {
+            mmap(
+                None,
+                GENERATION_BYTES,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                map,
+                0,
+            )
+        }
+        .map_err(std::io::Error::from)?
+        .cast();
+        Ok(Self { ptr })
+    }
+
+    /// The generation.
+    pub fn get(&self) -> u64 {
+        // SAFETY: inside the mapping, which lives as long as self.
+        unsafe { self.ptr.as_ref() }.load(Ordering::Acquire)
+    }
+
+    /// Sets the generation, after every write it is to make visible (release order).
+    pub fn set(&self, generation: u64) {
+        // SAFETY: as in `get`.
+        unsafe { self.ptr.as_ref() }.store(generation, Ordering::Release);
+    }
+}
+
+/// Bytes of the generation's mapping.
+const GENERATION_BYTES: NonZeroUsize = NonZeroUsize::new(8).unwrap();
+
+impl Drop for MappedGeneration {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once; nothing borrows it any more.
+        let unmapped = unsafe { munmap(self.ptr.cast(), GENERATION_BYTES.get()) };
+        if let Err(e) = unmapped {
+            tracing::warn!(error = %e, "unmapping the services' generation failed");
         }
     }
 }

@@ -1332,3 +1332,64 @@ fn an_embryonic_flow_keeps_its_server_until_its_ack_promotes_it_and_a_reset_forg
     bench.dp.flush_connections().expect("flush");
     assert!(bench.dp.connections().expect("connections").is_empty());
 }
+
+/// Whether a CPU's service cache holds `key`'s entry taken under the current generation, and
+/// which table it names.
+fn cached_table(bench: &Bench, key: &ServiceKey) -> Option<u32> {
+    let (generation, slots) = bench.dp.service_cache().expect("the service cache");
+    assert_ne!(generation, 0, "the service cache is off on this machine");
+    slots
+        .iter()
+        .find(|s| s.key == *key && s.generation == generation)
+        .map(|s| s.service.table)
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_cached_service_entry_is_never_used_after_the_service_changed() {
+    let mut bench = bench();
+    let vip = [10, 10, 0, 106];
+    let syn = |sport: u16| Ipv4Packet::tcp(CLIENT, sport, vip, 80, SYN).build();
+    let mut svc = TestService::add(&mut bench.dp, Ipv4Addr::from(vip), 80, PROTO_TCP);
+    svc.add_real(&mut bench.dp, RS[0].into(), 1);
+    // A new flow takes the entry into its CPU's cache; the next ones read it there.
+    assert_eq!(bench.run(&syn(40_000)).packet[0..6], rs_mac(RS[0])[..]);
+    let table = cached_table(&bench, &svc.key).expect("the entry was not cached");
+    assert_eq!(table, bench.dp.service(&svc.key).expect("svc").table);
+    assert_eq!(bench.run(&syn(40_001)).packet[0..6], rs_mac(RS[0])[..]);
+
+    // A new table (RS[0] at weight 0, RS[1] added): every new flow goes by it, none by the
+    // copy of the entry that named the old one.
+    let generation = bench.dp.service_cache().expect("cache").0;
+    svc.add_real(&mut bench.dp, RS[1].into(), 1);
+    svc.set_weight(&mut bench.dp, RS[0].into(), 0);
+    assert!(bench.dp.service_cache().expect("cache").0 > generation);
+    assert_eq!(cached_table(&bench, &svc.key), None, "a stale copy counts");
+    for sport in 40_010..40_030 {
+        let out = bench.run(&syn(sport));
+        assert_eq!(out.packet[0..6], rs_mac(RS[1])[..], "port {sport}");
+    }
+    assert_eq!(
+        cached_table(&bench, &svc.key),
+        Some(bench.dp.service(&svc.key).expect("svc").table)
+    );
+
+    // Removed: its SYNs are for no VIP at once.
+    bench.dp.remove_service(svc.key).expect("remove");
+    let out = bench.run(&syn(40_100));
+    assert_eq!(out.action, action::PASS, "{}", action_name(out.action));
+    // Added again with another server: that server.
+    let mut again = TestService::add(&mut bench.dp, Ipv4Addr::from(vip), 80, PROTO_TCP);
+    again.add_real(&mut bench.dp, RS[2].into(), 1);
+    assert_eq!(bench.run(&syn(40_101)).packet[0..6], rs_mac(RS[2])[..]);
+
+    // A port without a service of its own is the VIP's "all ports" service's, cached under the
+    // port's key; a service for the port made later takes its flows from the next one on.
+    let to_port = |sport: u16| Ipv4Packet::tcp(CLIENT, sport, VIP_ALL_PORTS, 8080, SYN).build();
+    assert_eq!(bench.run(&to_port(40_200)).packet[0..6], rs_mac(RS[2])[..]);
+    let port_key = ServiceKey::v4(u32::from(Ipv4Addr::from(VIP_ALL_PORTS)), 8080, PROTO_TCP);
+    assert!(cached_table(&bench, &port_key).is_some());
+    let mut exact = TestService::add(&mut bench.dp, VIP_ALL_PORTS.into(), 8080, PROTO_TCP);
+    exact.add_real(&mut bench.dp, RS[0].into(), 1);
+    assert_eq!(bench.run(&to_port(40_201)).packet[0..6], rs_mac(RS[0])[..]);
+}
