@@ -173,7 +173,11 @@ mod tests {
         };
         let vips = |i: u16| ServiceKey::v4(0x0a09_0000 + u32::from(i), 80, PROTO_TCP);
         let ports = |i: u16| {
-            let proto = if i.is_multiple_of(2) { PROTO_TCP } else { PROTO_UDP };
+            let proto = if i.is_multiple_of(2) {
+                PROTO_TCP
+            } else {
+                PROTO_UDP
+            };
             ServiceKey::v4(0x0a00_0064, 8000 + i / 2, proto)
         };
         let v6 = |i: u16| {

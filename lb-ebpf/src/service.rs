@@ -69,31 +69,25 @@ pub fn lookup(flow: &FlowKey) -> Option<Service> {
         family: flow.family,
     };
     let generation = SERVICE_GENERATION.get(0).copied().unwrap_or(0);
-    let slot = SERVICE_CACHE.get_ptr_mut(service_cache_slot(&key));
-    if let Some(slot) = slot {
-        // SAFETY: this CPU's slot, read and written by this CPU only, for this program run.
-        let slot = unsafe { &*slot };
-        if generation != 0 && slot.generation == generation && slot.key == key {
-            return Some(slot.service);
-        }
-    }
-    // SAFETY: as in is_vip.
-    let found = unsafe {
-        match SERVICES.get(&key) {
-            Some(svc) => Some(*svc),
-            None => SERVICES.get(&key.all_ports()).copied(),
-        }
-    };
-    if let (Some(slot), Some(service), true) = (slot, found, generation != 0) {
-        // SAFETY: as above.
-        unsafe {
-            *slot = ServiceCacheSlot {
-                key,
-                _pad: 0,
-                generation,
-                service,
+    let slot = SERVICE_CACHE.get_ptr_mut(service_cache_slot(&key))?;
+    // SAFETY: this CPU's slot, read and written by this CPU only, for this program run.
+    let slot = unsafe { &mut *slot };
+    if generation == 0 || slot.generation != generation || slot.key != key {
+        // SAFETY: as in is_vip.
+        let found = unsafe {
+            match SERVICES.get(&key) {
+                Some(svc) => *svc,
+                None => *SERVICES.get(&key.all_ports())?,
             }
         };
+        // Kept also when the cache is off (generation 0, which no copy is taken under): the
+        // service is then read from the slot on one path, which the verifier walks once.
+        *slot = ServiceCacheSlot {
+            key,
+            _pad: 0,
+            generation,
+            service: found,
+        };
     }
-    found
+    Some(slot.service)
 }
