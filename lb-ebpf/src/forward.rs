@@ -191,7 +191,7 @@ fn write_outer_v4(
     dst: u32,
     total_len: u16,
 ) -> bool {
-    let Some(ip) = ptr_at::<[u16; IPV4_HDR_LEN / 2]>(ctx, l3) else {
+    let Some(ip) = ptr_at::<[u8; IPV4_HDR_LEN]>(ctx, l3) else {
         return false;
     };
     // With DF the id is unused (RFC 6864). Without it, the id must keep the fragments of
@@ -203,28 +203,33 @@ fn write_outer_v4(
         packet.ip_id ^ fold16(packet.flow.src[0]) ^ packet.flow.sport
     };
     let frags: u16 = if packet.dont_fragment { 0x4000 } else { 0 };
-    let (src, dst) = (src.to_ne_bytes(), dst.to_ne_bytes());
-    // The header as ten 16-bit words in host order, summed for the checksum from the registers
-    // and stored a word at a time (a byte at a time, and the sum read back from the packet, cost
-    // the tunnel about twice as many instructions). The header is 2-byte aligned: the frame
-    // starts at an even address and the IP header at 14 or 18.
-    let mut words = [
-        0x4500 | u16::from(packet.tos),
-        total_len,
-        // The id in the packet's byte order, as the inner id was read.
-        u16::from_be_bytes(id.to_ne_bytes()),
-        frags,
-        u16::from(TUNNEL_TTL) << 8 | u16::from(PROTO_IPIP),
-        0,
-        u16::from_be_bytes([src[0], src[1]]),
-        u16::from_be_bytes([src[2], src[3]]),
-        u16::from_be_bytes([dst[0], dst[1]]),
-        u16::from_be_bytes([dst[2], dst[3]]),
-    ];
-    words[5] = csum::finish(words.iter().map(|&w| u64::from(w)).sum());
-    for (i, word) in words.iter().enumerate() {
-        // SAFETY: ptr_at checked that the header lies inside the packet; 2-byte aligned (above).
-        unsafe { (*ip)[i] = word.to_be() };
+    // The header as five 32-bit words as they sit in memory (the addresses as they sit in the
+    // maps, network order; the id in the packet's byte order, as the inner id was read), summed
+    // for the checksum as the 16-bit words they hold in memory order (the one's-complement sum
+    // does not depend on the byte order it is taken in, RFC 1071) and stored a word at a time
+    // ([`store_word`]: the header is only 2-byte aligned). Ten 16-bit stores cost the tunnel
+    // about 2 ns more.
+    let len = total_len.to_be_bytes();
+    let id = id.to_ne_bytes();
+    let frags = frags.to_be_bytes();
+    let first = u32::from_ne_bytes([0x45, packet.tos, len[0], len[1]]);
+    let second = u32::from_ne_bytes([id[0], id[1], frags[0], frags[1]]);
+    let halves = |w: u32| u64::from(w & 0xffff) + u64::from(w >> 16);
+    let sum = halves(first)
+        + halves(second)
+        + u64::from(u16::from_ne_bytes([TUNNEL_TTL, PROTO_IPIP]))
+        + halves(src)
+        + halves(dst);
+    let check = csum::finish(sum).to_ne_bytes();
+    let third = u32::from_ne_bytes([TUNNEL_TTL, PROTO_IPIP, check[0], check[1]]);
+    // SAFETY: ptr_at checked that the header's 20 bytes lie inside the packet.
+    unsafe {
+        let base = ip.cast::<u8>();
+        store_word::<0>(base, first);
+        store_word::<4>(base, second);
+        store_word::<8>(base, third);
+        store_word::<12>(base, src);
+        store_word::<16>(base, dst);
     }
     true
 }
