@@ -4,6 +4,7 @@
 //! table's 65537 slots one by one in the kernel (about 5 ms a table here, most of a restore).
 
 use std::{
+    ffi::c_void,
     num::NonZeroUsize,
     os::fd::BorrowedFd,
     ptr::NonNull,
@@ -11,6 +12,24 @@ use std::{
 };
 
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+
+/// A fresh shared, writable mapping of the first `bytes` of the array map `map`'s values, which the
+/// caller owns (and unmaps).
+fn map_shared(map: BorrowedFd<'_>, bytes: NonZeroUsize) -> std::io::Result<NonNull<c_void>> {
+    // SAFETY: a new mapping of the map's fd, nothing else's memory; the kernel checks length and
+    // flags.
+    unsafe {
+        mmap(
+            None,
+            bytes,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_SHARED,
+            map,
+            0,
+        )
+    }
+    .map_err(std::io::Error::from)
+}
 
 /// A shared, writable mapping of an array map's values.
 pub struct MappedArray {
@@ -28,20 +47,7 @@ impl MappedArray {
     pub fn new(map: BorrowedFd<'_>, len: usize) -> std::io::Result<Self> {
         let bytes = NonZeroUsize::new(len * std::mem::size_of::<u32>())
             .ok_or_else(|| std::io::Error::other("an empty map cannot be mapped"))?;
-        // SAFETY: a fresh shared mapping of the map's fd, owned by the value returned; the kernel
-        // checks length and flags.
-        let ptr = unsafe {
-            mmap(
-                None,
-                bytes,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-                map,
-                0,
-            )
-        }
-        .map_err(std::io::Error::from)?
-        .cast();
+        let ptr = map_shared(map, bytes)?.cast();
         Ok(Self { ptr, len })
     }
 
@@ -96,20 +102,8 @@ unsafe impl Sync for MappedGeneration {}
 impl MappedGeneration {
     /// Maps the generation of the array map `map`.
     pub fn new(map: BorrowedFd<'_>) -> std::io::Result<Self> {
-        // SAFETY: a fresh shared mapping of the map's fd, owned by the value returned; the kernel
-        // checks length and flags. A mapping starts at a page, so the value is 8-byte aligned.
-        let ptr = unsafe {
-            mmap(
-                None,
-                GENERATION_BYTES,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-                map,
-                0,
-            )
-        }
-        .map_err(std::io::Error::from)?
-        .cast();
+        // A mapping starts at a page, so the value is 8-byte aligned.
+        let ptr = map_shared(map, GENERATION_BYTES)?.cast();
         Ok(Self { ptr })
     }
 
