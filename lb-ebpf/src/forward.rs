@@ -27,6 +27,7 @@ use crate::{
     maps,
     next_hop::{next_hop, NoRoute},
     parse::{ptr_at, Packet},
+    store::store_word,
     verdict::Verdict,
 };
 
@@ -281,29 +282,4 @@ fn write_outer_v6(
         store_word::<36>(base, dst[3]);
     }
     true
-}
-
-/// Stores `word` at `OFF` bytes past `p`, which is only 2-byte aligned, by one 32-bit store,
-/// written by hand: LLVM's BPF target splits a store it cannot prove 4-byte aligned into bytes
-/// (`write_unaligned` of a `u32` is four byte stores), and the target feature that lets it make
-/// misaligned accesses (`+allows-misaligned-mem-access`) applies to the whole program, where it
-/// also merged the parsers' 16-bit loads into 32-bit ones (3-4 ns slower). The kernel takes a
-/// misaligned access to packet memory on the CPUs that do them well
-/// (`CONFIG_HAVE_EFFICIENT_UNALIGNED_ACCESS`: x86-64, arm64, ...), as the verifier checks
-/// every packet access without `BPF_F_STRICT_ALIGNMENT`.
-///
-/// # Safety
-/// `OFF..OFF + 4` past `p` lies within the packet, as checked by `ptr_at`.
-#[inline(always)]
-unsafe fn store_word<const OFF: usize>(p: *mut u8, word: u32) {
-    // SAFETY: the caller's promise; the instruction touches those four bytes only.
-    unsafe {
-        core::arch::asm!(
-            "*(u32 *)({p} + {off}) = {w}",
-            p = in(reg) p,
-            off = const OFF,
-            w = in(reg) u64::from(word),
-            options(nostack, preserves_flags)
-        );
-    }
 }

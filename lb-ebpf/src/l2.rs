@@ -4,11 +4,13 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::NextHop;
 
-use crate::parse::ptr_at;
+use crate::{parse::ptr_at, store::store_word};
 
-// The next hop's addresses are read as 16-bit words (write_hop_macs).
+// The next hop's two addresses are read as three aligned 32-bit words (write_macs_at).
 const _: () = assert!(
-    core::mem::offset_of!(NextHop, dmac) % 2 == 0 && core::mem::offset_of!(NextHop, smac) % 2 == 0
+    core::mem::offset_of!(NextHop, dmac) % 4 == 0
+        && core::mem::offset_of!(NextHop, smac) == core::mem::offset_of!(NextHop, dmac) + 6
+        && core::mem::align_of::<NextHop>() >= 4
 );
 
 /// Writes an Ethernet header (with the VLAN tag, when there is one) at the start of the packet.
@@ -31,7 +33,7 @@ pub fn write_l2(
 }
 
 /// [`write_l2`] with the addresses of a next hop (an entry of the next-hop cache). Without a tag,
-/// the whole header by 16-bit words after one bounds check.
+/// the whole header after one bounds check.
 #[inline(always)]
 pub fn write_hop_l2(
     ctx: &XdpContext,
@@ -46,16 +48,17 @@ pub fn write_hop_l2(
         return false;
     };
     write_macs_at(eth.cast(), hop);
-    // SAFETY: within the frame (checked by ptr_at), 2-byte aligned (see write_hop_macs).
+    // SAFETY: within the frame (checked by ptr_at), 2-byte aligned (a frame starts at an even
+    // address: XDP's headroom is even, and so is every adjustment the balancer makes to it).
     unsafe { (*eth)[6] = ether_type.to_be() };
     true
 }
 
-/// Writes the next hop's destination and source MAC addresses at the start of the frame, by six
-/// 16-bit loads and stores instead of twelve of a byte each (what copying byte arrays becomes for
-/// the BPF target). Both sides are 2-byte aligned: the addresses sit at even offsets of the
-/// entry (checked above), and a frame starts at an even address (XDP's headroom is even, and so
-/// is every adjustment the balancer makes to it).
+/// Writes the next hop's destination and source MAC addresses at the start of the frame, by
+/// three 32-bit loads and stores (the addresses lie side by side in the entry from a 4-byte
+/// boundary, checked above; the frame is only 2-byte aligned, so the stores are
+/// [`store_word`]'s), where copying byte arrays makes twelve of a byte each for the BPF target
+/// and 16-bit words six of each.
 #[inline(always)]
 pub fn write_hop_macs(ctx: &XdpContext, hop: &NextHop) -> bool {
     let Some(eth) = ptr_at::<[u16; 6]>(ctx, 0) else {
@@ -69,15 +72,14 @@ pub fn write_hop_macs(ctx: &XdpContext, hop: &NextHop) -> bool {
 /// within the frame.
 #[inline(always)]
 fn write_macs_at(eth: *mut [u16; 6], hop: &NextHop) {
-    let dmac = (&raw const hop.dmac).cast::<u16>();
-    let smac = (&raw const hop.smac).cast::<u16>();
-    for i in 0..3 {
-        // SAFETY: within the frame (the caller's check) and within the entry's two addresses,
-        // 2-byte aligned on both sides (see above).
-        unsafe {
-            (*eth)[i] = dmac.add(i).read();
-            (*eth)[3 + i] = smac.add(i).read();
-        }
+    let words = (&raw const hop.dmac).cast::<u32>();
+    let base = eth.cast::<u8>();
+    // SAFETY: the three words lie within the entry's two addresses, 4-byte aligned (checked
+    // above); the stores within the frame (the caller's check).
+    unsafe {
+        store_word::<0>(base, words.read());
+        store_word::<4>(base, words.add(1).read());
+        store_word::<8>(base, words.add(2).read());
     }
 }
 

@@ -41,6 +41,8 @@ mod service;
 #[cfg(target_arch = "bpf")]
 mod stats;
 #[cfg(target_arch = "bpf")]
+mod store;
+#[cfg(target_arch = "bpf")]
 mod verdict;
 
 #[cfg(target_arch = "bpf")]
