@@ -82,11 +82,7 @@ fn found(conn: &mut Connection, packet: &Packet, now: u64) -> Option<Known> {
     if real.service_epoch != conn.service_epoch {
         return None;
     }
-    // Written only when it changed (once a tick at most), so that a flow's packets on several
-    // CPUs do not keep taking its cache line from each other.
-    if conn.last_seen_ns != now {
-        conn.last_seen_ns = now;
-    }
+    touch(conn, now);
     if packet.closing && conn.flags & CONN_F_CLOSING == 0 {
         conn.flags |= CONN_F_CLOSING;
     }
@@ -96,6 +92,15 @@ fn found(conn: &mut Connection, packet: &Packet, now: u64) -> Option<Known> {
         real,
         flow_label: conn.flags >> CONN_FLOW_LABEL_SHIFT,
     })
+}
+
+/// Marks entry `conn` seen at `now`: written only when it changed (once a tick at most), so that a
+/// flow's packets on several CPUs do not keep taking its cache line from each other.
+#[inline(always)]
+fn touch(conn: &mut Connection, now: u64) {
+    if conn.last_seen_ns != now {
+        conn.last_seen_ns = now;
+    }
 }
 
 /// What [`remember`] did with a new flow.
@@ -158,10 +163,7 @@ pub fn remember(
         Err(EEXIST) if syn => {
             if let Some(entry) = maps::EMBRYONIC.get_ptr_mut(flow) {
                 // SAFETY: as in `lookup`.
-                let entry = unsafe { &mut *entry };
-                if entry.last_seen_ns != now {
-                    entry.last_seen_ns = now;
-                }
+                touch(unsafe { &mut *entry }, now);
             }
             stats::count(GlobalStat::ConntrackEmbryonicHit);
             Remembered::Again
