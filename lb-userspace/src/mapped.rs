@@ -1,7 +1,8 @@
 //! Array maps mapped into this process (`BPF_F_MMAPABLE`, Linux >= 5.5, values laid end to end):
 //! the services' generation ([`MappedGeneration`]), and the `u32` slots of the Maglev pool (two
-//! slots per 8-byte element), which is written with a memory copy, where `BPF_MAP_UPDATE_BATCH` copies and checks each of a
-//! table's 65537 slots one by one in the kernel (about 5 ms a table here, most of a restore).
+//! slots per 8-byte element), which is written with a memory copy, where
+//! `BPF_MAP_UPDATE_BATCH` copies and checks each of a table's 65537 slots one by one in the
+//! kernel (about 5 ms a table here, most of a restore).
 
 use std::{
     ffi::c_void,
@@ -29,6 +30,15 @@ fn map_shared(map: BorrowedFd<'_>, bytes: NonZeroUsize) -> std::io::Result<NonNu
         )
     }
     .map_err(std::io::Error::from)
+}
+
+/// Unmaps what [`map_shared`] mapped (`what` names it in the warning if the kernel refuses).
+fn unmap(ptr: NonNull<c_void>, bytes: usize, what: &str) {
+    // SAFETY: a mapping made by `map_shared`, unmapped once by its owner's drop; nothing borrows
+    // it any more.
+    if let Err(e) = unsafe { munmap(ptr, bytes) } {
+        tracing::warn!(error = %e, "unmapping {what} failed");
+    }
 }
 
 /// A shared, writable mapping of an array map's values.
@@ -78,11 +88,11 @@ impl MappedArray {
 
 impl Drop for MappedArray {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once; nothing borrows it any more.
-        let unmapped = unsafe { munmap(self.ptr.cast(), self.len * std::mem::size_of::<u32>()) };
-        if let Err(e) = unmapped {
-            tracing::warn!(error = %e, "unmapping the Maglev pool failed");
-        }
+        unmap(
+            self.ptr.cast(),
+            self.len * std::mem::size_of::<u32>(),
+            "the Maglev pool",
+        );
     }
 }
 
@@ -125,10 +135,10 @@ const GENERATION_BYTES: NonZeroUsize = NonZeroUsize::new(8).unwrap();
 
 impl Drop for MappedGeneration {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once; nothing borrows it any more.
-        let unmapped = unsafe { munmap(self.ptr.cast(), GENERATION_BYTES.get()) };
-        if let Err(e) = unmapped {
-            tracing::warn!(error = %e, "unmapping the services' generation failed");
-        }
+        unmap(
+            self.ptr.cast(),
+            GENERATION_BYTES.get(),
+            "the services' generation",
+        );
     }
 }
