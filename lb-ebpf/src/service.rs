@@ -59,7 +59,7 @@ pub fn is_vip(vip: &ServiceKey) -> bool {
 /// new entry under the old generation, which the bump then refuses.) That the generation is
 /// read before the entry relies on loads staying in order, which x86 (TSO) guarantees; where
 /// they may not, userspace leaves the generation at 0, which turns the cache off. Saves each new
-/// flow's service lookup about 25 ns here (a helper call, a hash and a key compare).
+/// flow's service lookup about 20 ns here (19-23 measured) (a helper call, a hash and a key compare).
 #[inline(always)]
 pub fn lookup(flow: &FlowKey) -> Option<Service> {
     let key = ServiceKey {
