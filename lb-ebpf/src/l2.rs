@@ -32,26 +32,26 @@ pub fn write_l2(
     write_type(ctx, tag, ether_type)
 }
 
-/// [`write_l2`] with the addresses of a next hop (an entry of the next-hop cache). Without a tag,
-/// the whole header after one bounds check.
+/// Writes the Ethernet header of a next hop (its addresses, the tag when there is one, then
+/// `ether_type`) at `frame`, the start of a frame whose first 14 bytes (18 with a tag) the caller
+/// checked lie within the packet: for a rewrite that checks the whole of its headers at once.
 #[inline(always)]
-pub fn write_hop_l2(
-    ctx: &XdpContext,
-    hop: &NextHop,
-    tag: Option<[u8; 4]>,
-    ether_type: u16,
-) -> bool {
-    if tag.is_some() {
-        return write_hop_macs(ctx, hop) && write_type(ctx, tag, ether_type);
-    }
-    let Some(eth) = ptr_at::<[u16; 7]>(ctx, 0) else {
-        return false;
-    };
-    write_macs_at(eth.cast(), hop);
-    // SAFETY: within the frame (checked by ptr_at), 2-byte aligned (a frame starts at an even
+pub fn write_hop_eth_at(frame: *mut u8, hop: &NextHop, tag: Option<[u8; 4]>, ether_type: u16) {
+    write_macs_at(frame.cast(), hop);
+    let ether_type = ether_type.to_be();
+    // SAFETY: within the bytes the caller checked; 2-byte aligned (a frame starts at an even
     // address: XDP's headroom is even, and so is every adjustment the balancer makes to it).
-    unsafe { (*eth)[6] = ether_type.to_be() };
-    true
+    unsafe {
+        let words = frame.cast::<u16>();
+        match tag {
+            None => *words.add(6) = ether_type,
+            Some(tag) => {
+                *words.add(6) = u16::from_ne_bytes([tag[0], tag[1]]);
+                *words.add(7) = u16::from_ne_bytes([tag[2], tag[3]]);
+                *words.add(8) = ether_type;
+            }
+        }
+    }
 }
 
 /// Writes the next hop's destination and source MAC addresses at the start of the frame, by
