@@ -9,11 +9,13 @@
 //! - [`maps`]: the names of the maps and the program, as userspace finds them in the object.
 //! - [`limits`]: table sizes.
 //! - [`service`], [`real`], [`conntrack`], [`persist`], [`stats`], [`config`]: the map types.
+//! - [`conn_filter`]: the filter that spares a new flow's SYN the connection table's lookup.
 //! - [`hash`]: the flow hash, which must be the same on every balancer and on both sides.
 //! - [`version`]: the maps' layout versions, pinned beside them for the next daemon.
 #![no_std]
 
 pub mod config;
+pub mod conn_filter;
 pub mod conntrack;
 pub mod hash;
 pub mod limits;

@@ -71,6 +71,11 @@ pub const CONNTRACK: &str = "XLB_CONNTRACK";
 /// until the client's next packet moves them there. Written by the data path, read and flushed by
 /// userspace.
 pub const EMBRYONIC: &str = "XLB_EMBRYONIC";
+/// `u64` words: the connection filter ([`crate::conn_filter`]), a control word and two halves of
+/// bits that tell a SYN its flow cannot be in [`CONNTRACK`]. Set by the data path (and userspace)
+/// before each write of the connection table, built again by userspace's sweep, which maps it
+/// (`BPF_F_MMAPABLE`). Not pinned: each program starts with it off.
+pub const CONN_FILTER: &str = "XLB_CONN_FILTER";
 /// Service id → per-CPU [`crate::Counters`]: what the real servers that have left the service had
 /// counted. Written by userspace when it removes a server: the data path counts a service's
 /// packets only in its servers' [`REAL_STATS`] (a real-server id belongs to one service), so a

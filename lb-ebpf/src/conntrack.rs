@@ -15,13 +15,53 @@
 
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use lb_common::{
+    conn_filter,
     conntrack::{
         CONN_FLOW_LABEL_SHIFT, CONN_F_CLOSING, CONN_F_COUNT_ON_PROMOTION, CONN_F_EMBRYONIC,
     },
     Connection, CpuGlobals, FlowKey, GlobalStat, RealServer, PROTO_TCP,
 };
 
-use crate::{maps, parse::Packet, schedule, stats};
+use crate::{maps, parse::Packet, schedule, stats, store::atomic_or};
+
+/// Whether the connection table may hold `flow`: `false` proves it does not (the connection
+/// filter's bit is clear, [`lb_common::conn_filter`]), so that a new flow's SYN skips the
+/// table's lookup. `true` while userspace has not built the filter yet.
+#[inline(always)]
+pub fn may_be_known(flow: &FlowKey) -> bool {
+    let Some(control) = maps::CONN_FILTER.get(conn_filter::CONTROL) else {
+        return true;
+    };
+    let control = *control;
+    if control & conn_filter::FILTER_ON == 0 {
+        return true;
+    }
+    let hash = conn_filter::hash(flow);
+    let half = u32::from(control & conn_filter::FILTER_SECOND_HALF != 0);
+    let word = conn_filter::word(hash, half, conn_filter::control_log2(control));
+    maps::CONN_FILTER
+        .get(word)
+        .is_none_or(|bits| bits & conn_filter::bit(hash) != 0)
+}
+
+/// Sets `flow`'s bit in both halves of the connection filter: before every write of the
+/// connection table, so that the filter never says no for a flow the table holds (userspace
+/// builds one half again while the other is live; see [`lb_common::conn_filter`]).
+#[inline(always)]
+fn note_in_filter(flow: &FlowKey) {
+    let Some(control) = maps::CONN_FILTER.get(conn_filter::CONTROL) else {
+        return;
+    };
+    let log2 = conn_filter::control_log2(*control);
+    let hash = conn_filter::hash(flow);
+    let bit = conn_filter::bit(hash);
+    for half in 0..2 {
+        if let Some(word) = maps::CONN_FILTER.get_ptr_mut(conn_filter::word(hash, half, log2)) {
+            // SAFETY: an element of the array, 8-byte aligned, valid for this program run.
+            unsafe { atomic_or(word, bit) };
+        }
+    }
+}
 
 /// A known flow: its service, its real server's id and entry.
 pub struct Known {
@@ -153,6 +193,7 @@ pub fn remember(
     let inserted = if syn {
         maps::EMBRYONIC.insert(flow, &conn, BPF_NOEXIST)
     } else {
+        note_in_filter(flow);
         maps::CONNTRACK.insert(flow, &conn, 0)
     };
     match inserted {
@@ -211,6 +252,7 @@ fn settle(packet: &Packet, known: &Known, flags: u32, now: u64) {
         };
         // On a failed insert (a kernel allocation failure) the flow stays embryonic and its next
         // packet tries again.
+        note_in_filter(&packet.flow);
         if maps::CONNTRACK.insert(&packet.flow, &conn, 0).is_err() {
             return;
         }

@@ -165,7 +165,13 @@ mod program {
         // outlives its service only to be refused by its epoch).
         let mut svc = None;
         let syn = packet.syn();
-        let known = match conntrack::lookup(packet, now) {
+        // A SYN whose flow the connection filter proves absent skips the table's lookup too.
+        let looked_up = if syn && !conntrack::may_be_known(&packet.flow) {
+            None
+        } else {
+            conntrack::lookup(packet, now)
+        };
+        let known = match looked_up {
             Some(known) => Some(known),
             None => {
                 if syn {

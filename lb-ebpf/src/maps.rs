@@ -6,6 +6,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     config::{DebugEvent, IcmpReply, NextHopRequest},
+    conn_filter,
     hash::VIP_FILTER_WORDS,
     limits::{
         maglev_elements, real_ids, MAGLEV_TABLES, MAX_CONNECTIONS, MAX_EMBRYONIC, MAX_PERSISTENT,
@@ -128,6 +129,15 @@ pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(real_
 #[map(name = "XLB_CONNTRACK")]
 pub static CONNTRACK: LruHashMap<FlowKey, Connection> =
     LruHashMap::with_max_entries(MAX_CONNECTIONS, BPF_F_NO_COMMON_LRU);
+
+/// The connection filter ([`lb_common::conn_filter`]): a clear bit proves a flow is not in
+/// [`CONNTRACK`]. Set by the data path before each write of the table; built again, and switched
+/// on, by userspace, through its mapping. Not pinned.
+#[map(name = "XLB_CONN_FILTER")]
+pub static CONN_FILTER: Array<u64> = Array::with_max_entries(
+    conn_filter::elements(conn_filter::words_log2(MAX_CONNECTIONS)),
+    BPF_F_MMAPABLE,
+);
 
 /// Flow → an embryonic TCP flow's connection (a SYN seen, nothing else yet), until the client's
 /// next packet moves it into [`CONNTRACK`]: a flood of SYNs from random sources evicts only

@@ -1,4 +1,5 @@
-//! Stores into packet memory that LLVM's BPF target would split into bytes.
+//! Stores that LLVM's BPF target would not emit as one instruction: into packet memory it would
+//! split into bytes, and an atomic OR, which Rust's core has no atomics for on BPF.
 
 /// Stores `word` at `OFF` bytes past `p`, which is only 2-byte aligned, by one 32-bit store,
 /// written by hand: LLVM's BPF target splits a store it cannot prove 4-byte aligned into bytes
@@ -20,6 +21,24 @@ pub unsafe fn store_word<const OFF: usize>(p: *mut u8, word: u32) {
             p = in(reg) p,
             off = const OFF,
             w = in(reg) u64::from(word),
+            options(nostack, preserves_flags)
+        );
+    }
+}
+
+/// ORs `bits` into the `u64` at `p` by one atomic instruction (`BPF_ATOMIC | BPF_OR`, BPF v3),
+/// so that two CPUs setting bits of one word at once both keep theirs.
+///
+/// # Safety
+/// `p` points at a `u64` of a map value, 8-byte aligned, valid for the call.
+#[inline(always)]
+pub unsafe fn atomic_or(p: *mut u64, bits: u64) {
+    // SAFETY: the caller's promise; the instruction touches those eight bytes only.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) |= {b}",
+            p = in(reg) p,
+            b = in(reg) bits,
             options(nostack, preserves_flags)
         );
     }

@@ -359,7 +359,9 @@ async fn start_and_serve(
     layout::write(&config.pin_dir, Versions::CURRENT).map_err(DaemonError::Layout)?;
     // The sweep walks the whole connection table every second: through handles of its own on
     // the pins, off the state lock.
+    let filter = runtime.datapath().connection_filter();
     let pinned_tables = ConnectionTables::open_pinned(&config.pin_dir)
+        .map(|tables| tables.with_filter(filter))
         .inspect_err(|e| {
             tracing::warn!(
                 error = %crate::errors::error_chain(e),

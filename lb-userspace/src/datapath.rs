@@ -11,6 +11,7 @@ pub mod fake;
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, Ipv6Addr},
+    sync::Arc,
 };
 
 use lb_common::{
@@ -20,6 +21,7 @@ use lb_common::{
 
 use crate::{
     capacity::Capacity,
+    conn_filter::ConnFilter,
     dataplane::{AllCounters, ConnectionTables, Dataplane, DataplaneError, RealId},
 };
 
@@ -173,6 +175,10 @@ pub trait DataPath: Send {
         lapsed: &[(PersistKey, Persistent)],
     ) -> Result<usize, DataplaneError>;
 
+    /// The connection filter that each sweep builds from the connection table it reads
+    /// ([`ConnFilter`]); `None` when the data path has none (every SYN looks its flow up).
+    fn connection_filter(&self) -> Option<Arc<ConnFilter>>;
+
     /// Switches the data path's debug events on or off.
     fn set_debug_events(&mut self, on: bool) -> Result<(), DataplaneError>;
 
@@ -207,6 +213,8 @@ pub trait SweptTables {
         &mut self,
         lapsed: &[(PersistKey, Persistent)],
     ) -> Result<usize, DataplaneError>;
+    /// [`DataPath::connection_filter`].
+    fn connection_filter(&self) -> Option<Arc<ConnFilter>>;
 }
 
 /// A data path's own tables, for a sweep through it.
@@ -241,6 +249,10 @@ impl<D: DataPath + ?Sized> SweptTables for Through<'_, D> {
     ) -> Result<usize, DataplaneError> {
         self.0.expire_persistent_clients(lapsed)
     }
+
+    fn connection_filter(&self) -> Option<Arc<ConnFilter>> {
+        self.0.connection_filter()
+    }
 }
 
 /// The pinned maps, through handles of their own.
@@ -272,6 +284,10 @@ impl SweptTables for ConnectionTables {
         lapsed: &[(PersistKey, Persistent)],
     ) -> Result<usize, DataplaneError> {
         ConnectionTables::expire_persistent_clients(self, lapsed)
+    }
+
+    fn connection_filter(&self) -> Option<Arc<ConnFilter>> {
+        ConnectionTables::connection_filter(self)
     }
 }
 
@@ -439,6 +455,10 @@ impl DataPath for Dataplane {
         lapsed: &[(PersistKey, Persistent)],
     ) -> Result<usize, DataplaneError> {
         Dataplane::expire_persistent_clients(self, lapsed)
+    }
+
+    fn connection_filter(&self) -> Option<Arc<ConnFilter>> {
+        Dataplane::connection_filter(self)
     }
 
     fn set_debug_events(&mut self, on: bool) -> Result<(), DataplaneError> {
@@ -617,6 +637,10 @@ impl<D: DataPath + ?Sized> DataPath for Box<D> {
         lapsed: &[(PersistKey, Persistent)],
     ) -> Result<usize, DataplaneError> {
         (**self).expire_persistent_clients(lapsed)
+    }
+
+    fn connection_filter(&self) -> Option<Arc<ConnFilter>> {
+        (**self).connection_filter()
     }
 
     fn set_debug_events(&mut self, on: bool) -> Result<(), DataplaneError> {

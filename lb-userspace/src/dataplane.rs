@@ -9,6 +9,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
     os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use aya::{
@@ -33,9 +34,10 @@ use thiserror::Error;
 use crate::{
     batch,
     capacity::{self, Capacity, CapacityError, TablePool},
+    conn_filter::ConnFilter,
     layout::{ALL_MAPS, RETIRED_MAPS},
     links,
-    mapped::{MappedArray, MappedGeneration},
+    mapped::{MappedArray, MappedGeneration, MappedWords},
     owners::RealOwners,
     program,
 };
@@ -357,6 +359,20 @@ fn service_generation(ebpf: &Ebpf) -> Result<Option<MappedGeneration>> {
         })
 }
 
+/// The connection filter ([`names::CONN_FILTER`]) mapped, off until the first sweep builds it;
+/// `None` (the filter stays off, every SYN looks its flow up) when the map cannot be mapped.
+fn connection_filter(ebpf: &Ebpf, log2: u32) -> Result<Option<Arc<ConnFilter>>> {
+    let fd = map_fd(ebpf, names::CONN_FILTER)?;
+    let elements = lb_common::conn_filter::elements(log2) as usize;
+    Ok(match MappedWords::new(fd.as_fd(), elements) {
+        Ok(words) => ConnFilter::mapped(words).map(Arc::new),
+        Err(e) => {
+            tracing::info!(error = %e, "the connection filter cannot be mapped: every SYN looks its flow up");
+            None
+        }
+    })
+}
+
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
@@ -429,6 +445,9 @@ pub struct ConnectionTables {
     conntrack_fd: OwnedFd,
     embryonic_fd: OwnedFd,
     persist: HashMap<MapData, PersistKey, Persistent>,
+    /// The connection filter of the data path that writes these tables, which each sweep builds
+    /// again from what it reads ([`ConnFilter`]).
+    filter: Option<Arc<ConnFilter>>,
 }
 
 impl ConnectionTables {
@@ -469,7 +488,20 @@ impl ConnectionTables {
             conntrack_fd,
             embryonic_fd,
             persist,
+            filter: None,
         })
+    }
+
+    /// These handles with the connection filter of the data path that writes the tables, for
+    /// the sweep to build ([`ConnFilter`]).
+    pub fn with_filter(mut self, filter: Option<Arc<ConnFilter>>) -> Self {
+        self.filter = filter;
+        self
+    }
+
+    /// The connection filter the sweep builds, if there is one.
+    pub fn connection_filter(&self) -> Option<Arc<ConnFilter>> {
+        self.filter.clone()
     }
 
     /// Every entry of the persistence table (persistent clients and their real servers).
@@ -616,6 +648,15 @@ impl Dataplane {
             .map_max_entries(names::REAL_CONNS, capacity.real_ids())
             .map_max_entries(names::REAL_WEIGHTS, capacity.real_ids())
             .map_max_entries(names::REAL_LIMITS, capacity.real_ids());
+        let filter_log2 = lb_common::conn_filter::words_log2(
+            options
+                .max_connections
+                .unwrap_or(lb_common::limits::MAX_CONNECTIONS),
+        );
+        loader.map_max_entries(
+            names::CONN_FILTER,
+            lb_common::conn_filter::elements(filter_log2),
+        );
         if let Some(n) = options.max_connections {
             loader.map_max_entries(names::CONNTRACK, n);
             loader.map_max_entries(names::EMBRYONIC, lb_common::limits::embryonic_entries(n));
@@ -666,6 +707,7 @@ impl Dataplane {
                 conntrack_fd,
                 embryonic_fd,
                 persist: take(&mut ebpf, names::PERSIST)?,
+                filter: connection_filter(&ebpf, filter_log2)?,
             },
             sched_cursors: take(&mut ebpf, names::SCHED_CURSORS)?,
             persist_settings: take(&mut ebpf, names::PERSIST_SETTINGS)?,
@@ -1535,6 +1577,12 @@ impl Dataplane {
         self.flows.connections()
     }
 
+    /// The connection filter that the sweep builds ([`ConnFilter`]); `None` when it could not
+    /// be mapped.
+    pub fn connection_filter(&self) -> Option<Arc<ConnFilter>> {
+        self.flows.connection_filter()
+    }
+
     /// Writes a connection-table entry (to the embryonic table when its flags include
     /// [`CONN_F_EMBRYONIC`]); with `only_new`, an entry the data path already has is left as it
     /// is. Returns whether the entry was written.
@@ -1545,6 +1593,12 @@ impl Dataplane {
         only_new: bool,
     ) -> Result<bool> {
         const BPF_NOEXIST: u64 = 1;
+        if connection.flags & CONN_F_EMBRYONIC == 0 {
+            // Before the entry exists, as the data path does (lb_common::conn_filter).
+            if let Some(filter) = &self.flows.filter {
+                filter.note(&key);
+            }
+        }
         let table = self.flows.table_of(connection.flags);
         match table.insert(key, connection, if only_new { BPF_NOEXIST } else { 0 }) {
             Ok(()) => Ok(true),

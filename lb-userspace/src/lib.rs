@@ -39,6 +39,7 @@ mod batch;
 pub mod bpffs;
 pub mod capacity;
 pub mod config;
+pub mod conn_filter;
 pub mod control;
 pub mod convert;
 pub mod daemon;

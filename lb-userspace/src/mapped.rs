@@ -1,5 +1,6 @@
 //! Array maps mapped into this process (`BPF_F_MMAPABLE`, Linux >= 5.5, values laid end to end):
-//! the services' generation ([`MappedGeneration`]), and the `u32` slots of the Maglev pool (two
+//! the services' generation ([`MappedGeneration`]), the connection filter's words
+//! ([`MappedWords`]), and the `u32` slots of the Maglev pool (two
 //! slots per 8-byte element), which is written with a memory copy, where
 //! `BPF_MAP_UPDATE_BATCH` copies and checks each of a table's 65537 slots one by one in the
 //! kernel (about 5 ms a table here, most of a restore).
@@ -139,6 +140,45 @@ impl Drop for MappedGeneration {
             self.ptr.cast(),
             GENERATION_BYTES.get(),
             "the services' generation",
+        );
+    }
+}
+
+/// A shared, writable mapping of an array map of `u64` values, each read and written as an
+/// atomic (the connection filter's: the data path sets bits in them while userspace does).
+pub struct MappedWords {
+    ptr: NonNull<AtomicU64>,
+    len: usize,
+}
+
+// SAFETY: the mapping belongs to this value alone; its values are atomics.
+unsafe impl Send for MappedWords {}
+// SAFETY: as above.
+unsafe impl Sync for MappedWords {}
+
+impl MappedWords {
+    /// Maps the `len` values of the array map `map` (created with `BPF_F_MMAPABLE`).
+    pub fn new(map: BorrowedFd<'_>, len: usize) -> std::io::Result<Self> {
+        let bytes = NonZeroUsize::new(len * std::mem::size_of::<u64>())
+            .ok_or_else(|| std::io::Error::other("an empty map cannot be mapped"))?;
+        // A mapping starts at a page, so every value is 8-byte aligned.
+        let ptr = map_shared(map, bytes)?.cast();
+        Ok(Self { ptr, len })
+    }
+
+    /// The values.
+    pub fn words(&self) -> &[AtomicU64] {
+        // SAFETY: `len` atomics inside the mapping, which lives as long as self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for MappedWords {
+    fn drop(&mut self) {
+        unmap(
+            self.ptr.cast(),
+            self.len * std::mem::size_of::<u64>(),
+            "the connection filter",
         );
     }
 }

@@ -1613,6 +1613,10 @@ pub fn sweep_tables(
     inputs: &SweepInputs,
     now: u64,
 ) -> Option<Swept> {
+    // The connection filter's standby half is emptied before the table is read and gets the
+    // bits of what was read (lb_common::conn_filter); a flow written meanwhile set its own.
+    let filter = tables.connection_filter();
+    let build = filter.as_ref().map(|f| f.begin_build());
     let entries = match tables.connections() {
         Ok(entries) => entries,
         Err(e) => {
@@ -1620,6 +1624,15 @@ pub fn sweep_tables(
             return None;
         }
     };
+    if let (Some(filter), Some(build)) = (&filter, build) {
+        filter.finish_build(
+            build,
+            entries
+                .iter()
+                .filter(|(_, c)| c.flags & lb_common::conntrack::CONN_F_EMBRYONIC == 0)
+                .map(|(flow, _)| flow),
+        );
+    }
     let mut handshakes = Handshakes::new();
     if !inputs.settling.is_empty() {
         // Idled-out handshakes too: the sweep's removal of one is best effort.
@@ -3065,6 +3078,73 @@ mod tests {
                     ("UDP".to_owned(), 1)
                 ]
             );
+        }
+
+        /// Each sweep builds the connection filter from the table it reads: on after the first,
+        /// never "absent" for a flow the table holds, and a flow that idled out is proved absent
+        /// once a sweep after its removal has built the filter again. Embryonic flows are not in
+        /// the connection table and are not in the filter.
+        #[test]
+        fn each_sweep_builds_the_connection_filter_from_the_table_it_read() {
+            const SECOND: u64 = 1_000_000_000;
+            let mut rt = Runtime::new(FakeDataPath::default(), None);
+            let filter = rt.datapath().connection_filter().expect("a filter");
+            let now = monotonic_ns();
+            let established = lb_common::Connection {
+                real: 1,
+                last_seen_ns: now,
+                ..Default::default()
+            };
+            let open: Vec<_> = (0..20).map(|i| client_flow(20_000 + i)).collect();
+            for flow in &open {
+                rt.dataplane().track(*flow, established);
+            }
+            let idle = client_flow(30_000);
+            rt.dataplane().track(
+                idle,
+                lb_common::Connection {
+                    last_seen_ns: now - 1000 * SECOND,
+                    ..established
+                },
+            );
+            let handshake = client_flow(30_001);
+            rt.dataplane().track(
+                handshake,
+                lb_common::Connection {
+                    flags: lb_common::conntrack::CONN_F_EMBRYONIC,
+                    ..established
+                },
+            );
+            assert!(!filter.is_on(), "off until a sweep built it");
+            rt.sweep();
+            if !cfg!(target_arch = "x86_64") {
+                assert!(!filter.is_on(), "on x86-64 only");
+                return;
+            }
+            assert!(filter.is_on());
+            assert!(open.iter().all(|f| filter.may_hold(f)));
+            assert!(
+                !filter.may_hold(&handshake),
+                "embryonic flows are not in the table"
+            );
+            // The idle flow was read (so it is in the filter) and then expired.
+            assert!(filter.may_hold(&idle));
+            assert!(!rt
+                .datapath()
+                .connections()
+                .expect("connections")
+                .iter()
+                .any(|(f, _)| *f == idle));
+            rt.sweep();
+            assert!(
+                !filter.may_hold(&idle),
+                "built again without the expired flow"
+            );
+            assert!(open.iter().all(|f| filter.may_hold(f)));
+            let others = (0..1000)
+                .filter(|i| !filter.may_hold(&client_flow(40_000 + i)))
+                .count();
+            assert!(others > 980, "{others} of 1000 other flows proved absent");
         }
 
         #[test]

@@ -1393,3 +1393,119 @@ fn a_cached_service_entry_is_never_used_after_the_service_changed() {
     exact.add_real(&mut bench.dp, RS[0].into(), 1);
     assert_eq!(bench.run(&to_port(40_201)).packet[0..6], rs_mac(RS[0])[..]);
 }
+
+/// What a sweep does to the connection filter (lb_common::conn_filter): builds its standby half
+/// from the connection table it read, then makes it live.
+fn build_connection_filter(bench: &Bench) {
+    let filter = bench.dp.connection_filter().expect("the filter is mapped");
+    let build = filter.begin_build();
+    let entries = bench.dp.connections().expect("connections");
+    filter.finish_build(
+        build,
+        entries
+            .iter()
+            .filter(|(_, c)| !embryonic(c))
+            .map(|(flow, _)| flow),
+    );
+}
+
+/// With the connection filter on, a new flow's SYN skips the connection table, and a SYN of an
+/// open connection still keeps its server: connections made before a build, after it (their
+/// bits set by the data path), and written by userspace (an upgrade's carry), across builds.
+/// Then the filter is shown to be what the data path asks: built without a flow the table holds
+/// (which no sweep does), that flow's SYN is scheduled by the table as if the flow were new.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn with_the_connection_filter_on_a_syn_of_an_open_connection_keeps_its_server() {
+    if !cfg!(target_arch = "x86_64") {
+        return; // The filter is never switched on elsewhere (lb-userspace's conn_filter.rs).
+    }
+    let mut bench = bench();
+    let filter = bench.dp.connection_filter().expect("the filter is mapped");
+    assert!(!filter.is_on(), "off until the first build");
+    let handshake = |bench: &Bench, port: u16| {
+        let rs = server_of(bench, &Ipv4Packet::tcp(CLIENT, port, VIP, 80, SYN).build());
+        assert_eq!(
+            server_of(bench, &Ipv4Packet::tcp(CLIENT, port, VIP, 80, ACK).build()),
+            rs
+        );
+        rs
+    };
+    let before: Vec<(u16, [u8; 4])> = (48000..48040).map(|p| (p, handshake(&bench, p))).collect();
+    build_connection_filter(&bench);
+    assert!(filter.is_on());
+    let after: Vec<(u16, [u8; 4])> = (48040..48080).map(|p| (p, handshake(&bench, p))).collect();
+    // A connection userspace writes, on RS[0] whichever server the table gives it.
+    let carried_port = 48100;
+    let carried = flow(CLIENT, carried_port, VIP, 80, PROTO_TCP);
+    let rs0 = bench
+        .web
+        .reals
+        .iter()
+        .find(|r| r.addr == Ipv4Addr::from(RS[0]))
+        .expect("RS[0]");
+    let service = bench.web.id(&bench.dp);
+    let epoch = bench.dp.service_epoch(service).expect("epoch");
+    bench
+        .dp
+        .insert_connection(
+            carried,
+            lb_common::Connection {
+                real: rs0.id,
+                service,
+                service_epoch: epoch,
+                last_seen_ns: 0,
+                flags: 0,
+            },
+            false,
+        )
+        .expect("written");
+    // RS[0] leaves the table: its connections keep it, SYNs included.
+    bench.web.set_weight(&mut bench.dp, RS[0].into(), 0);
+    let open: Vec<(u16, [u8; 4])> = before
+        .iter()
+        .chain(&after)
+        .copied()
+        .chain([(carried_port, RS[0])])
+        .collect();
+    assert!(open.iter().filter(|(_, rs)| *rs == RS[0]).count() > 1);
+    for round in 0..2 {
+        for &(port, owner) in &open {
+            let syn = Ipv4Packet::tcp(CLIENT, port, VIP, 80, SYN).build();
+            assert_eq!(server_of(&bench, &syn), owner, "round {round}, port {port}");
+        }
+        build_connection_filter(&bench);
+    }
+    // New flows: scheduled by the table; the filter proves nearly all of them absent.
+    let mut proved = 0;
+    for port in 49000..49200 {
+        let new = flow(CLIENT, port, VIP, 80, PROTO_TCP);
+        proved += usize::from(!filter.may_hold(&new));
+        let syn = Ipv4Packet::tcp(CLIENT, port, VIP, 80, SYN).build();
+        assert_eq!(
+            server_of(&bench, &syn),
+            bench.maglev_choice(&bench.web, &new)
+        );
+    }
+    assert!(proved > 190, "{proved} of 200 new flows proved absent");
+
+    // The filter built without the carried flow, which the table still holds: its SYN no longer
+    // finds its entry (RS[0]) but takes the table's choice, so the data path did ask the filter.
+    let build = filter.begin_build();
+    let entries = bench.dp.connections().expect("connections");
+    filter.finish_build(
+        build,
+        entries
+            .iter()
+            .filter(|(f, c)| !embryonic(c) && *f != carried)
+            .map(|(flow, _)| flow),
+    );
+    assert!(
+        !filter.may_hold(&carried),
+        "a bit shared with another flow: pick another port"
+    );
+    let syn = Ipv4Packet::tcp(CLIENT, carried_port, VIP, 80, SYN).build();
+    let table = bench.maglev_choice(&bench.web, &carried);
+    assert_ne!(table, RS[0]);
+    assert_eq!(server_of(&bench, &syn), table);
+}

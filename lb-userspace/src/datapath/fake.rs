@@ -12,6 +12,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
     net::{Ipv4Addr, Ipv6Addr},
+    sync::Arc,
 };
 
 use aya::{maps::MapError, sys::SyscallError};
@@ -26,6 +27,7 @@ use lb_common::{
 use super::DataPath;
 use crate::{
     capacity::{Capacity, TablePool},
+    conn_filter::ConnFilter,
     dataplane::{AllCounters, DataplaneError, RealId},
 };
 
@@ -252,6 +254,9 @@ pub struct FakeDataPath {
     writes_seen: usize,
     /// Which writes fail ([`Self::writes_seen`] when they are asked), and with which errno.
     failing: BTreeMap<usize, i32>,
+    /// The connection filter, in memory: [`Self::track`] sets a flow's bits as the data path
+    /// does before it writes the connection table.
+    filter: Arc<ConnFilter>,
 }
 
 impl Default for FakeDataPath {
@@ -282,6 +287,7 @@ impl FakeDataPath {
             writes: Vec::new(),
             writes_seen: 0,
             failing: BTreeMap::new(),
+            filter: Arc::new(ConnFilter::in_memory(6)),
         }
     }
 
@@ -382,6 +388,9 @@ impl FakeDataPath {
 
     /// Tracks a connection, as the data path would for a new flow.
     pub fn track(&mut self, flow: FlowKey, connection: Connection) {
+        if connection.flags & lb_common::conntrack::CONN_F_EMBRYONIC == 0 {
+            self.filter.note(&flow);
+        }
         self.connections.insert(flow, connection);
     }
 
@@ -781,6 +790,10 @@ impl DataPath for FakeDataPath {
             }
         }
         Ok(before - self.persistent.len())
+    }
+
+    fn connection_filter(&self) -> Option<Arc<ConnFilter>> {
+        Some(self.filter.clone())
     }
 
     fn set_debug_events(&mut self, on: bool) -> Result<(), DataplaneError> {
