@@ -1625,13 +1625,23 @@ pub fn sweep_tables(
         }
     };
     if let (Some(filter), Some(build)) = (&filter, build) {
-        filter.finish_build(
+        let was_on = filter.is_on();
+        let on = filter.finish_build(
             build,
             entries
                 .iter()
                 .filter(|(_, c)| c.flags & lb_common::conntrack::CONN_F_EMBRYONIC == 0)
                 .map(|(flow, _)| flow),
         );
+        let fill = filter.fill();
+        if on && !was_on {
+            tracing::info!(
+                bits_set = fill,
+                "connection filter built: new flows' SYNs skip the connection table's lookup"
+            );
+        } else {
+            tracing::debug!(bits_set = fill, "connection filter built again");
+        }
     }
     let mut handshakes = Handshakes::new();
     if !inputs.settling.is_empty() {
