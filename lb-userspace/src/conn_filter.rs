@@ -155,20 +155,55 @@ impl ConnFilter {
         true
     }
 
-    /// The share of the live half's bits that are set (0 while off): the share of new flows'
-    /// SYNs that still look their flow up.
-    pub fn fill(&self) -> f64 {
+    /// Whether the filter is on, and the bits of its live half (none while off).
+    pub fn state(&self) -> FilterState {
         let control = self.control();
+        let bits = 64u64 << self.log2;
         if control & FILTER_ON == 0 {
-            return 0.0;
+            return FilterState {
+                on: false,
+                bits_set: 0,
+                bits,
+            };
         }
         let half = u32::from(control & FILTER_SECOND_HALF != 0);
         let first = conn_filter::word(0, half, self.log2) as usize;
-        let set: u64 = self.words()[first..first + (1 << self.log2)]
+        let bits_set = self.words()[first..first + (1 << self.log2)]
             .iter()
             .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))
             .sum();
-        set as f64 / (64u64 << self.log2) as f64
+        FilterState {
+            on: true,
+            bits_set,
+            bits,
+        }
+    }
+
+    /// The share of the live half's bits that are set (0 while off): about the share of new
+    /// flows' SYNs that still look their flow up.
+    pub fn fill(&self) -> f64 {
+        self.state().fill()
+    }
+}
+
+/// What the metrics say of the connection filter ([`ConnFilter::state`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilterState {
+    /// Built once and asked by the data path.
+    pub on: bool,
+    /// Bits set in the live half (0 while off).
+    pub bits_set: u64,
+    /// Bits of a half.
+    pub bits: u64,
+}
+
+impl FilterState {
+    /// The share of a half's bits that are set.
+    pub fn fill(&self) -> f64 {
+        if self.bits == 0 {
+            return 0.0;
+        }
+        self.bits_set as f64 / self.bits as f64
     }
 }
 

@@ -369,6 +369,20 @@ fn xlbd_serves_prometheus_metrics_and_a_status_page_on_its_loopback() {
         .sh(&format!("curl -s --fail --max-time 5 {base}/metrics"));
     let listing = daemon.adm_ok(&["-L", "-n", "--stats", "--exact"]);
     assert!(metrics.lines().any(|l| l == "xlb_up 1"), "{metrics}");
+    // The sweep (once a second, the first at start) has built the connection filter; x86-64
+    // only (lb-userspace's conn_filter.rs).
+    assert_eq!(
+        sample(&metrics, "xlb_connection_filter_on", ""),
+        u64::from(cfg!(target_arch = "x86_64")),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .filter_map(|l| l.strip_prefix("xlb_connection_filter_bits_set_ratio "))
+            .any(|v| v.parse::<f64>().is_ok_and(|r| (0.0..0.5).contains(&r))),
+        "{metrics}"
+    );
 
     let svc = format!("service=\"{vip}\",protocol=\"tcp\"");
     let svc_packets = sample(&metrics, "xlb_service_packets_total", &format!("{{{svc}}}"));

@@ -40,6 +40,7 @@ pub use self::{
     server::DEFAULT_LISTEN,
 };
 use crate::{
+    conn_filter::FilterState,
     control::Shared,
     dataplane::DataplaneError,
     health::engine::EngineStats,
@@ -69,6 +70,8 @@ pub struct Snapshot {
     pub settings: BTreeMap<ServiceAddr, ServiceHealth>,
     /// Each service's traffic over the last minutes, for the page's charts.
     pub traffic: Arc<History>,
+    /// The connection filter's state, when the data path has one.
+    pub conn_filter: Option<FilterState>,
 }
 
 impl Snapshot {
@@ -87,12 +90,18 @@ impl Snapshot {
             .iter()
             .map(|s| (s.addr, s.health.clone()))
             .collect();
+        let conn_filter = shared
+            .runtime
+            .datapath()
+            .connection_filter()
+            .map(|f| f.state());
         Ok(Self {
             listing,
             globals,
             health,
             settings,
             traffic: sampled.traffic.clone(),
+            conn_filter,
         })
     }
 }

@@ -6,6 +6,7 @@ use std::{fmt::Write as _, net::SocketAddr};
 use lb_common::GlobalStat;
 
 use crate::{
+    conn_filter::FilterState,
     health::{engine::EngineStats, machine::Health},
     state::{Forwarding, Protocol},
     status::{Listing, RealListing, ServiceListing},
@@ -121,6 +122,7 @@ pub fn render(
     listing: &Listing,
     globals: &[(GlobalStat, u64)],
     health: Option<&EngineStats>,
+    conn_filter: Option<FilterState>,
 ) -> String {
     use Kind::{Counter, Gauge};
     let mut up = Family::new(
@@ -269,6 +271,23 @@ pub fn render(
         late.add("", h.late);
         families.extend([checks, failures, late]);
     }
+    if let Some(f) = conn_filter {
+        let mut on = Family::new(
+            "xlb_connection_filter_on",
+            Gauge,
+            "1 once xlbd's sweep has built the connection filter, which lets a new flow's SYN \
+             skip the connection table's lookup (see the README, SYN floods).",
+        );
+        on.add("", u8::from(f.on));
+        let mut fill = Family::new(
+            "xlb_connection_filter_bits_set_ratio",
+            Gauge,
+            "The share of the connection filter's bits that are set (0 while it is off): about the \
+             share of new flows' SYNs that still look the connection table up.",
+        );
+        fill.add("", f.fill());
+        families.extend([on, fill]);
+    }
     let mut out = String::new();
     for family in &families {
         family.write(&mut out);
@@ -288,7 +307,7 @@ mod tests {
 
     #[test]
     fn one_service_with_two_reals_one_down() {
-        let text = render(&listing(), &globals(), Some(&stats()));
+        let text = render(&listing(), &globals(), Some(&stats()), None);
         let svc = r#"service="10.0.0.1:80",protocol="tcp""#;
         let r2 = format!(r#"{svc},real="10.0.0.2:80",forwarding="dr""#);
         let r3 = format!(r#"{svc},real="10.0.0.3:80",forwarding="dr""#);
@@ -347,8 +366,35 @@ mod tests {
     }
 
     #[test]
+    fn the_connection_filter_says_whether_it_is_on_and_how_full_it_is() {
+        let off = FilterState {
+            on: false,
+            bits_set: 0,
+            bits: 1 << 21,
+        };
+        let text = render(&Listing::default(), &[], None, Some(off));
+        assert!(text.contains("\nxlb_connection_filter_on 0\n"), "{text}");
+        assert!(
+            text.contains("\nxlb_connection_filter_bits_set_ratio 0\n"),
+            "{text}"
+        );
+        let on = FilterState {
+            on: true,
+            bits_set: 1 << 18,
+            bits: 1 << 21,
+        };
+        let text = render(&Listing::default(), &[], None, Some(on));
+        assert!(text.contains("\nxlb_connection_filter_on 1\n"), "{text}");
+        assert!(
+            text.contains("\nxlb_connection_filter_bits_set_ratio 0.125\n"),
+            "{text}"
+        );
+        assert!(!render(&Listing::default(), &[], None, None).contains("xlb_connection_filter"));
+    }
+
+    #[test]
     fn help_and_type_once_per_family_and_before_its_samples() {
-        let text = render(&listing(), &globals(), Some(&stats()));
+        let text = render(&listing(), &globals(), Some(&stats()), None);
         let mut seen = std::collections::HashSet::new();
         let mut current = "";
         for line in text.lines() {
@@ -378,7 +424,7 @@ mod tests {
     #[test]
     fn every_global_counter_is_exported_zeros_included() {
         let globals: Vec<(GlobalStat, u64)> = GlobalStat::ALL.iter().map(|&s| (s, 0)).collect();
-        let text = render(&Listing::default(), &globals, None);
+        let text = render(&Listing::default(), &globals, None, None);
         for stat in GlobalStat::ALL {
             let line = format!("xlb_datapath_packets_total{{reason=\"{}\"}} 0", stat.name());
             assert!(text.lines().any(|l| l == line), "missing {line}");
@@ -412,7 +458,7 @@ mod tests {
         l.services[0].reals[0].addr = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2));
         l.services[0].reals[0].forwarding = Forwarding::Tunnel;
         l.services[0].reals[0].health = None;
-        let text = render(&l, &[], None);
+        let text = render(&l, &[], None, None);
         assert!(text.contains(
             "xlb_real_up{service=\"[fd00::1]:80\",protocol=\"udp\",real=\"[fd00::2]:80\",\
              forwarding=\"tun\"} 1\n"

@@ -159,7 +159,7 @@ where
     match snapshot().await {
         Ok(s) => (
             [(header::CONTENT_TYPE, prometheus::METRICS_CONTENT_TYPE)],
-            prometheus::render(&s.listing, &s.globals, s.health.as_ref()),
+            prometheus::render(&s.listing, &s.globals, s.health.as_ref(), s.conn_filter),
         )
             .into_response(),
         Err(e) => failed(&e),
@@ -264,7 +264,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pages_are_served_with_their_types_and_lengths() {
         let (addr, taken, server) = start(Limits::default()).await;
-        let expected = prometheus::render(&listing(), &globals(), Some(&stats()));
+        let expected = prometheus::render(&listing(), &globals(), Some(&stats()), None);
 
         let metrics = exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").await;
         let (head, body) = split(&metrics);
