@@ -34,7 +34,7 @@ use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
-use crate::{service, verdict::Verdict};
+use crate::{service, store::load_word, verdict::Verdict};
 
 const IP_DF: u16 = 0x4000;
 const IP_MF: u16 = 0x2000;
@@ -158,29 +158,6 @@ const _: () = assert!(
         && size_of::<PortWords>() == 4
 );
 
-/// Two 16-bit words of the packet as the 32-bit word their four bytes make in the packet's
-/// order (what `u32::from_ne_bytes` makes of the bytes): a shift and an or, where joining their
-/// bytes made LLVM mask and or each byte (eight instructions a word, 40 more for an IPv6 flow).
-#[inline(always)]
-fn join(halves: [u16; 2]) -> u32 {
-    #[cfg(target_endian = "little")]
-    let (low, high) = (halves[0], halves[1]);
-    #[cfg(target_endian = "big")]
-    let (low, high) = (halves[1], halves[0]);
-    u32::from(low) | u32::from(high) << 16
-}
-
-/// An IPv6 address of 16-bit words as four words in network order, as the maps hold it.
-#[inline(always)]
-fn join4(halves: &[u16; 8]) -> [u32; 4] {
-    [
-        join([halves[0], halves[1]]),
-        join([halves[2], halves[3]]),
-        join([halves[4], halves[5]]),
-        join([halves[6], halves[7]]),
-    ]
-}
-
 /// What [`parse_common`] returns for a frame that is not the common one: the full parser
 /// ([`parse_into`]) decides. Not a [`Verdict::code`].
 pub const PARSE_UNSURE: u32 = 5 << 16;
@@ -220,15 +197,20 @@ pub unsafe fn parse_common(ctx: &XdpContext, out: *mut Packet) -> u32 {
     if ip.vihl != 0x45 {
         return PARSE_UNSURE;
     }
-    let dst = join(ip.dst);
+    // The addresses by 32-bit loads, as IPv6's (parse_common_v6).
+    let base = (ip as *const Ipv4Words).cast::<u8>();
+    // SAFETY: within the header, which ptr_at checked lies inside the packet.
+    let dst = unsafe { load_word::<16>(base) };
     if !service::maybe_vip(&[dst, 0, 0, 0], FAMILY_V4) {
         return Verdict::pass(GlobalStat::PassNotVip).code();
     }
+    // SAFETY: as above.
+    let src = unsafe { load_word::<12>(base) };
     let frags = u16::from_be(ip.frags);
     if ip.proto != PROTO_TCP
         || ip.ttl == 0
         || frags & (IP_OFFSET_MASK | IP_MF) != 0
-        || martian_v4(&join(ip.src).to_ne_bytes())
+        || martian_v4(&src.to_ne_bytes())
     {
         return PARSE_UNSURE;
     }
@@ -250,7 +232,7 @@ pub unsafe fn parse_common(ctx: &XdpContext, out: *mut Packet) -> u32 {
             out,
             Packet {
                 flow: FlowKey {
-                    src: [join(ip.src), 0, 0, 0],
+                    src: [src, 0, 0, 0],
                     dst: [dst, 0, 0, 0],
                     sport: tcp.sport,
                     dport: tcp.dport,
@@ -290,11 +272,30 @@ unsafe fn parse_common_v6(ctx: &XdpContext, out: *mut Packet) -> u32 {
     if ip.vcf[0].to_ne_bytes()[0] >> 4 != 6 {
         return PARSE_UNSURE;
     }
-    let dst = join4(&ip.dst);
+    // The addresses by 32-bit loads ([`load_word`]: 24 instructions fewer than joining 16-bit
+    // words).
+    let base = (ip as *const Ipv6Words).cast::<u8>();
+    // SAFETY: within the header, which ptr_at checked lies inside the packet.
+    let dst = unsafe {
+        [
+            load_word::<24>(base),
+            load_word::<28>(base),
+            load_word::<32>(base),
+            load_word::<36>(base),
+        ]
+    };
     if !service::maybe_vip(&dst, FAMILY_V6) {
         return Verdict::pass(GlobalStat::PassNotVip).code();
     }
-    let src = join4(&ip.src);
+    // SAFETY: as above.
+    let src = unsafe {
+        [
+            load_word::<8>(base),
+            load_word::<12>(base),
+            load_word::<16>(base),
+            load_word::<20>(base),
+        ]
+    };
     if ip.next_hdr != PROTO_TCP || ip.hop_limit == 0 || martian_v6_words(&src) {
         return PARSE_UNSURE;
     }

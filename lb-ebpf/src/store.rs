@@ -1,5 +1,6 @@
-//! Stores that LLVM's BPF target would not emit as one instruction: into packet memory it would
-//! split into bytes, and an atomic OR, which Rust's core has no atomics for on BPF.
+//! Loads and stores that LLVM's BPF target would not emit as one instruction: of 32-bit words of
+//! packet memory that is only 2-byte aligned (it would split them into bytes), and an atomic OR,
+//! which Rust's core has no atomics for on BPF.
 
 /// Stores `word` at `OFF` bytes past `p`, which is only 2-byte aligned, by one 32-bit store,
 /// written by hand: LLVM's BPF target splits a store it cannot prove 4-byte aligned into bytes
@@ -24,6 +25,27 @@ pub unsafe fn store_word<const OFF: usize>(p: *mut u8, word: u32) {
             options(nostack, preserves_flags)
         );
     }
+}
+
+/// Loads the 32-bit word at `OFF` bytes past `p`, which is only 2-byte aligned, by one 32-bit
+/// load (see [`store_word`]), where two 16-bit loads take a shift and an or more.
+///
+/// # Safety
+/// `OFF..OFF + 4` past `p` lies within the packet, as checked by `ptr_at`.
+#[inline(always)]
+pub unsafe fn load_word<const OFF: usize>(p: *const u8) -> u32 {
+    let word: u64;
+    // SAFETY: the caller's promise; the instruction reads those four bytes only.
+    unsafe {
+        core::arch::asm!(
+            "{w} = *(u32 *)({p} + {off})",
+            p = in(reg) p,
+            off = const OFF,
+            w = out(reg) word,
+            options(nostack, preserves_flags, readonly)
+        );
+    }
+    word as u32
 }
 
 /// ORs `bits` into the `u64` at `p` by one atomic instruction (`BPF_ATOMIC | BPF_OR`, BPF v3),
