@@ -161,4 +161,33 @@ mod tests {
             "share of bits set: {share}"
         );
     }
+
+    /// The same over IPv6: clients of one /64 (their last word varying) to one VIP.
+    #[test]
+    fn a_full_table_of_ipv6_flows_sets_about_an_eighth_of_the_bits() {
+        let log2 = words_log2(crate::limits::MAX_CONNECTIONS);
+        let mut bits = std::vec![0u64; 1 << log2];
+        let prefix = u32::from_ne_bytes([0x20, 0x01, 0x0d, 0xb8]);
+        for client in 0..1024u32 {
+            for port in 0..256u16 {
+                let key = FlowKey {
+                    src: [prefix, 0, 0, client.to_be()],
+                    dst: [prefix, 0, 0, 0x100u32.to_be()],
+                    sport: (32768 + port * 7).to_be(),
+                    dport: 443u16.to_be(),
+                    family: crate::FAMILY_V6,
+                    proto: crate::PROTO_TCP,
+                    ..FlowKey::default()
+                };
+                let h = hash(&key);
+                bits[(word(h, 0, log2) - 1) as usize] |= bit(h);
+            }
+        }
+        let set: u32 = bits.iter().map(|w| w.count_ones()).sum();
+        let share = f64::from(set) / (64.0 * bits.len() as f64);
+        assert!(
+            (0.110..0.125).contains(&share),
+            "share of bits set: {share}"
+        );
+    }
 }
