@@ -1509,3 +1509,83 @@ fn with_the_connection_filter_on_a_syn_of_an_open_connection_keeps_its_server() 
     assert_ne!(table, RS[0]);
     assert_eq!(server_of(&bench, &syn), table);
 }
+
+/// A daemon that adopts pinned maps (a restart, an upgrade) gets a connection filter of its own,
+/// off, so that the connections the old program made are looked up; its first build, from the
+/// adopted table, keeps every SYN of an open connection with its server.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_daemon_adopting_pinned_maps_starts_its_connection_filter_off_and_builds_it_from_their_table() {
+    if !cfg!(target_arch = "x86_64") {
+        return; // The filter is never switched on elsewhere (lb-userspace's conn_filter.rs).
+    }
+    let bench = bench();
+    let pins = PinDir(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/xlbt{}-connfilter",
+        std::process::id()
+    )));
+    let options = LoadOptions {
+        max_services: Some(8),
+        max_connections: Some(4096),
+        pin_dir: Some(pins.0.clone()),
+        ..LoadOptions::default()
+    };
+    let run = |dp: &Dataplane, packet: &[u8]| {
+        let program = dp.program().expect("program");
+        let out = bench
+            .ns
+            .enter(|| fixture::run(program, packet, bench.ifindex));
+        assert_eq!(out.action, action::TX, "{}", action_name(out.action));
+        *RS.iter()
+            .find(|rs| out.packet[0..6] == rs_mac(**rs))
+            .expect("a real server's MAC")
+    };
+    let mut first = Dataplane::load(&options).expect("load with pins");
+    let mut svc = TestService::add(&mut first, VIP.into(), 80, PROTO_TCP);
+    svc.add_real(&mut first, RS[0].into(), 1);
+    svc.add_real(&mut first, RS[1].into(), 1);
+    let open: Vec<(u16, [u8; 4])> = (54000..54040)
+        .map(|port| {
+            let rs = run(&first, &Ipv4Packet::tcp(CLIENT, port, VIP, 80, SYN).build());
+            assert_eq!(
+                run(&first, &Ipv4Packet::tcp(CLIENT, port, VIP, 80, ACK).build()),
+                rs
+            );
+            (port, rs)
+        })
+        .collect();
+    assert!(open.iter().any(|(_, rs)| *rs == RS[0]));
+    let first_filter = first.connection_filter().expect("mapped");
+    let build = first_filter.begin_build();
+    let entries = first.connections().expect("connections");
+    first_filter.finish_build(build, entries.iter().map(|(flow, _)| flow));
+    assert!(first_filter.is_on());
+
+    let mut second = Dataplane::load(&options).expect("adopt the pins");
+    let filter = second.connection_filter().expect("mapped");
+    assert!(!filter.is_on(), "a new program's filter starts off");
+    // RS[0] leaves the table, through the new daemon: its connections keep it, SYNs included,
+    // before the new filter is built and after.
+    svc.set_weight(&mut second, RS[0].into(), 0);
+    for built in [false, true] {
+        if built {
+            let build = filter.begin_build();
+            let entries = second.connections().expect("connections");
+            assert!(entries.len() >= open.len(), "the adopted table");
+            filter.finish_build(
+                build,
+                entries
+                    .iter()
+                    .filter(|(_, c)| !embryonic(c))
+                    .map(|(flow, _)| flow),
+            );
+            assert!(filter.is_on());
+        }
+        for &(port, owner) in &open {
+            let syn = Ipv4Packet::tcp(CLIENT, port, VIP, 80, SYN).build();
+            assert_eq!(run(&second, &syn), owner, "built {built}, port {port}");
+        }
+    }
+    drop(second);
+    drop(first);
+}
