@@ -15,51 +15,67 @@ use std::{
 
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 
-/// A fresh shared, writable mapping of the first `bytes` of the array map `map`'s values, which the
-/// caller owns (and unmaps).
-fn map_shared(map: BorrowedFd<'_>, bytes: NonZeroUsize) -> std::io::Result<NonNull<c_void>> {
-    // SAFETY: a new mapping of the map's fd, nothing else's memory; the kernel checks length and
-    // flags.
-    unsafe {
-        mmap(
-            None,
-            bytes,
-            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-            MapFlags::MAP_SHARED,
-            map,
-            0,
-        )
-    }
-    .map_err(std::io::Error::from)
+/// A shared, writable mapping of the first bytes of an array map's values, unmapped when dropped.
+struct Mapping {
+    ptr: NonNull<c_void>,
+    bytes: NonZeroUsize,
+    /// What it maps, for the warning if the kernel refuses to unmap it.
+    what: &'static str,
 }
 
-/// Unmaps what [`map_shared`] mapped (`what` names it in the warning if the kernel refuses).
-fn unmap(ptr: NonNull<c_void>, bytes: usize, what: &str) {
-    // SAFETY: a mapping made by `map_shared`, unmapped once by its owner's drop; nothing borrows
-    // it any more.
-    if let Err(e) = unsafe { munmap(ptr, bytes) } {
-        tracing::warn!(error = %e, "unmapping {what} failed");
+// SAFETY: the mapping belongs to its owner alone, which says how it is read and written.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps the first `bytes` of the values of the array map `map` (created with
+    /// `BPF_F_MMAPABLE`). A mapping starts at a page, so its values are 8-byte aligned.
+    fn new(map: BorrowedFd<'_>, bytes: usize, what: &'static str) -> std::io::Result<Self> {
+        let bytes = NonZeroUsize::new(bytes)
+            .ok_or_else(|| std::io::Error::other("an empty map cannot be mapped"))?;
+        // SAFETY: a new mapping of the map's fd, nothing else's memory; the kernel checks length
+        // and flags.
+        let ptr = unsafe {
+            mmap(
+                None,
+                bytes,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                map,
+                0,
+            )
+        }
+        .map_err(std::io::Error::from)?;
+        Ok(Self { ptr, bytes, what })
+    }
+
+    fn as_ptr<T>(&self) -> *mut T {
+        self.ptr.as_ptr().cast()
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: this value's own mapping, unmapped once; nothing borrows it any more (its
+        // owner's borrows end before the owner is dropped).
+        if let Err(e) = unsafe { munmap(self.ptr, self.bytes.get()) } {
+            tracing::warn!(error = %e, "unmapping {} failed", self.what);
+        }
     }
 }
 
 /// A shared, writable mapping of an array map's values.
 pub struct MappedArray {
-    ptr: NonNull<u32>,
+    mapping: Mapping,
     len: usize,
 }
-
-// SAFETY: the mapping belongs to this value alone; it is written through `&mut self` only.
-unsafe impl Send for MappedArray {}
-// SAFETY: as above; `&self` only reads.
-unsafe impl Sync for MappedArray {}
 
 impl MappedArray {
     /// Maps the `len` values of the array map `map` (created with `BPF_F_MMAPABLE`).
     pub fn new(map: BorrowedFd<'_>, len: usize) -> std::io::Result<Self> {
-        let bytes = NonZeroUsize::new(len * std::mem::size_of::<u32>())
-            .ok_or_else(|| std::io::Error::other("an empty map cannot be mapped"))?;
-        let ptr = map_shared(map, bytes)?.cast();
-        Ok(Self { ptr, len })
+        let mapping = Mapping::new(map, len * std::mem::size_of::<u32>(), "the Maglev pool")?;
+        Ok(Self { mapping, len })
     }
 
     /// Copies `values` to the slots from `start` on.
@@ -73,7 +89,7 @@ impl MappedArray {
         unsafe {
             std::ptr::copy_nonoverlapping(
                 values.as_ptr(),
-                self.ptr.as_ptr().add(start),
+                self.mapping.as_ptr::<u32>().add(start),
                 values.len(),
             );
         }
@@ -83,17 +99,8 @@ impl MappedArray {
     pub fn read(&self, start: usize, count: usize) -> Vec<u32> {
         assert!(start + count <= self.len, "a read past the map's end");
         // SAFETY: as in `write`; u32 has no invalid bit patterns.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(start), count).to_vec() }
-    }
-}
-
-impl Drop for MappedArray {
-    fn drop(&mut self) {
-        unmap(
-            self.ptr.cast(),
-            self.len * std::mem::size_of::<u32>(),
-            "the Maglev pool",
-        );
+        unsafe { std::slice::from_raw_parts(self.mapping.as_ptr::<u32>().add(start), count) }
+            .to_vec()
     }
 }
 
@@ -102,83 +109,53 @@ impl Drop for MappedArray {
 /// 8-byte store: written through the map helpers it would be a byte copy, which the data path
 /// could read half done and take for a generation it cached under long ago.
 pub struct MappedGeneration {
-    ptr: NonNull<AtomicU64>,
+    mapping: Mapping,
 }
-
-// SAFETY: the mapping belongs to this value alone; the value it points at is atomic.
-unsafe impl Send for MappedGeneration {}
-// SAFETY: as above.
-unsafe impl Sync for MappedGeneration {}
 
 impl MappedGeneration {
     /// Maps the generation of the array map `map`.
     pub fn new(map: BorrowedFd<'_>) -> std::io::Result<Self> {
-        // A mapping starts at a page, so the value is 8-byte aligned.
-        let ptr = map_shared(map, GENERATION_BYTES)?.cast();
-        Ok(Self { ptr })
+        let mapping = Mapping::new(map, 8, "the services' generation")?;
+        Ok(Self { mapping })
+    }
+
+    fn value(&self) -> &AtomicU64 {
+        // SAFETY: an aligned u64 inside the mapping, which lives as long as self.
+        unsafe { &*self.mapping.as_ptr::<AtomicU64>() }
     }
 
     /// The generation.
     pub fn get(&self) -> u64 {
-        // SAFETY: inside the mapping, which lives as long as self.
-        unsafe { self.ptr.as_ref() }.load(Ordering::Acquire)
+        self.value().load(Ordering::Acquire)
     }
 
     /// Sets the generation, after every write it is to make visible (release order).
     pub fn set(&self, generation: u64) {
-        // SAFETY: as in `get`.
-        unsafe { self.ptr.as_ref() }.store(generation, Ordering::Release);
-    }
-}
-
-/// Bytes of the generation's mapping.
-const GENERATION_BYTES: NonZeroUsize = NonZeroUsize::new(8).unwrap();
-
-impl Drop for MappedGeneration {
-    fn drop(&mut self) {
-        unmap(
-            self.ptr.cast(),
-            GENERATION_BYTES.get(),
-            "the services' generation",
-        );
+        self.value().store(generation, Ordering::Release);
     }
 }
 
 /// A shared, writable mapping of an array map of `u64` values, each read and written as an
 /// atomic (the connection filter's: the data path sets bits in them while userspace does).
 pub struct MappedWords {
-    ptr: NonNull<AtomicU64>,
+    mapping: Mapping,
     len: usize,
 }
-
-// SAFETY: the mapping belongs to this value alone; its values are atomics.
-unsafe impl Send for MappedWords {}
-// SAFETY: as above.
-unsafe impl Sync for MappedWords {}
 
 impl MappedWords {
     /// Maps the `len` values of the array map `map` (created with `BPF_F_MMAPABLE`).
     pub fn new(map: BorrowedFd<'_>, len: usize) -> std::io::Result<Self> {
-        let bytes = NonZeroUsize::new(len * std::mem::size_of::<u64>())
-            .ok_or_else(|| std::io::Error::other("an empty map cannot be mapped"))?;
-        // A mapping starts at a page, so every value is 8-byte aligned.
-        let ptr = map_shared(map, bytes)?.cast();
-        Ok(Self { ptr, len })
+        let mapping = Mapping::new(
+            map,
+            len * std::mem::size_of::<u64>(),
+            "the connection filter",
+        )?;
+        Ok(Self { mapping, len })
     }
 
     /// The values.
     pub fn words(&self) -> &[AtomicU64] {
-        // SAFETY: `len` atomics inside the mapping, which lives as long as self.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for MappedWords {
-    fn drop(&mut self) {
-        unmap(
-            self.ptr.cast(),
-            self.len * std::mem::size_of::<u64>(),
-            "the connection filter",
-        );
+        // SAFETY: `len` aligned atomics inside the mapping, which lives as long as self.
+        unsafe { std::slice::from_raw_parts(self.mapping.as_ptr(), self.len) }
     }
 }
