@@ -77,11 +77,7 @@ pub const fn hash(key: &FlowKey) -> u32 {
     x = x.wrapping_mul(0x9e37_79b1)
         ^ ((key.dport.swap_bytes() as u32) << 16 | key.sport.swap_bytes() as u32);
     x = x.wrapping_mul(0x9e37_79b1) ^ ((key.family as u32) << 8 | key.proto as u32);
-    x ^= x >> 16;
-    x = x.wrapping_mul(0x85eb_ca6b);
-    x ^= x >> 13;
-    x = x.wrapping_mul(0xc2b2_ae35);
-    x ^ (x >> 16)
+    crate::hash::finish(x, 0)
 }
 
 /// The element of half `half` (0 or 1) of a filter of `2^log2` words a half that holds the bit

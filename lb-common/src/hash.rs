@@ -21,8 +21,9 @@ const fn mix(h: u32, k: u32) -> u32 {
         .wrapping_add(0xe654_6b64)
 }
 
+/// MurmurHash3's finish: the bits of `h` (with `len` mixed in) spread over the whole word.
 #[inline(always)]
-const fn finish(mut h: u32, len: u32) -> u32 {
+pub(crate) const fn finish(mut h: u32, len: u32) -> u32 {
     h ^= len;
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
