@@ -450,16 +450,7 @@ fn forwarded_packets_are_counted_for_their_service_and_real_server() {
 #[ignore = "needs root: run with cargo xtask test"]
 fn a_services_counters_keep_what_a_removed_server_counted_and_survive_a_new_daemon() {
     let bench = bench();
-    let pins = PinDir(std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/xlbt{}-count",
-        std::process::id()
-    )));
-    let options = LoadOptions {
-        max_services: Some(8),
-        max_connections: Some(4096),
-        pin_dir: Some(pins.0.clone()),
-        ..LoadOptions::default()
-    };
+    let (_pins, options) = pinned("count");
     let mut first = Dataplane::load(&options).expect("load with pins");
     let mut svc = TestService::add(&mut first, VIP.into(), 80, PROTO_TCP);
     let a = svc.add_real(&mut first, RS[0].into(), 1);
@@ -881,6 +872,22 @@ impl Drop for PinDir {
     }
 }
 
+/// A pin directory of this test process's own (`tag` tells the tests apart) and the bench's
+/// load options with it: what two daemons that pin their maps there share.
+fn pinned(tag: &str) -> (PinDir, LoadOptions) {
+    let pins = PinDir(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/xlbt{}-{tag}",
+        std::process::id()
+    )));
+    let options = LoadOptions {
+        max_services: Some(8),
+        max_connections: Some(4096),
+        pin_dir: Some(pins.0.clone()),
+        ..LoadOptions::default()
+    };
+    (pins, options)
+}
+
 /// The words of the pinned VIP filter.
 fn pinned_vip_filter(dir: &std::path::Path) -> Vec<u64> {
     let data = aya::maps::MapData::from_pin(dir.join("XLB_VIP_FILTER")).expect("open the filter");
@@ -895,16 +902,7 @@ fn pinned_vip_filter(dir: &std::path::Path) -> Vec<u64> {
 #[ignore = "needs root: run with cargo xtask test"]
 fn a_daemon_adopting_pinned_maps_keeps_every_vip_visible_until_its_program_is_attached() {
     let bench = bench();
-    let pins = PinDir(std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/xlbt{}-filter",
-        std::process::id()
-    )));
-    let options = LoadOptions {
-        max_services: Some(8),
-        max_connections: Some(4096),
-        pin_dir: Some(pins.0.clone()),
-        ..LoadOptions::default()
-    };
+    let (pins, options) = pinned("filter");
     let mut first = Dataplane::load(&options).expect("load with pins");
     let mut svc = TestService::add(&mut first, VIP.into(), 80, PROTO_TCP);
     svc.add_real(&mut first, RS[0].into(), 1);
@@ -1520,16 +1518,7 @@ fn a_daemon_adopting_pinned_maps_starts_its_connection_filter_off_and_builds_it_
         return; // The filter is never switched on elsewhere (lb-userspace's conn_filter.rs).
     }
     let bench = bench();
-    let pins = PinDir(std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/xlbt{}-connfilter",
-        std::process::id()
-    )));
-    let options = LoadOptions {
-        max_services: Some(8),
-        max_connections: Some(4096),
-        pin_dir: Some(pins.0.clone()),
-        ..LoadOptions::default()
-    };
+    let (_pins, options) = pinned("connfilter");
     let run = |dp: &Dataplane, packet: &[u8]| {
         let program = dp.program().expect("program");
         let out = bench
