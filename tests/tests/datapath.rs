@@ -1392,17 +1392,18 @@ fn a_cached_service_entry_is_never_used_after_the_service_changed() {
     assert_eq!(bench.run(&to_port(40_201)).packet[0..6], rs_mac(RS[0])[..]);
 }
 
-/// What a sweep does to the connection filter (lb_common::conn_filter): builds its standby half
-/// from the connection table it read, then makes it live.
-fn build_connection_filter(bench: &Bench) {
-    let filter = bench.dp.connection_filter().expect("the filter is mapped");
+/// What a sweep does to `dp`'s connection filter (lb_common::conn_filter): builds its standby
+/// half from the connection table it read, then makes it live. `except`: a flow of the table
+/// left out (which no sweep does), to show that the data path asks the filter.
+fn build_connection_filter(dp: &Dataplane, except: Option<FlowKey>) {
+    let filter = dp.connection_filter().expect("the filter is mapped");
     let build = filter.begin_build();
-    let entries = bench.dp.connections().expect("connections");
+    let entries = dp.connections().expect("connections");
     filter.finish_build(
         build,
         entries
             .iter()
-            .filter(|(_, c)| !embryonic(c))
+            .filter(|(f, c)| !embryonic(c) && Some(*f) != except)
             .map(|(flow, _)| flow),
     );
 }
@@ -1430,7 +1431,7 @@ fn with_the_connection_filter_on_a_syn_of_an_open_connection_keeps_its_server() 
         rs
     };
     let before: Vec<(u16, [u8; 4])> = (48000..48040).map(|p| (p, handshake(&bench, p))).collect();
-    build_connection_filter(&bench);
+    build_connection_filter(&bench.dp, None);
     assert!(filter.is_on());
     let after: Vec<(u16, [u8; 4])> = (48040..48080).map(|p| (p, handshake(&bench, p))).collect();
     // A connection userspace writes, on RS[0] whichever server the table gives it.
@@ -1472,7 +1473,7 @@ fn with_the_connection_filter_on_a_syn_of_an_open_connection_keeps_its_server() 
             let syn = Ipv4Packet::tcp(CLIENT, port, VIP, 80, SYN).build();
             assert_eq!(server_of(&bench, &syn), owner, "round {round}, port {port}");
         }
-        build_connection_filter(&bench);
+        build_connection_filter(&bench.dp, None);
     }
     // New flows: scheduled by the table; the filter proves nearly all of them absent.
     let mut proved = 0;
@@ -1489,15 +1490,7 @@ fn with_the_connection_filter_on_a_syn_of_an_open_connection_keeps_its_server() 
 
     // The filter built without the carried flow, which the table still holds: its SYN no longer
     // finds its entry (RS[0]) but takes the table's choice, so the data path did ask the filter.
-    let build = filter.begin_build();
-    let entries = bench.dp.connections().expect("connections");
-    filter.finish_build(
-        build,
-        entries
-            .iter()
-            .filter(|(f, c)| !embryonic(c) && *f != carried)
-            .map(|(flow, _)| flow),
-    );
+    build_connection_filter(&bench.dp, Some(carried));
     assert!(
         !filter.may_hold(&carried),
         "a bit shared with another flow: pick another port"
@@ -1544,11 +1537,8 @@ fn a_daemon_adopting_pinned_maps_starts_its_connection_filter_off_and_builds_it_
         })
         .collect();
     assert!(open.iter().any(|(_, rs)| *rs == RS[0]));
-    let first_filter = first.connection_filter().expect("mapped");
-    let build = first_filter.begin_build();
-    let entries = first.connections().expect("connections");
-    first_filter.finish_build(build, entries.iter().map(|(flow, _)| flow));
-    assert!(first_filter.is_on());
+    build_connection_filter(&first, None);
+    assert!(first.connection_filter().expect("mapped").is_on());
 
     let mut second = Dataplane::load(&options).expect("adopt the pins");
     let filter = second.connection_filter().expect("mapped");
@@ -1558,16 +1548,9 @@ fn a_daemon_adopting_pinned_maps_starts_its_connection_filter_off_and_builds_it_
     svc.set_weight(&mut second, RS[0].into(), 0);
     for built in [false, true] {
         if built {
-            let build = filter.begin_build();
-            let entries = second.connections().expect("connections");
-            assert!(entries.len() >= open.len(), "the adopted table");
-            filter.finish_build(
-                build,
-                entries
-                    .iter()
-                    .filter(|(_, c)| !embryonic(c))
-                    .map(|(flow, _)| flow),
-            );
+            let adopted = second.connections().expect("connections");
+            assert!(adopted.len() >= open.len(), "the adopted table");
+            build_connection_filter(&second, None);
             assert!(filter.is_on());
         }
         for &(port, owner) in &open {
