@@ -1633,14 +1633,14 @@ pub fn sweep_tables(
                 .filter(|(_, c)| c.flags & lb_common::conntrack::CONN_F_EMBRYONIC == 0)
                 .map(|(flow, _)| flow),
         );
-        let fill = filter.fill();
+        // The share of bits set is counted (a walk of a half) only for an event that is logged.
         if on && !was_on {
             tracing::info!(
-                bits_set = fill,
+                bits_set = filter.fill(),
                 "connection filter built: new flows' SYNs skip the connection table's lookup"
             );
         } else {
-            tracing::debug!(bits_set = fill, "connection filter built again");
+            tracing::debug!(bits_set = filter.fill(), "connection filter built again");
         }
     }
     let mut handshakes = Handshakes::new();
