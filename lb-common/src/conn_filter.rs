@@ -54,6 +54,23 @@ pub const fn control_off(log2: u32) -> u64 {
     (log2 as u64) << FILTER_LOG2_SHIFT
 }
 
+/// The control word of a filter of `2^log2` words a half, on, its half `half` (0 or 1) live.
+pub const fn control_on(log2: u32, half: u32) -> u64 {
+    control_off(log2) | FILTER_ON | if half == 1 { FILTER_SECOND_HALF } else { 0 }
+}
+
+/// The half (0 or 1) that a control word makes live; `None` while the filter is off.
+#[inline(always)]
+pub const fn live_half(control: u64) -> Option<u32> {
+    if control & FILTER_ON == 0 {
+        None
+    } else if control & FILTER_SECOND_HALF == 0 {
+        Some(0)
+    } else {
+        Some(1)
+    }
+}
+
 /// The log2 that a control word carries.
 pub const fn control_log2(control: u64) -> u32 {
     (control >> FILTER_LOG2_SHIFT) as u32 & 31
@@ -119,7 +136,11 @@ mod tests {
         assert_eq!(words_log2(1), 6, "at least 64 words");
         assert_eq!(words_log2(262_145), log2 + 1, "rounded up");
         assert_eq!(control_log2(control_off(log2)), log2);
-        assert_eq!(control_off(log2) & FILTER_ON, 0);
+        assert_eq!(live_half(control_off(log2)), None);
+        for half in 0..2 {
+            assert_eq!(live_half(control_on(log2, half)), Some(half));
+            assert_eq!(control_log2(control_on(log2, half)), log2);
+        }
     }
 
     #[test]

@@ -33,11 +33,10 @@ pub fn may_be_known(flow: &FlowKey) -> bool {
         return true;
     };
     let control = *control;
-    if control & conn_filter::FILTER_ON == 0 {
+    let Some(half) = conn_filter::live_half(control) else {
         return true;
-    }
+    };
     let hash = conn_filter::hash(flow);
-    let half = u32::from(control & conn_filter::FILTER_SECOND_HALF != 0);
     let word = conn_filter::word(hash, half, conn_filter::control_log2(control));
     maps::CONN_FILTER
         .get(word)

@@ -13,7 +13,7 @@ use std::sync::{
 };
 
 use lb_common::{
-    conn_filter::{self, CONTROL, FILTER_ON, FILTER_SECOND_HALF},
+    conn_filter::{self, CONTROL},
     FlowKey,
 };
 
@@ -73,20 +73,32 @@ impl ConnFilter {
         }
     }
 
-    fn control(&self) -> u64 {
-        self.words()[CONTROL as usize].load(Ordering::Acquire)
+    /// The live half, `None` while the filter is off.
+    fn live_half(&self) -> Option<u32> {
+        conn_filter::live_half(self.words()[CONTROL as usize].load(Ordering::Acquire))
+    }
+
+    /// The words of half `half`.
+    fn half(&self, half: u32) -> &[AtomicU64] {
+        let first = conn_filter::word(0, half, self.log2) as usize;
+        &self.words()[first..first + (1 << self.log2)]
+    }
+
+    /// The word of half `half` that holds the bit of a flow of hash `hash`.
+    fn word_of(&self, hash: u32, half: u32) -> &AtomicU64 {
+        &self.words()[conn_filter::word(hash, half, self.log2) as usize]
     }
 
     /// Whether the data path asks the filter (it was built once).
     pub fn is_on(&self) -> bool {
-        self.control() & FILTER_ON != 0
+        self.live_half().is_some()
     }
 
     /// Sets `flow`'s bit in both halves: before userspace writes it into the connection table.
     pub fn note(&self, flow: &FlowKey) {
         let hash = conn_filter::hash(flow);
         for half in 0..2 {
-            self.words()[conn_filter::word(hash, half, self.log2) as usize]
+            self.word_of(hash, half)
                 .fetch_or(conn_filter::bit(hash), Ordering::AcqRel);
         }
     }
@@ -94,15 +106,11 @@ impl ConnFilter {
     /// What the data path's check answers for `flow`: `false` when the filter is on and proves
     /// the flow is not in the connection table.
     pub fn may_hold(&self, flow: &FlowKey) -> bool {
-        let control = self.control();
-        if control & FILTER_ON == 0 {
+        let Some(half) = self.live_half() else {
             return true;
-        }
+        };
         let hash = conn_filter::hash(flow);
-        let half = u32::from(control & FILTER_SECOND_HALF != 0);
-        self.words()[conn_filter::word(hash, half, self.log2) as usize].load(Ordering::Acquire)
-            & conn_filter::bit(hash)
-            != 0
+        self.word_of(hash, half).load(Ordering::Acquire) & conn_filter::bit(hash) != 0
     }
 
     /// Starts a build of the standby half (the first half while the filter is off): empties it.
@@ -113,14 +121,8 @@ impl ConnFilter {
             .building
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let control = self.control();
-        let half = if control & FILTER_ON == 0 {
-            0
-        } else {
-            u32::from(control & FILTER_SECOND_HALF == 0)
-        };
-        let first = conn_filter::word(0, half, self.log2) as usize;
-        for word in &self.words()[first..first + (1 << self.log2)] {
+        let half = self.live_half().map_or(0, |live| 1 - live);
+        for word in self.half(half) {
             word.store(0, Ordering::Release);
         }
         Build { half, _only: only }
@@ -137,19 +139,14 @@ impl ConnFilter {
     ) -> bool {
         for flow in flows {
             let hash = conn_filter::hash(flow);
-            self.words()[conn_filter::word(hash, build.half, self.log2) as usize]
+            self.word_of(hash, build.half)
                 .fetch_or(conn_filter::bit(hash), Ordering::AcqRel);
         }
         if !cfg!(target_arch = "x86_64") {
             return false;
         }
-        let half = if build.half == 1 {
-            FILTER_SECOND_HALF
-        } else {
-            0
-        };
         self.words()[CONTROL as usize].store(
-            conn_filter::control_off(self.log2) | FILTER_ON | half,
+            conn_filter::control_on(self.log2, build.half),
             Ordering::Release,
         );
         true
@@ -157,18 +154,16 @@ impl ConnFilter {
 
     /// Whether the filter is on, and the bits of its live half (none while off).
     pub fn state(&self) -> FilterState {
-        let control = self.control();
         let bits = 64u64 << self.log2;
-        if control & FILTER_ON == 0 {
+        let Some(half) = self.live_half() else {
             return FilterState {
                 on: false,
                 bits_set: 0,
                 bits,
             };
-        }
-        let half = u32::from(control & FILTER_SECOND_HALF != 0);
-        let first = conn_filter::word(0, half, self.log2) as usize;
-        let bits_set = self.words()[first..first + (1 << self.log2)]
+        };
+        let bits_set = self
+            .half(half)
             .iter()
             .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))
             .sum();
