@@ -4,7 +4,7 @@
 //!
 //! The filter is switched on by its first build, and only on x86-64: the data path reads the
 //! control word and then a word of bits with no ordering between the two loads, which x86-64
-//! keeps in order (as for the service cache, lb-ebpf's service.rs); elsewhere it stays off and
+//! keeps in order (`mapped::LOADS_IN_ORDER`, as for the service cache); elsewhere it stays off and
 //! every SYN looks its flow up.
 
 use std::sync::{
@@ -17,7 +17,7 @@ use lb_common::{
     FlowKey,
 };
 
-use crate::mapped::MappedWords;
+use crate::mapped::{MappedWords, LOADS_IN_ORDER};
 
 /// The filter's words: the data path's map, mapped, or memory of our own (a fake data path's).
 enum Words {
@@ -142,7 +142,7 @@ impl ConnFilter {
             self.word_of(hash, build.half)
                 .fetch_or(conn_filter::bit(hash), Ordering::AcqRel);
         }
-        if !cfg!(target_arch = "x86_64") {
+        if !LOADS_IN_ORDER {
             return false;
         }
         self.words()[CONTROL as usize].store(
@@ -235,11 +235,8 @@ mod tests {
             "off: every flow may be there"
         );
         let build = filter.begin_build();
-        assert_eq!(
-            filter.finish_build(build, &present),
-            cfg!(target_arch = "x86_64")
-        );
-        if !cfg!(target_arch = "x86_64") {
+        assert_eq!(filter.finish_build(build, &present), LOADS_IN_ORDER);
+        if !LOADS_IN_ORDER {
             return;
         }
         assert!(filter.is_on());
@@ -258,7 +255,7 @@ mod tests {
 
     #[test]
     fn a_build_forgets_flows_gone_and_keeps_flows_written_while_it_ran() {
-        if !cfg!(target_arch = "x86_64") {
+        if !LOADS_IN_ORDER {
             return;
         }
         let filter = ConnFilter::in_memory(6);

@@ -37,7 +37,7 @@ use crate::{
     conn_filter::ConnFilter,
     layout::{ALL_MAPS, RETIRED_MAPS},
     links,
-    mapped::{MappedArray, MappedGeneration, MappedWords},
+    mapped::{MappedArray, MappedGeneration, MappedWords, LOADS_IN_ORDER},
     owners::RealOwners,
     program,
 };
@@ -347,7 +347,7 @@ fn map_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd> {
 /// The services' generation mapped, on a machine that keeps loads in order (x86-64: see
 /// lb-ebpf's service.rs); `None` elsewhere, which leaves the data path's service cache off.
 fn service_generation(ebpf: &Ebpf) -> Result<Option<MappedGeneration>> {
-    if !cfg!(target_arch = "x86_64") {
+    if !LOADS_IN_ORDER {
         return Ok(None);
     }
     let fd = map_fd(ebpf, names::SERVICE_GENERATION)?;

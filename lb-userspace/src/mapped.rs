@@ -15,6 +15,13 @@ use std::{
 
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 
+/// Whether this machine keeps one CPU's loads in order (x86-64's TSO), which the data path's
+/// readers of what userspace writes through these mappings rely on: a control value (the
+/// services' generation, the connection filter's live half) read before the values it vouches
+/// for, with no barrier between (BPF has no acquire load before kernel 6.15). Elsewhere the
+/// service cache and the connection filter stay off.
+pub const LOADS_IN_ORDER: bool = cfg!(target_arch = "x86_64");
+
 /// A shared, writable mapping of the first bytes of an array map's values, unmapped when dropped.
 struct Mapping {
     ptr: NonNull<c_void>,
